@@ -1,0 +1,249 @@
+//! Authentication: the client's `sk-` key to its account and plan, by SHA-256.
+//!
+//! Only hashes are stored and compared; the key itself is never logged, echoed or forwarded.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::distributions::{Alphanumeric, DistString};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ConfigError, KeyRecord, KeyStatus, KeysFile};
+use crate::errors::{ErrorKind, FluxError};
+
+pub const KEY_PREFIX: &str = "sk-";
+/// Random part of a key: 40 alphanumerics, about 238 bits. No `-`, so a key never looks like
+/// a vendor's prefixed key (`sk-ant-`, `sk-proj-`, …).
+const KEY_RANDOM_LEN: usize = 40;
+
+/// What an authenticated request is allowed to do, shared by the requests of one key.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub key_id: String,
+    pub key_name: String,
+    pub plan: String,
+    /// The plan's lanes, copied here so the hot path needs no second lookup.
+    pub lanes: Vec<String>,
+    status: KeyStatus,
+    expires_at: Option<u64>,
+}
+
+/// The compiled keys file: SHA-256 digest to account.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_hash: HashMap<[u8; 32], Arc<Account>>,
+}
+
+impl KeyTable {
+    /// Validate the keys file against the configured plans and compile it.
+    pub fn compile(
+        path: &Path,
+        file: &KeysFile,
+        plan_lanes: &dyn Fn(&str) -> Option<Vec<String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut by_hash = HashMap::with_capacity(file.keys.len());
+        for (i, k) in file.keys.iter().enumerate() {
+            let field = |f: &str| format!("keys[{i}].{f}");
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&k.sha256, &mut digest).is_err() {
+                return Err(ConfigError::new(path, field("sha256"), "must be 64 hex digits"));
+            }
+            let Some(lanes) = plan_lanes(&k.plan) else {
+                return Err(ConfigError::new(path, field("plan"), format!("unknown plan '{}'", k.plan)));
+            };
+            let account = Account {
+                key_id: k.id.clone(),
+                key_name: k.name.clone(),
+                plan: k.plan.clone(),
+                lanes,
+                status: k.status,
+                expires_at: k.expires_at,
+            };
+            if by_hash.insert(digest, Arc::new(account)).is_some() {
+                return Err(ConfigError::new(path, field("sha256"), "the same key is listed twice"));
+            }
+        }
+        Ok(KeyTable { by_hash })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Check a presented credential. `now` is Unix seconds.
+    pub fn authenticate(&self, presented: Option<&str>, now: u64) -> Result<Arc<Account>, FluxError> {
+        let key = presented.ok_or_else(|| {
+            unauthorized("Missing API key. Send your Flux key as 'Authorization: Bearer sk-...'.")
+        })?;
+        if let Some(vendor) = foreign_vendor(key) {
+            return Err(unauthorized(format!(
+                "This looks like an {vendor} API key, not a Flux key. Remove the provider key from \
+                 your client's config and send your Flux key (sk-...) instead."
+            )));
+        }
+        if !key.starts_with(KEY_PREFIX) {
+            return Err(unauthorized(
+                "Malformed API key: Flux keys start with 'sk-'. Check for a typo, quotes or \
+                 whitespace around the key.",
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let account = self
+            .by_hash
+            .get(&digest)
+            .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+        match account.status {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => {
+                return Err(unauthorized("This API key has been revoked. Create a new key."))
+            }
+            KeyStatus::Suspended => {
+                return Err(unauthorized(
+                    "This API key is suspended. Ask your operator to re-enable it.",
+                ))
+            }
+        }
+        if account.expires_at.is_some_and(|t| now >= t) {
+            return Err(unauthorized("This API key has expired. Create a new key."));
+        }
+        Ok(account.clone())
+    }
+}
+
+fn unauthorized(message: impl Into<std::borrow::Cow<'static, str>>) -> FluxError {
+    FluxError::new(ErrorKind::InvalidApiKey, message)
+}
+
+/// Recognise keys of other vendors by their documented prefixes, to say so in the 401.
+fn foreign_vendor(key: &str) -> Option<&'static str> {
+    const PREFIXES: [(&str, &str); 8] = [
+        ("sk-ant-", "Anthropic"),
+        ("sk-proj-", "OpenAI"),
+        ("sk-svcacct-", "OpenAI"),
+        ("sk-admin-", "OpenAI"),
+        ("sk-or-", "OpenRouter"),
+        ("AIza", "Google"),
+        ("gsk_", "Groq"),
+        ("xai-", "xAI"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| key.starts_with(prefix))
+        .map(|(_, vendor)| *vendor)
+}
+
+/// The credential on a request: `Authorization: Bearer …`, or `x-api-key` where the wire
+/// format allows it (the Anthropic paths).
+pub fn presented_key<'a>(
+    authorization: Option<&'a [u8]>,
+    x_api_key: Option<&'a [u8]>,
+    allow_x_api_key: bool,
+) -> Option<&'a str> {
+    let bearer = authorization
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    bearer.or_else(|| {
+        if allow_x_api_key {
+            x_api_key
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        } else {
+            None
+        }
+    })
+}
+
+/// A new key and the record that stores only its hash.
+pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
+    let mut rng = rand::rngs::OsRng;
+    let key = format!("{KEY_PREFIX}{}", Alphanumeric.sample_string(&mut rng, KEY_RANDOM_LEN));
+    let record = KeyRecord {
+        id: format!("key_{}", Alphanumeric.sample_string(&mut rng, 12)),
+        name: name.to_string(),
+        plan: plan.to_string(),
+        sha256: hex::encode(Sha256::digest(key.as_bytes())),
+        status: KeyStatus::Active,
+        expires_at: None,
+        created_at: now,
+    };
+    (key, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(records: Vec<KeyRecord>) -> KeyTable {
+        let plans = |p: &str| (p == "free").then(|| vec!["express".to_string()]);
+        KeyTable::compile(Path::new("keys.yaml"), &KeysFile { keys: records }, &plans).unwrap()
+    }
+
+    #[test]
+    fn a_new_key_authenticates_and_only_its_hash_is_stored() {
+        let (key, record) = new_key("ci", "free", 0);
+        assert!(key.starts_with("sk-") && key.len() == 43);
+        assert!(!record.sha256.contains(&key[3..]));
+        let t = table(vec![record]);
+        let account = t.authenticate(Some(&key), 1).unwrap();
+        assert_eq!(account.plan, "free");
+        assert_eq!(account.lanes, vec!["express"]);
+    }
+
+    #[test]
+    fn each_failure_says_which_case_and_never_echoes_the_key() {
+        let (key, mut record) = new_key("ci", "free", 0);
+        let (expired_key, mut expired) = new_key("old", "free", 0);
+        expired.expires_at = Some(10);
+        record.status = KeyStatus::Revoked;
+        let t = table(vec![record, expired]);
+        let cases = [
+            (None, "Missing"),
+            (Some("sk-ant-api03-secretsecret"), "Anthropic"),
+            (Some("sk-proj-secretsecret"), "OpenAI"),
+            (Some("hello-secretsecret"), "Malformed"),
+            (Some("sk-unknownsecretsecret"), "Incorrect"),
+            (Some(key.as_str()), "revoked"),
+            (Some(expired_key.as_str()), "expired"),
+        ];
+        for (presented, expect) in cases {
+            let err = t.authenticate(presented, 100).unwrap_err();
+            assert_eq!(err.status(), 401);
+            assert_eq!(err.code(), "invalid_api_key");
+            assert!(err.message.contains(expect), "{presented:?}: {}", err.message);
+            if let Some(p) = presented {
+                assert!(!err.message.contains(&p[3..]), "key echoed: {}", err.message);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_plan_and_bad_hash_are_rejected_at_load() {
+        let (_, mut r) = new_key("a", "gold", 0);
+        let plans = |p: &str| (p == "free").then(Vec::new);
+        let e = KeyTable::compile(Path::new("k"), &KeysFile { keys: vec![r.clone()] }, &plans).unwrap_err();
+        assert_eq!(e.field, "keys[0].plan");
+        r.plan = "free".into();
+        r.sha256 = "xyz".into();
+        let e = KeyTable::compile(Path::new("k"), &KeysFile { keys: vec![r] }, &plans).unwrap_err();
+        assert_eq!(e.field, "keys[0].sha256");
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_extraction() {
+        assert_eq!(presented_key(Some(b"Bearer sk-1"), None, false), Some("sk-1"));
+        assert_eq!(presented_key(Some(b"bearer   sk-1 "), None, false), Some("sk-1"));
+        assert_eq!(presented_key(Some(b"Basic abc"), None, false), None);
+        assert_eq!(presented_key(None, Some(b"sk-2"), false), None);
+        assert_eq!(presented_key(None, Some(b"sk-2"), true), Some("sk-2"));
+    }
+}

@@ -1,0 +1,102 @@
+//! `lanes.yaml`: lanes, the pinned-model catalogue and the ordered `flux-auto` rules.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanesFile {
+    pub lanes: BTreeMap<String, LaneConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub auto: AutoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    /// The client-facing id, e.g. `flux-fast`.
+    pub alias: String,
+    /// Human name, e.g. "Express Lane".
+    pub title: String,
+    pub price: LanePrice,
+    /// The pinned id that serves the lane first.
+    pub default: String,
+    /// Tried in order when the default (or the previous fallback) is ineligible or fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+/// USD per one million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanePrice {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id the provider knows the model by.
+    pub upstream: String,
+    /// A provider name from `conf/fluxrouter.yaml`.
+    pub provider: String,
+    /// The lane whose price meters it and whose plan access governs it.
+    pub lane: String,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Tools,
+    Vision,
+    Streaming,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoConfig {
+    /// Phrases (case-insensitive) in the last user turn that signal a reasoning task.
+    #[serde(default)]
+    pub reasoning_cues: Vec<String>,
+    /// Substrings that signal code in the last user turn.
+    #[serde(default)]
+    pub code_markers: Vec<String>,
+    /// First match wins; the last rule must have no conditions.
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// All the given conditions must hold; an empty `when` always matches.
+    #[serde(default)]
+    pub when: RuleWhen,
+    pub lane: String,
+}
+
+/// Conditions over request features. Absent means "don't care".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleWhen {
+    pub images: Option<bool>,
+    pub tools: Option<bool>,
+    pub code: Option<bool>,
+    pub reasoning: Option<bool>,
+    pub min_input_tokens: Option<u64>,
+    pub max_input_tokens: Option<u64>,
+    pub min_max_tokens: Option<u64>,
+    pub min_messages: Option<usize>,
+}
+
+impl RuleWhen {
+    pub fn is_empty(&self) -> bool {
+        *self == RuleWhen::default()
+    }
+}

@@ -1,0 +1,237 @@
+//! `conf/fluxrouter.yaml`: listeners, Pingora settings, providers, plans, file locations.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Plaintext HTTP listeners.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default)]
+    pub server: PingoraSettings,
+    #[serde(default)]
+    pub limits: RequestLimits,
+    /// The keys file (hashes only), relative to this file.
+    pub keys_file: PathBuf,
+    /// The lanes file, relative to this file.
+    pub lanes_file: PathBuf,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub plans: BTreeMap<String, PlanConfig>,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:8080".parse().expect("literal address")]
+}
+
+/// The subset of Pingora's `ServerConf` an operator needs; the rest keeps Pingora's defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PingoraSettings {
+    /// Worker threads for the gateway service (Pingora defaults to 1 per service).
+    pub threads: usize,
+    /// On SIGTERM, how long listeners keep accepting before shutdown starts.
+    pub grace_period_seconds: u64,
+    /// Then how long in-flight requests get to finish.
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub pid_file: String,
+    /// Where a new binary started with `-u` picks up the listening sockets.
+    pub upgrade_sock: String,
+    /// Idle upstream connections kept per provider pool.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for PingoraSettings {
+    fn default() -> Self {
+        PingoraSettings {
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 10,
+            pid_file: "/tmp/fluxrouter.pid".into(),
+            upgrade_sock: "/tmp/fluxrouter_upgrade.sock".into(),
+            upstream_keepalive_pool_size: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    /// Largest accepted request body, after gzip decoding (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest non-streamed upstream response the gateway buffers.
+    pub max_response_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The wire format a provider speaks. Only OpenAI Chat Completions is served by this build;
+/// the enum is where the Anthropic and Responses formats will join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFormat {
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub format: WireFormat,
+    /// e.g. `https://api.openai.com/v1`; the client path after `/v1` is appended to its path.
+    pub base_url: String,
+    /// The environment variable holding this provider's key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTimeouts {
+    /// TCP (and TLS) connect.
+    pub connect_ms: u64,
+    /// From request sent to response header: models can think for a long time.
+    pub first_byte_ms: u64,
+    /// Longest silence between two body chunks.
+    pub idle_ms: u64,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        ProviderTimeouts {
+            connect_ms: 5_000,
+            first_byte_ms: 120_000,
+            idle_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Lanes (by name) whose alias, models and flux-auto routing the plan may use.
+    pub lanes: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Parse and validate. Relative file paths are resolved against the config file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        Self::from_yaml(path, &text)
+    }
+
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: ServerConfig = super::parse_yaml(path, text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.keys_file = base.join(&config.keys_file);
+        config.lanes_file = base.join(&config.lanes_file);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |field: String, reason: String| Err(ConfigError::new(path, field, reason));
+        if self.listen.is_empty() {
+            return err("listen".into(), "at least one listener is needed".into());
+        }
+        if self.server.threads == 0 {
+            return err("server.threads".into(), "must be at least 1".into());
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_response_bytes == 0 {
+            return err("limits".into(), "limits must be positive".into());
+        }
+        if self.providers.is_empty() {
+            return err("providers".into(), "at least one provider is needed".into());
+        }
+        for (name, provider) in &self.providers {
+            if let Err(reason) = crate::upstream::BaseUrl::parse(&provider.base_url) {
+                return err(format!("providers.{name}.base_url"), reason);
+            }
+            if let Some(var) = &provider.api_key_env {
+                if var.is_empty() || var.contains('=') {
+                    return err(
+                        format!("providers.{name}.api_key_env"),
+                        "must name an environment variable".into(),
+                    );
+                }
+            }
+            let t = &provider.timeouts;
+            if t.connect_ms == 0 || t.first_byte_ms == 0 || t.idle_ms == 0 {
+                return err(
+                    format!("providers.{name}.timeouts"),
+                    "timeouts must be positive".into(),
+                );
+            }
+        }
+        if self.plans.is_empty() {
+            return err("plans".into(), "at least one plan is needed".into());
+        }
+        for (name, plan) in &self.plans {
+            if plan.lanes.is_empty() {
+                return err(format!("plans.{name}.lanes"), "a plan needs a lane".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+keys_file: keys.yaml
+lanes_file: ../lanes.yaml
+providers:
+  sim: { format: openai, base_url: "http://127.0.0.1:9/v1" }
+plans:
+  free: { lanes: [express] }
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), MINIMAL).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.keys_file, Path::new("/etc/flux/conf/keys.yaml"));
+        assert_eq!(c.lanes_file, Path::new("/etc/flux/conf/../lanes.yaml"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let text = format!("{MINIMAL}\nlisten_on: [1]\n");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert!(e.reason.contains("listen_on"), "{e}");
+        assert_eq!(e.file, Path::new("f.yaml"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let text = MINIMAL.replace("http://127.0.0.1:9/v1", "ftp://x/v1");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "providers.sim.base_url");
+
+        let text = MINIMAL.replace("format: openai", "format: smoke-signals");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert!(e.reason.contains("smoke-signals"), "{e}");
+
+        let text = format!("{MINIMAL}\nserver: {{ threads: 0 }}\n");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "server.threads");
+    }
+}

@@ -1,0 +1,144 @@
+//! Which endpoint a request path names, and for paths not served, what the caller likely
+//! got wrong (the mistakes from the troubleshooting guide).
+
+use crate::errors::{ErrorKind, FluxError, WireShape};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Responses,
+    Models,
+    AnthropicMessages,
+    AnthropicCountTokens,
+    Healthz,
+}
+
+impl Endpoint {
+    /// Classify a path (query string already removed).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+        Some(match path {
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/responses" => Endpoint::Responses,
+            "/v1/models" => Endpoint::Models,
+            "/anthropic/v1/messages" => Endpoint::AnthropicMessages,
+            "/anthropic/v1/messages/count_tokens" => Endpoint::AnthropicCountTokens,
+            "/healthz" => Endpoint::Healthz,
+            _ => return None,
+        })
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Models | Endpoint::Healthz => "GET",
+            _ => "POST",
+        }
+    }
+
+    pub fn shape(self) -> WireShape {
+        match self {
+            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => WireShape::Anthropic,
+            _ => WireShape::OpenAi,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Models => "models",
+            Endpoint::AnthropicMessages => "anthropic_messages",
+            Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
+            Endpoint::Healthz => "healthz",
+        }
+    }
+}
+
+const SERVED: &str = "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
+POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
+
+/// The error shape a client on an unknown path most likely reads.
+pub fn shape_for_unknown(path: &str) -> WireShape {
+    if path.contains("messages") || path.starts_with("/anthropic") {
+        WireShape::Anthropic
+    } else {
+        WireShape::OpenAi
+    }
+}
+
+/// 403 endpoint_not_served, diagnosing the usual base-URL mistakes.
+pub fn not_served(path: &str) -> FluxError {
+    let shown: String = path.chars().take(96).collect();
+    let diagnosis = if path.starts_with("/v1/v1/") || path.starts_with("/anthropic/v1/v1/") {
+        format!(
+            "'{shown}' has a doubled /v1: your base URL already ends in /v1 and the client adds \
+             another. Set the base URL without the trailing /v1."
+        )
+    } else if path.starts_with("/anthropic/") && !path.starts_with("/anthropic/v1/") {
+        format!(
+            "'{shown}' is missing /v1 after /anthropic: Anthropic clients use \
+             /anthropic/v1/messages (set the base URL to http(s)://<host>/anthropic)."
+        )
+    } else if matches!(trimmed(path), "/v1/messages" | "/messages" | "/v1/messages/count_tokens" | "/messages/count_tokens")
+    {
+        format!(
+            "'{shown}' is an Anthropic path without /anthropic: set your Anthropic base URL to \
+             http(s)://<host>/anthropic so requests go to /anthropic/v1/messages."
+        )
+    } else if matches!(trimmed(path), "/chat" | "/v1/chat") {
+        format!(
+            "There is no bare /chat path ('{shown}'). Use POST /v1/chat/completions with an \
+             OpenAI base URL of http(s)://<host>/v1."
+        )
+    } else if matches!(trimmed(path), "/chat/completions" | "/responses" | "/models" | "/completions") {
+        format!(
+            "'{shown}' is missing /v1: set your OpenAI base URL to http(s)://<host>/v1 so \
+             requests go to /v1{}.",
+            trimmed(path)
+        )
+    } else {
+        format!("'{shown}' is not an endpoint.")
+    };
+    FluxError::new(ErrorKind::EndpointNotServed, format!("Endpoint not served: {diagnosis} {SERVED}"))
+}
+
+fn trimmed(path: &str) -> &str {
+    path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_paths_are_classified() {
+        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path("/v1/chat/completions/"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path("/anthropic/v1/messages"), Some(Endpoint::AnthropicMessages));
+        assert_eq!(Endpoint::from_path("/healthz"), Some(Endpoint::Healthz));
+        assert_eq!(Endpoint::from_path("/"), None);
+        assert_eq!(Endpoint::from_path("/v1/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn each_common_mistake_gets_its_diagnosis() {
+        let cases = [
+            ("/chat", "no bare /chat"),
+            ("/chat/completions", "missing /v1"),
+            ("/responses", "missing /v1"),
+            ("/v1/v1/chat/completions", "doubled /v1"),
+            ("/v1/messages", "without /anthropic"),
+            ("/anthropic/messages", "missing /v1 after /anthropic"),
+            ("/wp-admin", "is not an endpoint"),
+        ];
+        for (path, expect) in cases {
+            let e = not_served(path);
+            assert_eq!((e.status(), e.code()), (403, "endpoint_not_served"));
+            assert!(e.message.contains(expect), "{path}: {}", e.message);
+            assert!(e.message.contains("/v1/chat/completions"), "{path}: lists served paths");
+        }
+        assert_eq!(shape_for_unknown("/v1/messages"), WireShape::Anthropic);
+        assert_eq!(shape_for_unknown("/chat"), WireShape::OpenAi);
+    }
+}

@@ -1,0 +1,220 @@
+//! One error type for every failure a client can see.
+//!
+//! A [`FluxError`] knows its HTTP status, its stable `code`, whether a retry can help, and how
+//! to render itself in both wire shapes: OpenAI (`{"error":{"message","type","code"}}`) and
+//! Anthropic (`{"type":"error","error":{"type","message"}}`). Nothing here knows Pingora.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::json;
+
+/// Which error body shape the caller's API expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireShape {
+    OpenAi,
+    Anthropic,
+}
+
+/// Every failure the gateway answers with. The variant fixes status and code; the message
+/// (carried by [`FluxError`]) says which case it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 401: key missing, malformed, unknown, revoked, suspended, expired or another vendor's.
+    InvalidApiKey,
+    /// 400: malformed JSON, wrong shape, `stream` not a boolean.
+    InvalidRequest,
+    /// 400: no message content at all.
+    EmptyPrompt,
+    /// 400: a model id that is neither flux-auto, a lane alias nor a pinned id.
+    ModelNotFound,
+    /// 403: the key's plan does not include the requested lane or model.
+    ModelNotAllowed,
+    /// 403: a path the gateway does not serve (with a diagnosis of the likely mistake).
+    EndpointNotServed,
+    /// 405: a served path with the wrong method.
+    MethodNotAllowed,
+    /// 413: body over the configured limit (32 MB by default).
+    PayloadTooLarge,
+    /// 415: a request body encoding other than identity or gzip.
+    UnsupportedEncoding,
+    /// 501: a documented endpoint this build does not serve yet.
+    NotImplemented,
+    /// 502: no target in the chosen lane supports the request's shape.
+    NoEligibleTarget,
+    /// 502: every eligible target failed before a byte reached the client.
+    UpstreamError,
+    /// 503: the gateway is busy or shutting down.
+    ServiceUnavailable,
+    /// 500: a bug; the message never carries internals.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidApiKey => 401,
+            ErrorKind::InvalidRequest | ErrorKind::EmptyPrompt | ErrorKind::ModelNotFound => 400,
+            ErrorKind::ModelNotAllowed | ErrorKind::EndpointNotServed => 403,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedEncoding => 415,
+            ErrorKind::NotImplemented => 501,
+            ErrorKind::NoEligibleTarget | ErrorKind::UpstreamError => 502,
+            ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The stable machine-readable code (OpenAI `error.code`).
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::EmptyPrompt => "empty_prompt",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::ModelNotAllowed => "model_not_allowed",
+            ErrorKind::EndpointNotServed => "endpoint_not_served",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UnsupportedEncoding => "unsupported_content_encoding",
+            ErrorKind::NotImplemented => "not_implemented",
+            ErrorKind::NoEligibleTarget => "no_eligible_target",
+            ErrorKind::UpstreamError => "upstream_error",
+            ErrorKind::ServiceUnavailable => "service_unavailable",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    /// OpenAI `error.type`. The error reference (seed 002) shows 401 as
+    /// `invalid_request_error`, as OpenAI itself does.
+    fn openai_type(self) -> &'static str {
+        match self.status() {
+            400 | 401 | 404 | 405 | 413 | 415 => "invalid_request_error",
+            403 => "permission_error",
+            _ => "server_error",
+        }
+    }
+
+    /// Anthropic `error.type`, from Anthropic's documented set.
+    fn anthropic_type(self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// Whether the same request can succeed if simply sent again. Sent to SDKs as
+    /// `x-should-retry`: Claude Code otherwise retries a 401 for three minutes.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UpstreamError | ErrorKind::ServiceUnavailable | ErrorKind::Internal
+        )
+    }
+}
+
+/// A client-visible failure: a kind plus a message that names the specific case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FluxError {
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+}
+
+impl FluxError {
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        FluxError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    /// The JSON body in the caller's wire shape.
+    pub fn body(&self, shape: WireShape) -> Vec<u8> {
+        let value = match shape {
+            WireShape::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.kind.openai_type(),
+                    "code": self.kind.code(),
+                }
+            }),
+            WireShape::Anthropic => json!({
+                "type": "error",
+                "error": {
+                    "type": self.kind.anthropic_type(),
+                    "message": self.message,
+                }
+            }),
+        };
+        serde_json::to_vec(&value).expect("a JSON value always serializes")
+    }
+}
+
+impl fmt::Display for FluxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.status(), self.code(), self.message)
+    }
+}
+
+impl std::error::Error for FluxError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn openai_shape_matches_the_error_reference() {
+        let err = FluxError::new(ErrorKind::InvalidApiKey, "Incorrect API key provided.");
+        let body: Value = serde_json::from_slice(&err.body(WireShape::OpenAi)).unwrap();
+        assert_eq!(err.status(), 401);
+        assert_eq!(
+            body,
+            json!({"error": {"message": "Incorrect API key provided.",
+                             "type": "invalid_request_error", "code": "invalid_api_key"}})
+        );
+    }
+
+    #[test]
+    fn anthropic_shape_has_top_level_type_error() {
+        let err = FluxError::new(ErrorKind::PayloadTooLarge, "too big");
+        let body: Value = serde_json::from_slice(&err.body(WireShape::Anthropic)).unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "request_too_large");
+        assert_eq!(body["error"]["message"], "too big");
+        assert_eq!(err.status(), 413);
+    }
+
+    #[test]
+    fn statuses_and_retryability_follow_the_reference() {
+        let cases = [
+            (ErrorKind::InvalidRequest, 400, false),
+            (ErrorKind::EmptyPrompt, 400, false),
+            (ErrorKind::ModelNotFound, 400, false),
+            (ErrorKind::ModelNotAllowed, 403, false),
+            (ErrorKind::EndpointNotServed, 403, false),
+            (ErrorKind::PayloadTooLarge, 413, false),
+            (ErrorKind::NoEligibleTarget, 502, false),
+            (ErrorKind::UpstreamError, 502, true),
+            (ErrorKind::ServiceUnavailable, 503, true),
+        ];
+        for (kind, status, retry) in cases {
+            assert_eq!(kind.status(), status, "{kind:?}");
+            assert_eq!(kind.retryable(), retry, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The Pingora `ProxyHttp` implementation: a thin pipeline over the plain modules.
+//!
+//! Every request is answered inside `request_filter` (returning `Ok(true)`): the gateway reads
+//! the body, routes, and performs the upstream exchange itself, because Pingora's proxy path
+//! cannot carry bodies over 64 KiB nor hold the response header back (NOTES-pingora).
+//!
+//! accept -> request id -> path (403) -> auth (401) -> body (413/415) -> parse (400)
+//!   -> route (400/403/502) -> upstream with fallbacks (502) -> response or stream -> log
+
+mod body;
+mod forward;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::info;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use serde_json::json;
+
+use crate::auth::Account;
+use crate::endpoints::{self, Endpoint};
+use crate::errors::{ErrorKind, FluxError, WireShape};
+use crate::headers;
+use crate::routing::{Requested, AUTO_MODEL};
+use crate::state::AppState;
+use crate::wire::openai_chat::ChatRequest;
+
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Gateway { state }
+    }
+}
+
+/// Per-request facts, filled in as the pipeline goes; `logging()` writes them out.
+pub struct RequestCtx {
+    pub id: String,
+    started: Instant,
+    endpoint: Option<&'static str>,
+    key_id: Option<String>,
+    original_model: Option<String>,
+    lane: Option<String>,
+    model: Option<String>,
+    routed: Option<bool>,
+    status: u16,
+    error_code: Option<&'static str>,
+    attempts: u32,
+    request_bytes: usize,
+    upstream_ttfb: Option<Duration>,
+    stream: bool,
+}
+
+/// Why the pipeline stopped early: an answer for the client, or a broken downstream.
+pub enum Stop {
+    Reply(FluxError),
+    Broken(Box<pingora::Error>),
+}
+
+impl From<FluxError> for Stop {
+    fn from(e: FluxError) -> Self {
+        Stop::Reply(e)
+    }
+}
+
+impl From<Box<pingora::Error>> for Stop {
+    fn from(e: Box<pingora::Error>) -> Self {
+        Stop::Broken(e)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            id: headers::new_request_id(),
+            started: Instant::now(),
+            endpoint: None,
+            key_id: None,
+            original_model: None,
+            lane: None,
+            model: None,
+            routed: None,
+            status: 0,
+            error_code: None,
+            attempts: 0,
+            request_bytes: 0,
+            upstream_ttfb: None,
+            stream: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let endpoint = Endpoint::from_path(&path);
+        let shape = endpoint.map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
+        match self.handle(session, ctx, endpoint, &path).await {
+            Ok(()) => Ok(true),
+            Err(Stop::Reply(err)) => {
+                ctx.status = err.status();
+                ctx.error_code = Some(err.code());
+                respond::send_error(session, &ctx.id, shape, &err).await?;
+                Ok(true)
+            }
+            Err(Stop::Broken(e)) => Err(e),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; reaching here is a bug.
+        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "proxy path is not used"))
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &pingora::Error) -> bool {
+        // Client disconnects are routine; the access log records every request instead.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if ctx.status == 0 {
+            ctx.status = session.response_written().map_or(0, |h| h.status.as_u16());
+        }
+        if !log::log_enabled!(target: "fluxrouter::access", log::Level::Info) {
+            return;
+        }
+        // No prompt, completion or key material here: ids, routing and timings only.
+        let line = json!({
+            "id": ctx.id,
+            "method": session.req_header().method.as_str(),
+            "endpoint": ctx.endpoint,
+            "key_id": ctx.key_id,
+            "status": ctx.status,
+            "error": ctx.error_code,
+            "original_model": ctx.original_model,
+            "model": ctx.model,
+            "lane": ctx.lane,
+            "routed": ctx.routed,
+            "stream": ctx.stream,
+            "attempts": ctx.attempts,
+            "request_bytes": ctx.request_bytes,
+            "response_bytes": session.body_bytes_sent(),
+            "upstream_ttfb_ms": ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1e3),
+            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1e3,
+            "downstream_error": error.map(|e| e.etype().as_str()),
+        });
+        info!(target: "fluxrouter::access", "{line}");
+    }
+}
+
+impl Gateway {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        endpoint: Option<Endpoint>,
+        path: &str,
+    ) -> Result<(), Stop> {
+        let Some(endpoint) = endpoint else {
+            return Err(endpoints::not_served(path).into());
+        };
+        ctx.endpoint = Some(endpoint.label());
+        if session.req_header().method.as_str() != endpoint.method() {
+            return Err(FluxError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} accepts {} only.", endpoint.method()),
+            )
+            .into());
+        }
+        if endpoint == Endpoint::Healthz {
+            ctx.status = 200;
+            let h = respond::header(200, &ctx.id)?;
+            respond::send_body(session, h, "text/plain", Bytes::from_static(b"ok\n")).await?;
+            return Ok(());
+        }
+        let account = self.authenticate(session, endpoint)?;
+        ctx.key_id = Some(account.key_id.clone());
+        match endpoint {
+            Endpoint::Models => self.list_models(session, ctx, &account).await,
+            Endpoint::ChatCompletions => self.chat_completions(session, ctx, &account, path).await,
+            Endpoint::Responses | Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Err(FluxError::new(
+                ErrorKind::NotImplemented,
+                format!("{path} is not served by this FluxRouter build yet; use POST /v1/chat/completions."),
+            )
+            .into()),
+            Endpoint::Healthz => unreachable!("answered above"),
+        }
+    }
+
+    fn authenticate(&self, session: &Session, endpoint: Endpoint) -> Result<Arc<Account>, FluxError> {
+        let h = &session.req_header().headers;
+        let presented = crate::auth::presented_key(
+            h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+            h.get("x-api-key").map(|v| v.as_bytes()),
+            endpoint.shape() == WireShape::Anthropic,
+        );
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.state.keys.load().authenticate(presented, now)
+    }
+
+    async fn list_models(&self, session: &mut Session, ctx: &mut RequestCtx, account: &Account) -> Result<(), Stop> {
+        let routes = self.state.routes.load();
+        let allowed = |lane: usize| account.lanes.iter().any(|l| *l == routes.lane(lane).name);
+        let entry = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "fluxrouter"});
+        let mut data = vec![entry(AUTO_MODEL)];
+        data.extend(
+            (0..routes.lanes().len())
+                .filter(|&l| allowed(l))
+                .map(|l| entry(&routes.lane(l).alias)),
+        );
+        data.extend(routes.models().iter().filter(|m| allowed(m.lane)).map(|m| entry(&m.id)));
+        let body = serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON value");
+        ctx.status = 200;
+        let h = respond::header(200, &ctx.id)?;
+        respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    async fn chat_completions(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        account: &Account,
+        path: &str,
+    ) -> Result<(), Stop> {
+        let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
+        ctx.request_bytes = raw.len();
+        let mut request = ChatRequest::parse(&raw)?;
+        drop(raw);
+        ctx.original_model = Some(request.model.clone());
+        ctx.stream = request.stream;
+
+        // One snapshot for the whole request: a reload mid-request changes nothing here.
+        let routes = self.state.routes.load_full();
+        let requested = routes.resolve(&request.model)?;
+        let mut features = request.features.clone();
+        if requested == Requested::Auto {
+            routes.detect_cues(&request.last_user_text(), &mut features);
+        }
+        let route = routes.route(requested, &features, account.lanes.as_slice())?;
+        ctx.lane = Some(routes.lane(route.lane).name.clone());
+        forward::forward(&self.state, session, ctx, &routes, &route, &mut request, path).await
+    }
+}

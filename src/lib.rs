@@ -1,0 +1,18 @@
+//! FluxRouter: an OpenAI- and Anthropic-compatible LLM gateway on Pingora.
+//!
+//! The Pingora glue lives in [`gateway`]; everything it calls is plain Rust over plain types:
+//! [`config`] (files and validation), [`state`] (the hot-reloaded snapshot), [`auth`],
+//! [`endpoints`], [`wire`] (client formats), [`routing`], [`upstream`] (providers),
+//! [`errors`] and [`headers`]. [`simulate`] is a built-in provider for demos and tests.
+
+pub mod auth;
+pub mod config;
+pub mod endpoints;
+pub mod errors;
+pub mod gateway;
+pub mod headers;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod upstream;
+pub mod wire;

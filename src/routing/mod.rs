@@ -1,0 +1,230 @@
+//! Routing: which lane and which backing models serve a request.
+//!
+//! [`RouteTable`] is compiled once from `lanes.yaml` (and swapped whole on reload). A request
+//! is routed in three plain steps, none of which allocate beyond the candidate list:
+//! 1. [`RouteTable::resolve`] maps the client's `model` to flux-auto, a lane or a pinned model;
+//! 2. for flux-auto, the ordered rules pick a lane from the request's [`Features`];
+//! 3. the lane's chain (default, then fallbacks) is filtered to the eligible targets.
+
+mod table;
+
+pub use table::{Lane, LaneId, Model, ModelId, RouteTable, Rule};
+
+use crate::config::Capability;
+use crate::errors::{ErrorKind, FluxError};
+
+pub const AUTO_MODEL: &str = "flux-auto";
+pub const PINNED_PREFIX: &str = "flux-pinned-";
+
+/// What the request needs and looks like, extracted once from its body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Features {
+    /// Estimated input tokens (text bytes / 4, plus a fixed amount per image).
+    pub input_tokens: u64,
+    pub tools: bool,
+    pub images: bool,
+    pub stream: bool,
+    /// `max_tokens` / `max_completion_tokens` if the client set one.
+    pub max_tokens: Option<u64>,
+    /// Number of messages in the conversation.
+    pub messages: usize,
+    /// Set by [`RouteTable::detect_cues`] (only needed for flux-auto).
+    pub code: bool,
+    pub reasoning: bool,
+}
+
+/// The model id a client asked for, resolved against the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    Auto,
+    Lane(LaneId),
+    Pinned(ModelId),
+}
+
+/// The routing decision for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub lane: LaneId,
+    /// The flux-auto rule that chose the lane (None for aliases and pinned ids).
+    pub rule: Option<usize>,
+    /// Eligible targets in the order to try them; never empty.
+    pub candidates: Vec<ModelId>,
+    /// The model the caller pinned, if any: serving it is not "routed".
+    pub pinned: Option<ModelId>,
+}
+
+/// Which lanes a key's plan may use.
+pub trait LaneAccess {
+    fn allows_lane(&self, lane: &str) -> bool;
+}
+
+impl LaneAccess for [String] {
+    fn allows_lane(&self, lane: &str) -> bool {
+        self.iter().any(|l| l == lane)
+    }
+}
+
+impl RouteTable {
+    /// Map the client's `model` string to what it names.
+    pub fn resolve(&self, model: &str) -> Result<Requested, FluxError> {
+        if model == AUTO_MODEL {
+            return Ok(Requested::Auto);
+        }
+        if let Some(lane) = self.lane_by_alias(model) {
+            return Ok(Requested::Lane(lane));
+        }
+        if let Some(id) = self.model_by_id(model) {
+            return Ok(Requested::Pinned(id));
+        }
+        Err(FluxError::new(
+            ErrorKind::ModelNotFound,
+            format!(
+                "The model '{}' does not exist. Use flux-auto, a lane alias ({}), or a pinned id \
+                 of the form {}<name> (GET /v1/models lists them).",
+                truncate_for_message(model),
+                self.alias_list(),
+                PINNED_PREFIX
+            ),
+        ))
+    }
+
+    /// Decide the lane and the eligible targets.
+    pub fn route(
+        &self,
+        requested: Requested,
+        features: &Features,
+        access: &(impl LaneAccess + ?Sized),
+    ) -> Result<Route, FluxError> {
+        let (lane, rule, pinned) = match requested {
+            Requested::Auto => {
+                let (lane, rule) = self.pick_auto_lane(features, access)?;
+                (lane, Some(rule), None)
+            }
+            Requested::Lane(lane) => {
+                self.check_access(lane, access, &self.lane(lane).alias)?;
+                (lane, None, None)
+            }
+            Requested::Pinned(model) => {
+                let lane = self.model(model).lane;
+                self.check_access(lane, access, &self.model(model).id)?;
+                (lane, None, Some(model))
+            }
+        };
+        // A pinned model is tried first; its lane's chain is the fallback if it fails.
+        let chain = pinned
+            .into_iter()
+            .chain(self.lane(lane).chain.iter().copied().filter(|m| Some(*m) != pinned));
+        let mut rejected: Vec<&'static str> = Vec::new();
+        let candidates: Vec<ModelId> = chain
+            .filter(|&m| match self.model(m).ineligibility(features) {
+                None => true,
+                Some(why) => {
+                    if !rejected.contains(&why) {
+                        rejected.push(why);
+                    }
+                    false
+                }
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(FluxError::new(
+                ErrorKind::NoEligibleTarget,
+                format!(
+                    "No target in lane '{}' supports this request ({}). Try another model or lane, \
+                     or reduce the request.",
+                    self.lane(lane).name,
+                    rejected.join("; ")
+                ),
+            ));
+        }
+        Ok(Route {
+            lane,
+            rule,
+            candidates,
+            pinned,
+        })
+    }
+
+    fn check_access(
+        &self,
+        lane: LaneId,
+        access: &(impl LaneAccess + ?Sized),
+        asked: &str,
+    ) -> Result<(), FluxError> {
+        let lane = self.lane(lane);
+        if access.allows_lane(&lane.name) {
+            Ok(())
+        } else {
+            Err(FluxError::new(
+                ErrorKind::ModelNotAllowed,
+                format!(
+                    "Your plan does not include '{asked}' ({}). Use a lane your plan allows, or \
+                     upgrade.",
+                    lane.title
+                ),
+            ))
+        }
+    }
+
+    /// First rule that matches and whose lane the plan allows.
+    fn pick_auto_lane(
+        &self,
+        features: &Features,
+        access: &(impl LaneAccess + ?Sized),
+    ) -> Result<(LaneId, usize), FluxError> {
+        self.rules()
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(features) && access.allows_lane(&self.lane(rule.lane).name))
+            .map(|(i, rule)| (rule.lane, i))
+            .ok_or_else(|| {
+                FluxError::new(
+                    ErrorKind::ModelNotAllowed,
+                    "Your plan allows no lane that flux-auto could route this request to.",
+                )
+            })
+    }
+}
+
+impl Model {
+    /// Why this model cannot serve the request, if it cannot.
+    pub fn ineligibility(&self, f: &Features) -> Option<&'static str> {
+        if f.tools && !self.has(Capability::Tools) {
+            Some("tools not supported")
+        } else if f.images && !self.has(Capability::Vision) {
+            Some("images not supported")
+        } else if f.stream && !self.has(Capability::Streaming) {
+            Some("streaming not supported")
+        } else if f.input_tokens > self.context_window {
+            Some("input exceeds the context window")
+        } else {
+            None
+        }
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, f: &Features) -> bool {
+        let w = &self.when;
+        w.images.is_none_or(|v| v == f.images)
+            && w.tools.is_none_or(|v| v == f.tools)
+            && w.code.is_none_or(|v| v == f.code)
+            && w.reasoning.is_none_or(|v| v == f.reasoning)
+            && w.min_input_tokens.is_none_or(|v| f.input_tokens >= v)
+            && w.max_input_tokens.is_none_or(|v| f.input_tokens <= v)
+            && w.min_max_tokens.is_none_or(|v| f.max_tokens.unwrap_or(0) >= v)
+            && w.min_messages.is_none_or(|v| f.messages >= v)
+    }
+}
+
+/// Echo at most 64 characters of client input in a message.
+fn truncate_for_message(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! The compiled, validated form of `lanes.yaml`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use crate::config::lanes::{LanePrice, RuleWhen};
+use crate::config::{Capability, ConfigError, LanesFile};
+
+use super::{Features, AUTO_MODEL, PINNED_PREFIX};
+
+pub type LaneId = usize;
+pub type ModelId = usize;
+
+#[derive(Debug)]
+pub struct Lane {
+    pub name: String,
+    pub alias: String,
+    pub title: String,
+    pub price: LanePrice,
+    /// Default first, then fallbacks.
+    pub chain: Vec<ModelId>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    /// The catalogue id (`flux-pinned-…`), what `X-Flux-Model` reports.
+    pub id: String,
+    pub upstream: String,
+    pub provider: String,
+    pub lane: LaneId,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
+    capabilities: u8,
+}
+
+impl Model {
+    pub fn has(&self, cap: Capability) -> bool {
+        self.capabilities & cap_bit(cap) != 0
+    }
+}
+
+fn cap_bit(cap: Capability) -> u8 {
+    match cap {
+        Capability::Tools => 1,
+        Capability::Vision => 2,
+        Capability::Streaming => 4,
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub when: RuleWhen,
+    pub lane: LaneId,
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    lanes: Vec<Lane>,
+    models: Vec<Model>,
+    rules: Vec<Rule>,
+    by_alias: HashMap<String, LaneId>,
+    by_model_id: HashMap<String, ModelId>,
+    /// Built once at load: matching costs microseconds even on 50 KB prompts.
+    reasoning_cues: Option<AhoCorasick>,
+    code_markers: Option<AhoCorasick>,
+}
+
+impl RouteTable {
+    pub fn load(path: &Path, providers: &dyn Fn(&str) -> bool) -> Result<Self, ConfigError> {
+        let file: LanesFile = crate::config::read_yaml(path)?;
+        Self::compile(path, file, providers)
+    }
+
+    /// Validate and compile. `providers` says whether a provider name exists.
+    pub fn compile(
+        path: &Path,
+        file: LanesFile,
+        provider_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, ConfigError> {
+        let err = |field: String, reason: String| ConfigError::new(path, field, reason);
+
+        // Models first (lanes refer to them), with their lane resolved by name afterwards.
+        let lane_names: Vec<&String> = file.lanes.keys().collect();
+        let mut models = Vec::with_capacity(file.models.len());
+        let mut by_model_id = HashMap::with_capacity(file.models.len());
+        for (id, m) in &file.models {
+            let field = |f: &str| format!("models.{id}.{f}");
+            if !id.starts_with(PINNED_PREFIX) || id.len() == PINNED_PREFIX.len() {
+                return Err(err(
+                    format!("models.{id}"),
+                    format!("model ids must look like {PINNED_PREFIX}<name>"),
+                ));
+            }
+            if m.upstream.is_empty() {
+                return Err(err(field("upstream"), "must not be empty".into()));
+            }
+            if !provider_exists(&m.provider) {
+                return Err(err(
+                    field("provider"),
+                    format!("unknown provider '{}' (not in the server config)", m.provider),
+                ));
+            }
+            let Some(lane) = lane_names.iter().position(|l| **l == m.lane) else {
+                return Err(err(field("lane"), format!("unknown lane '{}'", m.lane)));
+            };
+            if m.context_window == 0 {
+                return Err(err(field("context_window"), "must be positive".into()));
+            }
+            if m.max_output_tokens == 0 || m.max_output_tokens > m.context_window {
+                return Err(err(
+                    field("max_output_tokens"),
+                    "must be positive and at most the context window".into(),
+                ));
+            }
+            let capabilities = m.capabilities.iter().fold(0, |acc, c| acc | cap_bit(*c));
+            by_model_id.insert(id.clone(), models.len());
+            models.push(Model {
+                id: id.clone(),
+                upstream: m.upstream.clone(),
+                provider: m.provider.clone(),
+                lane,
+                context_window: m.context_window,
+                max_output_tokens: m.max_output_tokens,
+                capabilities,
+            });
+        }
+
+        let mut lanes = Vec::with_capacity(file.lanes.len());
+        let mut by_alias = HashMap::new();
+        for (name, l) in &file.lanes {
+            let field = |f: &str| format!("lanes.{name}.{f}");
+            if !l.alias.starts_with("flux-") || l.alias == AUTO_MODEL || l.alias.starts_with(PINNED_PREFIX)
+            {
+                return Err(err(
+                    field("alias"),
+                    format!("'{}' must start with flux- and not be flux-auto or a pinned id", l.alias),
+                ));
+            }
+            if by_alias.insert(l.alias.clone(), lanes.len()).is_some() {
+                return Err(err(field("alias"), format!("'{}' is used by two lanes", l.alias)));
+            }
+            for (f, v) in [("input_per_mtok", l.price.input_per_mtok), ("output_per_mtok", l.price.output_per_mtok)] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(err(field(&format!("price.{f}")), "must be a non-negative number".into()));
+                }
+            }
+            let mut chain = Vec::with_capacity(1 + l.fallbacks.len());
+            for (i, id) in std::iter::once(&l.default).chain(&l.fallbacks).enumerate() {
+                let f = if i == 0 { field("default") } else { format!("lanes.{name}.fallbacks[{}]", i - 1) };
+                let Some(&m) = by_model_id.get(id) else {
+                    return Err(err(f, format!("unknown model '{id}'")));
+                };
+                if chain.contains(&m) {
+                    return Err(err(f, format!("'{id}' appears twice in the lane")));
+                }
+                chain.push(m);
+            }
+            lanes.push(Lane {
+                name: name.clone(),
+                alias: l.alias.clone(),
+                title: l.title.clone(),
+                price: l.price,
+                chain,
+            });
+        }
+        if lanes.is_empty() {
+            return Err(err("lanes".into(), "at least one lane is needed".into()));
+        }
+
+        let mut rules: Vec<Rule> = Vec::with_capacity(file.auto.rules.len());
+        for (i, r) in file.auto.rules.iter().enumerate() {
+            let field = format!("auto.rules[{i}]");
+            let Some(lane) = lanes.iter().position(|l| l.name == r.lane) else {
+                return Err(err(format!("{field}.lane"), format!("unknown lane '{}'", r.lane)));
+            };
+            if rules.iter().any(|x| x.name == r.name) {
+                return Err(err(format!("{field}.name"), format!("rule name '{}' is used twice", r.name)));
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                when: r.when.clone(),
+                lane,
+            });
+        }
+        match rules.last() {
+            Some(last) if last.when.is_empty() => {}
+            _ => {
+                return Err(err(
+                    "auto.rules".into(),
+                    "the last rule must have no conditions, so every request gets a lane".into(),
+                ))
+            }
+        }
+
+        Ok(RouteTable {
+            reasoning_cues: automaton(path, "auto.reasoning_cues", &file.auto.reasoning_cues)?,
+            code_markers: automaton(path, "auto.code_markers", &file.auto.code_markers)?,
+            lanes,
+            models,
+            rules,
+            by_alias,
+            by_model_id,
+        })
+    }
+
+    pub fn lane(&self, id: LaneId) -> &Lane {
+        &self.lanes[id]
+    }
+
+    pub fn lanes(&self) -> &[Lane] {
+        &self.lanes
+    }
+
+    pub fn model(&self, id: ModelId) -> &Model {
+        &self.models[id]
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn lane_by_alias(&self, alias: &str) -> Option<LaneId> {
+        self.by_alias.get(alias).copied()
+    }
+
+    pub fn model_by_id(&self, id: &str) -> Option<ModelId> {
+        self.by_model_id.get(id).copied()
+    }
+
+    pub(super) fn alias_list(&self) -> String {
+        let aliases: Vec<&str> = self.lanes.iter().map(|l| l.alias.as_str()).collect();
+        aliases.join(", ")
+    }
+
+    /// Set `code` and `reasoning` from the text of the last user turn.
+    pub fn detect_cues(&self, text: &str, features: &mut Features) {
+        features.code = self.code_markers.as_ref().is_some_and(|a| a.is_match(text));
+        features.reasoning = self.reasoning_cues.as_ref().is_some_and(|a| a.is_match(text));
+    }
+}
+
+fn automaton(path: &Path, field: &str, patterns: &[String]) -> Result<Option<AhoCorasick>, ConfigError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    if patterns.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new(path, field, "patterns must not be empty"));
+    }
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(patterns)
+        .map(Some)
+        .map_err(|e| ConfigError::new(path, field, e.to_string()))
+}

@@ -1,0 +1,198 @@
+//! The snapshot the hot path reads, and the background reloader that swaps it.
+//!
+//! `lanes.yaml` and the keys file are compiled into a [`RouteTable`] and a [`KeyTable`], each
+//! behind an `ArcSwap`. A request loads each once (lock-free) and keeps that snapshot to the
+//! end, so a reload never changes a request in flight. An invalid edit is logged and the
+//! previous table stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use log::{error, info, warn};
+use pingora::connectors::http::Connector;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::auth::KeyTable;
+use crate::config::{ConfigError, KeysFile, ServerConfig};
+use crate::routing::RouteTable;
+use crate::upstream::Providers;
+
+/// Everything a request needs, shared by all of them.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub providers: Providers,
+    pub routes: ArcSwap<RouteTable>,
+    pub keys: ArcSwap<KeyTable>,
+    pub connector: Connector,
+}
+
+impl AppState {
+    /// Load and validate everything; the first error stops the start.
+    pub fn load(config: ServerConfig) -> Result<(Self, Vec<String>), ConfigError> {
+        let (providers, warnings) = Providers::build(&config, &|var| std::env::var(var).ok());
+        let routes = load_routes(&config, &providers)?;
+        let keys = load_keys(&config)?;
+        let mut connector_options = pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
+        connector_options.keepalive_pool_size = config.server.upstream_keepalive_pool_size;
+        let state = AppState {
+            providers,
+            routes: ArcSwap::from_pointee(routes),
+            keys: ArcSwap::from_pointee(keys),
+            connector: Connector::new(Some(connector_options)),
+            config,
+        };
+        Ok((state, warnings))
+    }
+
+    /// Re-read lanes.yaml and swap it in if valid.
+    pub fn reload_routes(&self) -> Result<(), ConfigError> {
+        let table = load_routes(&self.config, &self.providers)?;
+        info!(
+            "reloaded {}: {} lanes, {} models, {} rules",
+            self.config.lanes_file.display(),
+            table.lanes().len(),
+            table.models().len(),
+            table.rules().len()
+        );
+        self.routes.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// Re-read the keys file and swap it in if valid.
+    pub fn reload_keys(&self) -> Result<(), ConfigError> {
+        let table = load_keys(&self.config)?;
+        info!("reloaded {}: {} keys", self.config.keys_file.display(), table.len());
+        self.keys.store(Arc::new(table));
+        Ok(())
+    }
+}
+
+pub fn load_routes(config: &ServerConfig, providers: &Providers) -> Result<RouteTable, ConfigError> {
+    RouteTable::load(&config.lanes_file, &|name| providers.contains(name))
+}
+
+pub fn load_keys(config: &ServerConfig) -> Result<KeyTable, ConfigError> {
+    let file = KeysFile::load(&config.keys_file)?;
+    KeyTable::compile(&config.keys_file, &file, &|plan| {
+        config.plans.get(plan).map(|p| p.lanes.clone())
+    })
+}
+
+/// Watches lanes.yaml and the keys file (and SIGHUP) and swaps the tables on change.
+pub struct Reloader {
+    pub state: Arc<AppState>,
+}
+
+/// A file the reloader follows, with the digest of what was last applied (editors often
+/// write a file several times per save; unchanged content is not reloaded).
+struct Watched {
+    path: PathBuf,
+    digest: Option<[u8; 32]>,
+}
+
+impl Watched {
+    fn new(path: &Path) -> Self {
+        Watched {
+            path: path.to_path_buf(),
+            digest: file_digest(path),
+        }
+    }
+
+    /// True when the content differs from what was last seen.
+    fn changed(&mut self) -> bool {
+        let now = file_digest(&self.path);
+        if now == self.digest {
+            return false;
+        }
+        self.digest = now;
+        true
+    }
+}
+
+fn file_digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let changed = Arc::new(Notify::new());
+        // Watch the folders, not the files: editors and `keys new` replace files by rename,
+        // which a watch on the old inode would miss.
+        let _watcher = match watch_folders(&self.state.config, changed.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("file watching unavailable ({e}); reload with SIGHUP");
+                None
+            }
+        };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let mut lanes = Watched::new(&self.state.config.lanes_file);
+        let mut keys = Watched::new(&self.state.config.keys_file);
+        loop {
+            let forced = tokio::select! {
+                _ = changed.notified() => false,
+                Some(_) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.changed() => return,
+            };
+            // Let a burst of write events settle before reading.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if lanes.changed() || forced {
+                if let Err(e) = self.state.reload_routes() {
+                    error!("{e}; keeping the previous lanes table");
+                }
+            }
+            if keys.changed() || forced {
+                if let Err(e) = self.state.reload_keys() {
+                    error!("{e}; keeping the previous keys table");
+                }
+            }
+        }
+    }
+}
+
+fn watch_folders(config: &ServerConfig, changed: Arc<Notify>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let files: Vec<PathBuf> = [&config.lanes_file, &config.keys_file]
+        .iter()
+        .filter_map(|p| p.file_name().map(PathBuf::from))
+        .collect();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| files.iter().any(|f| f.as_os_str() == n)));
+            if ours {
+                changed.notify_one();
+            }
+        }
+    })?;
+    let mut folders: Vec<PathBuf> = Vec::new();
+    for file in [&config.lanes_file, &config.keys_file] {
+        let folder = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !folders.contains(&folder) {
+            if let Err(e) = std::fs::create_dir_all(&folder) {
+                warn!("cannot create {}: {e}", folder.display());
+            }
+            watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+            folders.push(folder);
+        }
+    }
+    Ok(watcher)
+}
