@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod headers;
 pub mod routing;
 pub mod server;
+pub mod simulate;
 pub mod state;
 pub mod upstream;
 pub mod wire;

@@ -1,0 +1,483 @@
+//! End-to-end tests: a raw HTTP/1.1 client over a real TCP connection, so the
+//! framing, flushing and disconnects are observed the way a gateway sees them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+
+const AUTH: &str = "Bearer sk-sim-test";
+
+fn start() -> SocketAddr {
+    spawn_background("127.0.0.1:0".parse().unwrap()).expect("simulator starts")
+}
+
+/// The bytes of one request that asks the server to close the connection afterwards.
+fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: {AUTH}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Sends one request and reads until the server closes; a reset counts as a close.
+async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&request_bytes(method, path, body))
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("server closes the connection");
+    if let Err(err) = read {
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    raw
+}
+
+struct Parsed {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Whether a chunked body ended with its terminating chunk.
+    complete: bool,
+}
+
+impl Parsed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Parses one HTTP/1.1 response, decoding a chunked body.
+fn parse(raw: &[u8]) -> Parsed {
+    let head_end = find(raw, b"\r\n\r\n").expect("complete response head");
+    let head = std::str::from_utf8(&raw[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    let mut parsed = Parsed {
+        status: status.parse().unwrap(),
+        headers,
+        body: Vec::new(),
+        complete: true,
+    };
+    let mut rest = &raw[head_end + 4..];
+    if parsed.header("transfer-encoding") != Some("chunked") {
+        parsed.body = rest.to_vec();
+        return parsed;
+    }
+    parsed.complete = false;
+    while let Some(line_end) = find(rest, b"\r\n") {
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text, 16).unwrap();
+        if size == 0 {
+            parsed.complete = true;
+            break;
+        }
+        let data = &rest[line_end + 2..];
+        if data.len() < size {
+            parsed.body.extend_from_slice(data);
+            break;
+        }
+        parsed.body.extend_from_slice(&data[..size]);
+        rest = data.get(size + 2..).unwrap_or_default();
+    }
+    parsed
+}
+
+/// The payloads of the `data: …` events in an event-stream body.
+fn events(body: &[u8]) -> Vec<String> {
+    std::str::from_utf8(body)
+        .unwrap()
+        .split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| event.strip_prefix("data: ").expect("data event").to_owned())
+        .collect()
+}
+
+fn chat_body(content: &str, stream: bool) -> Vec<u8> {
+    json!({
+        "model": "gpt-sim",
+        "stream": stream,
+        "messages": [{"role": "user", "content": content}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn non_streamed_completion_with_usage() {
+    let addr = start();
+    let raw = exchange(
+        addr,
+        "POST",
+        "/openai/v1/chat/completions?api-version=1",
+        &chat_body("tell me a story", false),
+    )
+    .await;
+    let response = parse(&raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let length: usize = response.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, response.body.len());
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-sim-"));
+    assert_eq!(body["model"], "gpt-sim");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from gpt-sim. You said: tell me a story"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    // One message of 15 bytes: 4 + 4; nine reply words.
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17})
+    );
+}
+
+#[tokio::test]
+async fn slow_stream_events_arrive_one_by_one() {
+    let addr = start();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = json!({
+        "model": "m",
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "one two three"}],
+    });
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            "/_sim/slow=50/v1/chat/completions",
+            body.to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
+
+    let mut raw = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    // When each read that brought new events arrived, and how many events it brought.
+    let mut arrivals: Vec<Instant> = Vec::new();
+    let mut events_seen = 0;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("stream keeps moving")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buffer[..read]);
+        let events_now = raw.windows(6).filter(|w| w == b"data: ").count();
+        if events_now > events_seen {
+            arrivals.push(Instant::now());
+            events_seen = events_now;
+        }
+    }
+
+    let response = parse(&raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    assert_eq!(response.header("cache-control"), Some("no-cache"));
+    assert!(response.complete);
+    let events = events(&response.body);
+    // role + 8 words + finish + usage + [DONE]
+    assert_eq!(events.len(), 12);
+    assert_eq!(events_seen, events.len());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+
+    assert!(
+        arrivals.len() >= events.len() / 2,
+        "events should arrive in separate reads, got {} reads for {} events",
+        arrivals.len(),
+        events.len()
+    );
+    let spread = *arrivals.last().unwrap() - arrivals[0];
+    let minimum = Duration::from_millis(50) * (events.len() as u32 - 2);
+    assert!(
+        spread >= minimum,
+        "events spread over {spread:?}, expected at least {minimum:?}"
+    );
+}
+
+#[tokio::test]
+async fn stream_without_usage_ends_with_done() {
+    let addr = start();
+    let raw = exchange(addr, "POST", "/v1/chat/completions", &chat_body("hi", true)).await;
+    let response = parse(&raw);
+    assert!(response.complete);
+    assert!(response.header("content-length").is_none());
+    let events = events(&response.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(events.iter().all(|event| !event.contains("\"usage\"")));
+    let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn refuse_closes_without_response() {
+    let addr = start();
+    let raw = exchange(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("please [sim:refuse]", false),
+    )
+    .await;
+    assert!(raw.is_empty(), "got {:?}", String::from_utf8_lossy(&raw));
+    let raw = exchange(addr, "POST", "/_sim/refuse/v1/chat/completions", b"{}").await;
+    assert!(raw.is_empty());
+}
+
+#[tokio::test]
+async fn cut_stream_stops_midway_without_done() {
+    let addr = start();
+    let raw = exchange(
+        addr,
+        "POST",
+        "/_sim/cut/v1/chat/completions",
+        &chat_body("a b c d e f", true),
+    )
+    .await;
+    let response = parse(&raw);
+    assert_eq!(response.status, 200);
+    assert!(!response.complete, "no terminating chunk");
+    let events = events(&response.body);
+    // 14 events in full (role, 11 words, finish, [DONE]): half of them arrive.
+    assert_eq!(events.len(), 7);
+    assert!(events[0].contains("\"role\":\"assistant\""));
+    assert!(events[1].contains("\"content\":\"Hello \""));
+
+    let raw = exchange(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("[sim:cut]", false),
+    )
+    .await;
+    assert!(raw.is_empty(), "a non-streamed cut sends nothing");
+}
+
+#[tokio::test]
+async fn fail_modes_answer_with_openai_errors() {
+    let addr = start();
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/fail500/v1/chat/completions",
+            &chat_body("hi", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": "simulated upstream failure", "type": "server_error", "code": "sim_fail"}})
+    );
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &chat_body("[sim:fail429] hi", true),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.json()["error"]["code"], "sim_fail");
+
+    let response = parse(&exchange(addr, "GET", "/_sim/fail503/v1/models", b"").await);
+    assert_eq!(response.status, 503);
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/explode/v1/chat/completions",
+            &chat_body("hi", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 400);
+    assert!(response.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("explode"));
+}
+
+#[tokio::test]
+async fn recording_lists_requests_with_headers() {
+    let addr = start();
+    exchange(
+        addr,
+        "POST",
+        "/_sim/fail500/v1/chat/completions?trace=1",
+        &chat_body("recorded", true),
+    )
+    .await;
+    let log = parse(&exchange(addr, "GET", "/_sim/requests", b"").await).json();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1);
+    let entry = &log[0];
+    assert_eq!(entry["method"], "POST");
+    assert_eq!(entry["path"], "/_sim/fail500/v1/chat/completions");
+    assert_eq!(entry["query"], "trace=1");
+    assert_eq!(entry["headers"]["authorization"], AUTH);
+    assert_eq!(entry["model"], "gpt-sim");
+    assert_eq!(entry["stream"], true);
+    assert_eq!(entry["body"]["messages"][0]["content"], "recorded");
+    assert_eq!(entry["body_bytes"], chat_body("recorded", true).len());
+
+    let cleared = parse(&exchange(addr, "DELETE", "/_sim/requests", b"").await);
+    assert_eq!(cleared.json(), json!({"cleared": 1}));
+    let log = parse(&exchange(addr, "GET", "/_sim/requests", b"").await).json();
+    assert_eq!(log, json!([]));
+}
+
+#[tokio::test]
+async fn accepts_a_ten_megabyte_body() {
+    let addr = start();
+    let filler = "x".repeat(10 * 1024 * 1024);
+    let body =
+        json!({"model": "big", "messages": [{"role": "user", "content": filler}]}).to_string();
+    let response = parse(&exchange(addr, "POST", "/v1/chat/completions", body.as_bytes()).await);
+    assert_eq!(response.status, 200);
+    let usage = &response.json()["usage"];
+    assert_eq!(usage["prompt_tokens"], 4 + 10 * 1024 * 1024 / 4);
+
+    let log = parse(&exchange(addr, "GET", "/_sim/requests", b"").await).json();
+    assert_eq!(log[0]["body_bytes"], body.len());
+    assert_eq!(
+        log[0]["body"],
+        Value::Null,
+        "large bodies are logged by size only"
+    );
+    assert_eq!(log[0]["model"], "big");
+}
+
+#[tokio::test]
+async fn other_routes_and_bad_requests() {
+    let addr = start();
+    let response = parse(&exchange(addr, "GET", "/healthz", b"").await);
+    assert_eq!(
+        (response.status, response.body.as_slice()),
+        (200, &b"ok"[..])
+    );
+
+    let response = parse(&exchange(addr, "GET", "/openai/v1/models", b"").await);
+    assert_eq!(
+        response.json(),
+        json!({"object": "list", "data": [{"id": "sim-model", "object": "model", "created": 0, "owned_by": "fluxrouter-sim"}]})
+    );
+
+    let response = parse(&exchange(addr, "GET", "/v1/embeddings", b"").await);
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"]["code"], "not_found");
+    assert_eq!(response.json()["error"]["type"], "invalid_request_error");
+
+    let response = parse(&exchange(addr, "POST", "/v1/chat/completions", b"{not json").await);
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["error"]["type"], "invalid_request_error");
+
+    let response =
+        parse(&exchange(addr, "POST", "/v1/chat/completions", br#"{"model":"m"}"#).await);
+    assert_eq!(response.status, 400);
+}
+
+#[tokio::test]
+async fn keeps_connections_alive() {
+    let addr = start();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = chat_body("first", false);
+    let keep_alive = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(keep_alive.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    stream
+        .write_all(&request_bytes("GET", "/healthz", b""))
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let responses = raw.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert_eq!(responses, 2, "{}", String::from_utf8_lossy(&raw));
+}
+
+#[tokio::test]
+async fn hang_holds_the_request_until_the_client_leaves() {
+    let simulator = Arc::new(Simulator::new(Duration::ZERO));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(run(simulator.clone(), listener));
+
+    let wait_for_hanging = |expected: usize| {
+        let simulator = simulator.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while simulator.hanging.load(Ordering::SeqCst) != expected {
+                assert!(
+                    Instant::now() < deadline,
+                    "expected {expected} hanging requests"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            "/_sim/hang/v1/chat/completions",
+            &chat_body("wait", false),
+        ))
+        .await
+        .unwrap();
+    wait_for_hanging(1).await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+    assert!(read.is_err(), "no response while hanging");
+
+    drop(stream);
+    wait_for_hanging(0).await;
+    server.abort();
+}
