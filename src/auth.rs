@@ -47,10 +47,18 @@ impl KeyTable {
             let field = |f: &str| format!("keys[{i}].{f}");
             let mut digest = [0u8; 32];
             if hex::decode_to_slice(&k.sha256, &mut digest).is_err() {
-                return Err(ConfigError::new(path, field("sha256"), "must be 64 hex digits"));
+                return Err(ConfigError::new(
+                    path,
+                    field("sha256"),
+                    "must be 64 hex digits",
+                ));
             }
             let Some(lanes) = plan_lanes(&k.plan) else {
-                return Err(ConfigError::new(path, field("plan"), format!("unknown plan '{}'", k.plan)));
+                return Err(ConfigError::new(
+                    path,
+                    field("plan"),
+                    format!("unknown plan '{}'", k.plan),
+                ));
             };
             let account = Account {
                 key_id: k.id.clone(),
@@ -61,7 +69,11 @@ impl KeyTable {
                 expires_at: k.expires_at,
             };
             if by_hash.insert(digest, Arc::new(account)).is_some() {
-                return Err(ConfigError::new(path, field("sha256"), "the same key is listed twice"));
+                return Err(ConfigError::new(
+                    path,
+                    field("sha256"),
+                    "the same key is listed twice",
+                ));
             }
         }
         Ok(KeyTable { by_hash })
@@ -76,7 +88,11 @@ impl KeyTable {
     }
 
     /// Check a presented credential. `now` is Unix seconds.
-    pub fn authenticate(&self, presented: Option<&str>, now: u64) -> Result<Arc<Account>, FluxError> {
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        now: u64,
+    ) -> Result<Arc<Account>, FluxError> {
         let key = presented.ok_or_else(|| {
             unauthorized("Missing API key. Send your Flux key as 'Authorization: Bearer sk-...'.")
         })?;
@@ -100,7 +116,9 @@ impl KeyTable {
         match account.status {
             KeyStatus::Active => {}
             KeyStatus::Revoked => {
-                return Err(unauthorized("This API key has been revoked. Create a new key."))
+                return Err(unauthorized(
+                    "This API key has been revoked. Create a new key.",
+                ))
             }
             KeyStatus::Suspended => {
                 return Err(unauthorized(
@@ -166,7 +184,10 @@ pub fn presented_key<'a>(
 /// A new key and the record that stores only its hash.
 pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
     let mut rng = rand::rngs::OsRng;
-    let key = format!("{KEY_PREFIX}{}", Alphanumeric.sample_string(&mut rng, KEY_RANDOM_LEN));
+    let key = format!(
+        "{KEY_PREFIX}{}",
+        Alphanumeric.sample_string(&mut rng, KEY_RANDOM_LEN)
+    );
     let record = KeyRecord {
         id: format!("key_{}", Alphanumeric.sample_string(&mut rng, 12)),
         name: name.to_string(),
@@ -219,9 +240,17 @@ mod tests {
             let err = t.authenticate(presented, 100).unwrap_err();
             assert_eq!(err.status(), 401);
             assert_eq!(err.code(), "invalid_api_key");
-            assert!(err.message.contains(expect), "{presented:?}: {}", err.message);
+            assert!(
+                err.message.contains(expect),
+                "{presented:?}: {}",
+                err.message
+            );
             if let Some(p) = presented {
-                assert!(!err.message.contains(&p[3..]), "key echoed: {}", err.message);
+                assert!(
+                    !err.message.contains(&p[3..]),
+                    "key echoed: {}",
+                    err.message
+                );
             }
         }
     }
@@ -230,7 +259,14 @@ mod tests {
     fn unknown_plan_and_bad_hash_are_rejected_at_load() {
         let (_, mut r) = new_key("a", "gold", 0);
         let plans = |p: &str| (p == "free").then(Vec::new);
-        let e = KeyTable::compile(Path::new("k"), &KeysFile { keys: vec![r.clone()] }, &plans).unwrap_err();
+        let e = KeyTable::compile(
+            Path::new("k"),
+            &KeysFile {
+                keys: vec![r.clone()],
+            },
+            &plans,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "keys[0].plan");
         r.plan = "free".into();
         r.sha256 = "xyz".into();
@@ -240,8 +276,14 @@ mod tests {
 
     #[test]
     fn bearer_and_x_api_key_extraction() {
-        assert_eq!(presented_key(Some(b"Bearer sk-1"), None, false), Some("sk-1"));
-        assert_eq!(presented_key(Some(b"bearer   sk-1 "), None, false), Some("sk-1"));
+        assert_eq!(
+            presented_key(Some(b"Bearer sk-1"), None, false),
+            Some("sk-1")
+        );
+        assert_eq!(
+            presented_key(Some(b"bearer   sk-1 "), None, false),
+            Some("sk-1")
+        );
         assert_eq!(presented_key(Some(b"Basic abc"), None, false), None);
         assert_eq!(presented_key(None, Some(b"sk-2"), false), None);
         assert_eq!(presented_key(None, Some(b"sk-2"), true), Some("sk-2"));

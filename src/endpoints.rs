@@ -16,7 +16,10 @@ pub enum Endpoint {
 impl Endpoint {
     /// Classify a path (query string already removed).
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
         Some(match path {
             "/v1/chat/completions" => Endpoint::ChatCompletions,
             "/v1/responses" => Endpoint::Responses,
@@ -55,7 +58,8 @@ impl Endpoint {
     }
 }
 
-const SERVED: &str = "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
+const SERVED: &str =
+    "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
 POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
 
 /// The error shape a client on an unknown path most likely reads.
@@ -80,8 +84,10 @@ pub fn not_served(path: &str) -> FluxError {
             "'{shown}' is missing /v1 after /anthropic: Anthropic clients use \
              /anthropic/v1/messages (set the base URL to http(s)://<host>/anthropic)."
         )
-    } else if matches!(trimmed(path), "/v1/messages" | "/messages" | "/v1/messages/count_tokens" | "/messages/count_tokens")
-    {
+    } else if matches!(
+        trimmed(path),
+        "/v1/messages" | "/messages" | "/v1/messages/count_tokens" | "/messages/count_tokens"
+    ) {
         format!(
             "'{shown}' is an Anthropic path without /anthropic: set your Anthropic base URL to \
              http(s)://<host>/anthropic so requests go to /anthropic/v1/messages."
@@ -91,7 +97,10 @@ pub fn not_served(path: &str) -> FluxError {
             "There is no bare /chat path ('{shown}'). Use POST /v1/chat/completions with an \
              OpenAI base URL of http(s)://<host>/v1."
         )
-    } else if matches!(trimmed(path), "/chat/completions" | "/responses" | "/models" | "/completions") {
+    } else if matches!(
+        trimmed(path),
+        "/chat/completions" | "/responses" | "/models" | "/completions"
+    ) {
         format!(
             "'{shown}' is missing /v1: set your OpenAI base URL to http(s)://<host>/v1 so \
              requests go to /v1{}.",
@@ -100,11 +109,16 @@ pub fn not_served(path: &str) -> FluxError {
     } else {
         format!("'{shown}' is not an endpoint.")
     };
-    FluxError::new(ErrorKind::EndpointNotServed, format!("Endpoint not served: {diagnosis} {SERVED}"))
+    FluxError::new(
+        ErrorKind::EndpointNotServed,
+        format!("Endpoint not served: {diagnosis} {SERVED}"),
+    )
 }
 
 fn trimmed(path: &str) -> &str {
-    path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path)
+    path.strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path)
 }
 
 #[cfg(test)]
@@ -113,9 +127,18 @@ mod tests {
 
     #[test]
     fn served_paths_are_classified() {
-        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
-        assert_eq!(Endpoint::from_path("/v1/chat/completions/"), Some(Endpoint::ChatCompletions));
-        assert_eq!(Endpoint::from_path("/anthropic/v1/messages"), Some(Endpoint::AnthropicMessages));
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions/"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            Endpoint::from_path("/anthropic/v1/messages"),
+            Some(Endpoint::AnthropicMessages)
+        );
         assert_eq!(Endpoint::from_path("/healthz"), Some(Endpoint::Healthz));
         assert_eq!(Endpoint::from_path("/"), None);
         assert_eq!(Endpoint::from_path("/v1/v1/chat/completions"), None);
@@ -136,7 +159,10 @@ mod tests {
             let e = not_served(path);
             assert_eq!((e.status(), e.code()), (403, "endpoint_not_served"));
             assert!(e.message.contains(expect), "{path}: {}", e.message);
-            assert!(e.message.contains("/v1/chat/completions"), "{path}: lists served paths");
+            assert!(
+                e.message.contains("/v1/chat/completions"),
+                "{path}: lists served paths"
+            );
         }
         assert_eq!(shape_for_unknown("/v1/messages"), WireShape::Anthropic);
         assert_eq!(shape_for_unknown("/chat"), WireShape::OpenAi);

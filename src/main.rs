@@ -14,10 +14,19 @@ use fluxrouter::state::{self, AppState};
 use fluxrouter::upstream::Providers;
 
 #[derive(Parser)]
-#[command(name = "fluxrouter", version, about = "An OpenAI- and Anthropic-compatible LLM gateway")]
+#[command(
+    name = "fluxrouter",
+    version,
+    about = "An OpenAI- and Anthropic-compatible LLM gateway"
+)]
 struct Cli {
     /// Server configuration file.
-    #[arg(long, global = true, env = "FLUX_CONFIG", default_value = "conf/fluxrouter.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLUX_CONFIG",
+        default_value = "conf/fluxrouter.yaml"
+    )]
     config: PathBuf,
     /// Serve an embedded default: the built-in simulated provider, a fresh demo key.
     #[arg(long)]
@@ -77,7 +86,13 @@ fn main() -> ExitCode {
         Some(Command::Keys { action }) => keys(&cli.config, action),
         Some(Command::Simulate { listen }) => simulate(listen),
         None if cli.demo => demo(cli.listen),
-        None => serve(&cli.config, RunOptions { upgrade: cli.upgrade, daemon: cli.daemon }),
+        None => serve(
+            &cli.config,
+            RunOptions {
+                upgrade: cli.upgrade,
+                daemon: cli.daemon,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,7 +106,9 @@ fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn serve(config_path: &Path, options: RunOptions) -> CliResult {
@@ -122,8 +139,16 @@ fn check(config_path: &Path) -> CliResult {
         println!("warning: {w}");
     }
     for (name, plan) in &config.plans {
-        if let Some(lane) = plan.lanes.iter().find(|l| !routes.lanes().iter().any(|x| &x.name == *l)) {
-            return Err(format!("{}: plans.{name}.lanes: unknown lane '{lane}'", config_path.display()).into());
+        if let Some(lane) = plan
+            .lanes
+            .iter()
+            .find(|l| !routes.lanes().iter().any(|x| &x.name == *l))
+        {
+            return Err(format!(
+                "{}: plans.{name}.lanes: unknown lane '{lane}'",
+                config_path.display()
+            )
+            .into());
         }
     }
     println!(
@@ -230,7 +255,10 @@ fn demo(listen: SocketAddr) -> CliResult {
     let (key, record) = fluxrouter::auth::new_key("demo", "payg", now());
     KeysFile { keys: vec![record] }.save(&config.keys_file)?;
 
-    println!("FluxRouter demo: simulated provider on http://{sim}, files in {}", dir.display());
+    println!(
+        "FluxRouter demo: simulated provider on http://{sim}, files in {}",
+        dir.display()
+    );
     println!("Demo key (plan payg): {key}");
     println!("Try:");
     println!(

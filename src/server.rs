@@ -20,13 +20,15 @@ pub struct RunOptions {
 /// Start serving; returns only on shutdown.
 pub fn run(state: Arc<AppState>, options: RunOptions) {
     let settings = &state.config.server;
-    let mut conf = ServerConf::default();
-    conf.threads = settings.threads;
-    conf.grace_period_seconds = Some(settings.grace_period_seconds);
-    conf.graceful_shutdown_timeout_seconds = Some(settings.graceful_shutdown_timeout_seconds);
-    conf.pid_file = settings.pid_file.clone();
-    conf.upgrade_sock = settings.upgrade_sock.clone();
-    conf.upstream_keepalive_pool_size = settings.upstream_keepalive_pool_size;
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        upstream_keepalive_pool_size: settings.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
     let opt = Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,

@@ -38,7 +38,8 @@ impl AppState {
         let (providers, warnings) = Providers::build(&config, &|var| std::env::var(var).ok());
         let routes = load_routes(&config, &providers)?;
         let keys = load_keys(&config)?;
-        let mut connector_options = pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
+        let mut connector_options =
+            pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
         connector_options.keepalive_pool_size = config.server.upstream_keepalive_pool_size;
         let state = AppState {
             providers,
@@ -67,13 +68,20 @@ impl AppState {
     /// Re-read the keys file and swap it in if valid.
     pub fn reload_keys(&self) -> Result<(), ConfigError> {
         let table = load_keys(&self.config)?;
-        info!("reloaded {}: {} keys", self.config.keys_file.display(), table.len());
+        info!(
+            "reloaded {}: {} keys",
+            self.config.keys_file.display(),
+            table.len()
+        );
         self.keys.store(Arc::new(table));
         Ok(())
     }
 }
 
-pub fn load_routes(config: &ServerConfig, providers: &Providers) -> Result<RouteTable, ConfigError> {
+pub fn load_routes(
+    config: &ServerConfig,
+    providers: &Providers,
+) -> Result<RouteTable, ConfigError> {
     RouteTable::load(&config.lanes_file, &|name| providers.contains(name))
 }
 
@@ -132,7 +140,8 @@ impl BackgroundService for Reloader {
                 None
             }
         };
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 warn!("cannot listen for SIGHUP: {e}");
@@ -141,14 +150,10 @@ impl BackgroundService for Reloader {
         };
         let mut lanes = Watched::new(&self.state.config.lanes_file);
         let mut keys = Watched::new(&self.state.config.keys_file);
+        // A file may have changed between the start-up load and the watch taking effect:
+        // the first pass re-reads both, so no such edit is lost.
+        let mut forced = true;
         loop {
-            let forced = tokio::select! {
-                _ = changed.notified() => false,
-                Some(_) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
-                _ = shutdown.changed() => return,
-            };
-            // Let a burst of write events settle before reading.
-            tokio::time::sleep(Duration::from_millis(50)).await;
             if lanes.changed() || forced {
                 if let Err(e) = self.state.reload_routes() {
                     error!("{e}; keeping the previous lanes table");
@@ -159,11 +164,21 @@ impl BackgroundService for Reloader {
                     error!("{e}; keeping the previous keys table");
                 }
             }
+            forced = tokio::select! {
+                _ = changed.notified() => false,
+                Some(_) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.changed() => return,
+            };
+            // Let a burst of write events settle before reading.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-fn watch_folders(config: &ServerConfig, changed: Arc<Notify>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_folders(
+    config: &ServerConfig,
+    changed: Arc<Notify>,
+) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let files: Vec<PathBuf> = [&config.lanes_file, &config.keys_file]
         .iter()
@@ -171,10 +186,10 @@ fn watch_folders(config: &ServerConfig, changed: Arc<Notify>) -> notify::Result<
         .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let ours = event
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| files.iter().any(|f| f.as_os_str() == n)));
+            let ours = event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| files.iter().any(|f| f.as_os_str() == n))
+            });
             if ours {
                 changed.notify_one();
             }

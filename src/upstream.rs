@@ -30,7 +30,9 @@ pub struct BaseUrl {
 
 impl BaseUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -115,7 +117,10 @@ impl Providers {
     /// Resolve addresses and read keys from the environment. Runs at start, off the request
     /// path (DNS here is blocking). Problems are returned as warnings: a provider that cannot
     /// be reached is skipped over by fallbacks rather than stopping the gateway.
-    pub fn build(config: &ServerConfig, env: &dyn Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
+    pub fn build(
+        config: &ServerConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
         let mut by_name = HashMap::new();
         for (name, p) in &config.providers {
@@ -130,10 +135,16 @@ impl Providers {
                 },
                 None => None,
             };
-            let peer = match (base.host.as_str(), base.port).to_socket_addrs().map(|mut a| a.next()) {
+            let peer = match (base.host.as_str(), base.port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+            {
                 Ok(Some(addr)) => Some(make_peer(addr, &base, &p.timeouts)),
                 Ok(None) | Err(_) => {
-                    warnings.push(format!("provider {name}: cannot resolve {}; its models will fail over", base.host));
+                    warnings.push(format!(
+                        "provider {name}: cannot resolve {}; its models will fail over",
+                        base.host
+                    ));
                     None
                 }
             };
@@ -216,7 +227,9 @@ impl Provider {
                 .map_err(|e| fail(format!("connect: {e}")))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
             let sent = async {
-                session.write_request_header(Box::new(header.clone())).await?;
+                session
+                    .write_request_header(Box::new(header.clone()))
+                    .await?;
                 session.write_request_body(body.clone(), true).await?;
                 session.finish_request_body().await?;
                 session.read_response_header().await
@@ -244,7 +257,12 @@ impl Provider {
         }
     }
 
-    fn request_header(&self, client_path: &str, len: usize, stream: bool) -> pingora::Result<RequestHeader> {
+    fn request_header(
+        &self,
+        client_path: &str,
+        len: usize,
+        stream: bool,
+    ) -> pingora::Result<RequestHeader> {
         let path = self.base.upstream_path(client_path);
         let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
         h.insert_header(http::header::HOST, &self.host_header)?;
@@ -252,14 +270,24 @@ impl Provider {
         h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         h.insert_header(
             http::header::ACCEPT,
-            if stream { "text/event-stream" } else { "application/json" },
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
         )?;
         // Plain bodies: the gateway reads usage out of them.
         h.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        h.insert_header(http::header::USER_AGENT, concat!("fluxrouter/", env!("CARGO_PKG_VERSION")))?;
+        h.insert_header(
+            http::header::USER_AGENT,
+            concat!("fluxrouter/", env!("CARGO_PKG_VERSION")),
+        )?;
         if let Some(auth) = &self.authorization {
             let mut value = http::HeaderValue::from_str(auth).map_err(|_| {
-                pingora::Error::explain(pingora::ErrorType::InternalError, "provider key is not a valid header value")
+                pingora::Error::explain(
+                    pingora::ErrorType::InternalError,
+                    "provider key is not a valid header value",
+                )
             })?;
             value.set_sensitive(true);
             h.insert_header(http::header::AUTHORIZATION, value)?;
@@ -284,20 +312,38 @@ mod tests {
     #[test]
     fn base_urls_split_and_map_paths_without_doubling_v1() {
         let b = BaseUrl::parse("https://api.openai.com/v1").unwrap();
-        assert_eq!((b.tls, b.port, b.authority()), (true, 443, "api.openai.com".to_string()));
-        assert_eq!(b.upstream_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            (b.tls, b.port, b.authority()),
+            (true, 443, "api.openai.com".to_string())
+        );
+        assert_eq!(
+            b.upstream_path("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
 
         let b = BaseUrl::parse("https://generativelanguage.googleapis.com/v1beta/openai/").unwrap();
-        assert_eq!(b.upstream_path("/v1/chat/completions"), "/v1beta/openai/chat/completions");
+        assert_eq!(
+            b.upstream_path("/v1/chat/completions"),
+            "/v1beta/openai/chat/completions"
+        );
 
         let b = BaseUrl::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!((b.tls, b.authority()), (false, "127.0.0.1:9000".to_string()));
-        assert_eq!(b.upstream_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            (b.tls, b.authority()),
+            (false, "127.0.0.1:9000".to_string())
+        );
+        assert_eq!(
+            b.upstream_path("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
 
         let b = BaseUrl::parse("http://[::1]:9000/_sim/fail500/v1").unwrap();
         assert_eq!(b.host, "::1");
         assert_eq!(b.authority(), "[::1]:9000");
-        assert_eq!(b.upstream_path("/v1/chat/completions"), "/_sim/fail500/v1/chat/completions");
+        assert_eq!(
+            b.upstream_path("/v1/chat/completions"),
+            "/_sim/fail500/v1/chat/completions"
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl KeysFile {
         match std::fs::read_to_string(path) {
             Ok(text) => super::parse_yaml(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeysFile::default()),
-            Err(e) => Err(ConfigError::new(path, "(file)", format!("cannot read: {e}"))),
+            Err(e) => Err(ConfigError::new(
+                path,
+                "(file)",
+                format!("cannot read: {e}"),
+            )),
         }
     }
 
@@ -64,7 +68,9 @@ impl KeysFile {
         ));
         {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(b"# FluxRouter keys: SHA-256 hashes only. Managed by `fluxrouter keys`.\n")?;
+            f.write_all(
+                b"# FluxRouter keys: SHA-256 hashes only. Managed by `fluxrouter keys`.\n",
+            )?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }

@@ -20,6 +20,7 @@ fn too_large(limit: usize) -> FluxError {
 }
 
 /// Read the whole body, refusing anything over `limit` bytes (before or after decoding).
+/// On refusal the rest stays unread; Pingora drains it before reusing the connection.
 pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
     let declared = session
         .req_header()
@@ -28,8 +29,6 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        // The body is left unread, so the connection cannot be reused.
-        session.set_keepalive(None);
         return Err(too_large(limit).into());
     }
     let encoding = content_encoding(session)?;
@@ -45,7 +44,6 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
     while let Some(chunk) = session.read_request_body().await? {
         if buf.len() + chunk.len() > limit {
-            session.set_keepalive(None);
             return Err(too_large(limit).into());
         }
         buf.extend_from_slice(&chunk);
@@ -63,7 +61,11 @@ enum Encoding {
 }
 
 fn content_encoding(session: &Session) -> Result<Encoding, FluxError> {
-    match session.req_header().headers.get(http::header::CONTENT_ENCODING) {
+    match session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+    {
         None => Ok(Encoding::Identity),
         Some(v) => {
             let v = v.to_str().unwrap_or("").trim();
@@ -88,7 +90,10 @@ pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, FluxError> {
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            FluxError::new(ErrorKind::InvalidRequest, format!("The gzip-encoded body could not be decoded: {e}."))
+            FluxError::new(
+                ErrorKind::InvalidRequest,
+                format!("The gzip-encoded body could not be decoded: {e}."),
+            )
         })?;
     if out.len() > limit {
         return Err(too_large(limit));

@@ -38,17 +38,26 @@ pub async fn forward(
         ctx.attempts += 1;
         let body = Bytes::from(request.encode_for(&model.upstream));
         let sent_at = Instant::now();
-        let response = match provider.send(&state.connector, client_path, body, request.stream).await {
+        let response = match provider
+            .send(&state.connector, client_path, body, request.stream)
+            .await
+        {
             Ok(r) => r,
             Err(f) => {
-                warn!("{}: {} failed at {}: {}", ctx.id, model.id, f.provider, f.reason);
+                warn!(
+                    "{}: {} failed at {}: {}",
+                    ctx.id, model.id, f.provider, f.reason
+                );
                 continue;
             }
         };
         ctx.upstream_ttfb = Some(sent_at.elapsed());
         // A 5xx before any byte reached the client: the next fallback may do better.
         if response.status >= 500 {
-            warn!("{}: {} answered {} from {}", ctx.id, model.id, response.status, provider.name);
+            warn!(
+                "{}: {} answered {} from {}",
+                ctx.id, model.id, response.status, provider.name
+            );
             continue;
         }
         let served = Served {
@@ -65,7 +74,11 @@ pub async fn forward(
             return stream(session, ctx, provider, state, response, &served).await;
         }
         let limit = state.config.limits.max_response_bytes;
-        let UpstreamResponse { session: mut upstream, status, content_type } = response;
+        let UpstreamResponse {
+            session: mut upstream,
+            status,
+            content_type,
+        } = response;
         match read_all(&mut upstream, limit).await {
             Ok(body) => {
                 let mut h = respond::header(status, &ctx.id)?;
@@ -76,7 +89,10 @@ pub async fn forward(
                 return Ok(());
             }
             Err(reason) => {
-                warn!("{}: {} body from {} failed: {reason}", ctx.id, model.id, provider.name);
+                warn!(
+                    "{}: {} body from {} failed: {reason}",
+                    ctx.id, model.id, provider.name
+                );
                 ctx.model = None;
                 ctx.routed = None;
                 continue;
@@ -121,7 +137,11 @@ async fn stream(
     response: UpstreamResponse,
     served: &Served<'_>,
 ) -> Result<(), Stop> {
-    let UpstreamResponse { session: mut upstream, content_type, .. } = response;
+    let UpstreamResponse {
+        session: mut upstream,
+        content_type,
+        ..
+    } = response;
     let mut h = respond::header(200, &ctx.id)?;
     served.add_headers(&mut h)?;
     h.insert_header(

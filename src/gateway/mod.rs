@@ -98,7 +98,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        // An answer given before the body was read (401, 413, …) leaves it unread; Pingora
+        // discards it before reusing the connection. Closing at once instead would make the
+        // kernel reset the connection with data pending, and the client could lose the answer.
+        session.set_total_drain_timeout(Some(Duration::from_secs(10)));
         let path = session.req_header().uri.path().to_string();
         let endpoint = Endpoint::from_path(&path);
         let shape = endpoint.map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
@@ -114,17 +122,34 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         // Every request is answered in request_filter; reaching here is a bug.
-        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "proxy path is not used"))
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "proxy path is not used",
+        ))
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &pingora::Error) -> bool {
+    fn suppress_error_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &pingora::Error,
+    ) -> bool {
         // Client disconnects are routine; the access log records every request instead.
         true
     }
 
-    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |h| h.status.as_u16());
         }
@@ -194,29 +219,48 @@ impl Gateway {
         }
     }
 
-    fn authenticate(&self, session: &Session, endpoint: Endpoint) -> Result<Arc<Account>, FluxError> {
+    fn authenticate(
+        &self,
+        session: &Session,
+        endpoint: Endpoint,
+    ) -> Result<Arc<Account>, FluxError> {
         let h = &session.req_header().headers;
         let presented = crate::auth::presented_key(
             h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
             h.get("x-api-key").map(|v| v.as_bytes()),
             endpoint.shape() == WireShape::Anthropic,
         );
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         self.state.keys.load().authenticate(presented, now)
     }
 
-    async fn list_models(&self, session: &mut Session, ctx: &mut RequestCtx, account: &Account) -> Result<(), Stop> {
+    async fn list_models(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        account: &Account,
+    ) -> Result<(), Stop> {
         let routes = self.state.routes.load();
         let allowed = |lane: usize| account.lanes.iter().any(|l| *l == routes.lane(lane).name);
-        let entry = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "fluxrouter"});
+        let entry =
+            |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "fluxrouter"});
         let mut data = vec![entry(AUTO_MODEL)];
         data.extend(
             (0..routes.lanes().len())
                 .filter(|&l| allowed(l))
                 .map(|l| entry(&routes.lane(l).alias)),
         );
-        data.extend(routes.models().iter().filter(|m| allowed(m.lane)).map(|m| entry(&m.id)));
-        let body = serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON value");
+        data.extend(
+            routes
+                .models()
+                .iter()
+                .filter(|m| allowed(m.lane))
+                .map(|m| entry(&m.id)),
+        );
+        let body =
+            serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON value");
         ctx.status = 200;
         let h = respond::header(200, &ctx.id)?;
         respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
@@ -246,6 +290,15 @@ impl Gateway {
         }
         let route = routes.route(requested, &features, account.lanes.as_slice())?;
         ctx.lane = Some(routes.lane(route.lane).name.clone());
-        forward::forward(&self.state, session, ctx, &routes, &route, &mut request, path).await
+        forward::forward(
+            &self.state,
+            session,
+            ctx,
+            &routes,
+            &route,
+            &mut request,
+            path,
+        )
+        .await
     }
 }

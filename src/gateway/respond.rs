@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 
 use crate::errors::{FluxError, WireShape};
 use crate::headers;
-use crate::routing::{RouteTable, Route, ModelId};
+use crate::routing::{ModelId, Route, RouteTable};
 
 /// A response header with the request id and its mirrors, as every response has.
 pub fn header(status: u16, request_id: &str) -> pingora::Result<ResponseHeader> {
@@ -36,7 +36,10 @@ impl Served<'_> {
         let model = self.routes.model(self.model);
         h.insert_header(headers::MODEL, &model.id)?;
         h.insert_header(headers::ORIGINAL_MODEL, self.original_model)?;
-        h.insert_header(headers::ROUTED, if self.routed() { "true" } else { "false" })?;
+        h.insert_header(
+            headers::ROUTED,
+            if self.routed() { "true" } else { "false" },
+        )?;
         h.insert_header(headers::LANE, &self.routes.lane(self.route.lane).name)?;
         if let Some(rule) = self.route.rule {
             h.insert_header(headers::ROUTE_RULE, &self.routes.rules()[rule].name)?;
@@ -54,7 +57,9 @@ pub async fn send_body(
 ) -> pingora::Result<()> {
     h.insert_header(http::header::CONTENT_TYPE, content_type)?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    session.write_response_header(Box::new(h), body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(h), body.is_empty())
+        .await?;
     if !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }
@@ -69,6 +74,13 @@ pub async fn send_error(
     err: &FluxError,
 ) -> pingora::Result<()> {
     let mut h = header(err.status(), request_id)?;
-    h.insert_header(headers::SHOULD_RETRY, if err.kind.retryable() { "true" } else { "false" })?;
+    h.insert_header(
+        headers::SHOULD_RETRY,
+        if err.kind.retryable() {
+            "true"
+        } else {
+            "false"
+        },
+    )?;
     send_body(session, h, "application/json", Bytes::from(err.body(shape))).await
 }

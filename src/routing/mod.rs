@@ -111,9 +111,13 @@ impl RouteTable {
             }
         };
         // A pinned model is tried first; its lane's chain is the fallback if it fails.
-        let chain = pinned
-            .into_iter()
-            .chain(self.lane(lane).chain.iter().copied().filter(|m| Some(*m) != pinned));
+        let chain = pinned.into_iter().chain(
+            self.lane(lane)
+                .chain
+                .iter()
+                .copied()
+                .filter(|m| Some(*m) != pinned),
+        );
         let mut rejected: Vec<&'static str> = Vec::new();
         let candidates: Vec<ModelId> = chain
             .filter(|&m| match self.model(m).ineligibility(features) {
@@ -175,7 +179,9 @@ impl RouteTable {
         self.rules()
             .iter()
             .enumerate()
-            .find(|(_, rule)| rule.matches(features) && access.allows_lane(&self.lane(rule.lane).name))
+            .find(|(_, rule)| {
+                rule.matches(features) && access.allows_lane(&self.lane(rule.lane).name)
+            })
             .map(|(i, rule)| (rule.lane, i))
             .ok_or_else(|| {
                 FluxError::new(
@@ -212,7 +218,8 @@ impl Rule {
             && w.reasoning.is_none_or(|v| v == f.reasoning)
             && w.min_input_tokens.is_none_or(|v| f.input_tokens >= v)
             && w.max_input_tokens.is_none_or(|v| f.input_tokens <= v)
-            && w.min_max_tokens.is_none_or(|v| f.max_tokens.unwrap_or(0) >= v)
+            && w.min_max_tokens
+                .is_none_or(|v| f.max_tokens.unwrap_or(0) >= v)
             && w.min_messages.is_none_or(|v| f.messages >= v)
     }
 }

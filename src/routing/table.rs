@@ -100,7 +100,10 @@ impl RouteTable {
             if !provider_exists(&m.provider) {
                 return Err(err(
                     field("provider"),
-                    format!("unknown provider '{}' (not in the server config)", m.provider),
+                    format!(
+                        "unknown provider '{}' (not in the server config)",
+                        m.provider
+                    ),
                 ));
             }
             let Some(lane) = lane_names.iter().position(|l| **l == m.lane) else {
@@ -132,24 +135,42 @@ impl RouteTable {
         let mut by_alias = HashMap::new();
         for (name, l) in &file.lanes {
             let field = |f: &str| format!("lanes.{name}.{f}");
-            if !l.alias.starts_with("flux-") || l.alias == AUTO_MODEL || l.alias.starts_with(PINNED_PREFIX)
+            if !l.alias.starts_with("flux-")
+                || l.alias == AUTO_MODEL
+                || l.alias.starts_with(PINNED_PREFIX)
             {
                 return Err(err(
                     field("alias"),
-                    format!("'{}' must start with flux- and not be flux-auto or a pinned id", l.alias),
+                    format!(
+                        "'{}' must start with flux- and not be flux-auto or a pinned id",
+                        l.alias
+                    ),
                 ));
             }
             if by_alias.insert(l.alias.clone(), lanes.len()).is_some() {
-                return Err(err(field("alias"), format!("'{}' is used by two lanes", l.alias)));
+                return Err(err(
+                    field("alias"),
+                    format!("'{}' is used by two lanes", l.alias),
+                ));
             }
-            for (f, v) in [("input_per_mtok", l.price.input_per_mtok), ("output_per_mtok", l.price.output_per_mtok)] {
+            for (f, v) in [
+                ("input_per_mtok", l.price.input_per_mtok),
+                ("output_per_mtok", l.price.output_per_mtok),
+            ] {
                 if !v.is_finite() || v < 0.0 {
-                    return Err(err(field(&format!("price.{f}")), "must be a non-negative number".into()));
+                    return Err(err(
+                        field(&format!("price.{f}")),
+                        "must be a non-negative number".into(),
+                    ));
                 }
             }
             let mut chain = Vec::with_capacity(1 + l.fallbacks.len());
             for (i, id) in std::iter::once(&l.default).chain(&l.fallbacks).enumerate() {
-                let f = if i == 0 { field("default") } else { format!("lanes.{name}.fallbacks[{}]", i - 1) };
+                let f = if i == 0 {
+                    field("default")
+                } else {
+                    format!("lanes.{name}.fallbacks[{}]", i - 1)
+                };
                 let Some(&m) = by_model_id.get(id) else {
                     return Err(err(f, format!("unknown model '{id}'")));
                 };
@@ -174,10 +195,16 @@ impl RouteTable {
         for (i, r) in file.auto.rules.iter().enumerate() {
             let field = format!("auto.rules[{i}]");
             let Some(lane) = lanes.iter().position(|l| l.name == r.lane) else {
-                return Err(err(format!("{field}.lane"), format!("unknown lane '{}'", r.lane)));
+                return Err(err(
+                    format!("{field}.lane"),
+                    format!("unknown lane '{}'", r.lane),
+                ));
             };
             if rules.iter().any(|x| x.name == r.name) {
-                return Err(err(format!("{field}.name"), format!("rule name '{}' is used twice", r.name)));
+                return Err(err(
+                    format!("{field}.name"),
+                    format!("rule name '{}' is used twice", r.name),
+                ));
             }
             rules.push(Rule {
                 name: r.name.clone(),
@@ -242,11 +269,18 @@ impl RouteTable {
     /// Set `code` and `reasoning` from the text of the last user turn.
     pub fn detect_cues(&self, text: &str, features: &mut Features) {
         features.code = self.code_markers.as_ref().is_some_and(|a| a.is_match(text));
-        features.reasoning = self.reasoning_cues.as_ref().is_some_and(|a| a.is_match(text));
+        features.reasoning = self
+            .reasoning_cues
+            .as_ref()
+            .is_some_and(|a| a.is_match(text));
     }
 }
 
-fn automaton(path: &Path, field: &str, patterns: &[String]) -> Result<Option<AhoCorasick>, ConfigError> {
+fn automaton(
+    path: &Path,
+    field: &str,
+    patterns: &[String],
+) -> Result<Option<AhoCorasick>, ConfigError> {
     if patterns.is_empty() {
         return Ok(None);
     }

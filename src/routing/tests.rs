@@ -4,7 +4,16 @@ use super::*;
 use crate::config::LanesFile;
 
 const SHIPPED: &str = include_str!("../../lanes.yaml");
-const PROVIDERS: [&str; 8] = ["openai", "anthropic", "google", "mistral", "deepseek", "xai", "groq", "together"];
+const PROVIDERS: [&str; 8] = [
+    "openai",
+    "anthropic",
+    "google",
+    "mistral",
+    "deepseek",
+    "xai",
+    "groq",
+    "together",
+];
 
 fn shipped() -> RouteTable {
     compile(SHIPPED).unwrap()
@@ -24,8 +33,13 @@ fn access(lanes: &[&str]) -> Vec<String> {
 fn auto_lane(t: &RouteTable, f: &Features, text: &str) -> (String, String) {
     let mut f = f.clone();
     t.detect_cues(text, &mut f);
-    let r = t.route(Requested::Auto, &f, access(&ALL).as_slice()).unwrap();
-    (t.lane(r.lane).name.clone(), t.rules()[r.rule.unwrap()].name.clone())
+    let r = t
+        .route(Requested::Auto, &f, access(&ALL).as_slice())
+        .unwrap();
+    (
+        t.lane(r.lane).name.clone(),
+        t.rules()[r.rule.unwrap()].name.clone(),
+    )
 }
 
 #[test]
@@ -36,38 +50,91 @@ fn shipped_table_has_four_lanes_and_37_pinned_models() {
         assert!(aliases.contains(&alias), "{alias}");
     }
     assert_eq!(t.models().len(), 37);
-    let providers: std::collections::HashSet<&str> = t.models().iter().map(|m| m.provider.as_str()).collect();
+    let providers: std::collections::HashSet<&str> =
+        t.models().iter().map(|m| m.provider.as_str()).collect();
     assert!(providers.len() >= 5, "several providers: {providers:?}");
     let price = |alias| t.lane(t.lane_by_alias(alias).unwrap()).price.input_per_mtok;
-    assert_eq!((price("flux-fast"), price("flux-standard"), price("flux-reasoning")), (1.0, 2.0, 4.0));
+    assert_eq!(
+        (
+            price("flux-fast"),
+            price("flux-standard"),
+            price("flux-reasoning")
+        ),
+        (1.0, 2.0, 4.0)
+    );
 }
 
 #[test]
 fn flux_auto_rules_pick_lanes_in_order() {
     let t = shipped();
-    let plain = Features { input_tokens: 10, messages: 1, ..Features::default() };
-    assert_eq!(auto_lane(&t, &plain, "ping"), ("express".into(), "default".into()));
-    assert_eq!(auto_lane(&t, &plain, "Please prove this step by step").0, "deep");
-    assert_eq!(auto_lane(&t, &plain, "fix:\n```rust\nfn main() {}\n```").1, "code");
-    let tools = Features { tools: true, ..plain.clone() };
-    assert_eq!(auto_lane(&t, &tools, "ping"), ("daily".into(), "tools".into()));
+    let plain = Features {
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    assert_eq!(
+        auto_lane(&t, &plain, "ping"),
+        ("express".into(), "default".into())
+    );
+    assert_eq!(
+        auto_lane(&t, &plain, "Please prove this step by step").0,
+        "deep"
+    );
+    assert_eq!(
+        auto_lane(&t, &plain, "fix:\n```rust\nfn main() {}\n```").1,
+        "code"
+    );
+    let tools = Features {
+        tools: true,
+        ..plain.clone()
+    };
+    assert_eq!(
+        auto_lane(&t, &tools, "ping"),
+        ("daily".into(), "tools".into())
+    );
     // Images win over everything: the rule order is the priority.
-    let images = Features { images: true, tools: true, ..plain.clone() };
-    assert_eq!(auto_lane(&t, &images, "prove it"), ("image".into(), "images".into()));
-    let big = Features { input_tokens: 9_000, ..plain.clone() };
+    let images = Features {
+        images: true,
+        tools: true,
+        ..plain.clone()
+    };
+    assert_eq!(
+        auto_lane(&t, &images, "prove it"),
+        ("image".into(), "images".into())
+    );
+    let big = Features {
+        input_tokens: 9_000,
+        ..plain.clone()
+    };
     assert_eq!(auto_lane(&t, &big, "hi").1, "large-input");
-    let long_out = Features { max_tokens: Some(32_000), ..plain.clone() };
+    let long_out = Features {
+        max_tokens: Some(32_000),
+        ..plain.clone()
+    };
     assert_eq!(auto_lane(&t, &long_out, "hi").1, "long-output");
-    let long_conv = Features { messages: 20, ..plain };
+    let long_conv = Features {
+        messages: 20,
+        ..plain
+    };
     assert_eq!(auto_lane(&t, &long_conv, "hi").1, "long-conversation");
 }
 
 #[test]
 fn flux_auto_skips_lanes_the_plan_does_not_allow() {
     let t = shipped();
-    let mut f = Features { input_tokens: 10, messages: 1, ..Features::default() };
+    let mut f = Features {
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
     t.detect_cues("prove it step by step", &mut f);
-    let r = t.route(Requested::Auto, &f, access(&["express", "daily"]).as_slice()).unwrap();
+    let r = t
+        .route(
+            Requested::Auto,
+            &f,
+            access(&["express", "daily"]).as_slice(),
+        )
+        .unwrap();
     assert_eq!(t.lane(r.lane).name, "express");
 }
 
@@ -75,21 +142,46 @@ fn flux_auto_skips_lanes_the_plan_does_not_allow() {
 fn aliases_pinned_ids_and_unknown_models_resolve() {
     let t = shipped();
     assert_eq!(t.resolve("flux-auto").unwrap(), Requested::Auto);
-    assert!(matches!(t.resolve("flux-fast").unwrap(), Requested::Lane(_)));
-    assert!(matches!(t.resolve("flux-pinned-gpt-4o-mini").unwrap(), Requested::Pinned(_)));
+    assert!(matches!(
+        t.resolve("flux-fast").unwrap(),
+        Requested::Lane(_)
+    ));
+    assert!(matches!(
+        t.resolve("flux-pinned-gpt-4o-mini").unwrap(),
+        Requested::Pinned(_)
+    ));
     let e = t.resolve("gpt-4o").unwrap_err();
     assert_eq!((e.status(), e.code()), (400, "model_not_found"));
-    for form in ["flux-auto", "flux-fast", "flux-standard", "flux-reasoning", "flux-image", "flux-pinned-"] {
-        assert!(e.message.contains(form), "{form} missing from: {}", e.message);
+    for form in [
+        "flux-auto",
+        "flux-fast",
+        "flux-standard",
+        "flux-reasoning",
+        "flux-image",
+        "flux-pinned-",
+    ] {
+        assert!(
+            e.message.contains(form),
+            "{form} missing from: {}",
+            e.message
+        );
     }
 }
 
 #[test]
 fn pinned_model_goes_first_and_is_not_routed_then_its_lane_follows() {
     let t = shipped();
-    let Requested::Pinned(m) = t.resolve("flux-pinned-gpt-4o-mini").unwrap() else { panic!() };
-    let f = Features { input_tokens: 10, messages: 1, ..Features::default() };
-    let r = t.route(Requested::Pinned(m), &f, access(&ALL).as_slice()).unwrap();
+    let Requested::Pinned(m) = t.resolve("flux-pinned-gpt-4o-mini").unwrap() else {
+        panic!()
+    };
+    let f = Features {
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    let r = t
+        .route(Requested::Pinned(m), &f, access(&ALL).as_slice())
+        .unwrap();
     assert_eq!(r.candidates[0], m);
     assert_eq!(r.pinned, Some(m));
     assert_eq!(r.candidates.iter().filter(|&&c| c == m).count(), 1);
@@ -100,18 +192,43 @@ fn pinned_model_goes_first_and_is_not_routed_then_its_lane_follows() {
 fn eligibility_filters_by_capability_and_context() {
     let t = shipped();
     let lane = t.lane_by_alias("flux-fast").unwrap();
-    let f = Features { tools: true, input_tokens: 10, messages: 1, ..Features::default() };
-    let r = t.route(Requested::Lane(lane), &f, access(&ALL).as_slice()).unwrap();
-    assert!(r.candidates.iter().all(|&m| t.model(m).has(crate::config::Capability::Tools)));
+    let f = Features {
+        tools: true,
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    let r = t
+        .route(Requested::Lane(lane), &f, access(&ALL).as_slice())
+        .unwrap();
+    assert!(r
+        .candidates
+        .iter()
+        .all(|&m| t.model(m).has(crate::config::Capability::Tools)));
 
     // llama-3.1-8b has no vision; pinned with an image, the lane's vision models take over.
-    let Requested::Pinned(llama) = t.resolve("flux-pinned-llama-3.1-8b").unwrap() else { panic!() };
-    let f = Features { images: true, input_tokens: 10, messages: 1, ..Features::default() };
-    let r = t.route(Requested::Pinned(llama), &f, access(&ALL).as_slice()).unwrap();
+    let Requested::Pinned(llama) = t.resolve("flux-pinned-llama-3.1-8b").unwrap() else {
+        panic!()
+    };
+    let f = Features {
+        images: true,
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    let r = t
+        .route(Requested::Pinned(llama), &f, access(&ALL).as_slice())
+        .unwrap();
     assert!(!r.candidates.contains(&llama));
 
-    let huge = Features { input_tokens: 5_000_000, messages: 1, ..Features::default() };
-    let e = t.route(Requested::Lane(lane), &huge, access(&ALL).as_slice()).unwrap_err();
+    let huge = Features {
+        input_tokens: 5_000_000,
+        messages: 1,
+        ..Features::default()
+    };
+    let e = t
+        .route(Requested::Lane(lane), &huge, access(&ALL).as_slice())
+        .unwrap_err();
     assert_eq!((e.status(), e.code()), (502, "no_eligible_target"));
     assert!(e.message.contains("context window"), "{}", e.message);
 }
@@ -120,21 +237,60 @@ fn eligibility_filters_by_capability_and_context() {
 fn plan_without_the_lane_gets_model_not_allowed() {
     let t = shipped();
     let lane = t.lane_by_alias("flux-reasoning").unwrap();
-    let f = Features { input_tokens: 10, messages: 1, ..Features::default() };
-    let e = t.route(Requested::Lane(lane), &f, access(&["express"]).as_slice()).unwrap_err();
+    let f = Features {
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    let e = t
+        .route(Requested::Lane(lane), &f, access(&["express"]).as_slice())
+        .unwrap_err();
     assert_eq!((e.status(), e.code()), (403, "model_not_allowed"));
 }
 
 #[test]
 fn invalid_tables_are_rejected_naming_the_field() {
     let cases = [
-        (SHIPPED.replace("default: flux-pinned-gpt-5\n", "default: flux-pinned-nope\n"), "lanes.deep.default"),
-        (SHIPPED.replace("provider: deepseek, lane: daily", "provider: acme, lane: daily"), "models.flux-pinned-deepseek-chat.provider"),
-        (SHIPPED.replace("alias: flux-image", "alias: flux-fast"), "lanes.image.alias"),
-        (SHIPPED.replace("    - name: default\n      lane: express\n", ""), "auto.rules"),
-        (SHIPPED.replace("lane: deep\n    - name: tools", "lane: nowhere\n    - name: tools"), "auto.rules[1].lane"),
-        (SHIPPED.replace("input_per_mtok: 1.00", "input_per_mtok: -1"), "lanes.express.price.input_per_mtok"),
-        (SHIPPED.replace("context_window: 131072, max_output_tokens: 131072", "context_window: 0, max_output_tokens: 1"), "models.flux-pinned-llama-3.1-8b.context_window"),
+        (
+            SHIPPED.replace(
+                "default: flux-pinned-gpt-5\n",
+                "default: flux-pinned-nope\n",
+            ),
+            "lanes.deep.default",
+        ),
+        (
+            SHIPPED.replace(
+                "provider: deepseek, lane: daily",
+                "provider: acme, lane: daily",
+            ),
+            "models.flux-pinned-deepseek-chat.provider",
+        ),
+        (
+            SHIPPED.replace("alias: flux-image", "alias: flux-fast"),
+            "lanes.image.alias",
+        ),
+        (
+            SHIPPED.replace("    - name: default\n      lane: express\n", ""),
+            "auto.rules",
+        ),
+        (
+            SHIPPED.replace(
+                "lane: deep\n    - name: tools",
+                "lane: nowhere\n    - name: tools",
+            ),
+            "auto.rules[1].lane",
+        ),
+        (
+            SHIPPED.replace("input_per_mtok: 1.00", "input_per_mtok: -1"),
+            "lanes.express.price.input_per_mtok",
+        ),
+        (
+            SHIPPED.replace(
+                "context_window: 131072, max_output_tokens: 131072",
+                "context_window: 0, max_output_tokens: 1",
+            ),
+            "models.flux-pinned-llama-3.1-8b.context_window",
+        ),
     ];
     for (text, field) in cases {
         assert_ne!(text, SHIPPED, "the edit for {field} must apply");

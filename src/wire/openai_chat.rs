@@ -35,7 +35,9 @@ impl ChatRequest {
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(Value::String(_)) | None | Some(Value::Null) => {
-                return Err(bad("'model' is required: use flux-auto, a lane alias or a pinned id."))
+                return Err(bad(
+                    "'model' is required: use flux-auto, a lane alias or a pinned id.",
+                ))
             }
             Some(_) => return Err(bad("'model' must be a string.")),
         };
@@ -46,11 +48,22 @@ impl ChatRequest {
         };
         let messages = match body.get("messages") {
             Some(Value::Array(m)) => m,
-            None => return Err(bad("'messages' is required: an array of {role, content} objects.")),
-            Some(_) => return Err(bad("'messages' must be an array of {role, content} objects.")),
+            None => {
+                return Err(bad(
+                    "'messages' is required: an array of {role, content} objects.",
+                ))
+            }
+            Some(_) => {
+                return Err(bad(
+                    "'messages' must be an array of {role, content} objects.",
+                ))
+            }
         };
         if messages.is_empty() {
-            return Err(FluxError::new(ErrorKind::EmptyPrompt, "The prompt is empty: 'messages' has no entries."));
+            return Err(FluxError::new(
+                ErrorKind::EmptyPrompt,
+                "The prompt is empty: 'messages' has no entries.",
+            ));
         }
 
         let mut scan = Scan::default();
@@ -58,12 +71,17 @@ impl ChatRequest {
             scan.message(i, message)?;
         }
         if !scan.has_content {
-            return Err(FluxError::new(ErrorKind::EmptyPrompt, "The prompt is empty: add message content."));
+            return Err(FluxError::new(
+                ErrorKind::EmptyPrompt,
+                "The prompt is empty: add message content.",
+            ));
         }
 
-        let tools = ["tools", "functions"]
-            .iter()
-            .any(|k| body.get(*k).and_then(Value::as_array).is_some_and(|a| !a.is_empty()));
+        let tools = ["tools", "functions"].iter().any(|k| {
+            body.get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        });
         let max_tokens = ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64));
@@ -88,7 +106,11 @@ impl ChatRequest {
 
     /// The text of the last user message, where flux-auto looks for code and reasoning cues.
     pub fn last_user_text(&self) -> Cow<'_, str> {
-        let last_user = self.messages().iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+        let last_user = self
+            .messages()
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
         match last_user.and_then(|m| m.get("content")) {
             Some(Value::String(s)) => Cow::Borrowed(s),
             Some(Value::Array(parts)) => {
@@ -132,19 +154,24 @@ struct Scan {
 impl Scan {
     fn message(&mut self, i: usize, message: &Value) -> Result<(), FluxError> {
         let Value::Object(m) = message else {
-            return Err(bad(format!("messages[{i}] must be an object with 'role' and 'content'.")));
+            return Err(bad(format!(
+                "messages[{i}] must be an object with 'role' and 'content'."
+            )));
         };
         match m.get("role").and_then(Value::as_str) {
             Some("system" | "developer" | "user" | "assistant" | "tool" | "function") => {}
             Some(other) => {
                 return Err(bad(format!(
-                    "messages[{i}].role '{}' is not one of system, developer, user, assistant, tool.",
-                    other.chars().take(32).collect::<String>()
-                )))
+                "messages[{i}].role '{}' is not one of system, developer, user, assistant, tool.",
+                other.chars().take(32).collect::<String>()
+            )))
             }
             None => return Err(bad(format!("messages[{i}].role is required."))),
         }
-        if m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+        if m.get("tool_calls")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+        {
             self.has_content = true;
         }
         match m.get("content") {
@@ -200,7 +227,8 @@ mod tests {
 
     #[test]
     fn a_plain_request_parses_with_features() {
-        let r = parse(json!({"model":"flux-auto","messages":[{"role":"user","content":"ping"}]})).unwrap();
+        let r = parse(json!({"model":"flux-auto","messages":[{"role":"user","content":"ping"}]}))
+            .unwrap();
         assert_eq!(r.model, "flux-auto");
         assert!(!r.stream);
         assert_eq!(r.features.messages, 1);
@@ -213,13 +241,31 @@ mod tests {
     fn shape_errors_are_400_with_the_reason() {
         let cases = [
             (json!([1]), "JSON object"),
-            (json!({"messages":[{"role":"user","content":"x"}]}), "'model' is required"),
+            (
+                json!({"messages":[{"role":"user","content":"x"}]}),
+                "'model' is required",
+            ),
             (json!({"model":7,"messages":[]}), "'model' must be a string"),
-            (json!({"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}), "'stream' must be a boolean"),
-            (json!({"model":"m","messages":{}}), "'messages' must be an array"),
-            (json!({"model":"m","messages":["hi"]}), "messages[0] must be an object"),
-            (json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}), "not one of"),
-            (json!({"model":"m","messages":[{"role":"user","content":5}]}), "must be a string or an array"),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}),
+                "'stream' must be a boolean",
+            ),
+            (
+                json!({"model":"m","messages":{}}),
+                "'messages' must be an array",
+            ),
+            (
+                json!({"model":"m","messages":["hi"]}),
+                "messages[0] must be an object",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}),
+                "not one of",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":5}]}),
+                "must be a string or an array",
+            ),
         ];
         for (body, expect) in cases {
             let e = parse(body.clone()).unwrap_err();
@@ -258,7 +304,11 @@ mod tests {
         assert!(r.stream && r.features.stream && r.features.tools && r.features.images);
         assert_eq!(r.features.max_tokens, Some(5000));
         // The image's 400 KB of base64 count as one image, not 100k tokens.
-        assert!(r.features.input_tokens < 2_000, "{}", r.features.input_tokens);
+        assert!(
+            r.features.input_tokens < 2_000,
+            "{}",
+            r.features.input_tokens
+        );
         assert_eq!(r.last_user_text(), "what is this");
     }
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what a fresh machine lacks to build FluxRouter: cmake (Pingora's zlib-ng build
+# needs it even with rustls), a C compiler, and the CA roots rustls trusts.
+set -euo pipefail
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "bootstrap: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "bootstrap: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi

@@ -1,0 +1,302 @@
+//! Integration harness: the real `fluxrouter` binary on a loopback port, in front of the
+//! built-in simulated provider, with its own config, lanes and keys in a temp folder.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fluxrouter");
+/// The provider key the gateway reads from its environment; must reach the provider only.
+pub const PROVIDER_KEY: &str = "sim-provider-key-0123456789";
+
+/// Lanes for the tests: healthy, failing, unreachable, cut and slow targets.
+pub const TEST_LANES: &str = r#"
+lanes:
+  express:
+    alias: flux-fast
+    title: Express Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 4.0 }
+    default: flux-pinned-alpha
+    fallbacks: [flux-pinned-beta]
+  daily:
+    alias: flux-standard
+    title: Daily Driver
+    price: { input_per_mtok: 2.0, output_per_mtok: 8.0 }
+    default: flux-pinned-fails
+    fallbacks: [flux-pinned-unreachable, flux-pinned-gamma]
+  deep:
+    alias: flux-reasoning
+    title: Deep Thought
+    price: { input_per_mtok: 4.0, output_per_mtok: 16.0 }
+    default: flux-pinned-deep-dead
+    fallbacks: [flux-pinned-deep-500]
+  image:
+    alias: flux-image
+    title: Image Lane
+    price: { input_per_mtok: 2.5, output_per_mtok: 10.0 }
+    default: flux-pinned-vision
+  cut:
+    alias: flux-cut
+    title: Cut Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-cutter
+  slow:
+    alias: flux-slow
+    title: Slow Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-slowpoke
+models:
+  flux-pinned-alpha: { upstream: alpha-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-beta: { upstream: beta-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-fails: { upstream: fails-upstream, provider: sim_500, lane: daily, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-unreachable: { upstream: unreachable-upstream, provider: dead, lane: daily, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-gamma: { upstream: gamma-upstream, provider: sim, lane: daily, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-deep-dead: { upstream: deep-dead-upstream, provider: dead, lane: deep, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-deep-500: { upstream: deep-500-upstream, provider: sim_500, lane: deep, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-vision: { upstream: vision-upstream, provider: sim, lane: image, context_window: 100000, max_output_tokens: 4096, capabilities: [vision, streaming] }
+  flux-pinned-cutter: { upstream: cutter-upstream, provider: sim_cut, lane: cut, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-slowpoke: { upstream: slowpoke-upstream, provider: sim_slow, lane: slow, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+auto:
+  reasoning_cues: ["step by step", "prove"]
+  code_markers: ["```"]
+  rules:
+    - { name: images, when: { images: true }, lane: image }
+    - { name: reasoning, when: { reasoning: true }, lane: deep }
+    - { name: tools, when: { tools: true }, lane: daily }
+    - { name: default, lane: express }
+"#;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The simulated provider, in this process.
+pub struct Sim {
+    pub addr: SocketAddr,
+}
+
+impl Sim {
+    pub fn start() -> Sim {
+        let addr = fluxrouter::simulate::spawn_background("127.0.0.1:0".parse().unwrap()).unwrap();
+        Sim { addr }
+    }
+
+    /// Every chat request the provider received, oldest first.
+    pub async fn requests(&self) -> Vec<Value> {
+        let url = format!("http://{}/_sim/requests", self.addr);
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+}
+
+/// A running gateway.
+pub struct Flux {
+    pub base: String,
+    pub sim: Sim,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// A key on the plan allowing every lane.
+    pub key: String,
+    pub client: reqwest::Client,
+    child: Child,
+}
+
+impl Flux {
+    pub async fn start() -> Flux {
+        Self::start_with(TEST_LANES).await
+    }
+
+    pub async fn start_with(lanes: &str) -> Flux {
+        let sim = Sim::start();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let dead = free_port(); // nothing listens there: connections are refused
+        let d = dir.path().display();
+        let s = sim.addr;
+        let config = format!(
+            r#"
+listen: ["127.0.0.1:{port}"]
+server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
+keys_file: keys.yaml
+lanes_file: lanes.yaml
+providers:
+  sim: {{ format: openai, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim_500: {{ format: openai, base_url: "http://{s}/_sim/fail500/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim_cut: {{ format: openai, base_url: "http://{s}/_sim/cut/v1" }}
+  sim_slow: {{ format: openai, base_url: "http://{s}/_sim/slow=100/v1" }}
+  dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
+plans:
+  payg: {{ lanes: [express, daily, deep, image, cut, slow] }}
+  free: {{ lanes: [express] }}
+"#
+        );
+        let config_path = dir.path().join("fluxrouter.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(dir.path().join("lanes.yaml"), lanes).unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut flux = Flux {
+            base: format!("http://127.0.0.1:{port}"),
+            sim,
+            config: config_path.clone(),
+            key: String::new(),
+            client: reqwest::Client::new(),
+            child: Command::new(BIN)
+                .arg("--config")
+                .arg(&config_path)
+                .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+                .env("RUST_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+            dir,
+        };
+        flux.key = flux.new_key("payg", "main");
+        flux.wait_ready().await;
+        flux
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("gateway exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Keys created after start arrive through the reloader.
+        self.wait_for_key(&self.key.clone()).await;
+    }
+
+    /// Poll until a key created after start authenticates (the file watcher swapped it in).
+    pub async fn wait_for_key(&self, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self.get("/v1/models", key).await;
+            if r.status() == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "key never became valid: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run a `fluxrouter` subcommand against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Create a key with the CLI; the gateway picks it up by reloading the keys file.
+    pub fn new_key(&self, plan: &str, name: &str) -> String {
+        let out = self.cli(&["keys", "new", "--plan", plan, "--name", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn lanes_path(&self) -> PathBuf {
+        self.dir.path().join("lanes.yaml")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(&self, body: &Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", &self.key, body).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Flux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}: {:?}", r.headers()))
+        .to_str()
+        .unwrap()
+}
+
+/// Assert an OpenAI-shaped error with this status and code; returns the message.
+pub async fn expect_openai_error(r: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(r.status().as_u16(), status, "{:?}", r.headers());
+    let id = header(&r, "x-flux-request-id").to_string();
+    assert!(id.starts_with("req_"), "{id}");
+    assert_eq!(
+        header(&r, "x-request-id"),
+        id,
+        "request id mirrored for Codex"
+    );
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+pub fn ping(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}]})
+}
