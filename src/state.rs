@@ -150,8 +150,11 @@ impl BackgroundService for Reloader {
         };
         let mut lanes = Watched::new(&self.state.config.lanes_file);
         let mut keys = Watched::new(&self.state.config.keys_file);
-        // A file may have changed between the start-up load and the watch taking effect:
-        // the first pass re-reads both, so no such edit is lost.
+        let mut dns = tokio::time::interval(DNS_REFRESH);
+        dns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        dns.tick().await; // the first tick is immediate; addresses were resolved at start
+                          // A file may have changed between the start-up load and the watch taking effect:
+                          // the first pass re-reads both, so no such edit is lost.
         let mut forced = true;
         loop {
             if lanes.changed() || forced {
@@ -164,13 +167,37 @@ impl BackgroundService for Reloader {
                     error!("{e}; keeping the previous keys table");
                 }
             }
-            forced = tokio::select! {
-                _ = changed.notified() => false,
-                Some(_) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
-                _ = shutdown.changed() => return,
+            forced = loop {
+                tokio::select! {
+                    _ = changed.notified() => break false,
+                    Some(_) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => break true,
+                    _ = dns.tick() => self.refresh_addresses().await,
+                    _ = shutdown.changed() => return,
+                }
             };
             // Let a burst of write events settle before reading.
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How often provider host names are resolved again.
+const DNS_REFRESH: Duration = Duration::from_secs(60);
+
+impl Reloader {
+    async fn refresh_addresses(&self) {
+        for provider in self.state.providers.iter() {
+            match provider.refresh_address().await {
+                Ok(Some(addr)) => info!(
+                    "provider {}: {} now resolves to {addr}",
+                    provider.name, provider.base.host
+                ),
+                Ok(None) => {}
+                Err(e) => warn!(
+                    "provider {}: cannot resolve {}: {e}",
+                    provider.name, provider.base.host
+                ),
+            }
         }
     }
 }

@@ -9,11 +9,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 
 use crate::config::server::{ProviderTimeouts, WireFormat};
 use crate::config::ServerConfig;
@@ -89,8 +90,9 @@ pub struct Provider {
     pub format: WireFormat,
     pub base: BaseUrl,
     host_header: String,
-    /// None when the address could not be resolved at start; attempts then fail over.
-    peer: Option<HttpPeer>,
+    /// None while the host cannot be resolved; attempts then fail over. Re-resolved in the
+    /// background ([`Provider::refresh_address`]), so a provider's DNS change is followed.
+    peer: ArcSwapOption<HttpPeer>,
     /// `Bearer <key>` from the provider's environment variable.
     authorization: Option<String>,
     pub timeouts: ProviderTimeouts,
@@ -102,7 +104,7 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("base", &self.base)
-            .field("resolved", &self.peer.is_some())
+            .field("resolved", &self.peer.load().is_some())
             .field("has_key", &self.authorization.is_some())
             .finish()
     }
@@ -139,7 +141,7 @@ impl Providers {
                 .to_socket_addrs()
                 .map(|mut a| a.next())
             {
-                Ok(Some(addr)) => Some(make_peer(addr, &base, &p.timeouts)),
+                Ok(Some(addr)) => Some(Arc::new(make_peer(addr, &base, &p.timeouts))),
                 Ok(None) | Err(_) => {
                     warnings.push(format!(
                         "provider {name}: cannot resolve {}; its models will fail over",
@@ -153,7 +155,7 @@ impl Providers {
                 format: p.format,
                 host_header: base.authority(),
                 base,
-                peer,
+                peer: ArcSwapOption::new(peer),
                 authorization,
                 timeouts: p.timeouts.clone(),
             };
@@ -168,6 +170,10 @@ impl Providers {
 
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_name.values()
     }
 }
 
@@ -194,6 +200,17 @@ pub struct UpstreamResponse {
     pub session: HttpSession,
     pub status: u16,
     pub content_type: Option<String>,
+    /// The peer the connection belongs to, for returning it to the right pool.
+    peer: Arc<HttpPeer>,
+}
+
+impl UpstreamResponse {
+    /// Return a connection whose response was read to the end to the pool.
+    pub async fn release(self, connector: &Connector) {
+        connector
+            .release_http_session(self.session, &*self.peer, Some(Duration::from_secs(60)))
+            .await;
+    }
 }
 
 impl Provider {
@@ -211,7 +228,7 @@ impl Provider {
         };
         let peer = self
             .peer
-            .as_ref()
+            .load_full()
             .ok_or_else(|| fail(format!("address of {} not resolved", self.base.host)))?;
         let header = self
             .request_header(client_path, body.len(), stream)
@@ -222,7 +239,7 @@ impl Provider {
         loop {
             tries += 1;
             let (mut session, reused) = connector
-                .get_http_session(peer)
+                .get_http_session(&*peer)
                 .await
                 .map_err(|e| fail(format!("connect: {e}")))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
@@ -249,9 +266,11 @@ impl Provider {
                         session,
                         status,
                         content_type,
+                        peer,
                     });
                 }
-                Err(_) if reused && tries == 1 => continue,
+                // A slow provider is not a stale connection: only a closed one is retried.
+                Err(e) if reused && tries == 1 && !is_timeout(&e) => continue,
                 Err(e) => return Err(fail(format!("exchange: {e}"))),
             }
         }
@@ -295,14 +314,34 @@ impl Provider {
         Ok(h)
     }
 
-    /// Return a connection whose response was read to the end to the pool.
-    pub async fn release(&self, connector: &Connector, session: HttpSession) {
-        if let Some(peer) = &self.peer {
-            connector
-                .release_http_session(session, peer, Some(Duration::from_secs(60)))
-                .await;
+    /// Resolve the host again; returns the new address when it changed. IP literals are
+    /// left alone.
+    pub async fn refresh_address(&self) -> std::io::Result<Option<SocketAddr>> {
+        if self.base.host.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(None);
         }
+        let addr = tokio::net::lookup_host((self.base.host.as_str(), self.base.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let current = self.peer.load();
+        if current
+            .as_ref()
+            .is_some_and(|p| p.address().as_inet() == Some(&addr))
+        {
+            return Ok(None);
+        }
+        self.peer
+            .store(Some(Arc::new(make_peer(addr, &self.base, &self.timeouts))));
+        Ok(Some(addr))
     }
+}
+
+fn is_timeout(e: &pingora::Error) -> bool {
+    matches!(
+        e.etype(),
+        pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout
+    )
 }
 
 #[cfg(test)]

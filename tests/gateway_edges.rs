@@ -72,7 +72,11 @@ async fn each_auth_failure_is_a_401_that_says_why_without_echoing_the_key() {
         .send()
         .await
         .unwrap();
-    expect_openai_error(r, 401, "invalid_api_key").await;
+    let m = expect_openai_error(r, 401, "invalid_api_key").await;
+    assert!(
+        m.contains("Authorization: Bearer") && m.contains("/anthropic"),
+        "{m}"
+    );
     for seen in flux.sim.requests().await {
         assert_eq!(
             seen["headers"]["authorization"],

@@ -73,19 +73,22 @@ pub async fn forward(
         if request.stream && response.status == 200 {
             return stream(session, ctx, provider, state, response, &served).await;
         }
-        let limit = state.config.limits.max_response_bytes;
-        let UpstreamResponse {
-            session: mut upstream,
-            status,
-            content_type,
-        } = response;
-        match read_all(&mut upstream, limit).await {
+        let mut response = response;
+        match read_all(
+            &mut response.session,
+            state.config.limits.max_response_bytes,
+        )
+        .await
+        {
             Ok(body) => {
-                let mut h = respond::header(status, &ctx.id)?;
+                let mut h = respond::header(response.status, &ctx.id)?;
                 served.add_headers(&mut h)?;
-                let content_type = content_type.as_deref().unwrap_or("application/json");
+                let content_type = response
+                    .content_type
+                    .as_deref()
+                    .unwrap_or("application/json");
                 respond::send_body(session, h, content_type, body).await?;
-                provider.release(&state.connector, upstream).await;
+                response.release(&state.connector).await;
                 return Ok(());
             }
             Err(reason) => {
@@ -134,30 +137,28 @@ async fn stream(
     ctx: &mut RequestCtx,
     provider: &Provider,
     state: &AppState,
-    response: UpstreamResponse,
+    mut response: UpstreamResponse,
     served: &Served<'_>,
 ) -> Result<(), Stop> {
-    let UpstreamResponse {
-        session: mut upstream,
-        content_type,
-        ..
-    } = response;
     let mut h = respond::header(200, &ctx.id)?;
     served.add_headers(&mut h)?;
     h.insert_header(
         http::header::CONTENT_TYPE,
-        content_type.as_deref().unwrap_or("text/event-stream"),
+        response
+            .content_type
+            .as_deref()
+            .unwrap_or("text/event-stream"),
     )?;
     h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
     // Tell intermediaries (nginx) not to buffer the stream either.
     h.insert_header("x-accel-buffering", "no")?;
     session.write_response_header(Box::new(h), false).await?;
     loop {
-        match upstream.read_response_body().await {
+        match response.session.read_response_body().await {
             Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
             Ok(None) => {
                 session.write_response_body(None, true).await?;
-                provider.release(&state.connector, upstream).await;
+                response.release(&state.connector).await;
                 return Ok(());
             }
             Err(e) => {

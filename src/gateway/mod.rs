@@ -107,6 +107,8 @@ impl ProxyHttp for Gateway {
         // discards it before reusing the connection. Closing at once instead would make the
         // kernel reset the connection with data pending, and the client could lose the answer.
         session.set_total_drain_timeout(Some(Duration::from_secs(10)));
+        // A client that stops sending mid-body must not hold its task forever.
+        session.set_read_timeout(Some(Duration::from_secs(60)));
         let path = session.req_header().uri.path().to_string();
         let endpoint = Endpoint::from_path(&path);
         let shape = endpoint.map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
@@ -225,11 +227,20 @@ impl Gateway {
         endpoint: Endpoint,
     ) -> Result<Arc<Account>, FluxError> {
         let h = &session.req_header().headers;
+        let x_api_key = h.get("x-api-key").map(|v| v.as_bytes());
+        let anthropic = endpoint.shape() == WireShape::Anthropic;
         let presented = crate::auth::presented_key(
             h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
-            h.get("x-api-key").map(|v| v.as_bytes()),
-            endpoint.shape() == WireShape::Anthropic,
+            x_api_key,
+            anthropic,
         );
+        if presented.is_none() && x_api_key.is_some() && !anthropic {
+            return Err(FluxError::new(
+                ErrorKind::InvalidApiKey,
+                "On /v1 paths send your Flux key as 'Authorization: Bearer sk-...'; x-api-key is \
+                 accepted on the /anthropic paths only.",
+            ));
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
