@@ -34,6 +34,8 @@ pub enum ErrorKind {
     EndpointNotServed,
     /// 405: a served path with the wrong method.
     MethodNotAllowed,
+    /// 408: the client stopped sending its request.
+    RequestTimeout,
     /// 413: body over the configured limit (32 MB by default).
     PayloadTooLarge,
     /// 415: a request body encoding other than identity or gzip.
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest | ErrorKind::EmptyPrompt | ErrorKind::ModelNotFound => 400,
             ErrorKind::ModelNotAllowed | ErrorKind::EndpointNotServed => 403,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedEncoding => 415,
             ErrorKind::NotImplemented => 501,
@@ -76,6 +79,7 @@ impl ErrorKind {
             ErrorKind::ModelNotAllowed => "model_not_allowed",
             ErrorKind::EndpointNotServed => "endpoint_not_served",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedEncoding => "unsupported_content_encoding",
             ErrorKind::NotImplemented => "not_implemented",
@@ -90,7 +94,7 @@ impl ErrorKind {
     /// `invalid_request_error`, as OpenAI itself does.
     fn openai_type(self) -> &'static str {
         match self.status() {
-            400 | 401 | 404 | 405 | 413 | 415 => "invalid_request_error",
+            400 | 401 | 404 | 405 | 408 | 413 | 415 => "invalid_request_error",
             403 => "permission_error",
             _ => "server_error",
         }
@@ -114,7 +118,10 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::UpstreamError | ErrorKind::ServiceUnavailable | ErrorKind::Internal
+            ErrorKind::RequestTimeout
+                | ErrorKind::UpstreamError
+                | ErrorKind::ServiceUnavailable
+                | ErrorKind::Internal
         )
     }
 }

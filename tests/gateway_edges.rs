@@ -377,3 +377,32 @@ async fn the_demo_prints_a_key_and_serves_the_readme_curl() {
         .unwrap()
         .contains("Hello"));
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408_in_the_error_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let flux = Flux::start().await;
+    let addr = flux.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":",
+        flux.key
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers within its body timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-flux-request-id: req_"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(flux.sim.requests().await.is_empty());
+}

@@ -67,6 +67,8 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     /// Largest non-streamed upstream response the gateway buffers.
     pub max_response_bytes: usize,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for RequestLimits {
@@ -74,6 +76,7 @@ impl Default for RequestLimits {
         RequestLimits {
             max_body_bytes: 32 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
+            body_read_timeout_ms: 60_000,
         }
     }
 }
@@ -152,7 +155,8 @@ impl ServerConfig {
         if self.server.threads == 0 {
             return err("server.threads".into(), "must be at least 1".into());
         }
-        if self.limits.max_body_bytes == 0 || self.limits.max_response_bytes == 0 {
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_response_bytes == 0 || l.body_read_timeout_ms == 0 {
             return err("limits".into(), "limits must be positive".into());
         }
         if self.providers.is_empty() {

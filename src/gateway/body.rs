@@ -42,7 +42,12 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
         session.write_continue_response().await?;
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
-    while let Some(chunk) = session.read_request_body().await? {
+    // Marked downstream, so a framing error answers 400 rather than 500.
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         if buf.len() + chunk.len() > limit {
             return Err(too_large(limit).into());
         }

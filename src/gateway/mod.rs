@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use log::info;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorSource;
 use serde_json::json;
 
 use crate::auth::Account;
@@ -108,7 +109,8 @@ impl ProxyHttp for Gateway {
         // kernel reset the connection with data pending, and the client could lose the answer.
         session.set_total_drain_timeout(Some(Duration::from_secs(10)));
         // A client that stops sending mid-body must not hold its task forever.
-        session.set_read_timeout(Some(Duration::from_secs(60)));
+        let body_timeout = self.state.config.limits.body_read_timeout_ms;
+        session.set_read_timeout(Some(Duration::from_millis(body_timeout)));
         let path = session.req_header().uri.path().to_string();
         let endpoint = Endpoint::from_path(&path);
         let shape = endpoint.map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
@@ -120,7 +122,46 @@ impl ProxyHttp for Gateway {
                 respond::send_error(session, &ctx.id, shape, &err).await?;
                 Ok(true)
             }
+            // Pingora calls fail_to_proxy with it, which answers if the client can still hear.
             Err(Stop::Broken(e)) => Err(e),
+        }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use pingora::ErrorType::{ConnectionClosed, ReadError, ReadTimedout, WriteError};
+        let kind = match e.etype() {
+            _ if session.response_written().is_some() => None, // mid-response: nothing to add
+            WriteError | ReadError | ConnectionClosed => None, // the client is gone
+            ReadTimedout => Some(ErrorKind::RequestTimeout),
+            _ if e.esource() == &ErrorSource::Downstream => Some(ErrorKind::InvalidRequest),
+            _ => Some(ErrorKind::Internal),
+        };
+        let Some(kind) = kind else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let message = match kind {
+            ErrorKind::RequestTimeout => "The request body stopped arriving; send it again.",
+            ErrorKind::InvalidRequest => "The request could not be read (malformed HTTP framing).",
+            _ => "Internal error; retry, and quote the request id if it persists.",
+        };
+        let err = FluxError::new(kind, message);
+        let path = session.req_header().uri.path().to_string();
+        let shape = Endpoint::from_path(&path)
+            .map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
+        ctx.status = err.status();
+        ctx.error_code = Some(err.code());
+        let _ = respond::send_error(session, &ctx.id, shape, &err).await;
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: false,
         }
     }
 

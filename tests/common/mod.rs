@@ -124,6 +124,7 @@ impl Flux {
             r#"
 listen: ["127.0.0.1:{port}"]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
+limits: {{ body_read_timeout_ms: 1000 }}
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 providers:
