@@ -46,8 +46,8 @@ auto:
     - { name: default, lane: express }
 YAML
 key=$("$bin" --config "$work/fluxrouter.yaml" keys new --plan payg --name bench 2>/dev/null)
-# The access log is on (info), as in production; it goes to a file.
-RUST_LOG=info "$bin" --config "$work/fluxrouter.yaml" 2>"$work/gateway.log" &
+# The access log is on (info), as in production, and goes to a file; FLUX_BENCH_LOG=warn turns it off.
+RUST_LOG=${FLUX_BENCH_LOG:-info} "$bin" --config "$work/fluxrouter.yaml" 2>"$work/gateway.log" &
 gw_pid=$!
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$gw_port/healthz" >/dev/null && break

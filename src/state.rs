@@ -213,6 +213,11 @@ fn watch_folders(
         .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
+            // Reading a file raises access events; reacting to those would make the
+            // reloader's own reads wake it again, forever.
+            if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove()) {
+                return;
+            }
             let ours = event.paths.iter().any(|p| {
                 p.file_name()
                     .is_some_and(|n| files.iter().any(|f| f.as_os_str() == n))

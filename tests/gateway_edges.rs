@@ -406,3 +406,24 @@ async fn a_client_that_stalls_mid_body_gets_408_in_the_error_shape() {
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     assert!(flux.sim.requests().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_idle_gateway_does_not_keep_rereading_its_files() {
+    let flux = Flux::start().await;
+    let read_syscalls = || {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", flux.pid())).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Let the start-up reload pass settle, then watch a quiet second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = read_syscalls();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = read_syscalls() - before;
+    // The file watcher once woke itself up with its own reads (inotify access events),
+    // re-reading both files ~20 times a second: over 80 reads here.
+    assert!(reads < 20, "{reads} read syscalls in an idle second");
+}
