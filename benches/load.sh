@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side load benchmark on loopback: the gateway in front of the simulated provider vs
-# the simulated provider direct, in one run. Reports requests/s, p50/p99 (wrk), the gateway's
+# Side-by-side load benchmark on loopback, in one run: the gateway in front of the simulated
+# provider, a bare Pingora passthrough proxy in front of it (the floor any Pingora gateway
+# pays), and the simulated provider direct. Reports requests/s, p50/p99 (wrk), the gateway's
 # CPU time per request, RSS idle and under load, and the delay added to the first SSE chunk.
 #
 # usage: bash benches/load.sh [DURATION_SECONDS] [CONNECTIONS]
@@ -11,17 +12,20 @@ duration=${1:-10}
 conns=${2:-64}
 command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 1; }
 bash scripts/bootstrap.sh
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bin fluxrouter --example pingora_passthrough
 bin=target/release/fluxrouter
 
 work=$(mktemp -d)
 sim_port=19090
 gw_port=18080
-cleanup() { kill "${sim_pid:-}" "${gw_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+pt_port=18090
+cleanup() { kill "${sim_pid:-}" "${gw_pid:-}" "${pt_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$bin" simulate --listen 127.0.0.1:$sim_port 2>"$work/sim.log" &
 sim_pid=$!
+target/release/examples/pingora_passthrough 127.0.0.1:$pt_port 127.0.0.1:$sim_port 2>"$work/pt.log" &
+pt_pid=$!
 cat >"$work/fluxrouter.yaml" <<YAML
 listen: ["127.0.0.1:$gw_port"]
 server: { threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "$work/pid", upgrade_sock: "$work/upgrade.sock" }
@@ -58,8 +62,9 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# Warm both paths (connection pools, allocator) before measuring.
+# Warm the paths (connection pools, allocator) before measuring.
 MODEL=flux-fast KEY=$key wrk -t2 -c$conns -d2s -s benches/chat.lua "http://127.0.0.1:$gw_port/v1/chat/completions" >/dev/null
+MODEL=sim-model wrk -t2 -c$conns -d2s -s benches/chat.lua "http://127.0.0.1:$pt_port/v1/chat/completions" >/dev/null
 echo "gateway RSS idle after warm-up: $(( $(rss_kb $gw_pid) / 1024 )) MB"
 
 run() { # name url model key
@@ -76,17 +81,24 @@ run() { # name url model key
   echo "$reqs" >"$work/$1.reqs"
 }
 
-echo "wrk -t2 -c$conns -d${duration}s, ~1 KB chat body, all on this machine's cores:"
-ticks0=$(cpu_ticks $gw_pid)
-run gateway "http://127.0.0.1:$gw_port/v1/chat/completions" flux-fast "$key"
-ticks1=$(cpu_ticks $gw_pid)
-run direct "http://127.0.0.1:$sim_port/v1/chat/completions" sim-model ""
-hz=$(getconf CLK_TCK)
-python3 - "$ticks0" "$ticks1" "$hz" "$(cat "$work/gateway.reqs")" <<'PY'
+cpu_per_request() { # name ticks_before ticks_after
+  python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" "$(cat "$work/$1.reqs")" <<'PY'
 import sys
-t0, t1, hz, reqs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-print(f"gateway CPU per request: {(t1 - t0) / hz / reqs * 1e6:.1f} us ({(t1 - t0) / hz:.2f} s CPU for {reqs} requests)")
+name, t0, t1, hz, reqs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print(f"{name} CPU per request: {(t1 - t0) / hz / reqs * 1e6:.1f} us ({(t1 - t0) / hz:.2f} s CPU for {reqs} requests)")
 PY
+}
+
+echo "wrk -t2 -c$conns -d${duration}s, ~1 KB chat body, all on this machine's cores:"
+g0=$(cpu_ticks $gw_pid)
+run gateway "http://127.0.0.1:$gw_port/v1/chat/completions" flux-fast "$key"
+g1=$(cpu_ticks $gw_pid)
+p0=$(cpu_ticks $pt_pid)
+run pingora "http://127.0.0.1:$pt_port/v1/chat/completions" sim-model ""
+p1=$(cpu_ticks $pt_pid)
+run direct "http://127.0.0.1:$sim_port/v1/chat/completions" sim-model ""
+cpu_per_request gateway "$g0" "$g1"
+cpu_per_request pingora "$p0" "$p1"
 echo "gateway peak RSS under load: $(( $(hwm_kb $gw_pid) / 1024 )) MB"
 python3 benches/first_chunk.py "http://127.0.0.1:$gw_port/v1/chat/completions" \
   "http://127.0.0.1:$sim_port/v1/chat/completions" "$key" 200

@@ -5,6 +5,7 @@
 //! [`endpoints`], [`wire`] (client formats), [`routing`], [`upstream`] (providers),
 //! [`errors`] and [`headers`]. [`simulate`] is a built-in provider for demos and tests.
 
+pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod endpoints;

@@ -18,6 +18,7 @@ use pingora::services::background::BackgroundService;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::access_log::AccessLog;
 use crate::auth::KeyTable;
 use crate::config::{ConfigError, KeysFile, ServerConfig};
 use crate::routing::RouteTable;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub routes: ArcSwap<RouteTable>,
     pub keys: ArcSwap<KeyTable>,
     pub connector: Connector,
+    pub access_log: AccessLog,
 }
 
 impl AppState {
@@ -41,7 +43,15 @@ impl AppState {
         let mut connector_options =
             pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
         connector_options.keepalive_pool_size = config.server.upstream_keepalive_pool_size;
+        let access_log = AccessLog::open(&config.access_log).map_err(|e| {
+            ConfigError::new(
+                Path::new(&config.access_log),
+                "access_log",
+                format!("cannot open: {e}"),
+            )
+        })?;
         let state = AppState {
+            access_log,
             providers,
             routes: ArcSwap::from_pointee(routes),
             keys: ArcSwap::from_pointee(keys),

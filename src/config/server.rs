@@ -24,6 +24,13 @@ pub struct ServerConfig {
     pub lanes_file: PathBuf,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub plans: BTreeMap<String, PlanConfig>,
+    /// Where the JSON access log goes: `stderr`, `off`, or a file path.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+}
+
+fn default_access_log() -> String {
+    "stderr".into()
 }
 
 fn default_listen() -> Vec<SocketAddr> {

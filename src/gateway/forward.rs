@@ -27,7 +27,7 @@ pub async fn forward(
     ctx: &mut RequestCtx,
     routes: &RouteTable,
     route: &Route,
-    request: &mut ChatRequest,
+    request: &ChatRequest,
     client_path: &str,
 ) -> Result<(), Stop> {
     for &candidate in &route.candidates {
@@ -36,7 +36,7 @@ pub async fn forward(
             continue; // the table is validated against the providers; kept defensive
         };
         ctx.attempts += 1;
-        let body = Bytes::from(request.encode_for(&model.upstream));
+        let body = request.encode_for(&model.upstream);
         let sent_at = Instant::now();
         let response = match provider
             .send(&state.connector, client_path, body, request.stream)

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use log::info;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorSource;
 use serde_json::json;
 
+use crate::access_log::AccessLine;
 use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError, WireShape};
@@ -196,30 +196,33 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |h| h.status.as_u16());
         }
-        if !log::log_enabled!(target: "fluxrouter::access", log::Level::Info) {
+        let log = &self.state.access_log;
+        if !log.enabled() {
             return;
         }
-        // No prompt, completion or key material here: ids, routing and timings only.
-        let line = json!({
-            "id": ctx.id,
-            "method": session.req_header().method.as_str(),
-            "endpoint": ctx.endpoint,
-            "key_id": ctx.key_id,
-            "status": ctx.status,
-            "error": ctx.error_code,
-            "original_model": ctx.original_model,
-            "model": ctx.model,
-            "lane": ctx.lane,
-            "routed": ctx.routed,
-            "stream": ctx.stream,
-            "attempts": ctx.attempts,
-            "request_bytes": ctx.request_bytes,
-            "response_bytes": session.body_bytes_sent(),
-            "upstream_ttfb_ms": ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1e3),
-            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1e3,
-            "downstream_error": error.map(|e| e.etype().as_str()),
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        log.record(&AccessLine {
+            ts: (ts * 1e3).round() / 1e3,
+            id: &ctx.id,
+            method: session.req_header().method.as_str(),
+            endpoint: ctx.endpoint,
+            key_id: ctx.key_id.as_deref(),
+            status: ctx.status,
+            error: ctx.error_code,
+            original_model: ctx.original_model.as_deref(),
+            model: ctx.model.as_deref(),
+            lane: ctx.lane.as_deref(),
+            routed: ctx.routed,
+            stream: ctx.stream,
+            attempts: ctx.attempts,
+            request_bytes: ctx.request_bytes,
+            response_bytes: session.body_bytes_sent(),
+            upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1e3),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            downstream_error: error.map(|e| e.etype().as_str()),
         });
-        info!(target: "fluxrouter::access", "{line}");
     }
 }
 
@@ -328,8 +331,7 @@ impl Gateway {
     ) -> Result<(), Stop> {
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
         ctx.request_bytes = raw.len();
-        let mut request = ChatRequest::parse(&raw)?;
-        drop(raw);
+        let request = ChatRequest::parse(raw)?;
         ctx.original_model = Some(request.model.clone());
         ctx.stream = request.stream;
 
@@ -342,15 +344,6 @@ impl Gateway {
         }
         let route = routes.route(requested, &features, account.lanes.as_slice())?;
         ctx.lane = Some(routes.lane(route.lane).name.clone());
-        forward::forward(
-            &self.state,
-            session,
-            ctx,
-            &routes,
-            &route,
-            &mut request,
-            path,
-        )
-        .await
+        forward::forward(&self.state, session, ctx, &routes, &route, &request, path).await
     }
 }

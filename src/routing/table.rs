@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use crate::config::lanes::{LanePrice, RuleWhen};
 use crate::config::{Capability, ConfigError, LanesFile};
@@ -63,10 +63,17 @@ pub struct RouteTable {
     rules: Vec<Rule>,
     by_alias: HashMap<String, LaneId>,
     by_model_id: HashMap<String, ModelId>,
-    /// Built once at load: matching costs microseconds even on 50 KB prompts.
-    reasoning_cues: Option<AhoCorasick>,
-    code_markers: Option<AhoCorasick>,
+    /// Reasoning cues and code markers in one automaton built at load, so the last user turn
+    /// is scanned once; pattern ids below `reasoning_patterns` are reasoning cues.
+    cues: Option<AhoCorasick>,
+    reasoning_patterns: usize,
 }
+
+/// How much of the last user turn is scanned for cues: its head and its tail. Cues sit in
+/// what the user typed around a paste, and the bound keeps the decision in microseconds
+/// (the scan runs at ~2 us per KB) whatever is pasted in the middle.
+const CUE_SCAN_HEAD: usize = 16 * 1024;
+const CUE_SCAN_TAIL: usize = 16 * 1024;
 
 impl RouteTable {
     pub fn load(path: &Path, providers: &dyn Fn(&str) -> bool) -> Result<Self, ConfigError> {
@@ -223,8 +230,8 @@ impl RouteTable {
         }
 
         Ok(RouteTable {
-            reasoning_cues: automaton(path, "auto.reasoning_cues", &file.auto.reasoning_cues)?,
-            code_markers: automaton(path, "auto.code_markers", &file.auto.code_markers)?,
+            cues: automaton(path, &file.auto.reasoning_cues, &file.auto.code_markers)?,
+            reasoning_patterns: file.auto.reasoning_cues.len(),
             lanes,
             models,
             rules,
@@ -268,29 +275,52 @@ impl RouteTable {
 
     /// Set `code` and `reasoning` from the text of the last user turn.
     pub fn detect_cues(&self, text: &str, features: &mut Features) {
-        features.code = self.code_markers.as_ref().is_some_and(|a| a.is_match(text));
-        features.reasoning = self
-            .reasoning_cues
-            .as_ref()
-            .is_some_and(|a| a.is_match(text));
+        features.code = false;
+        features.reasoning = false;
+        let Some(cues) = &self.cues else { return };
+        let text = text.as_bytes();
+        let parts: [&[u8]; 2] = if text.len() <= CUE_SCAN_HEAD + CUE_SCAN_TAIL {
+            [text, &[]]
+        } else {
+            [&text[..CUE_SCAN_HEAD], &text[text.len() - CUE_SCAN_TAIL..]]
+        };
+        for part in parts {
+            for m in cues.find_overlapping_iter(part) {
+                if m.pattern().as_usize() < self.reasoning_patterns {
+                    features.reasoning = true;
+                } else {
+                    features.code = true;
+                }
+                if features.reasoning && features.code {
+                    return;
+                }
+            }
+        }
     }
 }
 
 fn automaton(
     path: &Path,
-    field: &str,
-    patterns: &[String],
+    reasoning: &[String],
+    code: &[String],
 ) -> Result<Option<AhoCorasick>, ConfigError> {
-    if patterns.is_empty() {
-        return Ok(None);
+    for (field, patterns) in [
+        ("auto.reasoning_cues", reasoning),
+        ("auto.code_markers", code),
+    ] {
+        if patterns.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::new(path, field, "patterns must not be empty"));
+        }
     }
-    if patterns.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError::new(path, field, "patterns must not be empty"));
+    if reasoning.is_empty() && code.is_empty() {
+        return Ok(None);
     }
     AhoCorasickBuilder::new()
         .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostFirst)
-        .build(patterns)
+        // A DFA: a few KB for these short lists, and the fastest scan.
+        .kind(Some(AhoCorasickKind::DFA))
+        .match_kind(MatchKind::Standard) // overlapping search needs it
+        .build(reasoning.iter().chain(code))
         .map(Some)
-        .map_err(|e| ConfigError::new(path, field, e.to_string()))
+        .map_err(|e| ConfigError::new(path, "auto", e.to_string()))
 }

@@ -300,3 +300,20 @@ fn invalid_tables_are_rejected_naming_the_field() {
     let e = compile(&format!("{SHIPPED}\nsurprise: 1\n")).unwrap_err();
     assert!(e.reason.contains("surprise"), "{e}");
 }
+
+#[test]
+fn cues_are_found_in_one_pass_and_only_in_the_head_and_tail_of_huge_turns() {
+    let t = shipped();
+    let mut f = Features::default();
+    t.detect_cues("Please PROVE it:\n```py\nx\n```", &mut f);
+    assert!(f.reasoning && f.code);
+    t.detect_cues("just chatting", &mut f);
+    assert!(!f.reasoning && !f.code, "flags are reset");
+    let filler = "lorem ipsum ".repeat(10_000);
+    t.detect_cues(&format!("prove this: {filler}"), &mut f);
+    assert!(f.reasoning, "head is scanned");
+    t.detect_cues(&format!("{filler} then fn main() {{}}"), &mut f);
+    assert!(f.code && !f.reasoning, "tail is scanned");
+    t.detect_cues(&format!("{filler} prove {filler}"), &mut f);
+    assert!(!f.reasoning, "the middle of a 240 KB paste is not scanned");
+}

@@ -1,7 +1,11 @@
 //! OpenAI Chat Completions requests: parse once, validate, extract features, rewrite `model`.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::errors::{ErrorKind, FluxError};
@@ -14,6 +18,10 @@ const TOKENS_PER_IMAGE: u64 = 1_000;
 #[derive(Debug)]
 pub struct ChatRequest {
     body: Map<String, Value>,
+    /// The client's bytes, forwarded as they are but for the `model` value.
+    raw: Bytes,
+    /// Where the top-level `model` value (with its quotes) sits in `raw`.
+    model_span: Range<usize>,
     /// What the client asked for (`flux-auto`, an alias or a pinned id).
     pub model: String,
     pub stream: bool,
@@ -25,8 +33,16 @@ fn bad(message: impl Into<Cow<'static, str>>) -> FluxError {
     FluxError::new(ErrorKind::InvalidRequest, message)
 }
 
+/// Only the top-level `model`, borrowed from the input: its position is what the rewrite needs.
+#[derive(Deserialize)]
+struct ModelSlot<'a> {
+    #[serde(borrow)]
+    model: &'a RawValue,
+}
+
 impl ChatRequest {
-    pub fn parse(bytes: &[u8]) -> Result<Self, FluxError> {
+    pub fn parse(raw: Bytes) -> Result<Self, FluxError> {
+        let bytes = &raw[..];
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("Malformed JSON in request body: {e}.")))?;
         let Value::Object(body) = value else {
@@ -85,6 +101,12 @@ impl ChatRequest {
         let max_tokens = ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64));
+        // A second, allocation-free pass finds where `model` sits, so the rewrite can splice
+        // the provider's id into the client's bytes instead of serializing the whole body.
+        let slot: ModelSlot = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("Malformed JSON in request body: {e}.")))?;
+        let start = slot.model.get().as_ptr() as usize - bytes.as_ptr() as usize;
+        let model_span = start..start + slot.model.get().len();
         let text_bytes = (bytes.len() as u64).saturating_sub(scan.image_bytes);
         let features = Features {
             input_tokens: text_bytes.div_ceil(4) + scan.images * TOKENS_PER_IMAGE,
@@ -98,6 +120,8 @@ impl ChatRequest {
         };
         Ok(ChatRequest {
             body,
+            raw,
+            model_span,
             model,
             stream,
             features,
@@ -132,13 +156,19 @@ impl ChatRequest {
             .unwrap_or_default()
     }
 
-    /// The body to send upstream: the client's, with `model` set to the provider's id.
-    /// Key order is preserved, so the provider sees the request as the client wrote it.
-    pub fn encode_for(&mut self, upstream_model: &str) -> Vec<u8> {
-        if let Some(slot) = self.body.get_mut("model") {
-            *slot = Value::String(upstream_model.to_string());
-        }
-        serde_json::to_vec(&self.body).expect("a JSON map always serializes")
+    /// The body to send upstream: the client's bytes with the `model` value replaced by the
+    /// provider's id. Everything else reaches the provider exactly as the client wrote it.
+    pub fn encode_for(&self, upstream_model: &str) -> Bytes {
+        let quoted = serde_json::to_string(upstream_model).expect("a string always serializes");
+        let (before, after) = (
+            &self.raw[..self.model_span.start],
+            &self.raw[self.model_span.end..],
+        );
+        let mut out = Vec::with_capacity(before.len() + quoted.len() + after.len());
+        out.extend_from_slice(before);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(after);
+        Bytes::from(out)
     }
 }
 
@@ -222,7 +252,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<ChatRequest, FluxError> {
-        ChatRequest::parse(&serde_json::to_vec(&v).unwrap())
+        ChatRequest::parse(Bytes::from(serde_json::to_vec(&v).unwrap()))
     }
 
     #[test]
@@ -272,7 +302,7 @@ mod tests {
             assert_eq!((e.status(), e.code()), (400, "invalid_request"), "{body}");
             assert!(e.message.contains(expect), "{body}: {}", e.message);
         }
-        let e = ChatRequest::parse(b"{\"model\": ").unwrap_err();
+        let e = ChatRequest::parse(Bytes::from_static(b"{\"model\": ")).unwrap_err();
         assert!(e.message.starts_with("Malformed JSON"), "{}", e.message);
     }
 
@@ -313,15 +343,23 @@ mod tests {
     }
 
     #[test]
-    fn encode_rewrites_only_the_model_and_keeps_key_order() {
-        let mut r = ChatRequest::parse(
-            br#"{"temperature":0.5,"model":"flux-fast","messages":[{"role":"user","content":"hi"}],"x_extra":{"a":1}}"#,
-        )
-        .unwrap();
-        let out = String::from_utf8(r.encode_for("gpt-4o-mini")).unwrap();
+    fn encode_rewrites_only_the_top_level_model_and_keeps_the_client_bytes() {
+        let raw = r#"{"temperature":0.5, "metadata":{"model":"mine"},
+            "model" :  "flux-fast","messages":[{"role":"user","content":"say \"model\": x"}],"x":1.0e0}"#;
+        let r = ChatRequest::parse(Bytes::from(raw)).unwrap();
+        assert_eq!(r.model, "flux-fast");
+        let out = r.encode_for("org/gpt-4o-mini");
         assert_eq!(
-            out,
-            r#"{"temperature":0.5,"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"x_extra":{"a":1}}"#
+            std::str::from_utf8(&out).unwrap(),
+            raw.replace(r#""flux-fast""#, r#""org/gpt-4o-mini""#)
         );
+        // Another target for a fallback starts again from the client's bytes.
+        let again = r.encode_for("b");
+        assert!(std::str::from_utf8(&again)
+            .unwrap()
+            .contains(r#""model" :  "b""#));
+        // Ids needing escapes stay valid JSON.
+        let odd: Value = serde_json::from_slice(&r.encode_for("a\"b")).unwrap();
+        assert_eq!(odd["model"], "a\"b");
     }
 }

@@ -1,0 +1,159 @@
+//! The structured access log: one JSON line per request, written off the request path.
+//!
+//! Pingora's threads only serialize the line and hand it to a bounded channel; a dedicated
+//! thread writes batches through a buffer and flushes when the channel runs dry. If the
+//! writer falls behind, lines are dropped and counted rather than slowing requests down.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+
+use serde::Serialize;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE_LINES: usize = 16 * 1024;
+
+/// One request. No prompt, completion or key material: ids, routing, sizes and timings.
+#[derive(Debug, Serialize)]
+pub struct AccessLine<'a> {
+    /// Unix time in seconds, millisecond precision.
+    pub ts: f64,
+    pub id: &'a str,
+    pub method: &'a str,
+    pub endpoint: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub status: u16,
+    pub error: Option<&'a str>,
+    pub original_model: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub lane: Option<&'a str>,
+    pub routed: Option<bool>,
+    pub stream: bool,
+    pub attempts: u32,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+    pub upstream_ttfb_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub downstream_error: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    queue: Option<SyncSender<String>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// `stderr`, `off`, or a file path (appended to).
+    pub fn open(target: &str) -> io::Result<Self> {
+        match target {
+            "off" => Ok(AccessLog {
+                queue: None,
+                dropped: AtomicU64::new(0),
+            }),
+            "stderr" => Self::spawn(Box::new(io::stderr())),
+            path => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(Path::new(path))?;
+                Self::spawn(Box::new(file))
+            }
+        }
+    }
+
+    fn spawn(out: Box<dyn Write + Send>) -> io::Result<Self> {
+        let (queue, lines) = mpsc::sync_channel::<String>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+                // Block for the first line, take whatever else is queued, then flush once.
+                while let Ok(line) = lines.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    while let Ok(line) = lines.try_recv() {
+                        let _ = out.write_all(line.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(AccessLog {
+            queue: Some(queue),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn record(&self, line: &AccessLine<'_>) {
+        let Some(queue) = &self.queue else { return };
+        let mut text = serde_json::to_string(line).expect("access lines always serialize");
+        text.push('\n');
+        match queue.try_send(text) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(path.to_str().unwrap()).unwrap();
+        let line = AccessLine {
+            ts: 1.5,
+            id: "req_1",
+            method: "POST",
+            endpoint: Some("chat_completions"),
+            key_id: Some("key_x"),
+            status: 200,
+            error: None,
+            original_model: Some("flux-auto"),
+            model: Some("flux-pinned-a"),
+            lane: Some("express"),
+            routed: Some(true),
+            stream: false,
+            attempts: 1,
+            request_bytes: 10,
+            response_bytes: 20,
+            upstream_ttfb_ms: Some(1.0),
+            duration_ms: 2.0,
+            downstream_error: None,
+        };
+        log.record(&line);
+        log.record(&line);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().count() == 2 {
+                let v: serde_json::Value =
+                    serde_json::from_str(text.lines().next().unwrap()).unwrap();
+                assert_eq!(v["id"], "req_1");
+                assert_eq!(v["lane"], "express");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lines never written: {text:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(log.dropped(), 0);
+        assert!(!AccessLog::open("off").unwrap().enabled());
+    }
+}
