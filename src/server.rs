@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 
 use crate::gateway::Gateway;
@@ -17,7 +17,7 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
-/// Start serving; returns only on shutdown.
+/// Start serving; returns after a graceful shutdown.
 pub fn run(state: Arc<AppState>, options: RunOptions) {
     let settings = &state.config.server;
     let conf = ServerConf {
@@ -46,6 +46,14 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
         gateway.add_tcp(&addr.to_string());
     }
     server.add_service(gateway);
-    server.add_service(background_service("reloader", Reloader { state }));
-    server.run_forever();
+    server.add_service(background_service(
+        "reloader",
+        Reloader {
+            state: state.clone(),
+        },
+    ));
+    // `run` returns after a graceful shutdown (SIGTERM, or SIGQUIT during an upgrade); the
+    // access log's queued lines are written out before the process exits.
+    server.run(RunArgs::default());
+    state.access_log.close();
 }

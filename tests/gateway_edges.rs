@@ -427,3 +427,27 @@ async fn an_idle_gateway_does_not_keep_rereading_its_files() {
     // re-reading both files ~20 times a second: over 80 reads here.
     assert!(reads < 20, "{reads} read syscalls in an idle second");
 }
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_and_keeps_every_access_log_line() {
+    let mut flux = Flux::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = flux.chat(&ping("flux-fast")).await;
+        assert_eq!(r.status(), 200);
+        ids.push(header(&r, "x-flux-request-id").to_string());
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &flux.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = flux
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    let log = flux.log();
+    for id in ids {
+        assert!(log.contains(&id), "access line for {id} lost at shutdown");
+    }
+}
