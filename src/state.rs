@@ -32,6 +32,10 @@ pub struct AppState {
     pub keys: ArcSwap<KeyTable>,
     pub connector: Connector,
     pub access_log: AccessLog,
+    /// Set when an upgrade or a shutdown begins: responses then close their connections, so
+    /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
+    /// keep-alive connections when it stops.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -51,6 +55,7 @@ impl AppState {
             )
         })?;
         let state = AppState {
+            draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
             providers,
             routes: ArcSwap::from_pointee(routes),

@@ -444,10 +444,84 @@ async fn sigterm_shuts_down_gracefully_and_keeps_every_access_log_line() {
     assert!(status.success());
     let exit = flux
         .wait_exit(Duration::from_secs(15))
+        .await
         .expect("the gateway exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
     let log = flux.log();
     for id in ids {
         assert!(log.contains(&id), "access line for {id} lost at shutdown");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let mut flux = Flux::start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_gone = Arc::new(AtomicBool::new(false));
+    let served_after = Arc::new(AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, url, key) = (
+            flux.client.clone(),
+            format!("{}/v1/chat/completions", flux.base),
+            flux.key.clone(),
+        );
+        let (stop, old_gone, served_after) = (stop.clone(), old_gone.clone(), served_after.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&ping("flux-fast"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        if old_gone.load(Ordering::Relaxed) {
+                            served_after.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = flux.spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
+    let quit = Command::new("kill")
+        .args(["-QUIT", &flux.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    // Pingora keeps the old process serving for 5 s after the hand-over, then drains it.
+    let exit = flux
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the old process exits");
+    assert!(exit.success(), "{exit:?}");
+    old_gone.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        served_after.load(Ordering::Relaxed) > 0,
+        "the new process served after the old one left"
+    );
 }

@@ -11,6 +11,7 @@ mod body;
 mod forward;
 mod respond;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,10 +105,16 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        // An answer given before the body was read (401, 413, …) leaves it unread; Pingora
-        // discards it before reusing the connection. Closing at once instead would make the
-        // kernel reset the connection with data pending, and the client could lose the answer.
+        // An answer given before the body was read (401, 413, …) leaves it unread. Pingora's
+        // default is to close such a connection, which resets it with data pending: a client
+        // still uploading then sees a broken pipe instead of the answer. Instead the rest is
+        // read and discarded (for at most 10 s) after the answer.
+        session.set_close_on_response_before_downstream_finish(false);
         session.set_total_drain_timeout(Some(Duration::from_secs(10)));
+        // During an upgrade or shutdown every response closes its connection (see DrainSignal).
+        if self.state.draining.load(Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
         // A client that stops sending mid-body must not hold its task forever.
         let body_timeout = self.state.config.limits.body_read_timeout_ms;
         session.set_read_timeout(Some(Duration::from_millis(body_timeout)));

@@ -235,15 +235,31 @@ plans:
     }
 
     /// Wait for the gateway process to exit.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Start a second gateway on the same config with `-u`: it takes the listening sockets
+    /// over from this one once this one gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("gateway-new.log")).unwrap();
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("-u")
+            .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
     }
 
     pub fn log(&self) -> String {
