@@ -62,8 +62,13 @@ const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
 POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
 
+/// The error shape the client on this path reads.
+pub fn shape_for(path: &str) -> WireShape {
+    Endpoint::from_path(path).map_or_else(|| shape_for_unknown(path), Endpoint::shape)
+}
+
 /// The error shape a client on an unknown path most likely reads.
-pub fn shape_for_unknown(path: &str) -> WireShape {
+fn shape_for_unknown(path: &str) -> WireShape {
     if path.contains("messages") || path.starts_with("/anthropic") {
         WireShape::Anthropic
     } else {
@@ -164,7 +169,9 @@ mod tests {
                 "{path}: lists served paths"
             );
         }
-        assert_eq!(shape_for_unknown("/v1/messages"), WireShape::Anthropic);
-        assert_eq!(shape_for_unknown("/chat"), WireShape::OpenAi);
+        assert_eq!(shape_for("/v1/messages"), WireShape::Anthropic);
+        assert_eq!(shape_for("/chat"), WireShape::OpenAi);
+        assert_eq!(shape_for("/anthropic/v1/messages"), WireShape::Anthropic);
+        assert_eq!(shape_for("/v1/chat/completions"), WireShape::OpenAi);
     }
 }

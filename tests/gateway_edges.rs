@@ -252,11 +252,7 @@ async fn editing_lanes_under_load_swaps_the_table_without_failing_a_request() {
     // SIGHUP forces a reload even when no file changed.
     let reloads = || flux.log().matches("reloaded").count();
     let before = reloads();
-    let status = Command::new("kill")
-        .args(["-HUP", &flux.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    flux.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(2);
     while reloads() == before {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
@@ -437,11 +433,7 @@ async fn sigterm_shuts_down_gracefully_and_keeps_every_access_log_line() {
         assert_eq!(r.status(), 200);
         ids.push(header(&r, "x-flux-request-id").to_string());
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &flux.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    flux.signal("TERM");
     let exit = flux
         .wait_exit(Duration::from_secs(15))
         .await
@@ -494,11 +486,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut new = flux.spawn_upgrade();
     tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
-    let quit = Command::new("kill")
-        .args(["-QUIT", &flux.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(quit.success());
+    flux.signal("QUIT");
     // Pingora keeps the old process serving for 5 s after the hand-over, then drains it.
     let exit = flux
         .wait_exit(Duration::from_secs(30))

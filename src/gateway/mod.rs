@@ -119,9 +119,11 @@ impl ProxyHttp for Gateway {
         let body_timeout = self.state.config.limits.body_read_timeout_ms;
         session.set_read_timeout(Some(Duration::from_millis(body_timeout)));
         let path = session.req_header().uri.path().to_string();
-        let endpoint = Endpoint::from_path(&path);
-        let shape = endpoint.map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
-        match self.handle(session, ctx, endpoint, &path).await {
+        let shape = endpoints::shape_for(&path);
+        match self
+            .handle(session, ctx, Endpoint::from_path(&path), &path)
+            .await
+        {
             Ok(()) => Ok(true),
             Err(Stop::Reply(err)) => {
                 ctx.status = err.status();
@@ -160,9 +162,7 @@ impl ProxyHttp for Gateway {
             _ => "Internal error; retry, and quote the request id if it persists.",
         };
         let err = FluxError::new(kind, message);
-        let path = session.req_header().uri.path().to_string();
-        let shape = Endpoint::from_path(&path)
-            .map_or_else(|| endpoints::shape_for_unknown(&path), Endpoint::shape);
+        let shape = endpoints::shape_for(session.req_header().uri.path());
         ctx.status = err.status();
         ctx.error_code = Some(err.code());
         let _ = respond::send_error(session, &ctx.id, shape, &err).await;
