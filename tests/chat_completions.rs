@@ -332,3 +332,15 @@ async fn tool_calls_pass_through() {
         "ls"
     );
 }
+
+#[tokio::test]
+async fn a_provider_429_reaches_the_client_with_retry_after_and_the_flux_headers() {
+    let flux = Flux::start().await;
+    let r = flux.chat(&ping("flux-pinned-throttled")).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-throttled");
+    assert!(header(&r, "x-flux-request-id").starts_with("req_"));
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+}

@@ -83,6 +83,13 @@ pub async fn forward(
             Ok(body) => {
                 let mut h = respond::header(response.status, &ctx.id)?;
                 served.add_headers(&mut h)?;
+                // A provider's 429 or 503 says when to come back; the client needs that too.
+                let upstream_header = response.session.response_header();
+                if let Some(v) =
+                    upstream_header.and_then(|r| r.headers.get(http::header::RETRY_AFTER))
+                {
+                    h.insert_header(http::header::RETRY_AFTER, v.clone())?;
+                }
                 let content_type = response
                     .content_type
                     .as_deref()

@@ -60,6 +60,7 @@ models:
   flux-pinned-vision: { upstream: vision-upstream, provider: sim, lane: image, context_window: 100000, max_output_tokens: 4096, capabilities: [vision, streaming] }
   flux-pinned-cutter: { upstream: cutter-upstream, provider: sim_cut, lane: cut, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-slowpoke: { upstream: slowpoke-upstream, provider: sim_slow, lane: slow, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-throttled: { upstream: throttled-upstream, provider: sim_429, lane: slow, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
 auto:
   reasoning_cues: ["step by step", "prove"]
   code_markers: ["```"]
@@ -132,6 +133,7 @@ providers:
   sim_500: {{ format: openai, base_url: "http://{s}/_sim/fail500/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
   sim_cut: {{ format: openai, base_url: "http://{s}/_sim/cut/v1" }}
   sim_slow: {{ format: openai, base_url: "http://{s}/_sim/slow=100/v1" }}
+  sim_429: {{ format: openai, base_url: "http://{s}/_sim/fail429/v1" }}
   dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
 plans:
   payg: {{ lanes: [express, daily, deep, image, cut, slow] }}
