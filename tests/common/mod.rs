@@ -115,10 +115,24 @@ impl Flux {
     }
 
     pub async fn start_with(lanes: &str) -> Flux {
+        // The gateway's port is picked free but only bound later; a parallel test may take it
+        // in between, and the gateway then exits at start. Another port is tried then.
+        for attempt in 1..=3 {
+            match Self::try_start(lanes).await {
+                Ok(flux) => return flux,
+                Err(log) if attempt < 3 && log.contains("in use") => continue,
+                Err(log) => panic!("gateway did not start: {log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn try_start(lanes: &str) -> Result<Flux, String> {
         let sim = Sim::start();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let dead = free_port(); // nothing listens there: connections are refused
+        // Port 1 on loopback refuses connections, and no test binds it (they bind port 0).
+        let dead = 1;
         let d = dir.path().display();
         let s = sim.addr;
         let config = format!(
@@ -162,11 +176,11 @@ plans:
             dir,
         };
         flux.key = flux.new_key("payg", "main");
-        flux.wait_ready().await;
-        flux
+        flux.wait_ready().await?;
+        Ok(flux)
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = self
@@ -180,7 +194,7 @@ plans:
                 }
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("gateway exited with {status}: {}", self.log());
+                return Err(format!("gateway exited with {status}: {}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -191,6 +205,7 @@ plans:
         }
         // Keys created after start arrive through the reloader.
         self.wait_for_key(&self.key.clone()).await;
+        Ok(())
     }
 
     /// Poll until a key created after start authenticates (the file watcher swapped it in).
