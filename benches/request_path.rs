@@ -77,7 +77,7 @@ fn main() {
             "  flux-auto decision (cues + rules + eligibility)",
             n * 5,
             || {
-                let mut f = request.features.clone();
+                let mut f = request.features;
                 routes.detect_cues(&request.last_user_text(), &mut f);
                 black_box(
                     routes

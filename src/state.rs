@@ -93,11 +93,28 @@ impl AppState {
     }
 }
 
+/// Compile lanes.yaml against the providers, and check that every plan's lanes exist in it
+/// (at start, on every reload and in `fluxrouter check` alike: an edit that drops a lane a
+/// plan relies on is refused).
 pub fn load_routes(
     config: &ServerConfig,
     providers: &Providers,
 ) -> Result<RouteTable, ConfigError> {
-    RouteTable::load(&config.lanes_file, &|name| providers.contains(name))
+    let routes = RouteTable::load(&config.lanes_file, &|name| providers.contains(name))?;
+    for (name, plan) in &config.plans {
+        if let Some(lane) = plan
+            .lanes
+            .iter()
+            .find(|l| !routes.lanes().iter().any(|x| &x.name == *l))
+        {
+            return Err(ConfigError::new(
+                &config.lanes_file,
+                "lanes",
+                format!("plan '{name}' uses lane '{lane}', which lanes.yaml does not define"),
+            ));
+        }
+    }
+    Ok(routes)
 }
 
 pub fn load_keys(config: &ServerConfig) -> Result<KeyTable, ConfigError> {

@@ -345,7 +345,7 @@ impl Gateway {
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let routes = self.state.routes.load_full();
         let requested = routes.resolve(&request.model)?;
-        let mut features = request.features.clone();
+        let mut features = request.features;
         if requested == Requested::Auto {
             routes.detect_cues(&request.last_user_text(), &mut features);
         }

@@ -17,7 +17,7 @@ pub const AUTO_MODEL: &str = "flux-auto";
 pub const PINNED_PREFIX: &str = "flux-pinned-";
 
 /// What the request needs and looks like, extracted once from its body.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Features {
     /// Estimated input tokens (text bytes / 4, plus a fixed amount per image).
     pub input_tokens: u64,

@@ -31,7 +31,7 @@ fn access(lanes: &[&str]) -> Vec<String> {
 }
 
 fn auto_lane(t: &RouteTable, f: &Features, text: &str) -> (String, String) {
-    let mut f = f.clone();
+    let mut f = *f;
     t.detect_cues(text, &mut f);
     let r = t
         .route(Requested::Auto, &f, access(&ALL).as_slice())
@@ -86,7 +86,7 @@ fn flux_auto_rules_pick_lanes_in_order() {
     );
     let tools = Features {
         tools: true,
-        ..plain.clone()
+        ..plain
     };
     assert_eq!(
         auto_lane(&t, &tools, "ping"),
@@ -96,7 +96,7 @@ fn flux_auto_rules_pick_lanes_in_order() {
     let images = Features {
         images: true,
         tools: true,
-        ..plain.clone()
+        ..plain
     };
     assert_eq!(
         auto_lane(&t, &images, "prove it"),
@@ -104,12 +104,12 @@ fn flux_auto_rules_pick_lanes_in_order() {
     );
     let big = Features {
         input_tokens: 9_000,
-        ..plain.clone()
+        ..plain
     };
     assert_eq!(auto_lane(&t, &big, "hi").1, "large-input");
     let long_out = Features {
         max_tokens: Some(32_000),
-        ..plain.clone()
+        ..plain
     };
     assert_eq!(auto_lane(&t, &long_out, "hi").1, "long-output");
     let long_conv = Features {

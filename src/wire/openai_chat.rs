@@ -33,21 +33,53 @@ fn bad(message: impl Into<Cow<'static, str>>) -> FluxError {
     FluxError::new(ErrorKind::InvalidRequest, message)
 }
 
-/// Only the top-level `model`, borrowed from the input: its position is what the rewrite needs.
-#[derive(Deserialize)]
-struct ModelSlot<'a> {
-    #[serde(borrow)]
-    model: &'a RawValue,
+/// The top-level object, read in one pass: every member as a `Value`, and the top-level
+/// `model` also borrowed raw, so its position in the input is known for the rewrite.
+struct TopLevel<'a> {
+    body: Map<String, Value>,
+    model_raw: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = Map::new();
+        let mut model_raw = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let value = if key == "model" {
+                let raw: &'de RawValue = map.next_value()?;
+                model_raw = Some(raw);
+                serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?
+            } else {
+                map.next_value()?
+            };
+            body.insert(key, value);
+        }
+        Ok(TopLevel { body, model_raw })
+    }
 }
 
 impl ChatRequest {
     pub fn parse(raw: Bytes) -> Result<Self, FluxError> {
         let bytes = &raw[..];
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("Malformed JSON in request body: {e}.")))?;
-        let Value::Object(body) = value else {
-            return Err(bad("The request body must be a JSON object."));
-        };
+        let TopLevel { body, model_raw } =
+            serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => bad("The request body must be a JSON object."),
+                _ => bad(format!("Malformed JSON in request body: {e}.")),
+            })?;
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(Value::String(_)) | None | Some(Value::Null) => {
@@ -101,12 +133,13 @@ impl ChatRequest {
         let max_tokens = ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64));
-        // A second, allocation-free pass finds where `model` sits, so the rewrite can splice
-        // the provider's id into the client's bytes instead of serializing the whole body.
-        let slot: ModelSlot = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("Malformed JSON in request body: {e}.")))?;
-        let start = slot.model.get().as_ptr() as usize - bytes.as_ptr() as usize;
-        let model_span = start..start + slot.model.get().len();
+        // Where `model` sits, so the rewrite can splice the provider's id into the client's
+        // bytes instead of serializing the whole body. `model` was checked to be a string.
+        let model_raw = model_raw
+            .expect("a valid model was read from the top level")
+            .get();
+        let start = model_raw.as_ptr() as usize - bytes.as_ptr() as usize;
+        let model_span = start..start + model_raw.len();
         let text_bytes = (bytes.len() as u64).saturating_sub(scan.image_bytes);
         let features = Features {
             input_tokens: text_bytes.div_ceil(4) + scan.images * TOKENS_PER_IMAGE,
