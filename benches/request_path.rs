@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use fluxrouter::config::LanesFile;
 use fluxrouter::routing::{Requested, RouteTable};
-use fluxrouter::wire::openai_chat::ChatRequest;
+use fluxrouter::wire::openai_chat_old::ChatRequest;
 use serde_json::json;
 
 fn table() -> RouteTable {

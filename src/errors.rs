@@ -92,7 +92,7 @@ impl ErrorKind {
 
     /// OpenAI `error.type`. The error reference (seed 002) shows 401 as
     /// `invalid_request_error`, as OpenAI itself does.
-    fn openai_type(self) -> &'static str {
+    pub fn openai_type(self) -> &'static str {
         match self.status() {
             400 | 401 | 404 | 405 | 408 | 413 | 415 => "invalid_request_error",
             403 => "permission_error",
@@ -101,7 +101,7 @@ impl ErrorKind {
     }
 
     /// Anthropic `error.type`, from Anthropic's documented set.
-    fn anthropic_type(self) -> &'static str {
+    pub fn anthropic_type(self) -> &'static str {
         match self.status() {
             401 => "authentication_error",
             403 => "permission_error",

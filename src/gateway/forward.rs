@@ -12,7 +12,7 @@ use crate::errors::{ErrorKind, FluxError};
 use crate::routing::{Route, RouteTable};
 use crate::state::AppState;
 use crate::upstream::{Provider, UpstreamResponse};
-use crate::wire::openai_chat::ChatRequest;
+use crate::wire::openai_chat_old::ChatRequest;
 
 use super::respond::{self, Served};
 use super::{RequestCtx, Stop};

@@ -29,7 +29,7 @@ use crate::errors::{ErrorKind, FluxError, WireShape};
 use crate::headers;
 use crate::routing::{Requested, AUTO_MODEL};
 use crate::state::AppState;
-use crate::wire::openai_chat::ChatRequest;
+use crate::wire::openai_chat_old::ChatRequest;
 
 pub struct Gateway {
     state: Arc<AppState>,

@@ -1,0 +1,281 @@
+//! The internal representation every wire format converts to and from.
+//!
+//! A client's request is parsed once into a [`Request`] that borrows from the client's bytes:
+//! strings without escapes are slices of the body, and JSON the gateway never looks inside
+//! (tool schemas, tool inputs, unknown fields) stays a `&RawValue` slice. Peak memory is thus
+//! a small multiple of the body whatever it contains (a 32 MiB array of numbers is one slice).
+//!
+//! Same format in and out: only `model` is spliced into the client's bytes (`raw` and
+//! `model_span`) and the IR is used for routing alone. Different formats: the target format's
+//! encoder writes its body from the IR. Responses and stream events go the same way, provider
+//! format -> IR -> client format, so there is one converter per format, not one per pair.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+use super::Format;
+
+/// A parsed client request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The format the client spoke.
+    pub format: Format,
+    /// The client's bytes (after gzip decoding), forwarded as they are on passthrough.
+    pub raw: &'a [u8],
+    /// Where the top-level `model` value (with its quotes) sits in `raw`.
+    pub model_span: Range<usize>,
+    /// What the client asked for: `flux-auto`, a lane alias or a pinned id.
+    pub model: Cow<'a, str>,
+    pub stream: bool,
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`, whichever the format has.
+    pub max_tokens: Option<u64>,
+    /// Top-level instructions: Anthropic `system`, Responses `instructions`. System or
+    /// developer messages inside the conversation stay in `messages` with [`Role::System`].
+    pub system: Vec<Block<'a>>,
+    pub messages: Vec<Message<'a>>,
+    pub tools: Vec<Tool<'a>>,
+    pub tool_choice: Option<ToolChoice<'a>>,
+    pub parallel_tool_calls: Option<bool>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Vec<Cow<'a, str>>,
+    /// Reasoning effort or budget, when the client asked for one.
+    pub reasoning: Option<Reasoning>,
+    /// Anthropic `metadata.user_id`, OpenAI `user` / `safety_identifier`.
+    pub user: Option<Cow<'a, str>>,
+    /// Chat `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// Responses `previous_response_id`: only a Responses-format provider can honour it.
+    pub previous_response_id: Option<Cow<'a, str>>,
+    /// Top-level fields no IR field carries. They pass through to a same-format provider and
+    /// are dropped (and counted in the access log) when translating.
+    pub unknown: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `system` and `developer` messages (and Responses `developer` input items).
+    System,
+    User,
+    Assistant,
+}
+
+/// One conversation turn. Tool results live in `User` messages as [`Block::ToolResult`]
+/// (Anthropic's model); the Chat encoder splits them into `tool` messages.
+#[derive(Debug)]
+pub struct Message<'a> {
+    pub role: Role,
+    pub content: Vec<Block<'a>>,
+}
+
+#[derive(Debug)]
+pub enum Block<'a> {
+    Text {
+        text: Cow<'a, str>,
+        /// Anthropic `cache_control` (kept raw, passed on to Anthropic-format providers).
+        cache_control: Option<&'a RawValue>,
+    },
+    Image(Image<'a>),
+    /// The assistant asked for a tool.
+    ToolCall {
+        id: Cow<'a, str>,
+        name: Cow<'a, str>,
+        arguments: Arguments<'a>,
+    },
+    /// The result of a tool call, sent back by the client.
+    ToolResult {
+        call_id: Cow<'a, str>,
+        /// Text and images; a plain string result is one text block.
+        content: Vec<Block<'a>>,
+        is_error: bool,
+        cache_control: Option<&'a RawValue>,
+    },
+    /// Model reasoning with its provider signature, which must travel verbatim.
+    Thinking {
+        text: Cow<'a, str>,
+        signature: Option<Cow<'a, str>>,
+    },
+    /// Anthropic `redacted_thinking` or a Responses reasoning item with only
+    /// `encrypted_content`: opaque data for the provider that produced it.
+    RedactedThinking {
+        data: Cow<'a, str>,
+    },
+}
+
+#[derive(Debug)]
+pub enum Image<'a> {
+    /// An http(s) URL, or a `data:` URL as OpenAI formats carry inline images.
+    Url(Cow<'a, str>),
+    /// Anthropic's inline form.
+    Base64 {
+        media_type: Cow<'a, str>,
+        data: Cow<'a, str>,
+    },
+}
+
+/// Tool-call arguments: OpenAI formats carry a JSON-encoded string, Anthropic a JSON value.
+#[derive(Debug)]
+pub enum Arguments<'a> {
+    /// The JSON text itself (OpenAI `arguments`, already unescaped).
+    Text(Cow<'a, str>),
+    /// A JSON value as it appeared in the body (Anthropic `input`).
+    Json(&'a RawValue),
+}
+
+#[derive(Debug)]
+pub struct Tool<'a> {
+    pub name: Cow<'a, str>,
+    pub description: Option<Cow<'a, str>>,
+    /// JSON schema of the parameters, kept raw.
+    pub parameters: Option<&'a RawValue>,
+    pub strict: Option<bool>,
+    /// A tool type other than a plain function (Responses `web_search`, `namespace`, an
+    /// Anthropic server tool): kept raw for a same-format provider, dropped when translating.
+    /// Function tools nested in a `namespace` are flattened into plain tools beside it.
+    pub other: Option<&'a RawValue>,
+    pub cache_control: Option<&'a RawValue>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ToolChoice<'a> {
+    Auto,
+    /// No tool may be called.
+    None,
+    /// Some tool must be called (OpenAI `required`, Anthropic `any`).
+    Required,
+    Named(Cow<'a, str>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reasoning {
+    /// `low`, `medium`, `high` effort (OpenAI `reasoning_effort`, Anthropic `output_config`).
+    Effort(Effort),
+    /// An explicit thinking budget in tokens (Anthropic `thinking.budget_tokens`).
+    Budget(u64),
+    /// Anthropic `thinking: {type: "adaptive"}`.
+    Adaptive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    Minimal,
+    Low,
+    Medium,
+    High,
+}
+
+/// Token counts, in one convention for every format: `input` counts every input token,
+/// cached or not; `cached_input` and `cache_write` are parts of it. `reasoning` is part of
+/// `output`. (Anthropic reports uncached input apart; its codec converts.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+impl Usage {
+    /// Merge a later report into this one. Streams report usage in pieces (Anthropic's
+    /// `message_start` then cumulative `message_delta`s); every count is cumulative, so the
+    /// larger value is the current one.
+    pub fn merge(&mut self, later: &Usage) {
+        self.input = self.input.max(later.input);
+        self.cached_input = self.cached_input.max(later.cached_input);
+        self.cache_write = self.cache_write.max(later.cache_write);
+        self.output = self.output.max(later.output);
+        self.reasoning = self.reasoning.max(later.reasoning);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndTurn,
+    MaxTokens,
+    ToolUse,
+    StopSequence,
+    ContentFilter,
+    /// Anthropic `pause_turn` (a long server-tool turn to be continued).
+    Pause,
+}
+
+/// A provider's complete (non-streamed) answer, borrowing from its body.
+#[derive(Debug)]
+pub struct Response<'a> {
+    pub id: Cow<'a, str>,
+    pub model: Cow<'a, str>,
+    /// Assistant content: text, tool calls, thinking.
+    pub content: Vec<Block<'a>>,
+    pub stop: StopReason,
+    pub usage: Usage,
+}
+
+/// One step of a streamed answer, in provider-neutral terms. Content comes in numbered
+/// blocks (Anthropic's model): each block is started, receives deltas, and is stopped; blocks
+/// do not interleave except that several tool calls may be open at once (OpenAI parallel tool
+/// calls). Decoders synthesize starts and stops where a format has none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The message begins. Sent once, before any block.
+    Start {
+        id: String,
+        model: String,
+    },
+    BlockStart {
+        index: usize,
+        block: BlockStart,
+    },
+    Delta {
+        index: usize,
+        delta: Delta,
+    },
+    BlockStop {
+        index: usize,
+    },
+    /// Usage so far (merged with [`Usage::merge`]).
+    Usage(Usage),
+    /// The model stopped; usage may still follow.
+    Stop(StopReason),
+    /// The provider reported an error inside the stream.
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockStart {
+    Text,
+    ToolCall { id: String, name: String },
+    Thinking,
+    RedactedThinking { data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    Text(String),
+    /// A piece of the JSON text of a tool call's arguments.
+    ToolArguments(String),
+    Thinking(String),
+    /// The thinking block's signature (verbatim).
+    Signature(String),
+}
+
+/// What an encoder of a client stream needs to know besides the events.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    /// Input tokens counted by the gateway before sending, for formats that announce input
+    /// usage before the provider reports it (Anthropic `message_start`).
+    pub estimated_input_tokens: u64,
+    /// Whether the client asked for a usage chunk (Chat `stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Unix seconds, for `created` fields.
+    pub created: u64,
+}
