@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The real clients (Codex CLI, Claude Code, Python SDKs) for tests/real_clients.rs.
+bash scripts/clients/install.sh
 exec cargo test --locked "$@"

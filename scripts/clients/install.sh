@@ -67,8 +67,10 @@ else
             # Debian's python3 has no ensurepip without python3-venv.
             rm -rf "$VENV"
             echo "clients: installing python3-venv with apt"
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo=sudo
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
             "$PY" -m venv "$VENV"
         fi
     fi

@@ -95,6 +95,17 @@ impl Sim {
         let url = format!("http://{}/_sim/requests", self.addr);
         reqwest::get(url).await.unwrap().json().await.unwrap()
     }
+
+    /// Forget the recorded requests (so a test step sees only its own).
+    pub async fn clear_requests(&self) {
+        let url = format!("http://{}/_sim/requests", self.addr);
+        let r = reqwest::Client::new().delete(url).send().await.unwrap();
+        assert!(
+            r.status().is_success(),
+            "clearing the recording: {}",
+            r.status()
+        );
+    }
 }
 
 /// A running gateway.
@@ -115,10 +126,16 @@ impl Flux {
     }
 
     pub async fn start_with(lanes: &str) -> Flux {
+        Self::start_with_sim_format(lanes, "openai").await
+    }
+
+    /// Like [`Flux::start_with`], with the healthy `sim` provider configured in another wire
+    /// format (`openai`, `openai_responses` or `anthropic`); the failing ones stay `openai`.
+    pub async fn start_with_sim_format(lanes: &str, sim_format: &str) -> Flux {
         // The gateway's port is picked free but only bound later; a parallel test may take it
         // in between, and the gateway then exits at start. Another port is tried then.
         for attempt in 1..=3 {
-            match Self::try_start(lanes).await {
+            match Self::try_start(lanes, sim_format).await {
                 Ok(flux) => return flux,
                 Err(log) if attempt < 3 && log.contains("in use") => continue,
                 Err(log) => panic!("gateway did not start: {log}"),
@@ -127,7 +144,7 @@ impl Flux {
         unreachable!()
     }
 
-    async fn try_start(lanes: &str) -> Result<Flux, String> {
+    async fn try_start(lanes: &str, sim_format: &str) -> Result<Flux, String> {
         let sim = Sim::start();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -143,7 +160,7 @@ limits: {{ body_read_timeout_ms: 1000 }}
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 providers:
-  sim: {{ format: openai, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim: {{ format: {sim_format}, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
   sim_500: {{ format: openai, base_url: "http://{s}/_sim/fail500/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
   sim_cut: {{ format: openai, base_url: "http://{s}/_sim/cut/v1" }}
   sim_slow: {{ format: openai, base_url: "http://{s}/_sim/slow=100/v1" }}

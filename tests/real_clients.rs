@@ -1,0 +1,869 @@
+//! The real clients against the real gateway, for every client x provider format.
+//!
+//! Clients: openai-python (Chat Completions and Responses), anthropic-python (Messages, with
+//! Bearer and with x-api-key), Codex CLI (`codex exec --json`) and Claude Code
+//! (`claude -p --output-format json`), installed by `scripts/clients/install.sh` into
+//! `.clients/` and driven by `scripts/clients/*.sh` and `tests/clients/sdk.py`.
+//! Provider formats: the gateway's healthy `sim` provider is configured as `openai`,
+//! `openai_responses` or `anthropic`, in front of the built-in simulated provider, and every
+//! model of every lane uses it.
+//!
+//! Each test is one cell of that matrix: it runs the cell's scenarios one after another and
+//! reports every failing one at the end. Tool round trips are asked of the simulator with a
+//! `[sim:call NAME {args}]` directive in the prompt; what the gateway sent upstream is checked
+//! from the simulator's recording. The tests fail (they never skip) when the clients are not
+//! installed.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Flux;
+use serde_json::{json, Value};
+
+/// Every lane the harness's plans name, each served by a healthy model on the `sim` provider;
+/// upstream names all start with `sim-`, which the simulator's "Hello from <model>" echoes.
+const LANES: &str = r#"
+lanes:
+  express:
+    alias: flux-fast
+    title: Express Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 4.0 }
+    default: flux-pinned-alpha
+  daily:
+    alias: flux-standard
+    title: Daily Driver
+    price: { input_per_mtok: 2.0, output_per_mtok: 8.0 }
+    default: flux-pinned-gamma
+  deep:
+    alias: flux-reasoning
+    title: Deep Thought
+    price: { input_per_mtok: 4.0, output_per_mtok: 16.0 }
+    default: flux-pinned-deep
+  image:
+    alias: flux-image
+    title: Image Lane
+    price: { input_per_mtok: 2.5, output_per_mtok: 10.0 }
+    default: flux-pinned-vision
+  cut:
+    alias: flux-cut
+    title: Cut Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-cutless
+  slow:
+    alias: flux-slow
+    title: Slow Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-quick
+models:
+  flux-pinned-alpha: { upstream: sim-alpha, provider: sim, lane: express, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-gamma: { upstream: sim-gamma, provider: sim, lane: daily, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-deep: { upstream: sim-deep, provider: sim, lane: deep, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-vision: { upstream: sim-vision, provider: sim, lane: image, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-cutless: { upstream: sim-cutless, provider: sim, lane: cut, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-quick: { upstream: sim-quick, provider: sim, lane: slow, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+auto:
+  reasoning_cues: ["step by step", "prove"]
+  code_markers: ["```"]
+  rules:
+    - { name: images, when: { images: true }, lane: image }
+    - { name: reasoning, when: { reasoning: true }, lane: deep }
+    - { name: tools, when: { tools: true }, lane: daily }
+    - { name: default, lane: express }
+"#;
+
+/// What every simulated answer reaching a client starts with (`Hello from sim-<name>.`).
+const REPLY: &str = "Hello from sim-";
+/// What the simulated answer after a tool result says before echoing the tool's output.
+const AFTER_TOOL: &str = "The tool said:";
+/// Longest a single client run may take (the scripts enforce it with `timeout`).
+const CLIENT_TIMEOUT_S: u64 = 120;
+
+// The SDK tool scenario (tests/clients/sdk.py keeps the same values).
+const SDK_TOOL: &str = "get_weather";
+const SDK_TOOL_RESULT: &str = "sunny, 21 C in Paris (tool result 7f3a)";
+
+/// Contents of the file Claude Code is made to `Read`.
+const CLAUDE_FILE_TEXT: &str = "FLUXFILE-4471 is the file's content";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    repo().join(".clients/venv/bin/python")
+}
+
+/// Fail (not skip) when a client is missing: the suite's contract is that every cell runs.
+fn require_installed() {
+    let needed = [
+        repo().join(".clients/npm/node_modules/.bin/codex"),
+        repo().join(".clients/npm/node_modules/.bin/claude"),
+        python(),
+    ];
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "real clients not installed ({}): run `bash scripts/clients/install.sh`",
+        missing.join(", ")
+    );
+}
+
+/// The provider path the simulator records for a provider format.
+fn provider_path(format: &str) -> &'static str {
+    match format {
+        "openai" => "/v1/chat/completions",
+        "openai_responses" => "/v1/responses",
+        "anthropic" => "/v1/messages",
+        other => panic!("unknown format {other}"),
+    }
+}
+
+/// The id the simulator gives its first tool call in a provider format.
+fn sim_call_id(format: &str) -> &'static str {
+    match format {
+        "anthropic" => "toolu_sim_1",
+        _ => "call_sim_1",
+    }
+}
+
+struct Run {
+    what: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "{} -> exit {:?} after {:.1}s\n--- stdout ---\n{}\n--- stderr (tail) ---\n{}",
+            self.what,
+            self.code,
+            self.elapsed.as_secs_f64(),
+            tail(&self.stdout, 6000),
+            tail(&self.stderr, 3000)
+        )
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Run a client command to completion (the command itself carries the timeout).
+fn run(what: String, mut cmd: Command) -> Run {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    Run {
+        what,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// One cell of the matrix: a gateway with its `sim` provider in `format`, a work folder under
+/// target/ for the clients' homes, and the failures found so far.
+struct Cell {
+    name: &'static str,
+    format: &'static str,
+    flux: Flux,
+    work: tempfile::TempDir,
+    failures: Vec<String>,
+    passed: Vec<String>,
+}
+
+impl Cell {
+    async fn start(name: &'static str, format: &'static str) -> Cell {
+        require_installed();
+        let flux = Flux::start_with_sim_format(LANES, format).await;
+        // Codex refuses to put its helper binaries under /tmp: keep client homes in target/.
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-clients");
+        std::fs::create_dir_all(&root).unwrap();
+        let work = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&root)
+            .unwrap();
+        Cell {
+            name,
+            format,
+            flux,
+            work,
+            failures: Vec::new(),
+            passed: Vec::new(),
+        }
+    }
+
+    fn dir(&self, step: &str) -> PathBuf {
+        let d = self.work.path().join(step);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The provider requests the simulator recorded since the last `clear_requests`.
+    async fn upstream(&self) -> Vec<Value> {
+        let path = provider_path(self.format);
+        self.flux
+            .sim
+            .requests()
+            .await
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with(path)))
+            .collect()
+    }
+
+    fn record(&mut self, step: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.passed.push(step.to_string()),
+            Err(e) => self.failures.push(format!("[{}] {step}: {e}", self.name)),
+        }
+    }
+
+    /// Panic with every failure of the cell, keeping the client folders for a look.
+    fn finish(self) {
+        if self.failures.is_empty() {
+            eprintln!("{}: all passed: {}", self.name, self.passed.join(", "));
+            return;
+        }
+        let kept = self.work.keep();
+        let mut msg = format!(
+            "{}: {} failed, {} passed ({}); client folders kept in {}\n",
+            self.name,
+            self.failures.len(),
+            self.passed.len(),
+            self.passed.join(", "),
+            kept.display()
+        );
+        for f in &self.failures {
+            let _ = writeln!(msg, "\n{f}");
+        }
+        let _ = writeln!(
+            msg,
+            "\n--- gateway log (tail) ---\n{}",
+            tail(&self.flux.log(), 4000)
+        );
+        panic!("{msg}");
+    }
+
+    // --- the SDKs --------------------------------------------------------------------------
+
+    /// Run one `sdk.py` scenario; on success returns its JSON line.
+    async fn sdk(&mut self, step: &str, args: &[&str]) -> Option<Value> {
+        self.flux.sim.clear_requests().await;
+        let home = self.dir(step);
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=5")
+            .arg(CLIENT_TIMEOUT_S.to_string())
+            .arg(python())
+            .arg(repo().join("tests/clients/sdk.py"))
+            .args(args)
+            .arg("--base-url")
+            .arg(&self.flux.base)
+            .arg("--key")
+            .arg(&self.flux.key)
+            // No OPENAI_*/ANTHROPIC_* or proxy settings from the caller's environment.
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("LANG", "C.UTF-8");
+        let run = run(format!("sdk.py {}", args.join(" ")), cmd);
+        let line = run.stdout.lines().last().unwrap_or_default();
+        let parsed: Option<Value> = serde_json::from_str(line).ok();
+        let ok = run.code == Some(0) && parsed.as_ref().is_some_and(|v| v["ok"] == true);
+        if ok {
+            parsed
+        } else {
+            self.record(step, Err(run.describe()));
+            None
+        }
+    }
+
+    /// A text-only SDK scenario: the simulated reply reaches the client, with Flux headers.
+    async fn sdk_text(&mut self, step: &str, args: &[&str]) {
+        let Some(out) = self.sdk(step, args).await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result = check_sdk_text(&out).and_then(|()| check_plain_upstream(&upstream));
+        self.record(
+            step,
+            result.map_err(|e| format!("{e}\nclient printed: {out}")),
+        );
+    }
+
+    /// An SDK tool round trip: the call reached the client, its result reached the provider
+    /// once, and the answer after it reached the client.
+    async fn sdk_tool(&mut self, step: &str, args: &[&str]) {
+        let Some(out) = self.sdk(step, args).await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result = check_sdk_text(&out)
+            .and_then(|()| {
+                let text = out["text"].as_str().unwrap_or_default();
+                ensure(
+                    text.contains(&format!("{AFTER_TOOL} sunny,")),
+                    format!("the answer after the tool does not echo its result: {text:?}"),
+                )
+            })
+            .and_then(|()| {
+                check_round_trip(
+                    self.format,
+                    &upstream,
+                    SDK_TOOL,
+                    &json!({"city": "Paris"}),
+                    SDK_TOOL_RESULT,
+                )
+            });
+        self.record(
+            step,
+            result.map_err(|e| format!("{e}\nclient printed: {out}")),
+        );
+    }
+
+    // --- Codex CLI --------------------------------------------------------------------------
+
+    async fn codex(&mut self, step: &str, prompt: &str) -> Option<(Run, Vec<Value>)> {
+        self.flux.sim.clear_requests().await;
+        let dir = self.dir(step);
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("scripts/clients/codex.sh"))
+            .arg("--base-url")
+            .arg(format!("{}/v1", self.flux.base))
+            .arg("--key")
+            .arg(&self.flux.key)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--timeout")
+            .arg(CLIENT_TIMEOUT_S.to_string())
+            .arg(prompt);
+        let run = run(format!("codex.sh {prompt:?}"), cmd);
+        if run.code != Some(0) {
+            self.record(step, Err(run.describe()));
+            return None;
+        }
+        let events: Vec<Value> = run
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Some((run, events))
+    }
+
+    async fn codex_plain(&mut self) {
+        let step = "codex say hi";
+        let Some((run, events)) = self.codex("codex-plain", "say hi").await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result =
+            check_codex_reply(&events, REPLY).and_then(|()| check_plain_upstream(&upstream));
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    async fn codex_tool(&mut self) {
+        let step = "codex tool round trip (exec_command)";
+        let prompt = r#"run the command [sim:call exec_command {"cmd":"echo hi"}]"#;
+        let Some((run, events)) = self.codex("codex-tool", prompt).await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result = check_codex_command(&events)
+            .and_then(|()| check_codex_reply(&events, AFTER_TOOL))
+            .and_then(|()| {
+                check_round_trip(
+                    self.format,
+                    &upstream,
+                    "exec_command",
+                    &json!({"cmd": "echo hi"}),
+                    "hi",
+                )
+            });
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    // --- Claude Code ------------------------------------------------------------------------
+
+    async fn claude(&mut self, step: &str, auth: &str, prompt: &str) -> Option<(Run, Value)> {
+        self.flux.sim.clear_requests().await;
+        let dir = self.dir(step);
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("scripts/clients/claude_code.sh"))
+            .arg("--base-url")
+            .arg(format!("{}/anthropic", self.flux.base))
+            .arg("--key")
+            .arg(&self.flux.key)
+            .arg("--auth")
+            .arg(auth)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--timeout")
+            .arg(CLIENT_TIMEOUT_S.to_string())
+            .arg(prompt);
+        let run = run(format!("claude_code.sh --auth {auth} {prompt:?}"), cmd);
+        let parsed: Option<Value> = serde_json::from_str(run.stdout.trim()).ok();
+        match parsed {
+            Some(v) if run.code == Some(0) && v["is_error"] == false => Some((run, v)),
+            _ => {
+                self.record(step, Err(run.describe()));
+                None
+            }
+        }
+    }
+
+    async fn claude_plain(&mut self) {
+        let step = "claude say hi (x-api-key)";
+        let Some((run, out)) = self.claude("claude-plain", "x-api-key", "say hi").await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result =
+            check_claude_result(&out, REPLY, 1).and_then(|()| check_plain_upstream(&upstream));
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    async fn claude_tool(&mut self) {
+        let step = "claude tool round trip (Read, Bearer)";
+        let dir = self.dir("claude-tool");
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let file = work.join("notes.txt");
+        std::fs::write(&file, format!("{CLAUDE_FILE_TEXT}\n")).unwrap();
+        let args = json!({"file_path": file.to_str().unwrap()});
+        let prompt = format!("read the notes [sim:call Read {args}]");
+        let Some((run, out)) = self.claude("claude-tool", "bearer", &prompt).await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result = check_claude_result(&out, AFTER_TOOL, 2)
+            .and_then(|()| {
+                let text = out["result"].as_str().unwrap_or_default();
+                ensure(
+                    text.contains("FLUXFILE-4471"),
+                    format!("the answer does not echo the file's content: {text:?}"),
+                )
+            })
+            .and_then(|()| {
+                check_round_trip(self.format, &upstream, "Read", &args, CLAUDE_FILE_TEXT)
+            });
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.into())
+    }
+}
+
+fn check_sdk_text(out: &Value) -> Result<(), String> {
+    let text = out["text"].as_str().unwrap_or_default();
+    ensure(
+        text.contains(REPLY),
+        format!("the simulated reply did not reach the client: {text:?}"),
+    )?;
+    for h in out["requests"].as_array().into_iter().flatten() {
+        let id = h["x-flux-request-id"].as_str().unwrap_or_default();
+        ensure(id.starts_with("req_"), format!("X-Flux-Request-Id {id:?}"))?;
+        let model = h["x-flux-model"].as_str().unwrap_or_default();
+        ensure(
+            model.starts_with("flux-pinned-"),
+            format!("X-Flux-Model {model:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A plain turn: exactly one upstream request, with the model rewritten, and no tool traffic.
+fn check_plain_upstream(upstream: &[Value]) -> Result<(), String> {
+    ensure(
+        upstream.len() == 1,
+        format!(
+            "expected 1 upstream request, the simulator saw {}: {}",
+            upstream.len(),
+            summary(upstream)
+        ),
+    )?;
+    let model = upstream[0]["model"].as_str().unwrap_or_default();
+    ensure(
+        model.starts_with("sim-"),
+        format!("upstream model {model:?} was not rewritten"),
+    )
+}
+
+fn summary(upstream: &[Value]) -> String {
+    upstream
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} model={} bytes={}",
+                r["method"], r["path"], r["model"], r["body_bytes"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Tool calls (id, name, arguments) and tool results (id, text) in a provider request body.
+#[derive(Debug, Default)]
+struct Exchange {
+    calls: Vec<(String, String, Value)>,
+    results: Vec<(String, String)>,
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Arguments as JSON (they travel as JSON text in the OpenAI formats).
+fn args_of(v: &Value) -> Value {
+    match v {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
+
+/// Text of a tool result's content: a string, or text blocks / parts.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+fn exchange(format: &str, body: &Value) -> Exchange {
+    let mut ex = Exchange::default();
+    match format {
+        "openai" => {
+            for m in body["messages"].as_array().into_iter().flatten() {
+                for tc in m["tool_calls"].as_array().into_iter().flatten() {
+                    ex.calls.push((
+                        str_of(&tc["id"]),
+                        str_of(&tc["function"]["name"]),
+                        args_of(&tc["function"]["arguments"]),
+                    ));
+                }
+                if m["role"] == "tool" {
+                    ex.results
+                        .push((str_of(&m["tool_call_id"]), text_of(&m["content"])));
+                }
+            }
+        }
+        "openai_responses" => {
+            for item in body["input"].as_array().into_iter().flatten() {
+                match item["type"].as_str() {
+                    Some("function_call") => ex.calls.push((
+                        str_of(&item["call_id"]),
+                        str_of(&item["name"]),
+                        args_of(&item["arguments"]),
+                    )),
+                    Some("function_call_output") => ex
+                        .results
+                        .push((str_of(&item["call_id"]), text_of(&item["output"]))),
+                    _ => {}
+                }
+            }
+        }
+        "anthropic" => {
+            for m in body["messages"].as_array().into_iter().flatten() {
+                for b in m["content"].as_array().into_iter().flatten() {
+                    match b["type"].as_str() {
+                        Some("tool_use") => ex.calls.push((
+                            str_of(&b["id"]),
+                            str_of(&b["name"]),
+                            b["input"].clone(),
+                        )),
+                        Some("tool_result") => ex
+                            .results
+                            .push((str_of(&b["tool_use_id"]), text_of(&b["content"]))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        other => panic!("unknown format {other}"),
+    }
+    ex
+}
+
+/// From the simulator's recording of one tool run: two upstream requests; the first carries
+/// no tool traffic, the follow-up carries the call (`name`, `args`, the simulator's own call
+/// id) exactly once and its result (containing `result_has`) exactly once, with the same id.
+fn check_round_trip(
+    format: &str,
+    upstream: &[Value],
+    name: &str,
+    args: &Value,
+    result_has: &str,
+) -> Result<(), String> {
+    ensure(
+        upstream.len() == 2,
+        format!(
+            "expected 2 upstream requests (the call, the follow-up), the simulator saw {}: {}",
+            upstream.len(),
+            summary(upstream)
+        ),
+    )?;
+    for r in upstream {
+        ensure(
+            r["body"].is_object(),
+            format!("a recorded request has no body: {r}"),
+        )?;
+        let model = r["model"].as_str().unwrap_or_default();
+        ensure(
+            model.starts_with("sim-"),
+            format!("upstream model {model:?} was not rewritten"),
+        )?;
+    }
+    let first = exchange(format, &upstream[0]["body"]);
+    ensure(
+        first.calls.is_empty() && first.results.is_empty(),
+        format!("the first request already carries tool traffic: {first:?}"),
+    )?;
+    let follow = exchange(format, &upstream[1]["body"]);
+    ensure(
+        follow.calls.len() == 1,
+        format!(
+            "the follow-up carries {} tool calls, expected 1: {:?}",
+            follow.calls.len(),
+            follow.calls
+        ),
+    )?;
+    ensure(
+        follow.results.len() == 1,
+        format!(
+            "the follow-up carries {} tool results, expected 1: {:?}",
+            follow.results.len(),
+            follow.results
+        ),
+    )?;
+    let (call_id, call_name, call_args) = &follow.calls[0];
+    let (result_id, result_text) = &follow.results[0];
+    ensure(
+        call_name == name,
+        format!("the call is to {call_name:?}, expected {name:?}"),
+    )?;
+    ensure(
+        call_args == args,
+        format!("the call's arguments are {call_args}, expected {args}"),
+    )?;
+    ensure(
+        call_id == result_id,
+        format!("the call id {call_id:?} and the result's id {result_id:?} differ"),
+    )?;
+    let issued = sim_call_id(format);
+    ensure(
+        call_id == issued,
+        format!("the call id sent back is {call_id:?}, not the provider's own {issued:?}"),
+    )?;
+    ensure(
+        result_text.contains(result_has),
+        format!("the tool result {result_text:?} does not contain {result_has:?}"),
+    )
+}
+
+fn check_codex_reply(events: &[Value], needle: &str) -> Result<(), String> {
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "item.completed" && e["item"]["type"] == "agent_message")
+        .filter_map(|e| e["item"]["text"].as_str())
+        .collect();
+    ensure(
+        messages
+            .iter()
+            .any(|m| m.contains(REPLY) && m.contains(needle)),
+        format!("no agent_message with {REPLY:?} and {needle:?}: {messages:?}"),
+    )?;
+    let done = events.iter().find(|e| e["type"] == "turn.completed");
+    let usage = done.map(|e| &e["usage"]);
+    ensure(
+        usage.is_some_and(|u| u["output_tokens"].as_u64().unwrap_or(0) > 0),
+        format!("no turn.completed with output tokens: {usage:?}"),
+    )?;
+    ensure(
+        !events
+            .iter()
+            .any(|e| e["type"] == "turn.failed" || e["type"] == "error"),
+        "codex reported an error event",
+    )
+}
+
+fn check_codex_command(events: &[Value]) -> Result<(), String> {
+    let ran = events
+        .iter()
+        .find(|e| e["type"] == "item.completed" && e["item"]["type"] == "command_execution");
+    let Some(ran) = ran else {
+        return Err("codex ran no command".into());
+    };
+    let item = &ran["item"];
+    ensure(
+        item["exit_code"] == 0
+            && item["aggregated_output"]
+                .as_str()
+                .is_some_and(|o| o.trim() == "hi"),
+        format!("the command did not print hi: {item}"),
+    )
+}
+
+fn check_claude_result(out: &Value, needle: &str, turns: u64) -> Result<(), String> {
+    let result = out["result"].as_str().unwrap_or_default();
+    ensure(
+        result.contains(REPLY) && result.contains(needle),
+        format!("the result {result:?} lacks {REPLY:?} or {needle:?}"),
+    )?;
+    ensure(
+        out["subtype"] == "success",
+        format!("subtype {}", out["subtype"]),
+    )?;
+    ensure(
+        out["num_turns"] == turns,
+        format!("num_turns {}, expected {turns}", out["num_turns"]),
+    )?;
+    ensure(
+        out["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0,
+        format!("no output tokens in {}", out["usage"]),
+    )?;
+    let denials = &out["permission_denials"];
+    ensure(
+        denials.as_array().is_none_or(|d| d.is_empty()),
+        format!("permission denials: {denials}"),
+    )
+}
+
+// --- the cells -------------------------------------------------------------------------------
+
+async fn openai_python(name: &'static str, format: &'static str) {
+    let mut cell = Cell::start(name, format).await;
+    cell.sdk_text("chat stream", &["chat-stream"]).await;
+    cell.sdk_tool("chat tool round trip", &["chat-tool"]).await;
+    cell.sdk_tool("chat tool round trip (stream)", &["chat-tool", "--stream"])
+        .await;
+    cell.sdk_text("responses stream", &["responses-stream"])
+        .await;
+    cell.sdk_tool("responses tool round trip", &["responses-tool"])
+        .await;
+    cell.sdk_tool(
+        "responses tool round trip (stream)",
+        &["responses-tool", "--stream"],
+    )
+    .await;
+    cell.finish();
+}
+
+async fn anthropic_python(name: &'static str, format: &'static str) {
+    let mut cell = Cell::start(name, format).await;
+    cell.sdk_text("messages stream (Bearer)", &["messages-stream"])
+        .await;
+    cell.sdk_text(
+        "messages stream (x-api-key)",
+        &["messages-stream", "--auth", "x-api-key"],
+    )
+    .await;
+    cell.sdk_tool("messages tool round trip (Bearer)", &["messages-tool"])
+        .await;
+    cell.sdk_tool(
+        "messages tool round trip (stream, x-api-key)",
+        &["messages-tool", "--stream", "--auth", "x-api-key"],
+    )
+    .await;
+    cell.finish();
+}
+
+async fn codex_cli(name: &'static str, format: &'static str) {
+    let mut cell = Cell::start(name, format).await;
+    cell.codex_plain().await;
+    cell.codex_tool().await;
+    cell.finish();
+}
+
+async fn claude_code(name: &'static str, format: &'static str) {
+    let mut cell = Cell::start(name, format).await;
+    cell.claude_plain().await;
+    cell.claude_tool().await;
+    cell.finish();
+}
+
+macro_rules! cell {
+    ($test:ident, $client:ident, $format:literal) => {
+        #[tokio::test]
+        async fn $test() {
+            $client(stringify!($test), $format).await;
+        }
+    };
+}
+
+cell!(openai_python_via_openai_provider, openai_python, "openai");
+cell!(
+    openai_python_via_responses_provider,
+    openai_python,
+    "openai_responses"
+);
+cell!(
+    openai_python_via_anthropic_provider,
+    openai_python,
+    "anthropic"
+);
+cell!(
+    anthropic_python_via_openai_provider,
+    anthropic_python,
+    "openai"
+);
+cell!(
+    anthropic_python_via_responses_provider,
+    anthropic_python,
+    "openai_responses"
+);
+cell!(
+    anthropic_python_via_anthropic_provider,
+    anthropic_python,
+    "anthropic"
+);
+cell!(codex_cli_via_openai_provider, codex_cli, "openai");
+cell!(
+    codex_cli_via_responses_provider,
+    codex_cli,
+    "openai_responses"
+);
+cell!(codex_cli_via_anthropic_provider, codex_cli, "anthropic");
+cell!(claude_code_via_openai_provider, claude_code, "openai");
+cell!(
+    claude_code_via_responses_provider,
+    claude_code,
+    "openai_responses"
+);
+cell!(claude_code_via_anthropic_provider, claude_code, "anthropic");
+
+#[test]
+fn sdk_driver_scenarios_match_this_test() {
+    // The tool constants above are repeated in sdk.py; a change to one side must follow.
+    let src = std::fs::read_to_string(repo().join("tests/clients/sdk.py")).unwrap();
+    assert!(src.contains(&format!("TOOL_NAME = \"{SDK_TOOL}\"")));
+    assert!(src.contains(&format!("TOOL_RESULT = \"{SDK_TOOL_RESULT}\"")));
+}
