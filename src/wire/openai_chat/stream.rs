@@ -1,59 +1,539 @@
 //! Streams: decode a provider's SSE events into IR stream events, and encode IR stream
 //! events as the SSE grammar a client of this format expects.
+//!
+//! Chat chunks have no block boundaries: the decoder opens a block at the first delta of each
+//! kind (text, reasoning, each `tool_calls[].index`), closes the current one when another kind
+//! begins, and closes all of them at `finish_reason`. Parallel tool calls stay open together.
+
+use std::borrow::Cow;
 
 use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::wire::ir::{StreamEvent, StreamMeta};
-use crate::wire::sse::Event;
+use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
+use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
+use crate::wire::sse::{self, Event};
+
+#[derive(Deserialize)]
+struct ChunkIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceIn<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<DeltaIn<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    /// DeepSeek style.
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    /// OpenRouter / vLLM style.
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDeltaIn<'a>>>,
+    /// Legacy single function call.
+    #[serde(borrow, default)]
+    function_call: Option<FunctionDeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDeltaIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDeltaIn<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorIn<'a> {
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// A tool call seen in the stream.
+#[derive(Debug)]
+struct ToolSlot {
+    /// The provider's `tool_calls[].index` (None when it sent none).
+    key: Option<u64>,
+    id: String,
+    /// The IR block index.
+    index: usize,
+    open: bool,
+}
 
 /// Push-style decoder of a provider stream, one per request.
 #[derive(Debug, Default)]
-pub struct StreamDecoder {}
+pub struct StreamDecoder {
+    started: bool,
+    stopped: bool,
+    next_index: usize,
+    text: Option<usize>,
+    thinking: Option<usize>,
+    tools: Vec<ToolSlot>,
+}
 
 impl StreamDecoder {
     pub fn new() -> Self {
-        StreamDecoder {}
+        StreamDecoder::default()
     }
 
     /// Decode one SSE event into zero or more IR events. Unknown events are skipped; the
     /// error is for data that cannot be parsed at all.
     pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String> {
-        let _ = (event, out);
-        unimplemented!("filled in by the format's implementation")
+        let data = event.data.trim();
+        if data.is_empty() || data == "[DONE]" {
+            return Ok(());
+        }
+        let chunk: ChunkIn = match serde_json::from_str(data) {
+            Ok(c) => c,
+            // JSON of another shape is an event this decoder does not know: skip it.
+            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() => return Ok(()),
+            Err(e) => return Err(format!("chat chunk is not JSON: {e}")),
+        };
+        if let Some(error) = chunk.error.filter(|e| e.get() != "null") {
+            let message = match error.get().starts_with('{') {
+                true => serde_json::from_str::<ErrorIn>(error.get())
+                    .ok()
+                    .and_then(|e| e.message)
+                    .map(Cow::into_owned),
+                false => serde_json::from_str::<String>(error.get()).ok(),
+            };
+            out.push(StreamEvent::Error {
+                message: message.unwrap_or_else(|| error.get().to_owned()),
+            });
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.id.unwrap_or_default().into_owned(),
+                model: chunk.model.unwrap_or_default().into_owned(),
+            });
+        }
+        // With n > 1 only the first choice is translated.
+        for choice in chunk.choices.into_iter().flatten() {
+            if choice.index.unwrap_or(0) != 0 {
+                continue;
+            }
+            if let Some(delta) = choice.delta {
+                self.delta(delta, out);
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.close_all(out);
+                if !self.stopped {
+                    self.stopped = true;
+                    let mut stop = stop_reason(&reason);
+                    // Some providers say "stop" after tool calls.
+                    if stop == StopReason::EndTurn && !self.tools.is_empty() {
+                        stop = StopReason::ToolUse;
+                    }
+                    out.push(StreamEvent::Stop(stop));
+                }
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            out.push(StreamEvent::Usage(usage.ir()));
+        }
+        Ok(())
     }
 
     /// The provider's stream ended: emit whatever closes open blocks.
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) {
-        let _ = out;
+        self.close_all(out);
     }
+
+    fn delta(&mut self, delta: DeltaIn<'_>, out: &mut Vec<StreamEvent>) {
+        if let Some(r) = delta.reasoning_content.or(delta.reasoning) {
+            if !r.is_empty() {
+                let index = match self.thinking {
+                    Some(i) => i,
+                    None => self.open(BlockStart::Thinking, out),
+                };
+                self.thinking = Some(index);
+                out.push(StreamEvent::Delta {
+                    index,
+                    delta: Delta::Thinking(r.into_owned()),
+                });
+            }
+        }
+        if let Some(t) = delta.content.or(delta.refusal) {
+            if !t.is_empty() {
+                let index = match self.text {
+                    Some(i) => i,
+                    None => self.open(BlockStart::Text, out),
+                };
+                self.text = Some(index);
+                out.push(StreamEvent::Delta {
+                    index,
+                    delta: Delta::Text(t.into_owned()),
+                });
+            }
+        }
+        for call in delta.tool_calls.into_iter().flatten() {
+            self.tool(call.index, call.id, call.function, out);
+        }
+        if let Some(f) = delta.function_call {
+            self.tool(Some(u64::MAX), None, Some(f), out);
+        }
+    }
+
+    fn tool(
+        &mut self,
+        key: Option<u64>,
+        id: Option<Cow<'_, str>>,
+        function: Option<FunctionDeltaIn<'_>>,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let id = id.filter(|i| !i.is_empty());
+        let (name, arguments) = match function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        let found = match (key, &id) {
+            // A known index, unless it comes with another id (a provider reusing index 0).
+            (Some(k), _) => self.tools.iter().rposition(|t| {
+                t.key == Some(k) && id.as_deref().is_none_or(|i| t.id.is_empty() || t.id == i)
+            }),
+            (None, Some(i)) => self.tools.iter().rposition(|t| t.id == *i),
+            (None, None) => self.tools.iter().rposition(|t| t.open),
+        };
+        let slot = match found {
+            Some(s) => s,
+            None => {
+                let call_id = match &id {
+                    Some(i) => i.clone().into_owned(),
+                    None => format!("call_{}", self.tools.len()),
+                };
+                let index = self.open(
+                    BlockStart::ToolCall {
+                        id: call_id.clone(),
+                        name: name.unwrap_or_default().into_owned(),
+                    },
+                    out,
+                );
+                self.tools.push(ToolSlot {
+                    key,
+                    id: call_id,
+                    index,
+                    open: true,
+                });
+                self.tools.len() - 1
+            }
+        };
+        let slot = &self.tools[slot];
+        // Arguments for a call already closed (another kind of block came between) have no
+        // block to go to.
+        if let Some(a) = arguments.filter(|a| !a.is_empty() && slot.open) {
+            out.push(StreamEvent::Delta {
+                index: slot.index,
+                delta: Delta::ToolArguments(a.into_owned()),
+            });
+        }
+    }
+
+    /// Start a block at the next index, closing the blocks it cannot interleave with: any
+    /// open one, except that tool calls stay open beside a new tool call.
+    fn open(&mut self, block: BlockStart, out: &mut Vec<StreamEvent>) -> usize {
+        let keep_tools = matches!(block, BlockStart::ToolCall { .. });
+        let mut closing: Vec<usize> = self.text.take().into_iter().collect();
+        closing.extend(self.thinking.take());
+        if !keep_tools {
+            for t in self.tools.iter_mut().filter(|t| t.open) {
+                t.open = false;
+                closing.push(t.index);
+            }
+        }
+        closing.sort_unstable();
+        out.extend(
+            closing
+                .into_iter()
+                .map(|index| StreamEvent::BlockStop { index }),
+        );
+        let index = self.next_index;
+        self.next_index += 1;
+        out.push(StreamEvent::BlockStart { index, block });
+        index
+    }
+
+    fn close_all(&mut self, out: &mut Vec<StreamEvent>) {
+        let mut closing: Vec<usize> = self.text.take().into_iter().collect();
+        closing.extend(self.thinking.take());
+        for t in self.tools.iter_mut().filter(|t| t.open) {
+            t.open = false;
+            closing.push(t.index);
+        }
+        closing.sort_unstable();
+        out.extend(
+            closing
+                .into_iter()
+                .map(|index| StreamEvent::BlockStop { index }),
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'r> {
+    id: &'r str,
+    object: &'static str,
+    created: u64,
+    model: &'r str,
+    choices: &'r [ChoiceOut<'r>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageOut>,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'r> {
+    index: u32,
+    delta: DeltaOut<'r>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'r> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'r str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolDeltaOut<'r>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolDeltaOut<'r> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'r str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDeltaOut<'r>,
+}
+
+#[derive(Serialize)]
+struct FunctionDeltaOut<'r> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'r str>,
+    arguments: &'r str,
 }
 
 /// Stateful encoder of a client stream, one per request.
 #[derive(Debug)]
-pub struct StreamEncoder {}
+pub struct StreamEncoder {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    /// The first chunk (with the role) was written.
+    opened: bool,
+    /// IR block index -> position among the tool calls (`tool_calls[].index`).
+    tools: Vec<(usize, usize)>,
+    usage: Usage,
+    done: bool,
+}
 
 impl StreamEncoder {
     pub fn new(meta: &StreamMeta) -> Self {
-        let _ = meta;
-        StreamEncoder {}
+        StreamEncoder {
+            id: String::new(),
+            model: String::new(),
+            created: meta.created,
+            include_usage: meta.include_usage,
+            opened: false,
+            tools: Vec::new(),
+            usage: Usage::default(),
+            done: false,
+        }
     }
 
     /// Encode one IR event as zero or more SSE events of this format.
     pub fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut) {
-        let _ = (event, out);
-        unimplemented!("filled in by the format's implementation")
+        if self.done {
+            return;
+        }
+        match event {
+            StreamEvent::Start { id, model } => {
+                if !self.opened {
+                    self.id = chat_id(id);
+                    self.model.clone_from(model);
+                    self.open(out);
+                }
+            }
+            StreamEvent::BlockStart { index, block } => {
+                self.open(out);
+                if let BlockStart::ToolCall { id, name } = block {
+                    let k = self.tools.len();
+                    self.tools.push((*index, k));
+                    self.delta(
+                        DeltaOut {
+                            tool_calls: Some([ToolDeltaOut {
+                                index: k,
+                                id: Some(id),
+                                kind: Some("function"),
+                                function: FunctionDeltaOut {
+                                    name: Some(name),
+                                    arguments: "",
+                                },
+                            }]),
+                            ..DeltaOut::default()
+                        },
+                        out,
+                    );
+                }
+            }
+            StreamEvent::Delta { index, delta } => {
+                self.open(out);
+                let d = match delta {
+                    Delta::Text(t) if !t.is_empty() => DeltaOut {
+                        content: Some(t),
+                        ..DeltaOut::default()
+                    },
+                    Delta::Thinking(t) if !t.is_empty() => DeltaOut {
+                        reasoning_content: Some(t),
+                        ..DeltaOut::default()
+                    },
+                    Delta::ToolArguments(a) if !a.is_empty() => {
+                        let Some(&(_, k)) = self.tools.iter().rev().find(|(i, _)| i == index)
+                        else {
+                            return;
+                        };
+                        DeltaOut {
+                            tool_calls: Some([ToolDeltaOut {
+                                index: k,
+                                id: None,
+                                kind: None,
+                                function: FunctionDeltaOut {
+                                    name: None,
+                                    arguments: a,
+                                },
+                            }]),
+                            ..DeltaOut::default()
+                        }
+                    }
+                    // Signatures (and empty pieces) have no Chat form.
+                    _ => return,
+                };
+                self.delta(d, out);
+            }
+            StreamEvent::BlockStop { .. } => {}
+            StreamEvent::Stop(reason) => {
+                self.open(out);
+                self.chunk(
+                    &[ChoiceOut {
+                        index: 0,
+                        delta: DeltaOut::default(),
+                        finish_reason: Some(finish_reason(*reason)),
+                    }],
+                    None,
+                    out,
+                );
+            }
+            StreamEvent::Usage(u) => self.usage.merge(u),
+            StreamEvent::Error { message } => self.fail(message, out),
+        }
     }
 
     /// The provider's stream ended normally: write the closing events.
     pub fn finish(&mut self, out: &mut BytesMut) {
-        let _ = out;
-        unimplemented!("filled in by the format's implementation")
+        if self.done {
+            return;
+        }
+        self.open(out);
+        if self.include_usage {
+            self.chunk(&[], Some(UsageOut::new(&self.usage)), out);
+        }
+        sse::write_event(out, None, b"[DONE]");
+        self.done = true;
     }
 
     /// The provider's stream broke: write one complete, parseable error event in this
     /// format's grammar. Nothing is written after it.
     pub fn fail(&mut self, message: &str, out: &mut BytesMut) {
-        let _ = (message, out);
-        unimplemented!("filled in by the format's implementation")
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let body = serde_json::json!({
+            "error": {"message": message, "type": "server_error", "code": "upstream_error"}
+        });
+        sse::write_event(out, None, body.to_string().as_bytes());
+    }
+
+    /// Write the first chunk (`role: assistant`) if it was not written yet.
+    fn open(&mut self, out: &mut BytesMut) {
+        if self.opened {
+            return;
+        }
+        self.opened = true;
+        if !self.id.starts_with("chatcmpl-") {
+            self.id = chat_id(&self.id);
+        }
+        self.delta(
+            DeltaOut {
+                role: Some("assistant"),
+                content: Some(""),
+                ..DeltaOut::default()
+            },
+            out,
+        );
+    }
+
+    fn delta(&self, delta: DeltaOut<'_>, out: &mut BytesMut) {
+        self.chunk(
+            &[ChoiceOut {
+                index: 0,
+                delta,
+                finish_reason: None,
+            }],
+            None,
+            out,
+        );
+    }
+
+    fn chunk(&self, choices: &[ChoiceOut<'_>], usage: Option<UsageOut>, out: &mut BytesMut) {
+        let chunk = ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        };
+        if let Ok(data) = serde_json::to_vec(&chunk) {
+            sse::write_event(out, None, &data);
+        }
     }
 }
