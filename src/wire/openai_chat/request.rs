@@ -905,3 +905,467 @@ fn encode_message<'r>(m: &'r Message<'_>, out: &mut Vec<MessageOut<'r>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const CONVERSATION: &str =
+        include_str!("../../../tests/fixtures/wire/openai_chat/request_conversation.json");
+
+    fn parse_value(v: &Value) -> Result<String, FluxError> {
+        let raw = serde_json::to_vec(v).unwrap();
+        parse_request(&raw).map(|r| ir(&r))
+    }
+
+    /// Everything the IR holds but the raw bytes and the unknown members, for comparison.
+    fn ir(r: &Request) -> String {
+        format!(
+            "model={:?} stream={} max={:?} system={:?} messages={:?} tools={:?} choice={:?} \
+             parallel={:?} temp={:?} top_p={:?} stop={:?} reasoning={:?} user={:?} usage={}",
+            r.model,
+            r.stream,
+            r.max_tokens,
+            r.system,
+            r.messages,
+            r.tools
+                .iter()
+                .map(|t| (
+                    &t.name,
+                    &t.description,
+                    t.parameters.map(RawValue::get),
+                    t.strict,
+                    t.other.map(RawValue::get)
+                ))
+                .collect::<Vec<_>>(),
+            r.tool_choice,
+            r.parallel_tool_calls,
+            r.temperature,
+            r.top_p,
+            r.stop,
+            r.reasoning,
+            r.user,
+            r.include_usage,
+        )
+    }
+
+    #[test]
+    fn a_plain_request_parses() {
+        let raw = br#"{"model":"flux-auto","messages":[{"role":"user","content":"ping"}]}"#;
+        let r = parse_request(raw).unwrap();
+        assert_eq!(r.format, Format::OpenAiChat);
+        assert_eq!(r.model, "flux-auto");
+        assert!(matches!(r.model, Cow::Borrowed(_)));
+        assert_eq!(&raw[r.model_span.clone()], b"\"flux-auto\"");
+        assert!(!r.stream && !r.include_usage);
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.messages[0].role, Role::User);
+        assert!(matches!(&r.messages[0].content[..], [Block::Text { text, .. }] if text == "ping"));
+        assert!(r.unknown.is_empty());
+    }
+
+    #[test]
+    fn shape_errors_are_400_with_the_old_reasons() {
+        let cases = [
+            (json!([1]), "JSON object"),
+            (
+                json!({"messages":[{"role":"user","content":"x"}]}),
+                "'model' is required",
+            ),
+            (
+                json!({"model":"","messages":[{"role":"user","content":"x"}]}),
+                "'model' is required",
+            ),
+            (
+                json!({"model":null,"messages":[{"role":"user","content":"x"}]}),
+                "'model' is required",
+            ),
+            (json!({"model":7,"messages":[]}), "'model' must be a string"),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}),
+                "'stream' must be a boolean",
+            ),
+            (json!({"model":"m"}), "'messages' is required"),
+            (
+                json!({"model":"m","messages":{}}),
+                "'messages' must be an array",
+            ),
+            (
+                json!({"model":"m","messages":null}),
+                "'messages' must be an array",
+            ),
+            (
+                json!({"model":"m","messages":["hi"]}),
+                "messages[0] must be an object",
+            ),
+            (
+                json!({"model":"m","messages":[["user","hi"]]}),
+                "messages[0] must be an object",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}),
+                "not one of",
+            ),
+            (
+                json!({"model":"m","messages":[{"content":"x"}]}),
+                "messages[0].role is required",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":5}]}),
+                "must be a string or an array",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":[{"text":"x"}]}]}),
+                "messages[0].content[0] needs a 'type'",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":["x"]}]}),
+                "messages[0].content[0] needs a 'type'",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":1}]}]}),
+                "messages[0].content[0].text must be a string",
+            ),
+        ];
+        for (body, expect) in cases {
+            let e = parse_value(&body).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_request"), "{body}");
+            assert!(e.message.contains(expect), "{body}: {}", e.message);
+        }
+        let e = parse_request(b"{\"model\": ").unwrap_err();
+        assert!(e.message.starts_with("Malformed JSON"), "{}", e.message);
+        let e = parse_request(br#"{"model":"a","messages":[],"model":"b"}"#).unwrap_err();
+        assert!(e.message.contains("more than once"), "{}", e.message);
+    }
+
+    #[test]
+    fn empty_prompts_are_400_empty_prompt() {
+        for body in [
+            json!({"model":"m","messages":[]}),
+            json!({"model":"m","messages":[{"role":"user","content":"   "}]}),
+            json!({"model":"m","messages":[{"role":"user","content":null}]}),
+            json!({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":""}]}]}),
+            json!({"model":"m","messages":[{"role":"assistant","content":"","reasoning_content":"hm"}]}),
+        ] {
+            let e = parse_value(&body).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "empty_prompt"), "{body}");
+        }
+        // Unknown parts, images and tool calls are content.
+        for body in [
+            json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}),
+            json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":"https://x/y.png"}]}]}),
+            json!({"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}]}),
+        ] {
+            assert!(parse_value(&body).is_ok(), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_conversation_maps_onto_the_ir() {
+        let r = parse_request(CONVERSATION.as_bytes()).unwrap();
+        assert_eq!(r.model, "flux-auto");
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, Some(1024), "the smaller of the two limits");
+        assert_eq!(r.temperature, Some(0.2));
+        assert_eq!(r.top_p, Some(0.9));
+        assert_eq!(r.stop, ["\nEND", "###"]);
+        assert_eq!(r.reasoning, Some(Reasoning::Effort(Effort::Medium)));
+        assert_eq!(r.user.as_deref(), Some("user-42"));
+        assert_eq!(r.parallel_tool_calls, Some(true));
+        assert_eq!(r.tool_choice, Some(ToolChoice::Named("get_weather".into())));
+        assert!(r.system.is_empty());
+        let unknown: Vec<_> = r
+            .unknown
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.get()))
+            .collect();
+        assert_eq!(
+            unknown,
+            [("seed", "7"), ("logit_bias", r#"{"50256": -100}"#)]
+        );
+
+        assert_eq!(r.tools.len(), 2);
+        assert_eq!(r.tools[0].name, "get_weather");
+        assert_eq!(
+            r.tools[0].description.as_deref(),
+            Some("Weather for a city")
+        );
+        assert_eq!(r.tools[0].strict, Some(true));
+        assert!(r.tools[0]
+            .parameters
+            .unwrap()
+            .get()
+            .starts_with(r#"{"type": "object""#));
+        assert_eq!(r.tools[1].description, None);
+
+        let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+        use Role::*;
+        assert_eq!(
+            roles,
+            [System, User, Assistant, User, System, Assistant, User]
+        );
+        match &r.messages[1].content[..] {
+            [Block::Text { text, .. }, Block::Image(Image::Url(url))] => {
+                assert_eq!(text, "Weather and time in Paris? See \"map\":");
+                assert_eq!(url, "data:image/png;base64,iVBORw0KGgo=");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &r.messages[2].content[..] {
+            [Block::ToolCall {
+                id,
+                name,
+                arguments: Arguments::Text(args),
+            }, Block::ToolCall { id: id2, .. }] => {
+                assert_eq!((id.as_ref(), name.as_ref()), ("call_W1xa", "get_weather"));
+                assert_eq!(args, r#"{"city":"Paris"}"#);
+                assert_eq!(id2, "call_T2yb");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Both tool messages are one user message of tool results.
+        match &r.messages[3].content[..] {
+            [Block::ToolResult {
+                call_id, content, ..
+            }, Block::ToolResult {
+                call_id: id2,
+                content: c2,
+                ..
+            }] => {
+                assert_eq!((call_id.as_ref(), id2.as_ref()), ("call_W1xa", "call_T2yb"));
+                assert!(
+                    matches!(&content[..], [Block::Text { text, .. }] if text == "18°C, cloudy")
+                );
+                assert!(matches!(&c2[..], [Block::Text { text, .. }] if text == "14:05"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn legacy_fields_reasoning_and_leniency() {
+        let body = json!({
+            "model": "m",
+            "functions": [{"name": "f", "parameters": {"type": "object"}}],
+            "function_call": {"name": "f"},
+            "tools": "not an array",
+            "temperature": "hot",
+            "stop": "END",
+            "reasoning_effort": "none",
+            "safety_identifier": "sid",
+            "max_tokens": null,
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "reasoning_content": "think", "content": "ok",
+                 "function_call": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"role": "function", "name": "f", "content": "done"},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "g", "arguments": {"x": 1}}}, 7
+                ]},
+                {"role": "user", "content": [{"type": "file", "file": {}}, {"type": "text", "text": "and?"}]}
+            ]
+        });
+        let raw = serde_json::to_vec(&body).unwrap();
+        let r = parse_request(&raw).unwrap();
+        let unknown: Vec<_> = r.unknown.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(unknown, ["tools", "temperature", "reasoning_effort"]);
+        assert_eq!(r.tools.len(), 1);
+        assert_eq!(r.tools[0].name, "f");
+        assert_eq!(r.tool_choice, Some(ToolChoice::Named("f".into())));
+        assert_eq!(r.stop, ["END"]);
+        assert_eq!(r.user.as_deref(), Some("sid"));
+        assert_eq!(r.max_tokens, None);
+        match &r.messages[1].content[..] {
+            [Block::Thinking {
+                text,
+                signature: None,
+            }, Block::Text { text: t, .. }, Block::ToolCall { id, name, .. }] => {
+                assert_eq!((text.as_ref(), t.as_ref()), ("think", "ok"));
+                assert_eq!((id.as_ref(), name.as_ref()), ("f", "f"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &r.messages[2].content[..],
+            [Block::ToolResult { call_id, .. }] if call_id == "f"
+        ));
+        match &r.messages[3].content[..] {
+            [Block::ToolCall {
+                arguments: Arguments::Json(raw),
+                ..
+            }] => assert_eq!(raw.get(), r#"{"x":1}"#),
+            other => panic!("{other:?}"),
+        }
+        // The unknown part is skipped, the text kept.
+        assert!(matches!(&r.messages[4].content[..], [Block::Text { text, .. }] if text == "and?"));
+    }
+
+    #[test]
+    fn other_tool_types_are_kept_raw() {
+        let body = json!({"model":"m","messages":[{"role":"user","content":"x"}],
+            "tools":[{"type":"custom","custom":{"name":"grep"}},
+                     {"type":"function","function":{"name":"f"}}],
+            "tool_choice":"required"});
+        let raw = serde_json::to_vec(&body).unwrap();
+        let r = parse_request(&raw).unwrap();
+        assert_eq!(r.tools[0].name, "custom");
+        assert!(r.tools[0].other.unwrap().get().contains("grep"));
+        assert!(r.tools[1].other.is_none());
+        assert_eq!(r.tool_choice, Some(ToolChoice::Required));
+        let out: Value = serde_json::from_slice(&encode_request(&r, "p", false)).unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"type":"function","function":{"name":"f"}}])
+        );
+    }
+
+    #[test]
+    fn a_32_mib_unknown_array_stays_one_raw_slice() {
+        let head = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":["#;
+        let mut body = String::with_capacity(32 << 20);
+        body.push_str(head);
+        while body.len() < (32 << 20) - 4 {
+            body.push_str("1,");
+        }
+        body.push_str("1]}");
+        let r = parse_request(body.as_bytes()).unwrap();
+        assert_eq!(r.unknown.len(), 1);
+        let (key, value) = &r.unknown[0];
+        assert_eq!(key, "x");
+        let span = json::span_of(body.as_bytes(), value);
+        assert_eq!(span, head.len() - 1..body.len() - 1);
+    }
+
+    #[test]
+    fn round_trip_keeps_the_ir() {
+        let first = parse_request(CONVERSATION.as_bytes()).unwrap();
+        let encoded = encode_request(&first, "flux-auto", true);
+        let second = parse_request(&encoded).unwrap();
+        assert_eq!(ir(&first), ir(&second));
+        assert!(second.unknown.is_empty(), "unknown members are dropped");
+        // And once more, byte for byte.
+        assert_eq!(encode_request(&second, "flux-auto", true), encoded);
+    }
+
+    #[test]
+    fn encoding_writes_a_chat_body() {
+        let args = RawValue::from_string(r#"{"path": "a.rs"}"#.to_owned()).unwrap();
+        let params = RawValue::from_string(r#"{"type":"object"}"#.to_owned()).unwrap();
+        let web = RawValue::from_string(r#"{"type":"web_search"}"#.to_owned()).unwrap();
+        let text = |t: &'static str| Block::Text {
+            text: t.into(),
+            cache_control: None,
+        };
+        let req = Request {
+            format: Format::Anthropic,
+            raw: b"",
+            model_span: 0..0,
+            model: "flux-auto".into(),
+            stream: false,
+            max_tokens: Some(32000),
+            system: vec![text("sys one"), text("sys two")],
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        text("look"),
+                        Block::Image(Image::Base64 {
+                            media_type: "image/png".into(),
+                            data: "AAAA".into(),
+                        }),
+                    ],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        Block::Thinking {
+                            text: "hmm".into(),
+                            signature: Some("sig".into()),
+                        },
+                        Block::ToolCall {
+                            id: "toolu_1".into(),
+                            name: "Read".into(),
+                            arguments: Arguments::Json(&args),
+                        },
+                    ],
+                },
+                Message {
+                    role: Role::System,
+                    content: vec![text("env")],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        Block::ToolResult {
+                            call_id: "toolu_1".into(),
+                            content: vec![text("line 1"), text("line 2")],
+                            is_error: true,
+                            cache_control: None,
+                        },
+                        text("go on"),
+                    ],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![Block::RedactedThinking {
+                        data: "opaque".into(),
+                    }],
+                },
+            ],
+            tools: vec![
+                Tool {
+                    name: "Read".into(),
+                    description: Some("Read a file".into()),
+                    parameters: Some(&params),
+                    strict: None,
+                    other: None,
+                    cache_control: None,
+                },
+                Tool {
+                    name: "web_search".into(),
+                    description: None,
+                    parameters: None,
+                    strict: None,
+                    other: Some(&web),
+                    cache_control: None,
+                },
+            ],
+            tool_choice: Some(ToolChoice::Auto),
+            parallel_tool_calls: Some(false),
+            temperature: None,
+            top_p: None,
+            stop: vec![],
+            reasoning: Some(Reasoning::Budget(10_000)),
+            user: None,
+            include_usage: false,
+            previous_response_id: None,
+            unknown: vec![],
+        };
+        let out = String::from_utf8(encode_request(&req, "gpt-4.1", true)).unwrap();
+        let expected = concat!(
+            r#"{"model":"gpt-4.1","messages":["#,
+            r#"{"role":"system","content":"sys one\n\nsys two"},"#,
+            r#"{"role":"user","content":[{"type":"text","text":"look"},"#,
+            r#"{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},"#,
+            r#"{"role":"assistant","content":null,"tool_calls":[{"id":"toolu_1","type":"function","#,
+            r#""function":{"name":"Read","arguments":"{\"path\": \"a.rs\"}"}}]},"#,
+            r#"{"role":"system","content":"env"},"#,
+            r#"{"role":"tool","content":"line 1\nline 2","tool_call_id":"toolu_1"},"#,
+            r#"{"role":"user","content":"go on"}],"#,
+            r#""max_completion_tokens":32000,"#,
+            r#""tools":[{"type":"function","function":{"name":"Read","description":"Read a file","#,
+            r#""parameters":{"type":"object"}}}],"#,
+            r#""tool_choice":"auto","parallel_tool_calls":false,"reasoning_effort":"medium","#,
+            r#""stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        assert_eq!(out, expected);
+        // Without tools, no tool_choice; without streaming, no stream_options.
+        let mut req = req;
+        req.tools.truncate(0);
+        let out: Value = serde_json::from_slice(&encode_request(&req, "m", false)).unwrap();
+        assert!(out.get("tool_choice").is_none() && out.get("parallel_tool_calls").is_none());
+        assert_eq!(out["stream"], false);
+        assert!(out.get("stream_options").is_none());
+    }
+}
