@@ -37,12 +37,13 @@ struct CompletionDetails {
 
 impl UsageIn {
     pub(super) fn ir(&self) -> Usage {
+        // Whichever of the two names reports more (providers that send both may leave one 0).
         let cached = self
             .prompt_tokens_details
             .as_ref()
             .and_then(|d| d.cached_tokens)
-            .or(self.prompt_cache_hit_tokens)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(self.prompt_cache_hit_tokens.unwrap_or(0));
         Usage {
             input: self.prompt_tokens.unwrap_or(0),
             cached_input: cached,
@@ -363,4 +364,170 @@ fn encode_response_at(resp: &Response<'_>, created: u64) -> Vec<u8> {
         usage: UsageOut::new(&resp.usage),
     };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/wire/openai_chat/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn a_text_response_decodes_with_cached_usage() {
+        let body = fixture("response_text.json");
+        let r = decode_response(&body).unwrap();
+        assert_eq!(r.id, "chatcmpl-CbXAresponseText");
+        assert_eq!(r.model, "gpt-4o-mini-2024-07-18");
+        assert!(matches!(&r.content[..],
+            [Block::Text { text, .. }] if text == "Hello! How can I help you today?"));
+        assert_eq!(r.stop, StopReason::EndTurn);
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 1536,
+                cached_input: 1024,
+                cache_write: 0,
+                output: 10,
+                reasoning: 0
+            }
+        );
+    }
+
+    #[test]
+    fn parallel_tool_calls_decode_in_order() {
+        let body = fixture("response_tools.json");
+        let r = decode_response(&body).unwrap();
+        assert_eq!(r.stop, StopReason::ToolUse);
+        let calls: Vec<_> = r
+            .content
+            .iter()
+            .map(|b| match b {
+                Block::ToolCall {
+                    id,
+                    name,
+                    arguments: Arguments::Text(a),
+                } => (id.as_ref(), name.as_ref(), a.as_ref()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_W1xa", "get_weather", r#"{"city":"Paris"}"#),
+                ("call_T2yb", "get_time", r#"{"tz":"CET"}"#)
+            ]
+        );
+        assert_eq!(r.usage.input, 84);
+        assert_eq!(r.usage.output, 41);
+    }
+
+    #[test]
+    fn reasoning_content_is_thinking_without_signature() {
+        let body = fixture("response_reasoning.json");
+        let r = decode_response(&body).unwrap();
+        match &r.content[..] {
+            [Block::Thinking {
+                text,
+                signature: None,
+            }, Block::Text { text: t, .. }] => {
+                assert_eq!((text.as_ref(), t.as_ref()), ("The user wants 2+2.", "4"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.stop, StopReason::MaxTokens);
+        // DeepSeek's prompt_cache_hit_tokens counts even beside a cached_tokens of 0.
+        assert_eq!(r.usage.cached_input, 64);
+        assert_eq!(r.usage.reasoning, 15);
+        let body = br#"{"id":"x","model":"deepseek-chat","choices":[],"usage":{"prompt_tokens":64,"completion_tokens":1,"prompt_cache_hit_tokens":60}}"#;
+        let r = decode_response(body).unwrap();
+        assert_eq!(r.usage.cached_input, 60);
+        assert!(r.content.is_empty());
+    }
+
+    #[test]
+    fn bodies_that_are_not_completions_are_reasons() {
+        assert!(decode_response(b"<html>").is_err());
+        assert!(decode_response(br#"{"error":{"message":"boom"}}"#)
+            .unwrap_err()
+            .contains("boom"));
+        assert!(decode_response(br#"{"choices":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn encoding_writes_a_chat_completion() {
+        let args = RawValue::from_string(r#"{"q": 1}"#.to_owned()).unwrap();
+        let resp = Response {
+            id: "msg_01AbC".into(),
+            model: "claude-sonnet-4-5".into(),
+            content: vec![
+                Block::Thinking {
+                    text: "plan".into(),
+                    signature: Some("sig".into()),
+                },
+                Block::Text {
+                    text: "Let me ".into(),
+                    cache_control: None,
+                },
+                Block::Text {
+                    text: "look.".into(),
+                    cache_control: None,
+                },
+                Block::ToolCall {
+                    id: "toolu_9".into(),
+                    name: "search".into(),
+                    arguments: Arguments::Json(&args),
+                },
+            ],
+            stop: StopReason::ToolUse,
+            usage: Usage {
+                input: 100,
+                cached_input: 80,
+                cache_write: 10,
+                output: 20,
+                reasoning: 5,
+            },
+        };
+        let out = String::from_utf8(encode_response_at(&resp, 1764400000)).unwrap();
+        assert_eq!(
+            out,
+            concat!(
+                r#"{"id":"chatcmpl-01AbC","object":"chat.completion","created":1764400000,"#,
+                r#""model":"claude-sonnet-4-5","choices":[{"index":0,"message":{"role":"assistant","#,
+                r#""content":"Let me look.","reasoning_content":"plan","tool_calls":[{"id":"toolu_9","#,
+                r#""type":"function","function":{"name":"search","arguments":"{\"q\": 1}"}}]},"#,
+                r#""logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":100,"#,
+                r#""completion_tokens":20,"total_tokens":120,"prompt_tokens_details":{"cached_tokens":80},"#,
+                r#""completion_tokens_details":{"reasoning_tokens":5}}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn decode_then_encode_keeps_the_completion() {
+        let body = fixture("response_tools.json");
+        let r = decode_response(&body).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+        let orig: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["id"], orig["id"]);
+        assert_eq!(
+            out["choices"][0]["message"]["tool_calls"],
+            orig["choices"][0]["message"]["tool_calls"]
+        );
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            serde_json::Value::Null
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(out["usage"]["prompt_tokens"], 84);
+        // Ids of other formats get the Chat prefix; an empty one a fresh id.
+        assert_eq!(chat_id("resp_abc"), "chatcmpl-abc");
+        assert_eq!(chat_id("gen-1"), "chatcmpl-gen-1");
+        assert!(chat_id("").len() > "chatcmpl-".len());
+    }
 }
