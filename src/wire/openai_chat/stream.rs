@@ -537,3 +537,386 @@ impl StreamEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::sse::SseParser;
+    use StreamEvent as E;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/wire/openai_chat/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Decode a whole stream as the transcoder does (comments skipped), finish included.
+    fn decode_all(bytes: &[u8]) -> Vec<StreamEvent> {
+        let mut parser = SseParser::default();
+        parser.push(bytes);
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        while let Some(frame) = parser.next_frame().unwrap() {
+            let event = frame.event();
+            if !event.data.is_empty() {
+                decoder.decode(&event, &mut out).unwrap();
+            }
+        }
+        decoder.finish(&mut out);
+        out
+    }
+
+    fn start(id: &str, model: &str) -> StreamEvent {
+        E::Start {
+            id: id.into(),
+            model: model.into(),
+        }
+    }
+
+    fn block(index: usize, block: BlockStart) -> StreamEvent {
+        E::BlockStart { index, block }
+    }
+
+    fn tool(id: &str, name: &str) -> BlockStart {
+        BlockStart::ToolCall {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+
+    fn text(index: usize, t: &str) -> StreamEvent {
+        E::Delta {
+            index,
+            delta: Delta::Text(t.into()),
+        }
+    }
+
+    fn thinking(index: usize, t: &str) -> StreamEvent {
+        E::Delta {
+            index,
+            delta: Delta::Thinking(t.into()),
+        }
+    }
+
+    fn args(index: usize, t: &str) -> StreamEvent {
+        E::Delta {
+            index,
+            delta: Delta::ToolArguments(t.into()),
+        }
+    }
+
+    fn stop(index: usize) -> StreamEvent {
+        E::BlockStop { index }
+    }
+
+    fn usage(input: u64, cached_input: u64, output: u64, reasoning: u64) -> StreamEvent {
+        E::Usage(crate::wire::ir::Usage {
+            input,
+            cached_input,
+            cache_write: 0,
+            output,
+            reasoning,
+        })
+    }
+
+    #[test]
+    fn a_text_stream_gets_synthesized_blocks() {
+        assert_eq!(
+            decode_all(&fixture("stream_text.sse")),
+            [
+                start("chatcmpl-CbX7r2TextDemo", "gpt-4o-mini-2024-07-18"),
+                block(0, BlockStart::Text),
+                text(0, "Hello"),
+                text(0, " there"),
+                text(0, "! \"hi\""),
+                stop(0),
+                E::Stop(StopReason::EndTurn),
+            ]
+        );
+    }
+
+    #[test]
+    fn parallel_tool_calls_are_open_together() {
+        assert_eq!(
+            decode_all(&fixture("stream_tools_parallel.sse")),
+            [
+                start("chatcmpl-CbX8toolsPar", "gpt-4.1-2025-04-14"),
+                block(0, tool("call_W1xa", "get_weather")),
+                args(0, "{\"city\": "),
+                args(0, "\"Paris\"}"),
+                block(1, tool("call_T2yb", "get_time")),
+                args(1, "{\"tz\": \"CET\"}"),
+                stop(0),
+                stop(1),
+                E::Stop(StopReason::ToolUse),
+                usage(84, 0, 41, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn usage_on_a_chunk_with_choices_and_cached_tokens() {
+        assert_eq!(
+            decode_all(&fixture("stream_usage_cached.sse")),
+            [
+                start("gen-1764400200-cachedDemo", "openai/o4-mini"),
+                block(0, BlockStart::Text),
+                text(0, "Cached"),
+                text(0, " answer"),
+                stop(0),
+                E::Stop(StopReason::MaxTokens),
+                usage(2048, 1920, 300, 256),
+            ]
+        );
+    }
+
+    #[test]
+    fn reasoning_content_opens_a_thinking_block() {
+        assert_eq!(
+            decode_all(&fixture("stream_reasoning.sse")),
+            [
+                start("5f1a7c9e-reasoning-demo", "deepseek-reasoner"),
+                block(0, BlockStart::Thinking),
+                thinking(0, "The user"),
+                thinking(0, " wants 2+2."),
+                stop(0),
+                block(1, BlockStart::Text),
+                text(1, "4"),
+                stop(1),
+                E::Stop(StopReason::EndTurn),
+                usage(12, 0, 20, 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_provider_error_is_an_error_event() {
+        assert_eq!(
+            decode_all(&fixture("stream_error.sse")),
+            [
+                start("chatcmpl-CbX9errorDemo", "gpt-4o"),
+                block(0, BlockStart::Text),
+                text(0, "Par"),
+                E::Error {
+                    message: "The server had an error while processing your request. Sorry \
+                              about that!"
+                        .into()
+                },
+                // finish() closes what was open.
+                stop(0),
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_chunks_are_handled_without_panics() {
+        let mut d = StreamDecoder::new();
+        let mut out = Vec::new();
+        let ev = |data: &'static str| Event {
+            name: None,
+            data: data.into(),
+        };
+        assert!(d.decode(&ev("{not json"), &mut out).is_err());
+        d.decode(&ev("[1,2]"), &mut out).unwrap();
+        d.decode(&ev(r#"{"choices":"x"}"#), &mut out).unwrap();
+        d.decode(&ev(r#"{"error":"quota"}"#), &mut out).unwrap();
+        assert_eq!(
+            out,
+            [E::Error {
+                message: "quota".into()
+            }]
+        );
+        out.clear();
+        let chunks = [
+            // index 0 reused for a second call with another id; a call without an index;
+            // text after the calls closes them; late arguments for a closed call are dropped.
+            r#"{"id":"c","model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"id":"z","function":{"name":"h"}}]}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"other choice"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"done"}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"arguments":"late"}}]}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+        ];
+        for c in chunks {
+            d.decode(&ev(c), &mut out).unwrap();
+        }
+        d.finish(&mut out);
+        assert_eq!(
+            out,
+            [
+                start("c", "m"),
+                block(0, tool("a", "f")),
+                args(0, "{"),
+                block(1, tool("b", "g")),
+                args(1, "{}"),
+                args(1, "}"),
+                block(2, tool("z", "h")),
+                stop(0),
+                stop(1),
+                stop(2),
+                block(3, BlockStart::Text),
+                text(3, "done"),
+                stop(3),
+                // "stop" after tool calls is a tool-use stop.
+                E::Stop(StopReason::ToolUse),
+            ]
+        );
+    }
+
+    fn meta(include_usage: bool) -> StreamMeta {
+        StreamMeta {
+            estimated_input_tokens: 7,
+            include_usage,
+            created: 1764400000,
+        }
+    }
+
+    fn chunk(delta: &str, finish: &str) -> String {
+        format!(
+            "data: {{\"id\":\"chatcmpl-01X\",\"object\":\"chat.completion.chunk\",\"created\":1764400000,\
+             \"model\":\"claude-x\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    }
+
+    #[test]
+    fn the_encoder_writes_the_chat_grammar() {
+        let events = [
+            start("msg_01X", "claude-x"),
+            block(0, BlockStart::Thinking),
+            thinking(0, "hm"),
+            E::Delta {
+                index: 0,
+                delta: Delta::Signature("sig".into()),
+            },
+            stop(0),
+            block(1, BlockStart::Text),
+            text(1, "Hi"),
+            stop(1),
+            block(2, tool("toolu_1", "Read")),
+            args(2, "{\"p\":"),
+            args(2, "1}"),
+            stop(2),
+            block(3, tool("toolu_2", "Grep")),
+            args(3, "{}"),
+            stop(3),
+            E::Stop(StopReason::ToolUse),
+            usage(100, 80, 20, 5),
+        ];
+        let mut enc = StreamEncoder::new(&meta(true));
+        let mut out = BytesMut::new();
+        for e in &events {
+            enc.encode(e, &mut out);
+        }
+        enc.finish(&mut out);
+        let expected = [
+            chunk(r#"{"role":"assistant","content":""}"#, "null"),
+            chunk(r#"{"reasoning_content":"hm"}"#, "null"),
+            chunk(r#"{"content":"Hi"}"#, "null"),
+            chunk(
+                r#"{"tool_calls":[{"index":0,"id":"toolu_1","type":"function","function":{"name":"Read","arguments":""}}]}"#,
+                "null",
+            ),
+            chunk(
+                r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"p\":"}}]}"#,
+                "null",
+            ),
+            chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]}"#, "null"),
+            chunk(
+                r#"{"tool_calls":[{"index":1,"id":"toolu_2","type":"function","function":{"name":"Grep","arguments":""}}]}"#,
+                "null",
+            ),
+            chunk(r#"{"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]}"#, "null"),
+            chunk("{}", "\"tool_calls\""),
+            concat!(
+                r#"data: {"id":"chatcmpl-01X","object":"chat.completion.chunk","created":1764400000,"#,
+                r#""model":"claude-x","choices":[],"usage":{"prompt_tokens":100,"completion_tokens":20,"#,
+                r#""total_tokens":120,"prompt_tokens_details":{"cached_tokens":80},"#,
+                r#""completion_tokens_details":{"reasoning_tokens":5}}}"#,
+                "\n\n"
+            )
+            .to_owned(),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+
+        // Without include_usage there is no usage chunk.
+        let mut enc = StreamEncoder::new(&meta(false));
+        let mut out = BytesMut::new();
+        for e in &events {
+            enc.encode(e, &mut out);
+        }
+        enc.finish(&mut out);
+        let s = std::str::from_utf8(&out).unwrap();
+        assert!(!s.contains("\"usage\"") && s.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn the_encoder_opens_lazily_and_fails_cleanly() {
+        let mut enc = StreamEncoder::new(&meta(true));
+        let mut out = BytesMut::new();
+        enc.encode(&block(0, BlockStart::Text), &mut out);
+        enc.encode(&text(0, "x"), &mut out);
+        enc.fail("upstream went away", &mut out);
+        enc.encode(&text(0, "y"), &mut out);
+        enc.finish(&mut out);
+        let s = std::str::from_utf8(&out).unwrap();
+        let lines: Vec<&str> = s.split_terminator("\n\n").collect();
+        assert_eq!(lines.len(), 3, "{s}");
+        let first: serde_json::Value = serde_json::from_str(&lines[0][6..]).unwrap();
+        assert!(first["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            lines[2],
+            r#"data: {"error":{"message":"upstream went away","type":"server_error","code":"upstream_error"}}"#
+        );
+
+        // A provider error event ends the stream the same way.
+        let mut enc = StreamEncoder::new(&meta(false));
+        let mut out = BytesMut::new();
+        enc.encode(&start("chatcmpl-1", "m"), &mut out);
+        enc.encode(
+            &E::Error {
+                message: "boom".into(),
+            },
+            &mut out,
+        );
+        enc.finish(&mut out);
+        let s = std::str::from_utf8(&out).unwrap();
+        assert!(s.ends_with(
+            "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"code\":\"upstream_error\"}}\n\n"
+        ), "{s}");
+    }
+
+    #[test]
+    fn decode_encode_decode_keeps_the_events() {
+        for name in [
+            "stream_text.sse",
+            "stream_tools_parallel.sse",
+            "stream_usage_cached.sse",
+            "stream_reasoning.sse",
+        ] {
+            let events = decode_all(&fixture(name));
+            let mut enc = StreamEncoder::new(&meta(true));
+            let mut out = BytesMut::new();
+            for e in &events {
+                enc.encode(e, &mut out);
+            }
+            enc.finish(&mut out);
+            let mut again = decode_all(&out);
+            let mut events = events;
+            // The id gains the chatcmpl- prefix; a usage chunk is always written when asked.
+            if let (E::Start { id, .. }, E::Start { id: id2, .. }) = (&mut events[0], &again[0]) {
+                *id = id2.clone();
+            }
+            if !events.iter().any(|e| matches!(e, E::Usage(_))) {
+                again.retain(|e| !matches!(e, E::Usage(_)));
+            }
+            assert_eq!(again, events, "{name}");
+        }
+    }
+}
