@@ -87,7 +87,8 @@ struct ErrorIn<'a> {
 struct ToolSlot {
     /// The provider's `tool_calls[].index` (None when it sent none).
     key: Option<u64>,
-    id: String,
+    /// The provider's id (None when the gateway made one up).
+    id: Option<String>,
     /// The IR block index.
     index: usize,
     open: bool,
@@ -134,6 +135,9 @@ impl StreamDecoder {
                 message: message.unwrap_or_else(|| error.get().to_owned()),
             });
             return Ok(());
+        }
+        if chunk.id.is_none() && chunk.choices.is_none() && chunk.usage.is_none() {
+            return Ok(()); // an object of another kind (a keep-alive, a vendor event)
         }
         if !self.started {
             self.started = true;
@@ -224,9 +228,16 @@ impl StreamDecoder {
         let found = match (key, &id) {
             // A known index, unless it comes with another id (a provider reusing index 0).
             (Some(k), _) => self.tools.iter().rposition(|t| {
-                t.key == Some(k) && id.as_deref().is_none_or(|i| t.id.is_empty() || t.id == i)
+                t.key == Some(k)
+                    && match (&id, &t.id) {
+                        (Some(new), Some(known)) => new == known,
+                        _ => true,
+                    }
             }),
-            (None, Some(i)) => self.tools.iter().rposition(|t| t.id == *i),
+            (None, Some(i)) => self
+                .tools
+                .iter()
+                .rposition(|t| t.id.as_deref() == Some(i.as_ref())),
             (None, None) => self.tools.iter().rposition(|t| t.open),
         };
         let slot = match found {
@@ -238,14 +249,14 @@ impl StreamDecoder {
                 };
                 let index = self.open(
                     BlockStart::ToolCall {
-                        id: call_id.clone(),
+                        id: call_id,
                         name: name.unwrap_or_default().into_owned(),
                     },
                     out,
                 );
                 self.tools.push(ToolSlot {
                     key,
-                    id: call_id,
+                    id: id.map(Cow::into_owned),
                     index,
                     open: true,
                 });
@@ -721,6 +732,7 @@ mod tests {
         assert!(d.decode(&ev("{not json"), &mut out).is_err());
         d.decode(&ev("[1,2]"), &mut out).unwrap();
         d.decode(&ev(r#"{"choices":"x"}"#), &mut out).unwrap();
+        d.decode(&ev(r#"{"type":"ping"}"#), &mut out).unwrap();
         d.decode(&ev(r#"{"error":"quota"}"#), &mut out).unwrap();
         assert_eq!(
             out,
@@ -918,5 +930,46 @@ mod tests {
             }
             assert_eq!(again, events, "{name}");
         }
+    }
+
+    #[test]
+    fn a_made_up_id_gives_way_to_the_providers() {
+        let mut d = StreamDecoder::new();
+        let mut out = Vec::new();
+        for data in [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"real","function":{"arguments":"}"}}]}}]}"#,
+        ] {
+            let event = Event {
+                name: None,
+                data: data.into(),
+            };
+            d.decode(&event, &mut out).unwrap();
+        }
+        assert_eq!(
+            out,
+            [
+                start("", ""),
+                block(0, tool("call_0", "f")),
+                args(0, "{"),
+                args(0, "}")
+            ]
+        );
+    }
+
+    #[test]
+    fn passthrough_relays_bytes_and_meters_usage() {
+        use crate::wire::transcode::StreamTranscoder;
+        use crate::wire::Format;
+        let input = fixture("stream_tools_parallel.sse");
+        let mut t = StreamTranscoder::new(Format::OpenAiChat, Format::OpenAiChat, meta(true));
+        let mut out = BytesMut::new();
+        for piece in input.chunks(37) {
+            t.push(piece, &mut out).unwrap();
+        }
+        t.finish(&mut out).unwrap();
+        assert_eq!(&out[..], &input[..]);
+        assert_eq!(t.stop_reason(), Some(StopReason::ToolUse));
+        assert_eq!((t.usage().input, t.usage().output), (84, 41));
     }
 }
