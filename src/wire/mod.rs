@@ -10,8 +10,6 @@ pub mod anthropic;
 pub mod ir;
 pub mod json;
 pub mod openai_chat;
-#[doc(hidden)]
-pub mod openai_chat_old;
 pub mod openai_responses;
 pub mod sse;
 pub mod transcode;
