@@ -578,7 +578,7 @@ pub(super) enum BlockOut<'r> {
         source: SourceOut<'r>,
     },
     ToolUse {
-        id: &'r str,
+        id: Cow<'r, str>,
         name: &'r str,
         input: &'r RawValue,
     },
@@ -667,7 +667,7 @@ pub(super) fn block_out<'r>(b: &'r Block<'_>) -> Option<BlockOut<'r>> {
             name,
             arguments,
         } => BlockOut::ToolUse {
-            id,
+            id: Cow::Borrowed(id),
             name,
             input: input_object(arguments),
         },
