@@ -806,3 +806,602 @@ fn empty_schema() -> &'static RawValue {
     const SCHEMA: &str = r#"{"type":"object"}"#;
     serde_json::from_str(SCHEMA).unwrap_or_else(|_| unreachable!("a constant is JSON"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const CLAUDE_CODE: [&str; 4] = [
+        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-1.json"),
+        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-2.json"),
+        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-3.json"),
+        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-4.json"),
+    ];
+
+    fn text_of<'r>(b: &'r Block<'_>) -> &'r str {
+        match b {
+            Block::Text { text, .. } => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    fn is_borrowed(c: &Cow<'_, str>) -> bool {
+        matches!(c, Cow::Borrowed(_))
+    }
+
+    #[test]
+    fn claude_code_bodies_parse_with_the_expected_shape() {
+        for (n, body) in CLAUDE_CODE.iter().enumerate() {
+            let r = parse_request(body.as_bytes()).unwrap_or_else(|e| panic!("body {n}: {e}"));
+            assert_eq!(r.format, Format::Anthropic);
+            assert_eq!(r.model, "flux-auto");
+            assert_eq!(&body.as_bytes()[r.model_span.clone()], b"\"flux-auto\"");
+            assert!(r.stream);
+            assert_eq!(r.max_tokens, Some(32000));
+            // adaptive thinking with output_config.effort high
+            assert_eq!(r.reasoning, Some(Reasoning::Effort(Effort::High)));
+            assert!(r.user.as_deref().unwrap().starts_with("{\"device_id\":"));
+            let unknown: Vec<&str> = r.unknown.iter().map(|(k, _)| k.as_ref()).collect();
+            assert_eq!(unknown, ["context_management", "output_config"]);
+
+            // system: 3 text blocks, the last two with cache_control
+            assert_eq!(r.system.len(), 3);
+            assert!(!text_of(&r.system[0]).is_empty());
+            let cc: Vec<Option<&str>> = r
+                .system
+                .iter()
+                .map(|b| match b {
+                    Block::Text { cache_control, .. } => cache_control.map(|c| c.get()),
+                    _ => unreachable!(),
+                })
+                .collect();
+            assert_eq!(
+                cc,
+                [
+                    None,
+                    Some(r#"{"type":"ephemeral"}"#),
+                    Some(r#"{"type":"ephemeral"}"#)
+                ]
+            );
+
+            // 12 function tools; DeferredToolPlaceholder (defer_loading) is one of them
+            assert_eq!(r.tools.len(), 12);
+            assert!(r
+                .tools
+                .iter()
+                .all(|t| t.other.is_none() && t.parameters.is_some()));
+            assert!(r.tools.iter().any(|t| t.name == "DeferredToolPlaceholder"));
+            assert!(r.tools.iter().any(|t| t.name == "Read"));
+
+            // user [3 texts], then a system message in the middle of the conversation
+            let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+            let expected: &[Role] = if n == 3 {
+                &[Role::User, Role::System, Role::Assistant, Role::User]
+            } else {
+                &[Role::User, Role::System]
+            };
+            assert_eq!(roles, expected, "body {n}");
+            assert_eq!(r.messages[0].content.len(), 3);
+            assert!(matches!(r.messages[1].content[..], [Block::Text { .. }]));
+            // Texts without escapes are slices of the body.
+            assert!(
+                matches!(&r.messages[0].content[2], Block::Text { text, .. } if is_borrowed(text))
+            );
+        }
+
+        // Body 4: the tool round trip.
+        let r = parse_request(CLAUDE_CODE[3].as_bytes()).unwrap();
+        match &r.messages[2].content[..] {
+            [Block::ToolCall {
+                id,
+                name,
+                arguments: Arguments::Json(input),
+            }] => {
+                assert_eq!(id, "toolu_000021mock");
+                assert_eq!(name, "Read");
+                let v: Value = serde_json::from_str(input.get()).unwrap();
+                assert_eq!(v, json!({"file_path": "test"}));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &r.messages[3].content[..] {
+            [Block::ToolResult {
+                call_id,
+                content,
+                is_error,
+                cache_control,
+            }] => {
+                assert_eq!(call_id, "toolu_000021mock");
+                assert!(*is_error);
+                assert_eq!(cache_control.unwrap().get(), r#"{"type":"ephemeral"}"#);
+                assert!(matches!(&content[..], [Block::Text { .. }]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The mid-conversation system message is a plain string there.
+        assert!(matches!(
+            r.messages[1].content[..],
+            [Block::Text {
+                cache_control: None,
+                ..
+            }]
+        ));
+    }
+
+    fn parse(v: Value) -> Result<(), FluxError> {
+        let raw = serde_json::to_vec(&v).unwrap();
+        parse_request(&raw).map(|_| ())
+    }
+
+    #[test]
+    fn shape_errors_are_400_with_the_reason() {
+        let ok = json!([{"role": "user", "content": "hi"}]);
+        let cases = [
+            (json!({"messages": ok}), "'model' is required"),
+            (json!({"model": "", "messages": ok}), "'model' is required"),
+            (
+                json!({"model": 7, "messages": ok}),
+                "'model' must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "stream": "yes"}),
+                "'stream' must be a boolean",
+            ),
+            (json!({"model": "m"}), "'messages' is required"),
+            (
+                json!({"model": "m", "messages": {}}),
+                "'messages' must be an array",
+            ),
+            (
+                json!({"model": "m", "messages": ["hi"]}),
+                "messages[0] must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [{"content": "x"}]}),
+                "messages[0].role is required",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+                "not one of",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}]}),
+                "messages[0].content is required",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": 5}]}),
+                "must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
+                "messages[0].content[0] needs a 'type'",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [7]}]}),
+                "messages[0].content[0] must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}),
+                "messages[0].content[0].text must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]}),
+                "messages[0].content[0].id must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text"}]}]}]}),
+                "messages[0].content[0].content[0].text must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "system": 3}),
+                "'system' must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "max_tokens": "x"}),
+                "'max_tokens' is invalid",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "tools": [{"description": "no name"}]}),
+                "tools[0].name must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "tool_choice": {"type": "sometimes"}}),
+                "not one of auto, any, tool, none",
+            ),
+            (
+                json!({"model": "m", "messages": ok, "tool_choice": {"type": "tool"}}),
+                "needs a 'name'",
+            ),
+        ];
+        for (body, expect) in cases {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_request"), "{body}");
+            assert!(e.message.contains(expect), "{body}: {}", e.message);
+        }
+        let e = parse_request(br#"{"model":"m","model":"n","messages":[]}"#).unwrap_err();
+        assert!(e.message.contains("more than once"), "{}", e.message);
+    }
+
+    #[test]
+    fn empty_prompts_are_400_empty_prompt() {
+        for body in [
+            json!({"model": "m", "messages": []}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "  "}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]}),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "empty_prompt"), "{body}");
+        }
+    }
+
+    #[test]
+    fn every_block_kind_parses_and_unknown_ones_are_skipped() {
+        let raw = br#"{"model":"claude","max_tokens":null,"stream":false,"temperature":0.5,"top_p":0.9,
+            "stop_sequences":["END","\n\nHuman:"],"top_k":5,"service_tier":"auto",
+            "thinking":{"type":"enabled","budget_tokens":2048},"output_config":{"effort":"low"},
+            "system":"be brief",
+            "tool_choice":{"type":"any","disable_parallel_tool_use":true},
+            "tools":[{"name":"f","description":"d","input_schema":{"type":"object"},"cache_control":{"type":"ephemeral"}},
+                     {"type":"custom","name":"g","input_schema":{}},
+                     {"type":"web_search_20250305","name":"web_search","max_uses":5},
+                     {"type":"bash_20250124","name":"bash"}],
+            "messages":[
+              {"role":"user","content":[
+                {"type":"text","text":"look","cache_control":{"type":"ephemeral","ttl":"1h"}},
+                {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}},
+                {"type":"image","source":{"type":"url","url":"https://example.com/a.png"}},
+                {"type":"image","source":{"type":"file","file_id":"file_1"}},
+                {"type":"document","source":{"type":"text","media_type":"text/plain","data":"doc"},"title":7},
+                {"type":"search_result","source":"https://x","title":"t","content":[{"type":"text","text":"r"}]}
+              ]},
+              {"role":"assistant","content":[
+                {"type":"thinking","thinking":"hmm","signature":"sig=="},
+                {"type":"redacted_thinking","data":"opaque"},
+                {"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{"query":"q"}},
+                {"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[]},
+                {"type":"tool_use","id":"toolu_1","name":"f","input":{"a":[1,2,{"b":null}]}}
+              ]},
+              {"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":"ok"},{"type":"image","source":{"type":"base64","media_type":"image/jpeg","data":"/9j="}}]},
+                {"type":"tool_result","tool_use_id":"toolu_2"}
+              ]}
+            ]}"#;
+        let r = parse_request(raw).unwrap();
+        assert_eq!(r.max_tokens, None);
+        assert!(!r.stream);
+        assert_eq!((r.temperature, r.top_p), (Some(0.5), Some(0.9)));
+        assert_eq!(r.stop, ["END", "\n\nHuman:"]);
+        assert!(is_borrowed(&r.stop[0]) && !is_borrowed(&r.stop[1]));
+        assert_eq!(r.reasoning, Some(Reasoning::Budget(2048)));
+        assert_eq!(r.tool_choice, Some(ToolChoice::Required));
+        assert_eq!(r.parallel_tool_calls, Some(false));
+        let unknown: Vec<&str> = r.unknown.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(unknown, ["top_k", "service_tier", "output_config"]);
+        assert_eq!(text_of(&r.system[0]), "be brief");
+
+        let tools: Vec<(&str, bool)> = r
+            .tools
+            .iter()
+            .map(|t| (t.name.as_ref(), t.other.is_some()))
+            .collect();
+        assert_eq!(
+            tools,
+            [
+                ("f", false),
+                ("g", false),
+                ("web_search", true),
+                ("bash", true)
+            ]
+        );
+        assert_eq!(r.tools[0].description.as_deref(), Some("d"));
+        assert!(r.tools[0].cache_control.is_some());
+        assert!(r.tools[2].other.unwrap().get().contains("max_uses"));
+
+        let user = &r.messages[0].content;
+        assert_eq!(user.len(), 3, "{user:?}");
+        assert!(
+            matches!(&user[0], Block::Text { cache_control: Some(c), .. } if c.get().contains("1h"))
+        );
+        assert!(
+            matches!(&user[1], Block::Image(Image::Base64 { media_type, data })
+            if media_type == "image/png" && data == "iVBORw0KGgo=")
+        );
+        assert!(
+            matches!(&user[2], Block::Image(Image::Url(u)) if u == "https://example.com/a.png")
+        );
+
+        let assistant = &r.messages[1].content;
+        assert_eq!(assistant.len(), 3, "{assistant:?}");
+        assert!(
+            matches!(&assistant[0], Block::Thinking { text, signature: Some(s) }
+            if text == "hmm" && s == "sig==")
+        );
+        assert!(matches!(&assistant[1], Block::RedactedThinking { data } if data == "opaque"));
+        assert!(
+            matches!(&assistant[2], Block::ToolCall { arguments: Arguments::Json(a), .. }
+            if a.get() == r#"{"a":[1,2,{"b":null}]}"#)
+        );
+
+        let results = &r.messages[2].content;
+        assert!(
+            matches!(&results[0], Block::ToolResult { content, is_error: false, .. }
+            if content.len() == 2)
+        );
+        assert!(matches!(&results[1], Block::ToolResult { content, .. } if content.is_empty()));
+    }
+
+    #[test]
+    fn reasoning_forms() {
+        let cases = [
+            (
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                json!(null),
+                Some(Reasoning::Budget(1024)),
+            ),
+            (
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                json!({"effort": "low"}),
+                Some(Reasoning::Budget(1024)),
+            ),
+            (
+                json!({"type": "adaptive"}),
+                json!(null),
+                Some(Reasoning::Adaptive),
+            ),
+            (
+                json!({"type": "adaptive"}),
+                json!({"effort": "medium"}),
+                Some(Reasoning::Effort(Effort::Medium)),
+            ),
+            (json!({"type": "disabled"}), json!(null), None),
+            (
+                json!(null),
+                json!({"effort": "max"}),
+                Some(Reasoning::Effort(Effort::High)),
+            ),
+            (
+                json!(null),
+                json!({"format": {"type": "json_schema"}}),
+                None,
+            ),
+        ];
+        for (thinking, config, expected) in cases {
+            let raw = serde_json::to_vec(&json!({"model": "m", "thinking": thinking,
+                "output_config": config, "messages": [{"role": "user", "content": "x"}]}))
+            .unwrap();
+            let r = parse_request(&raw).unwrap();
+            assert_eq!(r.reasoning, expected, "{thinking} {config}");
+        }
+        for (choice, expected, parallel) in [
+            (json!({"type": "auto"}), ToolChoice::Auto, None),
+            (json!({"type": "none"}), ToolChoice::None, None),
+            (
+                json!({"type": "any", "disable_parallel_tool_use": false}),
+                ToolChoice::Required,
+                Some(true),
+            ),
+            (
+                json!({"type": "tool", "name": "f"}),
+                ToolChoice::Named(Cow::Borrowed("f")),
+                None,
+            ),
+        ] {
+            let raw = serde_json::to_vec(&json!({"model": "m", "tool_choice": choice,
+                "messages": [{"role": "user", "content": "x"}]}))
+            .unwrap();
+            let r = parse_request(&raw).unwrap();
+            assert_eq!(r.tool_choice, Some(expected));
+            assert_eq!(r.parallel_tool_calls, parallel);
+        }
+    }
+
+    #[test]
+    fn a_signature_with_escapes_survives_byte_exact() {
+        // JSON escapes in the signature: \/ \u002b \" \\ — the value, not the escapes, is what
+        // Anthropic verifies.
+        let raw = br#"{"model":"m","messages":[{"role":"user","content":"q"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"a\nb","signature":"Ab\/c\u002bd==\"e\\f"}]},
+            {"role":"user","content":"next"}]}"#;
+        let r = parse_request(raw).unwrap();
+        let Block::Thinking {
+            text,
+            signature: Some(sig),
+        } = &r.messages[1].content[0]
+        else {
+            panic!()
+        };
+        assert_eq!(text, "a\nb");
+        assert_eq!(sig, "Ab/c+d==\"e\\f");
+        let out: Value = serde_json::from_slice(&encode_request(&r, "claude-x", false)).unwrap();
+        assert_eq!(
+            out["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "a\nb", "signature": "Ab/c+d==\"e\\f"})
+        );
+        // A plain base64 signature is a slice of the body.
+        let raw = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"EqQBCgIYAhIM+/=="}]}]}"#;
+        let r = parse_request(raw).unwrap();
+        assert!(matches!(&r.messages[0].content[0],
+            Block::Thinking { signature: Some(s), .. } if is_borrowed(s) && s == "EqQBCgIYAhIM+/=="));
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let body = json!({
+            "model": "claude-x",
+            "max_tokens": 1000,
+            "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "hi"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://e.com/i.png"}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "t", "signature": "s"},
+                    {"type": "redacted_thinking", "data": "r"},
+                    {"type": "text", "text": "calling"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": 1}}]},
+                {"role": "system", "content": [{"type": "text", "text": "mid"}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1",
+                     "content": [{"type": "text", "text": "bad"}], "is_error": true,
+                     "cache_control": {"type": "ephemeral"}}]}
+            ],
+            "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"},
+                       "cache_control": {"type": "ephemeral"}}],
+            "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": true},
+            "temperature": 0.2,
+            "top_p": 0.8,
+            "stop_sequences": ["X"],
+            "thinking": {"type": "enabled", "budget_tokens": 500},
+            "metadata": {"user_id": "u1"},
+            "stream": true
+        });
+        let raw = serde_json::to_vec(&body).unwrap();
+        let r = parse_request(&raw).unwrap();
+        let out: Value = serde_json::from_slice(&encode_request(&r, "claude-x", true)).unwrap();
+        assert_eq!(out, body);
+        // Key order as the API documents it.
+        let keys: Vec<&String> = out.as_object().unwrap().keys().collect();
+        assert_eq!(keys[..4], ["model", "max_tokens", "system", "messages"]);
+    }
+
+    #[test]
+    fn encoding_from_other_formats() {
+        // As an OpenAI client's request arrives in the IR.
+        let req = Request {
+            format: Format::OpenAiChat,
+            raw: b"",
+            model_span: 0..0,
+            model: Cow::Borrowed("flux-auto"),
+            stream: false,
+            max_tokens: None,
+            system: Vec::new(),
+            messages: vec![
+                Message {
+                    role: Role::System,
+                    content: vec![Block::Text {
+                        text: "lead".into(),
+                        cache_control: None,
+                    }],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        Block::Text {
+                            text: "see".into(),
+                            cache_control: None,
+                        },
+                        Block::Text {
+                            text: "".into(),
+                            cache_control: None,
+                        },
+                        Block::Image(Image::Url("data:image/jpeg;base64,/9j/4AAQ".into())),
+                        Block::Image(Image::Url("https://e.com/a.png".into())),
+                    ],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        Block::Thinking {
+                            text: "unsigned".into(),
+                            signature: None,
+                        },
+                        Block::ToolCall {
+                            id: "call_1".into(),
+                            name: "f".into(),
+                            arguments: Arguments::Text("{\"a\": 1}".into()),
+                        },
+                        Block::ToolCall {
+                            id: "call_2".into(),
+                            name: "g".into(),
+                            arguments: Arguments::Text("".into()),
+                        },
+                    ],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![Block::ToolResult {
+                        call_id: "call_1".into(),
+                        content: vec![Block::Text {
+                            text: "1".into(),
+                            cache_control: None,
+                        }],
+                        is_error: false,
+                        cache_control: None,
+                    }],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![Block::Thinking {
+                        text: "only".into(),
+                        signature: None,
+                    }],
+                },
+                Message {
+                    role: Role::System,
+                    content: vec![Block::Text {
+                        text: "later".into(),
+                        cache_control: None,
+                    }],
+                },
+            ],
+            tools: vec![
+                Tool {
+                    name: "f".into(),
+                    description: None,
+                    parameters: None,
+                    strict: Some(true),
+                    other: None,
+                    cache_control: None,
+                },
+                Tool {
+                    name: "web_search".into(),
+                    description: None,
+                    parameters: None,
+                    strict: None,
+                    other: Some(empty_object()),
+                    cache_control: None,
+                },
+            ],
+            tool_choice: None,
+            parallel_tool_calls: Some(false),
+            temperature: None,
+            top_p: None,
+            stop: vec!["STOP".into()],
+            reasoning: Some(Reasoning::Effort(Effort::Minimal)),
+            user: Some("u".into()),
+            include_usage: true,
+            previous_response_id: None,
+            unknown: Vec::new(),
+        };
+        let out: Value =
+            serde_json::from_slice(&encode_request(&req, "claude-haiku", true)).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "model": "claude-haiku",
+                "max_tokens": 8192,
+                "system": [{"type": "text", "text": "lead"}],
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "see"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+                        {"type": "image", "source": {"type": "url", "url": "https://e.com/a.png"}}]},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
+                        {"type": "tool_use", "id": "call_2", "name": "g", "input": {}}]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "1"}]}]},
+                    {"role": "system", "content": [{"type": "text", "text": "later"}]}
+                ],
+                "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
+                "stop_sequences": ["STOP"],
+                "output_config": {"effort": "low"},
+                "metadata": {"user_id": "u"},
+                "stream": true
+            })
+        );
+    }
+}
