@@ -826,6 +826,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::ptr_arg)] // the point is to look at the Cow itself
     fn is_borrowed(c: &Cow<'_, str>) -> bool {
         matches!(c, Cow::Borrowed(_))
     }

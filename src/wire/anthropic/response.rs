@@ -157,3 +157,158 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
     };
     serde_json::to_vec(&body).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ir::Usage;
+    use serde_json::{json, Value};
+
+    const TEXT: &str = include_str!("../../../tests/fixtures/wire/anthropic/message_text.json");
+    const TOOLS: &str =
+        include_str!("../../../tests/fixtures/wire/anthropic/message_tool_use.json");
+    const REDACTED: &str =
+        include_str!("../../../tests/fixtures/wire/anthropic/message_redacted.json");
+
+    #[test]
+    fn messages_decode_into_the_ir() {
+        let r = decode_response(TEXT.as_bytes()).unwrap();
+        assert_eq!(r.id, "msg_013Zva2CMHLNnXjNJJKqJ2EF");
+        assert_eq!(r.model, "claude-sonnet-4-5-20250929");
+        assert_eq!(r.stop, StopReason::EndTurn);
+        assert!(
+            matches!(&r.content[..], [Block::Text { text, .. }] if text == "Hi! My name is Claude.")
+        );
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 2095,
+                output: 503,
+                ..Usage::default()
+            }
+        );
+
+        let r = decode_response(TOOLS.as_bytes()).unwrap();
+        assert_eq!(r.stop, StopReason::ToolUse);
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 5020,
+                cached_input: 4000,
+                cache_write: 1000,
+                output: 120,
+                reasoning: 0
+            }
+        );
+        // The server tool block is skipped.
+        assert_eq!(r.content.len(), 4);
+        assert!(
+            matches!(&r.content[0], Block::Thinking { signature: Some(s), .. }
+            if s == "WaUjzkypQ2mUEVM36O2TxuC06KN8xyfbJwyem2dw3URve/op91XWHOEBLLqIOMfFG/UvLEczmEsUjavL+==")
+        );
+        assert!(
+            matches!(&r.content[2], Block::ToolCall { id, name, arguments: Arguments::Json(a) }
+            if id == "toolu_01A09q90qw90lq917835lq9" && name == "get_weather"
+                && a.get() == r#"{"location": "San Francisco, CA", "unit": "celsius"}"#)
+        );
+
+        let r = decode_response(REDACTED.as_bytes()).unwrap();
+        assert_eq!(r.stop, StopReason::ContentFilter);
+        assert!(
+            matches!(&r.content[0], Block::RedactedThinking { data } if data.starts_with("EmwK"))
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_messages_are_refused() {
+        assert!(decode_response(b"not json").is_err());
+        assert!(
+            decode_response(br#"{"type":"error","error":{"type":"overloaded_error"}}"#)
+                .unwrap_err()
+                .contains("overloaded_error")
+        );
+        assert!(decode_response(br#"{"type":"message","id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn messages_encode_as_the_api_writes_them() {
+        for fixture in [TEXT, TOOLS, REDACTED] {
+            let r = decode_response(fixture.as_bytes()).unwrap();
+            let out: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+            let mut want: Value = serde_json::from_str(fixture).unwrap();
+            // What the IR does not carry: citations, server tools, the service tier.
+            let content = want["content"].as_array_mut().unwrap();
+            content.retain(|b| b["type"] != "server_tool_use");
+            for b in content {
+                b.as_object_mut().unwrap().remove("citations");
+            }
+            want["usage"] = json!({
+                "input_tokens": want["usage"]["input_tokens"],
+                "cache_creation_input_tokens": want["usage"]["cache_creation_input_tokens"].as_u64().unwrap_or(0),
+                "cache_read_input_tokens": want["usage"]["cache_read_input_tokens"].as_u64().unwrap_or(0),
+                "output_tokens": want["usage"]["output_tokens"],
+            });
+            assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn other_formats_responses_get_anthropic_ids_and_objects() {
+        let args = "{\"q\": \"x\"}".to_owned();
+        let r = Response {
+            id: "chatcmpl-abc".into(),
+            model: "gpt-x".into(),
+            content: vec![
+                Block::Thinking {
+                    text: "t".into(),
+                    signature: None,
+                },
+                Block::Text {
+                    text: "".into(),
+                    cache_control: None,
+                },
+                Block::ToolCall {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    arguments: Arguments::Text(args.as_str().into()),
+                },
+                Block::ToolCall {
+                    id: "".into(),
+                    name: "g".into(),
+                    arguments: Arguments::Text("nope".into()),
+                },
+            ],
+            stop: StopReason::ToolUse,
+            usage: Usage {
+                input: 100,
+                cached_input: 40,
+                cache_write: 0,
+                output: 9,
+                reasoning: 3,
+            },
+        };
+        let out: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+        assert_eq!(out["id"], "msg_abc");
+        assert_eq!(out["type"], "message");
+        assert_eq!(out["stop_reason"], "tool_use");
+        assert_eq!(out["stop_sequence"], Value::Null);
+        assert_eq!(
+            out["content"][0],
+            json!({"type": "thinking", "thinking": "t", "signature": ""})
+        );
+        assert_eq!(out["content"][1], json!({"type": "text", "text": ""}));
+        assert_eq!(
+            out["content"][2],
+            json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {"q": "x"}})
+        );
+        assert!(out["content"][3]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("toolu_"));
+        assert_eq!(out["content"][3]["input"], json!({}));
+        assert_eq!(
+            out["usage"],
+            json!({"input_tokens": 60, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 40, "output_tokens": 9})
+        );
+    }
+}

@@ -411,12 +411,16 @@ enum BlockStartOut<'r> {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum DeltaOut<'r> {
-    TextDelta { text: &'r str },
-    InputJsonDelta { partial_json: &'r str },
-    ThinkingDelta { thinking: &'r str },
-    SignatureDelta { signature: &'r str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'r str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'r str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'r str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'r str },
 }
 
 #[derive(Serialize)]
@@ -549,10 +553,10 @@ impl StreamEncoder {
 
     fn write_delta(&mut self, wire: usize, delta: &Delta, out: &mut BytesMut) {
         let delta = match delta {
-            Delta::Text(text) => DeltaOut::TextDelta { text },
-            Delta::ToolArguments(partial_json) => DeltaOut::InputJsonDelta { partial_json },
-            Delta::Thinking(thinking) => DeltaOut::ThinkingDelta { thinking },
-            Delta::Signature(signature) => DeltaOut::SignatureDelta { signature },
+            Delta::Text(text) => DeltaOut::Text { text },
+            Delta::ToolArguments(partial_json) => DeltaOut::InputJson { partial_json },
+            Delta::Thinking(thinking) => DeltaOut::Thinking { thinking },
+            Delta::Signature(signature) => DeltaOut::Signature { signature },
         };
         self.write(&Out::ContentBlockDelta { index: wire, delta }, out);
     }
@@ -699,5 +703,417 @@ fn hold(deltas: &mut Vec<Delta>, delta: &Delta) {
         | (Some(Delta::Thinking(a)), Delta::Thinking(b))
         | (Some(Delta::Signature(a)), Delta::Signature(b)) => a.push_str(b),
         _ => deltas.push(delta.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::sse::SseParser;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../../../tests/fixtures/wire/anthropic/", $name))
+        };
+    }
+
+    fn decode_all(sse: &str) -> Vec<StreamEvent> {
+        let mut parser = SseParser::default();
+        parser.push(sse.as_bytes());
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        let mut frames = Vec::new();
+        while let Some(frame) = parser.next_frame().unwrap() {
+            frames.push(frame);
+        }
+        frames.extend(parser.finish());
+        for frame in frames {
+            let event = frame.event();
+            if !event.data.is_empty() {
+                decoder.decode(&event, &mut out).unwrap();
+            }
+        }
+        decoder.finish(&mut out);
+        out
+    }
+
+    fn encode_all(events: &[StreamEvent], estimated: u64) -> String {
+        let meta = StreamMeta {
+            estimated_input_tokens: estimated,
+            include_usage: false,
+            created: 1_700_000_000,
+        };
+        let mut encoder = StreamEncoder::new(&meta);
+        let mut out = BytesMut::new();
+        for e in events {
+            encoder.encode(e, &mut out);
+        }
+        encoder.finish(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    fn start(id: &str, model: &str) -> StreamEvent {
+        StreamEvent::Start {
+            id: id.into(),
+            model: model.into(),
+        }
+    }
+    fn block(index: usize, block: BlockStart) -> StreamEvent {
+        StreamEvent::BlockStart { index, block }
+    }
+    fn tool(index: usize, id: &str, name: &str) -> StreamEvent {
+        block(
+            index,
+            BlockStart::ToolCall {
+                id: id.into(),
+                name: name.into(),
+            },
+        )
+    }
+    fn delta(index: usize, delta: Delta) -> StreamEvent {
+        StreamEvent::Delta { index, delta }
+    }
+    fn text(index: usize, s: &str) -> StreamEvent {
+        delta(index, Delta::Text(s.into()))
+    }
+    fn args(index: usize, s: &str) -> StreamEvent {
+        delta(index, Delta::ToolArguments(s.into()))
+    }
+    fn stop(index: usize) -> StreamEvent {
+        StreamEvent::BlockStop { index }
+    }
+    fn usage(input: u64, cached_input: u64, cache_write: u64, output: u64) -> StreamEvent {
+        StreamEvent::Usage(Usage {
+            input,
+            cached_input,
+            cache_write,
+            output,
+            reasoning: 0,
+        })
+    }
+
+    fn script_text() -> Vec<StreamEvent> {
+        vec![
+            start("msg_01Text", "claude-x"),
+            block(0, BlockStart::Text),
+            text(0, "Hello"),
+            text(0, ""),
+            text(0, ", \"world\"\n"),
+            stop(0),
+            StreamEvent::Stop(StopReason::EndTurn),
+            usage(30, 10, 5, 7),
+        ]
+    }
+
+    /// OpenAI-style parallel tool calls: the second call starts and gets arguments before
+    /// the first one is finished.
+    fn script_parallel_tools() -> Vec<StreamEvent> {
+        vec![
+            start("chatcmpl-9Xy", "gpt-4o"),
+            tool(0, "call_a", "Read"),
+            args(0, "{\"file_path\""),
+            tool(1, "call_b", "Read"),
+            args(1, "{\"file_path\": "),
+            args(1, "\"b.rs\"}"),
+            args(0, ": \"a.rs\"}"),
+            stop(0),
+            stop(1),
+            StreamEvent::Stop(StopReason::ToolUse),
+            usage(50, 0, 0, 20),
+        ]
+    }
+
+    /// No Start, thinking with a signature, redacted thinking, a text block left open and
+    /// no stop reason or usage: the encoder opens lazily and closes everything in finish.
+    fn script_thinking() -> Vec<StreamEvent> {
+        vec![
+            block(0, BlockStart::Thinking),
+            delta(0, Delta::Thinking("hmm".into())),
+            delta(0, Delta::Signature("Ab/c+d==\"e\\f".into())),
+            stop(0),
+            block(
+                1,
+                BlockStart::RedactedThinking {
+                    data: "EmwKAhgB".into(),
+                },
+            ),
+            stop(1),
+            block(2, BlockStart::Text),
+            text(2, "21"),
+        ]
+    }
+
+    /// The message id the encoder generated when no Start came, replaced by a fixed one.
+    fn fixed_id(s: String) -> String {
+        let at = s.find("\"id\":\"msg_").unwrap() + 6;
+        let id = &s[at..at + 28];
+        assert!(id.starts_with("msg_") && id[4..].chars().all(|c| c.is_ascii_alphanumeric()));
+        s.replace(id, "msg_GENERATED")
+    }
+
+    #[test]
+    fn scripted_ir_encodes_to_the_exact_grammar() {
+        assert_eq!(encode_all(&script_text(), 25), fixture!("encode_text.sse"));
+        assert_eq!(
+            encode_all(&script_parallel_tools(), 25),
+            fixture!("encode_parallel_tools.sse")
+        );
+        assert_eq!(
+            fixed_id(encode_all(&script_thinking(), 25)),
+            fixture!("encode_thinking.sse")
+        );
+    }
+
+    fn text_stream() -> Vec<StreamEvent> {
+        vec![
+            start("msg_01XFDUDYJgAACzvnptvVoYEL", "claude-sonnet-4-5-20250929"),
+            usage(25, 0, 0, 1),
+            block(0, BlockStart::Text),
+            text(0, "Hello"),
+            text(0, ", \"world\"!\n"),
+            stop(0),
+            StreamEvent::Stop(StopReason::EndTurn),
+            usage(25, 0, 0, 15),
+        ]
+    }
+
+    #[test]
+    fn provider_streams_decode_into_the_ir() {
+        assert_eq!(decode_all(fixture!("text.sse")), text_stream());
+
+        assert_eq!(
+            decode_all(fixture!("tool_use.sse")),
+            vec![
+                start("msg_014p7gG3wDgGV9EUtLvnow3U", "claude-sonnet-4-5-20250929"),
+                usage(472, 0, 0, 2),
+                block(0, BlockStart::Text),
+                text(0, "Let me check the weather."),
+                stop(0),
+                tool(1, "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather"),
+                args(1, ""),
+                args(1, "{\"location\":"),
+                args(1, " \"San Francisco, CA\"}"),
+                stop(1),
+                StreamEvent::Stop(StopReason::ToolUse),
+                usage(472, 0, 0, 89),
+            ]
+        );
+
+        assert_eq!(
+            decode_all(fixture!("two_tool_use.sse")),
+            vec![
+                start("msg_01Aq9w938a90dw8q", "claude-opus-4-1-20250805"),
+                usage(640, 0, 0, 3),
+                tool(0, "toolu_01A", "Read"),
+                args(0, "{\"file_path\": \"a.rs\"}"),
+                stop(0),
+                tool(1, "toolu_01B", "Read"),
+                args(1, "{\"file_path\""),
+                args(1, ": \"b.rs\"}"),
+                stop(1),
+                StreamEvent::Stop(StopReason::ToolUse),
+                usage(640, 0, 0, 71),
+            ]
+        );
+
+        assert_eq!(
+            decode_all(fixture!("thinking.sse")),
+            vec![
+                start("msg_01ThinkThinkThink", "claude-sonnet-4-5-20250929"),
+                usage(85, 0, 0, 1),
+                block(0, BlockStart::Thinking),
+                delta(
+                    0,
+                    Delta::Thinking("I need to find the GCD of 1071 and 462.\n\n".into())
+                ),
+                delta(0, Delta::Thinking("1071 = 2 × 462 + 147".into())),
+                // \/ \u002b \" \\ in the JSON: the value, byte for byte.
+                delta(
+                    0,
+                    Delta::Signature("EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxDQ/+k9XvY+Xx==\"q\\z".into())
+                ),
+                stop(0),
+                block(
+                    1,
+                    BlockStart::RedactedThinking {
+                        data: "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"
+                            .into()
+                    }
+                ),
+                stop(1),
+                block(2, BlockStart::Text),
+                text(2, "The GCD is 21."),
+                stop(2),
+                StreamEvent::Stop(StopReason::EndTurn),
+                usage(85, 0, 0, 312),
+            ]
+        );
+
+        // Cached input: message_start's counts and message_delta's cumulative ones.
+        let events = decode_all(fixture!("cache_usage.sse"));
+        assert_eq!(events[1], usage(9312, 9000, 300, 1));
+        assert_eq!(
+            events[events.len() - 2..],
+            [
+                StreamEvent::Stop(StopReason::MaxTokens),
+                usage(9312, 9000, 300, 40)
+            ]
+        );
+
+        // An error event mid-stream; finish closes the open block.
+        assert_eq!(
+            decode_all(fixture!("error.sse")),
+            vec![
+                start("msg_01Overloaded", "claude-sonnet-4-5-20250929"),
+                usage(30, 0, 0, 1),
+                block(0, BlockStart::Text),
+                text(0, "Partial"),
+                StreamEvent::Error {
+                    message: "Overloaded".into()
+                },
+                stop(0),
+            ]
+        );
+
+        // Server tool blocks are skipped; the text block is the IR's block 0.
+        assert_eq!(
+            decode_all(fixture!("server_tool.sse")),
+            vec![
+                start("msg_01Search", "claude-sonnet-4-5-20250929"),
+                usage(2000, 0, 0, 1),
+                block(0, BlockStart::Text),
+                text(0, "Rust is a language."),
+                stop(0),
+                StreamEvent::Stop(StopReason::EndTurn),
+                usage(2000, 0, 0, 50),
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_provider_events_never_break_the_decoder() {
+        let mut d = StreamDecoder::new();
+        let mut out = Vec::new();
+        let ev = |name: Option<&'static str>, data: &'static str| Event {
+            name,
+            data: data.into(),
+        };
+        assert!(d
+            .decode(&ev(Some("message_start"), "{not json"), &mut out)
+            .is_err());
+        for (name, data) in [
+            (Some("ping"), r#"{"type":"ping"}"#),
+            (Some("future_event"), r#"{"type":"future_event","x":[1]}"#),
+            (None, r#"[1,2]"#),
+            (
+                None,
+                r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#,
+            ),
+            (None, r#"{"type":"content_block_stop","index":99}"#),
+            (
+                None,
+                r#"{"type":"message_delta","usage":{"output_tokens":"many"}}"#,
+            ),
+            (
+                None,
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            ),
+            (
+                None,
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta"}}"#,
+            ),
+        ] {
+            d.decode(&ev(name, data), &mut out).unwrap();
+        }
+        // A block started before message_start gets a synthesized Start.
+        assert_eq!(out, vec![start("", ""), tool(0, "t", "f")]);
+        // The event name stands in for a missing type; a delta without a start opens a
+        // text block.
+        out.clear();
+        d.decode(
+            &ev(
+                Some("content_block_delta"),
+                r#"{"index":3,"delta":{"type":"text_delta","text":"y"}}"#,
+            ),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, vec![block(1, BlockStart::Text), text(1, "y")]);
+        out.clear();
+        d.finish(&mut out);
+        assert_eq!(out, vec![stop(0), stop(1)]);
+    }
+
+    /// Anthropic stream -> IR -> Anthropic stream -> IR: the same events.
+    #[test]
+    fn streams_round_trip() {
+        for sse in [
+            fixture!("text.sse"),
+            fixture!("tool_use.sse"),
+            fixture!("two_tool_use.sse"),
+            fixture!("thinking.sse"),
+            fixture!("cache_usage.sse"),
+        ] {
+            let first = decode_all(sse);
+            let again = decode_all(&encode_all(&first, 1));
+            let content = |events: &[StreamEvent]| -> Vec<StreamEvent> {
+                events
+                    .iter()
+                    .filter(|e| !matches!(e, StreamEvent::Usage(_)))
+                    .filter(|e| !matches!(e, StreamEvent::Delta { delta: Delta::ToolArguments(a), .. } if a.is_empty()))
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(content(&again), content(&first));
+            assert_eq!(again.last(), first.last(), "final usage");
+        }
+    }
+
+    #[test]
+    fn errors_end_the_client_stream() {
+        // A provider error event: an Anthropic error event, nothing after.
+        let events = decode_all(fixture!("error.sse"));
+        let out = encode_all(&events, 30);
+        assert!(out.ends_with(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"Overloaded\"}}\n\n"
+        ), "{out}");
+        assert!(!out.contains("message_stop"));
+
+        // fail: one complete error event; nothing after, not even from finish.
+        let meta = StreamMeta {
+            estimated_input_tokens: 1,
+            include_usage: false,
+            created: 0,
+        };
+        let mut e = StreamEncoder::new(&meta);
+        let mut out = BytesMut::new();
+        e.fail("upstream \"timed out\"", &mut out);
+        e.encode(&text(0, "late"), &mut out);
+        e.finish(&mut out);
+        e.fail("again", &mut out);
+        assert_eq!(
+            &out[..],
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream \\\"timed out\\\"\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn finish_without_a_stop_reason_after_tool_calls_says_tool_use() {
+        let out = encode_all(
+            &[
+                start("msg_1", "m"),
+                tool(0, "", "f"),
+                args(0, "{}"),
+                tool(1, "call_2", "g"),
+            ],
+            3,
+        );
+        assert!(out.contains("\"stop_reason\":\"tool_use\""), "{out}");
+        assert!(out.contains("\"id\":\"toolu_"), "{out}");
+        // Both blocks were closed, in order.
+        assert!(
+            out.contains("content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}")
+        );
+        assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
     }
 }
