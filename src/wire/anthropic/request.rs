@@ -584,6 +584,7 @@ pub(super) enum BlockOut<'r> {
     },
     ToolResult {
         tool_use_id: &'r str,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         content: Vec<BlockOut<'r>>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         is_error: bool,
@@ -720,7 +721,9 @@ pub fn encode_request(req: &Request<'_>, model: &str, stream: bool) -> Vec<u8> {
     let mut messages = Vec::with_capacity(req.messages.len());
     let mut leading = true;
     for m in &req.messages {
-        let content: Vec<BlockOut> = m.content.iter().filter_map(block_out).collect();
+        let mut content: Vec<BlockOut> = m.content.iter().filter_map(block_out).collect();
+        // Anthropic wants a user turn's tool results before anything else in it.
+        content.sort_by_key(|b| !matches!(b, BlockOut::ToolResult { .. }));
         let role = match m.role {
             Role::System if leading => {
                 system.extend(
@@ -1322,15 +1325,27 @@ mod tests {
                 },
                 Message {
                     role: Role::User,
-                    content: vec![Block::ToolResult {
-                        call_id: "call_1".into(),
-                        content: vec![Block::Text {
-                            text: "1".into(),
+                    content: vec![
+                        Block::Text {
+                            text: "and then?".into(),
                             cache_control: None,
-                        }],
-                        is_error: false,
-                        cache_control: None,
-                    }],
+                        },
+                        Block::ToolResult {
+                            call_id: "call_1".into(),
+                            content: vec![Block::Text {
+                                text: "1".into(),
+                                cache_control: None,
+                            }],
+                            is_error: false,
+                            cache_control: None,
+                        },
+                        Block::ToolResult {
+                            call_id: "call_2".into(),
+                            content: Vec::new(),
+                            is_error: true,
+                            cache_control: None,
+                        },
+                    ],
                 },
                 Message {
                     role: Role::Assistant,
@@ -1393,7 +1408,9 @@ mod tests {
                         {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
                         {"type": "tool_use", "id": "call_2", "name": "g", "input": {}}]},
                     {"role": "user", "content": [
-                        {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "1"}]}]},
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "1"}]},
+                        {"type": "tool_result", "tool_use_id": "call_2", "is_error": true},
+                        {"type": "text", "text": "and then?"}]},
                     {"role": "system", "content": [{"type": "text", "text": "later"}]}
                 ],
                 "tools": [{"name": "f", "input_schema": {"type": "object"}}],
