@@ -160,7 +160,9 @@ async fn non_streamed_completion_with_usage() {
     // One message of 15 bytes: 4 + 4; nine reply words.
     assert_eq!(
         body["usage"],
-        json!({"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17})
+        json!({"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17,
+               "prompt_tokens_details": {"cached_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0}})
     );
 }
 
@@ -273,11 +275,29 @@ async fn cut_stream_stops_midway_without_done() {
     let response = parse(&raw);
     assert_eq!(response.status, 200);
     assert!(!response.complete, "no terminating chunk");
-    let events = events(&response.body);
-    // 14 events in full (role, 11 words, finish, [DONE]): half of them arrive.
-    assert_eq!(events.len(), 7);
-    assert!(events[0].contains("\"role\":\"assistant\""));
-    assert!(events[1].contains("\"content\":\"Hello \""));
+    // 14 events in full (role, 11 words, finish, [DONE]): half of them arrive
+    // whole, then the first half of the next one's bytes.
+    let text = std::str::from_utf8(&response.body).unwrap();
+    let (whole, partial) = text.rsplit_once("\n\n").unwrap();
+    let whole_events = events(format!("{whole}\n\n").as_bytes());
+    assert_eq!(whole_events.len(), 7);
+    assert!(whole_events[0].contains("\"role\":\"assistant\""));
+    assert!(whole_events[1].contains("\"content\":\"Hello \""));
+    assert!(partial.starts_with("data: {\"id\""), "{partial:?}");
+    assert!(serde_json::from_str::<Value>(&partial[6..]).is_err());
+
+    // cut-clean stops after whole events.
+    let raw = exchange(
+        addr,
+        "POST",
+        "/_sim/cut-clean/v1/chat/completions",
+        &chat_body("a b c d e f", true),
+    )
+    .await;
+    let response = parse(&raw);
+    assert!(!response.complete, "no terminating chunk");
+    assert!(response.body.ends_with(b"\n\n"));
+    assert_eq!(events(&response.body).len(), 7);
 
     let raw = exchange(
         addr,
@@ -304,7 +324,8 @@ async fn fail_modes_answer_with_openai_errors() {
     assert_eq!(response.status, 500);
     assert_eq!(
         response.json(),
-        json!({"error": {"message": "simulated upstream failure", "type": "server_error", "code": "sim_fail"}})
+        json!({"error": {"message": "simulated upstream failure", "type": "server_error",
+                         "param": null, "code": "sim_fail"}})
     );
 
     let response = parse(
@@ -318,7 +339,7 @@ async fn fail_modes_answer_with_openai_errors() {
     );
     assert_eq!(response.status, 429);
     assert_eq!(response.header("retry-after"), Some("1"));
-    assert_eq!(response.json()["error"]["code"], "sim_fail");
+    assert_eq!(response.json()["error"]["code"], "rate_limit_exceeded");
 
     let response = parse(&exchange(addr, "GET", "/_sim/fail503/v1/models", b"").await);
     assert_eq!(response.status, 503);
