@@ -256,7 +256,10 @@ impl Simulator {
                 None => return Ok(api.unknown_mode_response(name)),
             },
             None => {
-                let text = input.as_ref().ok().and_then(|i| i.last_user_text.as_deref());
+                let text = input
+                    .as_ref()
+                    .ok()
+                    .and_then(|i| i.last_user_text.as_deref());
                 match text.map(mode_in_text) {
                     None | Some(Ok(None)) => None,
                     Some(Ok(Some(mode))) => Some(mode),
@@ -346,9 +349,9 @@ impl Simulator {
     ) -> Option<Result<Response<SimBody>, Disconnect>> {
         match mode? {
             SimMode::Fail(status) => Some(Ok(api.failure_response(status))),
-            SimMode::ErrorEvent if !streamed => Some(Ok(api.failure_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ))),
+            SimMode::ErrorEvent if !streamed => {
+                Some(Ok(api.failure_response(StatusCode::INTERNAL_SERVER_ERROR)))
+            }
             SimMode::Refuse => Some(Err(Disconnect("refuse"))),
             SimMode::Cut { .. } if !streamed => Some(Err(Disconnect("cut"))),
             SimMode::Hang => {

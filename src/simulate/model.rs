@@ -206,6 +206,7 @@ impl Reply {
     }
 
     /// The reply's text, when it answers with text.
+    #[cfg(test)]
     pub fn text(&self) -> Option<String> {
         match &self.content {
             ReplyContent::Text(pieces) => Some(pieces.concat()),

@@ -231,7 +231,13 @@ fn message_item(id: &str, text: &str, status: &str) -> Value {
     })
 }
 
-fn function_call_item(id: &str, index: usize, call: &ToolCall, arguments: &str, status: &str) -> Value {
+fn function_call_item(
+    id: &str,
+    index: usize,
+    call: &ToolCall,
+    arguments: &str,
+    status: &str,
+) -> Value {
     json!({
         "id": id,
         "type": "function_call",
@@ -255,7 +261,13 @@ fn output_items(reply: &Reply, ids: &ItemIds<'_>) -> Vec<Value> {
         ReplyContent::ToolCalls(calls) => {
             for (index, call) in calls.iter().enumerate() {
                 let id = ids.function_call(index);
-                output.push(function_call_item(&id, index, call, &call.arguments, "completed"));
+                output.push(function_call_item(
+                    &id,
+                    index,
+                    call,
+                    &call.arguments,
+                    "completed",
+                ));
             }
         }
     }
@@ -389,7 +401,10 @@ pub fn stream_events(reply: &Reply, envelope: Envelope<'_>) -> Vec<Bytes> {
                 "response.output_item.added",
                 json!({"output_index": output_index, "item": added}),
             );
-            log.push("response.content_part.added", at(json!({"part": text_part("")})));
+            log.push(
+                "response.content_part.added",
+                at(json!({"part": text_part("")})),
+            );
             for piece in pieces {
                 log.push(
                     "response.output_text.delta",
@@ -400,7 +415,10 @@ pub fn stream_events(reply: &Reply, envelope: Envelope<'_>) -> Vec<Bytes> {
                 "response.output_text.done",
                 at(json!({"text": text, "logprobs": []})),
             );
-            log.push("response.content_part.done", at(json!({"part": text_part(&text)})));
+            log.push(
+                "response.content_part.done",
+                at(json!({"part": text_part(&text)})),
+            );
             log.push(
                 "response.output_item.done",
                 json!({"output_index": output_index, "item": message_item(&id, &text, "completed")}),
@@ -436,7 +454,12 @@ pub fn stream_events(reply: &Reply, envelope: Envelope<'_>) -> Vec<Bytes> {
     }
 
     let status = final_status(reply);
-    let done = response_object(envelope, status, output_items(reply, &ids), usage_json(reply));
+    let done = response_object(
+        envelope,
+        status,
+        output_items(reply, &ids),
+        usage_json(reply),
+    );
     let name = if status == "incomplete" {
         "response.incomplete"
     } else {
@@ -457,4 +480,307 @@ pub fn error_event(message: &str, sent: usize) -> Bytes {
         "sequence_number": sent,
     });
     named_event("error", &data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::model::signature_of;
+
+    const ENVELOPE: Envelope<'static> = Envelope {
+        id: "resp_sim_7",
+        created: 1700000000,
+        model: "m",
+    };
+
+    fn reply(body: Value) -> Reply {
+        Reply::for_input(&parse(&body).expect("valid request"))
+    }
+
+    /// Parses `event: NAME\ndata: JSON\n\n` events, checking that each data's
+    /// `type` is the event name and that `sequence_number`s count from 0.
+    fn parse_events(events: &[Bytes]) -> Vec<(String, Value)> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| {
+                let text = std::str::from_utf8(event).unwrap();
+                let (name, data) = text
+                    .strip_prefix("event: ")
+                    .and_then(|rest| rest.strip_suffix("\n\n"))
+                    .and_then(|rest| rest.split_once("\ndata: "))
+                    .unwrap_or_else(|| panic!("badly framed event {text:?}"));
+                let data: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(data["type"], name);
+                assert_eq!(data["sequence_number"], index, "{text}");
+                (name.to_owned(), data)
+            })
+            .collect()
+    }
+
+    fn names(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    #[test]
+    fn parses_items_instructions_tools_and_the_cache_key() {
+        let body = json!({
+            "model": "codex-sim",
+            "stream": true,
+            "instructions": "0123456789ab",
+            "input": [
+                {"type": "message", "role": "developer",
+                 "content": [{"type": "input_text", "text": "abcdefgh"}]},
+                {"role": "user", "content": "list the files"},
+                {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "hmm"}],
+                 "encrypted_content": "opaque"},
+                {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "exec_command",
+                 "arguments": "{\"cmd\":\"ls\"}"},
+                {"type": "function_call_output", "call_id": "call_1",
+                 "output": "Cargo.toml src tests README.md"},
+            ],
+            "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {}},
+                {"type": "web_search"},
+                {"type": "namespace", "name": "agents", "tools": []},
+                {"type": "function", "name": "view_image"},
+            ],
+            "tool_choice": "auto",
+            "reasoning": {"summary": "auto"},
+            "max_output_tokens": 100,
+            "prompt_cache_key": "session-1",
+        });
+        let input = parse(&body).unwrap();
+        assert_eq!(input.model, "codex-sim");
+        assert!(input.stream && input.thinking);
+        assert_eq!(input.tools, ["exec_command", "view_image"]);
+        assert_eq!(input.tool_choice, ToolChoice::Auto);
+        assert_eq!(input.max_tokens, Some(100));
+        assert_eq!(input.last_user_text.as_deref(), Some("list the files"));
+        assert_eq!(
+            input.tool_result.as_deref(),
+            Some("Cargo.toml src tests README.md")
+        );
+        // instructions 12 B -> 7, developer 8 B -> 6, user 14 B -> 8, reasoning 3 B -> 5,
+        // call 12 B -> 7, output 30 B -> 12.
+        assert_eq!(input.prompt_tokens, 7 + 6 + 8 + 5 + 7 + 12);
+        assert_eq!(input.cached_tokens, 7 + 6);
+
+        let mut uncached = body.clone();
+        uncached.as_object_mut().unwrap().remove("prompt_cache_key");
+        assert_eq!(parse(&uncached).unwrap().cached_tokens, 0);
+
+        let reply = Reply::for_input(&input);
+        assert_eq!(
+            reply.text().unwrap(),
+            "Hello from codex-sim. The tool said: Cargo.toml src tests README.md"
+        );
+    }
+
+    #[test]
+    fn parses_string_input_and_tool_choices() {
+        let input = parse(&json!({"model": "m", "input": "hello there"})).unwrap();
+        assert_eq!(input.last_user_text.as_deref(), Some("hello there"));
+        assert_eq!(input.prompt_tokens, 4 + 3);
+        assert!(!input.stream && !input.thinking);
+        for (choice, expected) in [
+            (json!("none"), ToolChoice::Never),
+            (json!("required"), ToolChoice::Required),
+            (
+                json!({"type": "function", "name": "f"}),
+                ToolChoice::Named("f".into()),
+            ),
+            (json!("auto"), ToolChoice::Auto),
+        ] {
+            let body = json!({"model": "m", "input": "x", "tool_choice": choice});
+            assert_eq!(parse(&body).unwrap().tool_choice, expected);
+        }
+        assert!(parse(&json!({"model": "m"})).is_err());
+        assert!(parse(&json!({"model": "m", "input": 3})).is_err());
+        assert!(parse(&json!({"model": "m", "input": "x", "instructions": 1})).is_err());
+    }
+
+    #[test]
+    fn text_stream_has_the_official_grammar() {
+        let reply = reply(json!({"model": "m", "input": "hi there", "stream": true}));
+        let events = parse_events(&stream_events(&reply, ENVELOPE));
+        let mut expected = vec![
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+        ];
+        expected.extend(["response.output_text.delta"; 7]);
+        expected.extend([
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]);
+        assert_eq!(names(&events), expected);
+
+        let created = &events[0].1["response"];
+        assert_eq!(created["id"], "resp_sim_7");
+        assert_eq!(created["object"], "response");
+        assert_eq!(created["created_at"], 1700000000);
+        assert_eq!(created["status"], "in_progress");
+        assert_eq!(created["output"], json!([]));
+        assert_eq!(
+            events[2].1["item"],
+            json!({"id": "msg_sim_7", "type": "message", "status": "in_progress",
+                   "role": "assistant", "content": []})
+        );
+        assert_eq!(
+            events[3].1,
+            json!({"type": "response.content_part.added", "item_id": "msg_sim_7",
+                   "output_index": 0, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                   "sequence_number": 3})
+        );
+        let streamed: String = events
+            .iter()
+            .filter(|(name, _)| name == "response.output_text.delta")
+            .map(|(_, data)| data["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(streamed, "Hello from m. You said: hi there");
+        assert_eq!(events[11].1["text"], streamed);
+        assert_eq!(events[12].1["part"]["text"], streamed);
+        assert_eq!(events[13].1["item"]["status"], "completed");
+
+        let completed = &events[14].1["response"];
+        assert_eq!(completed["status"], "completed");
+        assert_eq!(completed["output"], json!([events[13].1["item"]]));
+        assert_eq!(
+            completed["usage"],
+            json!({"input_tokens": 6, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
+                   "total_tokens": 13})
+        );
+        // The non-streamed body is the completed response.
+        assert_eq!(&response_json(&reply, ENVELOPE), completed);
+    }
+
+    #[test]
+    fn reasoning_comes_first_as_a_summarised_item_with_encrypted_content() {
+        let reply = reply(json!({
+            "model": "m",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "why"}]}],
+            "reasoning": {"effort": "high"},
+            "stream": true,
+        }));
+        let events = parse_events(&stream_events(&reply, ENVELOPE));
+        assert_eq!(
+            names(&events)[..10],
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+            ]
+        );
+        assert_eq!(
+            events[2].1["item"],
+            json!({"id": "rs_sim_7", "type": "reasoning", "summary": []})
+        );
+        assert_eq!(events[4].1["summary_index"], 0);
+        assert_eq!(events[7].1["text"], "Thinking about: why");
+        let signature = signature_of("Thinking about: why");
+        assert!(signature.starts_with("sig-sim/") && signature.contains('+'));
+        let item = json!({"id": "rs_sim_7", "type": "reasoning",
+                          "summary": [{"type": "summary_text", "text": "Thinking about: why"}],
+                          "encrypted_content": signature});
+        assert_eq!(events[9].1["item"], item);
+        // Then the message, at output index 1.
+        assert_eq!(events[10].1["output_index"], 1);
+        assert_eq!(events[10].1["item"]["type"], "message");
+        let completed = &events.last().unwrap().1["response"];
+        assert_eq!(completed["output"][0], item);
+        assert_eq!(
+            completed["usage"]["output_tokens_details"]["reasoning_tokens"],
+            3
+        );
+        assert_eq!(completed["usage"]["output_tokens"], 3 + 6);
+    }
+
+    #[test]
+    fn function_calls_stream_their_arguments_in_two_deltas() {
+        let reply = reply(json!({
+            "model": "m",
+            "input": "run both [sim:parallel]",
+            "tools": [{"type": "function", "name": "exec_command"},
+                      {"type": "function", "name": "view_image"}],
+        }));
+        let events = parse_events(&stream_events(&reply, ENVELOPE));
+        let per_call = [
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+        ];
+        let mut expected = vec!["response.created", "response.in_progress"];
+        expected.extend(per_call);
+        expected.extend(per_call);
+        expected.push("response.completed");
+        assert_eq!(names(&events), expected);
+
+        assert_eq!(
+            events[2].1["item"],
+            json!({"id": "fc_sim_7_1", "type": "function_call", "status": "in_progress",
+                   "arguments": "", "call_id": "call_sim_1", "name": "exec_command"})
+        );
+        assert_eq!(events[3].1["delta"], "{\"sim\"");
+        assert_eq!(events[4].1["delta"], ":true}");
+        assert_eq!(events[5].1["arguments"], "{\"sim\":true}");
+        assert_eq!(events[7].1["output_index"], 1);
+        assert_eq!(events[7].1["item"]["call_id"], "call_sim_2");
+        assert_eq!(events[7].1["item"]["name"], "view_image");
+        let completed = &events.last().unwrap().1["response"];
+        assert_eq!(completed["output"].as_array().unwrap().len(), 2);
+        assert_eq!(completed["output"][1]["status"], "completed");
+        assert_eq!(completed["output"][1]["arguments"], "{\"sim\":true}");
+        assert_eq!(completed["usage"]["output_tokens"], 10);
+
+        // A named tool_choice forces that call; the default is a text answer.
+        let named = self::reply(json!({
+            "model": "m", "input": "x",
+            "tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
+            "tool_choice": {"type": "function", "name": "b"},
+        }));
+        assert_eq!(response_json(&named, ENVELOPE)["output"][0]["name"], "b");
+        let plain = self::reply(json!({
+            "model": "m", "input": "x",
+            "tools": [{"type": "function", "name": "a"}],
+        }));
+        assert!(plain.text().is_some());
+    }
+
+    #[test]
+    fn output_limit_ends_incomplete() {
+        let reply = reply(json!({"model": "m", "input": "a b c", "max_output_tokens": 2}));
+        let body = response_json(&reply, ENVELOPE);
+        assert_eq!(body["status"], "incomplete");
+        assert_eq!(
+            body["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+        assert_eq!(body["output"][0]["content"][0]["text"], "Hello from ");
+        let events = parse_events(&stream_events(&reply, ENVELOPE));
+        assert_eq!(events.last().unwrap().0, "response.incomplete");
+    }
+
+    #[test]
+    fn error_event_continues_the_numbering() {
+        let event = error_event("boom", 5);
+        assert_eq!(
+            &event[..],
+            b"event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"boom\",\"param\":null,\"sequence_number\":5}\n\n"
+        );
+    }
 }
