@@ -1,15 +1,40 @@
-//! A simulated OpenAI-compatible provider, for demo mode, integration tests and
-//! benchmarks: it answers Chat Completions deterministically (streamed or not),
-//! can fail on request in the ways real upstreams do, and records what it
-//! received so tests can assert what the gateway sent upstream.
+//! A simulated LLM provider, for demo mode, integration tests and benchmarks. It
+//! speaks the three provider formats, streamed or not, deterministically; it can
+//! fail on request in the ways real upstreams do; and it records what it received
+//! so tests can assert what the gateway sent upstream.
 //!
-//! Routes (the provider routes match on the path suffix, so any base-URL prefix works):
-//! - `POST …/chat/completions`, `GET …/models`
-//! - `GET /healthz`
-//! - `GET /_sim/requests` (the recorded requests), `DELETE /_sim/requests` (clears them)
+//! Routes (the provider routes match on the path suffix, so any base-URL prefix
+//! works, and the query string is ignored):
+//! - `POST …/chat/completions` (OpenAI Chat Completions, `chat.rs`)
+//! - `POST …/responses` (OpenAI Responses, `responses.rs`)
+//! - `POST …/messages` (Anthropic Messages, `anthropic.rs`)
+//! - `GET …/models`, `GET /healthz`
+//! - `GET /_sim/requests` (the recorded requests: method, path, query, headers, `auth`
+//!   (the credential headers that arrived, with their keys), body), `DELETE /_sim/requests`
 //!
-//! Failure modes are chosen with a `/_sim/<mode>/` path segment or a
-//! `[sim:<mode>]` directive in the last user message (see `mode.rs`).
+//! Each format's parser reduces its request to one [`model::SimInput`]; the shared
+//! [`model::Reply`] answers "Hello from {model}. You said: <first 8 words of the last
+//! user text>" (or "… The tool said: <first 8 words>" when the conversation ends with
+//! a tool result), and each format renders it in its official grammar. The reply:
+//! - calls a tool only when asked: a forcing `tool_choice` (Chat `"required"`/named,
+//!   Responses `"required"`/named, Anthropic `any`/`tool`) or a directive in the last
+//!   user text: `[sim:tool]` (the first offered tool, arguments `{"sim":true}`),
+//!   `[sim:parallel]` (the first two, in one turn), `[sim:call NAME {json}]` (NAME,
+//!   when offered, with exactly these arguments). Never in answer to a tool result,
+//!   and never just because tools are offered (real clients always offer many);
+//! - starts with thinking ("Thinking about: <words>", with a deterministic signature)
+//!   when asked: Anthropic `thinking` enabled/adaptive, Responses `reasoning`, Chat
+//!   `reasoning_effort`;
+//! - reports cached prompt tokens: Anthropic, the blocks carrying `cache_control`;
+//!   Responses, the system/developer/instructions text when `prompt_cache_key` is set;
+//!   Chat, half the prompt when `[sim:cached]` is in the text.
+//!
+//! Modes, chosen with a `/_sim/<mode>/` path segment or a `[sim:<mode>]` directive in
+//! the last user text (see `mode.rs`), apply to every format, with its error shape:
+//! `fail500`, `fail503`, `fail429` (with `retry-after: 1`), `fail401`, `slow`,
+//! `slow=<ms>`, `cut` (aborts a stream in the middle of an event's bytes), `cut-clean`
+//! (aborts it between events), `error-event` (ends a stream with the format's in-stream
+//! error event; a 500 when not streamed), `refuse`, `hang`.
 
 mod anthropic;
 mod body;

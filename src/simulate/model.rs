@@ -287,15 +287,11 @@ fn tool_calls_for(input: &SimInput) -> Vec<ToolCall> {
                     arguments,
                 }];
             }
-            Directive::Tool => {
-                if let Some(first) = input.tools.first() {
-                    return vec![default_call(first)];
-                }
+            Directive::Tool if !input.tools.is_empty() => {
+                return input.tools.iter().take(1).map(default_call).collect();
             }
-            Directive::Parallel => {
-                if !input.tools.is_empty() {
-                    return input.tools.iter().take(2).map(default_call).collect();
-                }
+            Directive::Parallel if !input.tools.is_empty() => {
+                return input.tools.iter().take(2).map(default_call).collect();
             }
             _ => {}
         }

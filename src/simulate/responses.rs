@@ -29,7 +29,15 @@ pub fn parse(body: &Value) -> Result<SimInput, String> {
             count.add_message(bytes, 0);
             system_tokens += PromptCount::message_tokens(bytes);
         }
-        Some(_) => return Err("'instructions' must be a string".into()),
+        // Instructions given as input items (a prompt template's messages).
+        Some(Value::Array(items)) => {
+            for item in items {
+                let (_, bytes) = item_text(item);
+                count.add_message(bytes, 0);
+                system_tokens += PromptCount::message_tokens(bytes);
+            }
+        }
+        Some(_) => return Err("'instructions' must be a string or an array of items".into()),
     }
 
     let mut last_user_text = None;
