@@ -33,6 +33,8 @@ pub struct StreamDecoder {
     open: Vec<usize>,
     /// A function call was seen (the stop reason is then ToolUse).
     called: bool,
+    /// An error was already reported (an `error` event precedes `response.failed`).
+    errored: bool,
 }
 
 #[derive(Debug)]
@@ -216,9 +218,12 @@ impl StreamDecoder {
                 self.start(Some(&r), out);
                 self.close_all(out);
                 if kind == "response.failed" || r.status.as_deref() == Some("failed") {
-                    out.push(StreamEvent::Error {
-                        message: r.error_message(),
-                    });
+                    if !self.errored {
+                        self.errored = true;
+                        out.push(StreamEvent::Error {
+                            message: r.error_message(),
+                        });
+                    }
                 } else {
                     let called = self.called || r.calls_a_function();
                     out.push(StreamEvent::Stop(r.stop(called)));
@@ -232,6 +237,7 @@ impl StreamDecoder {
                     .or_else(|| opt_str(ev.code))
                     .map(Cow::into_owned)
                     .unwrap_or_else(|| "the provider reported an error".to_string());
+                self.errored = true;
                 out.push(StreamEvent::Error { message });
             }
             _ => {}
@@ -1087,5 +1093,536 @@ impl StreamEncoder {
             item: &self.items[n],
         };
         emit(&mut self.seq, out, "response.output_item.done", &body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::sse::SseParser;
+    use crate::wire::transcode::StreamTranscoder;
+    use crate::wire::Format;
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/wire/openai_responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn decode_all(stream: &str) -> Vec<StreamEvent> {
+        let mut parser = SseParser::default();
+        parser.push(stream.as_bytes());
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        while let Some(frame) = parser.next_frame().unwrap() {
+            let event = frame.event();
+            if !event.data.is_empty() {
+                decoder.decode(&event, &mut out).unwrap();
+            }
+        }
+        decoder.finish(&mut out);
+        out
+    }
+
+    fn start(id: &str, model: &str) -> StreamEvent {
+        StreamEvent::Start {
+            id: id.into(),
+            model: model.into(),
+        }
+    }
+    fn block(index: usize, block: BlockStart) -> StreamEvent {
+        StreamEvent::BlockStart { index, block }
+    }
+    fn delta(index: usize, delta: Delta) -> StreamEvent {
+        StreamEvent::Delta { index, delta }
+    }
+    fn stop(index: usize) -> StreamEvent {
+        StreamEvent::BlockStop { index }
+    }
+    fn text(s: &str) -> Delta {
+        Delta::Text(s.into())
+    }
+    fn args(s: &str) -> Delta {
+        Delta::ToolArguments(s.into())
+    }
+    fn call(id: &str, name: &str) -> BlockStart {
+        BlockStart::ToolCall {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+    fn usage(input: u64, cached_input: u64, output: u64, reasoning: u64) -> StreamEvent {
+        StreamEvent::Usage(Usage {
+            input,
+            cached_input,
+            cache_write: 0,
+            output,
+            reasoning,
+        })
+    }
+
+    const MODEL: &str = "gpt-5.4-2026-03-05";
+
+    #[test]
+    fn decodes_text() {
+        assert_eq!(
+            decode_all(&fixture("text.sse")),
+            [
+                start("resp_0a1b2c3d4e5f60718293a4b5c6d7e8f9", MODEL),
+                block(0, BlockStart::Text),
+                delta(0, text("Hi")),
+                delta(0, text(" there")),
+                delta(0, text("! é☃ \"quoted\"")),
+                stop(0),
+                StreamEvent::Stop(StopReason::EndTurn),
+                usage(12, 0, 7, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_a_function_call() {
+        assert_eq!(
+            decode_all(&fixture("function_call.sse")),
+            [
+                start("resp_6f1e2d3c4b5a69788796a5b4c3d2e1f0", MODEL),
+                block(0, call("call_Xk2vP0qR9sT3uV5w", "exec_command")),
+                delta(0, args("{\"cmd\":")),
+                delta(0, args(" \"echo hi\"}")),
+                stop(0),
+                StreamEvent::Stop(StopReason::ToolUse),
+                usage(7012, 0, 24, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_parallel_function_calls_after_text() {
+        assert_eq!(
+            decode_all(&fixture("parallel_function_calls.sse")),
+            [
+                start("resp_11223344556677889900aabbccddeeff", MODEL),
+                block(0, BlockStart::Text),
+                delta(0, text("Checking both.")),
+                stop(0),
+                block(1, call("call_A1", "get_weather")),
+                delta(1, args("{\"city\":\"Paris\"}")),
+                stop(1),
+                block(2, call("call_B2", "get_weather")),
+                delta(2, args("{\"city\":")),
+                delta(2, args("\"Tokyo\"}")),
+                stop(2),
+                StreamEvent::Stop(StopReason::ToolUse),
+                usage(88, 0, 41, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_reasoning_summaries_with_encrypted_content() {
+        assert_eq!(
+            decode_all(&fixture("reasoning.sse")),
+            [
+                start("resp_aa00bb11cc22dd33ee44ff5566778899", MODEL),
+                block(0, BlockStart::Thinking),
+                delta(0, Delta::Thinking("**Planning**".into())),
+                delta(0, Delta::Thinking(" the answer".into())),
+                delta(0, Delta::Thinking("\n\n".into())),
+                delta(0, Delta::Thinking("Done.".into())),
+                delta(
+                    0,
+                    Delta::Signature("gAAAAABqX1a78BDqk_J4uGoxtDucvs8h-opaque==".into())
+                ),
+                stop(0),
+                block(1, BlockStart::Text),
+                delta(1, text("42")),
+                stop(1),
+                StreamEvent::Stop(StopReason::EndTurn),
+                usage(2048, 1920, 310, 256),
+            ]
+        );
+    }
+
+    #[test]
+    fn reasoning_without_summary_is_redacted_thinking() {
+        assert_eq!(
+            decode_all(&fixture("reasoning_redacted.sse")),
+            [
+                start("resp_redacted0000000000000000000001", MODEL),
+                block(
+                    0,
+                    BlockStart::RedactedThinking {
+                        data: "gAAAAopaque-only==".into()
+                    }
+                ),
+                stop(0),
+                block(1, call("call_R1", "read")),
+                delta(1, args("{}")),
+                stop(1),
+                StreamEvent::Stop(StopReason::ToolUse),
+                usage(500, 0, 90, 64),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_cached_and_cache_write_usage() {
+        let events = decode_all(&fixture("usage_cached.sse"));
+        assert_eq!(
+            events.last(),
+            Some(&StreamEvent::Usage(Usage {
+                input: 7012,
+                cached_input: 6912,
+                cache_write: 100,
+                output: 5,
+                reasoning: 0,
+            }))
+        );
+    }
+
+    #[test]
+    fn incomplete_is_max_tokens() {
+        let events = decode_all(&fixture("incomplete.sse"));
+        assert_eq!(
+            &events[events.len() - 3..],
+            [
+                stop(0),
+                StreamEvent::Stop(StopReason::MaxTokens),
+                usage(20, 0, 16, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn failed_is_one_error() {
+        assert_eq!(
+            decode_all(&fixture("failed.sse")),
+            [
+                start("resp_failed00000000000000000000000001", MODEL),
+                StreamEvent::Error {
+                    message: "The server had an error while processing your request.".into()
+                },
+            ]
+        );
+        // response.failed alone carries the message too.
+        let only = fixture("failed.sse")
+            .split("\n\n")
+            .filter(|e| !e.starts_with("event: error"))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        assert!(decode_all(&only).contains(&StreamEvent::Error {
+            message: "The server had an error while processing your request.".into()
+        }));
+    }
+
+    #[test]
+    fn odd_input_never_panics_and_only_non_json_is_an_error() {
+        let mut d = StreamDecoder::new();
+        let mut out = Vec::new();
+        let ev = |data: &'static str| Event {
+            name: None,
+            data: Cow::Borrowed(data),
+        };
+        for data in [
+            "[DONE]",
+            "[1,2]",
+            "{}",
+            r#"{"type":7}"#,
+            r#"{"type":"response.output_text.delta","delta":{"x":1},"output_index":"a"}"#,
+            r#"{"type":"response.output_item.done","item":[]}"#,
+            r#"{"type":"response.function_call_arguments.delta","delta":"x"}"#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":5,"delta":"t"}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":-1}}}"#,
+            r#"{"type":"response.audio.delta","delta":"AAAA"}"#,
+        ] {
+            d.decode(&ev(data), &mut out).unwrap();
+        }
+        assert!(d.decode(&ev("{not json"), &mut out).is_err());
+        assert!(d.decode(&ev("nope"), &mut out).is_err());
+        d.finish(&mut out);
+        // Every opened block was closed.
+        let opened = out
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::BlockStart { .. }))
+            .count();
+        let closed = out
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::BlockStop { .. }))
+            .count();
+        assert_eq!(opened, closed);
+    }
+
+    #[test]
+    fn items_streamed_only_as_done_items_are_decoded() {
+        let stream = concat!(
+            "data: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":",
+            "{\"type\":\"message\",\"id\":\"m\",\"role\":\"assistant\",\"content\":",
+            "[{\"type\":\"output_text\",\"text\":\"hi\"}]}}\n\n",
+            "data: {\"type\":\"response.output_item.done\",\"output_index\":1,\"item\":",
+            "{\"type\":\"function_call\",\"id\":\"f\",\"call_id\":\"c\",\"name\":\"n\",",
+            "\"arguments\":\"{}\"}}\n\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":",
+            "\"completed\",\"output\":[]}}\n\n",
+        );
+        assert_eq!(
+            decode_all(stream),
+            [
+                start("", ""),
+                block(0, BlockStart::Text),
+                delta(0, text("hi")),
+                stop(0),
+                block(1, call("c", "n")),
+                delta(1, args("{}")),
+                stop(1),
+                StreamEvent::Stop(StopReason::ToolUse),
+            ]
+        );
+    }
+
+    #[test]
+    fn passthrough_meters_usage_and_stop_from_the_events_it_decodes() {
+        let meta = StreamMeta {
+            estimated_input_tokens: 0,
+            include_usage: false,
+            created: 0,
+        };
+        for (name, usage, reason) in [
+            ("text.sse", (12, 0, 7), StopReason::EndTurn),
+            ("function_call.sse", (7012, 0, 24), StopReason::ToolUse),
+            ("usage_cached.sse", (7012, 6912, 5), StopReason::EndTurn),
+            ("incomplete.sse", (20, 0, 16), StopReason::MaxTokens),
+        ] {
+            let body = fixture(name);
+            let mut t = StreamTranscoder::new(
+                Format::OpenAiResponses,
+                Format::OpenAiResponses,
+                meta.clone(),
+            );
+            let mut out = BytesMut::new();
+            for chunk in body.as_bytes().chunks(7) {
+                t.push(chunk, &mut out).unwrap();
+            }
+            t.finish(&mut out).unwrap();
+            assert_eq!(&out[..], body.as_bytes(), "{name}");
+            let u = t.usage();
+            assert_eq!((u.input, u.cached_input, u.output), usage, "{name}");
+            assert_eq!(t.stop_reason(), Some(reason), "{name}");
+        }
+    }
+
+    // -- encoding ------------------------------------------------------------------------
+
+    fn meta() -> StreamMeta {
+        StreamMeta {
+            estimated_input_tokens: 0,
+            include_usage: false,
+            created: 1_700_000_000,
+        }
+    }
+
+    fn encode_all(events: &[StreamEvent]) -> String {
+        let mut enc = StreamEncoder::new(&meta());
+        let mut out = BytesMut::new();
+        for e in events {
+            enc.encode(e, &mut out);
+        }
+        enc.finish(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+    fn golden(name: &str, got: &str) {
+        let path = format!(
+            "{}/tests/fixtures/wire/openai_responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(got, want, "{name} differs (UPDATE_GOLDEN=1 rewrites it)");
+    }
+
+    fn script() -> Vec<StreamEvent> {
+        vec![
+            start("chatcmpl-abc123", "gpt-x"),
+            block(0, BlockStart::Thinking),
+            delta(0, Delta::Thinking("Let me think.".into())),
+            delta(0, Delta::Signature("sig==".into())),
+            stop(0),
+            block(1, BlockStart::Text),
+            delta(1, text("Hello")),
+            delta(1, text(" \"world\"")),
+            stop(1),
+            block(2, call("toolu_01", "get_weather")),
+            delta(2, args("{\"city\":")),
+            delta(2, args("\"Paris\"}")),
+            stop(2),
+            StreamEvent::Stop(StopReason::ToolUse),
+            StreamEvent::Usage(Usage {
+                input: 100,
+                cached_input: 80,
+                cache_write: 0,
+                output: 20,
+                reasoning: 5,
+            }),
+        ]
+    }
+
+    #[test]
+    fn encodes_the_full_event_grammar() {
+        golden("encoded_script.sse", &encode_all(&script()));
+    }
+
+    #[test]
+    fn encodes_incomplete_and_lazy_start_and_open_blocks() {
+        // No Start, a block left open, stopped for length.
+        let text = encode_all(&[
+            block(0, BlockStart::Text),
+            delta(0, text("Once upon a")),
+            StreamEvent::Stop(StopReason::MaxTokens),
+            usage(20, 0, 16, 0),
+        ]);
+        // The lazily started response has a random id: mask it.
+        let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        let base = v["response"]["id"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("resp_")
+            .unwrap();
+        assert_eq!(base.len(), 24);
+        golden("encoded_incomplete.sse", &text.replace(base, "RANDOM"));
+    }
+
+    #[test]
+    fn sequence_numbers_count_from_zero_and_every_event_is_named_by_its_type() {
+        let text = encode_all(&script());
+        let mut parser = SseParser::default();
+        parser.push(text.as_bytes());
+        let mut n = 0;
+        while let Some(frame) = parser.next_frame().unwrap() {
+            let e = frame.event();
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(v["sequence_number"], n);
+            assert_eq!(Some(v["type"].as_str().unwrap()), e.name);
+            n += 1;
+        }
+        assert!(n > 20);
+    }
+
+    #[test]
+    fn encoded_stream_decodes_back_to_the_same_events() {
+        let encoded = encode_all(&script());
+        let mut back = decode_all(&encoded);
+        assert_eq!(back[0], start("resp_abc123", "gpt-x"));
+        back[0] = start("chatcmpl-abc123", "gpt-x");
+        assert_eq!(back, script());
+    }
+
+    #[test]
+    fn provider_streams_survive_decode_then_encode_then_decode() {
+        for name in [
+            "text.sse",
+            "function_call.sse",
+            "parallel_function_calls.sse",
+            "reasoning.sse",
+            "reasoning_redacted.sse",
+            "usage_cached.sse",
+            "incomplete.sse",
+        ] {
+            let first = decode_all(&fixture(name));
+            let again = decode_all(&encode_all(&first));
+            assert_eq!(again, first, "{name}");
+        }
+    }
+
+    #[test]
+    fn fail_writes_one_response_failed_and_nothing_after() {
+        let mut enc = StreamEncoder::new(&meta());
+        let mut out = BytesMut::new();
+        enc.encode(&start("resp_x1", "m"), &mut out);
+        enc.encode(&block(0, BlockStart::Text), &mut out);
+        enc.encode(&delta(0, text("par")), &mut out);
+        let before = out.len();
+        enc.fail("upstream went away", &mut out);
+        let tail = String::from_utf8(out[before..].to_vec()).unwrap();
+        assert!(tail.starts_with("event: response.failed\ndata: "), "{tail}");
+        let data = tail
+            .strip_prefix("event: response.failed\ndata: ")
+            .unwrap()
+            .trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["response"]["status"], "failed");
+        assert_eq!(v["response"]["id"], "resp_x1");
+        assert_eq!(
+            v["response"]["error"],
+            serde_json::json!({"code": "server_error", "message": "upstream went away"})
+        );
+        let len = out.len();
+        enc.encode(&delta(0, text("more")), &mut out);
+        enc.finish(&mut out);
+        enc.fail("again", &mut out);
+        assert_eq!(out.len(), len);
+    }
+
+    #[test]
+    fn a_provider_error_event_fails_the_client_stream() {
+        let text = encode_all(&[
+            start("resp_e", "m"),
+            StreamEvent::Error {
+                message: "overloaded".into(),
+            },
+        ]);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn fail_before_anything_is_still_parseable() {
+        let mut enc = StreamEncoder::new(&meta());
+        let mut out = BytesMut::new();
+        enc.fail("no provider", &mut out);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "response.failed");
+        assert_eq!(v["sequence_number"], 0);
+        assert!(v["response"]["id"].as_str().unwrap().starts_with("resp_"));
+    }
+
+    #[test]
+    fn interleaved_parallel_calls_keep_their_own_items() {
+        let text = encode_all(&[
+            start("resp_p", "m"),
+            block(0, call("a", "f")),
+            block(1, call("b", "g")),
+            delta(1, args("{\"y\":2}")),
+            delta(0, args("{\"x\":1}")),
+            stop(0),
+            stop(1),
+            StreamEvent::Stop(StopReason::ToolUse),
+        ]);
+        let last = text.trim_end().rsplit("\n\n").next().unwrap();
+        let data = last.split_once("data: ").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "response.completed");
+        let output = v["response"]["output"].as_array().unwrap();
+        assert_eq!(output[0]["arguments"], "{\"x\":1}");
+        assert_eq!(output[0]["call_id"], "a");
+        assert_eq!(output[1]["arguments"], "{\"y\":2}");
+        assert_eq!(output[1]["id"], "fc_p_1");
     }
 }
