@@ -802,10 +802,11 @@ impl StreamEncoder {
         for b in std::mem::take(&mut self.open) {
             self.close(b, status, out);
         }
-        let name = match outcome {
-            Outcome::Incomplete(_) => "response.incomplete",
-            _ => "response.completed",
-        };
+        // An incomplete response ends with `response.completed` carrying status
+        // `incomplete` (the gateway's convention, FORMATS.md): the OpenAI SDK's stream helper
+        // requires `response.completed`, and Codex then keeps the partial turn instead of
+        // treating `response.incomplete` as a stream error to retry.
+        let name = "response.completed";
         let body = ResponseEv {
             response: ResponseObject {
                 id: &self.id,
