@@ -407,9 +407,16 @@ impl RawItem<'_> {
     }
 }
 
+/// A JSON string that borrows from the input when it has no escapes. (A bare `Cow<str>`
+/// always deserializes owned; only a `#[serde(borrow)]` field borrows.)
+#[derive(Deserialize, Debug)]
+#[serde(transparent)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// A string field, if it is one (`None` for null, missing or another type).
 fn opt_str<'a>(v: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
-    v.and_then(|v| serde_json::from_str::<Cow<'a, str>>(v.get()).ok())
+    v.and_then(|v| serde_json::from_str::<Str<'a>>(v.get()).ok())
+        .map(|s| s.0)
 }
 
 /// A part of message content or of a reasoning summary, every field raw.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{join, opt_str, reasoning_text, RawItem, RawPart};
+use super::{join, opt_str, reasoning_text, RawItem, RawPart, Str};
 use crate::errors::{ErrorKind, FluxError};
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,
@@ -51,10 +51,10 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
                     .map_err(|_| bad("'stream' must be a boolean (true or false)."))?
                     .unwrap_or(false)
             }
-            "instructions" => match json::field::<Option<Cow<'_, str>>>("instructions", value)
+            "instructions" => match json::field::<Option<Str<'_>>>("instructions", value)
                 .map_err(|_| bad("'instructions' must be a string."))?
             {
-                Some(text) if !text.is_empty() => req.system.push(Block::Text {
+                Some(Str(text)) if !text.is_empty() => req.system.push(Block::Text {
                     text,
                     cache_control: None,
                 }),
@@ -70,9 +70,13 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
             "temperature" => req.temperature = json::field(&key, value)?,
             "top_p" => req.top_p = json::field(&key, value)?,
             "reasoning" => req.reasoning = reasoning(value)?,
-            "user" => req.user = json::field(&key, value)?,
-            "safety_identifier" => safety_identifier = json::field(&key, value)?,
-            "previous_response_id" => req.previous_response_id = json::field(&key, value)?,
+            "user" => req.user = json::field::<Option<Str<'_>>>(&key, value)?.map(|s| s.0),
+            "safety_identifier" => {
+                safety_identifier = json::field::<Option<Str<'_>>>(&key, value)?.map(|s| s.0)
+            }
+            "previous_response_id" => {
+                req.previous_response_id = json::field::<Option<Str<'_>>>(&key, value)?.map(|s| s.0)
+            }
             _ => req.unknown.push((key, value)),
         }
     }
@@ -85,8 +89,9 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
         Some(v) if json::is_null(v) => None,
         Some(v) => Some((
             v,
-            json::field::<Cow<'_, str>>("model", v)
-                .map_err(|_| bad("'model' must be a string."))?,
+            json::field::<Str<'_>>("model", v)
+                .map_err(|_| bad("'model' must be a string."))?
+                .0,
         )),
     };
     match model {
@@ -111,7 +116,7 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     };
     let has_content = match input.get().as_bytes().first() {
         Some(b'"') => {
-            let text: Cow<'_, str> = json::field("input", input)?;
+            let Str(text) = json::field("input", input)?;
             if text.trim().is_empty() {
                 return Err(empty("'input' is an empty string."));
             }
@@ -143,6 +148,18 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     Ok(req)
 }
 
+/// Deserialize a nested value; the error names it (the name is built only on error).
+fn read<'a, T: Deserialize<'a>>(
+    v: &'a RawValue,
+    name: impl FnOnce() -> String,
+) -> Result<T, FluxError> {
+    serde_json::from_str(v.get()).map_err(|e| {
+        let e = e.to_string();
+        let e = e.split(" at line").next().unwrap_or(&e);
+        bad(format!("'{}' is invalid: {e}.", name()))
+    })
+}
+
 fn empty(why: &str) -> FluxError {
     FluxError::new(
         ErrorKind::EmptyPrompt,
@@ -166,13 +183,12 @@ fn input_item<'a>(
             "input[{i}] must be an object (a message or another input item)."
         )));
     }
-    let fields: RawItem<'a> = json::field(&format!("input[{i}]"), item)?;
+    let fields: RawItem<'a> = read(item, || format!("input[{i}]"))?;
     let kind = match fields.kind {
         None => None,
         Some(k) if json::is_null(k) => None,
         Some(k) => Some(
-            json::field::<Cow<'a, str>>("type", k)
-                .map_err(|_| bad(format!("input[{i}].type must be a string.")))?,
+            opt_str(Some(k)).ok_or_else(|| bad(format!("input[{i}].type must be a string.")))?,
         ),
     };
     match kind.as_deref() {
@@ -188,7 +204,7 @@ fn input_item<'a>(
             let arguments = match fields.arguments {
                 None => Cow::Borrowed(""),
                 Some(a) if json::is_null(a) => Cow::Borrowed(""),
-                Some(a) => json::field(&format!("input[{i}].arguments"), a)?,
+                Some(a) => read::<Str<'a>>(a, || format!("input[{i}].arguments"))?.0,
             };
             assistant(messages).push(Block::ToolCall {
                 id: call_id,
@@ -201,7 +217,7 @@ fn input_item<'a>(
             let call_id = required_str(i, "call_id", fields.call_id)?;
             let content = match fields.output {
                 Some(o) if o.get().starts_with('"') => {
-                    let text: Cow<'a, str> = json::field(&format!("input[{i}].output"), o)?;
+                    let Str(text) = read(o, || format!("input[{i}].output"))?;
                     vec![Block::Text {
                         text,
                         cache_control: None,
@@ -277,8 +293,9 @@ fn required_str<'a>(
     v: Option<&'a RawValue>,
 ) -> Result<Cow<'a, str>, FluxError> {
     match v {
-        Some(v) if !json::is_null(v) => json::field::<Cow<'a, str>>(name, v)
-            .map_err(|_| bad(format!("input[{i}].{name} must be a string."))),
+        Some(v) if !json::is_null(v) => {
+            opt_str(Some(v)).ok_or_else(|| bad(format!("input[{i}].{name} must be a string.")))
+        }
         _ => Err(bad(format!("input[{i}].{name} is required."))),
     }
 }
@@ -304,7 +321,7 @@ fn message<'a>(
     let has_content;
     match fields.content {
         Some(c) if c.get().starts_with('"') => {
-            let text: Cow<'a, str> = json::field(&format!("input[{i}].content"), c)?;
+            let Str(text) = read(c, || format!("input[{i}].content"))?;
             has_content = !text.trim().is_empty();
             content.push(Block::Text {
                 text,
@@ -335,23 +352,21 @@ fn parts<'a>(
     raw: &'a RawValue,
     out: &mut Vec<Block<'a>>,
 ) -> Result<bool, FluxError> {
-    let list: Vec<&'a RawValue> = json::field(&format!("input[{i}].{field}"), raw)?;
+    let list: Vec<&'a RawValue> = read(raw, || format!("input[{i}].{field}"))?;
     let mut has_content = false;
     for (j, part) in list.into_iter().enumerate() {
         if !is_object(part) {
             return Err(bad(format!("input[{i}].{field}[{j}] must be an object.")));
         }
-        let p: RawPart<'a> = json::field(&format!("input[{i}].{field}[{j}]"), part)?;
+        let p: RawPart<'a> = read(part, || format!("input[{i}].{field}[{j}]"))?;
         let Some(kind) = opt_str(p.kind) else {
             return Err(bad(format!("input[{i}].{field}[{j}] needs a 'type'.")));
         };
         match kind.as_ref() {
             "input_text" | "output_text" | "text" | "summary_text" => {
-                let text = match p.text {
-                    Some(t) => json::field::<Cow<'a, str>>("text", t).ok(),
-                    None => None,
-                }
-                .ok_or_else(|| bad(format!("input[{i}].{field}[{j}].text must be a string.")))?;
+                let text = opt_str(p.text).ok_or_else(|| {
+                    bad(format!("input[{i}].{field}[{j}].text must be a string."))
+                })?;
                 has_content |= !text.trim().is_empty();
                 out.push(Block::Text {
                     text,
@@ -420,7 +435,7 @@ fn one_tool<'a>(
     if !is_object(raw) {
         return Err(bad(format!("{path} must be an object.")));
     }
-    let t: RawTool<'a> = json::field(path, raw)?;
+    let t: RawTool<'a> = read(raw, || path.to_string())?;
     let kind = opt_str(t.kind);
     let name = opt_str(t.name);
     if kind.as_deref() == Some("function") {
@@ -473,12 +488,12 @@ fn tool_choice<'a>(raw: &'a RawValue) -> Result<Option<Option<ToolChoice<'a>>>, 
         #[serde(rename = "type", borrow)]
         kind: Cow<'a, str>,
         #[serde(borrow, default)]
-        name: Option<Cow<'a, str>>,
+        name: Option<Str<'a>>,
     }
     match raw.get().as_bytes().first() {
         Some(b'n') => Ok(Some(None)), // null
         Some(b'"') => {
-            let s: Cow<'_, str> = json::field("tool_choice", raw)?;
+            let Str(s) = json::field("tool_choice", raw)?;
             match s.as_ref() {
                 "auto" => Ok(Some(Some(ToolChoice::Auto))),
                 "none" => Ok(Some(Some(ToolChoice::None))),
@@ -492,7 +507,7 @@ fn tool_choice<'a>(raw: &'a RawValue) -> Result<Option<Option<ToolChoice<'a>>>, 
         Some(b'{') => {
             let n: Named<'a> = json::field("tool_choice", raw)?;
             match (n.kind.as_ref(), n.name) {
-                ("function", Some(name)) => Ok(Some(Some(ToolChoice::Named(name)))),
+                ("function", Some(Str(name))) => Ok(Some(Some(ToolChoice::Named(name)))),
                 ("function", None) => Err(bad("'tool_choice' of type function needs a 'name'.")),
                 _ => Ok(None),
             }
@@ -861,4 +876,554 @@ fn tool_output<'r>(content: &'r [Block<'_>]) -> Output<'r> {
             .collect(),
         "\n",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn codex(n: u8) -> Vec<u8> {
+        let path = format!("/work/shared/reference/clients/codex-0.169.0-{n}.json");
+        let capture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        serde_json::to_vec(&capture["body"]).unwrap()
+    }
+
+    fn body(v: Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn roles(req: &Request<'_>) -> Vec<Role> {
+        req.messages.iter().map(|m| m.role).collect()
+    }
+
+    fn text_of<'b>(b: &'b Block<'_>) -> &'b str {
+        match b {
+            Block::Text { text, .. } => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn codex_bodies_parse() {
+        for n in 1..=3 {
+            let raw = codex(n);
+            let req = parse_request(&raw).unwrap_or_else(|e| panic!("codex {n}: {e}"));
+            assert_eq!(req.format, Format::OpenAiResponses);
+            assert_eq!(req.model, "flux-auto");
+            assert!(matches!(req.model, Cow::Borrowed(_)));
+            assert_eq!(&raw[req.model_span.clone()], b"\"flux-auto\"");
+            assert!(req.stream);
+            assert!(req.system.is_empty(), "Codex sends no instructions");
+            // Two developer items, the environment context and the prompt.
+            assert_eq!(
+                roles(&req)[..4],
+                [Role::System, Role::System, Role::User, Role::User]
+            );
+            // 9 tools: 7 functions, a namespace of 5 functions (flattened beside it) and
+            // web_search.
+            assert_eq!(req.tools.len(), 7 + 1 + 5 + 1);
+            let other: Vec<&str> = req
+                .tools
+                .iter()
+                .filter(|t| t.other.is_some())
+                .map(|t| t.name.as_ref())
+                .collect();
+            assert_eq!(other, ["multi_agent_v1", "web_search"]);
+            let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_ref()).collect();
+            for name in ["exec_command", "update_goal", "spawn_agent", "wait_agent"] {
+                assert!(names.contains(&name), "codex {n}: {name}");
+            }
+            let exec = &req.tools[0];
+            assert_eq!(exec.strict, Some(false));
+            assert!(exec.parameters.unwrap().get().starts_with('{'));
+            assert!(exec.description.is_some());
+            assert_eq!(req.tool_choice, Some(ToolChoice::Auto));
+            assert_eq!(req.parallel_tool_calls, Some(true));
+            assert_eq!(
+                req.reasoning, None,
+                "reasoning: {{summary: auto}} has no effort"
+            );
+            let unknown: Vec<&str> = req.unknown.iter().map(|(k, _)| k.as_ref()).collect();
+            assert_eq!(
+                unknown,
+                ["store", "include", "prompt_cache_key", "client_metadata"]
+            );
+        }
+        let raw = codex(1);
+        let req = parse_request(&raw).unwrap();
+        // Strings without escapes are slices of the body.
+        assert!(matches!(
+            &req.messages[3].content[0],
+            Block::Text {
+                text: Cow::Borrowed("say hi"),
+                ..
+            }
+        ));
+        assert!(matches!(req.tools[0].name, Cow::Borrowed("exec_command")));
+        let raw = codex(2);
+        let req = parse_request(&raw).unwrap();
+        assert_eq!(req.messages.len(), 4);
+        assert_eq!(
+            text_of(&req.messages[3].content[0]),
+            "Run the command, please. mock:call=exec_command"
+        );
+    }
+
+    #[test]
+    fn codex_tool_round_trip_parses_into_a_call_and_its_result() {
+        let raw = codex(3);
+        let req = parse_request(&raw).unwrap();
+        assert_eq!(
+            roles(&req),
+            [
+                Role::System,
+                Role::System,
+                Role::User,
+                Role::User,
+                Role::Assistant,
+                Role::User
+            ]
+        );
+        match &req.messages[4].content[..] {
+            [Block::ToolCall {
+                id,
+                name,
+                arguments: Arguments::Text(args),
+            }] => {
+                assert_eq!(id, "call_000007mock");
+                assert_eq!(name, "exec_command");
+                assert_eq!(args, "{\"cmd\": \"echo hi\"}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &req.messages[5].content[..] {
+            [Block::ToolResult {
+                call_id,
+                content,
+                is_error: false,
+                ..
+            }] => {
+                assert_eq!(call_id, "call_000007mock");
+                assert_eq!(content.len(), 1);
+                assert!(text_of(&content[0]).starts_with("lorem ipsum"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // And it translates back into the same items.
+        let encoded: Value =
+            serde_json::from_slice(&encode_request(&req, "gpt-5.4", true)).unwrap();
+        let input = encoded["input"].as_array().unwrap();
+        assert_eq!(input.len(), 6);
+        assert_eq!(input[0]["role"], "developer");
+        assert_eq!(
+            input[4],
+            json!({"type": "function_call", "call_id": "call_000007mock",
+                   "name": "exec_command", "arguments": "{\"cmd\": \"echo hi\"}"})
+        );
+        assert_eq!(input[5]["type"], "function_call_output");
+        assert_eq!(input[5]["call_id"], "call_000007mock");
+        // Only the function tools go to a provider of another client's format.
+        assert_eq!(encoded["tools"].as_array().unwrap().len(), 12);
+    }
+
+    #[test]
+    fn string_input_and_instructions() {
+        let raw = body(
+            json!({"model": "m", "input": "hello", "instructions": "be brief",
+                              "max_output_tokens": 300, "temperature": 0.2, "top_p": 0.9,
+                              "user": "u1", "previous_response_id": "resp_1",
+                              "reasoning": {"effort": "high", "summary": "auto"},
+                              "tool_choice": {"type": "function", "name": "f"},
+                              "metadata": {"a": "b"}, "text": {"format": {"type": "text"}}}),
+        );
+        let req = parse_request(&raw).unwrap();
+        assert_eq!(roles(&req), [Role::User]);
+        assert_eq!(text_of(&req.messages[0].content[0]), "hello");
+        assert_eq!(text_of(&req.system[0]), "be brief");
+        assert_eq!(req.max_tokens, Some(300));
+        assert_eq!(req.temperature, Some(0.2));
+        assert_eq!(req.top_p, Some(0.9));
+        assert_eq!(req.user.as_deref(), Some("u1"));
+        assert_eq!(req.previous_response_id.as_deref(), Some("resp_1"));
+        assert_eq!(req.reasoning, Some(Reasoning::Effort(Effort::High)));
+        assert_eq!(req.tool_choice, Some(ToolChoice::Named(Cow::Borrowed("f"))));
+        let unknown: Vec<&str> = req.unknown.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(unknown, ["metadata", "text"]);
+        // safety_identifier stands in for user.
+        let raw = body(json!({"model": "m", "input": "x", "safety_identifier": "s1"}));
+        assert_eq!(parse_request(&raw).unwrap().user.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn items_merge_into_turns() {
+        let raw = body(json!({"model": "m", "input": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "input_text", "text": "look"},
+                                         {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+                                         {"type": "input_image", "file_id": "file_1"},
+                                         {"type": "input_audio", "input_audio": {}}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "a"},
+                                                            {"type": "summary_text", "text": "b"}],
+             "encrypted_content": "enc"},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "calling", "annotations": []},
+                {"type": "refusal", "refusal": "no"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{\"x\":1}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "r1"},
+            {"type": "function_call_output", "call_id": "c2",
+             "output": [{"type": "input_text", "text": "r2"}]},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {}},
+            {"type": "reasoning", "summary": [], "encrypted_content": "opaque"},
+            {"type": "reasoning", "summary": []},
+            {"type": "item_reference", "id": "x"},
+            {"role": "developer", "content": "mid"},
+            {"type": "message", "role": "user", "content": "next"}
+        ]}));
+        let req = parse_request(&raw).unwrap();
+        assert_eq!(
+            roles(&req),
+            [
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::System,
+                Role::User
+            ]
+        );
+        let user = &req.messages[1].content;
+        assert_eq!(user.len(), 2, "{user:?}");
+        assert!(
+            matches!(&user[1], Block::Image(Image::Url(u)) if u == "data:image/png;base64,AAAA")
+        );
+        let a = &req.messages[2].content;
+        assert!(
+            matches!(&a[0], Block::Thinking { text, signature: Some(s) } if text == "a\n\nb" && s == "enc")
+        );
+        assert_eq!(text_of(&a[1]), "calling");
+        assert_eq!(text_of(&a[2]), "no");
+        assert!(matches!(&a[3], Block::ToolCall { id, .. } if id == "c1"));
+        assert!(matches!(&a[4], Block::ToolCall { id, name, .. } if id == "c2" && name == "g"));
+        let results = &req.messages[3].content;
+        assert_eq!(results.len(), 2);
+        assert!(
+            matches!(&results[1], Block::ToolResult { call_id, content, .. } if call_id == "c2" && text_of(&content[0]) == "r2")
+        );
+        assert!(
+            matches!(&req.messages[4].content[..], [Block::RedactedThinking { data }] if data == "opaque")
+        );
+    }
+
+    #[test]
+    fn tools_of_every_kind() {
+        let raw = body(json!({"model": "m", "input": "x", "tools": [
+            {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true},
+            {"type": "function", "name": "g"},
+            {"type": "namespace", "name": "ns", "description": "n", "tools": [
+                {"type": "function", "name": "inner", "parameters": {}},
+                {"type": "web_search"}]},
+            {"type": "web_search", "external_web_access": false},
+            {"type": "custom", "name": "apply_patch", "format": {"type": "grammar"}}
+        ]}));
+        let req = parse_request(&raw).unwrap();
+        let summary: Vec<(&str, bool)> = req
+            .tools
+            .iter()
+            .map(|t| (t.name.as_ref(), t.other.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("f", false),
+                ("g", false),
+                ("ns", true),
+                ("inner", false),
+                ("web_search", true),
+                ("apply_patch", true)
+            ]
+        );
+        assert_eq!(req.tools[0].strict, Some(true));
+        assert_eq!(req.tools[0].description.as_deref(), Some("d"));
+        assert_eq!(
+            req.tools[0].parameters.unwrap().get(),
+            r#"{"type":"object"}"#
+        );
+        assert!(req.tools[1].parameters.is_none());
+    }
+
+    #[test]
+    fn shape_errors_are_400_naming_the_field() {
+        let cases = [
+            (json!({"input": "x"}), "'model' is required"),
+            (json!({"model": "", "input": "x"}), "'model' is required"),
+            (
+                json!({"model": 7, "input": "x"}),
+                "'model' must be a string",
+            ),
+            (json!({"model": "m"}), "'input' is required"),
+            (json!({"model": "m", "input": null}), "'input' is required"),
+            (
+                json!({"model": "m", "input": 5}),
+                "'input' must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "input": {}}),
+                "'input' must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "input": "x", "stream": "yes"}),
+                "'stream' must be a boolean",
+            ),
+            (
+                json!({"model": "m", "input": ["hi"]}),
+                "input[0] must be an object",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "wizard", "content": "x"}]}),
+                "input[0].role 'wizard' is not one of",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "message", "content": "x"}]}),
+                "input[0].role is required",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user"}]}),
+                "input[0].content is required",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": 5}]}),
+                "input[0].content must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [7]}]}),
+                "input[0].content[0] must be an object",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [{"text": "x"}]}]}),
+                "input[0].content[0] needs a 'type'",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}),
+                "input[0].content[0].text must be a string",
+            ),
+            (
+                json!({"model": "m", "input": [{"content": "x"}]}),
+                "input[0] needs a 'type'",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+                "input[0].call_id is required",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]}),
+                "input[0].output must be a string or an array",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": {}}),
+                "'tools' must be an array",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "function"}]}),
+                "tools[0].name is required",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tool_choice": "sometimes"}),
+                "'tool_choice' 'sometimes' is not one of",
+            ),
+            (
+                json!({"model": "m", "input": "x", "max_output_tokens": "many"}),
+                "'max_output_tokens' is invalid",
+            ),
+            (
+                json!({"model": "m", "input": "x", "instructions": 3}),
+                "'instructions' must be a string",
+            ),
+        ];
+        for (v, expect) in cases {
+            let raw = body(v.clone());
+            let e = parse_request(&raw).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_request"), "{v}");
+            assert!(e.message.contains(expect), "{v}: {}", e.message);
+        }
+        let e = parse_request(br#"{"model":"m","input":"x","model":"n"}"#).unwrap_err();
+        assert!(
+            e.message.contains("appears more than once"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn empty_prompts_are_empty_prompt() {
+        for v in [
+            json!({"model": "m", "input": ""}),
+            json!({"model": "m", "input": "  \n"}),
+            json!({"model": "m", "input": []}),
+            json!({"model": "m", "input": [{"role": "user", "content": ""}]}),
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": " "}]}]}),
+            json!({"model": "m", "input": [{"type": "reasoning", "summary": [], "encrypted_content": "e"}]}),
+        ] {
+            let raw = body(v.clone());
+            let e = parse_request(&raw).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "empty_prompt"), "{v}");
+        }
+        // Unknown item and part types are content the provider judges, not errors.
+        for v in [
+            json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}),
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+        ] {
+            assert!(parse_request(&body(v.clone())).is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn encodes_a_translated_request() {
+        // What an Anthropic client's request looks like once parsed.
+        let schema = RawValue::from_string(
+            r#"{"type":"object","properties":{"p":{"type":"string"}}}"#.into(),
+        )
+        .unwrap();
+        let input = RawValue::from_string(r#"{"p": "x"}"#.into()).unwrap();
+        let web =
+            RawValue::from_string(r#"{"type":"web_search_20250305","name":"web_search"}"#.into())
+                .unwrap();
+        let text = |t: &'static str| Block::Text {
+            text: Cow::Borrowed(t),
+            cache_control: None,
+        };
+        let req = Request {
+            format: Format::Anthropic,
+            raw: b"",
+            model_span: 0..0,
+            model: Cow::Borrowed("flux-auto"),
+            stream: true,
+            max_tokens: Some(1),
+            system: vec![text("You are Claude Code."), text("Be terse.")],
+            messages: vec![
+                Message { role: Role::User, content: vec![text("hi"), Block::Image(Image::Base64 {
+                    media_type: Cow::Borrowed("image/png"), data: Cow::Borrowed("AAAA") })] },
+                Message { role: Role::System, content: vec![text("env info")] },
+                Message { role: Role::Assistant, content: vec![
+                    Block::Thinking { text: Cow::Borrowed("hmm"), signature: Some(Cow::Borrowed("sig")) },
+                    Block::Thinking { text: Cow::Borrowed("unsigned"), signature: None },
+                    Block::RedactedThinking { data: Cow::Borrowed("red") },
+                    text("Reading."),
+                    Block::ToolCall { id: Cow::Borrowed("toolu_1"), name: Cow::Borrowed("Read"),
+                                      arguments: Arguments::Json(&input) },
+                ] },
+                Message { role: Role::User, content: vec![
+                    text("and then?"),
+                    Block::ToolResult { call_id: Cow::Borrowed("toolu_1"),
+                        content: vec![text("line 1"), text("line 2")], is_error: true, cache_control: None },
+                ] },
+            ],
+            tools: vec![
+                Tool { name: Cow::Borrowed("Read"), description: Some(Cow::Borrowed("reads")),
+                       parameters: Some(&schema), strict: None, other: None, cache_control: None },
+                Tool { name: Cow::Borrowed("web_search"), description: None, parameters: None,
+                       strict: None, other: Some(&web), cache_control: None },
+                Tool { name: Cow::Borrowed("Noop"), description: None, parameters: None,
+                       strict: Some(true), other: None, cache_control: None },
+            ],
+            tool_choice: Some(ToolChoice::Required),
+            parallel_tool_calls: Some(false),
+            temperature: None,
+            top_p: Some(0.5),
+            stop: vec![Cow::Borrowed("END")],
+            reasoning: Some(Reasoning::Budget(10_000)),
+            user: Some(Cow::Borrowed("{\"device_id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}")),
+            include_usage: false,
+            previous_response_id: None,
+            unknown: vec![],
+        };
+        let got: Value = serde_json::from_slice(&encode_request(&req, "gpt-5.4", true)).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "model": "gpt-5.4",
+                "instructions": "You are Claude Code.\n\nBe terse.",
+                "input": [
+                    {"type": "message", "role": "user", "content": [
+                        {"type": "input_text", "text": "hi"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "auto"}]},
+                    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "env info"}]},
+                    {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}], "encrypted_content": "sig"},
+                    {"type": "reasoning", "summary": [], "encrypted_content": "red"},
+                    {"type": "message", "role": "assistant", "content": [
+                        {"type": "output_text", "text": "Reading.", "annotations": []}]},
+                    {"type": "function_call", "call_id": "toolu_1", "name": "Read", "arguments": "{\"p\": \"x\"}"},
+                    {"type": "function_call_output", "call_id": "toolu_1", "output": "line 1\nline 2"},
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and then?"}]}
+                ],
+                "tools": [
+                    {"type": "function", "name": "Read", "description": "reads",
+                     "parameters": {"type": "object", "properties": {"p": {"type": "string"}}}, "strict": false},
+                    {"type": "function", "name": "Noop", "parameters": {"type": "object", "properties": {}}, "strict": true}
+                ],
+                "tool_choice": "required",
+                "parallel_tool_calls": false,
+                "max_output_tokens": 16,
+                "top_p": 0.5,
+                "reasoning": {"effort": "medium", "summary": "auto"},
+                "store": false,
+                "include": ["reasoning.encrypted_content"],
+                "stream": true
+            })
+        );
+    }
+
+    #[test]
+    fn plain_requests_encode_without_reasoning_or_tools() {
+        let raw = body(json!({"model": "m", "input": "hi", "tool_choice": "auto"}));
+        let req = parse_request(&raw).unwrap();
+        let got: Value = serde_json::from_slice(&encode_request(&req, "p", false)).unwrap();
+        assert_eq!(
+            got,
+            json!({"model": "p", "input": [{"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "hi"}]}],
+                   "store": false, "stream": false})
+        );
+    }
+
+    /// Parse, encode, parse again: the conversation survives.
+    #[test]
+    fn request_round_trip() {
+        let raw = body(json!({"model": "m", "stream": true, "instructions": "sys",
+        "max_output_tokens": 500, "parallel_tool_calls": true, "temperature": 0.3,
+        "reasoning": {"effort": "low"}, "tool_choice": "required",
+        "tools": [{"type": "function", "name": "f", "description": "d",
+                   "parameters": {"type": "object"}, "strict": false}],
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "dev"}]},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "q \"quoted\" \u{e9}"},
+                {"type": "input_image", "image_url": "https://x/y.png"}]},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "think"}], "encrypted_content": "enc"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"k\":1}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "out"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "more"}]}
+        ]}));
+        let first = parse_request(&raw).unwrap();
+        let encoded = encode_request(&first, "m", true);
+        let second = parse_request(&encoded).unwrap();
+        assert_eq!(
+            format!("{:?}", first.messages),
+            format!("{:?}", second.messages)
+        );
+        assert_eq!(
+            format!("{:?}", first.system),
+            format!("{:?}", second.system)
+        );
+        assert_eq!(format!("{:?}", first.tools), format!("{:?}", second.tools));
+        assert_eq!(first.tool_choice, second.tool_choice);
+        assert_eq!(first.reasoning, second.reasoning);
+        assert_eq!(first.max_tokens, second.max_tokens);
+        assert_eq!(first.temperature, second.temperature);
+        assert_eq!(first.parallel_tool_calls, second.parallel_tool_calls);
+        assert!(second.stream);
+    }
 }

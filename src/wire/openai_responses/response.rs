@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
-    ResponseObject, Status, UsageIn,
+    ResponseObject, Status, Str, UsageIn,
 };
 use crate::wire::ir::{Arguments, Block, Response, StopReason, Usage};
 
@@ -15,11 +15,11 @@ use crate::wire::ir::{Arguments, Block, Response, StopReason, Usage};
 #[derive(Deserialize, Default)]
 pub(super) struct RawResponse<'a> {
     #[serde(borrow, default)]
-    pub id: Option<Cow<'a, str>>,
+    pub id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    pub model: Option<Cow<'a, str>>,
+    pub model: Option<Str<'a>>,
     #[serde(borrow, default)]
-    pub status: Option<Cow<'a, str>>,
+    pub status: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub incomplete_details: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -45,6 +45,10 @@ struct ErrorBody<'a> {
 }
 
 impl<'a> RawResponse<'a> {
+    pub fn status(&self) -> Option<&str> {
+        self.status.as_ref().map(|s| s.0.as_ref())
+    }
+
     /// The usage it reports, if readable.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
@@ -55,7 +59,7 @@ impl<'a> RawResponse<'a> {
 
     /// The stop reason its status says, given whether the output called a function.
     pub fn stop(&self, called: bool) -> StopReason {
-        match self.status.as_deref() {
+        match self.status() {
             Some("incomplete") => {
                 let reason = self
                     .incomplete_details
@@ -99,9 +103,12 @@ impl<'a> RawResponse<'a> {
 
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
 pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err("the provider's Responses body is not a JSON object".to_string());
+    }
     let raw: RawResponse<'_> = serde_json::from_slice(body)
         .map_err(|e| format!("the provider's Responses body is not a response object: {e}"))?;
-    if raw.status.as_deref() == Some("failed") {
+    if raw.status() == Some("failed") {
         return Err(format!(
             "the provider's response failed: {}",
             raw.error_message()
@@ -156,8 +163,8 @@ pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
     Ok(Response {
         stop: raw.stop(called),
         usage: raw.usage().unwrap_or_default(),
-        id: raw.id.unwrap_or_default(),
-        model: raw.model.unwrap_or_default(),
+        id: raw.id.map(|s| s.0).unwrap_or_default(),
+        model: raw.model.map(|s| s.0).unwrap_or_default(),
         content,
     })
 }
@@ -225,4 +232,232 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
         usage: Some(&resp.usage),
     };
     serde_json::to_vec(&object).expect("a response always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/wire/openai_responses/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn text_of<'b>(b: &'b Block<'_>) -> &'b str {
+        match b {
+            Block::Text { text, .. } => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_a_text_body() {
+        let body = fixture("body_text.json");
+        let r = decode_response(&body).unwrap();
+        assert_eq!(r.id, "resp_body000000000000000000000000001");
+        assert!(matches!(r.id, Cow::Borrowed(_)));
+        assert_eq!(r.model, "gpt-5.4-2026-03-05");
+        assert_eq!(r.content.len(), 1);
+        assert_eq!(text_of(&r.content[0]), "Hello! How can I help?");
+        assert_eq!(r.stop, StopReason::EndTurn);
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 19,
+                output: 9,
+                ..Usage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_function_calls() {
+        let body = fixture("body_function_calls.json");
+        let r = decode_response(&body).unwrap();
+        assert_eq!(r.stop, StopReason::ToolUse);
+        let calls: Vec<(&str, &str, &str)> = r
+            .content
+            .iter()
+            .map(|b| match b {
+                Block::ToolCall {
+                    id,
+                    name,
+                    arguments: Arguments::Text(a),
+                } => (id.as_ref(), name.as_ref(), a.as_ref()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_P1", "get_weather", "{\"city\":\"Paris\"}"),
+                ("call_P2", "get_weather", "{\"city\":\"Tokyo\"}")
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_reasoning_and_cached_usage() {
+        let body = fixture("body_reasoning.json");
+        let r = decode_response(&body).unwrap();
+        assert!(matches!(
+            &r.content[0],
+            Block::Thinking { text, signature: Some(s) } if text == "First.\n\nSecond." && s == "gAAAAsig=="
+        ));
+        assert_eq!(text_of(&r.content[1]), "42");
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 2048,
+                cached_input: 1024,
+                cache_write: 0,
+                output: 300,
+                reasoning: 256
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_incomplete_and_refuses_failed() {
+        let body = fixture("body_incomplete.json");
+        assert_eq!(decode_response(&body).unwrap().stop, StopReason::MaxTokens);
+        let filtered = br#"{"id":"resp_1","status":"incomplete","incomplete_details":{"reason":"content_filter"},"output":[]}"#;
+        assert_eq!(
+            decode_response(filtered).unwrap().stop,
+            StopReason::ContentFilter
+        );
+        let failed =
+            br#"{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"boom"}}"#;
+        assert!(decode_response(failed).unwrap_err().contains("boom"));
+        assert!(decode_response(b"[]").is_err());
+        assert!(decode_response(b"{").is_err());
+        // Unknown items and odd fields are skipped, not errors.
+        let odd = br#"{"id":"r","model":"m","output":[{"type":"web_search_call","action":{}},7,
+            {"type":"message","content":[{"type":"output_text","text":5},{"type":"refusal","refusal":"no"}]},
+            {"type":"reasoning","summary":[]}],"usage":{"input_tokens":null}}"#;
+        let r = decode_response(odd).unwrap();
+        assert_eq!(r.content.len(), 1);
+        assert_eq!(text_of(&r.content[0]), "no");
+        assert_eq!(r.usage, Usage::default());
+    }
+
+    fn without_created_at(body: &[u8]) -> Value {
+        let mut v: Value = serde_json::from_slice(body).unwrap();
+        let created = v.as_object_mut().unwrap().remove("created_at").unwrap();
+        assert!(created.as_u64().unwrap() > 1_700_000_000);
+        v
+    }
+
+    #[test]
+    fn encodes_the_response_object() {
+        let schema = RawValue::from_string(r#"{"city": "Paris"}"#.into()).unwrap();
+        let resp = Response {
+            id: Cow::Borrowed("msg_01XyZ"),
+            model: Cow::Borrowed("claude-sonnet-4-6"),
+            content: vec![
+                Block::Thinking {
+                    text: Cow::Borrowed("hmm"),
+                    signature: Some(Cow::Borrowed("sig")),
+                },
+                Block::Text {
+                    text: Cow::Borrowed("Hello"),
+                    cache_control: None,
+                },
+                Block::Text {
+                    text: Cow::Borrowed(" again"),
+                    cache_control: None,
+                },
+                Block::ToolCall {
+                    id: Cow::Borrowed("toolu_1"),
+                    name: Cow::Borrowed("get_weather"),
+                    arguments: Arguments::Json(&schema),
+                },
+                Block::RedactedThinking {
+                    data: Cow::Borrowed("opaque"),
+                },
+            ],
+            stop: StopReason::ToolUse,
+            usage: Usage {
+                input: 100,
+                cached_input: 60,
+                cache_write: 10,
+                output: 30,
+                reasoning: 5,
+            },
+        };
+        let got = without_created_at(&encode_response(&resp));
+        assert_eq!(
+            got,
+            json!({
+                "id": "resp_01XyZ",
+                "object": "response",
+                "status": "completed",
+                "error": null,
+                "incomplete_details": null,
+                "instructions": null,
+                "max_output_tokens": null,
+                "model": "claude-sonnet-4-6",
+                "output": [
+                    {"type": "reasoning", "id": "rs_01XyZ_0",
+                     "summary": [{"type": "summary_text", "text": "hmm"}], "encrypted_content": "sig"},
+                    {"type": "message", "id": "msg_01XyZ_1", "status": "completed", "role": "assistant",
+                     "content": [{"type": "output_text", "text": "Hello", "annotations": []},
+                                 {"type": "output_text", "text": " again", "annotations": []}]},
+                    {"type": "function_call", "id": "fc_01XyZ_2", "call_id": "toolu_1",
+                     "name": "get_weather", "arguments": "{\"city\": \"Paris\"}", "status": "completed"},
+                    {"type": "reasoning", "id": "rs_01XyZ_3", "summary": [], "encrypted_content": "opaque"}
+                ],
+                "parallel_tool_calls": true,
+                "previous_response_id": null,
+                "store": false,
+                "temperature": null,
+                "tool_choice": "auto",
+                "tools": [],
+                "top_p": null,
+                "truncation": "disabled",
+                "usage": {"input_tokens": 100,
+                          "input_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 10},
+                          "output_tokens": 30,
+                          "output_tokens_details": {"reasoning_tokens": 5},
+                          "total_tokens": 130},
+                "user": null,
+                "metadata": {}
+            })
+        );
+    }
+
+    #[test]
+    fn encoded_responses_decode_back() {
+        for name in [
+            "body_text.json",
+            "body_function_calls.json",
+            "body_reasoning.json",
+            "body_incomplete.json",
+        ] {
+            let body = fixture(name);
+            let first = decode_response(&body).unwrap();
+            let encoded = encode_response(&first);
+            let v: Value = serde_json::from_slice(&encoded).unwrap();
+            // A resp_ id is kept as it is.
+            assert_eq!(v["id"], first.id.as_ref(), "{name}");
+            let again = decode_response(&encoded).unwrap();
+            assert_eq!(
+                format!("{:?}", (&again.content, again.stop, again.usage)),
+                format!("{:?}", (&first.content, first.stop, first.usage)),
+                "{name}"
+            );
+        }
+        // Incomplete keeps its reason.
+        let body = fixture("body_incomplete.json");
+        let v = without_created_at(&encode_response(&decode_response(&body).unwrap()));
+        assert_eq!(v["status"], "incomplete");
+        assert_eq!(
+            v["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use super::response::RawResponse;
 use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
-    ResponseObject, Status, SummaryPart, TextPart,
+    ResponseObject, Status, Str, SummaryPart, TextPart,
 };
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
@@ -217,7 +217,7 @@ impl StreamDecoder {
                 let r = ev.response.and_then(parse_response).unwrap_or_default();
                 self.start(Some(&r), out);
                 self.close_all(out);
-                if kind == "response.failed" || r.status.as_deref() == Some("failed") {
+                if kind == "response.failed" || r.status() == Some("failed") {
                     if !self.errored {
                         self.errored = true;
                         out.push(StreamEvent::Error {
@@ -255,7 +255,7 @@ impl StreamDecoder {
             return;
         }
         self.started = true;
-        let owned = |s: Option<&Cow<'_, str>>| s.map(|s| s.to_string()).unwrap_or_default();
+        let owned = |s: Option<&Str<'_>>| s.map(|s| s.0.to_string()).unwrap_or_default();
         out.push(StreamEvent::Start {
             id: owned(r.and_then(|r| r.id.as_ref())),
             model: owned(r.and_then(|r| r.model.as_ref())),
