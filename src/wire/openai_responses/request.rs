@@ -167,7 +167,7 @@ fn empty(why: &str) -> FluxError {
     )
 }
 
-/// The JSON type of a raw value, for messages.
+/// Whether a raw value is a JSON object (raw values start at their first token).
 fn is_object(v: &RawValue) -> bool {
     v.get().starts_with('{')
 }
