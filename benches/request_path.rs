@@ -1,16 +1,23 @@
-//! Per-request CPU work outside the network: parse + validate a chat body, run the flux-auto
-//! decision, rewrite the body for the provider. Bodies: a 1 KB chat and a ~50 KB coding-agent
-//! turn (a long system prompt plus tools, as Codex and Claude Code send).
+//! Per-request CPU work outside the network, with criterion:
+//! - parse + validate + features for each client format (1 KB chat, a ~50 KB agent turn, and
+//!   the captured Codex and Claude Code bodies), the flux-auto decision, the passthrough
+//!   rewrite;
+//! - translation of a ~50 KB request each way between formats (parse + encode);
+//! - a non-streamed response translated each way;
+//! - one stream event through the transcoder, for passthrough and each translated pair.
 //!
-//! `cargo bench --bench request_path` (plain timing loop: no extra dependency).
+//! `cargo bench --bench request_path` (`-- --quick` for a fast pass).
 
 use std::hint::black_box;
 use std::path::Path;
-use std::time::Instant;
 
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion};
 use fluxrouter::config::LanesFile;
 use fluxrouter::routing::{Requested, RouteTable};
-use fluxrouter::wire::openai_chat_old::ChatRequest;
+use fluxrouter::wire::ir::StreamMeta;
+use fluxrouter::wire::transcode::{self, StreamTranscoder};
+use fluxrouter::wire::Format;
 use serde_json::json;
 
 fn table() -> RouteTable {
@@ -19,7 +26,7 @@ fn table() -> RouteTable {
     RouteTable::compile(Path::new("lanes.yaml"), file, &|_| true).unwrap()
 }
 
-fn agent_body() -> Vec<u8> {
+fn agent_chat_body() -> Vec<u8> {
     let system = "You are a coding agent. Follow the repository's conventions. ".repeat(600);
     let tools: Vec<_> = (0..12)
         .map(|i| {
@@ -36,62 +43,133 @@ fn agent_body() -> Vec<u8> {
     .unwrap()
 }
 
-fn small_body() -> Vec<u8> {
+fn small_chat_body() -> Vec<u8> {
     let text = "lorem ipsum dolor sit amet ".repeat(36);
     serde_json::to_vec(&json!({"model": "flux-auto",
         "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]}))
     .unwrap()
 }
 
-fn time<F: FnMut()>(label: &str, iterations: u32, mut f: F) {
-    for _ in 0..iterations / 10 {
-        f();
-    }
-    let start = Instant::now();
-    for _ in 0..iterations {
-        f();
-    }
-    let per = start.elapsed().as_secs_f64() / iterations as f64;
-    println!("{label:<44} {:>10.2} us/op", per * 1e6);
+fn captured(file: &str) -> Vec<u8> {
+    let path = Path::new("tests/fixtures/clients").join(file);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    serde_json::to_vec(&v["body"]).unwrap()
 }
 
-fn main() {
+fn bodies() -> Vec<(&'static str, Format, Vec<u8>)> {
+    vec![
+        ("chat 1KB", Format::OpenAiChat, small_chat_body()),
+        ("chat 50KB agent", Format::OpenAiChat, agent_chat_body()),
+        (
+            "responses 45KB codex",
+            Format::OpenAiResponses,
+            captured("codex-0.169.0-3.json"),
+        ),
+        (
+            "anthropic 54KB claude-code",
+            Format::Anthropic,
+            captured("claude-code-2.1.330-4.json"),
+        ),
+    ]
+}
+
+fn request_path(c: &mut Criterion) {
     let routes = table();
-    let access = vec![
-        "express".to_string(),
-        "daily".to_string(),
-        "deep".to_string(),
-        "image".to_string(),
-    ];
-    for (name, body, n) in [
-        ("1 KB chat", small_body(), 20_000),
-        ("50 KB agent turn", agent_body(), 2_000),
-    ] {
-        println!("{name}: {} bytes", body.len());
-        let body = bytes::Bytes::from(body);
-        time("  parse + validate + features", n, || {
-            black_box(ChatRequest::parse(black_box(body.clone())).unwrap());
+    let access: Vec<String> = ["express", "daily", "deep", "image"]
+        .map(String::from)
+        .to_vec();
+    for (name, format, body) in bodies() {
+        c.bench_function(&format!("parse+features/{name}"), |b| {
+            b.iter(|| {
+                let r = transcode::parse_request(format, black_box(&body)).unwrap();
+                black_box(fluxrouter::routing::features(&r));
+            })
         });
-        let request = ChatRequest::parse(body.clone()).unwrap();
-        time(
-            "  flux-auto decision (cues + rules + eligibility)",
-            n * 5,
-            || {
-                let mut f = request.features;
-                routes.detect_cues(&request.last_user_text(), &mut f);
+        let request = transcode::parse_request(format, &body).unwrap();
+        c.bench_function(&format!("flux-auto decision/{name}"), |b| {
+            b.iter(|| {
+                let mut f = fluxrouter::routing::features(&request);
+                routes.detect_cues(&fluxrouter::routing::last_user_text(&request), &mut f);
                 black_box(
                     routes
                         .route(Requested::Auto, &f, access.as_slice())
                         .unwrap(),
                 );
-            },
-        );
-        time(
-            "  rewrite model (splice into the client's bytes)",
-            n,
-            || {
-                black_box(request.encode_for("gpt-4.1-mini"));
-            },
-        );
+            })
+        });
+        for provider in Format::ALL {
+            let label = if provider == format {
+                format!("rewrite passthrough/{name}")
+            } else {
+                format!("translate request/{name} -> {}", provider.label())
+            };
+            c.bench_function(&label, |b| {
+                b.iter(|| black_box(transcode::encode_request(provider, &request, "gpt-x")))
+            });
+        }
     }
 }
+
+/// A provider's non-streamed answer in each format, and one text event of its stream.
+fn provider_samples(format: Format) -> (Vec<u8>, &'static [u8], &'static [u8]) {
+    match format {
+        Format::OpenAiChat => (
+            serde_json::to_vec(&json!({"id":"chatcmpl-1","object":"chat.completion","created":1,
+                "model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],
+                "usage":{"prompt_tokens":900,"completion_tokens":9,"total_tokens":909}})).unwrap(),
+            b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"},\"finish_reason\":null}]}\n\n",
+        ),
+        Format::OpenAiResponses => (
+            serde_json::to_vec(&json!({"id":"resp_1","object":"response","created_at":1,"status":"completed","model":"m",
+                "output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hello there, how can I help you today?","annotations":[]}]}],
+                "usage":{"input_tokens":900,"input_tokens_details":{"cached_tokens":0},"output_tokens":9,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":909}})).unwrap(),
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"created_at\":1,\"status\":\"in_progress\",\"model\":\"m\",\"output\":[]}}\n\nevent: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_1\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}\n\nevent: response.content_part.added\ndata: {\"type\":\"response.content_part.added\",\"sequence_number\":2,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":3,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hello \"}\n\n",
+        ),
+        Format::Anthropic => (
+            serde_json::to_vec(&json!({"id":"msg_1","type":"message","role":"assistant","model":"m",
+                "content":[{"type":"text","text":"Hello there, how can I help you today?"}],"stop_reason":"end_turn","stop_sequence":null,
+                "usage":{"input_tokens":900,"output_tokens":9}})).unwrap(),
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":900,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello \"}}\n\n",
+        ),
+    }
+}
+
+fn responses_and_streams(c: &mut Criterion) {
+    let meta = StreamMeta {
+        estimated_input_tokens: 900,
+        include_usage: false,
+        created: 1,
+    };
+    for provider in Format::ALL {
+        let (body, opening, delta) = provider_samples(provider);
+        let body = bytes::Bytes::from(body);
+        for client in Format::ALL {
+            let pair = format!("{} -> {}", provider.label(), client.label());
+            c.bench_function(&format!("response/{pair}"), |b| {
+                b.iter(|| {
+                    black_box(
+                        transcode::translate_response(client, provider, black_box(body.clone()))
+                            .unwrap(),
+                    )
+                })
+            });
+            // One text event through a transcoder whose stream is already open.
+            let mut t = StreamTranscoder::new(client, provider, meta.clone());
+            let mut out = BytesMut::with_capacity(4096);
+            t.push(opening, &mut out).unwrap();
+            c.bench_function(&format!("stream event/{pair}"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    t.push(black_box(delta), &mut out).unwrap();
+                    black_box(&out);
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, request_path, responses_and_streams);
+criterion_main!(benches);

@@ -38,12 +38,24 @@ pub struct AccessLine<'a> {
     pub lane: Option<&'a str>,
     pub routed: Option<bool>,
     pub stream: bool,
+    /// The client's wire format, and the provider's (equal on passthrough).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_format: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_format: Option<&'a str>,
+    /// Top-level request fields dropped in translation (the provider's format has no place).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_fields: usize,
     pub attempts: u32,
     pub request_bytes: usize,
     pub response_bytes: usize,
     pub upstream_ttfb_ms: Option<f64>,
     pub duration_ms: f64,
     pub downstream_error: Option<&'a str>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 pub struct AccessLog {
@@ -157,6 +169,9 @@ mod tests {
             lane: Some("express"),
             routed: Some(true),
             stream: false,
+            client_format: Some("anthropic"),
+            provider_format: Some("openai"),
+            dropped_fields: 2,
             attempts: 1,
             request_bytes: 10,
             response_bytes: 20,

@@ -1,7 +1,8 @@
 //! Which endpoint a request path names, and for paths not served, what the caller likely
 //! got wrong (the mistakes from the troubleshooting guide).
 
-use crate::errors::{ErrorKind, FluxError, WireShape};
+use crate::errors::{ErrorKind, FluxError};
+use crate::wire::Format;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -11,6 +12,8 @@ pub enum Endpoint {
     AnthropicMessages,
     AnthropicCountTokens,
     Healthz,
+    /// `/`: Claude Code probes `HEAD /` when it starts.
+    Root,
 }
 
 impl Endpoint {
@@ -27,21 +30,37 @@ impl Endpoint {
             "/anthropic/v1/messages" => Endpoint::AnthropicMessages,
             "/anthropic/v1/messages/count_tokens" => Endpoint::AnthropicCountTokens,
             "/healthz" => Endpoint::Healthz,
+            "/" => Endpoint::Root,
             _ => return None,
         })
     }
 
-    pub fn method(self) -> &'static str {
+    /// The methods the endpoint answers, as an `Allow` header lists them.
+    pub fn allow(self) -> &'static str {
         match self {
-            Endpoint::Models | Endpoint::Healthz => "GET",
+            Endpoint::Healthz | Endpoint::Root => "GET, HEAD",
+            Endpoint::Models => "GET",
             _ => "POST",
         }
     }
 
-    pub fn shape(self) -> WireShape {
+    pub fn allows(self, method: &http::Method) -> bool {
         match self {
-            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => WireShape::Anthropic,
-            _ => WireShape::OpenAi,
+            Endpoint::Healthz | Endpoint::Root => {
+                method == http::Method::GET || method == http::Method::HEAD
+            }
+            Endpoint::Models => method == http::Method::GET,
+            _ => method == http::Method::POST,
+        }
+    }
+
+    /// The wire format the endpoint speaks (its error bodies too).
+    pub fn format(self) -> Format {
+        match self {
+            Endpoint::ChatCompletions => Format::OpenAiChat,
+            Endpoint::Responses => Format::OpenAiResponses,
+            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Format::Anthropic,
+            Endpoint::Models | Endpoint::Healthz | Endpoint::Root => Format::OpenAiChat,
         }
     }
 
@@ -54,6 +73,7 @@ impl Endpoint {
             Endpoint::AnthropicMessages => "anthropic_messages",
             Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
             Endpoint::Healthz => "healthz",
+            Endpoint::Root => "root",
         }
     }
 }
@@ -62,17 +82,17 @@ const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
 POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
 
-/// The error shape the client on this path reads.
-pub fn shape_for(path: &str) -> WireShape {
-    Endpoint::from_path(path).map_or_else(|| shape_for_unknown(path), Endpoint::shape)
+/// The format whose error body the client on this path reads.
+pub fn format_for(path: &str) -> Format {
+    Endpoint::from_path(path).map_or_else(|| format_for_unknown(path), Endpoint::format)
 }
 
-/// The error shape a client on an unknown path most likely reads.
-fn shape_for_unknown(path: &str) -> WireShape {
+/// The format a client on an unknown path most likely reads.
+fn format_for_unknown(path: &str) -> Format {
     if path.contains("messages") || path.starts_with("/anthropic") {
-        WireShape::Anthropic
+        Format::Anthropic
     } else {
-        WireShape::OpenAi
+        Format::OpenAiChat
     }
 }
 
@@ -145,7 +165,7 @@ mod tests {
             Some(Endpoint::AnthropicMessages)
         );
         assert_eq!(Endpoint::from_path("/healthz"), Some(Endpoint::Healthz));
-        assert_eq!(Endpoint::from_path("/"), None);
+        assert_eq!(Endpoint::from_path("/"), Some(Endpoint::Root));
         assert_eq!(Endpoint::from_path("/v1/v1/chat/completions"), None);
     }
 
@@ -169,9 +189,9 @@ mod tests {
                 "{path}: lists served paths"
             );
         }
-        assert_eq!(shape_for("/v1/messages"), WireShape::Anthropic);
-        assert_eq!(shape_for("/chat"), WireShape::OpenAi);
-        assert_eq!(shape_for("/anthropic/v1/messages"), WireShape::Anthropic);
-        assert_eq!(shape_for("/v1/chat/completions"), WireShape::OpenAi);
+        assert_eq!(format_for("/v1/messages"), Format::Anthropic);
+        assert_eq!(format_for("/chat"), Format::OpenAiChat);
+        assert_eq!(format_for("/anthropic/v1/messages"), Format::Anthropic);
+        assert_eq!(format_for("/v1/responses"), Format::OpenAiResponses);
     }
 }

@@ -1,20 +1,11 @@
 //! One error type for every failure a client can see.
 //!
-//! A [`FluxError`] knows its HTTP status, its stable `code`, whether a retry can help, and how
-//! to render itself in both wire shapes: OpenAI (`{"error":{"message","type","code"}}`) and
-//! Anthropic (`{"type":"error","error":{"type","message"}}`). Nothing here knows Pingora.
+//! A [`FluxError`] knows its HTTP status, its stable `code`, whether a retry can help, and its
+//! `type` name in both wire shapes; [`crate::wire::Format::error_body`] renders it for the
+//! client's format. Nothing here knows Pingora.
 
 use std::borrow::Cow;
 use std::fmt;
-
-use serde_json::json;
-
-/// Which error body shape the caller's API expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WireShape {
-    OpenAi,
-    Anthropic,
-}
 
 /// Every failure the gateway answers with. The variant fixes status and code; the message
 /// (carried by [`FluxError`]) says which case it is.
@@ -40,8 +31,6 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// 415: a request body encoding other than identity or gzip.
     UnsupportedEncoding,
-    /// 501: a documented endpoint this build does not serve yet.
-    NotImplemented,
     /// 502: no target in the chosen lane supports the request's shape.
     NoEligibleTarget,
     /// 502: every eligible target failed before a byte reached the client.
@@ -62,7 +51,6 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedEncoding => 415,
-            ErrorKind::NotImplemented => 501,
             ErrorKind::NoEligibleTarget | ErrorKind::UpstreamError => 502,
             ErrorKind::ServiceUnavailable => 503,
             ErrorKind::Internal => 500,
@@ -82,7 +70,6 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedEncoding => "unsupported_content_encoding",
-            ErrorKind::NotImplemented => "not_implemented",
             ErrorKind::NoEligibleTarget => "no_eligible_target",
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::ServiceUnavailable => "service_unavailable",
@@ -93,24 +80,12 @@ impl ErrorKind {
     /// OpenAI `error.type`. The error reference (seed 002) shows 401 as
     /// `invalid_request_error`, as OpenAI itself does.
     pub fn openai_type(self) -> &'static str {
-        match self.status() {
-            400 | 401 | 404 | 405 | 408 | 413 | 415 => "invalid_request_error",
-            403 => "permission_error",
-            _ => "server_error",
-        }
+        openai_type(self.status())
     }
 
     /// Anthropic `error.type`, from Anthropic's documented set.
     pub fn anthropic_type(self) -> &'static str {
-        match self.status() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            413 => "request_too_large",
-            429 => "rate_limit_error",
-            503 => "overloaded_error",
-            500..=599 => "api_error",
-            _ => "invalid_request_error",
-        }
+        anthropic_type(self.status())
     }
 
     /// Whether the same request can succeed if simply sent again. Sent to SDKs as
@@ -123,6 +98,31 @@ impl ErrorKind {
                 | ErrorKind::ServiceUnavailable
                 | ErrorKind::Internal
         )
+    }
+}
+
+/// OpenAI `error.type` for a status.
+pub fn openai_type(status: u16) -> &'static str {
+    match status {
+        400 | 401 | 404 | 405 | 408 | 413 | 415 | 422 => "invalid_request_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "server_error",
+    }
+}
+
+/// Anthropic `error.type` for a status, from Anthropic's documented set.
+pub fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
     }
 }
 
@@ -148,27 +148,6 @@ impl FluxError {
     pub fn code(&self) -> &'static str {
         self.kind.code()
     }
-
-    /// The JSON body in the caller's wire shape.
-    pub fn body(&self, shape: WireShape) -> Vec<u8> {
-        let value = match shape {
-            WireShape::OpenAi => json!({
-                "error": {
-                    "message": self.message,
-                    "type": self.kind.openai_type(),
-                    "code": self.kind.code(),
-                }
-            }),
-            WireShape::Anthropic => json!({
-                "type": "error",
-                "error": {
-                    "type": self.kind.anthropic_type(),
-                    "message": self.message,
-                }
-            }),
-        };
-        serde_json::to_vec(&value).expect("a JSON value always serializes")
-    }
 }
 
 impl fmt::Display for FluxError {
@@ -182,29 +161,6 @@ impl std::error::Error for FluxError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
-
-    #[test]
-    fn openai_shape_matches_the_error_reference() {
-        let err = FluxError::new(ErrorKind::InvalidApiKey, "Incorrect API key provided.");
-        let body: Value = serde_json::from_slice(&err.body(WireShape::OpenAi)).unwrap();
-        assert_eq!(err.status(), 401);
-        assert_eq!(
-            body,
-            json!({"error": {"message": "Incorrect API key provided.",
-                             "type": "invalid_request_error", "code": "invalid_api_key"}})
-        );
-    }
-
-    #[test]
-    fn anthropic_shape_has_top_level_type_error() {
-        let err = FluxError::new(ErrorKind::PayloadTooLarge, "too big");
-        let body: Value = serde_json::from_slice(&err.body(WireShape::Anthropic)).unwrap();
-        assert_eq!(body["type"], "error");
-        assert_eq!(body["error"]["type"], "request_too_large");
-        assert_eq!(body["error"]["message"], "too big");
-        assert_eq!(err.status(), 413);
-    }
 
     #[test]
     fn statuses_and_retryability_follow_the_reference() {

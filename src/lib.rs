@@ -16,5 +16,6 @@ pub mod routing;
 pub mod server;
 pub mod simulate;
 pub mod state;
+pub mod tokens;
 pub mod upstream;
 pub mod wire;

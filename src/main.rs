@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
+use fluxrouter::config::server::BaseUrl;
 use fluxrouter::config::{KeyStatus, KeysFile, ServerConfig};
 use fluxrouter::server::{self, RunOptions};
 use fluxrouter::state::{self, AppState};
@@ -236,7 +237,7 @@ fn demo(listen: SocketAddr) -> CliResult {
     config.server.pid_file = dir.join("fluxrouter.pid").display().to_string();
     config.server.upgrade_sock = dir.join("upgrade.sock").display().to_string();
     for (name, provider) in config.providers.iter_mut() {
-        provider.base_url = format!("http://{sim}/{name}/v1");
+        provider.base_url = BaseUrl::parse(&format!("http://{sim}/{name}/v1"))?;
         provider.api_key_env = None;
     }
     let (key, record) = fluxrouter::auth::new_key("demo", "payg", now());

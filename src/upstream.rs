@@ -16,85 +16,24 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
-use crate::config::server::{ProviderTimeouts, WireFormat};
+use crate::config::server::{BaseUrl, ProviderTimeouts};
 use crate::config::ServerConfig;
-
-/// A provider base URL, split once at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash, e.g. `/v1` or `/v1beta/openai` (may be empty).
-    pub path: String,
-}
-
-impl BaseUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("'{url}' must start with http:// or https://")),
-        };
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("'{url}' has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if uri.query().is_some() {
-            return Err(format!("'{url}' must not have a query string"));
-        }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl {
-            tls,
-            host,
-            port,
-            path,
-        })
-    }
-
-    /// The Host header: the port only when it is not the scheme's default.
-    pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match (self.tls, self.port) {
-            (true, 443) | (false, 80) => host,
-            (_, port) => format!("{host}:{port}"),
-        }
-    }
-
-    /// Map a client path (`/v1/chat/completions`) onto this base URL. The client's `/v1` is
-    /// replaced by the base path, so a base URL ending in `/v1` never yields `/v1/v1`.
-    pub fn upstream_path(&self, client_path: &str) -> String {
-        let rest = client_path.strip_prefix("/v1").unwrap_or(client_path);
-        if self.path.is_empty() {
-            format!("/v1{rest}")
-        } else {
-            format!("{}{rest}", self.path)
-        }
-    }
-}
+use crate::wire::{AuthHeader, Format, ANTHROPIC_VERSION};
 
 /// A configured provider, ready for requests.
 pub struct Provider {
     pub name: String,
-    pub format: WireFormat,
+    pub format: Format,
     pub base: BaseUrl,
     host_header: String,
+    /// Where requests go: the base path and the format's path, computed once.
+    path: String,
     /// None while the host cannot be resolved; attempts then fail over. Re-resolved in the
     /// background ([`Provider::refresh_address`]), so a provider's DNS change is followed.
     peer: ArcSwapOption<HttpPeer>,
-    /// `Bearer <key>` from the provider's environment variable.
-    authorization: Option<String>,
+    /// The key from the provider's environment variable, as the header its format wants
+    /// (`Authorization: Bearer …` or `x-api-key`), marked sensitive so it is never logged.
+    auth: Option<(http::HeaderName, http::HeaderValue)>,
     pub timeouts: ProviderTimeouts,
 }
 
@@ -105,7 +44,7 @@ impl std::fmt::Debug for Provider {
             .field("name", &self.name)
             .field("base", &self.base)
             .field("resolved", &self.peer.load().is_some())
-            .field("has_key", &self.authorization.is_some())
+            .field("has_key", &self.auth.is_some())
             .finish()
     }
 }
@@ -126,10 +65,16 @@ impl Providers {
         let mut warnings = Vec::new();
         let mut by_name = HashMap::new();
         for (name, p) in &config.providers {
-            let base = BaseUrl::parse(&p.base_url).expect("validated at load");
-            let authorization = match &p.api_key_env {
+            let base = p.base_url.clone();
+            let auth = match &p.api_key_env {
                 Some(var) => match env(var) {
-                    Some(key) if !key.is_empty() => Some(format!("Bearer {key}")),
+                    Some(key) if !key.is_empty() => match auth_header(p.format, &key) {
+                        Some(h) => Some(h),
+                        None => {
+                            warnings.push(format!("provider {name}: the key in {var} is not a valid header value; requests go without a key"));
+                            None
+                        }
+                    },
                     _ => {
                         warnings.push(format!("provider {name}: environment variable {var} is not set; requests go without a key"));
                         None
@@ -154,9 +99,10 @@ impl Providers {
                 name: name.clone(),
                 format: p.format,
                 host_header: base.authority(),
+                path: base.endpoint(p.format),
                 base,
                 peer: ArcSwapOption::new(peer),
-                authorization,
+                auth,
                 timeouts: p.timeouts.clone(),
             };
             by_name.insert(name.clone(), Arc::new(provider));
@@ -175,6 +121,25 @@ impl Providers {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.by_name.values()
     }
+}
+
+fn auth_header(format: Format, key: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let (name, value) = match format.auth_header() {
+        AuthHeader::Bearer => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+        AuthHeader::XApiKey => (http::HeaderName::from_static("x-api-key"), key.to_string()),
+    };
+    let mut value = http::HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
+/// What one attempt sends, besides what the provider's config fixes.
+pub struct Outgoing<'a> {
+    pub body: Bytes,
+    pub stream: bool,
+    /// The client's `anthropic-version` and `anthropic-beta`, for Anthropic-format providers.
+    pub anthropic_version: Option<&'a http::HeaderValue>,
+    pub anthropic_beta: Option<&'a http::HeaderValue>,
 }
 
 fn make_peer(addr: SocketAddr, base: &BaseUrl, t: &ProviderTimeouts) -> HttpPeer {
@@ -218,10 +183,9 @@ impl Provider {
     pub async fn send(
         &self,
         connector: &Connector,
-        client_path: &str,
-        body: Bytes,
-        stream: bool,
+        out: &Outgoing<'_>,
     ) -> Result<UpstreamResponse, AttemptFailure> {
+        let body = &out.body;
         let fail = |reason: String| AttemptFailure {
             provider: self.name.clone(),
             reason,
@@ -231,7 +195,7 @@ impl Provider {
             .load_full()
             .ok_or_else(|| fail(format!("address of {} not resolved", self.base.host)))?;
         let header = self
-            .request_header(client_path, body.len(), stream)
+            .request_header(out)
             .map_err(|e| fail(format!("building request: {e}")))?;
         // A pooled connection the provider already closed fails on first use; one fresh
         // connection is then tried before the attempt counts as failed.
@@ -276,20 +240,14 @@ impl Provider {
         }
     }
 
-    fn request_header(
-        &self,
-        client_path: &str,
-        len: usize,
-        stream: bool,
-    ) -> pingora::Result<RequestHeader> {
-        let path = self.base.upstream_path(client_path);
-        let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
+    fn request_header(&self, out: &Outgoing<'_>) -> pingora::Result<RequestHeader> {
+        let mut h = RequestHeader::build("POST", self.path.as_bytes(), Some(10))?;
         h.insert_header(http::header::HOST, &self.host_header)?;
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        h.insert_header(http::header::CONTENT_LENGTH, out.body.len().to_string())?;
         h.insert_header(
             http::header::ACCEPT,
-            if stream {
+            if out.stream {
                 "text/event-stream"
             } else {
                 "application/json"
@@ -301,15 +259,17 @@ impl Provider {
             http::header::USER_AGENT,
             concat!("fluxrouter/", env!("CARGO_PKG_VERSION")),
         )?;
-        if let Some(auth) = &self.authorization {
-            let mut value = http::HeaderValue::from_str(auth).map_err(|_| {
-                pingora::Error::explain(
-                    pingora::ErrorType::InternalError,
-                    "provider key is not a valid header value",
-                )
-            })?;
-            value.set_sensitive(true);
-            h.insert_header(http::header::AUTHORIZATION, value)?;
+        if let Some((name, value)) = &self.auth {
+            h.insert_header(name.clone(), value.clone())?;
+        }
+        if self.format == Format::Anthropic {
+            match out.anthropic_version {
+                Some(v) => h.insert_header("anthropic-version", v.clone())?,
+                None => h.insert_header("anthropic-version", ANTHROPIC_VERSION)?,
+            }
+            if let Some(beta) = out.anthropic_beta {
+                h.insert_header("anthropic-beta", beta.clone())?;
+            }
         }
         Ok(h)
     }
@@ -349,46 +309,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_urls_split_and_map_paths_without_doubling_v1() {
-        let b = BaseUrl::parse("https://api.openai.com/v1").unwrap();
+    fn each_format_gets_its_auth_header_marked_sensitive() {
+        let (name, value) = auth_header(Format::OpenAiChat, "k1").unwrap();
         assert_eq!(
-            (b.tls, b.port, b.authority()),
-            (true, 443, "api.openai.com".to_string())
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer k1")
         );
+        assert!(value.is_sensitive());
+        let (name, value) = auth_header(Format::OpenAiResponses, "k2").unwrap();
         assert_eq!(
-            b.upstream_path("/v1/chat/completions"),
-            "/v1/chat/completions"
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer k2")
         );
-
-        let b = BaseUrl::parse("https://generativelanguage.googleapis.com/v1beta/openai/").unwrap();
+        let (name, value) = auth_header(Format::Anthropic, "k3").unwrap();
         assert_eq!(
-            b.upstream_path("/v1/chat/completions"),
-            "/v1beta/openai/chat/completions"
+            (name.as_str(), value.to_str().unwrap()),
+            ("x-api-key", "k3")
         );
-
-        let b = BaseUrl::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            (b.tls, b.authority()),
-            (false, "127.0.0.1:9000".to_string())
-        );
-        assert_eq!(
-            b.upstream_path("/v1/chat/completions"),
-            "/v1/chat/completions"
-        );
-
-        let b = BaseUrl::parse("http://[::1]:9000/_sim/fail500/v1").unwrap();
-        assert_eq!(b.host, "::1");
-        assert_eq!(b.authority(), "[::1]:9000");
-        assert_eq!(
-            b.upstream_path("/v1/chat/completions"),
-            "/_sim/fail500/v1/chat/completions"
-        );
-    }
-
-    #[test]
-    fn bad_base_urls_are_rejected() {
-        assert!(BaseUrl::parse("ftp://x/v1").is_err());
-        assert!(BaseUrl::parse("api.openai.com/v1").is_err());
-        assert!(BaseUrl::parse("https://x/v1?key=1").is_err());
+        assert!(auth_header(Format::Anthropic, "bad\nkey").is_none());
     }
 }

@@ -321,7 +321,8 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
 async fn tool_calls_pass_through() {
     let flux = Flux::start().await;
     let body = json!({"model": "flux-auto", "messages": [{"role": "user", "content": "list files"}],
-                      "tools": [{"type": "function", "function": {"name": "ls", "parameters": {"type": "object"}}}]});
+                      "tools": [{"type": "function", "function": {"name": "ls", "parameters": {"type": "object"}}}],
+                      "tool_choice": "required"});
     let r = flux.chat(&body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-flux-lane"), "daily");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::wire::Format;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -88,20 +89,15 @@ impl Default for RequestLimits {
     }
 }
 
-/// The wire format a provider speaks. Only OpenAI Chat Completions is served by this build;
-/// the enum is where the Anthropic and Responses formats will join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WireFormat {
-    Openai,
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    pub format: WireFormat,
-    /// e.g. `https://api.openai.com/v1`; the client path after `/v1` is appended to its path.
-    pub base_url: String,
+    /// The wire format the provider speaks: `openai` (Chat Completions), `openai_responses`
+    /// or `anthropic`.
+    pub format: Format,
+    /// e.g. `https://api.openai.com/v1`; the format's path (`/chat/completions`,
+    /// `/responses`, `/messages`) is appended to it. Parsed once, here.
+    pub base_url: BaseUrl,
     /// The environment variable holding this provider's key (never the key itself).
     #[serde(default)]
     pub api_key_env: Option<String>,
@@ -137,6 +133,85 @@ pub struct PlanConfig {
     pub lanes: Vec<String>,
 }
 
+/// A provider base URL, split once at load.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1` or `/v1beta/openai` (may be empty).
+    pub path: String,
+}
+
+impl TryFrom<String> for BaseUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        BaseUrl::parse(&url)
+    }
+}
+
+impl From<BaseUrl> for String {
+    fn from(b: BaseUrl) -> String {
+        format!(
+            "{}://{}{}",
+            if b.tls { "https" } else { "http" },
+            b.authority(),
+            b.path
+        )
+    }
+}
+
+impl BaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("'{url}' must start with http:// or https://")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("'{url}' has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if uri.query().is_some() {
+            return Err(format!("'{url}' must not have a query string"));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok(BaseUrl {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// The Host header: the port only when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => host,
+            (_, port) => format!("{host}:{port}"),
+        }
+    }
+
+    /// The path a request of `format` goes to: the base path and the format's own path,
+    /// never the client's path (a client's trailing slash or query stays with the client).
+    pub fn endpoint(&self, format: Format) -> String {
+        format!("{}{}", self.path, format.provider_path())
+    }
+}
+
 impl ServerConfig {
     /// Parse and validate. Relative file paths are resolved against the config file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -170,9 +245,6 @@ impl ServerConfig {
             return err("providers".into(), "at least one provider is needed".into());
         }
         for (name, provider) in &self.providers {
-            if let Err(reason) = crate::upstream::BaseUrl::parse(&provider.base_url) {
-                return err(format!("providers.{name}.base_url"), reason);
-            }
             if let Some(var) = &provider.api_key_env {
                 if var.is_empty() || var.contains('=') {
                     return err(
@@ -205,6 +277,33 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn base_urls_split_and_name_each_format_path() {
+        let b = BaseUrl::parse("https://api.openai.com/v1").unwrap();
+        assert_eq!((b.tls, b.port), (true, 443));
+        assert_eq!(b.authority(), "api.openai.com");
+        assert_eq!(b.endpoint(Format::OpenAiChat), "/v1/chat/completions");
+        assert_eq!(b.endpoint(Format::OpenAiResponses), "/v1/responses");
+        let b = BaseUrl::parse("https://api.anthropic.com/v1/").unwrap();
+        assert_eq!(b.endpoint(Format::Anthropic), "/v1/messages");
+        let b = BaseUrl::parse("https://generativelanguage.googleapis.com/v1beta/openai/").unwrap();
+        assert_eq!(
+            b.endpoint(Format::OpenAiChat),
+            "/v1beta/openai/chat/completions"
+        );
+        let b = BaseUrl::parse("http://[::1]:9000/_sim/fail500/v1").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.authority()),
+            ("::1", "[::1]:9000".to_string())
+        );
+        assert_eq!(String::from(b.clone()), "http://[::1]:9000/_sim/fail500/v1");
+        let b = BaseUrl::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(b.endpoint(Format::OpenAiChat), "/chat/completions");
+        assert!(BaseUrl::parse("ftp://x/v1").is_err());
+        assert!(BaseUrl::parse("api.openai.com/v1").is_err());
+        assert!(BaseUrl::parse("https://x/v1?key=1").is_err());
+    }
+
     const MINIMAL: &str = r#"
 keys_file: keys.yaml
 lanes_file: ../lanes.yaml
@@ -235,7 +334,7 @@ plans:
     fn bad_values_name_the_field() {
         let text = MINIMAL.replace("http://127.0.0.1:9/v1", "ftp://x/v1");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
-        assert_eq!(e.field, "providers.sim.base_url");
+        assert!(e.reason.contains("must start with http"), "{e}");
 
         let text = MINIMAL.replace("format: openai", "format: smoke-signals");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();

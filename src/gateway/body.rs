@@ -41,7 +41,9 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
         // curl waits for this before sending bodies over 1 MB.
         session.write_continue_response().await?;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
+    // Memory follows the bytes that arrive, never the declared length: a client that
+    // declares 32 MiB and sends nothing reserves 64 KiB at most.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(64 * 1024));
     // Marked downstream, so a framing error answers 400 rather than 500.
     while let Some(chunk) = session
         .read_request_body()

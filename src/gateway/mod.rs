@@ -4,11 +4,13 @@
 //! the body, routes, and performs the upstream exchange itself, because Pingora's proxy path
 //! cannot carry bodies over 64 KiB nor hold the response header back (NOTES-pingora).
 //!
-//! accept -> request id -> path (403) -> auth (401) -> body (413/415) -> parse (400)
-//!   -> route (400/403/502) -> upstream with fallbacks (502) -> response or stream -> log
+//! accept -> request id -> path (403) -> auth (401) -> body (413/415)
+//!   -> parse the client's format into the IR (400) -> features -> route (400/403/502)
+//!   -> upstream exchange with fallbacks (502), translating when the provider's format differs
+//!   -> response or stream -> log
 
 mod body;
-mod forward;
+mod exchange;
 mod respond;
 
 use std::sync::atomic::Ordering;
@@ -25,11 +27,11 @@ use serde_json::json;
 use crate::access_log::AccessLine;
 use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
-use crate::errors::{ErrorKind, FluxError, WireShape};
+use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::routing::{Requested, AUTO_MODEL};
 use crate::state::AppState;
-use crate::wire::openai_chat_old::ChatRequest;
+use crate::wire::{transcode, Format};
 
 pub struct Gateway {
     state: Arc<AppState>,
@@ -57,6 +59,13 @@ pub struct RequestCtx {
     request_bytes: usize,
     upstream_ttfb: Option<Duration>,
     stream: bool,
+    /// The client's format, and the provider's when it differs (translated).
+    client_format: Option<Format>,
+    provider_format: Option<Format>,
+    /// Top-level fields dropped because the provider's format has no place for them.
+    dropped_fields: usize,
+    /// For a 405: the methods the path does answer.
+    allow: Option<&'static str>,
 }
 
 /// Why the pipeline stopped early: an answer for the client, or a broken downstream.
@@ -97,6 +106,10 @@ impl ProxyHttp for Gateway {
             request_bytes: 0,
             upstream_ttfb: None,
             stream: false,
+            client_format: None,
+            provider_format: None,
+            dropped_fields: 0,
+            allow: None,
         }
     }
 
@@ -119,7 +132,7 @@ impl ProxyHttp for Gateway {
         let body_timeout = self.state.config.limits.body_read_timeout_ms;
         session.set_read_timeout(Some(Duration::from_millis(body_timeout)));
         let path = session.req_header().uri.path().to_string();
-        let shape = endpoints::shape_for(&path);
+        let format = endpoints::format_for(&path);
         match self
             .handle(session, ctx, Endpoint::from_path(&path), &path)
             .await
@@ -128,7 +141,7 @@ impl ProxyHttp for Gateway {
             Err(Stop::Reply(err)) => {
                 ctx.status = err.status();
                 ctx.error_code = Some(err.code());
-                respond::send_error(session, &ctx.id, shape, &err).await?;
+                respond::send_error(session, &ctx.id, format, &err, ctx.allow).await?;
                 Ok(true)
             }
             // Pingora calls fail_to_proxy with it, which answers if the client can still hear.
@@ -162,10 +175,10 @@ impl ProxyHttp for Gateway {
             _ => "Internal error; retry, and quote the request id if it persists.",
         };
         let err = FluxError::new(kind, message);
-        let shape = endpoints::shape_for(session.req_header().uri.path());
+        let format = endpoints::format_for(session.req_header().uri.path());
         ctx.status = err.status();
         ctx.error_code = Some(err.code());
-        let _ = respond::send_error(session, &ctx.id, shape, &err).await;
+        let _ = respond::send_error(session, &ctx.id, format, &err, None).await;
         FailToProxy {
             error_code: err.status(),
             can_reuse_downstream: false,
@@ -223,6 +236,9 @@ impl ProxyHttp for Gateway {
             lane: ctx.lane.as_deref(),
             routed: ctx.routed,
             stream: ctx.stream,
+            client_format: ctx.client_format.map(Format::label),
+            provider_format: ctx.provider_format.map(Format::label),
+            dropped_fields: ctx.dropped_fields,
             attempts: ctx.attempts,
             request_bytes: ctx.request_bytes,
             response_bytes: session.body_bytes_sent(),
@@ -245,30 +261,34 @@ impl Gateway {
             return Err(endpoints::not_served(path).into());
         };
         ctx.endpoint = Some(endpoint.label());
-        if session.req_header().method.as_str() != endpoint.method() {
+        if !endpoint.allows(&session.req_header().method) {
+            ctx.allow = Some(endpoint.allow());
             return Err(FluxError::new(
                 ErrorKind::MethodNotAllowed,
-                format!("{path} accepts {} only.", endpoint.method()),
+                format!("{path} accepts {} only.", endpoint.allow()),
             )
             .into());
         }
-        if endpoint == Endpoint::Healthz {
+        if matches!(endpoint, Endpoint::Healthz | Endpoint::Root) {
             ctx.status = 200;
             let h = respond::header(200, &ctx.id)?;
-            respond::send_body(session, h, "text/plain", Bytes::from_static(b"ok\n")).await?;
+            let text: &'static [u8] = match endpoint {
+                Endpoint::Root => b"FluxRouter\n",
+                _ => b"ok\n",
+            };
+            respond::send_body(session, h, "text/plain", Bytes::from_static(text)).await?;
             return Ok(());
         }
         let account = self.authenticate(session, endpoint)?;
         ctx.key_id = Some(account.key_id.clone());
         match endpoint {
             Endpoint::Models => self.list_models(session, ctx, &account).await,
-            Endpoint::ChatCompletions => self.chat_completions(session, ctx, &account, path).await,
-            Endpoint::Responses | Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Err(FluxError::new(
-                ErrorKind::NotImplemented,
-                format!("{path} is not served by this FluxRouter build yet; use POST /v1/chat/completions."),
-            )
-            .into()),
-            Endpoint::Healthz => unreachable!("answered above"),
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::AnthropicMessages => {
+                self.generate(session, ctx, &account, endpoint.format())
+                    .await
+            }
+            Endpoint::AnthropicCountTokens => self.count_tokens(session, ctx).await,
+            Endpoint::Healthz | Endpoint::Root => unreachable!("answered above"),
         }
     }
 
@@ -279,7 +299,7 @@ impl Gateway {
     ) -> Result<Arc<Account>, FluxError> {
         let h = &session.req_header().headers;
         let x_api_key = h.get("x-api-key").map(|v| v.as_bytes());
-        let anthropic = endpoint.shape() == WireShape::Anthropic;
+        let anthropic = endpoint.format() == Format::Anthropic;
         let presented = crate::auth::presented_key(
             h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
             x_api_key,
@@ -329,28 +349,47 @@ impl Gateway {
         Ok(())
     }
 
-    async fn chat_completions(
+    /// The three generation endpoints: one pipeline whatever the client's format.
+    async fn generate(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         account: &Account,
-        path: &str,
+        client: Format,
     ) -> Result<(), Stop> {
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
         ctx.request_bytes = raw.len();
-        let request = ChatRequest::parse(raw)?;
-        ctx.original_model = Some(request.model.clone());
+        ctx.client_format = Some(client);
+        let request = transcode::parse_request(client, &raw)?;
+        ctx.original_model = Some(request.model.to_string());
         ctx.stream = request.stream;
 
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let routes = self.state.routes.load_full();
         let requested = routes.resolve(&request.model)?;
-        let mut features = request.features;
+        let mut features = crate::routing::features(&request);
         if requested == Requested::Auto {
-            routes.detect_cues(&request.last_user_text(), &mut features);
+            routes.detect_cues(&crate::routing::last_user_text(&request), &mut features);
         }
         let route = routes.route(requested, &features, account.lanes.as_slice())?;
         ctx.lane = Some(routes.lane(route.lane).name.clone());
-        forward::forward(&self.state, session, ctx, &routes, &route, &request, path).await
+        exchange::run(&self.state, session, ctx, &routes, &route, &request).await
+    }
+
+    /// `count_tokens`: counted here with the shipped tokenizer, never forwarded or billed.
+    async fn count_tokens(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Stop> {
+        let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
+        ctx.request_bytes = raw.len();
+        ctx.client_format = Some(Format::Anthropic);
+        let request = transcode::parse_request(Format::Anthropic, &raw)?;
+        ctx.original_model = Some(request.model.to_string());
+        // The model must be one the gateway knows, as for a real request.
+        self.state.routes.load().resolve(&request.model)?;
+        let tokens = crate::tokens::count_request(&request);
+        let body = serde_json::to_vec(&json!({ "input_tokens": tokens })).expect("JSON value");
+        ctx.status = 200;
+        let h = respond::header(200, &ctx.id)?;
+        respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
+        Ok(())
     }
 }

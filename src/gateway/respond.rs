@@ -4,9 +4,10 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::errors::{FluxError, WireShape};
+use crate::errors::FluxError;
 use crate::headers;
 use crate::routing::{ModelId, Route, RouteTable};
+use crate::wire::Format;
 
 /// A response header with the request id and its mirrors, as every response has.
 pub fn header(status: u16, request_id: &str) -> pingora::Result<ResponseHeader> {
@@ -66,14 +67,18 @@ pub async fn send_body(
     Ok(())
 }
 
-/// Write an error in the caller's wire shape.
+/// Write an error in the caller's wire format (`allow` lists the methods for a 405).
 pub async fn send_error(
     session: &mut Session,
     request_id: &str,
-    shape: WireShape,
+    format: Format,
     err: &FluxError,
+    allow: Option<&'static str>,
 ) -> pingora::Result<()> {
     let mut h = header(err.status(), request_id)?;
+    if let Some(allow) = allow {
+        h.insert_header(http::header::ALLOW, allow)?;
+    }
     h.insert_header(
         headers::SHOULD_RETRY,
         if err.kind.retryable() {
@@ -82,5 +87,6 @@ pub async fn send_error(
             "false"
         },
     )?;
-    send_body(session, h, "application/json", Bytes::from(err.body(shape))).await
+    let body = format.error_body(err, request_id);
+    send_body(session, h, "application/json", Bytes::from(body)).await
 }

@@ -6,8 +6,10 @@
 //! 2. for flux-auto, the ordered rules pick a lane from the request's [`Features`];
 //! 3. the lane's chain (default, then fallbacks) is filtered to the eligible targets.
 
+pub mod features;
 mod table;
 
+pub use features::{features, last_user_text};
 pub use table::{Lane, LaneId, Model, ModelId, RouteTable, Rule};
 
 use crate::config::Capability;

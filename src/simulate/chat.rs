@@ -1,90 +1,79 @@
-//! The simulated model: turns an OpenAI Chat Completions request into a
-//! deterministic reply, and renders that reply as a JSON completion or as the
-//! server-sent events of a stream.
+//! OpenAI Chat Completions: the request parser and the renderers of the
+//! simulated reply (a `chat.completion` object, or `chat.completion.chunk`
+//! events ending with `data: [DONE]`).
 //!
 //! Everything here is pure (no I/O, no clock), so tests can predict every byte.
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-/// How many words of the user's last message the reply echoes back.
-const ECHOED_WORDS: usize = 8;
-/// Text bytes an image part is counted as, whatever its size.
-const IMAGE_PART_BYTES: u64 = 85;
-/// Per-message overhead in the prompt token count.
-const TOKENS_PER_MESSAGE: u64 = 4;
-/// Completion tokens reported for a tool call.
-const TOOL_CALL_TOKENS: u64 = 5;
-/// Model name used when a request names none.
-pub const DEFAULT_MODEL: &str = "sim-model";
+use super::model::{
+    asks_for_cache, json_bytes, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
+    ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
+};
 
-pub const TOOL_CALL_ID: &str = "call_sim_1";
-pub const TOOL_CALL_ARGUMENTS: &str = r#"{"sim":true}"#;
+/// Reads a request body; the error is a message for a 400 response.
+pub fn parse(body: &Value) -> Result<SimInput, String> {
+    let object = body
+        .as_object()
+        .ok_or("request body must be a JSON object")?;
+    let messages = match object.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => messages,
+        Some(Value::Array(_)) => return Err("'messages' must not be empty".into()),
+        Some(_) => return Err("'messages' must be an array".into()),
+        None => return Err("missing required parameter: 'messages'".into()),
+    };
 
-/// The parts of a chat completions request the simulator acts on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatRequest {
-    pub model: String,
-    pub stream: bool,
-    pub include_usage: bool,
-    /// The smaller of `max_tokens` and `max_completion_tokens`, when either is given.
-    pub max_tokens: Option<u64>,
-    /// The function to "call" instead of answering with text, when tools apply.
-    pub tool_to_call: Option<String>,
-    /// Text of the last message whose role is `user` (text parts joined by a space).
-    pub last_user_text: Option<String>,
-    pub prompt_tokens: u64,
-}
-
-impl ChatRequest {
-    /// Reads a request body; the error is a message for a 400 response.
-    pub fn from_json(body: &Value) -> Result<ChatRequest, String> {
-        let object = body
-            .as_object()
-            .ok_or("request body must be a JSON object")?;
-        let messages = match object.get("messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => messages,
-            Some(Value::Array(_)) => return Err("'messages' must not be empty".into()),
-            Some(_) => return Err("'messages' must be an array".into()),
-            None => return Err("missing required parameter: 'messages'".into()),
-        };
-
-        let mut prompt_tokens = 0;
-        let mut last_user_text = None;
-        for message in messages {
-            let (text, text_bytes) = content_text(&message["content"]);
-            prompt_tokens += TOKENS_PER_MESSAGE + text_bytes.div_ceil(4);
-            if message["role"] == "user" {
-                last_user_text = Some(text);
-            }
+    let mut count = PromptCount::default();
+    let mut last_user_text = None;
+    for message in messages {
+        let (text, mut bytes) = content_text(&message["content"]);
+        if let Some(calls) = message["tool_calls"].as_array() {
+            bytes += calls
+                .iter()
+                .map(|call| json_bytes(&call["function"]["arguments"]))
+                .sum::<u64>();
         }
-
-        let last_role = messages.last().and_then(|m| m["role"].as_str());
-        let tool_to_call = if last_role == Some("tool") {
-            // The conversation already carries a tool result: answer with text,
-            // as a real model would, instead of looping on tool calls forever.
-            None
-        } else {
-            choose_tool(&body["tools"], &body["tool_choice"])
-        };
-
-        let max_tokens = ["max_tokens", "max_completion_tokens"]
-            .iter()
-            .filter_map(|key| body[*key].as_u64())
-            .min();
-
-        Ok(ChatRequest {
-            model: body["model"].as_str().unwrap_or(DEFAULT_MODEL).to_owned(),
-            stream: body["stream"].as_bool().unwrap_or(false),
-            include_usage: body["stream_options"]["include_usage"]
-                .as_bool()
-                .unwrap_or(false),
-            max_tokens,
-            tool_to_call,
-            last_user_text,
-            prompt_tokens,
-        })
+        count.add_message(bytes, 0);
+        if message["role"] == "user" {
+            last_user_text = Some(text);
+        }
     }
+
+    let last = messages.last();
+    let tool_result = last
+        .filter(|message| message["role"] == "tool")
+        .map(|message| content_text(&message["content"]).0);
+
+    let max_tokens = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|key| body[*key].as_u64())
+        .min();
+    let cached_tokens = if asks_for_cache(last_user_text.as_deref()) {
+        count.tokens / 2
+    } else {
+        0
+    };
+    let thinking = match &body["reasoning_effort"] {
+        Value::String(effort) => effort != "none",
+        _ => false,
+    };
+
+    Ok(SimInput {
+        model: body["model"].as_str().unwrap_or(DEFAULT_MODEL).to_owned(),
+        stream: body["stream"].as_bool().unwrap_or(false),
+        include_usage: body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false),
+        max_tokens,
+        last_user_text,
+        prompt_tokens: count.tokens,
+        cached_tokens,
+        tools: offered_tools(&body["tools"]),
+        tool_choice: tool_choice(&body["tool_choice"]),
+        tool_result,
+        thinking,
+    })
 }
 
 /// The text of a message's `content` and the byte count used for its prompt tokens.
@@ -101,7 +90,7 @@ fn content_text(content: &Value) -> (String, u64) {
                         bytes += text.len() as u64;
                         texts.push(text);
                     }
-                    Some("image_url") => bytes += IMAGE_PART_BYTES,
+                    Some("image_url" | "input_audio" | "file") => bytes += IMAGE_PART_BYTES,
                     _ => {}
                 }
             }
@@ -111,147 +100,82 @@ fn content_text(content: &Value) -> (String, u64) {
     }
 }
 
-/// The function tool to call: the one `tool_choice` names if it is offered,
-/// otherwise the first function tool; none when `tool_choice` is `"none"`.
-fn choose_tool(tools: &Value, tool_choice: &Value) -> Option<String> {
-    if tool_choice == "none" {
-        return None;
-    }
-    let offered: Vec<&str> = tools
-        .as_array()?
+/// The names of the offered function tools, in order.
+fn offered_tools(tools: &Value) -> Vec<String> {
+    let Some(tools) = tools.as_array() else {
+        return Vec::new();
+    };
+    tools
         .iter()
         .filter(|tool| tool["type"] == "function")
         .filter_map(|tool| tool["function"]["name"].as_str())
-        .collect();
-    let named = tool_choice["function"]["name"].as_str();
-    let chosen = named
-        .filter(|name| offered.contains(name))
-        .or_else(|| offered.first().copied())?;
-    Some(chosen.to_owned())
+        .map(str::to_owned)
+        .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyContent {
-    /// Text, as the pieces a stream sends one by one (each word keeps its following space).
-    Text(Vec<String>),
-    /// A call to the named function with [`TOOL_CALL_ARGUMENTS`].
-    ToolCall(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub content: ReplyContent,
-    pub finish_reason: &'static str,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-impl Reply {
-    pub fn for_request(request: &ChatRequest) -> Reply {
-        if let Some(name) = &request.tool_to_call {
-            return Reply {
-                content: ReplyContent::ToolCall(name.clone()),
-                finish_reason: "tool_calls",
-                prompt_tokens: request.prompt_tokens,
-                completion_tokens: TOOL_CALL_TOKENS,
-            };
-        }
-
-        let echoed: Vec<&str> = request
-            .last_user_text
-            .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(ECHOED_WORDS)
-            .collect();
-        let text = if echoed.is_empty() {
-            format!("Hello from {}.", request.model)
-        } else {
-            format!(
-                "Hello from {}. You said: {}",
-                request.model,
-                echoed.join(" ")
-            )
-        };
-
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let last = words.len() - 1;
-        let mut pieces: Vec<String> = words
-            .iter()
-            .enumerate()
-            .map(|(i, word)| {
-                if i < last {
-                    format!("{word} ")
-                } else {
-                    (*word).to_owned()
-                }
-            })
-            .collect();
-
-        let mut finish_reason = "stop";
-        if let Some(limit) = request.max_tokens {
-            if limit < pieces.len() as u64 {
-                pieces.truncate(limit as usize);
-                finish_reason = "length";
-            }
-        }
-
-        Reply {
-            completion_tokens: pieces.len() as u64,
-            content: ReplyContent::Text(pieces),
-            finish_reason,
-            prompt_tokens: request.prompt_tokens,
-        }
-    }
-
-    /// How many generation steps the reply takes; `slow` mode paces a
-    /// non-streamed answer by this many delays.
-    pub fn steps(&self) -> usize {
-        match &self.content {
-            ReplyContent::Text(pieces) => pieces.len(),
-            // The tool call header and its arguments.
-            ReplyContent::ToolCall(_) => 2,
-        }
-    }
-
-    fn usage_json(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
+fn tool_choice(choice: &Value) -> ToolChoice {
+    match choice {
+        Value::String(mode) if mode == "none" => ToolChoice::Never,
+        Value::String(mode) if mode == "required" => ToolChoice::Required,
+        Value::Object(_) => match choice["function"]["name"].as_str() {
+            Some(name) => ToolChoice::Named(name.to_owned()),
+            None => ToolChoice::Auto,
+        },
+        _ => ToolChoice::Auto,
     }
 }
 
-/// The fields every response object of one completion shares.
-#[derive(Debug, Clone, Copy)]
-pub struct Envelope<'a> {
-    pub id: &'a str,
-    pub created: u64,
-    pub model: &'a str,
+pub fn tool_call_id(index: usize) -> String {
+    format!("call_sim_{}", index + 1)
+}
+
+fn finish_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::ToolCalls => "tool_calls",
+    }
+}
+
+fn usage_json(reply: &Reply) -> Value {
+    json!({
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+    })
 }
 
 /// The body of a non-streamed response.
 pub fn completion_json(reply: &Reply, envelope: Envelope<'_>) -> Value {
-    let message = match &reply.content {
+    let mut message = match &reply.content {
         ReplyContent::Text(pieces) => json!({"role": "assistant", "content": pieces.concat()}),
-        ReplyContent::ToolCall(name) => json!({
-            "role": "assistant",
-            "content": null,
-            "tool_calls": [{
-                "id": TOOL_CALL_ID,
-                "type": "function",
-                "function": {"name": name, "arguments": TOOL_CALL_ARGUMENTS},
-            }],
-        }),
+        ReplyContent::ToolCalls(calls) => {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(index, call)| {
+                    json!({
+                        "id": tool_call_id(index),
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    })
+                })
+                .collect();
+            json!({"role": "assistant", "content": null, "tool_calls": calls})
+        }
     };
+    if let Some(thinking) = &reply.thinking {
+        message["reasoning_content"] = json!(thinking.text());
+    }
     json!({
         "id": envelope.id,
         "object": "chat.completion",
         "created": envelope.created,
         "model": envelope.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-        "usage": reply.usage_json(),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reply.finish)}],
+        "usage": usage_json(reply),
     })
 }
 
@@ -271,56 +195,84 @@ pub fn stream_events(reply: &Reply, envelope: Envelope<'_>, include_usage: bool)
     };
 
     let mut chunks = Vec::new();
+    let mut role_sent = false;
+    if let Some(thinking) = &reply.thinking {
+        chunks.push(delta(
+            json!({"role": "assistant", "content": null, "reasoning_content": ""}),
+            Value::Null,
+        ));
+        role_sent = true;
+        for piece in &thinking.pieces {
+            chunks.push(delta(json!({"reasoning_content": piece}), Value::Null));
+        }
+    }
     match &reply.content {
         ReplyContent::Text(pieces) => {
-            chunks.push(delta(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            ));
+            if !role_sent {
+                chunks.push(delta(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                ));
+            }
             for piece in pieces {
                 chunks.push(delta(json!({"content": piece}), Value::Null));
             }
         }
-        ReplyContent::ToolCall(name) => {
-            // As OpenAI does: the first delta names the call with empty arguments,
+        ReplyContent::ToolCalls(calls) => {
+            // As OpenAI does: a call's first delta names it with empty arguments,
             // the arguments follow in later deltas of the same index.
-            chunks.push(delta(
-                json!({
-                    "role": "assistant",
-                    "content": null,
+            for (index, call) in calls.iter().enumerate() {
+                let mut head = json!({
                     "tool_calls": [{
-                        "index": 0,
-                        "id": TOOL_CALL_ID,
+                        "index": index,
+                        "id": tool_call_id(index),
                         "type": "function",
-                        "function": {"name": name, "arguments": ""},
+                        "function": {"name": call.name, "arguments": ""},
                     }],
-                }),
-                Value::Null,
-            ));
-            chunks.push(delta(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": TOOL_CALL_ARGUMENTS}}]}),
-                Value::Null,
-            ));
+                });
+                if !role_sent {
+                    head["role"] = json!("assistant");
+                    head["content"] = Value::Null;
+                    role_sent = true;
+                }
+                chunks.push(delta(head, Value::Null));
+                chunks.push(delta(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}),
+                    Value::Null,
+                ));
+            }
         }
     }
-    chunks.push(delta(json!({}), json!(reply.finish_reason)));
+    chunks.push(delta(json!({}), json!(finish_reason(reply.finish))));
     if include_usage {
         let mut usage_chunk = chunk(json!([]));
-        usage_chunk["usage"] = reply.usage_json();
+        usage_chunk["usage"] = usage_json(reply);
         chunks.push(usage_chunk);
     }
 
-    let mut events: Vec<Bytes> = chunks
-        .iter()
-        .map(|chunk| Bytes::from(format!("data: {chunk}\n\n")))
-        .collect();
+    let mut events: Vec<Bytes> = chunks.iter().map(data_event).collect();
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     events
+}
+
+fn data_event(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// An error body in OpenAI's shape (Chat and Responses share it).
+pub fn error_json(error_type: &str, code: &str, message: &str) -> Value {
+    json!({"error": {"message": message, "type": error_type, "param": null, "code": code}})
+}
+
+/// The in-stream error a Chat stream ends with (no `[DONE]` follows it).
+pub fn error_event(message: &str) -> Bytes {
+    data_event(&error_json("server_error", "sim_error_event", message))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulate::model::{ToolCall, DEFAULT_TOOL_ARGUMENTS};
 
     const ENVELOPE: Envelope<'static> = Envelope {
         id: "chatcmpl-sim-1",
@@ -328,15 +280,16 @@ mod tests {
         model: "m",
     };
 
-    fn request(body: Value) -> ChatRequest {
-        ChatRequest::from_json(&body).expect("valid request")
+    fn request(body: Value) -> SimInput {
+        parse(&body).expect("valid request")
+    }
+
+    fn reply(body: Value) -> Reply {
+        Reply::for_input(&request(body))
     }
 
     fn text_of(reply: &Reply) -> String {
-        match &reply.content {
-            ReplyContent::Text(pieces) => pieces.concat(),
-            other => panic!("expected text, got {other:?}"),
-        }
+        reply.text().expect("a text reply")
     }
 
     /// Parses `data: <json>\n\n` events back into JSON (`None` for `[DONE]`).
@@ -354,16 +307,24 @@ mod tests {
             .collect()
     }
 
+    fn deltas(events: &[Option<Value>]) -> Vec<Value> {
+        events
+            .iter()
+            .flatten()
+            .filter_map(|e| e["choices"].get(0).map(|c| c["delta"].clone()))
+            .collect()
+    }
+
     #[test]
     fn reply_echoes_first_eight_words_with_deterministic_usage() {
-        let request = request(json!({
+        let body = json!({
             "model": "gpt-x",
             "messages": [
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": "one two three four five six seven eight nine ten"},
             ],
-        }));
-        let reply = Reply::for_request(&request);
+        });
+        let reply = reply(body.clone());
         assert_eq!(
             text_of(&reply),
             "Hello from gpt-x. You said: one two three four five six seven eight"
@@ -371,14 +332,23 @@ mod tests {
         // "be brief" = 8 bytes -> 4 + 2; the user text = 48 bytes -> 4 + 12.
         assert_eq!(reply.prompt_tokens, 6 + 16);
         assert_eq!(reply.completion_tokens, 13);
-        assert_eq!(reply.finish_reason, "stop");
+        assert_eq!(reply.finish, Finish::Stop);
+        assert_eq!(reply.thinking, None);
         // Determinism: the same request gives the same reply.
-        assert_eq!(reply, Reply::for_request(&request));
+        assert_eq!(reply, self::reply(body));
 
         let body = completion_json(&reply, ENVELOPE);
-        assert_eq!(body["usage"]["total_tokens"], 35);
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 22, "completion_tokens": 13, "total_tokens": 35,
+                   "prompt_tokens_details": {"cached_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0}})
+        );
         assert_eq!(body["choices"][0]["finish_reason"], "stop");
         assert_eq!(body["object"], "chat.completion");
+        assert!(body["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
     }
 
     #[test]
@@ -393,13 +363,11 @@ mod tests {
         // 5 text bytes + 85 for the image = 90 bytes -> 23 tokens, plus 4.
         assert_eq!(request.prompt_tokens, 27);
         assert_eq!(
-            text_of(&Reply::for_request(&request)),
+            text_of(&Reply::for_input(&request)),
             "Hello from vision. You said: abcde"
         );
 
-        let silent =
-            self::request(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]}));
-        let reply = Reply::for_request(&silent);
+        let reply = reply(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]}));
         assert_eq!(text_of(&reply), "Hello from m.");
         assert_eq!(reply.completion_tokens, 3);
     }
@@ -407,46 +375,47 @@ mod tests {
     #[test]
     fn max_tokens_truncates_with_length_finish() {
         for key in ["max_tokens", "max_completion_tokens"] {
-            let request = request(json!({
+            let reply = reply(json!({
                 "model": "m",
                 "messages": [{"role": "user", "content": "a b c"}],
                 key: 3,
             }));
-            let reply = Reply::for_request(&request);
             assert_eq!(
                 reply.content,
                 ReplyContent::Text(vec!["Hello ".into(), "from ".into(), "m. ".into()])
             );
             assert_eq!(reply.completion_tokens, 3);
-            assert_eq!(reply.finish_reason, "length");
+            assert_eq!(reply.finish, Finish::Length);
+            assert_eq!(
+                completion_json(&reply, ENVELOPE)["choices"][0]["finish_reason"],
+                "length"
+            );
         }
         // A limit that is not smaller than the reply leaves it whole.
-        let request = request(json!({
+        let reply = reply(json!({
             "model": "m",
             "messages": [{"role": "user", "content": "a"}],
             "max_tokens": 7,
         }));
-        let reply = Reply::for_request(&request);
-        assert_eq!(reply.finish_reason, "stop");
+        assert_eq!(reply.finish, Finish::Stop);
         assert_eq!(reply.completion_tokens, 6);
     }
 
     #[test]
     fn rejects_bodies_without_messages() {
-        assert!(ChatRequest::from_json(&json!({"model": "m"})).is_err());
-        assert!(ChatRequest::from_json(&json!({"model": "m", "messages": "hi"})).is_err());
-        assert!(ChatRequest::from_json(&json!({"model": "m", "messages": []})).is_err());
-        assert!(ChatRequest::from_json(&json!([1, 2])).is_err());
+        assert!(parse(&json!({"model": "m"})).is_err());
+        assert!(parse(&json!({"model": "m", "messages": "hi"})).is_err());
+        assert!(parse(&json!({"model": "m", "messages": []})).is_err());
+        assert!(parse(&json!([1, 2])).is_err());
     }
 
     #[test]
     fn stream_events_are_framed_like_openai() {
-        let request = request(json!({
+        let reply = reply(json!({
             "model": "m",
             "stream": true,
             "messages": [{"role": "user", "content": "hi there"}],
         }));
-        let reply = Reply::for_request(&request);
         let events = parse_events(&stream_events(&reply, ENVELOPE, false));
         let pieces = reply.completion_tokens as usize;
         // role chunk, one chunk per piece, finish chunk, [DONE].
@@ -454,6 +423,7 @@ mod tests {
         let first = events[0].as_ref().unwrap();
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["id"], "chatcmpl-sim-1");
+        assert_eq!(first["created"], 1700000000);
         assert_eq!(
             first["choices"][0]["delta"],
             json!({"role": "assistant", "content": ""})
@@ -487,13 +457,15 @@ mod tests {
             "messages": [{"role": "user", "content": "hi"}],
         }));
         assert!(request.include_usage);
-        let reply = Reply::for_request(&request);
+        let reply = Reply::for_input(&request);
         let events = parse_events(&stream_events(&reply, ENVELOPE, true));
         let usage_chunk = events[events.len() - 2].as_ref().unwrap();
         assert_eq!(usage_chunk["choices"], json!([]));
         assert_eq!(
             usage_chunk["usage"],
-            json!({"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11})
+            json!({"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11,
+                   "prompt_tokens_details": {"cached_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 0}})
         );
         assert_eq!(
             events
@@ -505,20 +477,44 @@ mod tests {
         assert!(events.last().unwrap().is_none(), "[DONE] comes last");
     }
 
-    #[test]
-    fn tools_produce_a_tool_call() {
-        let tools = json!([
+    fn tools() -> Value {
+        json!([
             {"type": "retrieval"},
             {"type": "function", "function": {"name": "get_weather", "parameters": {}}},
             {"type": "function", "function": {"name": "get_time"}},
-        ]);
+        ])
+    }
+
+    #[test]
+    fn tools_alone_get_a_text_answer() {
         let request = request(json!({
             "model": "m",
             "messages": [{"role": "user", "content": "weather?"}],
-            "tools": tools,
+            "tools": tools(),
+            "tool_choice": "auto",
         }));
-        let reply = Reply::for_request(&request);
-        assert_eq!(reply.content, ReplyContent::ToolCall("get_weather".into()));
+        assert_eq!(request.tools, ["get_weather", "get_time"]);
+        assert_eq!(
+            text_of(&Reply::for_input(&request)),
+            "Hello from m. You said: weather?"
+        );
+    }
+
+    #[test]
+    fn required_tool_choice_calls_the_first_tool() {
+        let reply = reply(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "weather?"}],
+            "tools": tools(),
+            "tool_choice": "required",
+        }));
+        assert_eq!(
+            reply.content,
+            ReplyContent::ToolCalls(vec![ToolCall {
+                name: "get_weather".into(),
+                arguments: DEFAULT_TOOL_ARGUMENTS.into()
+            }])
+        );
         assert_eq!(reply.completion_tokens, 5);
 
         let body = completion_json(&reply, ENVELOPE);
@@ -533,7 +529,9 @@ mod tests {
 
         let events = parse_events(&stream_events(&reply, ENVELOPE, false));
         assert_eq!(events.len(), 4);
-        let head = &events[0].as_ref().unwrap()["choices"][0]["delta"]["tool_calls"][0];
+        let head = &events[0].as_ref().unwrap()["choices"][0]["delta"];
+        assert_eq!(head["role"], "assistant");
+        let head = &head["tool_calls"][0];
         assert_eq!(head["id"], "call_sim_1");
         assert_eq!(head["type"], "function");
         assert_eq!(
@@ -549,44 +547,166 @@ mod tests {
         );
 
         // A named tool_choice picks that tool.
-        let named = self::request(json!({
+        let named = self::reply(json!({
             "model": "m",
             "messages": [{"role": "user", "content": "time?"}],
-            "tools": tools,
+            "tools": tools(),
             "tool_choice": {"type": "function", "function": {"name": "get_time"}},
         }));
-        assert_eq!(named.tool_to_call.as_deref(), Some("get_time"));
+        let ReplyContent::ToolCalls(calls) = named.content else {
+            panic!("a tool call")
+        };
+        assert_eq!(calls[0].name, "get_time");
+    }
+
+    #[test]
+    fn directives_call_tools_in_parallel_and_with_exact_arguments() {
+        let reply = reply(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "both [sim:parallel]"}],
+            "tools": tools(),
+        }));
+        let body = completion_json(&reply, ENVELOPE);
+        let calls = &body["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls[0]["id"], "call_sim_1");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[1]["id"], "call_sim_2");
+        assert_eq!(calls[1]["function"]["name"], "get_time");
+        assert_eq!(body["usage"]["completion_tokens"], 10);
+
+        let events = parse_events(&stream_events(&reply, ENVELOPE, false));
+        let deltas = deltas(&events);
+        let indexes: Vec<u64> = deltas
+            .iter()
+            .filter_map(|d| d["tool_calls"][0]["index"].as_u64())
+            .collect();
+        assert_eq!(indexes, [0, 0, 1, 1]);
+        assert_eq!(deltas[2]["tool_calls"][0]["id"], "call_sim_2");
+        assert!(deltas[2].get("role").is_none(), "the role comes once");
+
+        let reply = self::reply(json!({
+            "model": "m",
+            "messages": [{"role": "user",
+                          "content": r#"go [sim:call get_time {"zone": "UTC", "at": [1, 2]}]"#}],
+            "tools": tools(),
+        }));
+        assert_eq!(
+            reply.content,
+            ReplyContent::ToolCalls(vec![ToolCall {
+                name: "get_time".into(),
+                arguments: r#"{"zone":"UTC","at":[1,2]}"#.into()
+            }])
+        );
+        // A tool that is not offered is not called.
+        let reply = self::reply(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "[sim:call rm {}]"}],
+            "tools": tools(),
+        }));
+        assert!(reply.text().is_some());
     }
 
     #[test]
     fn no_tool_call_when_disabled_or_answering_a_tool_result() {
-        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         let none = request(json!({
             "model": "m",
-            "messages": [{"role": "user", "content": "x"}],
-            "tools": tools,
+            "messages": [{"role": "user", "content": "x [sim:tool]"}],
+            "tools": tools(),
             "tool_choice": "none",
         }));
-        assert_eq!(none.tool_to_call, None);
-        let after_tool = request(json!({
+        assert_eq!(none.tool_choice, ToolChoice::Never);
+        assert!(Reply::for_input(&none).text().is_some());
+        let after_tool = reply(json!({
             "model": "m",
             "messages": [
-                {"role": "user", "content": "x"},
-                {"role": "assistant", "content": null, "tool_calls": []},
-                {"role": "tool", "tool_call_id": "call_sim_1", "content": "42"},
+                {"role": "user", "content": "x [sim:tool]"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_sim_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"sim\":true}"}}]},
+                {"role": "tool", "tool_call_id": "call_sim_1", "content": "sunny and warm today"},
             ],
-            "tools": tools,
+            "tools": tools(),
+            "tool_choice": "required",
         }));
-        assert_eq!(after_tool.tool_to_call, None);
         assert_eq!(
-            text_of(&Reply::for_request(&after_tool)),
-            "Hello from m. You said: x"
+            text_of(&after_tool),
+            "Hello from m. The tool said: sunny and warm today"
         );
-        let empty_tools = request(json!({
+        // 12 + 12 (the arguments) + 20 bytes of text: 4+3, 4+3, 4+5.
+        assert_eq!(after_tool.prompt_tokens, 23);
+        let empty_tools = reply(json!({
             "model": "m",
-            "messages": [{"role": "user", "content": "x"}],
+            "messages": [{"role": "user", "content": "x [sim:tool]"}],
             "tools": [],
         }));
-        assert_eq!(empty_tools.tool_to_call, None);
+        assert!(empty_tools.text().is_some());
+    }
+
+    #[test]
+    fn reasoning_effort_streams_reasoning_content_first() {
+        let reply = reply(json!({
+            "model": "m",
+            "reasoning_effort": "low",
+            "messages": [{"role": "user", "content": "why is the sky blue"}],
+        }));
+        let thinking = reply.thinking.as_ref().expect("thinking");
+        assert_eq!(thinking.text(), "Thinking about: why is the sky blue");
+        assert_eq!(reply.reasoning_tokens, 7);
+        assert_eq!(reply.completion_tokens, 7 + 10);
+
+        let body = completion_json(&reply, ENVELOPE);
+        let message = &body["choices"][0]["message"];
+        assert_eq!(
+            message["reasoning_content"],
+            "Thinking about: why is the sky blue"
+        );
+        assert_eq!(
+            body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            7
+        );
+
+        let deltas = deltas(&parse_events(&stream_events(&reply, ENVELOPE, false)));
+        assert_eq!(
+            deltas[0],
+            json!({"role": "assistant", "content": null, "reasoning_content": ""})
+        );
+        let reasoning: String = deltas
+            .iter()
+            .filter_map(|d| d["reasoning_content"].as_str())
+            .collect();
+        assert_eq!(reasoning, "Thinking about: why is the sky blue");
+        assert_eq!(deltas[1]["reasoning_content"], "Thinking ");
+        assert_eq!(deltas[8]["content"], "Hello ");
+
+        let none = self::reply(json!({
+            "model": "m",
+            "reasoning_effort": "none",
+            "messages": [{"role": "user", "content": "x"}],
+        }));
+        assert_eq!(none.thinking, None);
+    }
+
+    #[test]
+    fn cached_directive_reports_half_the_prompt() {
+        let reply = reply(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "0123456789abcdef [sim:cached]"}],
+        }));
+        // 29 bytes -> 4 + 8 tokens.
+        assert_eq!(reply.prompt_tokens, 12);
+        assert_eq!(reply.cached_tokens, 6);
+        let body = completion_json(&reply, ENVELOPE);
+        assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 6);
+    }
+
+    #[test]
+    fn error_event_has_the_openai_shape() {
+        let event = error_event("boom");
+        assert_eq!(
+            &event[..],
+            br#"data: {"error":{"message":"boom","type":"server_error","param":null,"code":"sim_error_event"}}
+
+"#
+        );
     }
 }

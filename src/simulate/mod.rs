@@ -1,20 +1,48 @@
-//! A simulated OpenAI-compatible provider, for demo mode, integration tests and
-//! benchmarks: it answers Chat Completions deterministically (streamed or not),
-//! can fail on request in the ways real upstreams do, and records what it
-//! received so tests can assert what the gateway sent upstream.
+//! A simulated LLM provider, for demo mode, integration tests and benchmarks. It
+//! speaks the three provider formats, streamed or not, deterministically; it can
+//! fail on request in the ways real upstreams do; and it records what it received
+//! so tests can assert what the gateway sent upstream.
 //!
-//! Routes (the provider routes match on the path suffix, so any base-URL prefix works):
-//! - `POST …/chat/completions`, `GET …/models`
-//! - `GET /healthz`
-//! - `GET /_sim/requests` (the recorded requests), `DELETE /_sim/requests` (clears them)
+//! Routes (the provider routes match on the path suffix, so any base-URL prefix
+//! works, and the query string is ignored):
+//! - `POST …/chat/completions` (OpenAI Chat Completions, `chat.rs`)
+//! - `POST …/responses` (OpenAI Responses, `responses.rs`)
+//! - `POST …/messages` (Anthropic Messages, `anthropic.rs`)
+//! - `GET …/models`, `GET /healthz`
+//! - `GET /_sim/requests` (the recorded requests: method, path, query, headers, `auth`
+//!   (the credential headers that arrived, with their keys), body), `DELETE /_sim/requests`
 //!
-//! Failure modes are chosen with a `/_sim/<mode>/` path segment or a
-//! `[sim:<mode>]` directive in the last user message (see `mode.rs`).
+//! Each format's parser reduces its request to one [`model::SimInput`]; the shared
+//! [`model::Reply`] answers "Hello from {model}. You said: <first 8 words of the last
+//! user text>" (or "… The tool said: <first 8 words>" when the conversation ends with
+//! a tool result), and each format renders it in its official grammar. The reply:
+//! - calls a tool only when asked: a forcing `tool_choice` (Chat `"required"`/named,
+//!   Responses `"required"`/named, Anthropic `any`/`tool`) or a directive in the last
+//!   user text: `[sim:tool]` (the first offered tool, arguments `{"sim":true}`),
+//!   `[sim:parallel]` (the first two, in one turn), `[sim:call NAME {json}]` (NAME,
+//!   when offered, with exactly these arguments). Never in answer to a tool result,
+//!   and never just because tools are offered (real clients always offer many);
+//! - starts with thinking ("Thinking about: <words>", with a deterministic signature)
+//!   when asked: Anthropic `thinking` enabled/adaptive, Responses `reasoning`, Chat
+//!   `reasoning_effort`;
+//! - reports cached prompt tokens: Anthropic, the blocks carrying `cache_control`;
+//!   Responses, the system/developer/instructions text when `prompt_cache_key` is set;
+//!   Chat, half the prompt when `[sim:cached]` is in the text.
+//!
+//! Modes, chosen with a `/_sim/<mode>/` path segment or a `[sim:<mode>]` directive in
+//! the last user text (see `mode.rs`), apply to every format, with its error shape:
+//! `fail500`, `fail503`, `fail429` (with `retry-after: 1`), `fail401`, `slow`,
+//! `slow=<ms>`, `cut` (aborts a stream in the middle of an event's bytes), `cut-clean`
+//! (aborts it between events), `error-event` (ends a stream with the format's in-stream
+//! error event; a 500 when not streamed), `refuse`, `hang`.
 
+mod anthropic;
 mod body;
 mod chat;
 mod mode;
+mod model;
 mod recording;
+mod responses;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,8 +63,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use body::{Disconnect, SimBody, StreamItem};
-use chat::{ChatRequest, Envelope, Reply};
 use mode::{mode_in_path, mode_in_text, SimMode};
+use model::{Envelope, Reply, SimInput};
 use recording::Recorder;
 
 /// Largest request body accepted; gateway tests send bodies of several MB.
@@ -56,6 +84,8 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 const BACKGROUND_WORKER_THREADS: usize = 2;
 
 const RECORDING_PATH: &str = "/_sim/requests";
+/// The message of an `error-event` stream's error.
+const SIMULATED_STREAM_ERROR: &str = "simulated error in the middle of the stream";
 const MODEL_ID: &str = "sim-model";
 
 /// Serve the simulator on an already-bound listener until the process exits.
@@ -200,31 +230,33 @@ impl Simulator {
                 json!({"cleared": cleared}).to_string(),
             ));
         }
-        if method == Method::POST && path.ends_with("/chat/completions") {
-            return self.chat_completions(request).await;
+        if method == Method::POST {
+            if let Some(api) = Api::for_path(&path) {
+                return self.completion(api, request).await;
+            }
         }
         if method == Method::GET && path.ends_with("/models") {
             return self.models(&path).await;
         }
         Ok(error_response(
             StatusCode::NOT_FOUND,
-            "invalid_request_error",
             "not_found",
             &format!("no route for {method} {path}"),
         ))
     }
 
-    async fn chat_completions(
+    /// Answers one generation request in `api`'s format.
+    async fn completion(
         &self,
+        api: Api,
         request: Request<Incoming>,
     ) -> Result<Response<SimBody>, Disconnect> {
         let (head, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BODY_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(err) if err.is::<LengthLimitError>() => {
-                return Ok(error_response(
+                return Ok(api.error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request_error",
                     "body_too_large",
                     &format!("request body exceeds {MAX_REQUEST_BODY_BYTES} bytes"),
                 ));
@@ -239,33 +271,38 @@ impl Simulator {
         // including to an upstream that then failed.
         self.recorder.record(&head, &body, parsed.as_ref());
 
-        let chat = match &parsed {
-            Some(json) => ChatRequest::from_json(json),
+        let input = match &parsed {
+            Some(json) => api.parse(json),
             None => Err("request body is not valid JSON".to_owned()),
         };
-        let mode_name = mode_in_path(head.uri.path()).or_else(|| {
-            let chat = chat.as_ref().ok()?;
-            mode_in_text(chat.last_user_text.as_deref()?)
-        });
-        let mode = match mode_name {
-            None => None,
+        let mode = match mode_in_path(head.uri.path()) {
             Some(name) => match SimMode::parse(name) {
                 Some(mode) => Some(mode),
-                None => return Ok(unknown_mode_response(name)),
+                None => return Ok(api.unknown_mode_response(name)),
             },
+            None => {
+                let text = input
+                    .as_ref()
+                    .ok()
+                    .and_then(|i| i.last_user_text.as_deref());
+                match text.map(mode_in_text) {
+                    None | Some(Ok(None)) => None,
+                    Some(Ok(Some(mode))) => Some(mode),
+                    Some(Err(name)) => return Ok(api.unknown_mode_response(name)),
+                }
+            }
         };
         // An asked-for failure wins even over an invalid request: the simulated
         // upstream fails before it looks at the body.
-        let streamed = chat.as_ref().is_ok_and(|chat| chat.stream);
-        if let Some(outcome) = self.failure_outcome(mode, streamed).await {
+        let streamed = input.as_ref().is_ok_and(|input| input.stream);
+        if let Some(outcome) = self.failure_outcome(api, mode, streamed).await {
             return outcome;
         }
-        let chat = match chat {
-            Ok(chat) => chat,
+        let input = match input {
+            Ok(input) => input,
             Err(message) => {
-                return Ok(error_response(
+                return Ok(api.error_response(
                     StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
                     "invalid_request",
                     &message,
                 ));
@@ -276,22 +313,22 @@ impl Simulator {
             Some(SimMode::Slow(delay)) => delay,
             _ => self.chunk_delay,
         };
-        let reply = Reply::for_request(&chat);
+        let reply = Reply::for_input(&input);
         let id = format!(
-            "chatcmpl-sim-{}",
+            "{}{}",
+            api.id_prefix(),
             self.completions.fetch_add(1, Ordering::Relaxed) + 1
         );
         let envelope = Envelope {
             id: &id,
             created: unix_seconds(),
-            model: &chat.model,
+            model: &input.model,
         };
 
-        if chat.stream {
-            let events = chat::stream_events(&reply, envelope, chat.include_usage);
-            let cut_after =
-                (mode == Some(SimMode::Cut)).then(|| events_sent_before_cut(events.len()));
-            return Ok(event_stream_response(events, delay, cut_after));
+        if input.stream {
+            let events = api.stream_events(&reply, envelope, &input);
+            let (events, cut) = shape_stream(api, events, mode);
+            return Ok(event_stream_response(events, delay, cut));
         }
         // A non-streamed answer takes as long as the stream it stands for.
         if !delay.is_zero() {
@@ -300,7 +337,7 @@ impl Simulator {
         }
         Ok(json_response(
             StatusCode::OK,
-            chat::completion_json(&reply, envelope).to_string(),
+            api.response_json(&reply, envelope).to_string(),
         ))
     }
 
@@ -311,10 +348,10 @@ impl Simulator {
             None => None,
             Some(name) => match SimMode::parse(name) {
                 Some(mode) => Some(mode),
-                None => return Ok(unknown_mode_response(name)),
+                None => return Ok(Api::Chat.unknown_mode_response(name)),
             },
         };
-        if let Some(outcome) = self.failure_outcome(mode, false).await {
+        if let Some(outcome) = self.failure_outcome(Api::Chat, mode, false).await {
             return outcome;
         }
         if let Some(SimMode::Slow(delay)) = mode {
@@ -331,13 +368,17 @@ impl Simulator {
     /// request is answered (perhaps slowly, or cut mid-stream by the caller).
     async fn failure_outcome(
         &self,
+        api: Api,
         mode: Option<SimMode>,
         streamed: bool,
     ) -> Option<Result<Response<SimBody>, Disconnect>> {
         match mode? {
-            SimMode::Fail(status) => Some(Ok(upstream_failure_response(status))),
+            SimMode::Fail(status) => Some(Ok(api.failure_response(status))),
+            SimMode::ErrorEvent if !streamed => {
+                Some(Ok(api.failure_response(StatusCode::INTERNAL_SERVER_ERROR)))
+            }
             SimMode::Refuse => Some(Err(Disconnect("refuse"))),
-            SimMode::Cut if !streamed => Some(Err(Disconnect("cut"))),
+            SimMode::Cut { .. } if !streamed => Some(Err(Disconnect("cut"))),
             SimMode::Hang => {
                 // hyper drops this future when the client disconnects, so the
                 // sleep only runs its course for a client that stays forever.
@@ -345,7 +386,7 @@ impl Simulator {
                 tokio::time::sleep(HANG_LIMIT).await;
                 Some(Err(Disconnect("hang")))
             }
-            SimMode::Cut | SimMode::Slow(_) => None,
+            SimMode::Cut { .. } | SimMode::ErrorEvent | SimMode::Slow(_) => None,
         }
     }
 }
@@ -366,21 +407,41 @@ impl Drop for HangingRequest<'_> {
     }
 }
 
-/// How many events a `cut` stream sends: half of them, but at least the role
-/// chunk and one content chunk, and never all (the `[DONE]` is always lost).
+/// How many whole events a `cut` or `error-event` stream sends: half of them,
+/// but at least two, and never all (the end of the stream is always lost).
 fn events_sent_before_cut(total: usize) -> usize {
-    (total / 2).max(2).min(total - 1)
+    (total / 2).max(2).min(total.saturating_sub(1))
+}
+
+/// Applies a stream-shaping mode to a stream's events: `cut` keeps the first
+/// events and the first half of the next one's bytes (then the connection is
+/// aborted: the returned flag), `cut-clean` stops after whole events, and
+/// `error-event` ends the kept events with the format's error event.
+fn shape_stream(api: Api, mut events: Vec<Bytes>, mode: Option<SimMode>) -> (Vec<Bytes>, bool) {
+    let sent = events_sent_before_cut(events.len());
+    match mode {
+        Some(SimMode::Cut { mid_event }) => {
+            let next = events.get(sent).cloned();
+            events.truncate(sent);
+            if let Some(next) = next.filter(|_| mid_event) {
+                events.push(next.slice(..next.len() / 2));
+            }
+            (events, true)
+        }
+        Some(SimMode::ErrorEvent) => {
+            events.truncate(sent);
+            events.push(api.error_event(SIMULATED_STREAM_ERROR, sent));
+            (events, false)
+        }
+        _ => (events, false),
+    }
 }
 
 /// A 200 `text/event-stream` response whose events a spawned task feeds in,
-/// `delay` apart; with `cut_after`, the stream is aborted after that many events.
-fn event_stream_response(
-    events: Vec<Bytes>,
-    delay: Duration,
-    cut_after: Option<usize>,
-) -> Response<SimBody> {
+/// `delay` apart; with `cut`, the connection is aborted after the last event.
+fn event_stream_response(events: Vec<Bytes>, delay: Duration, cut: bool) -> Response<SimBody> {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
-    tokio::spawn(produce_events(sender, events, delay, cut_after));
+    tokio::spawn(produce_events(sender, events, delay, cut));
     Response::builder()
         .header(CONTENT_TYPE, "text/event-stream")
         .header(CACHE_CONTROL, "no-cache")
@@ -392,10 +453,9 @@ async fn produce_events(
     sender: mpsc::Sender<StreamItem>,
     events: Vec<Bytes>,
     delay: Duration,
-    cut_after: Option<usize>,
+    cut: bool,
 ) {
-    let count = cut_after.unwrap_or(events.len());
-    for (index, event) in events.into_iter().take(count).enumerate() {
+    for (index, event) in events.into_iter().enumerate() {
         if index > 0 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -403,7 +463,7 @@ async fn produce_events(
             return; // The client went away; hyper dropped the body.
         }
     }
-    if cut_after.is_some() {
+    if cut {
         // hyper throws away bytes it has buffered but not yet flushed when the
         // body errors in the same write pass. It flushes as soon as the channel
         // runs dry, so wait until every queued event has been taken (all the
@@ -426,39 +486,134 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<SimBody
         .expect("static response parts are valid")
 }
 
-/// An error in OpenAI's shape: `{"error":{"message","type","code"}}`.
-fn error_response(
-    status: StatusCode,
-    error_type: &str,
-    code: &str,
-    message: &str,
-) -> Response<SimBody> {
-    let body = json!({"error": {"message": message, "type": error_type, "code": code}});
-    json_response(status, body.to_string())
+/// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`,
+/// for the routes that belong to no format.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<SimBody> {
+    Api::Chat.error_response(status, code, message)
 }
 
-fn upstream_failure_response(status: StatusCode) -> Response<SimBody> {
-    let mut response = error_response(
-        status,
-        "server_error",
-        "sim_fail",
-        "simulated upstream failure",
-    );
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+/// The wire format a generation route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// OpenAI Chat Completions, `POST …/chat/completions`.
+    Chat,
+    /// OpenAI Responses, `POST …/responses`.
+    Responses,
+    /// Anthropic Messages, `POST …/messages`.
+    Anthropic,
+}
+
+impl Api {
+    fn for_path(path: &str) -> Option<Api> {
+        if path.ends_with("/chat/completions") {
+            Some(Api::Chat)
+        } else if path.ends_with("/responses") {
+            Some(Api::Responses)
+        } else if path.ends_with("/messages") {
+            Some(Api::Anthropic)
+        } else {
+            None
+        }
     }
-    response
-}
 
-fn unknown_mode_response(name: &str) -> Response<SimBody> {
-    error_response(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "unknown_sim_mode",
-        &format!("unknown simulator mode '{name}'"),
-    )
+    fn parse(self, body: &Value) -> Result<SimInput, String> {
+        match self {
+            Api::Chat => chat::parse(body),
+            Api::Responses => responses::parse(body),
+            Api::Anthropic => anthropic::parse(body),
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Api::Chat => "chatcmpl-sim-",
+            Api::Responses => "resp_sim_",
+            Api::Anthropic => "msg_sim_",
+        }
+    }
+
+    fn response_json(self, reply: &Reply, envelope: Envelope<'_>) -> Value {
+        match self {
+            Api::Chat => chat::completion_json(reply, envelope),
+            Api::Responses => responses::response_json(reply, envelope),
+            Api::Anthropic => anthropic::message_json(reply, envelope),
+        }
+    }
+
+    fn stream_events(self, reply: &Reply, envelope: Envelope<'_>, input: &SimInput) -> Vec<Bytes> {
+        match self {
+            Api::Chat => chat::stream_events(reply, envelope, input.include_usage),
+            Api::Responses => responses::stream_events(reply, envelope),
+            Api::Anthropic => anthropic::stream_events(reply, envelope),
+        }
+    }
+
+    /// The format's in-stream error event, after `sent` events.
+    fn error_event(self, message: &str, sent: usize) -> Bytes {
+        match self {
+            Api::Chat => chat::error_event(message),
+            Api::Responses => responses::error_event(message, sent),
+            Api::Anthropic => anthropic::error_event(message),
+        }
+    }
+
+    /// An error response in the format's shape; the error type follows the status
+    /// the way each provider reports it.
+    fn error_response(self, status: StatusCode, code: &str, message: &str) -> Response<SimBody> {
+        let body = match self {
+            Api::Chat | Api::Responses => {
+                let error_type = match status.as_u16() {
+                    429 => "requests",
+                    500.. => "server_error",
+                    _ => "invalid_request_error",
+                };
+                chat::error_json(error_type, code, message)
+            }
+            Api::Anthropic => {
+                let error_type = match status.as_u16() {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    500.. => "api_error",
+                    _ => "invalid_request_error",
+                };
+                anthropic::error_json(error_type, message)
+            }
+        };
+        json_response(status, body.to_string())
+    }
+
+    /// The answer of a `failNNN` mode.
+    fn failure_response(self, status: StatusCode) -> Response<SimBody> {
+        let mut response = match status {
+            StatusCode::UNAUTHORIZED => self.error_response(
+                status,
+                "invalid_api_key",
+                "simulated authentication failure: invalid API key",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => {
+                self.error_response(status, "rate_limit_exceeded", "simulated rate limit")
+            }
+            _ => self.error_response(status, "sim_fail", "simulated upstream failure"),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+
+    fn unknown_mode_response(self, name: &str) -> Response<SimBody> {
+        self.error_response(
+            StatusCode::BAD_REQUEST,
+            "unknown_sim_mode",
+            &format!("unknown simulator mode '{name}'"),
+        )
+    }
 }
 
 fn unix_seconds() -> u64 {

@@ -1,25 +1,34 @@
-//! Failure modes a test can ask the simulator for.
+//! Failure modes and reply directives a test can ask the simulator for.
 //!
 //! A mode is named either by a `/_sim/<mode>/` segment of the request path (so a
 //! gateway provider can simply be configured with a failing base URL such as
 //! `http://127.0.0.1:P/_sim/fail500/v1`) or by a `[sim:<mode>]` directive in the
 //! text of the last user message. The path takes precedence.
+//!
+//! The same `[sim:…]` syntax carries the directives that shape a normal answer:
+//! `[sim:tool]`, `[sim:parallel]`, `[sim:call NAME {json}]` and `[sim:cached]`.
 
 use std::time::Duration;
 
 use http::StatusCode;
+use serde_json::Value;
 
 /// Event spacing used by the bare `slow` mode.
 const DEFAULT_SLOW_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimMode {
-    /// Answer with this status and an OpenAI error body (`fail500`, `fail503`, `fail429`).
+    /// Answer with this status and an error body in the request's format
+    /// (`fail500`, `fail503`, `fail429`, `fail401`).
     Fail(StatusCode),
     /// Answer normally, but space stream events this far apart (`slow`, `slow=<ms>`).
     Slow(Duration),
-    /// Send part of a stream and then abort the connection (`cut`).
-    Cut,
+    /// Send part of a stream and then abort the connection: in the middle of an
+    /// event's bytes (`cut`) or right after a whole event (`cut-clean`).
+    Cut { mid_event: bool },
+    /// Send part of a stream, then the format's in-stream error event, and end
+    /// the stream cleanly (`error-event`). A non-streamed request gets a 500.
+    ErrorEvent,
     /// Close the connection without any response once the request is read (`refuse`).
     Refuse,
     /// Read the request and never answer (`hang`).
@@ -33,8 +42,11 @@ impl SimMode {
             "fail500" => SimMode::Fail(StatusCode::INTERNAL_SERVER_ERROR),
             "fail503" => SimMode::Fail(StatusCode::SERVICE_UNAVAILABLE),
             "fail429" => SimMode::Fail(StatusCode::TOO_MANY_REQUESTS),
+            "fail401" => SimMode::Fail(StatusCode::UNAUTHORIZED),
             "slow" => SimMode::Slow(DEFAULT_SLOW_DELAY),
-            "cut" => SimMode::Cut,
+            "cut" => SimMode::Cut { mid_event: true },
+            "cut-clean" => SimMode::Cut { mid_event: false },
+            "error-event" => SimMode::ErrorEvent,
             "refuse" => SimMode::Refuse,
             "hang" => SimMode::Hang,
             _ => {
@@ -57,17 +69,120 @@ pub fn mode_in_path(path: &str) -> Option<&str> {
     segments.next().map(|_| mode)
 }
 
-/// The mode named by the first `[sim:<mode>]` directive in `text`, if there is one.
-pub fn mode_in_text(text: &str) -> Option<&str> {
+/// One `[sim:…]` directive found in a user message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Directive<'a> {
+    /// A failure or pacing mode (see [`SimMode`]).
+    Mode(SimMode),
+    /// `[sim:tool]`: call the first offered tool with `{"sim":true}`.
+    Tool,
+    /// `[sim:parallel]`: call the first two offered tools, in one turn.
+    Parallel,
+    /// `[sim:call NAME {json}]`: call NAME (when offered) with exactly these arguments
+    /// (`{}` when none are given).
+    Call {
+        name: &'a str,
+        arguments: Option<Value>,
+    },
+    /// `[sim:cached]`: Chat reports half the prompt as cached.
+    Cached,
+    /// Anything else between `[sim:` and `]`, for a 400 that names it.
+    Unknown(&'a str),
+}
+
+/// Every `[sim:…]` directive in `text`, in order.
+pub fn directives_in_text(text: &str) -> Vec<Directive<'_>> {
     const OPENING: &str = "[sim:";
-    let start = text.find(OPENING)? + OPENING.len();
-    let length = text[start..].find(']')?;
-    Some(text[start..start + length].trim())
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPENING) {
+        let body = &rest[start + OPENING.len()..];
+        let Some((directive, consumed)) = parse_directive(body) else {
+            break; // no closing bracket: not a directive, and nothing after it is
+        };
+        found.push(directive);
+        rest = &body[consumed..];
+    }
+    found
+}
+
+/// Parses the directive at the start of `body` (just after `[sim:`); returns it
+/// and how many bytes it took, its `]` included.
+fn parse_directive(body: &str) -> Option<(Directive<'_>, usize)> {
+    let plain_end = body.find(']')?;
+    let plain = body[..plain_end].trim();
+    let unknown = Some((Directive::Unknown(plain), plain_end + 1));
+
+    if let Some(after) = body.strip_prefix("call") {
+        if !after.starts_with(char::is_whitespace) {
+            return unknown;
+        }
+        let name_start = body.len() - after.trim_start().len();
+        let name_len = body[name_start..]
+            .find(|c: char| c.is_whitespace() || c == ']')
+            .unwrap_or(body.len() - name_start);
+        let name = &body[name_start..name_start + name_len];
+        let args_start = name_start + name_len;
+        let args_text = &body[args_start..];
+        let trimmed = args_text.trim_start();
+        let args_offset = args_start + (args_text.len() - trimmed.len());
+        if name.is_empty() {
+            return unknown;
+        }
+        if trimmed.starts_with(']') {
+            let call = Directive::Call {
+                name,
+                arguments: None,
+            };
+            return Some((call, args_offset + 1));
+        }
+        // The arguments may hold `]` themselves: read one JSON value, then the bracket.
+        let mut values = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
+        let Some(Ok(arguments @ Value::Object(_))) = values.next() else {
+            return unknown;
+        };
+        let after_json = &trimmed[values.byte_offset()..];
+        let closing = after_json.trim_start();
+        if !closing.starts_with(']') {
+            return unknown;
+        }
+        let consumed = args_offset + values.byte_offset() + (after_json.len() - closing.len()) + 1;
+        let call = Directive::Call {
+            name,
+            arguments: Some(arguments),
+        };
+        return Some((call, consumed));
+    }
+
+    let directive = match plain {
+        "tool" => Directive::Tool,
+        "parallel" => Directive::Parallel,
+        "cached" => Directive::Cached,
+        name => match SimMode::parse(name) {
+            Some(mode) => Directive::Mode(mode),
+            None => Directive::Unknown(plain),
+        },
+    };
+    Some((directive, plain_end + 1))
+}
+
+/// The mode asked for in `text`: `Ok(None)` when there is none, `Err(name)` for the
+/// first directive the simulator does not know (which a 400 then names).
+pub fn mode_in_text(text: &str) -> Result<Option<SimMode>, &str> {
+    for directive in directives_in_text(text) {
+        match directive {
+            Directive::Mode(mode) => return Ok(Some(mode)),
+            Directive::Unknown(name) => return Err(name),
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parses_every_mode() {
@@ -91,7 +206,19 @@ mod tests {
             SimMode::parse("slow=250"),
             Some(SimMode::Slow(Duration::from_millis(250)))
         );
-        assert_eq!(SimMode::parse("cut"), Some(SimMode::Cut));
+        assert_eq!(
+            SimMode::parse("fail401"),
+            Some(SimMode::Fail(StatusCode::UNAUTHORIZED))
+        );
+        assert_eq!(
+            SimMode::parse("cut"),
+            Some(SimMode::Cut { mid_event: true })
+        );
+        assert_eq!(
+            SimMode::parse("cut-clean"),
+            Some(SimMode::Cut { mid_event: false })
+        );
+        assert_eq!(SimMode::parse("error-event"), Some(SimMode::ErrorEvent));
         assert_eq!(SimMode::parse("refuse"), Some(SimMode::Refuse));
         assert_eq!(SimMode::parse("hang"), Some(SimMode::Hang));
         assert_eq!(SimMode::parse("slow=fast"), None);
@@ -113,10 +240,65 @@ mod tests {
     }
 
     #[test]
-    fn finds_directive_in_text() {
-        assert_eq!(mode_in_text("please [sim:cut] now"), Some("cut"));
-        assert_eq!(mode_in_text("[sim:slow=20]"), Some("slow=20"));
-        assert_eq!(mode_in_text("no directive [sim:"), None);
-        assert_eq!(mode_in_text("plain text"), None);
+    fn finds_mode_in_text() {
+        assert_eq!(
+            mode_in_text("please [sim:cut] now"),
+            Ok(Some(SimMode::Cut { mid_event: true }))
+        );
+        assert_eq!(
+            mode_in_text("[sim:slow=20]"),
+            Ok(Some(SimMode::Slow(Duration::from_millis(20))))
+        );
+        // Reply directives are not modes; the first mode wins.
+        assert_eq!(
+            mode_in_text("[sim:tool] [sim:fail401] [sim:fail500]"),
+            Ok(Some(SimMode::Fail(StatusCode::UNAUTHORIZED)))
+        );
+        assert_eq!(mode_in_text("[sim:tool] [sim:cached]"), Ok(None));
+        assert_eq!(mode_in_text("no directive [sim:"), Ok(None));
+        assert_eq!(mode_in_text("plain text"), Ok(None));
+        assert_eq!(mode_in_text("[sim: explode ] [sim:cut]"), Err("explode"));
+    }
+
+    #[test]
+    fn parses_reply_directives() {
+        assert_eq!(
+            directives_in_text("a [sim:tool] b [sim:parallel][sim:cached] c"),
+            [Directive::Tool, Directive::Parallel, Directive::Cached]
+        );
+        // Arguments may hold brackets; the directive ends after the JSON value.
+        assert_eq!(
+            directives_in_text(r#"[sim:call Read {"path": "a]b", "n": [1]}] then [sim:tool]"#),
+            [
+                Directive::Call {
+                    name: "Read",
+                    arguments: Some(json!({"path": "a]b", "n": [1]}))
+                },
+                Directive::Tool
+            ]
+        );
+        assert_eq!(
+            directives_in_text("[sim:call  ls ]"),
+            [Directive::Call {
+                name: "ls",
+                arguments: None
+            }]
+        );
+        // Malformed calls are unknown directives (a 400 names them).
+        assert_eq!(
+            directives_in_text("[sim:call ls [1]]")[0],
+            Directive::Unknown("call ls [1")
+        );
+        assert_eq!(
+            directives_in_text("[sim:call] [sim:call ls {\"a\":1} x]"),
+            [
+                Directive::Unknown("call"),
+                Directive::Unknown("call ls {\"a\":1} x")
+            ]
+        );
+        assert_eq!(
+            directives_in_text("[sim:callme]"),
+            [Directive::Unknown("callme")]
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! An in-memory log of the chat completions requests the simulator received,
-//! so tests can assert what the gateway actually sent upstream.
+//! An in-memory log of the generation requests the simulator received (every
+//! format), so tests can assert what the gateway actually sent upstream: the
+//! head, every header, the body, and which credential header arrived (`auth`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -35,6 +36,7 @@ impl Recorder {
         }
         let entry = json!({
             "method": head.method.as_str(),
+            "auth": credentials(&head.headers),
             "path": head.uri.path(),
             "query": head.uri.query(),
             "headers": headers,
@@ -76,6 +78,27 @@ impl Recorder {
     }
 }
 
+/// Headers that carry a provider credential, in the order they are reported.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
+/// The credentials that arrived: one `{"header", "scheme", "key"}` per credential
+/// header present (`scheme` is `Bearer` for `authorization: Bearer …`, else null).
+/// The key is kept verbatim so tests can assert which key reached the provider.
+fn credentials(headers: &http::HeaderMap) -> Value {
+    let mut found = Vec::new();
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let (scheme, key) = match value.split_once(' ') {
+                Some((scheme, key)) if name == "authorization" => (Some(scheme), key.trim()),
+                _ => (None, value.as_ref()),
+            };
+            found.push(json!({"header": name, "scheme": scheme, "key": key}));
+        }
+    }
+    Value::Array(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +127,10 @@ mod tests {
         assert_eq!(entry["path"], "/v1/chat/completions");
         assert_eq!(entry["query"], "x=1");
         assert_eq!(entry["headers"]["authorization"], "Bearer sk-test");
+        assert_eq!(
+            entry["auth"],
+            json!([{"header": "authorization", "scheme": "Bearer", "key": "sk-test"}])
+        );
         assert_eq!(entry["headers"]["x-multi"], "a, b");
         assert_eq!(entry["body_bytes"], body.len());
         assert_eq!(entry["model"], "m");
@@ -124,5 +151,18 @@ mod tests {
         assert_eq!(log[0]["body"], Value::Null);
         assert_eq!(recorder.clear(), MAX_ENTRIES);
         assert_eq!(recorder.to_json(), b"[]");
+
+        let (anthropic, ()) = http::Request::post("/v1/messages")
+            .header("x-api-key", "sk-ant")
+            .body(())
+            .unwrap()
+            .into_parts();
+        recorder.record(&anthropic, b"{}", None);
+        let log: Value = serde_json::from_slice(&recorder.to_json()).unwrap();
+        assert_eq!(
+            log[0]["auth"],
+            json!([{"header": "x-api-key", "scheme": null, "key": "sk-ant"}])
+        );
+        assert_eq!(log[0]["headers"]["x-api-key"], "sk-ant");
     }
 }

@@ -160,7 +160,9 @@ async fn non_streamed_completion_with_usage() {
     // One message of 15 bytes: 4 + 4; nine reply words.
     assert_eq!(
         body["usage"],
-        json!({"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17})
+        json!({"prompt_tokens": 8, "completion_tokens": 9, "total_tokens": 17,
+               "prompt_tokens_details": {"cached_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0}})
     );
 }
 
@@ -273,11 +275,29 @@ async fn cut_stream_stops_midway_without_done() {
     let response = parse(&raw);
     assert_eq!(response.status, 200);
     assert!(!response.complete, "no terminating chunk");
-    let events = events(&response.body);
-    // 14 events in full (role, 11 words, finish, [DONE]): half of them arrive.
-    assert_eq!(events.len(), 7);
-    assert!(events[0].contains("\"role\":\"assistant\""));
-    assert!(events[1].contains("\"content\":\"Hello \""));
+    // 14 events in full (role, 11 words, finish, [DONE]): half of them arrive
+    // whole, then the first half of the next one's bytes.
+    let text = std::str::from_utf8(&response.body).unwrap();
+    let (whole, partial) = text.rsplit_once("\n\n").unwrap();
+    let whole_events = events(format!("{whole}\n\n").as_bytes());
+    assert_eq!(whole_events.len(), 7);
+    assert!(whole_events[0].contains("\"role\":\"assistant\""));
+    assert!(whole_events[1].contains("\"content\":\"Hello \""));
+    assert!(partial.starts_with("data: {\"id\""), "{partial:?}");
+    assert!(serde_json::from_str::<Value>(&partial[6..]).is_err());
+
+    // cut-clean stops after whole events.
+    let raw = exchange(
+        addr,
+        "POST",
+        "/_sim/cut-clean/v1/chat/completions",
+        &chat_body("a b c d e f", true),
+    )
+    .await;
+    let response = parse(&raw);
+    assert!(!response.complete, "no terminating chunk");
+    assert!(response.body.ends_with(b"\n\n"));
+    assert_eq!(events(&response.body).len(), 7);
 
     let raw = exchange(
         addr,
@@ -304,7 +324,8 @@ async fn fail_modes_answer_with_openai_errors() {
     assert_eq!(response.status, 500);
     assert_eq!(
         response.json(),
-        json!({"error": {"message": "simulated upstream failure", "type": "server_error", "code": "sim_fail"}})
+        json!({"error": {"message": "simulated upstream failure", "type": "server_error",
+                         "param": null, "code": "sim_fail"}})
     );
 
     let response = parse(
@@ -318,7 +339,7 @@ async fn fail_modes_answer_with_openai_errors() {
     );
     assert_eq!(response.status, 429);
     assert_eq!(response.header("retry-after"), Some("1"));
-    assert_eq!(response.json()["error"]["code"], "sim_fail");
+    assert_eq!(response.json()["error"]["code"], "rate_limit_exceeded");
 
     let response = parse(&exchange(addr, "GET", "/_sim/fail503/v1/models", b"").await);
     assert_eq!(response.status, 503);
@@ -480,4 +501,350 @@ async fn hang_holds_the_request_until_the_client_leaves() {
     drop(stream);
     wait_for_hanging(0).await;
     server.abort();
+}
+
+/// Sends one request with exactly these extra headers (no Authorization unless given).
+async fn exchange_with(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: sim\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("server closes the connection");
+    if let Err(err) = read {
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    raw
+}
+
+/// The `event: NAME\ndata: JSON` events of an event-stream body.
+fn named_events(body: &[u8]) -> Vec<(String, Value)> {
+    std::str::from_utf8(body)
+        .unwrap()
+        .split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| {
+            let (name, data) = event
+                .strip_prefix("event: ")
+                .and_then(|rest| rest.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("badly framed event {event:?}"));
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+fn responses_body(input: &str, stream: bool) -> Vec<u8> {
+    json!({"model": "codex-sim", "stream": stream, "input": input,
+           "tools": [{"type": "function", "name": "exec_command", "parameters": {}}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn messages_body(content: &str, stream: bool) -> Vec<u8> {
+    json!({"model": "claude-sim", "max_tokens": 1024, "stream": stream,
+           "messages": [{"role": "user", "content": content}],
+           "tools": [{"name": "Read", "input_schema": {"type": "object"}}]})
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn responses_route_answers_whole_and_streamed() {
+    let addr = start();
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/responses",
+            &responses_body("say hi", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 200);
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("resp_sim_"));
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(
+        body["output"][0]["content"][0]["text"],
+        "Hello from codex-sim. You said: say hi"
+    );
+    assert_eq!(body["usage"]["input_tokens"], 4 + 2);
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/responses",
+            &responses_body("run it [sim:tool]", true),
+        )
+        .await,
+    );
+    assert!(response.complete);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    let events = named_events(&response.body);
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    for (index, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], *name);
+        assert_eq!(data["sequence_number"], index);
+    }
+    let call = &events.last().unwrap().1["response"]["output"][0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!(call["name"], "exec_command");
+    assert_eq!(call["arguments"], "{\"sim\":true}");
+}
+
+#[tokio::test]
+async fn messages_route_streams_and_records_the_api_key_header() {
+    let addr = start();
+    let response = parse(
+        &exchange_with(
+            addr,
+            "/anthropic/v1/messages?beta=true",
+            "x-api-key: sk-ant-sim\r\nanthropic-version: 2023-06-01\r\n",
+            &messages_body("say hi", true),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.complete);
+    let events = named_events(&response.body);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert!(events[0].1["message"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("msg_sim_"));
+    assert_eq!(events[11].1["usage"]["output_tokens"], 7);
+
+    let log = parse(&exchange(addr, "GET", "/_sim/requests", b"").await).json();
+    let entry = &log[0];
+    assert_eq!(entry["path"], "/anthropic/v1/messages");
+    assert_eq!(entry["query"], "beta=true");
+    assert_eq!(
+        entry["auth"],
+        json!([{"header": "x-api-key", "scheme": null, "key": "sk-ant-sim"}])
+    );
+    assert_eq!(entry["headers"]["x-api-key"], "sk-ant-sim");
+    assert_eq!(entry["headers"]["anthropic-version"], "2023-06-01");
+    assert!(entry["headers"].get("authorization").is_none());
+
+    let whole = parse(&exchange(addr, "POST", "/v1/messages", &messages_body("hi", false)).await);
+    assert_eq!(whole.json()["type"], "message");
+    assert_eq!(
+        whole.json()["content"][0]["text"],
+        "Hello from claude-sim. You said: hi"
+    );
+    let log = parse(&exchange(addr, "GET", "/_sim/requests", b"").await).json();
+    assert_eq!(
+        log[1]["auth"],
+        json!([{"header": "authorization", "scheme": "Bearer", "key": "sk-sim-test"}])
+    );
+}
+
+#[tokio::test]
+async fn failures_answer_in_each_formats_error_shape() {
+    let addr = start();
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/fail401/v1/messages",
+            &messages_body("hi", true),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.json(),
+        json!({"type": "error", "error": {"type": "authentication_error",
+               "message": "simulated authentication failure: invalid API key"}})
+    );
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/responses",
+            &responses_body("[sim:fail401]", true),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json()["error"]["code"], "invalid_api_key");
+    assert_eq!(response.json()["error"]["type"], "invalid_request_error");
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/messages",
+            &messages_body("[sim:fail429]", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.json()["error"]["type"], "rate_limit_error");
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/messages",
+            &messages_body("[sim:fail503]", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 503);
+    assert_eq!(response.json()["error"]["type"], "api_error");
+
+    // Bad requests too: a missing max_tokens, an unknown directive.
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/messages",
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await,
+    );
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.json(),
+        json!({"type": "error", "error": {"type": "invalid_request_error",
+               "message": "max_tokens: Field required"}})
+    );
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/messages",
+            &messages_body("[sim:explode]", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["type"], "error");
+    assert!(response.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("explode"));
+}
+
+#[tokio::test]
+async fn error_event_ends_each_format_cleanly_after_a_few_events() {
+    let addr = start();
+    // Chat: the error replaces the rest, with no [DONE].
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &chat_body("a b c [sim:error-event]", true),
+        )
+        .await,
+    );
+    assert!(response.complete, "the stream ends normally");
+    let chat = events(&response.body);
+    assert!(chat.len() > 2);
+    let last: Value = serde_json::from_str(chat.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "server_error");
+    assert!(chat[0].contains("chat.completion.chunk"));
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/responses",
+            &responses_body("a b c [sim:error-event]", true),
+        )
+        .await,
+    );
+    assert!(response.complete);
+    let events = named_events(&response.body);
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["sequence_number"], events.len() - 1);
+    assert_eq!(events[0].0, "response.created");
+
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/error-event/v1/messages",
+            &messages_body("a b c", true),
+        )
+        .await,
+    );
+    assert!(response.complete);
+    let events = named_events(&response.body);
+    assert_eq!(events[0].0, "message_start");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+
+    // Not streamed: a 500 in the format's shape.
+    let response = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/v1/messages",
+            &messages_body("[sim:error-event]", false),
+        )
+        .await,
+    );
+    assert_eq!(response.status, 500);
+    assert_eq!(response.json()["error"]["type"], "api_error");
+}
+
+#[tokio::test]
+async fn cut_breaks_every_format_in_the_middle_of_an_event() {
+    let addr = start();
+    for (path, body, first) in [
+        (
+            "/_sim/cut/v1/responses",
+            responses_body("a b c d e f", true),
+            "event: response.created",
+        ),
+        (
+            "/_sim/cut/v1/messages",
+            messages_body("a b c d e f", true),
+            "event: message_start",
+        ),
+    ] {
+        let response = parse(&exchange(addr, "POST", path, &body).await);
+        assert_eq!(response.status, 200);
+        assert!(!response.complete, "{path}: no terminating chunk");
+        let text = std::str::from_utf8(&response.body).unwrap();
+        assert!(text.starts_with(first), "{text}");
+        let (whole, partial) = text.rsplit_once("\n\n").unwrap();
+        assert!(!partial.is_empty(), "{path}: a partial event ends the body");
+        assert!(!partial.ends_with('\n'));
+        let whole_events = named_events(format!("{whole}\n\n").as_bytes());
+        assert!(whole_events.len() >= 2);
+    }
 }

@@ -23,6 +23,15 @@ pub fn shown(s: &str) -> String {
     out
 }
 
+/// Echo at most 512 characters of a provider's message.
+pub fn shown_long(s: &str) -> String {
+    let mut out: String = s.chars().take(512).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// The members of the top-level object, in order, each value kept as its raw slice.
 pub type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 

@@ -10,8 +10,6 @@ pub mod anthropic;
 pub mod ir;
 pub mod json;
 pub mod openai_chat;
-#[doc(hidden)]
-pub mod openai_chat_old;
 pub mod openai_responses;
 pub mod sse;
 pub mod transcode;
@@ -113,6 +111,62 @@ impl Format {
     }
 }
 
+/// A provider's error body (4xx) for a client of `client` format: as it is when the formats
+/// match, otherwise its message re-worded in the client's error shape, so the client's SDK
+/// can read it. The provider's own code (or type) is kept as `code`.
+pub fn translate_error(
+    client: Format,
+    provider: Format,
+    status: u16,
+    body: &[u8],
+    request_id: &str,
+) -> bytes::Bytes {
+    if client == provider {
+        return bytes::Bytes::copy_from_slice(body);
+    }
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        error: Option<Inner<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Inner<'a> {
+        #[serde(borrow)]
+        message: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        code: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let parsed = serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .and_then(|e| e.error);
+    let message = parsed
+        .as_ref()
+        .and_then(|e| e.message.as_deref())
+        .map(json::shown_long)
+        .unwrap_or_else(|| json::shown_long(&String::from_utf8_lossy(body)));
+    let code = parsed
+        .as_ref()
+        .and_then(|e| e.code.as_deref().or(e.kind.as_deref()))
+        .filter(|c| c.len() <= 64)
+        .unwrap_or("upstream_error");
+    let message = format!("The provider refused the request ({status}): {message}");
+    let value = match client {
+        Format::OpenAiChat | Format::OpenAiResponses => serde_json::json!({
+            "error": {"message": message, "type": crate::errors::openai_type(status), "code": code}
+        }),
+        Format::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": {"type": crate::errors::anthropic_type(status), "message": message, "code": code},
+            "request_id": request_id,
+        }),
+    };
+    serde_json::to_vec(&value)
+        .expect("a JSON value always serializes")
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +191,32 @@ mod tests {
                    "message": "Incorrect API key provided.", "code": "invalid_api_key"},
                    "request_id": "req_1"})
         );
+    }
+
+    #[test]
+    fn provider_errors_are_reworded_in_the_client_shape() {
+        let anthropic = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"}}"#;
+        let out = translate_error(Format::OpenAiChat, Format::Anthropic, 400, anthropic, "r1");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "invalid_request_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens: too big"));
+        let out = translate_error(
+            Format::Anthropic,
+            Format::OpenAiChat,
+            429,
+            b"slow down",
+            "r2",
+        );
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["request_id"], "r2");
+        let same = translate_error(Format::Anthropic, Format::Anthropic, 400, anthropic, "r3");
+        assert_eq!(&same[..], &anthropic[..]);
     }
 
     #[test]

@@ -49,7 +49,19 @@ lanes:
     title: Slow Lane
     price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
     default: flux-pinned-slowpoke
+  formats:
+    alias: flux-formats
+    title: One model per provider format
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-on-chat
+    fallbacks: [flux-pinned-on-responses, flux-pinned-on-anthropic]
 models:
+  flux-pinned-on-chat: { upstream: chat-upstream, provider: sim, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-on-responses: { upstream: responses-upstream, provider: sim_responses, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-on-anthropic: { upstream: anthropic-upstream, provider: sim_anthropic, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-cut-chat: { upstream: cut-chat, provider: sim_cut, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-cut-responses: { upstream: cut-responses, provider: sim_cut_responses, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-cut-anthropic: { upstream: cut-anthropic, provider: sim_cut_anthropic, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
   flux-pinned-alpha: { upstream: alpha-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
   flux-pinned-beta: { upstream: beta-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-fails: { upstream: fails-upstream, provider: sim_500, lane: daily, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, streaming] }
@@ -163,11 +175,15 @@ providers:
   sim: {{ format: {sim_format}, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
   sim_500: {{ format: openai, base_url: "http://{s}/_sim/fail500/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
   sim_cut: {{ format: openai, base_url: "http://{s}/_sim/cut/v1" }}
+  sim_responses: {{ format: openai_responses, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim_anthropic: {{ format: anthropic, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim_cut_responses: {{ format: openai_responses, base_url: "http://{s}/_sim/cut/v1" }}
+  sim_cut_anthropic: {{ format: anthropic, base_url: "http://{s}/_sim/cut/v1" }}
   sim_slow: {{ format: openai, base_url: "http://{s}/_sim/slow=100/v1" }}
   sim_429: {{ format: openai, base_url: "http://{s}/_sim/fail429/v1" }}
   dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
 plans:
-  payg: {{ lanes: [express, daily, deep, image, cut, slow] }}
+  payg: {{ lanes: [express, daily, deep, image, cut, slow, formats] }}
   free: {{ lanes: [express] }}
 "#
         );
@@ -266,6 +282,16 @@ plans:
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A line of the gateway's /proc status, in kB (`VmHWM` = peak RSS, `VmRSS` = now).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
     /// Send a signal (`HUP`, `TERM`, `QUIT`) to the gateway process.

@@ -1,0 +1,73 @@
+//! Counting input tokens locally, with the o200k_base vocabulary that ships inside the
+//! `bpe-openai` crate (nothing is downloaded at run time). Used for
+//! `/anthropic/v1/messages/count_tokens` (never forwarded, never billed) and for the input
+//! usage a translated Anthropic stream announces in `message_start` before the provider
+//! reports it. Providers tokenize differently; this is an estimate in their range.
+
+use crate::wire::ir::{Arguments, Block, Request};
+
+/// Overhead per message (role and separators), as chat templates add.
+const TOKENS_PER_MESSAGE: u64 = 3;
+/// An image, whatever its encoded size (a high-detail tile budget).
+const TOKENS_PER_IMAGE: u64 = crate::routing::features::TOKENS_PER_IMAGE;
+
+/// Tokens in a piece of text.
+pub fn count_text(text: &str) -> u64 {
+    bpe_openai::o200k_base().count(text) as u64
+}
+
+/// Input tokens of a request: instructions, every message's content, and tool definitions.
+pub fn count_request(req: &Request<'_>) -> u64 {
+    let mut total = 0;
+    for block in &req.system {
+        total += count_block(block);
+    }
+    for message in &req.messages {
+        total += TOKENS_PER_MESSAGE;
+        for block in &message.content {
+            total += count_block(block);
+        }
+    }
+    for tool in &req.tools {
+        total += count_text(&tool.name);
+        if let Some(d) = &tool.description {
+            total += count_text(d);
+        }
+        if let Some(p) = tool.parameters {
+            total += count_text(p.get());
+        }
+    }
+    total
+}
+
+fn count_block(block: &Block<'_>) -> u64 {
+    match block {
+        Block::Text { text, .. } => count_text(text),
+        Block::Image(_) => TOKENS_PER_IMAGE,
+        Block::ToolCall {
+            name, arguments, ..
+        } => {
+            count_text(name)
+                + match arguments {
+                    Arguments::Text(t) => count_text(t),
+                    Arguments::Json(raw) => count_text(raw.get()),
+                }
+        }
+        Block::ToolResult { content, .. } => content.iter().map(count_block).sum(),
+        Block::Thinking { text, .. } => count_text(text),
+        Block::RedactedThinking { .. } => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_counted_with_the_shipped_vocabulary() {
+        assert_eq!(count_text(""), 0);
+        assert_eq!(count_text("hello world"), 2);
+        // Other scripts count too, without a download.
+        assert!(count_text("Bonjour, comment ça va ? 你好，世界") > 5);
+    }
+}
