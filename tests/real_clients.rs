@@ -58,12 +58,18 @@ lanes:
     title: Slow Lane
     price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
     default: flux-pinned-quick
+  formats:
+    alias: flux-formats
+    title: One model per provider format
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-formats
 models:
   flux-pinned-alpha: { upstream: sim-alpha, provider: sim, lane: express, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
   flux-pinned-gamma: { upstream: sim-gamma, provider: sim, lane: daily, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
   flux-pinned-deep: { upstream: sim-deep, provider: sim, lane: deep, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
   flux-pinned-vision: { upstream: sim-vision, provider: sim, lane: image, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
   flux-pinned-cutless: { upstream: sim-cutless, provider: sim, lane: cut, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
+  flux-pinned-formats: { upstream: sim-formats, provider: sim, lane: formats, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
   flux-pinned-quick: { upstream: sim-quick, provider: sim, lane: slow, context_window: 1000000, max_output_tokens: 64000, capabilities: [tools, vision, streaming] }
 auto:
   reasoning_cues: ["step by step", "prove"]
