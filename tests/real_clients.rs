@@ -179,13 +179,18 @@ fn run(what: String, mut cmd: Command) -> Run {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
-    Run {
+    let run = Run {
         what,
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: started.elapsed(),
+    };
+    // FLUX_CLIENTS_VERBOSE=1 (with --nocapture) shows what every client printed.
+    if std::env::var_os("FLUX_CLIENTS_VERBOSE").is_some() {
+        eprintln!("{}\n", run.describe());
     }
+    run
 }
 
 /// One cell of the matrix: a gateway with its `sim` provider in `format`, a work folder under
