@@ -884,7 +884,10 @@ mod tests {
     use serde_json::{json, Value};
 
     fn codex(n: u8) -> Vec<u8> {
-        let path = format!("/work/shared/reference/clients/codex-0.169.0-{n}.json");
+        let path = format!(
+            "{}/tests/fixtures/clients/codex-0.169.0-{n}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let capture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         serde_json::to_vec(&capture["body"]).unwrap()
     }
