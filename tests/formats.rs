@@ -566,6 +566,14 @@ async fn captured_codex_and_claude_code_bodies_are_served_by_every_provider_form
             if format == "anthropic" && client == Client::Responses {
                 assert!(seen["headers"].get("anthropic-beta").is_none(), "{pair}");
             }
+            // Claude Code always asks for high effort: translated only for a model that
+            // takes it (the Responses-format test model does, the Chat one does not).
+            if client == Client::Anthropic && format == "openai" {
+                assert!(seen["body"].get("reasoning_effort").is_none(), "{pair}");
+            }
+            if client == Client::Anthropic && format == "openai_responses" {
+                assert_eq!(seen["body"]["reasoning"]["effort"], "high", "{pair}");
+            }
         }
     }
 }

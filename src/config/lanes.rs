@@ -56,6 +56,10 @@ pub enum Capability {
     Tools,
     Vision,
     Streaming,
+    /// Takes a reasoning effort or thinking budget. When a client asks for one (Claude Code
+    /// always does) and the request is translated for a model without this capability, the
+    /// setting is left out: such models refuse the parameter.
+    Reasoning,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

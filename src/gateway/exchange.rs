@@ -9,6 +9,7 @@ use log::warn;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
+use crate::config::Capability;
 use crate::errors::{ErrorKind, FluxError};
 use crate::routing::{Route, RouteTable};
 use crate::state::AppState;
@@ -26,9 +27,10 @@ pub async fn run(
     ctx: &mut RequestCtx,
     routes: &RouteTable,
     route: &Route,
-    request: &Request<'_>,
+    request: &mut Request<'_>,
 ) -> Result<(), Stop> {
     let client = request.format;
+    let asked_reasoning = request.reasoning;
     // The gateway keeps no responses: only a Responses-format provider can continue one.
     let needs_state = request.previous_response_id.is_some();
     let client_headers = &session.req_header().headers;
@@ -45,6 +47,8 @@ pub async fn run(
         }
         tried += 1;
         ctx.attempts += 1;
+        // A reasoning setting is translated only for a model that takes one.
+        request.reasoning = asked_reasoning.filter(|_| model.has(Capability::Reasoning));
         let body = transcode::encode_request(provider.format, request, &model.upstream);
         if transcode::plan(client, provider.format) == Plan::Translate {
             ctx.dropped_fields = request.unknown.len();

@@ -360,7 +360,7 @@ impl Gateway {
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(client);
-        let request = transcode::parse_request(client, &raw)?;
+        let mut request = transcode::parse_request(client, &raw)?;
         ctx.original_model = Some(request.model.to_string());
         ctx.stream = request.stream;
 
@@ -373,7 +373,7 @@ impl Gateway {
         }
         let route = routes.route(requested, &features, account.lanes.as_slice())?;
         ctx.lane = Some(routes.lane(route.lane).name.clone());
-        exchange::run(&self.state, session, ctx, &routes, &route, &request).await
+        exchange::run(&self.state, session, ctx, &routes, &route, &mut request).await
     }
 
     /// `count_tokens`: counted here with the shipped tokenizer, never forwarded or billed.

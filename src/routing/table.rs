@@ -46,6 +46,7 @@ fn cap_bit(cap: Capability) -> u8 {
         Capability::Tools => 1,
         Capability::Vision => 2,
         Capability::Streaming => 4,
+        Capability::Reasoning => 8,
     }
 }
 

@@ -54,6 +54,33 @@ pub struct Request<'a> {
     pub unknown: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
+impl<'a> Request<'a> {
+    /// A request of `format` over `raw` with nothing read yet; each format's parser fills it.
+    pub fn empty(format: Format, raw: &'a [u8]) -> Self {
+        Request {
+            format,
+            raw,
+            model_span: 0..0,
+            model: Cow::Borrowed(""),
+            stream: false,
+            max_tokens: None,
+            system: Vec::new(),
+            messages: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+            reasoning: None,
+            user: None,
+            include_usage: false,
+            previous_response_id: None,
+            unknown: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// `system` and `developer` messages (and Responses `developer` input items).

@@ -56,12 +56,12 @@ lanes:
     default: flux-pinned-on-chat
     fallbacks: [flux-pinned-on-responses, flux-pinned-on-anthropic]
 models:
-  flux-pinned-on-chat: { upstream: chat-upstream, provider: sim, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
-  flux-pinned-on-responses: { upstream: responses-upstream, provider: sim_responses, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
-  flux-pinned-on-anthropic: { upstream: anthropic-upstream, provider: sim_anthropic, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
-  flux-pinned-cut-chat: { upstream: cut-chat, provider: sim_cut, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
-  flux-pinned-cut-responses: { upstream: cut-responses, provider: sim_cut_responses, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
-  flux-pinned-cut-anthropic: { upstream: cut-anthropic, provider: sim_cut_anthropic, lane: formats, context_window: 1000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-on-chat: { upstream: chat-upstream, provider: sim, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-on-responses: { upstream: responses-upstream, provider: sim_responses, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming, reasoning] }
+  flux-pinned-on-anthropic: { upstream: anthropic-upstream, provider: sim_anthropic, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-cut-chat: { upstream: cut-chat, provider: sim_cut, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-cut-responses: { upstream: cut-responses, provider: sim_cut_responses, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
+  flux-pinned-cut-anthropic: { upstream: cut-anthropic, provider: sim_cut_anthropic, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, streaming] }
   flux-pinned-alpha: { upstream: alpha-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
   flux-pinned-beta: { upstream: beta-upstream, provider: sim, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-fails: { upstream: fails-upstream, provider: sim_500, lane: daily, context_window: 100000, max_output_tokens: 4096, capabilities: [tools, streaming] }

@@ -36,27 +36,7 @@ const DEFAULT_MAX_TOKENS: u64 = 8192;
 /// (`invalid_request`; `empty_prompt` when there is no content at all).
 pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     let members = json::top_level(raw)?;
-    let mut req = Request {
-        format: Format::Anthropic,
-        raw,
-        model_span: 0..0,
-        model: Cow::Borrowed(""),
-        stream: false,
-        max_tokens: None,
-        system: Vec::new(),
-        messages: Vec::new(),
-        tools: Vec::new(),
-        tool_choice: None,
-        parallel_tool_calls: None,
-        temperature: None,
-        top_p: None,
-        stop: Vec::new(),
-        reasoning: None,
-        user: None,
-        include_usage: false,
-        previous_response_id: None,
-        unknown: Vec::new(),
-    };
+    let mut req = Request::empty(Format::Anthropic, raw);
     let mut model = None;
     let mut messages = None;
     let mut thinking: Option<ThinkingIn> = None;
@@ -815,12 +795,16 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    const CLAUDE_CODE: [&str; 4] = [
-        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-1.json"),
-        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-2.json"),
-        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-3.json"),
-        include_str!("../../../tests/fixtures/wire/anthropic/claude-code-2.1.330-4.json"),
-    ];
+    /// The captured Claude Code bodies (1 = "say hi" with x-api-key, 2 = with Bearer,
+    /// 3 = first turn of a tool run, 4 = its follow-up with the tool_result).
+    fn claude_code(n: usize) -> String {
+        let path = format!(
+            "{}/tests/fixtures/clients/claude-code-2.1.330-{n}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let capture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        capture["body"].to_string()
+    }
 
     fn text_of<'r>(b: &'r Block<'_>) -> &'r str {
         match b {
@@ -836,7 +820,8 @@ mod tests {
 
     #[test]
     fn claude_code_bodies_parse_with_the_expected_shape() {
-        for (n, body) in CLAUDE_CODE.iter().enumerate() {
+        let bodies: Vec<String> = (1..=4).map(claude_code).collect();
+        for (n, body) in bodies.iter().enumerate() {
             let r = parse_request(body.as_bytes()).unwrap_or_else(|e| panic!("body {n}: {e}"));
             assert_eq!(r.format, Format::Anthropic);
             assert_eq!(r.model, "flux-auto");
@@ -895,7 +880,8 @@ mod tests {
         }
 
         // Body 4: the tool round trip.
-        let r = parse_request(CLAUDE_CODE[3].as_bytes()).unwrap();
+        let body = claude_code(4);
+        let r = parse_request(body.as_bytes()).unwrap();
         match &r.messages[2].content[..] {
             [Block::ToolCall {
                 id,

@@ -24,27 +24,7 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     let mut model_raw = None;
     let mut stream_raw = None;
     let mut messages_raw = None;
-    let mut req = Request {
-        format: Format::OpenAiChat,
-        raw,
-        model_span: 0..0,
-        model: Cow::Borrowed(""),
-        stream: false,
-        max_tokens: None,
-        system: Vec::new(),
-        messages: Vec::new(),
-        tools: Vec::new(),
-        tool_choice: None,
-        parallel_tool_calls: None,
-        temperature: None,
-        top_p: None,
-        stop: Vec::new(),
-        reasoning: None,
-        user: None,
-        include_usage: false,
-        previous_response_id: None,
-        unknown: Vec::new(),
-    };
+    let mut req = Request::empty(Format::OpenAiChat, raw);
     let mut max_tokens: Option<u64> = None;
     let mut max_completion_tokens: Option<u64> = None;
     let mut functions = Vec::new();

@@ -18,27 +18,7 @@ use crate::wire::Format;
 /// (`invalid_request`; `empty_prompt` when there is no content at all).
 pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     let members = json::top_level(raw)?;
-    let mut req = Request {
-        format: Format::OpenAiResponses,
-        raw,
-        model_span: 0..0,
-        model: Cow::Borrowed(""),
-        stream: false,
-        max_tokens: None,
-        system: Vec::new(),
-        messages: Vec::new(),
-        tools: Vec::new(),
-        tool_choice: None,
-        parallel_tool_calls: None,
-        temperature: None,
-        top_p: None,
-        stop: Vec::new(),
-        reasoning: None,
-        user: None,
-        include_usage: false,
-        previous_response_id: None,
-        unknown: Vec::new(),
-    };
+    let mut req = Request::empty(Format::OpenAiResponses, raw);
     let mut model = None;
     let mut input = None;
     let mut safety_identifier = None;
@@ -884,7 +864,10 @@ mod tests {
     use serde_json::{json, Value};
 
     fn codex(n: u8) -> Vec<u8> {
-        let path = format!("/work/shared/reference/clients/codex-0.169.0-{n}.json");
+        let path = format!(
+            "{}/tests/fixtures/clients/codex-0.169.0-{n}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let capture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         serde_json::to_vec(&capture["body"]).unwrap()
     }
