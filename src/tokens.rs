@@ -11,6 +11,20 @@ const TOKENS_PER_MESSAGE: u64 = 3;
 /// An image, whatever its encoded size (a high-detail tile budget).
 const TOKENS_PER_IMAGE: u64 = crate::routing::features::TOKENS_PER_IMAGE;
 
+/// Load the vocabulary in the background at start: the first use otherwise pays for it
+/// (about a second in a debug build), on a request's path. A request arriving sooner waits
+/// for the same load rather than starting another.
+pub fn warm_up() {
+    let spawned = std::thread::Builder::new()
+        .name("flux-tokenizer".into())
+        .spawn(|| {
+            bpe_openai::o200k_base();
+        });
+    if let Err(e) = spawned {
+        log::warn!("tokenizer warm-up thread not started ({e}); the first count loads it");
+    }
+}
+
 /// Tokens in a piece of text.
 pub fn count_text(text: &str) -> u64 {
     bpe_openai::o200k_base().count(text) as u64
