@@ -97,6 +97,10 @@ fn request_path(c: &mut Criterion) {
                 );
             })
         });
+        // What count_tokens and a translated Anthropic stream's message_start cost.
+        c.bench_function(&format!("count tokens/{name}"), |b| {
+            b.iter(|| black_box(fluxrouter::tokens::count_request(&request)))
+        });
         for provider in Format::ALL {
             let label = if provider == format {
                 format!("rewrite passthrough/{name}")

@@ -1,8 +1,8 @@
 //! Counting input tokens locally, with the o200k_base vocabulary that ships inside the
 //! `bpe-openai` crate (nothing is downloaded at run time). Used for
-//! `/anthropic/v1/messages/count_tokens` (never forwarded, never billed) and for the input
-//! usage a translated Anthropic stream announces in `message_start` before the provider
-//! reports it. Providers tokenize differently; this is an estimate in their range.
+//! `/anthropic/v1/messages/count_tokens` (never forwarded, never billed). Providers tokenize
+//! differently; this is an estimate in their range. It costs about 0.7 ms for a 50 KB agent
+//! turn (`cargo bench --bench request_path -- "count tokens"`).
 
 use crate::wire::ir::{Arguments, Block, Request};
 

@@ -373,7 +373,17 @@ impl Gateway {
         }
         let route = routes.route(requested, &features, account.lanes.as_slice())?;
         ctx.lane = Some(routes.lane(route.lane).name.clone());
-        exchange::run(&self.state, session, ctx, &routes, &route, &mut request).await
+        let estimated_input_tokens = features.input_tokens;
+        exchange::run(
+            &self.state,
+            session,
+            ctx,
+            &routes,
+            &route,
+            &mut request,
+            estimated_input_tokens,
+        )
+        .await
     }
 
     /// `count_tokens`: counted here with the shipped tokenizer, never forwarded or billed.
