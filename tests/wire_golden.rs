@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
+use fluxrouter::metering::{Rates, Usd};
 use fluxrouter::wire::ir::StreamMeta;
 use fluxrouter::wire::transcode::{self, StreamTranscoder};
 use fluxrouter::wire::Format;
@@ -83,7 +84,18 @@ fn check_grammar(client: Format, name: &str, text: &str) {
         text.is_empty() || text.ends_with("\n\n"),
         "{name}: partial event"
     );
-    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    for (i, event) in events.iter().enumerate() {
+        // The cost comment: one line, after the last event.
+        if event.starts_with(':') {
+            assert!(
+                i + 1 == events.len()
+                    && event.starts_with(": x-flux-cost-usd=")
+                    && !event.contains('\n'),
+                "{name}: a comment only as the last line: {event}"
+            );
+            continue;
+        }
         let data: Vec<&str> = event
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
@@ -105,12 +117,18 @@ fn check_grammar(client: Format, name: &str, text: &str) {
     }
 }
 
+fn usd(s: &str) -> Usd {
+    s.parse().unwrap()
+}
+
 #[test]
 fn every_provider_fixture_translates_to_every_client_format() {
     let meta = StreamMeta {
         estimated_input_tokens: 42,
         include_usage: true,
         created: 1_700_000_000,
+        // Priced streams end with the cost: `cost` in the final usage object and a comment.
+        rates: Some(Rates::per_million(usd("3.00"), usd("0.30"), usd("15.00"))),
     };
     let mut failures = Vec::new();
     let mut count = 0;

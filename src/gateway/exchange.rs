@@ -104,6 +104,8 @@ pub async fn run(
                 estimated_input_tokens,
                 include_usage: request.include_usage,
                 created: unix_now(),
+                // The lead wires the lane's rates in (StreamMeta::rates).
+                rates: None,
             };
             return stream(
                 session, ctx, provider, state, response, &served, client, meta,

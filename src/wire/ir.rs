@@ -16,6 +16,7 @@ use std::ops::Range;
 use serde_json::value::RawValue;
 
 use super::Format;
+use crate::metering::{Rates, Usd};
 
 /// A parsed client request.
 #[derive(Debug)]
@@ -47,6 +48,9 @@ pub struct Request<'a> {
     pub user: Option<Cow<'a, str>>,
     /// Chat `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Where the top-level `stream_options` value sits in `raw` (Chat), so a passthrough
+    /// stream can ask for usage without re-reading the body.
+    pub stream_options_span: Option<Range<usize>>,
     /// Responses `previous_response_id`: only a Responses-format provider can honour it.
     pub previous_response_id: Option<Cow<'a, str>>,
     /// Top-level fields no IR field carries. They pass through to a same-format provider and
@@ -75,6 +79,7 @@ impl<'a> Request<'a> {
             reasoning: None,
             user: None,
             include_usage: false,
+            stream_options_span: None,
             previous_response_id: None,
             unknown: Vec::new(),
         }
@@ -220,6 +225,15 @@ impl Usage {
     pub fn is_empty(&self) -> bool {
         *self == Usage::default()
     }
+
+    /// What this usage costs at `rates`; None without rates or before any usage arrived
+    /// (a stream that reported nothing is not priced at zero).
+    pub fn priced(&self, rates: Option<&Rates>) -> Option<Usd> {
+        match rates {
+            Some(rates) if !self.is_empty() => Some(crate::metering::cost(self, rates)),
+            _ => None,
+        }
+    }
 }
 
 /// Why the model stopped.
@@ -302,7 +316,13 @@ pub struct StreamMeta {
     /// usage before the provider reports it (Anthropic `message_start`).
     pub estimated_input_tokens: u64,
     /// Whether the client asked for a usage chunk (Chat `stream_options.include_usage`).
+    /// On a Chat passthrough without it, the gateway asked the provider for usage
+    /// (`transcode::encode_request`) and the transcoder drops the usage chunk after metering.
     pub include_usage: bool,
     /// Unix seconds, for `created` fields.
     pub created: u64,
+    /// The serving lane's prices. When set, the stream's cost is written after its last
+    /// event (an SSE comment) and as `cost` in the final usage object the client receives;
+    /// None = not priced.
+    pub rates: Option<Rates>,
 }

@@ -1,13 +1,27 @@
 //! The (client format, provider format) table: passthrough when they match, translation
 //! through the IR otherwise; and the push-style stream transcoder (bytes in, bytes out) that
-//! also reports the usage it saw, so metering hooks in at one place for every pair.
+//! also reports the usage it saw and what it cost, so metering hooks in at one place for
+//! every pair.
+//!
+//! A streamed response's cost is not known when its headers leave. A priced stream
+//! ([`StreamMeta::rates`]) therefore carries it at its end, in both modes: as `cost` in the
+//! final usage object the client receives (OpenRouter's convention: Chat's usage chunk,
+//! Anthropic's `message_delta.usage`, Responses' `response.completed.response.usage`), and
+//! as one SSE comment after the last event (`: x-flux-cost-usd=… input_tokens=…`), which
+//! every SSE parser ignores and a person can read.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::ir::{Request, Response, StopReason, StreamEvent, StreamMeta, Usage};
-use super::sse::{EventTooLarge, Frame, SseParser};
-use super::{anthropic, openai_chat, openai_responses, Format};
+use super::ir::{Delta, Request, Response, StopReason, StreamEvent, StreamMeta, Usage};
+use super::sse::{self, EventTooLarge, Frame, SseParser};
+use super::{anthropic, json, openai_chat, openai_responses, Format};
 use crate::errors::FluxError;
+use crate::metering::Usd;
 
 /// How a (client, provider) pair is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +50,84 @@ pub fn parse_request(format: Format, raw: &[u8]) -> Result<Request<'_>, FluxErro
 }
 
 /// The body to send to a provider of format `provider`, for its model id `model`.
+///
+/// Passthrough is the client's bytes with `model` spliced in; a Chat stream whose client did
+/// not ask for usage also gets `stream_options.include_usage: true` (see
+/// [`passthrough_body`]), and its [`StreamTranscoder`] (`meta.include_usage` false) strips
+/// the usage chunk this adds after metering it.
 pub fn encode_request(provider: Format, req: &Request<'_>, model: &str) -> Vec<u8> {
     match plan(req.format, provider) {
-        Plan::Passthrough => super::json::splice_model(req.raw, &req.model_span, model),
+        Plan::Passthrough => passthrough_body(req, model),
         Plan::Translate => match provider {
             Format::OpenAiChat => openai_chat::encode_request(req, model, req.stream),
             Format::OpenAiResponses => openai_responses::encode_request(req, model, req.stream),
             Format::Anthropic => anthropic::encode_request(req, model, req.stream),
         },
     }
+}
+
+/// The client's body for a same-format provider: `model` replaced, and for a Chat stream
+/// without `stream_options.include_usage: true`, that option set so the provider reports
+/// usage. Both are splices into the client's bytes; nothing else is re-serialized.
+pub fn passthrough_body(req: &Request<'_>, model: &str) -> Vec<u8> {
+    let needs_usage = req.format == Format::OpenAiChat && req.stream && !req.include_usage;
+    if !needs_usage {
+        return json::splice_model(req.raw, &req.model_span, model);
+    }
+    let quoted = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut edits = [
+        (req.model_span.clone(), Cow::Owned(quoted.into_bytes())),
+        include_usage_edit(req.raw, req.stream_options_span.clone()),
+    ];
+    edits.sort_by_key(|(at, _)| at.start);
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(req.raw.len() + extra);
+    let mut from = 0;
+    for (at, bytes) in &edits {
+        // Spans come from the parser and never overlap; a bad one leaves the body as it is.
+        if at.start < from || at.end > req.raw.len() || at.start > at.end {
+            return json::splice_model(req.raw, &req.model_span, model);
+        }
+        out.extend_from_slice(&req.raw[from..at.start]);
+        out.extend_from_slice(bytes);
+        from = at.end;
+    }
+    out.extend_from_slice(&req.raw[from..]);
+    out
+}
+
+/// The splice that makes a Chat body ask for usage, given where its `stream_options` value
+/// is: absent -> the member inserted right after the body's opening `{`; an object with
+/// `include_usage` -> that value replaced by `true`; an object without it -> the member
+/// inserted first, its other members kept; null or anything else -> the value replaced.
+fn include_usage_edit(
+    raw: &[u8],
+    stream_options: Option<Range<usize>>,
+) -> (Range<usize>, Cow<'static, [u8]>) {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    const VALUE: &[u8] = br#"{"include_usage":true}"#;
+    let Some(span) = stream_options.filter(|s| s.end <= raw.len() && s.start < s.end) else {
+        // The body parsed as an object with a `model`, so it has a `{` and a member after it.
+        let at = raw.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
+        return (at..at, Cow::Borrowed(MEMBER));
+    };
+    let value = &raw[span.clone()];
+    if value.starts_with(b"{") {
+        if let Ok(members) = json::top_level(value) {
+            if let Some((_, v)) = members.iter().find(|(k, _)| k == "include_usage") {
+                let at = json::span_of(value, v);
+                return (
+                    span.start + at.start..span.start + at.end,
+                    Cow::Borrowed(b"true"),
+                );
+            }
+            if !members.is_empty() {
+                let at = span.start + 1;
+                return (at..at, Cow::Borrowed(br#""include_usage":true,"#));
+            }
+        }
+    }
+    (span, Cow::Borrowed(VALUE))
 }
 
 pub fn decode_response(format: Format, body: &[u8]) -> Result<Response<'_>, String> {
@@ -178,8 +261,10 @@ impl std::fmt::Display for StreamFault {
 /// One per streamed request: provider SSE bytes in, client SSE bytes out.
 ///
 /// Passthrough forwards each complete event verbatim (never a partial one, so a broken stream
-/// can still end with a parseable error event) and decodes only the events that carry usage.
-/// Translation decodes every event into the IR and encodes it for the client.
+/// can still end with a parseable error event), decoding it on the side for usage, stop
+/// reason, errors and the size of the output. Only the event that carries the final usage
+/// is rewritten (to add `cost`), and a Chat usage chunk the client did not ask for is
+/// dropped. Translation decodes every event into the IR and encodes it for the client.
 pub struct StreamTranscoder {
     parser: SseParser,
     decoder: Decoder,
@@ -193,6 +278,8 @@ pub struct StreamTranscoder {
     stop: Option<StopReason>,
     /// The provider reported an error inside its stream.
     provider_error: Option<String>,
+    /// Bytes of text, tool arguments and thinking relayed so far.
+    text_bytes: u64,
     done: bool,
 }
 
@@ -212,6 +299,7 @@ impl StreamTranscoder {
             usage: Usage::default(),
             stop: None,
             provider_error: None,
+            text_bytes: 0,
             done: false,
         }
     }
@@ -227,18 +315,51 @@ impl StreamTranscoder {
     }
 
     fn frame(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), StreamFault> {
-        let passthrough = self.encoder.is_none();
-        // On passthrough only events that can carry usage, a stop or an error are decoded.
-        if !passthrough || carries_state(&frame.0) {
+        if self.encoder.is_some() {
             self.decoder
                 .decode(&frame, &mut self.events)
                 .map_err(StreamFault::Undecodable)?;
+            self.drain_events(out);
+            return Ok(());
         }
-        if passthrough {
+        // Passthrough. Data that is not JSON is refused only where the gateway needs to read
+        // it (usage, a stop, an error); anything else the client may judge.
+        if let Err(e) = self.decoder.decode(&frame, &mut self.events) {
+            if carries_state(&frame.0) {
+                return Err(StreamFault::Undecodable(e));
+            }
+            self.events.clear();
+        }
+        let reports_usage = self
+            .events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Usage(_)));
+        self.drain_events(out);
+        if reports_usage {
+            self.relay_usage_frame(frame, out);
+        } else {
             out.extend_from_slice(&frame.0);
         }
-        self.drain_events(out);
         Ok(())
+    }
+
+    /// Passthrough of an event that reported usage: dropped when it is a Chat usage chunk the
+    /// client did not ask for (the gateway asked), given `cost` when it is the final usage
+    /// the client reads and the stream is priced, relayed as it is otherwise.
+    fn relay_usage_frame(&mut self, frame: Frame, out: &mut BytesMut) {
+        let event = frame.event();
+        if self.client == Format::OpenAiChat
+            && !self.meta.include_usage
+            && is_usage_chunk(&event.data)
+        {
+            return;
+        }
+        let cost = self.cost().map(Usd::to_decimal);
+        let priced = cost.and_then(|cost| with_cost(self.client, event.name, &event.data, &cost));
+        match priced {
+            Some(data) => write_data(out, event.name, &data),
+            None => out.extend_from_slice(&frame.0),
+        }
     }
 
     fn drain_events(&mut self, out: &mut BytesMut) {
@@ -247,6 +368,10 @@ impl StreamTranscoder {
                 StreamEvent::Usage(u) => self.usage.merge(u),
                 StreamEvent::Stop(r) => self.stop = Some(*r),
                 StreamEvent::Error { message } => self.provider_error = Some(message.clone()),
+                StreamEvent::Delta {
+                    delta: Delta::Text(t) | Delta::ToolArguments(t) | Delta::Thinking(t),
+                    ..
+                } => self.text_bytes = self.text_bytes.saturating_add(t.len() as u64),
                 _ => {}
             }
             if let Some(encoder) = &mut self.encoder {
@@ -261,7 +386,13 @@ impl StreamTranscoder {
             return Ok(());
         }
         if let Some(frame) = self.parser.finish() {
+            let at = out.len();
             self.frame(frame, out)?;
+            // Relayed as it came, the last event lacked its blank line: end it, so the client
+            // reads it (and the cost comment stays a line of its own).
+            if self.encoder.is_none() && out.len() > at {
+                terminate_event(out);
+            }
         }
         self.decoder.finish(&mut self.events);
         self.drain_events(out);
@@ -269,6 +400,22 @@ impl StreamTranscoder {
             encoder.finish(out);
         }
         self.done = true;
+        if self.provider_error.is_none() {
+            if let Some(cost) = self.cost() {
+                let u = &self.usage;
+                sse::write_comment(
+                    out,
+                    &format!(
+                        "x-flux-cost-usd={} input_tokens={} output_tokens={} \
+                         cached_input_tokens={}",
+                        cost.to_decimal(),
+                        u.input,
+                        u.output,
+                        u.cached_input
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -294,6 +441,20 @@ impl StreamTranscoder {
         self.usage
     }
 
+    /// The cost of [`StreamTranscoder::usage`] at `meta.rates`: None when the stream is not
+    /// priced or no usage arrived (yet). After [`StreamTranscoder::fail`] it is the cost of
+    /// the usage seen before the break.
+    pub fn cost(&self) -> Option<Usd> {
+        self.usage.priced(self.meta.rates.as_ref())
+    }
+
+    /// Bytes of text, tool-call arguments and thinking relayed to the client so far (as the
+    /// provider sent them, unescaped): for estimating the output of a stream that broke
+    /// before the provider reported usage.
+    pub fn output_text_bytes(&self) -> u64 {
+        self.text_bytes
+    }
+
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.stop
     }
@@ -304,8 +465,8 @@ impl StreamTranscoder {
     }
 }
 
-/// Whether a passthrough frame needs decoding: usage, stop reasons and errors are all the
-/// gateway reads from a stream it does not translate.
+/// Whether a passthrough frame may carry what the gateway must read from a stream it does
+/// not translate (usage, a stop reason, an error): such a frame must decode.
 fn carries_state(frame: &[u8]) -> bool {
     const NEEDLES: [&[u8]; 4] = [
         b"\"usage\"",
@@ -316,4 +477,739 @@ fn carries_state(frame: &[u8]) -> bool {
     NEEDLES
         .iter()
         .any(|n| frame.windows(n.len()).any(|w| w == *n))
+}
+
+/// End the event at the end of `out` with a blank line.
+fn terminate_event(out: &mut BytesMut) {
+    if out.ends_with(b"\n\n") || out.ends_with(b"\r\r") || out.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    match out.last() {
+        Some(b'\r') => out.extend_from_slice(b"\r"),
+        Some(b'\n') => out.extend_from_slice(b"\n"),
+        _ => out.extend_from_slice(b"\n\n"),
+    }
+}
+
+/// Write an event whose data may hold line breaks (a provider's multi-line `data:`).
+fn write_data(out: &mut BytesMut, name: Option<&str>, data: &str) {
+    if !data.contains(['\n', '\r']) {
+        sse::write_event(out, name, data.as_bytes());
+        return;
+    }
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+}
+
+/// The members of an event the cost logic looks at, each raw (`null` reads as absent).
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+}
+
+/// A Chat chunk that is only there for its usage: `usage` set and `choices` empty or absent.
+fn is_usage_chunk(data: &str) -> bool {
+    let Ok(p) = serde_json::from_str::<Probe>(data) else {
+        return false;
+    };
+    let no_choices = p.choices.is_none_or(|c| {
+        let c = c.get().as_bytes();
+        c.first() == Some(&b'[') && c[1..].iter().all(|b| b.is_ascii_whitespace() || *b == b']')
+    });
+    p.usage.is_some() && no_choices
+}
+
+/// One event's data with `"cost": <cost>` set in the final usage object a client of
+/// `format` reads: Chat `usage` (any chunk that has one), Anthropic `message_delta`'s
+/// `usage`, Responses `response.completed` / `response.incomplete`'s `response.usage`.
+/// `cost` is a decimal (`Usd::to_decimal`) written as the JSON number's digits. An existing
+/// `cost` member gets the new value; every other byte stays. None when the event has no such
+/// usage object.
+pub fn with_cost(format: Format, name: Option<&str>, data: &str, cost: &str) -> Option<String> {
+    let probe: Probe = serde_json::from_str(data).ok()?;
+    let kind: Option<Cow<'_, str>> = match probe.kind {
+        Some(k) => serde_json::from_str(k.get()).ok(),
+        None => name.map(Cow::Borrowed),
+    };
+    let usage = match format {
+        Format::OpenAiChat => probe.usage?,
+        Format::Anthropic => match kind.as_deref() {
+            Some("message_delta") => probe.usage?,
+            _ => return None,
+        },
+        Format::OpenAiResponses => match kind.as_deref() {
+            Some("response.completed" | "response.incomplete") => {
+                serde_json::from_str::<Probe>(probe.response?.get())
+                    .ok()?
+                    .usage?
+            }
+            _ => return None,
+        },
+    };
+    set_cost(data, usage, cost)
+}
+
+/// `data` with `"cost": <cost>` set in the object `usage` (a slice of `data`).
+fn set_cost(data: &str, usage: &RawValue, cost: &str) -> Option<String> {
+    if !usage.get().starts_with('{') {
+        return None;
+    }
+    let span = json::span_of(data.as_bytes(), usage);
+    let members = json::top_level(usage.get().as_bytes()).ok()?;
+    let (at, insert) = match members.iter().find(|(k, _)| k == "cost") {
+        Some((_, v)) => (json::span_of(data.as_bytes(), v), cost.to_owned()),
+        None if members.is_empty() => (span, format!("{{\"cost\":{cost}}}")),
+        // Before the closing brace.
+        None => (span.end - 1..span.end - 1, format!(",\"cost\":{cost}")),
+    };
+    let mut out = String::with_capacity(data.len() + insert.len());
+    out.push_str(data.get(..at.start)?);
+    out.push_str(&insert);
+    out.push_str(data.get(at.end..)?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metering::Rates;
+
+    fn fixture(format: Format, name: &str) -> String {
+        let folder = match format {
+            Format::OpenAiChat => "openai_chat",
+            Format::OpenAiResponses => "openai_responses",
+            Format::Anthropic => "anthropic",
+        };
+        let path = format!(
+            "{}/tests/fixtures/wire/{folder}/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// gpt-4o-mini's prices: cached input is half the input rate.
+    fn rates() -> Rates {
+        let usd = |s: &str| s.parse::<Usd>().unwrap();
+        Rates::per_million(usd("0.15"), usd("0.075"), usd("0.60"))
+    }
+
+    fn meta(include_usage: bool, rates: Option<Rates>) -> StreamMeta {
+        StreamMeta {
+            estimated_input_tokens: 42,
+            include_usage,
+            created: 1_700_000_000,
+            rates,
+        }
+    }
+
+    /// The whole stream through a transcoder, in small pieces.
+    fn run(
+        client: Format,
+        provider: Format,
+        meta: StreamMeta,
+        input: &str,
+    ) -> (String, StreamTranscoder) {
+        let mut t = StreamTranscoder::new(client, provider, meta);
+        let mut out = BytesMut::new();
+        for piece in input.as_bytes().chunks(13) {
+            t.push(piece, &mut out).unwrap();
+        }
+        t.finish(&mut out).unwrap();
+        (String::from_utf8(out.to_vec()).unwrap(), t)
+    }
+
+    fn comment(cost: &str, input: u64, output: u64, cached: u64) -> String {
+        format!(
+            ": x-flux-cost-usd={cost} input_tokens={input} output_tokens={output} \
+             cached_input_tokens={cached}\n\n"
+        )
+    }
+
+    /// The provider's stream with `from` (once) replaced by `to`: what a passthrough client
+    /// receives when only the usage frame changes.
+    fn replaced_once(input: &str, from: &str, to: &str) -> String {
+        assert_eq!(input.matches(from).count(), 1, "{from}");
+        input.replace(from, to)
+    }
+
+    // Expected costs at rates(), by hand:
+    // Chat stream_usage_cached: 2048 in (1920 cached), 300 out:
+    //   128 x 0.15 + 1920 x 0.075 + 300 x 0.60 = 19.2 + 144 + 180 = 343.2 micro-dollars.
+    const CHAT_CACHED_COST: &str = "0.0003432";
+    // Anthropic cache_usage: 12 uncached + 9000 read + 300 written, 40 out:
+    //   312 x 0.15 + 9000 x 0.075 + 40 x 0.60 = 46.8 + 675 + 24 = 745.8 micro-dollars.
+    const ANTHROPIC_CACHED_COST: &str = "0.0007458";
+    // Responses usage_cached: 7012 in (6912 cached), 5 out:
+    //   100 x 0.15 + 6912 x 0.075 + 5 x 0.60 = 15 + 518.4 + 3 = 536.4 micro-dollars.
+    const RESPONSES_CACHED_COST: &str = "0.0005364";
+
+    #[test]
+    fn cached_tokens_are_priced_at_the_cached_rate() {
+        let usage = Usage {
+            input: 2048,
+            cached_input: 1920,
+            output: 300,
+            ..Usage::default()
+        };
+        assert_eq!(
+            usage.priced(Some(&rates())).unwrap().to_decimal(),
+            CHAT_CACHED_COST
+        );
+        assert_eq!(usage.priced(None), None);
+        assert_eq!(Usage::default().priced(Some(&rates())), None);
+    }
+
+    #[test]
+    fn chat_passthrough_prices_the_usage_chunk_and_ends_with_the_comment() {
+        let input = fixture(Format::OpenAiChat, "stream_usage_cached.sse");
+        let (out, t) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, Some(rates())),
+            &input,
+        );
+        // Usage on a chunk whose choices are not empty: read, and priced in place.
+        let want = replaced_once(
+            &input,
+            "\"reasoning_tokens\":256}}}",
+            &format!("\"reasoning_tokens\":256}},\"cost\":{CHAT_CACHED_COST}}}}}"),
+        ) + &comment(CHAT_CACHED_COST, 2048, 300, 1920);
+        assert_eq!(out, want);
+        assert_eq!(t.cost().unwrap().to_decimal(), CHAT_CACHED_COST);
+        assert_eq!(t.usage().cached_input, 1920);
+        // The chunk with the usage was the client's: not stripped even when it did not ask.
+        let (out, _) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(false, Some(rates())),
+            &input,
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn chat_passthrough_strips_the_usage_chunk_the_client_did_not_ask_for() {
+        let input = fixture(Format::OpenAiChat, "stream_tools_parallel.sse");
+        let at = input.find("data: {\"id\":\"chatcmpl-CbX8toolsPar\",\"object\":\"chat.completion.chunk\",\"created\":1764400100,\"model\":\"gpt-4.1-2025-04-14\",\"system_fingerprint\":\"fp_b3f1157249\",\"choices\":[],").unwrap();
+        let end = at + input[at..].find("\n\n").unwrap() + 2;
+        let usage_chunk = &input[at..end];
+        // 84 x 0.15 + 41 x 0.60 = 12.6 + 24.6 = 37.2 micro-dollars.
+        let cost = "0.0000372";
+
+        // Not asked: dropped, still metered and priced.
+        let (out, t) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(false, Some(rates())),
+            &input,
+        );
+        let stripped = input.replace(usage_chunk, "");
+        assert_eq!(out, stripped.clone() + &comment(cost, 84, 41, 0));
+        assert_eq!((t.usage().input, t.usage().output), (84, 41));
+        assert_eq!(t.cost().unwrap().to_decimal(), cost);
+        // Not priced: dropped all the same, and no comment.
+        let (out, t) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(false, None),
+            &input,
+        );
+        assert_eq!(out, stripped);
+        assert_eq!((t.usage().input, t.cost()), (84, None));
+
+        // Asked: kept, with its cost; every other byte as the provider sent it.
+        let (out, _) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, Some(rates())),
+            &input,
+        );
+        let priced = usage_chunk.replace(
+            "\"rejected_prediction_tokens\":0}}}",
+            &format!("\"rejected_prediction_tokens\":0}},\"cost\":{cost}}}}}"),
+        );
+        assert_eq!(
+            out,
+            replaced_once(&input, usage_chunk, &priced) + &comment(cost, 84, 41, 0)
+        );
+        let v: serde_json::Value = serde_json::from_str(&priced[6..]).unwrap();
+        assert_eq!(v["usage"]["cost"].as_f64(), Some(3.72e-5), "a JSON number");
+        // Not priced: byte for byte.
+        let (out, _) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, None),
+            &input,
+        );
+        assert_eq!(out, input);
+    }
+
+    #[test]
+    fn anthropic_passthrough_prices_message_delta_with_message_start_input() {
+        let input = fixture(Format::Anthropic, "cache_usage.sse");
+        let (out, t) = run(
+            Format::Anthropic,
+            Format::Anthropic,
+            meta(false, Some(rates())),
+            &input,
+        );
+        let want = replaced_once(
+            &input,
+            "\"output_tokens\":40,\"server_tool_use\":null}}",
+            &format!("\"output_tokens\":40,\"server_tool_use\":null,\"cost\":{ANTHROPIC_CACHED_COST}}}}}"),
+        ) + &comment(ANTHROPIC_CACHED_COST, 9312, 40, 9000);
+        assert_eq!(out, want);
+        assert!(out.contains("message_stop\"}\n\n: x-flux-cost-usd="));
+        assert_eq!(
+            t.usage(),
+            Usage {
+                input: 9312,
+                cached_input: 9000,
+                cache_write: 300,
+                output: 40,
+                reasoning: 0
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_message_delta_with_output_only_is_merged_with_message_start() {
+        // Older API versions: message_delta reports output_tokens alone.
+        let input = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":300,\"cache_read_input_tokens\":9000,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":40}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        for client in Format::ALL {
+            let (out, t) = run(client, Format::Anthropic, meta(true, Some(rates())), input);
+            assert_eq!(
+                (
+                    t.usage().input,
+                    t.usage().cached_input,
+                    t.usage().cache_write,
+                    t.usage().output
+                ),
+                (9312, 9000, 300, 40),
+                "{client:?}"
+            );
+            assert_eq!(t.cost().unwrap().to_decimal(), ANTHROPIC_CACHED_COST);
+            assert!(
+                out.contains(&format!("\"cost\":{ANTHROPIC_CACHED_COST}")),
+                "{client:?}: {out}"
+            );
+            assert!(out.ends_with(&comment(ANTHROPIC_CACHED_COST, 9312, 40, 9000)));
+        }
+    }
+
+    #[test]
+    fn responses_passthrough_prices_response_completed() {
+        let input = fixture(Format::OpenAiResponses, "usage_cached.sse");
+        let (out, t) = run(
+            Format::OpenAiResponses,
+            Format::OpenAiResponses,
+            meta(false, Some(rates())),
+            &input,
+        );
+        let want = replaced_once(
+            &input,
+            "\"total_tokens\":7017}",
+            &format!("\"total_tokens\":7017,\"cost\":{RESPONSES_CACHED_COST}}}"),
+        ) + &comment(RESPONSES_CACHED_COST, 7012, 5, 6912);
+        assert_eq!(out, want);
+        assert_eq!(t.cost().unwrap().to_decimal(), RESPONSES_CACHED_COST);
+
+        // response.incomplete carries the final usage too.
+        let input = fixture(Format::OpenAiResponses, "incomplete.sse");
+        let (out, t) = run(
+            Format::OpenAiResponses,
+            Format::OpenAiResponses,
+            meta(false, Some(rates())),
+            &input,
+        );
+        // 20 x 0.15 + 16 x 0.60 = 3 + 9.6 micro-dollars.
+        assert_eq!(t.cost().unwrap().to_decimal(), "0.0000126");
+        let last = out.trim_end().rsplit("\n\n").nth(1).unwrap();
+        assert!(last.contains("\"cost\":0.0000126}"), "{last}");
+        assert!(out.ends_with(&comment("0.0000126", 20, 16, 0)));
+    }
+
+    /// The data of the last event named `name` (or the last `data:` line for Chat).
+    fn last_data<'s>(out: &'s str, needle: &str) -> &'s str {
+        out.split("\n\n")
+            .filter(|e| e.contains(needle))
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .last()
+            .unwrap_or_else(|| panic!("no {needle} in {out}"))
+    }
+
+    fn raw_cost(usage: &RawValue) -> String {
+        #[derive(Deserialize)]
+        struct U<'a> {
+            #[serde(borrow)]
+            cost: &'a RawValue,
+        }
+        serde_json::from_str::<U>(usage.get())
+            .unwrap()
+            .cost
+            .get()
+            .to_owned()
+    }
+
+    /// The `cost` written in the final usage object a client of `client` reads, verbatim.
+    fn final_cost(client: Format, out: &str) -> String {
+        let probe = |data: &str| -> String {
+            let p: Probe = serde_json::from_str(data).unwrap();
+            match client {
+                Format::OpenAiResponses => {
+                    let r: Probe = serde_json::from_str(p.response.unwrap().get()).unwrap();
+                    raw_cost(r.usage.unwrap())
+                }
+                _ => raw_cost(p.usage.unwrap()),
+            }
+        };
+        match client {
+            Format::OpenAiChat => probe(last_data(out, "\"choices\":[]")),
+            Format::Anthropic => probe(last_data(out, "event: message_delta")),
+            Format::OpenAiResponses => probe(last_data(out, "event: response.completed")),
+        }
+    }
+
+    #[test]
+    fn translated_streams_carry_the_cost_in_usage_and_the_comment() {
+        let cases = [
+            (
+                Format::OpenAiChat,
+                "stream_usage_cached.sse",
+                CHAT_CACHED_COST,
+                (2048, 300, 1920),
+            ),
+            (
+                Format::Anthropic,
+                "cache_usage.sse",
+                ANTHROPIC_CACHED_COST,
+                (9312, 40, 9000),
+            ),
+            (
+                Format::OpenAiResponses,
+                "usage_cached.sse",
+                RESPONSES_CACHED_COST,
+                (7012, 5, 6912),
+            ),
+        ];
+        for (provider, file, cost, (input_tokens, output, cached)) in cases {
+            let input = fixture(provider, file);
+            for client in Format::ALL.into_iter().filter(|c| *c != provider) {
+                let (out, t) = run(client, provider, meta(true, Some(rates())), &input);
+                assert_eq!(final_cost(client, &out), cost, "{provider:?} -> {client:?}");
+                assert_eq!(t.cost().unwrap().to_decimal(), cost);
+                // The comment follows the last event.
+                let last_event = match client {
+                    Format::OpenAiChat => "data: [DONE]\n\n".to_owned(),
+                    Format::Anthropic => {
+                        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned()
+                    }
+                    Format::OpenAiResponses => "}\n\n".to_owned(),
+                };
+                let tail = last_event + &comment(cost, input_tokens, output, cached);
+                assert!(out.ends_with(&tail), "{provider:?} -> {client:?}: {out}");
+                if client == Format::OpenAiResponses {
+                    let completed = out.rfind("event: response.completed\n").unwrap();
+                    assert!(out[completed..].ends_with(&tail));
+                }
+
+                // Not priced: no cost anywhere.
+                let (out, t) = run(client, provider, meta(true, None), &input);
+                assert!(!out.contains("cost"), "{provider:?} -> {client:?}: {out}");
+                assert_eq!(t.cost(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chat_client_that_did_not_ask_gets_no_usage_chunk_but_the_comment() {
+        let input = fixture(Format::Anthropic, "cache_usage.sse");
+        let (out, t) = run(
+            Format::OpenAiChat,
+            Format::Anthropic,
+            meta(false, Some(rates())),
+            &input,
+        );
+        assert!(!out.contains("\"usage\""), "{out}");
+        assert!(out.ends_with(
+            &("data: [DONE]\n\n".to_owned() + &comment(ANTHROPIC_CACHED_COST, 9312, 40, 9000))
+        ));
+        assert_eq!(t.cost().unwrap().to_decimal(), ANTHROPIC_CACHED_COST);
+    }
+
+    #[test]
+    fn a_broken_stream_has_no_comment_but_reports_its_cost_so_far() {
+        for (client, provider) in [
+            (Format::Anthropic, Format::Anthropic),
+            (Format::OpenAiChat, Format::Anthropic),
+        ] {
+            let input = fixture(Format::Anthropic, "cache_usage.sse");
+            let cut = input.find("event: content_block_stop").unwrap();
+            let mut t = StreamTranscoder::new(client, provider, meta(true, Some(rates())));
+            let mut out = BytesMut::new();
+            t.push(&input.as_bytes()[..cut], &mut out).unwrap();
+            t.fail("upstream went away", &mut out);
+            t.finish(&mut out).unwrap();
+            let out = String::from_utf8(out.to_vec()).unwrap();
+            assert!(!out.contains("x-flux-cost-usd"), "{out}");
+            // message_start's usage: 312 uncached x 0.15 + 9000 x 0.075 + 1 x 0.60.
+            assert_eq!(t.cost().unwrap().to_decimal(), "0.0007224");
+            assert_eq!(t.output_text_bytes(), 2, "the text 'hi'");
+        }
+        // No usage before the break: no cost.
+        let input = fixture(Format::OpenAiChat, "stream_text.sse");
+        let mut t = StreamTranscoder::new(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, Some(rates())),
+        );
+        let mut out = BytesMut::new();
+        t.push(input.as_bytes(), &mut out).unwrap();
+        t.fail("idle timeout", &mut out);
+        assert_eq!(t.cost(), None);
+        assert_eq!(t.output_text_bytes(), "Hello there! \"hi\"".len() as u64);
+    }
+
+    #[test]
+    fn a_provider_error_in_the_stream_gets_no_comment() {
+        for (provider, file) in [
+            (Format::Anthropic, "error.sse"),
+            (Format::OpenAiChat, "stream_error.sse"),
+            (Format::OpenAiResponses, "failed.sse"),
+        ] {
+            let input = fixture(provider, file);
+            for client in Format::ALL {
+                let (out, _) = run(client, provider, meta(true, Some(rates())), &input);
+                assert!(
+                    !out.contains("x-flux-cost-usd"),
+                    "{provider:?} -> {client:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn output_text_bytes_count_text_arguments_and_thinking_in_both_modes() {
+        for (provider, file, bytes) in [
+            (
+                Format::OpenAiChat,
+                "stream_text.sse",
+                "Hello there! \"hi\"".len(),
+            ),
+            (
+                Format::OpenAiChat,
+                "stream_tools_parallel.sse",
+                "{\"city\": \"Paris\"}{\"tz\": \"CET\"}".len(),
+            ),
+            (
+                Format::OpenAiChat,
+                "stream_reasoning.sse",
+                "The user wants 2+2.4".len(),
+            ),
+            (Format::Anthropic, "cache_usage.sse", 2),
+        ] {
+            let input = fixture(provider, file);
+            for client in Format::ALL {
+                let (_, t) = run(client, provider, meta(true, None), &input);
+                assert_eq!(t.output_text_bytes(), bytes as u64, "{file} -> {client:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unterminated_last_event_is_ended_before_the_comment() {
+        let input = fixture(Format::OpenAiChat, "stream_usage_cached.sse");
+        let cut = input.trim_end();
+        assert!(cut.ends_with("data: [DONE]"));
+        let (out, _) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, Some(rates())),
+            cut,
+        );
+        assert!(out.ends_with(
+            &("data: [DONE]\n\n".to_owned() + &comment(CHAT_CACHED_COST, 2048, 300, 1920))
+        ));
+    }
+
+    #[test]
+    fn with_cost_sets_or_replaces_the_member_and_keeps_every_other_byte() {
+        let chat = Format::OpenAiChat;
+        assert_eq!(
+            with_cost(
+                chat,
+                None,
+                r#"{"choices":[], "usage" : { "a" : 1 } }"#,
+                "0.5"
+            )
+            .unwrap(),
+            r#"{"choices":[], "usage" : { "a" : 1 ,"cost":0.5} }"#
+        );
+        // An upstream that already prices (OpenRouter): the gateway's price replaces it.
+        assert_eq!(
+            with_cost(
+                chat,
+                None,
+                r#"{"usage":{"cost":0.00012,"is_byok":false}}"#,
+                "1.0"
+            )
+            .unwrap(),
+            r#"{"usage":{"cost":1.0,"is_byok":false}}"#
+        );
+        assert_eq!(
+            with_cost(chat, None, r#"{"usage":{}}"#, "0.1").unwrap(),
+            r#"{"usage":{"cost":0.1}}"#
+        );
+        assert_eq!(with_cost(chat, None, r#"{"usage":null}"#, "0.1"), None);
+        assert_eq!(with_cost(chat, None, r#"{"usage":[1]}"#, "0.1"), None);
+        assert_eq!(with_cost(chat, None, "not json", "0.1"), None);
+        // Anthropic: message_delta only (message_start's usage is not the final one).
+        let a = Format::Anthropic;
+        let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":1}}}"#;
+        assert_eq!(with_cost(a, None, start, "0.1"), None);
+        let delta = r#"{"usage":{"output_tokens":2}}"#;
+        assert_eq!(with_cost(a, None, delta, "0.1"), None);
+        assert_eq!(
+            with_cost(a, Some("message_delta"), delta, "0.1").unwrap(),
+            r#"{"usage":{"output_tokens":2,"cost":0.1}}"#
+        );
+        // Responses: the response's usage in completed / incomplete events.
+        let r = Format::OpenAiResponses;
+        let done = r#"{"type":"response.completed","response":{"usage":{"x":1},"y":{"usage":{}}}}"#;
+        assert_eq!(
+            with_cost(r, None, done, "0.2").unwrap(),
+            r#"{"type":"response.completed","response":{"usage":{"x":1,"cost":0.2},"y":{"usage":{}}}}"#
+        );
+        let failed = r#"{"type":"response.failed","response":{"usage":{"x":1}}}"#;
+        assert_eq!(with_cost(r, None, failed, "0.2"), None);
+    }
+
+    #[test]
+    fn a_multi_line_usage_event_is_rewritten_on_data_lines() {
+        let input = "data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":10,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let (out, _) = run(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, Some(rates())),
+            input,
+        );
+        // 10 x 0.15 + 1 x 0.60 = 2.1 micro-dollars.
+        assert_eq!(
+            out,
+            "data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":10,\"completion_tokens\":1,\"cost\":0.0000021}}\n\ndata: [DONE]\n\n"
+                .to_owned()
+                + &comment("0.0000021", 10, 1, 0)
+        );
+    }
+
+    fn chat_request(body: &str) -> Request<'_> {
+        parse_request(Format::OpenAiChat, body.as_bytes()).unwrap()
+    }
+
+    fn provider_body(body: &str) -> String {
+        let req = chat_request(body);
+        String::from_utf8(encode_request(Format::OpenAiChat, &req, "gpt-4o-mini")).unwrap()
+    }
+
+    #[test]
+    fn a_passthrough_chat_stream_asks_for_usage_by_splicing() {
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let cases = [
+            // Absent: the member first, everything else as written.
+            (
+                format!(r#" {{"model": "flux-auto", "stream":true, {msgs}}}"#),
+                format!(
+                    r#" {{"stream_options":{{"include_usage":true}},"model": "gpt-4o-mini", "stream":true, {msgs}}}"#
+                ),
+            ),
+            // Present, false: only the value changes.
+            (
+                format!(
+                    r#"{{"stream":true,"stream_options": {{"include_usage" : false}},"model":"flux-auto",{msgs}}}"#
+                ),
+                format!(
+                    r#"{{"stream":true,"stream_options": {{"include_usage" : true}},"model":"gpt-4o-mini",{msgs}}}"#
+                ),
+            ),
+            // Present with other keys: kept.
+            (
+                format!(
+                    r#"{{"model":"flux-auto","stream":true,"stream_options":{{"include_obfuscation":false}},{msgs}}}"#
+                ),
+                format!(
+                    r#"{{"model":"gpt-4o-mini","stream":true,"stream_options":{{"include_usage":true,"include_obfuscation":false}},{msgs}}}"#
+                ),
+            ),
+            (
+                format!(
+                    r#"{{"model":"flux-auto","stream":true,"stream_options":{{"include_obfuscation":false,"include_usage":null}},{msgs}}}"#
+                ),
+                format!(
+                    r#"{{"model":"gpt-4o-mini","stream":true,"stream_options":{{"include_obfuscation":false,"include_usage":true}},{msgs}}}"#
+                ),
+            ),
+            // Null or empty: replaced.
+            (
+                format!(r#"{{"model":"flux-auto","stream":true,"stream_options":null,{msgs}}}"#),
+                format!(
+                    r#"{{"model":"gpt-4o-mini","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#
+                ),
+            ),
+            (
+                format!(r#"{{"model":"flux-auto","stream":true,"stream_options":{{ }},{msgs}}}"#),
+                format!(
+                    r#"{{"model":"gpt-4o-mini","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#
+                ),
+            ),
+        ];
+        for (client, want) in cases {
+            let got = provider_body(&client);
+            assert_eq!(got, want);
+            let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true);
+        }
+        // Asked already, or not streaming: only the model changes.
+        for client in [
+            format!(
+                r#"{{"model":"flux-auto","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#
+            ),
+            format!(r#"{{"model":"flux-auto","stream":false,{msgs}}}"#),
+            format!(r#"{{"model":"flux-auto",{msgs}}}"#),
+        ] {
+            assert_eq!(
+                provider_body(&client),
+                client.replace("flux-auto", "gpt-4o-mini")
+            );
+        }
+        // Other formats are not touched.
+        let body = format!(r#"{{"model":"flux-auto","stream":true,"max_tokens":5,{msgs}}}"#);
+        let req = parse_request(Format::Anthropic, body.as_bytes()).unwrap();
+        assert_eq!(
+            encode_request(Format::Anthropic, &req, "claude-x"),
+            body.replace("flux-auto", "claude-x").into_bytes()
+        );
+    }
 }

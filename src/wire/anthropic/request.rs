@@ -1374,6 +1374,7 @@ mod tests {
             reasoning: Some(Reasoning::Effort(Effort::Minimal)),
             user: Some("u".into()),
             include_usage: true,
+            stream_options_span: None,
             previous_response_id: None,
             unknown: Vec::new(),
         };

@@ -18,6 +18,7 @@ use super::{
     empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, Str,
     UsageOut, WireUsage,
 };
+use crate::metering::Rates;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
 
@@ -355,7 +356,7 @@ enum Out<'r> {
     },
     MessageDelta {
         delta: MessageDeltaOut,
-        usage: UsageOut,
+        usage: DeltaUsageOut,
     },
     MessageStop,
     Error {
@@ -429,6 +430,16 @@ struct MessageDeltaOut {
     stop_sequence: Option<()>,
 }
 
+/// `message_delta.usage`, with the gateway's `cost` (OpenRouter's convention) when the stream
+/// is priced: dollars as a JSON number written from exact digits, never a float.
+#[derive(Serialize)]
+struct DeltaUsageOut {
+    #[serde(flatten)]
+    usage: UsageOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Box<RawValue>>,
+}
+
 #[derive(Serialize)]
 struct ErrorOut<'r> {
     #[serde(rename = "type")]
@@ -454,6 +465,7 @@ pub struct StreamEncoder {
     started: bool,
     done: bool,
     usage: Usage,
+    rates: Option<Rates>,
     stop: Option<StopReason>,
     /// The IR index of the block open on the wire, with its wire index.
     live: Option<(usize, usize)>,
@@ -473,6 +485,7 @@ impl StreamEncoder {
             started: false,
             done: false,
             usage: Usage::default(),
+            rates: meta.rates,
             stop: None,
             live: None,
             held: VecDeque::new(),
@@ -662,13 +675,18 @@ impl StreamEncoder {
         if self.usage.input == 0 {
             usage.input_tokens = self.estimated_input;
         }
+        // Priced from what the provider reported, never from the estimate.
+        let cost = self
+            .usage
+            .priced(self.rates.as_ref())
+            .and_then(|c| RawValue::from_string(c.to_decimal()).ok());
         self.write(
             &Out::MessageDelta {
                 delta: MessageDeltaOut {
                     stop_reason,
                     stop_sequence: None,
                 },
-                usage,
+                usage: DeltaUsageOut { usage, cost },
             },
             out,
         );
@@ -742,6 +760,7 @@ mod tests {
             estimated_input_tokens: estimated,
             include_usage: false,
             created: 1_700_000_000,
+            rates: None,
         };
         let mut encoder = StreamEncoder::new(&meta);
         let mut out = BytesMut::new();
@@ -1084,6 +1103,7 @@ mod tests {
             estimated_input_tokens: 1,
             include_usage: false,
             created: 0,
+            rates: None,
         };
         let mut e = StreamEncoder::new(&meta);
         let mut out = BytesMut::new();

@@ -31,6 +31,10 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
     let mut function_call = None;
     let mut safety_identifier = None;
     for (key, value) in members {
+        if key == "stream_options" {
+            // Kept even when null or not an object: a passthrough stream splices over it.
+            req.stream_options_span = Some(json::span_of(raw, value));
+        }
         let known = match key.as_ref() {
             "model" => {
                 model_raw = Some(value);
@@ -1319,6 +1323,7 @@ mod tests {
             reasoning: Some(Reasoning::Budget(10_000)),
             user: None,
             include_usage: false,
+            stream_options_span: None,
             previous_response_id: None,
             unknown: vec![],
         };

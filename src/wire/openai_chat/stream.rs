@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
+use crate::metering::Rates;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
 
@@ -322,7 +323,17 @@ struct ChunkOut<'r> {
     model: &'r str,
     choices: &'r [ChoiceOut<'r>],
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<UsageOut>,
+    usage: Option<UsageCostOut>,
+}
+
+/// The usage chunk's `usage`, with the gateway's `cost` (OpenRouter's convention) when the
+/// stream is priced: dollars as a JSON number written from exact digits, never a float.
+#[derive(Serialize)]
+struct UsageCostOut {
+    #[serde(flatten)]
+    usage: UsageOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Box<RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -373,6 +384,7 @@ pub struct StreamEncoder {
     /// IR block index -> position among the tool calls (`tool_calls[].index`).
     tools: Vec<(usize, usize)>,
     usage: Usage,
+    rates: Option<Rates>,
     done: bool,
 }
 
@@ -386,6 +398,7 @@ impl StreamEncoder {
             opened: false,
             tools: Vec::new(),
             usage: Usage::default(),
+            rates: meta.rates,
             done: false,
         }
     }
@@ -484,7 +497,15 @@ impl StreamEncoder {
         }
         self.open(out);
         if self.include_usage {
-            self.chunk(&[], Some(UsageOut::new(&self.usage)), out);
+            let cost = self
+                .usage
+                .priced(self.rates.as_ref())
+                .and_then(|c| RawValue::from_string(c.to_decimal()).ok());
+            let usage = UsageCostOut {
+                usage: UsageOut::new(&self.usage),
+                cost,
+            };
+            self.chunk(&[], Some(usage), out);
         }
         sse::write_event(out, None, b"[DONE]");
         self.done = true;
@@ -534,7 +555,7 @@ impl StreamEncoder {
         );
     }
 
-    fn chunk(&self, choices: &[ChoiceOut<'_>], usage: Option<UsageOut>, out: &mut BytesMut) {
+    fn chunk(&self, choices: &[ChoiceOut<'_>], usage: Option<UsageCostOut>, out: &mut BytesMut) {
         let chunk = ChunkOut {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -784,6 +805,7 @@ mod tests {
             estimated_input_tokens: 7,
             include_usage,
             created: 1764400000,
+            rates: None,
         }
     }
 

@@ -1319,6 +1319,7 @@ mod tests {
             reasoning: Some(Reasoning::Budget(10_000)),
             user: Some(Cow::Borrowed("{\"device_id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}")),
             include_usage: false,
+            stream_options_span: None,
             previous_response_id: None,
             unknown: vec![],
         };

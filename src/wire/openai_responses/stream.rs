@@ -16,8 +16,10 @@ use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     ResponseObject, Status, Str, SummaryPart, TextPart,
 };
+use crate::metering::Rates;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
+use crate::wire::{transcode, Format};
 
 // ---------------------------------------------------------------------------------------
 // Decoding
@@ -660,6 +662,7 @@ pub struct StreamEncoder {
     open: Vec<OpenBlock>,
     stop: Option<StopReason>,
     usage: Usage,
+    rates: Option<Rates>,
 }
 
 #[derive(Debug)]
@@ -731,6 +734,12 @@ struct SummaryTextEv<'r> {
 
 /// Write `event: NAME` and `data: {"type":NAME, …body…, "sequence_number":n}`.
 fn emit<T: Serialize>(seq: &mut u64, out: &mut BytesMut, name: &str, body: &T) {
+    let data = event_data(seq, name, body);
+    sse::write_event(out, Some(name), &data);
+}
+
+/// `{"type":NAME, …body…, "sequence_number":n}`, counting the sequence number.
+fn event_data<T: Serialize>(seq: &mut u64, name: &str, body: &T) -> Vec<u8> {
     let mut data = Vec::with_capacity(160);
     data.extend_from_slice(b"{\"type\":\"");
     data.extend_from_slice(name.as_bytes());
@@ -746,8 +755,8 @@ fn emit<T: Serialize>(seq: &mut u64, out: &mut BytesMut, name: &str, body: &T) {
     data.extend_from_slice(b",\"sequence_number\":");
     data.extend_from_slice(seq.to_string().as_bytes());
     data.push(b'}');
-    sse::write_event(out, Some(name), &data);
     *seq += 1;
+    data
 }
 
 impl StreamEncoder {
@@ -764,6 +773,7 @@ impl StreamEncoder {
             open: Vec::new(),
             stop: None,
             usage: Usage::default(),
+            rates: meta.rates,
         }
     }
 
@@ -818,7 +828,17 @@ impl StreamEncoder {
                 usage: Some(&self.usage),
             },
         };
-        emit(&mut self.seq, out, name, &body);
+        let mut data = event_data(&mut self.seq, name, &body);
+        // `response.usage.cost` (OpenRouter's convention) when the stream is priced.
+        if let Some(cost) = self.usage.priced(self.rates.as_ref()) {
+            let priced = std::str::from_utf8(&data).ok().and_then(|d| {
+                transcode::with_cost(Format::OpenAiResponses, Some(name), d, &cost.to_decimal())
+            });
+            if let Some(priced) = priced {
+                data = priced.into_bytes();
+            }
+        }
+        sse::write_event(out, Some(name), &data);
         self.done = true;
     }
 
@@ -1388,6 +1408,7 @@ mod tests {
             estimated_input_tokens: 0,
             include_usage: false,
             created: 0,
+            rates: None,
         };
         for (name, usage, reason) in [
             ("text.sse", (12, 0, 7), StopReason::EndTurn),
@@ -1420,6 +1441,7 @@ mod tests {
             estimated_input_tokens: 0,
             include_usage: false,
             created: 1_700_000_000,
+            rates: None,
         }
     }
 
