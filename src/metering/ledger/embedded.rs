@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::store::{Batch, Group, QueuedEntry, Store, Tally};
 use super::{hour_of, Entry, Ledger, LedgerError, LedgerReader, Month, ReportRow, Spend};
+use crate::config::server::LedgerConfig;
 use crate::metering::Usd;
 
 /// Mutexes the keys are spread over, so request threads rarely wait for each other.
@@ -52,6 +53,16 @@ fn system_clock() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+impl LedgerOptions {
+    /// The options a server configuration asks for (the rest keep their defaults).
+    pub fn from_config(config: &LedgerConfig) -> LedgerOptions {
+        LedgerOptions {
+            flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
+            ..LedgerOptions::default()
+        }
+    }
 }
 
 impl Default for LedgerOptions {
