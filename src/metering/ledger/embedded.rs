@@ -45,6 +45,9 @@ pub struct LedgerOptions {
     /// Entries waiting for the writer at most; past it their detail is dropped (never their
     /// spend, which goes to the aggregates regardless) and counted in [`LedgerStats`].
     pub max_queued_entries: usize,
+    /// How long a commit waits for another process's write transaction before it fails
+    /// (and is retried with the next batch).
+    pub busy_timeout: Duration,
     /// Unix seconds now: decides which months and hours are loaded from the file.
     pub clock: fn() -> u64,
 }
@@ -71,6 +74,7 @@ impl Default for LedgerOptions {
             flush_interval: Duration::from_millis(50),
             keep_entries: 100_000,
             max_queued_entries: 8_192,
+            busy_timeout: Duration::from_secs(5),
             clock: system_clock,
         }
     }
@@ -208,6 +212,15 @@ impl Shared {
         let hour = hour_of(e.at_unix);
         let month = Month::of(e.at_unix);
         let per_shard_entries = self.options.max_queued_entries / SHARDS;
+        // Copied before taking the lock, so that other threads do not wait on the allocator.
+        let queued_entry = (self.options.keep_entries > 0).then(|| QueuedEntry {
+            at_unix: e.at_unix,
+            key_id: e.key_id.into(),
+            lane: e.lane.into(),
+            model: e.model.into(),
+            request_id: e.request_id.into(),
+            tally,
+        });
         {
             let mut guard = lock(&self.shards[shard_of(e.key_id)]);
             let Shard {
@@ -238,16 +251,9 @@ impl Shared {
                     }),
                 }
             }
-            if self.options.keep_entries > 0 {
+            if let Some(queued_entry) = queued_entry {
                 if entries.len() < per_shard_entries {
-                    entries.push(QueuedEntry {
-                        at_unix: e.at_unix,
-                        key_id: e.key_id.into(),
-                        lane: e.lane.into(),
-                        model: e.model.into(),
-                        request_id: e.request_id.into(),
-                        tally,
-                    });
+                    entries.push(queued_entry);
                 } else {
                     self.dropped_entries.fetch_add(1, Ordering::Relaxed);
                 }
@@ -501,7 +507,7 @@ pub struct EmbeddedLedger {
 impl EmbeddedLedger {
     /// Open (or create) the file, load the current totals, start the writer thread.
     pub fn open(path: &Path, options: LedgerOptions) -> Result<EmbeddedLedger, LedgerError> {
-        let store = Store::open(path, options.keep_entries)?;
+        let store = Store::open(path, options.keep_entries, options.busy_timeout)?;
         let shared = Arc::new(Shared::new(options));
         shared.reload(&store, (options.clock)())?;
         let writer = {

@@ -25,8 +25,8 @@ use crate::metering::Usd;
 const SCHEMA_VERSION: i64 = 1;
 /// Hourly rows older than this are deleted (8 days: a week of hourly history).
 pub(super) const HOURS_KEPT: u64 = 8 * 24;
-/// How long a statement waits for another process's write transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reader waits for a lock (only a WAL checkpoint or recovery takes one).
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS key_month (
@@ -160,14 +160,18 @@ impl Store {
     /// Open or create the file: WAL (readers in other processes never block the writer, nor
     /// it them) and `synchronous=NORMAL` (a commit is a write to the WAL, not an fsync: safe
     /// from a process crash; the last commits can be lost to a power cut).
-    pub fn open(path: &Path, keep_entries: u64) -> Result<Store, LedgerError> {
+    pub fn open(
+        path: &Path,
+        keep_entries: u64,
+        busy_timeout: Duration,
+    ) -> Result<Store, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| LedgerError(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)
             .map_err(|e| LedgerError(format!("cannot open ledger {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_timeout(busy_timeout)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(LedgerError(format!(
@@ -403,7 +407,7 @@ impl LedgerReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| LedgerError(format!("cannot open ledger {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_timeout(READ_BUSY_TIMEOUT)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != SCHEMA_VERSION {
             return Err(LedgerError(format!(
