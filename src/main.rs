@@ -1,4 +1,4 @@
-//! The `fluxrouter` command: serve, demo, check, keys, simulate.
+//! The `fluxrouter` command: serve, demo, check, keys, usage, simulate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 use fluxrouter::config::server::BaseUrl;
 use fluxrouter::config::{KeyStatus, KeysFile, ServerConfig};
+use fluxrouter::metering::ledger::{LedgerReader, Month, ReportRow};
+use fluxrouter::metering::Usd;
 use fluxrouter::server::{self, RunOptions};
 use fluxrouter::state::{self, AppState};
 use fluxrouter::upstream::Providers;
@@ -54,6 +56,19 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Spend, requests and tokens by key, lane and model for a month, from the ledger file
+    /// (safe while the gateway runs).
+    Usage {
+        /// Only this key: its name in the keys file, or its id.
+        #[arg(long)]
+        key: Option<String>,
+        /// The month, YYYY-MM (default: the current month, UTC).
+        #[arg(long)]
+        month: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the simulated OpenAI-compatible provider.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -85,6 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Keys { action }) => keys(&cli.config, action),
+        Some(Command::Usage { key, month, json }) => usage(&cli.config, key, month, json),
         Some(Command::Simulate { listen }) => simulate(listen),
         None if cli.demo => demo(cli.listen),
         None => serve(
@@ -209,6 +225,144 @@ fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     Ok(())
 }
 
+fn usage(config_path: &Path, key: Option<String>, month: Option<String>, json: bool) -> CliResult {
+    let config = ServerConfig::load(config_path)?;
+    let month = match month {
+        Some(m) => m.parse::<Month>()?,
+        None => Month::of(now()),
+    };
+    // Names are a convenience: a broken keys file still leaves the ids to show.
+    let keys = KeysFile::load(&config.keys_file).unwrap_or_else(|e| {
+        eprintln!("warning: {e}; showing key ids");
+        KeysFile::default()
+    });
+    let key_id = key.map(|k| {
+        keys.keys
+            .iter()
+            .find(|r| r.name == k)
+            .map_or(k, |r| r.id.clone())
+    });
+    let reader = LedgerReader::open(&config.ledger.path)?;
+    let rows = reader.report(month, key_id.as_deref())?;
+    let name_of = |id: &str| {
+        keys.keys
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.name.clone())
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&usage_json(month, &rows, &name_of))?
+        );
+    } else if rows.is_empty() {
+        println!(
+            "no usage in {month}{} ({})",
+            key_id.map(|k| format!(" for {k}")).unwrap_or_default(),
+            config.ledger.path.display()
+        );
+    } else {
+        print!("{}", usage_table(&rows, &name_of));
+    }
+    Ok(())
+}
+
+fn usage_totals(rows: &[ReportRow]) -> ReportRow {
+    let mut total = ReportRow::default();
+    for r in rows {
+        total.requests += r.requests;
+        total.input_tokens += r.input_tokens;
+        total.cached_input_tokens += r.cached_input_tokens;
+        total.output_tokens += r.output_tokens;
+        total.cost = total.cost.saturating_add(r.cost);
+    }
+    total
+}
+
+fn usage_json(
+    month: Month,
+    rows: &[ReportRow],
+    name_of: &dyn Fn(&str) -> Option<String>,
+) -> serde_json::Value {
+    let total = usage_totals(rows);
+    serde_json::json!({
+        "month": month.to_string(),
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "key_id": r.key_id,
+            "key_name": name_of(&r.key_id),
+            "lane": r.lane,
+            "model": r.model,
+            "requests": r.requests,
+            "input_tokens": r.input_tokens,
+            "cached_input_tokens": r.cached_input_tokens,
+            "output_tokens": r.output_tokens,
+            "cost_usd": r.cost,
+        })).collect::<Vec<_>>(),
+        "total": {
+            "requests": total.requests,
+            "input_tokens": total.input_tokens,
+            "cached_input_tokens": total.cached_input_tokens,
+            "output_tokens": total.output_tokens,
+            "cost_usd": total.cost,
+        },
+    })
+}
+
+/// Dollars to the micro-dollar, rounded half up: `$12.345679`.
+fn dollars(usd: Usd) -> String {
+    let micros = usd.0 / 1_000_000 + u64::from(usd.0 % 1_000_000 >= 500_000);
+    format!("${}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+fn usage_table(rows: &[ReportRow], name_of: &dyn Fn(&str) -> Option<String>) -> String {
+    let line = |r: &ReportRow, key: String| {
+        [
+            key,
+            r.lane.clone(),
+            r.model.clone(),
+            r.requests.to_string(),
+            r.input_tokens.to_string(),
+            r.cached_input_tokens.to_string(),
+            r.output_tokens.to_string(),
+            dollars(r.cost),
+        ]
+    };
+    let mut lines = vec![[
+        "KEY", "LANE", "MODEL", "REQUESTS", "INPUT", "CACHED", "OUTPUT", "SPEND",
+    ]
+    .map(String::from)];
+    for r in rows {
+        lines.push(line(
+            r,
+            name_of(&r.key_id).unwrap_or_else(|| r.key_id.clone()),
+        ));
+    }
+    lines.push(line(&usage_totals(rows), "TOTAL".into()));
+    let mut widths = [0usize; 8];
+    for l in &lines {
+        for (w, cell) in widths.iter_mut().zip(l) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let mut text = String::new();
+        for (i, (cell, w)) in l.iter().zip(widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if i < 3 {
+                text.push_str(&format!("{cell:<w$}"));
+            } else {
+                text.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn simulate(listen: SocketAddr) -> CliResult {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -255,4 +409,58 @@ fn demo(listen: SocketAddr) -> CliResult {
          -d '{{\"model\":\"flux-auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"ping\"}}]}}'"
     );
     start(config, RunOptions::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, lane: &str, requests: u64, cost: u64) -> ReportRow {
+        ReportRow {
+            key_id: key.into(),
+            lane: lane.into(),
+            model: "gpt-x".into(),
+            requests,
+            input_tokens: requests * 1000,
+            cached_input_tokens: requests * 100,
+            output_tokens: requests * 10,
+            cost: Usd(cost),
+        }
+    }
+
+    #[test]
+    fn usage_prints_names_totals_and_dollars() {
+        let rows = [
+            row("key_1", "fast", 3, 1_234_567_890_123),
+            row("key_2", "slow", 1, 499_999),
+        ];
+        let name_of = |id: &str| (id == "key_1").then(|| "alice".to_string());
+        let table = usage_table(&rows, &name_of);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].starts_with("KEY    LANE  MODEL  REQUESTS"),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("alice  fast  gpt-x") && lines[1].ends_with("$1.234568"));
+        assert!(lines[2].starts_with("key_2") && lines[2].ends_with("$0.000000"));
+        assert!(lines[3].starts_with("TOTAL") && lines[3].ends_with("$1.234568"));
+        assert!(lines[3].contains(" 4000 "), "{table}");
+
+        let json = usage_json("2026-03".parse().unwrap(), &rows, &name_of);
+        assert_eq!(json["month"], "2026-03");
+        assert_eq!(json["rows"][0]["key_name"], "alice");
+        assert!(json["rows"][1]["key_name"].is_null());
+        assert_eq!(json["rows"][0]["cost_usd"], "1.234567890123");
+        assert_eq!(json["total"]["cost_usd"], "1.234568390122");
+        assert_eq!(json["total"]["requests"], 4);
+    }
+
+    #[test]
+    fn dollars_round_to_the_micro_dollar() {
+        assert_eq!(dollars(Usd(0)), "$0.000000");
+        assert_eq!(dollars(Usd(500_000)), "$0.000001");
+        assert_eq!(dollars(Usd(2_999_999_500_000)), "$3.000000");
+        assert_eq!(dollars(Usd(12_345_678_000_000)), "$12.345678");
+    }
 }

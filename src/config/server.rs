@@ -28,6 +28,28 @@ pub struct ServerConfig {
     /// Where the JSON access log goes: `stderr`, `off`, or a file path.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// The spend ledger.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// The spend ledger: one SQLite file that `fluxrouter usage` can read while the gateway runs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// The ledger file, relative to this file.
+    pub path: PathBuf,
+    /// Longest time from serving a request to committing its cost (what a crash can lose).
+    pub flush_interval_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            path: PathBuf::from("ledger.sqlite"),
+            flush_interval_ms: 50,
+        }
+    }
 }
 
 fn default_access_log() -> String {
@@ -225,6 +247,7 @@ impl ServerConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.keys_file = base.join(&config.keys_file);
         config.lanes_file = base.join(&config.lanes_file);
+        config.ledger.path = base.join(&config.ledger.path);
         config.validate(path)?;
         Ok(config)
     }
@@ -260,6 +283,15 @@ impl ServerConfig {
                     "timeouts must be positive".into(),
                 );
             }
+        }
+        if self.ledger.path.file_name().is_none() {
+            return err("ledger.path".into(), "must name a file".into());
+        }
+        if !(1..=10_000).contains(&self.ledger.flush_interval_ms) {
+            return err(
+                "ledger.flush_interval_ms".into(),
+                "must be between 1 and 10000".into(),
+            );
         }
         if self.plans.is_empty() {
             return err("plans".into(), "at least one plan is needed".into());
@@ -320,6 +352,11 @@ plans:
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(c.keys_file, Path::new("/etc/flux/conf/keys.yaml"));
         assert_eq!(c.lanes_file, Path::new("/etc/flux/conf/../lanes.yaml"));
+        assert_eq!(c.ledger.path, Path::new("/etc/flux/conf/ledger.sqlite"));
+        assert_eq!(c.ledger.flush_interval_ms, 50);
+        let text = format!("{MINIMAL}\nledger: {{ path: /var/lib/flux/spend.db }}\n");
+        let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), &text).unwrap();
+        assert_eq!(c.ledger.path, Path::new("/var/lib/flux/spend.db"));
     }
 
     #[test]
@@ -343,5 +380,12 @@ plans:
         let text = format!("{MINIMAL}\nserver: {{ threads: 0 }}\n");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
         assert_eq!(e.field, "server.threads");
+
+        let text = format!("{MINIMAL}\nledger: {{ flush_interval_ms: 0 }}\n");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "ledger.flush_interval_ms");
+        let text = format!("{MINIMAL}\nledger: {{ file: x }}\n");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert!(e.reason.contains("file"), "{e}");
     }
 }
