@@ -9,6 +9,28 @@
 //!   rows in batches; `fluxrouter usage` reads the same file with a [`LedgerReader`] while the
 //!   gateway runs.
 //! - [`Month`] and [`hour_of`]: UTC calendar buckets, computed without a date library.
+//!
+//! Wiring it into a server:
+//!
+//! ```no_run
+//! # use fluxrouter::metering::{ledger::*, Usd};
+//! # use fluxrouter::wire::ir::Usage;
+//! # fn wire(config: &fluxrouter::config::ServerConfig) -> Result<(), LedgerError> {
+//! let ledger: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(EmbeddedLedger::open(
+//!     &config.ledger.path,
+//!     LedgerOptions::from_config(&config.ledger),
+//! )?);
+//! // Before forwarding: compare with the key's limits.
+//! let spent = ledger.spend("key_abc", 1_775_000_000);
+//! // Once the response is done and its usage known.
+//! let usage = Usage { input: 1200, cached_input: 1000, output: 80, ..Usage::default() };
+//! ledger.record(&Entry::from_usage(
+//!     1_775_000_000, "key_abc", "fast", "gpt-x", "req_1", &usage, Usd(42),
+//! ));
+//! // After the server has stopped serving (Pingora's `run` returned).
+//! ledger.close()?;
+//! # Ok(()) }
+//! ```
 
 mod embedded;
 mod store;

@@ -254,7 +254,8 @@ fn concurrent_records_add_up_exactly() {
     let keys = ["key_0", "key_1", "key_2", "key_3", "key_4"];
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
-            let ledger = ledger.clone();
+            // As the gateway holds it: behind the trait.
+            let ledger: Arc<dyn Ledger> = ledger.clone();
             std::thread::spawn(move || {
                 for i in 0..PER_THREAD {
                     let key = keys[(i % 5) as usize];
