@@ -46,6 +46,15 @@ pub struct AccessLine<'a> {
     /// Top-level request fields dropped in translation (the provider's format has no place).
     #[serde(skip_serializing_if = "is_zero")]
     pub dropped_fields: usize,
+    /// What the provider reported and what it cost (exact decimal dollars).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<String>,
     pub attempts: u32,
     pub request_bytes: usize,
     pub response_bytes: usize,
@@ -172,6 +181,10 @@ mod tests {
             client_format: Some("anthropic"),
             provider_format: Some("openai"),
             dropped_fields: 2,
+            input_tokens: Some(10),
+            cached_input_tokens: Some(0),
+            output_tokens: Some(5),
+            cost_usd: Some("0.00003".into()),
             attempts: 1,
             request_bytes: 10,
             response_bytes: 20,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 
+use crate::config::server::PlanConfig;
 use crate::config::{ConfigError, KeyRecord, KeyStatus, KeysFile};
 use crate::errors::{ErrorKind, FluxError};
 
@@ -25,6 +26,14 @@ pub struct Account {
     pub plan: String,
     /// The plan's lanes, copied here so the hot path needs no second lookup.
     pub lanes: Vec<String>,
+    /// The plan's money terms (credit, ceiling, hourly limit, premium rule).
+    pub terms: Arc<PlanConfig>,
+    pub payment_method: bool,
+    pub on_hold: bool,
+    /// The account's own ceiling, which replaces the plan's.
+    pub ceiling: Option<crate::metering::Usd>,
+    /// Operator restriction to these model ids.
+    pub models: Option<Vec<String>>,
     status: KeyStatus,
     expires_at: Option<u64>,
 }
@@ -40,7 +49,7 @@ impl KeyTable {
     pub fn compile(
         path: &Path,
         file: &KeysFile,
-        plan_lanes: &dyn Fn(&str) -> Option<Vec<String>>,
+        plans: &dyn Fn(&str) -> Option<Arc<PlanConfig>>,
     ) -> Result<Self, ConfigError> {
         let mut by_hash = HashMap::with_capacity(file.keys.len());
         for (i, k) in file.keys.iter().enumerate() {
@@ -53,7 +62,7 @@ impl KeyTable {
                     "must be 64 hex digits",
                 ));
             }
-            let Some(lanes) = plan_lanes(&k.plan) else {
+            let Some(terms) = plans(&k.plan) else {
                 return Err(ConfigError::new(
                     path,
                     field("plan"),
@@ -64,7 +73,12 @@ impl KeyTable {
                 key_id: k.id.clone(),
                 key_name: k.name.clone(),
                 plan: k.plan.clone(),
-                lanes,
+                lanes: terms.lanes.clone(),
+                terms,
+                payment_method: k.payment_method,
+                on_hold: k.on_hold,
+                ceiling: k.ceiling_usd,
+                models: k.models.clone(),
                 status: k.status,
                 expires_at: k.expires_at,
             };
@@ -77,6 +91,27 @@ impl KeyTable {
             }
         }
         Ok(KeyTable { by_hash })
+    }
+
+    /// The id of the key named `name` (admin reports take names).
+    pub fn id_of(&self, name: &str) -> Option<String> {
+        self.by_hash
+            .values()
+            .find(|a| a.key_name == name)
+            .map(|a| a.key_id.clone())
+    }
+
+    /// The account of the key with id `id`.
+    pub fn account_by_id(&self, id: &str) -> Option<&Arc<Account>> {
+        self.by_hash.values().find(|a| a.key_id == id)
+    }
+
+    /// The name of the key with id `id`, if it is still in the file.
+    pub fn name_of(&self, id: &str) -> Option<&str> {
+        self.by_hash
+            .values()
+            .find(|a| a.key_id == id)
+            .map(|a| a.key_name.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -196,6 +231,10 @@ pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
         status: KeyStatus::Active,
         expires_at: None,
         created_at: now,
+        payment_method: false,
+        on_hold: false,
+        ceiling_usd: None,
+        models: None,
     };
     (key, record)
 }
@@ -205,7 +244,14 @@ mod tests {
     use super::*;
 
     fn table(records: Vec<KeyRecord>) -> KeyTable {
-        let plans = |p: &str| (p == "free").then(|| vec!["express".to_string()]);
+        let plans = |p: &str| {
+            (p == "free").then(|| {
+                Arc::new(PlanConfig {
+                    lanes: vec!["express".to_string()],
+                    ..PlanConfig::default()
+                })
+            })
+        };
         KeyTable::compile(Path::new("keys.yaml"), &KeysFile { keys: records }, &plans).unwrap()
     }
 
@@ -258,7 +304,7 @@ mod tests {
     #[test]
     fn unknown_plan_and_bad_hash_are_rejected_at_load() {
         let (_, mut r) = new_key("a", "gold", 0);
-        let plans = |p: &str| (p == "free").then(Vec::new);
+        let plans = |p: &str| (p == "free").then(|| Arc::new(PlanConfig::default()));
         let e = KeyTable::compile(
             Path::new("k"),
             &KeysFile {

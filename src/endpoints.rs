@@ -9,6 +9,8 @@ pub enum Endpoint {
     ChatCompletions,
     Responses,
     Models,
+    /// `GET /v1/usage`: the caller's own plan, spend and limits.
+    Usage,
     AnthropicMessages,
     AnthropicCountTokens,
     Healthz,
@@ -27,6 +29,7 @@ impl Endpoint {
             "/v1/chat/completions" => Endpoint::ChatCompletions,
             "/v1/responses" => Endpoint::Responses,
             "/v1/models" => Endpoint::Models,
+            "/v1/usage" => Endpoint::Usage,
             "/anthropic/v1/messages" => Endpoint::AnthropicMessages,
             "/anthropic/v1/messages/count_tokens" => Endpoint::AnthropicCountTokens,
             "/healthz" => Endpoint::Healthz,
@@ -39,7 +42,7 @@ impl Endpoint {
     pub fn allow(self) -> &'static str {
         match self {
             Endpoint::Healthz | Endpoint::Root => "GET, HEAD",
-            Endpoint::Models => "GET",
+            Endpoint::Models | Endpoint::Usage => "GET",
             _ => "POST",
         }
     }
@@ -49,7 +52,7 @@ impl Endpoint {
             Endpoint::Healthz | Endpoint::Root => {
                 method == http::Method::GET || method == http::Method::HEAD
             }
-            Endpoint::Models => method == http::Method::GET,
+            Endpoint::Models | Endpoint::Usage => method == http::Method::GET,
             _ => method == http::Method::POST,
         }
     }
@@ -60,7 +63,9 @@ impl Endpoint {
             Endpoint::ChatCompletions => Format::OpenAiChat,
             Endpoint::Responses => Format::OpenAiResponses,
             Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Format::Anthropic,
-            Endpoint::Models | Endpoint::Healthz | Endpoint::Root => Format::OpenAiChat,
+            Endpoint::Models | Endpoint::Usage | Endpoint::Healthz | Endpoint::Root => {
+                Format::OpenAiChat
+            }
         }
     }
 
@@ -70,6 +75,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Responses => "responses",
             Endpoint::Models => "models",
+            Endpoint::Usage => "usage",
             Endpoint::AnthropicMessages => "anthropic_messages",
             Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
             Endpoint::Healthz => "healthz",
@@ -80,7 +86,7 @@ impl Endpoint {
 
 const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
-POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
+GET /v1/usage, POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
 
 /// The format whose error body the client on this path reads.
 pub fn format_for(path: &str) -> Format {

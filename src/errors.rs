@@ -19,8 +19,24 @@ pub enum ErrorKind {
     EmptyPrompt,
     /// 400: a model id that is neither flux-auto, a lane alias nor a pinned id.
     ModelNotFound,
-    /// 403: the key's plan does not include the requested lane or model.
+    /// 403: the operator restricted the key to other models.
     ModelNotAllowed,
+    /// 402: the key's plan does not include the requested lane or model (yet).
+    PlanModelNotIncluded,
+    /// 402: a paid plan without overage used its monthly credit.
+    CreditExhausted,
+    /// 402: the Free plan's monthly allowance is used up.
+    FreeAllowanceExhausted,
+    /// 402: the account's monthly spend ceiling is reached.
+    SpendCeilingReached,
+    /// 402: the hourly safety limit is reached (with `retry_after`).
+    HourlyLimitReached,
+    /// 402: premium routing needs a payment method on file.
+    PaymentMethodRequired,
+    /// 402: the account is on hold for payment review.
+    AccountOnHold,
+    /// 403: an admin endpoint without the admin token.
+    AdminForbidden,
     /// 403: a path the gateway does not serve (with a diagnosis of the likely mistake).
     EndpointNotServed,
     /// 405: a served path with the wrong method.
@@ -46,7 +62,16 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::InvalidRequest | ErrorKind::EmptyPrompt | ErrorKind::ModelNotFound => 400,
-            ErrorKind::ModelNotAllowed | ErrorKind::EndpointNotServed => 403,
+            ErrorKind::ModelNotAllowed
+            | ErrorKind::EndpointNotServed
+            | ErrorKind::AdminForbidden => 403,
+            ErrorKind::PlanModelNotIncluded
+            | ErrorKind::CreditExhausted
+            | ErrorKind::FreeAllowanceExhausted
+            | ErrorKind::SpendCeilingReached
+            | ErrorKind::HourlyLimitReached
+            | ErrorKind::PaymentMethodRequired
+            | ErrorKind::AccountOnHold => 402,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
@@ -65,7 +90,15 @@ impl ErrorKind {
             ErrorKind::EmptyPrompt => "empty_prompt",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::ModelNotAllowed => "model_not_allowed",
+            ErrorKind::PlanModelNotIncluded => "plan_model_not_included",
+            ErrorKind::CreditExhausted => "monthly_credit_exhausted",
+            ErrorKind::FreeAllowanceExhausted => "free_allowance_exhausted",
+            ErrorKind::SpendCeilingReached => "spend_ceiling_reached",
+            ErrorKind::HourlyLimitReached => "hourly_limit_reached",
+            ErrorKind::PaymentMethodRequired => "payment_method_required",
+            ErrorKind::AccountOnHold => "account_on_hold",
             ErrorKind::EndpointNotServed => "endpoint_not_served",
+            ErrorKind::AdminForbidden => "admin_forbidden",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
@@ -94,6 +127,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::RequestTimeout
+                | ErrorKind::HourlyLimitReached
                 | ErrorKind::UpstreamError
                 | ErrorKind::ServiceUnavailable
                 | ErrorKind::Internal
@@ -105,6 +139,7 @@ impl ErrorKind {
 pub fn openai_type(status: u16) -> &'static str {
     match status {
         400 | 401 | 404 | 405 | 408 | 413 | 415 | 422 => "invalid_request_error",
+        402 => "billing_error",
         403 => "permission_error",
         429 => "rate_limit_error",
         _ => "server_error",
@@ -131,6 +166,9 @@ pub fn anthropic_type(status: u16) -> &'static str {
 pub struct FluxError {
     pub kind: ErrorKind,
     pub message: Cow<'static, str>,
+    /// Seconds after which the same request can succeed (`retry_after` in the body and the
+    /// `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl FluxError {
@@ -138,7 +176,13 @@ impl FluxError {
         FluxError {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn status(&self) -> u16 {

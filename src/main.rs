@@ -394,7 +394,12 @@ fn demo(listen: SocketAddr) -> CliResult {
         provider.base_url = BaseUrl::parse(&format!("http://{sim}/{name}/v1"))?;
         provider.api_key_env = None;
     }
-    let (key, record) = fluxrouter::auth::new_key("demo", "payg", now());
+    // The demo has no operator listener, and its key has a card on file so every lane,
+    // premium included, can be tried.
+    config.admin = None;
+    config.ledger.path = dir.join("ledger.sqlite");
+    let (key, mut record) = fluxrouter::auth::new_key("demo", "payg", now());
+    record.payment_method = true;
     KeysFile { keys: vec![record] }.save(&config.keys_file)?;
 
     println!(

@@ -51,6 +51,30 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
         gateway.add_tcp(&addr.to_string());
     }
     server.add_service(gateway);
+    if let Some(admin) = &state.config.admin {
+        let token = std::env::var(&admin.token_env).ok();
+        if token.as_deref().is_none_or(str::is_empty) {
+            log::warn!(
+                "admin: {} is not set; every admin request will be refused",
+                admin.token_env
+            );
+        }
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            crate::gateway::admin::Admin::new(state.clone(), token),
+            "fluxrouter-admin",
+        );
+        for addr in &admin.listen {
+            service.add_tcp(&addr.to_string());
+        }
+        server.add_service(service);
+    }
+    server.add_service(background_service(
+        "hold-sweeper",
+        HoldSweeper {
+            state: state.clone(),
+        },
+    ));
     server.add_service(background_service(
         "drain-signal",
         DrainSignal {
@@ -68,6 +92,34 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     // access log's queued lines are written out before the process exits.
     server.run(RunArgs::default());
     state.access_log.close();
+    if let Err(e) = state.budget.ledger().close() {
+        log::error!("ledger: final flush failed: {e}");
+    }
+}
+
+/// Releases holds whose request never settled nor dropped them (see metering::budget).
+struct HoldSweeper {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for HoldSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let released = self.state.budget.sweep(now);
+            if released > 0 {
+                log::warn!("released {released} expired spend hold(s)");
+            }
+        }
+    }
 }
 
 /// Follows Pingora's execution phase and marks the state as draining once a graceful upgrade

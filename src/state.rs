@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 use crate::access_log::AccessLog;
 use crate::auth::KeyTable;
 use crate::config::{ConfigError, KeysFile, ServerConfig};
+use crate::metering::budget::{Budget, DEFAULT_HOLD_TTL_SECS};
+use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
 use crate::routing::RouteTable;
 use crate::upstream::Providers;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub keys: ArcSwap<KeyTable>,
     pub connector: Connector,
     pub access_log: AccessLog,
+    /// Reservations over the durable spend ledger.
+    pub budget: Budget,
     /// Set when an upgrade or a shutdown begins: responses then close their connections, so
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
@@ -54,9 +58,16 @@ impl AppState {
                 format!("cannot open: {e}"),
             )
         })?;
+        let ledger = EmbeddedLedger::open(
+            &config.ledger.path,
+            LedgerOptions::from_config(&config.ledger),
+        )
+        .map_err(|e| ConfigError::new(&config.ledger.path, "ledger", e.to_string()))?;
+        let budget = Budget::new(Arc::new(ledger), DEFAULT_HOLD_TTL_SECS);
         let state = AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
+            budget,
             providers,
             routes: ArcSwap::from_pointee(routes),
             keys: ArcSwap::from_pointee(keys),
@@ -120,7 +131,7 @@ pub fn load_routes(
 pub fn load_keys(config: &ServerConfig) -> Result<KeyTable, ConfigError> {
     let file = KeysFile::load(&config.keys_file)?;
     KeyTable::compile(&config.keys_file, &file, &|plan| {
-        config.plans.get(plan).map(|p| p.lanes.clone())
+        config.plans.get(plan).cloned().map(Arc::new)
     })
 }
 

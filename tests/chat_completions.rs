@@ -270,7 +270,10 @@ async fn sse_chunks_are_relayed_one_by_one_as_they_arrive() {
     let all: String = arrivals.iter().map(|(_, c)| c.as_str()).collect();
     let events = all.matches("data: ").count();
     assert!(events >= 5, "{all}");
-    assert!(all.trim_end().ends_with("data: [DONE]"), "{all}");
+    // The last event is [DONE]; only the cost comment follows it.
+    let (events_part, comment) = all.trim_end().rsplit_once("\n\n").unwrap();
+    assert!(events_part.ends_with("data: [DONE]"), "{all}");
+    assert!(comment.starts_with(": x-flux-cost-usd="), "{all}");
     // The provider waits 100 ms between events; a gateway that buffered would deliver them
     // in one or two reads at the end.
     assert!(
@@ -295,7 +298,13 @@ async fn streams_carry_usage_when_asked_and_stop_with_done() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("\"usage\""), "{text}");
-    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert!(
+        text.contains("\"cost\":"),
+        "cost in the usage chunk: {text}"
+    );
+    let (events, comment) = text.trim_end().rsplit_once("\n\n").unwrap();
+    assert!(events.ends_with("data: [DONE]"), "{text}");
+    assert!(comment.starts_with(": x-flux-cost-usd="), "{text}");
     assert_eq!(flux.sim.requests().await[0]["stream"], true);
 }
 

@@ -793,7 +793,7 @@ fn numbers_body(model: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn peak_memory_stays_a_small_multiple_of_the_body() {
-    let flux = Flux::start().await;
+    let flux = Flux::start_with_body_timeout(30_000).await;
     // Passthrough (chat to a chat provider) and translation (chat to Anthropic, which drops
     // the unknown field) both parse the whole body.
     let warm = flux.chat(&ping("flux-pinned-on-chat")).await;
@@ -830,7 +830,9 @@ async fn peak_memory_stays_a_small_multiple_of_the_body() {
     }))
     .await;
     for r in four {
-        assert_eq!(r.unwrap().status(), 200);
+        let r = r.unwrap();
+        let status = r.status();
+        assert_eq!(status, 200, "{}", r.text().await.unwrap());
     }
     let four = flux.memory_kb("VmHWM").saturating_sub(base);
     eprintln!(

@@ -175,7 +175,8 @@ async fn models_lists_what_the_plan_allows() {
     let r = flux
         .post("/v1/chat/completions", &free, &ping("flux-image"))
         .await;
-    expect_openai_error(r, 403, "model_not_allowed").await;
+    let m = expect_openai_error(r, 402, "plan_model_not_included").await;
+    assert!(m.contains("Plan does not include this model yet"), "{m}");
     let r = flux
         .client
         .get(format!("{}/v1/models", flux.base))

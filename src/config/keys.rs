@@ -31,6 +31,23 @@ pub struct KeyRecord {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub created_at: u64,
+    /// The account has a payment method on file (premium lanes may need one).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub payment_method: bool,
+    /// The account is on hold for payment review: every request gets 402 account_on_hold.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_hold: bool,
+    /// This account's own monthly spend ceiling, instead of its plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_usd: Option<crate::metering::Usd>,
+    /// The operator restricted the key to these model ids (aliases or pinned ids); others
+    /// get 403 model_not_allowed. Absent: whatever the plan allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

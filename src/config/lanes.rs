@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metering::Usd;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LanesFile {
@@ -25,14 +27,21 @@ pub struct LaneConfig {
     /// Tried in order when the default (or the previous fallback) is ineligible or fails.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// A premium lane: plans with `premium_needs_payment_method` reach it only with a payment
+    /// method on file, and flux-auto does not route such accounts to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub premium: bool,
 }
 
-/// USD per one million tokens.
+/// USD per one million tokens, read exactly (never through a float).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LanePrice {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
+    pub input_per_mtok: Usd,
+    pub output_per_mtok: Usd,
+    /// Input tokens the provider served from its prompt cache; the input price when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<Usd>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

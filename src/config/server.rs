@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::metering::Usd;
 use crate::wire::Format;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     /// The spend ledger.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// The admin listener (operator endpoints); absent: none is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
 }
 
 /// The spend ledger: one SQLite file that `fluxrouter usage` can read while the gateway runs.
@@ -50,6 +54,15 @@ impl Default for LedgerConfig {
             flush_interval_ms: 50,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin endpoints listen (keep it private: loopback or an internal address).
+    pub listen: Vec<SocketAddr>,
+    /// The environment variable holding the admin token (never the token itself).
+    pub token_env: String,
 }
 
 fn default_access_log() -> String {
@@ -148,11 +161,32 @@ impl Default for ProviderTimeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
     /// Lanes (by name) whose alias, models and flux-auto routing the plan may use.
     pub lanes: Vec<String>,
+    /// A free allowance: `monthly_credit_usd` is a hard stop (402 free_allowance_exhausted).
+    #[serde(default)]
+    pub free: bool,
+    /// Spend included each calendar month (UTC). Absent (and not free): no monthly credit
+    /// limit, only the ceiling if one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_credit_usd: Option<Usd>,
+    /// Whether use continues past the included credit, at the lane rates, up to the
+    /// account's spend ceiling. Without it the credit is a hard stop (402
+    /// monthly_credit_exhausted).
+    #[serde(default)]
+    pub overage: bool,
+    /// The account spend ceiling per month for plans with overage (a key may set its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_usd: Option<Usd>,
+    /// A safety limit on spend within one clock hour (402 hourly_limit_reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_limit_usd: Option<Usd>,
+    /// Whether premium lanes (`premium: true` in lanes.yaml) need a payment method on file.
+    #[serde(default)]
+    pub premium_needs_payment_method: bool,
 }
 
 /// A provider base URL, split once at load.
@@ -293,12 +327,57 @@ impl ServerConfig {
                 "must be between 1 and 10000".into(),
             );
         }
+        if let Some(admin) = &self.admin {
+            if admin.listen.is_empty() {
+                return err(
+                    "admin.listen".into(),
+                    "at least one address is needed".into(),
+                );
+            }
+            if let Some(clash) = admin.listen.iter().find(|a| self.listen.contains(a)) {
+                return err(
+                    "admin.listen".into(),
+                    format!("{clash} is also a client listener; the admin listener needs its own"),
+                );
+            }
+            if admin.token_env.is_empty() || admin.token_env.contains('=') {
+                return err(
+                    "admin.token_env".into(),
+                    "must name an environment variable".into(),
+                );
+            }
+        }
         if self.plans.is_empty() {
             return err("plans".into(), "at least one plan is needed".into());
         }
         for (name, plan) in &self.plans {
             if plan.lanes.is_empty() {
                 return err(format!("plans.{name}.lanes"), "a plan needs a lane".into());
+            }
+            if plan.free && plan.monthly_credit_usd.is_none() {
+                return err(
+                    format!("plans.{name}.monthly_credit_usd"),
+                    "a free plan needs its monthly allowance".into(),
+                );
+            }
+            if plan.overage && plan.monthly_credit_usd.is_none() {
+                return err(
+                    format!("plans.{name}.overage"),
+                    "overage continues past a monthly credit; set monthly_credit_usd (0 for none)"
+                        .into(),
+                );
+            }
+            if plan.free && plan.overage {
+                return err(
+                    format!("plans.{name}.overage"),
+                    "a free plan stops at its credit; it cannot have overage".into(),
+                );
+            }
+            if plan.overage && plan.ceiling_usd.is_none() {
+                return err(
+                    format!("plans.{name}.ceiling_usd"),
+                    "a plan with overage needs a spend ceiling (no surprise bills)".into(),
+                );
             }
         }
         Ok(())

@@ -11,9 +11,14 @@ use pingora::proxy::Session;
 
 use crate::config::Capability;
 use crate::errors::{ErrorKind, FluxError};
+use crate::headers;
+use crate::metering::budget::Hold;
+use crate::metering::ledger::Entry;
+use crate::metering::{self, Rates, Usd};
 use crate::routing::{Route, RouteTable};
 use crate::state::AppState;
 use crate::upstream::{Outgoing, Provider, UpstreamResponse};
+use crate::wire::ir::Usage;
 use crate::wire::ir::{Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
 use crate::wire::{self, Format};
@@ -28,8 +33,18 @@ pub async fn run(
     routes: &RouteTable,
     route: &Route,
     request: &mut Request<'_>,
-    estimated_input_tokens: u64,
+    admitted: Admitted,
 ) -> Result<(), Stop> {
+    let Admitted {
+        hold,
+        estimated_input_tokens,
+    } = admitted;
+    let mut bill = Bill {
+        hold: Some(hold),
+        rates: routes.lane(route.lane).rates,
+        lane: &routes.lane(route.lane).name,
+        estimated_input_tokens,
+    };
     let client = request.format;
     let asked_reasoning = request.reasoning;
     // The gateway keeps no responses: only a Responses-format provider can continue one.
@@ -104,11 +119,12 @@ pub async fn run(
                 estimated_input_tokens,
                 include_usage: request.include_usage,
                 created: unix_now(),
-                // The lead wires the lane's rates in (StreamMeta::rates).
-                rates: None,
+                // Priced at the end of the stream, in the client's grammar.
+                rates: Some(bill.rates),
             };
             return stream(
-                session, ctx, provider, state, response, &served, client, meta,
+                session, ctx, provider, state, response, &served, client, meta, &mut bill,
+                &model.id,
             )
             .await;
         }
@@ -131,9 +147,13 @@ pub async fn run(
             }
         };
         let success = (200..300).contains(&response.status);
+        let mut usage = None;
         let (body, content_type) = if success {
             match transcode::translate_response(client, provider.format, body.clone()) {
-                Ok((body, _usage)) => (body, "application/json"),
+                Ok((body, seen)) => {
+                    usage = Some(seen);
+                    (body, "application/json")
+                }
                 // A body the gateway cannot read: relayed as it is when no translation is
                 // needed (the client may know better), a failed attempt otherwise.
                 Err(reason) if transcode::plan(client, provider.format) == Plan::Passthrough => {
@@ -161,6 +181,11 @@ pub async fn run(
         };
         let mut h = respond::header(response.status, &ctx.id)?;
         served.add_headers(&mut h)?;
+        if let Some(usage) = usage {
+            // Billed before the answer leaves: a client gone by then still pays for it.
+            let cost = bill.settle(ctx, &model.id, &usage);
+            h.insert_header(headers::COST_USD, cost.to_decimal())?;
+        }
         // A provider's 429 or 503 says when to come back; the client needs that too.
         let upstream_header = response.session.response_header();
         if let Some(v) = upstream_header.and_then(|r| r.headers.get(http::header::RETRY_AFTER)) {
@@ -197,6 +222,44 @@ pub async fn run(
     .into())
 }
 
+/// What let the request through: its spend hold, and the input estimate a translated
+/// Anthropic stream announces before the provider reports usage.
+pub struct Admitted {
+    pub hold: Hold,
+    pub estimated_input_tokens: u64,
+}
+
+/// The request's hold and how to price it.
+struct Bill<'a> {
+    hold: Option<Hold>,
+    rates: Rates,
+    lane: &'a str,
+    estimated_input_tokens: u64,
+}
+
+impl Bill<'_> {
+    /// Record the real cost in the ledger and release the hold; returns what was billed.
+    fn settle(&mut self, ctx: &mut RequestCtx, model_id: &str, usage: &Usage) -> Usd {
+        let cost = metering::cost(usage, &self.rates);
+        let Some(hold) = self.hold.take() else {
+            return cost;
+        };
+        let entry = Entry::from_usage(
+            unix_now(),
+            ctx.key_id.as_deref().unwrap_or_default(),
+            self.lane,
+            model_id,
+            &ctx.id,
+            usage,
+            cost,
+        );
+        let billed = hold.settle(entry);
+        ctx.usage = Some(*usage);
+        ctx.cost = Some(billed);
+        billed
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -231,7 +294,48 @@ async fn stream(
     served: &Served<'_>,
     client: Format,
     meta: StreamMeta,
+    bill: &mut Bill<'_>,
+    model_id: &str,
 ) -> Result<(), Stop> {
+    let mut transcoder = StreamTranscoder::new(client, provider.format, meta);
+    let outcome = relay(
+        session,
+        ctx,
+        provider,
+        &mut response,
+        served,
+        &mut transcoder,
+    )
+    .await;
+    // Whatever happened (finished, broken upstream, client gone), what was used is billed.
+    let usage = transcoder.usage();
+    let usage = if usage.output > 0 || usage.input > 0 {
+        usage
+    } else {
+        // No usage arrived (the stream broke first): estimate from what was relayed.
+        crate::wire::ir::Usage {
+            input: bill.estimated_input_tokens,
+            output: transcoder.output_text_bytes().div_ceil(4),
+            ..Default::default()
+        }
+    };
+    bill.settle(ctx, model_id, &usage);
+    // Only a stream read to its end leaves the connection reusable.
+    if let Ok(true) = outcome {
+        response.release(&state.connector).await;
+    }
+    outcome.map(|_| ())
+}
+
+/// The stream itself; returns Ok when it ended normally.
+async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    provider: &Provider,
+    response: &mut UpstreamResponse,
+    served: &Served<'_>,
+    transcoder: &mut StreamTranscoder,
+) -> Result<bool, Stop> {
     let mut h = respond::header(200, &ctx.id)?;
     served.add_headers(&mut h)?;
     h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
@@ -242,7 +346,6 @@ async fn stream(
     // Tell intermediaries (nginx) not to buffer the stream either.
     h.insert_header("x-accel-buffering", "no")?;
     session.write_response_header(Box::new(h), false).await?;
-    let mut transcoder = StreamTranscoder::new(client, provider.format, meta);
     let mut out = BytesMut::new();
     loop {
         let fault = match response.session.read_response_body().await {
@@ -255,8 +358,7 @@ async fn stream(
                     session
                         .write_response_body(Some(out.split().freeze()), true)
                         .await?;
-                    response.release(&state.connector).await;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(fault) => Some(fault.to_string()),
             },
@@ -272,7 +374,7 @@ async fn stream(
             session
                 .write_response_body(Some(out.split().freeze()), true)
                 .await?;
-            return Ok(());
+            return Ok(false);
         }
         if !out.is_empty() {
             session

@@ -9,6 +9,7 @@
 //!   -> upstream exchange with fallbacks (502), translating when the provider's format differs
 //!   -> response or stream -> log
 
+pub mod admin;
 mod body;
 mod exchange;
 mod respond;
@@ -66,6 +67,9 @@ pub struct RequestCtx {
     dropped_fields: usize,
     /// For a 405: the methods the path does answer.
     allow: Option<&'static str>,
+    /// What the provider reported, and what was billed for it.
+    usage: Option<crate::wire::ir::Usage>,
+    cost: Option<crate::metering::Usd>,
 }
 
 /// Why the pipeline stopped early: an answer for the client, or a broken downstream.
@@ -110,6 +114,8 @@ impl ProxyHttp for Gateway {
             provider_format: None,
             dropped_fields: 0,
             allow: None,
+            usage: None,
+            cost: None,
         }
     }
 
@@ -239,6 +245,10 @@ impl ProxyHttp for Gateway {
             client_format: ctx.client_format.map(Format::label),
             provider_format: ctx.provider_format.map(Format::label),
             dropped_fields: ctx.dropped_fields,
+            input_tokens: ctx.usage.map(|u| u.input),
+            cached_input_tokens: ctx.usage.map(|u| u.cached_input),
+            output_tokens: ctx.usage.map(|u| u.output),
+            cost_usd: ctx.cost.map(|c| c.to_decimal()),
             attempts: ctx.attempts,
             request_bytes: ctx.request_bytes,
             response_bytes: session.body_bytes_sent(),
@@ -247,6 +257,12 @@ impl ProxyHttp for Gateway {
             downstream_error: error.map(|e| e.etype().as_str()),
         });
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Gateway {
@@ -283,6 +299,7 @@ impl Gateway {
         ctx.key_id = Some(account.key_id.clone());
         match endpoint {
             Endpoint::Models => self.list_models(session, ctx, &account).await,
+            Endpoint::Usage => self.usage(session, ctx, &account).await,
             Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::AnthropicMessages => {
                 self.generate(session, ctx, &account, endpoint.format())
                     .await
@@ -371,8 +388,10 @@ impl Gateway {
         if requested == Requested::Auto {
             routes.detect_cues(&crate::routing::last_user_text(&request), &mut features);
         }
-        let route = routes.route(requested, &features, account.lanes.as_slice())?;
-        ctx.lane = Some(routes.lane(route.lane).name.clone());
+        let route = routes.route(requested, &features, account)?;
+        let lane = routes.lane(route.lane);
+        ctx.lane = Some(lane.name.clone());
+        let hold = self.reserve(account, &request, &routes, &route, raw.len())?;
         let estimated_input_tokens = features.input_tokens;
         exchange::run(
             &self.state,
@@ -381,9 +400,67 @@ impl Gateway {
             &routes,
             &route,
             &mut request,
-            estimated_input_tokens,
+            exchange::Admitted {
+                hold,
+                estimated_input_tokens,
+            },
         )
         .await
+    }
+
+    /// `GET /v1/usage`: where the key's owner stands, without a dashboard.
+    async fn usage(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        account: &Account,
+    ) -> Result<(), Stop> {
+        let now = unix_now();
+        let standing = self.state.budget.standing(&account.key_id, now);
+        let body = serde_json::to_vec(&crate::metering::usage_view(account, &standing, now))
+            .expect("JSON value");
+        ctx.status = 200;
+        let h = respond::header(200, &ctx.id)?;
+        respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// Hold the request's worst-case cost against the account's limits (402 when it does
+    /// not fit). The body's length bounds its tokens (a token is at least a byte), which costs
+    /// nothing to know; only when that bound does not fit are the tokens counted, with a
+    /// margin for providers whose tokenizers count more.
+    fn reserve(
+        &self,
+        account: &Account,
+        request: &crate::wire::ir::Request<'_>,
+        routes: &crate::routing::RouteTable,
+        route: &crate::routing::Route,
+        body_bytes: usize,
+    ) -> Result<crate::metering::budget::Hold, FluxError> {
+        use crate::metering::worst_case;
+        let rates = &routes.lane(route.lane).rates;
+        let max_output = request.max_tokens.unwrap_or_else(|| {
+            route
+                .candidates
+                .iter()
+                .map(|&m| routes.model(m).max_output_tokens)
+                .max()
+                .unwrap_or(0)
+        });
+        let overhead = 8 * request.messages.len() as u64;
+        let bound = body_bytes as u64 + overhead;
+        let now = unix_now();
+        let budget = &self.state.budget;
+        match budget.reserve(account, worst_case(bound, max_output, rates), now) {
+            Ok(hold) => Ok(hold),
+            Err(e) if e.status() == 402 && e.kind != ErrorKind::AccountOnHold => {
+                let counted = crate::tokens::count_request(request);
+                let margin = counted / 4 + overhead;
+                let input = (counted + margin).min(bound);
+                budget.reserve(account, worst_case(input, max_output, rates), now)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `count_tokens`: counted here with the shipped tokenizer, never forwarded or billed.

@@ -79,6 +79,9 @@ pub async fn send_error(
     if let Some(allow) = allow {
         h.insert_header(http::header::ALLOW, allow)?;
     }
+    if let Some(seconds) = err.retry_after {
+        h.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
+    }
     h.insert_header(
         headers::SHOULD_RETRY,
         if err.kind.retryable() {

@@ -5,6 +5,7 @@
 //! - [`Rates`] and [`cost`]: the price of a [`Usage`] at a lane's rates.
 //! - [`ledger`]: durable spend per key per month and hour (trait + embedded store).
 
+pub mod budget;
 pub mod ledger;
 pub mod money;
 
@@ -33,6 +34,15 @@ impl Rates {
     }
 }
 
+/// The most a request can cost: every input token at the input rate, and `max_output`
+/// tokens at the output rate.
+pub fn worst_case(input_tokens: u64, max_output: u64, rates: &Rates) -> Usd {
+    rates
+        .input
+        .times(input_tokens)
+        .saturating_add(rates.output.times(max_output))
+}
+
 /// What `usage` costs at `rates`: uncached input at the input rate, cached input at the
 /// cached rate (cache writes are billed as input), output (reasoning included) at the output
 /// rate.
@@ -43,6 +53,49 @@ pub fn cost(usage: &Usage, rates: &Rates) -> Usd {
         .times(usage.input - cached)
         .saturating_add(rates.cached_input.times(cached))
         .saturating_add(rates.output.times(usage.output))
+}
+
+/// The `GET /v1/usage` answer: the caller's plan, this month's and this hour's spend, the
+/// ceiling that applies, what is left, and the limits. Amounts are exact decimal strings.
+pub fn usage_view(
+    account: &crate::auth::Account,
+    standing: &budget::Standing,
+    now: u64,
+) -> serde_json::Value {
+    let terms = &account.terms;
+    // The monthly cap that applies: the lowest of a hard-stop credit and the ceiling.
+    let cap = budget::monthly_cap(account);
+    let committed = standing.month.saturating_add(standing.reserved);
+    let month = ledger::Month::of(now);
+    let hour_start = now - now % 3600;
+    serde_json::json!({
+        "object": "usage",
+        "key": {"id": account.key_id, "name": account.key_name},
+        "plan": account.plan,
+        "month": month.to_string(),
+        "spend": {
+            "month_usd": standing.month,
+            "hour_usd": standing.hour,
+            "reserved_usd": standing.reserved,
+        },
+        "limits": {
+            "monthly_credit_usd": terms.monthly_credit_usd,
+            "free": terms.free,
+            "overage": terms.overage,
+            "ceiling_usd": cap,
+            "hourly_limit_usd": terms.hourly_limit_usd,
+            "premium_needs_payment_method": terms.premium_needs_payment_method,
+            "lanes": account.lanes,
+        },
+        "remaining_usd": cap.map(|c| c.saturating_sub(committed)),
+        "remaining_this_hour_usd": terms
+            .hourly_limit_usd
+            .map(|h| h.saturating_sub(standing.hour.saturating_add(standing.reserved))),
+        "credit_remaining_usd": terms.monthly_credit_usd.map(|c| c.saturating_sub(committed)),
+        "hour_resets_at": hour_start + 3600,
+        "month_resets_at": month.next().start_unix(),
+        "account": {"payment_method": account.payment_method, "on_hold": account.on_hold},
+    })
 }
 
 #[cfg(test)]

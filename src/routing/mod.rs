@@ -55,14 +55,52 @@ pub struct Route {
     pub pinned: Option<ModelId>,
 }
 
-/// Which lanes a key's plan may use.
-pub trait LaneAccess {
-    fn allows_lane(&self, lane: &str) -> bool;
+/// Why a key may not use a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The plan does not include the lane (402 plan_model_not_included).
+    NotInPlan,
+    /// A premium lane and no payment method on file (402 payment_method_required).
+    NeedsPaymentMethod,
 }
 
+/// What a key may use: lanes by its plan and account, model ids by its operator's
+/// restriction.
+pub trait LaneAccess {
+    fn lane(&self, lane: &Lane) -> Result<(), Denied>;
+
+    /// The operator restricted the key to certain model ids; `None` when it may ask for any.
+    fn allows_model_id(&self, _id: &str) -> bool {
+        true
+    }
+}
+
+/// A plain list of lane names (tests, benchmarks).
 impl LaneAccess for [String] {
-    fn allows_lane(&self, lane: &str) -> bool {
-        self.iter().any(|l| l == lane)
+    fn lane(&self, lane: &Lane) -> Result<(), Denied> {
+        if self.contains(&lane.name) {
+            Ok(())
+        } else {
+            Err(Denied::NotInPlan)
+        }
+    }
+}
+
+impl LaneAccess for crate::auth::Account {
+    fn lane(&self, lane: &Lane) -> Result<(), Denied> {
+        if !self.lanes.contains(&lane.name) {
+            Err(Denied::NotInPlan)
+        } else if lane.premium && self.terms.premium_needs_payment_method && !self.payment_method {
+            Err(Denied::NeedsPaymentMethod)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn allows_model_id(&self, id: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == id))
     }
 }
 
@@ -97,6 +135,20 @@ impl RouteTable {
         features: &Features,
         access: &(impl LaneAccess + ?Sized),
     ) -> Result<Route, FluxError> {
+        let asked = match requested {
+            Requested::Auto => AUTO_MODEL,
+            Requested::Lane(lane) => self.lane(lane).alias.as_str(),
+            Requested::Pinned(model) => self.model(model).id.as_str(),
+        };
+        if !access.allows_model_id(asked) {
+            return Err(FluxError::new(
+                ErrorKind::ModelNotAllowed,
+                format!(
+                    "This key is restricted by its operator and may not use '{asked}'. Ask your \
+                     operator, or use a model the key allows."
+                ),
+            ));
+        }
         let (lane, rule, pinned) = match requested {
             Requested::Auto => {
                 let (lane, rule) = self.pick_auto_lane(features, access)?;
@@ -158,17 +210,25 @@ impl RouteTable {
         asked: &str,
     ) -> Result<(), FluxError> {
         let lane = self.lane(lane);
-        if access.allows_lane(&lane.name) {
-            Ok(())
-        } else {
-            Err(FluxError::new(
-                ErrorKind::ModelNotAllowed,
+        match access.lane(lane) {
+            Ok(()) => Ok(()),
+            Err(Denied::NotInPlan) => Err(FluxError::new(
+                ErrorKind::PlanModelNotIncluded,
                 format!(
-                    "Your plan does not include '{asked}' ({}). Use a lane your plan allows, or \
-                     upgrade.",
+                    "Plan does not include this model yet: '{asked}' is in the {} lane, which \
+                     your plan does not include. Upgrade your plan, or use flux-auto or a lane \
+                     your plan includes (GET /v1/models lists them).",
                     lane.title
                 ),
-            ))
+            )),
+            Err(Denied::NeedsPaymentMethod) => Err(FluxError::new(
+                ErrorKind::PaymentMethodRequired,
+                format!(
+                    "Premium routing needs a payment method: '{asked}' is in the {} lane. Add a \
+                     card in billing, or use flux-fast or flux-standard.",
+                    lane.title
+                ),
+            )),
         }
     }
 
@@ -181,14 +241,13 @@ impl RouteTable {
         self.rules()
             .iter()
             .enumerate()
-            .find(|(_, rule)| {
-                rule.matches(features) && access.allows_lane(&self.lane(rule.lane).name)
-            })
+            .find(|(_, rule)| rule.matches(features) && access.lane(self.lane(rule.lane)).is_ok())
             .map(|(i, rule)| (rule.lane, i))
             .ok_or_else(|| {
                 FluxError::new(
-                    ErrorKind::ModelNotAllowed,
-                    "Your plan allows no lane that flux-auto could route this request to.",
+                    ErrorKind::PlanModelNotIncluded,
+                    "Plan does not include this model yet: your plan includes no lane flux-auto \
+                     could route this request to. Upgrade your plan.",
                 )
             })
     }

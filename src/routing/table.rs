@@ -7,6 +7,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use crate::config::lanes::{LanePrice, RuleWhen};
 use crate::config::{Capability, ConfigError, LanesFile};
+use crate::metering::Rates;
 
 use super::{Features, AUTO_MODEL, PINNED_PREFIX};
 
@@ -18,7 +19,10 @@ pub struct Lane {
     pub name: String,
     pub alias: String,
     pub title: String,
+    pub premium: bool,
     pub price: LanePrice,
+    /// The same per token, as costs are computed.
+    pub rates: Rates,
     /// Default first, then fallbacks.
     pub chain: Vec<ModelId>,
 }
@@ -162,13 +166,15 @@ impl RouteTable {
                 ));
             }
             for (f, v) in [
-                ("input_per_mtok", l.price.input_per_mtok),
-                ("output_per_mtok", l.price.output_per_mtok),
+                ("input_per_mtok", Some(l.price.input_per_mtok)),
+                ("output_per_mtok", Some(l.price.output_per_mtok)),
+                ("cached_input_per_mtok", l.price.cached_input_per_mtok),
             ] {
-                if !v.is_finite() || v < 0.0 {
+                // Costs are exact integers only if a token's price is whole pico-dollars.
+                if v.is_some_and(|v| v.picos() % 1_000_000 != 0) {
                     return Err(err(
                         field(&format!("price.{f}")),
-                        "must be a non-negative number".into(),
+                        "at most 6 decimals of a dollar per million tokens".into(),
                     ));
                 }
             }
@@ -191,7 +197,15 @@ impl RouteTable {
                 name: name.clone(),
                 alias: l.alias.clone(),
                 title: l.title.clone(),
+                premium: l.premium,
                 price: l.price,
+                rates: Rates::per_million(
+                    l.price.input_per_mtok,
+                    l.price
+                        .cached_input_per_mtok
+                        .unwrap_or(l.price.input_per_mtok),
+                    l.price.output_per_mtok,
+                ),
                 chain,
             });
         }

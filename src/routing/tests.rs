@@ -60,7 +60,11 @@ fn shipped_table_has_four_lanes_and_37_pinned_models() {
             price("flux-standard"),
             price("flux-reasoning")
         ),
-        (1.0, 2.0, 4.0)
+        (
+            "1".parse().unwrap(),
+            "2".parse().unwrap(),
+            "4".parse().unwrap()
+        )
     );
 }
 
@@ -234,7 +238,7 @@ fn eligibility_filters_by_capability_and_context() {
 }
 
 #[test]
-fn plan_without_the_lane_gets_model_not_allowed() {
+fn plan_without_the_lane_gets_402_plan_model_not_included() {
     let t = shipped();
     let lane = t.lane_by_alias("flux-reasoning").unwrap();
     let f = Features {
@@ -245,7 +249,7 @@ fn plan_without_the_lane_gets_model_not_allowed() {
     let e = t
         .route(Requested::Lane(lane), &f, access(&["express"]).as_slice())
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (403, "model_not_allowed"));
+    assert_eq!((e.status(), e.code()), (402, "plan_model_not_included"));
 }
 
 #[test]
@@ -281,7 +285,7 @@ fn invalid_tables_are_rejected_naming_the_field() {
             "auto.rules[1].lane",
         ),
         (
-            SHIPPED.replace("input_per_mtok: 1.00", "input_per_mtok: -1"),
+            SHIPPED.replace("{ input_per_mtok: 1.00", "{ input_per_mtok: 0.0000001"),
             "lanes.express.price.input_per_mtok",
         ),
         (

@@ -89,7 +89,7 @@ impl Format {
     /// `{"error":{"message","type","code"}}` for both OpenAI formats, Anthropic's
     /// `{"type":"error","error":{"type","message","code"},"request_id"}`.
     pub fn error_body(self, err: &FluxError, request_id: &str) -> Vec<u8> {
-        let value = match self {
+        let mut value = match self {
             Format::OpenAiChat | Format::OpenAiResponses => serde_json::json!({
                 "error": {
                     "message": err.message,
@@ -107,6 +107,9 @@ impl Format {
                 "request_id": request_id,
             }),
         };
+        if let Some(seconds) = err.retry_after {
+            value["error"]["retry_after"] = seconds.into();
+        }
         serde_json::to_vec(&value).expect("a JSON value always serializes")
     }
 }

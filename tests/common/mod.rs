@@ -31,6 +31,7 @@ lanes:
   deep:
     alias: flux-reasoning
     title: Deep Thought
+    premium: true
     price: { input_per_mtok: 4.0, output_per_mtok: 16.0 }
     default: flux-pinned-deep-dead
     fallbacks: [flux-pinned-deep-500]
@@ -52,7 +53,7 @@ lanes:
   formats:
     alias: flux-formats
     title: One model per provider format
-    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    price: { input_per_mtok: 2.00, cached_input_per_mtok: 0.50, output_per_mtok: 8.00 }
     default: flux-pinned-on-chat
     fallbacks: [flux-pinned-on-responses, flux-pinned-on-anthropic]
 models:
@@ -82,6 +83,22 @@ auto:
     - { name: tools, when: { tools: true }, lane: daily }
     - { name: default, lane: express }
 "#;
+
+/// The admin token the test gateways read from their environment.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+fn spawn_gateway(config: &std::path::Path, log: std::fs::File) -> Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+        .env("FLUX_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -123,6 +140,8 @@ impl Sim {
 /// A running gateway.
 pub struct Flux {
     pub base: String,
+    /// The admin listener.
+    pub admin_base: String,
     pub sim: Sim,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -144,10 +163,20 @@ impl Flux {
     /// Like [`Flux::start_with`], with the healthy `sim` provider configured in another wire
     /// format (`openai`, `openai_responses` or `anthropic`); the failing ones stay `openai`.
     pub async fn start_with_sim_format(lanes: &str, sim_format: &str) -> Flux {
+        Self::start_with_options(lanes, sim_format, 1000).await
+    }
+
+    /// With a longer wait for request bodies than the 1 s the stall test wants: big uploads
+    /// on a loaded 2-core machine can pause longer than that.
+    pub async fn start_with_body_timeout(body_read_timeout_ms: u64) -> Flux {
+        Self::start_with_options(TEST_LANES, "openai", body_read_timeout_ms).await
+    }
+
+    async fn start_with_options(lanes: &str, sim_format: &str, body_timeout_ms: u64) -> Flux {
         // The gateway's port is picked free but only bound later; a parallel test may take it
         // in between, and the gateway then exits at start. Another port is tried then.
         for attempt in 1..=3 {
-            match Self::try_start(lanes, sim_format).await {
+            match Self::try_start(lanes, sim_format, body_timeout_ms).await {
                 Ok(flux) => return flux,
                 Err(log) if attempt < 3 && log.contains("in use") => continue,
                 Err(log) => panic!("gateway did not start: {log}"),
@@ -156,10 +185,15 @@ impl Flux {
         unreachable!()
     }
 
-    async fn try_start(lanes: &str, sim_format: &str) -> Result<Flux, String> {
+    async fn try_start(
+        lanes: &str,
+        sim_format: &str,
+        body_timeout_ms: u64,
+    ) -> Result<Flux, String> {
         let sim = Sim::start();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let admin_port = free_port();
         // Port 1 on loopback refuses connections, and no test binds it (they bind port 0).
         let dead = 1;
         let d = dir.path().display();
@@ -168,7 +202,7 @@ impl Flux {
             r#"
 listen: ["127.0.0.1:{port}"]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
-limits: {{ body_read_timeout_ms: 1000 }}
+limits: {{ body_read_timeout_ms: {body_timeout_ms} }}
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 providers:
@@ -184,7 +218,13 @@ providers:
   dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
 plans:
   payg: {{ lanes: [express, daily, deep, image, cut, slow, formats] }}
-  free: {{ lanes: [express] }}
+  free: {{ lanes: [express], free: true, monthly_credit_usd: 1.00 }}
+  tiny: {{ lanes: [express, formats], free: true, monthly_credit_usd: 0.05 }}
+  prepaid: {{ lanes: [express], monthly_credit_usd: 0.000001 }}
+  capped: {{ lanes: [express], monthly_credit_usd: 0, overage: true, ceiling_usd: 0.000001 }}
+  hourly: {{ lanes: [express], hourly_limit_usd: 0.000001 }}
+  premium: {{ lanes: [express, deep], premium_needs_payment_method: true }}
+admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }}
 "#
         );
         let config_path = dir.path().join("fluxrouter.yaml");
@@ -193,19 +233,12 @@ plans:
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let mut flux = Flux {
             base: format!("http://127.0.0.1:{port}"),
+            admin_base: format!("http://127.0.0.1:{admin_port}"),
             sim,
             config: config_path.clone(),
             key: String::new(),
             client: reqwest::Client::new(),
-            child: Command::new(BIN)
-                .arg("--config")
-                .arg(&config_path)
-                .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
-                .env("RUST_LOG", "info")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
+            child: spawn_gateway(&config_path, log),
             dir,
         };
         flux.key = flux.new_key("payg", "main");
@@ -239,6 +272,50 @@ plans:
         // Keys created after start arrive through the reloader.
         self.wait_for_key(&self.key.clone()).await;
         Ok(())
+    }
+
+    /// Kill the gateway with SIGKILL (no flush, no goodbye) and start it again on the same
+    /// files and ports.
+    pub async fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .unwrap();
+        self.child = spawn_gateway(&self.config, log);
+        self.wait_ready().await.unwrap();
+    }
+
+    /// Change fields of the named key in the keys file, as an operator would, and wait for
+    /// the gateway to reload it.
+    pub async fn edit_key(&self, name: &str, fields: &[(&str, serde_yaml::Value)]) {
+        let path = self.dir.path().join("keys.yaml");
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let key = doc["keys"]
+            .as_sequence_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|k| k["name"].as_str() == Some(name))
+            .unwrap();
+        for (field, value) in fields {
+            key[*field] = value.clone();
+        }
+        let tmp = self.dir.path().join(".keys.yaml.tmp");
+        std::fs::write(&tmp, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        // Reloads are asynchronous; the file's mtime changes at once, the table within ~1 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+
+    /// GET an admin endpoint with a token.
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.admin_base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
     }
 
     /// Poll until a key created after start authenticates (the file watcher swapped it in).
@@ -325,6 +402,7 @@ plans:
             .arg(&self.config)
             .arg("-u")
             .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("FLUX_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)

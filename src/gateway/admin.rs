@@ -1,0 +1,186 @@
+//! The admin listener: operator endpoints on their own address, behind the admin token.
+//!
+//! `GET /admin/v1/usage[?month=YYYY-MM][&key=NAME]`: spend by key, lane and model for a month
+//! (this month by default), from the ledger. Anything without the token (`Authorization:
+//! Bearer <token>`, the token read from the environment variable the config names) gets 403
+//! `admin_forbidden`; so does everything when no token is configured.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::errors::{ErrorKind, FluxError};
+use crate::headers;
+use crate::metering::ledger::Month;
+use crate::state::AppState;
+use crate::wire::Format;
+
+use super::respond;
+
+pub struct Admin {
+    state: Arc<AppState>,
+    /// SHA-256 of the admin token; compared by digest so timing says nothing of the token.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl Admin {
+    pub fn new(state: Arc<AppState>, token: Option<String>) -> Self {
+        Admin {
+            state,
+            token_digest: token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    fn authorized(&self, session: &Session) -> bool {
+        let Some(expected) = self.token_digest else {
+            return false;
+        };
+        let presented = crate::auth::presented_key(
+            session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            None,
+            false,
+        );
+        presented.is_some_and(|p| {
+            let digest: [u8; 32] = Sha256::digest(p.as_bytes()).into();
+            digest == expected
+        })
+    }
+
+    /// The report reads the ledger file (after committing what is queued, so it includes
+    /// every request served so far): blocking I/O, so it runs on a blocking thread.
+    async fn usage(&self, query: Option<&str>) -> Result<serde_json::Value, FluxError> {
+        let mut month = Month::of(now());
+        let mut key_name = None;
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "month" => {
+                    month = v.parse().map_err(|_| {
+                        FluxError::new(ErrorKind::InvalidRequest, "month must look like 2026-11")
+                    })?
+                }
+                "key" => key_name = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        let keys = self.state.keys.load_full();
+        let key_id = match &key_name {
+            None => None,
+            Some(name) => Some(keys.id_of(name).ok_or_else(|| {
+                FluxError::new(ErrorKind::InvalidRequest, "no key with that name")
+            })?),
+        };
+        let ledger = self.state.budget.ledger().clone();
+        let key_filter = key_id.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            ledger.flush()?;
+            ledger.report(month, key_filter.as_deref())
+        })
+        .await
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("ledger task: {e}")))?
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("ledger: {e}")))?;
+        let total = rows
+            .iter()
+            .fold(crate::metering::Usd::ZERO, |t, r| t.saturating_add(r.cost));
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "key_id": r.key_id,
+                    "key_name": keys.name_of(&r.key_id),
+                    "lane": r.lane,
+                    "model": r.model,
+                    "requests": r.requests,
+                    "input_tokens": r.input_tokens,
+                    "cached_input_tokens": r.cached_input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cost_usd": r.cost,
+                })
+            })
+            .collect();
+        Ok(
+            json!({"object": "usage_report", "month": month.to_string(), "total_usd": total, "data": rows}),
+        )
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[async_trait]
+impl ProxyHttp for Admin {
+    type CTX = String;
+
+    fn new_ctx(&self) -> String {
+        headers::new_request_id()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        id: &mut String,
+    ) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let query = session.req_header().uri.query().map(str::to_string);
+        let answer = if !self.authorized(session) {
+            Err(FluxError::new(
+                ErrorKind::AdminForbidden,
+                "The admin endpoints need the admin token: 'Authorization: Bearer <token>'.",
+            ))
+        } else if session.req_header().method != http::Method::GET {
+            Err(FluxError::new(
+                ErrorKind::MethodNotAllowed,
+                "Admin endpoints accept GET only.",
+            ))
+        } else if path == "/admin/v1/usage" {
+            self.usage(query.as_deref()).await
+        } else {
+            Err(FluxError::new(
+                ErrorKind::EndpointNotServed,
+                "The admin listener serves GET /admin/v1/usage.",
+            ))
+        };
+        match answer {
+            Ok(value) => {
+                let body = serde_json::to_vec(&value).expect("JSON value");
+                let h = respond::header(200, id)?;
+                respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
+            }
+            Err(err) => respond::send_error(session, id, Format::OpenAiChat, &err, None).await?,
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut String,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "the admin listener proxies nothing",
+        ))
+    }
+
+    fn suppress_error_log(&self, _: &Session, _: &String, _: &pingora::Error) -> bool {
+        true
+    }
+}

@@ -1,0 +1,470 @@
+//! Spend limits that hold under concurrency: reserve the worst case before forwarding,
+//! settle to the real cost afterwards.
+//!
+//! A reservation is checked against every limit of the account and added to the account's
+//! outstanding holds under one lock, so two concurrent requests cannot both take the last
+//! cent. Settling records the real cost in the ledger and releases the hold in the same
+//! critical section. A [`Hold`] releases itself when dropped unsettled (a failed or
+//! abandoned request), and every hold also has an expiry after which [`Budget::sweep`]
+//! frees it, so a hold whose owner never returns (a leaked task) cannot block a key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::ledger::{Entry, Ledger};
+use super::Usd;
+use crate::auth::Account;
+use crate::errors::{ErrorKind, FluxError};
+
+/// How long a hold may live without being settled or dropped.
+pub const DEFAULT_HOLD_TTL_SECS: u64 = 15 * 60;
+
+#[derive(Default)]
+struct KeyHolds {
+    /// Sum of outstanding holds.
+    reserved: Usd,
+    /// Hold id -> (amount, expires at), to release expired holds exactly once.
+    holds: HashMap<u64, (Usd, u64)>,
+}
+
+struct Inner {
+    ledger: Arc<dyn Ledger>,
+    by_key: Mutex<HashMap<String, KeyHolds>>,
+    next_id: std::sync::atomic::AtomicU64,
+    ttl_secs: u64,
+}
+
+/// The reservations of this process, over a ledger.
+#[derive(Clone)]
+pub struct Budget {
+    inner: Arc<Inner>,
+}
+
+/// An outstanding reservation. Settle it with [`Hold::settle`]; dropping it releases it.
+pub struct Hold {
+    inner: Arc<Inner>,
+    key_id: String,
+    id: u64,
+    amount: Usd,
+    /// The hard cap a settlement may not push the month's spend over (free and
+    /// credit-only plans), if any.
+    hard_cap: Option<Usd>,
+    done: bool,
+}
+
+/// What an account stands at, for `/v1/usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub month: Usd,
+    pub hour: Usd,
+    pub reserved: Usd,
+}
+
+impl Budget {
+    pub fn new(ledger: Arc<dyn Ledger>, ttl_secs: u64) -> Self {
+        Budget {
+            inner: Arc::new(Inner {
+                ledger,
+                by_key: Mutex::new(HashMap::new()),
+                next_id: std::sync::atomic::AtomicU64::new(1),
+                ttl_secs,
+            }),
+        }
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.inner.ledger
+    }
+
+    /// Reserve `amount` (the request's worst-case cost) for `account`, or say which limit
+    /// it would break. `now` is Unix seconds.
+    pub fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
+        if account.on_hold {
+            return Err(FluxError::new(
+                ErrorKind::AccountOnHold,
+                "Account on hold for payment review: requests are paused until billing clears \
+                 it. Email billing@ferroxlabs.com.",
+            ));
+        }
+        let terms = &account.terms;
+        let mut by_key = lock(&self.inner.by_key);
+        let spend = self.inner.ledger.spend(&account.key_id, now);
+        let entry = by_key.entry(account.key_id.clone()).or_default();
+        let committed = spend.month.saturating_add(entry.reserved);
+        let after = committed.saturating_add(amount);
+        let caps = monthly_caps(account);
+        for &(cap, kind) in &caps {
+            if after > cap {
+                let left = cap.saturating_sub(committed);
+                let message = match kind {
+                    ErrorKind::FreeAllowanceExhausted => format!(
+                        "Free allowance used up: this request could cost up to ${amount} and \
+                         ${left} of this month's ${cap} is left. Upgrade, or connect your own \
+                         provider key; the allowance renews on the 1st (UTC)."
+                    ),
+                    ErrorKind::CreditExhausted => format!(
+                        "Monthly credit used up: this request could cost up to ${amount} and \
+                         ${left} of this month's ${cap} credit is left. Top up or upgrade on \
+                         the billing page."
+                    ),
+                    _ => format!(
+                        "Account spend ceiling reached: ${left} of this month's ${cap} ceiling \
+                         is left and this request could cost up to ${amount}. Raise your \
+                         account ceiling or add funds; lowering max_tokens or switching models \
+                         will not clear it."
+                    ),
+                };
+                return Err(FluxError::new(kind, message));
+            }
+        }
+        let hard_cap = caps.iter().map(|(c, _)| *c).min();
+        if let Some(limit) = terms.hourly_limit_usd {
+            if spend
+                .hour
+                .saturating_add(entry.reserved)
+                .saturating_add(amount)
+                > limit
+            {
+                let retry = 3600 - now % 3600;
+                return Err(FluxError::new(
+                    ErrorKind::HourlyLimitReached,
+                    format!(
+                        "Hourly safety limit hit: spend this hour would pass ${limit}. Wait \
+                         {retry} s (retry_after) or slow your request rate."
+                    ),
+                )
+                .retry_after(retry));
+            }
+        }
+        let id = self
+            .inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        entry.reserved = entry.reserved.saturating_add(amount);
+        entry
+            .holds
+            .insert(id, (amount, now.saturating_add(self.inner.ttl_secs)));
+        Ok(Hold {
+            inner: self.inner.clone(),
+            key_id: account.key_id.clone(),
+            id,
+            amount,
+            hard_cap,
+            done: false,
+        })
+    }
+
+    /// Where an account stands: settled spend this month and hour, and outstanding holds.
+    pub fn standing(&self, key_id: &str, now: u64) -> Standing {
+        let by_key = lock(&self.inner.by_key);
+        let spend = self.inner.ledger.spend(key_id, now);
+        Standing {
+            month: spend.month,
+            hour: spend.hour,
+            reserved: by_key.get(key_id).map_or(Usd::ZERO, |k| k.reserved),
+        }
+    }
+
+    /// Release holds whose owner never settled nor dropped them. Returns how many.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut by_key = lock(&self.inner.by_key);
+        let mut released = 0;
+        for holds in by_key.values_mut() {
+            let expired: Vec<u64> = holds
+                .holds
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some((amount, _)) = holds.holds.remove(&id) {
+                    holds.reserved = holds.reserved.saturating_sub(amount);
+                    released += 1;
+                }
+            }
+        }
+        by_key.retain(|_, k| !k.holds.is_empty());
+        released
+    }
+
+    /// Outstanding holds of a key (tests and `/v1/usage`).
+    pub fn reserved(&self, key_id: &str) -> Usd {
+        lock(&self.inner.by_key)
+            .get(key_id)
+            .map_or(Usd::ZERO, |k| k.reserved)
+    }
+}
+
+/// The lowest monthly amount an account may not pass, if any.
+pub fn monthly_cap(account: &Account) -> Option<Usd> {
+    monthly_caps(account).iter().map(|(c, _)| *c).min()
+}
+
+/// The monthly amounts an account may not pass, and the error each one raises: a free
+/// allowance, a credit without overage, a spend ceiling (the account's own or its plan's).
+fn monthly_caps(account: &Account) -> Vec<(Usd, ErrorKind)> {
+    let terms = &account.terms;
+    let mut caps = Vec::with_capacity(2);
+    match terms.monthly_credit_usd {
+        Some(credit) if terms.free => caps.push((credit, ErrorKind::FreeAllowanceExhausted)),
+        Some(credit) if !terms.overage => caps.push((credit, ErrorKind::CreditExhausted)),
+        _ => {}
+    }
+    if !terms.free {
+        if let Some(ceiling) = account.ceiling.or(terms.ceiling_usd) {
+            caps.push((ceiling, ErrorKind::SpendCeilingReached));
+        }
+    }
+    caps
+}
+
+impl Hold {
+    pub fn amount(&self) -> Usd {
+        self.amount
+    }
+
+    /// Record the real cost and release the hold. On plans whose credit is a hard stop,
+    /// the recorded cost is capped so the month never passes the cap (a provider that
+    /// counted more tokens than the worst case is the gateway's loss, not the user's).
+    /// Returns what was billed.
+    pub fn settle(mut self, mut entry: Entry<'_>) -> Usd {
+        let mut by_key = lock(&self.inner.by_key);
+        if let Some(cap) = self.hard_cap {
+            let spent = self.inner.ledger.spend(&self.key_id, entry.at_unix).month;
+            let others = by_key
+                .get(&self.key_id)
+                .map_or(Usd::ZERO, |k| k.reserved.saturating_sub(self.amount));
+            let room = cap.saturating_sub(spent.saturating_add(others));
+            if entry.cost > room {
+                log::warn!(
+                    "{}: cost ${} capped at ${} to keep the plan's hard cap",
+                    entry.request_id,
+                    entry.cost,
+                    room
+                );
+                entry.cost = room;
+            }
+        }
+        let billed = entry.cost;
+        self.inner.ledger.record(&entry);
+        release(&mut by_key, &self.key_id, self.id);
+        self.done = true;
+        billed
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("key_id", &self.key_id)
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.done {
+            release(&mut lock(&self.inner.by_key), &self.key_id, self.id);
+        }
+    }
+}
+
+fn release(by_key: &mut HashMap<String, KeyHolds>, key_id: &str, id: u64) {
+    if let Some(k) = by_key.get_mut(key_id) {
+        // Already gone if the sweep released it.
+        if let Some((amount, _)) = k.holds.remove(&id) {
+            k.reserved = k.reserved.saturating_sub(amount);
+        }
+        if k.holds.is_empty() {
+            by_key.remove(key_id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain numbers behind; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::server::PlanConfig;
+    use crate::metering::ledger::{LedgerError, Month, ReportRow, Spend};
+
+    /// Spend kept in memory, as the embedded ledger keeps it for reads.
+    #[derive(Default)]
+    struct MemoryLedger {
+        month: Mutex<HashMap<String, Usd>>,
+    }
+
+    impl Ledger for MemoryLedger {
+        fn record(&self, entry: &Entry<'_>) {
+            let mut m = self.month.lock().unwrap();
+            let v = m.entry(entry.key_id.to_string()).or_default();
+            *v = v.saturating_add(entry.cost);
+        }
+        fn spend(&self, key_id: &str, _now: u64) -> Spend {
+            let month = self
+                .month
+                .lock()
+                .unwrap()
+                .get(key_id)
+                .copied()
+                .unwrap_or_default();
+            Spend { month, hour: month }
+        }
+        fn report(&self, _: Month, _: Option<&str>) -> Result<Vec<ReportRow>, LedgerError> {
+            Ok(Vec::new())
+        }
+        fn flush(&self) -> Result<(), LedgerError> {
+            Ok(())
+        }
+        fn close(&self) -> Result<(), LedgerError> {
+            Ok(())
+        }
+    }
+
+    fn usd(s: &str) -> Usd {
+        s.parse().unwrap()
+    }
+
+    fn account(terms: PlanConfig) -> Account {
+        let mut file = crate::config::KeysFile::default();
+        let (_, record) = crate::auth::new_key("k", "p", 0);
+        file.keys.push(record);
+        let terms = Arc::new(terms);
+        let table =
+            crate::auth::KeyTable::compile(std::path::Path::new("keys.yaml"), &file, &|_| {
+                Some(terms.clone())
+            })
+            .unwrap();
+        let id = table.id_of("k").unwrap();
+        table.account_by_id(&id).unwrap().as_ref().clone()
+    }
+
+    fn entry(key: &str, cost: Usd) -> Entry<'_> {
+        Entry {
+            at_unix: 0,
+            key_id: key,
+            cost,
+            ..Entry::default()
+        }
+    }
+
+    fn free(credit: &str) -> PlanConfig {
+        PlanConfig {
+            lanes: vec!["express".into()],
+            free: true,
+            monthly_credit_usd: Some(usd(credit)),
+            ..PlanConfig::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_holds_never_exceed_the_allowance() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let a = Arc::new(account(free("0.05")));
+        let handles: Vec<_> = (0..64)
+            .map(|_| {
+                let (budget, a) = (budget.clone(), a.clone());
+                std::thread::spawn(move || {
+                    // Worst case 1 cent, real cost 0.7 cents.
+                    match budget.reserve(&a, usd("0.01"), 0) {
+                        Ok(hold) => {
+                            hold.settle(entry(&a.key_id, usd("0.007")));
+                            1
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code(), "free_allowance_exhausted");
+                            0
+                        }
+                    }
+                })
+            })
+            .collect();
+        let served: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let spent = budget.standing(&a.key_id, 0);
+        assert!(served >= 5, "{served}");
+        assert!(spent.month <= usd("0.05"), "{spent:?}");
+        assert_eq!(spent.month, usd("0.007").times(served as u64));
+        assert_eq!(spent.reserved, Usd::ZERO);
+    }
+
+    #[test]
+    fn a_dropped_hold_is_released_and_a_forgotten_one_expires() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let a = account(free("0.05"));
+        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
+        assert_eq!(budget.reserved(&a.key_id), usd("0.04"));
+        assert!(budget.reserve(&a, usd("0.02"), 1_000).is_err(), "held");
+        drop(hold);
+        assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
+
+        // An owner that never comes back (a leaked task): the sweep frees it at expiry.
+        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
+        std::mem::forget(hold);
+        assert_eq!(budget.sweep(1_059), 0, "not expired yet");
+        assert!(budget.reserve(&a, usd("0.02"), 1_059).is_err());
+        assert_eq!(budget.sweep(1_060), 1);
+        assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
+        assert!(budget.reserve(&a, usd("0.02"), 1_060).is_ok());
+    }
+
+    #[test]
+    fn settlement_never_passes_a_hard_cap() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let a = account(free("0.05"));
+        let hold = budget.reserve(&a, usd("0.04"), 0).unwrap();
+        // The provider counted more than the worst case: the key pays at most its cap.
+        assert_eq!(hold.settle(entry(&a.key_id, usd("0.09"))), usd("0.05"));
+        assert_eq!(budget.standing(&a.key_id, 0).month, usd("0.05"));
+    }
+
+    #[test]
+    fn each_limit_answers_with_its_own_code() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let cases = [
+            (free("0.01"), "free_allowance_exhausted"),
+            (
+                PlanConfig {
+                    monthly_credit_usd: Some(usd("0.01")),
+                    ..PlanConfig::default()
+                },
+                "monthly_credit_exhausted",
+            ),
+            (
+                PlanConfig {
+                    monthly_credit_usd: Some(Usd::ZERO),
+                    overage: true,
+                    ceiling_usd: Some(usd("0.01")),
+                    ..PlanConfig::default()
+                },
+                "spend_ceiling_reached",
+            ),
+            (
+                PlanConfig {
+                    hourly_limit_usd: Some(usd("0.01")),
+                    ..PlanConfig::default()
+                },
+                "hourly_limit_reached",
+            ),
+        ];
+        for (terms, code) in cases {
+            let a = account(terms);
+            let e = budget.reserve(&a, usd("0.02"), 7_200 + 600).unwrap_err();
+            assert_eq!((e.status(), e.code()), (402, code));
+            if code == "hourly_limit_reached" {
+                assert_eq!(e.retry_after, Some(3_000));
+            } else {
+                assert_eq!(e.retry_after, None);
+            }
+            assert!(budget.reserve(&a, usd("0.005"), 0).is_ok(), "{code}");
+        }
+        let mut on_hold = account(PlanConfig::default());
+        on_hold.on_hold = true;
+        let e = budget.reserve(&on_hold, Usd::ZERO, 0).unwrap_err();
+        assert_eq!((e.status(), e.code()), (402, "account_on_hold"));
+    }
+}
