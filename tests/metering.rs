@@ -499,3 +499,76 @@ async fn a_cut_stream_and_a_vanished_client_are_billed_for_what_was_used() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_sigkill_under_load_loses_at_most_the_last_batch_of_spend() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut flux = Flux::start().await;
+    let start = Instant::now();
+    // (when the answer arrived, what it cost) for every served request.
+    let served: Arc<Mutex<Vec<(Duration, u64)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, url, key) = (
+            flux.client.clone(),
+            format!("{}/v1/chat/completions", flux.base),
+            flux.key.clone(),
+        );
+        let (served, stop) = (served.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(r) = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&ping("flux-pinned-on-chat"))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if let Some(cost) = r.headers().get("x-flux-cost-usd") {
+                    let cost = cost.to_str().unwrap().parse::<Usd>().unwrap().picos();
+                    served.lock().unwrap().push((start.elapsed(), cost));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = start.elapsed();
+    flux.kill9_and_restart().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let served = served.lock().unwrap().clone();
+    let billed: u64 = served.iter().map(|(_, c)| c).sum();
+    let v: Value = flux.get("/v1/usage", &flux.key).await.json().await.unwrap();
+    let kept: Usd = v["spend"]["month_usd"].as_str().unwrap().parse().unwrap();
+    // Answers that arrived after the kill came from the restarted gateway.
+    let before_kill: u64 = served
+        .iter()
+        .filter(|(t, _)| *t <= killed_at)
+        .map(|(_, c)| c)
+        .sum();
+    let after_kill = billed - before_kill;
+    let lost = (before_kill + after_kill).saturating_sub(kept.picos());
+    // The documented bound: at most 100 ms of traffic (the batch interval is 50 ms).
+    let last_100ms: u64 = served
+        .iter()
+        .filter(|(t, _)| *t <= killed_at && killed_at - *t <= Duration::from_millis(100))
+        .map(|(_, c)| c)
+        .sum();
+    let requests = served.iter().filter(|(t, _)| *t <= killed_at).count();
+    eprintln!(
+        "SIGKILL under load: {requests} requests served before the kill (${}), ${} lost, \
+         ${} served in its last 100 ms",
+        Usd(before_kill),
+        Usd(lost),
+        Usd(last_100ms)
+    );
+    assert!(requests > 50, "load ran: {requests}");
+    assert!(kept.picos() <= billed, "nothing billed twice");
+    assert!(lost <= last_100ms, "lost ${} > last 100 ms ${}", Usd(lost), Usd(last_100ms));
+}
