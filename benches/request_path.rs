@@ -176,5 +176,66 @@ fn responses_and_streams(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, request_path, responses_and_streams);
+/// The money side of a request: price the usage, hold the worst case, settle into the
+/// embedded ledger (in memory; the ledger's writer thread commits in the background).
+fn metering(c: &mut Criterion) {
+    use fluxrouter::metering::budget::Budget;
+    use fluxrouter::metering::ledger::{EmbeddedLedger, Entry, LedgerOptions};
+    use fluxrouter::metering::{cost, worst_case, Rates, Usd};
+    use fluxrouter::wire::ir::Usage;
+    use std::sync::Arc;
+
+    let usd = |s: &str| s.parse::<Usd>().unwrap();
+    let rates = Rates::per_million(usd("2.00"), usd("0.50"), usd("8.00"));
+    let usage = Usage {
+        input: 9_000,
+        cached_input: 6_000,
+        output: 350,
+        ..Usage::default()
+    };
+    c.bench_function("metering/cost of a usage", |b| {
+        b.iter(|| black_box(cost(black_box(&usage), &rates)))
+    });
+
+    let dir = std::env::temp_dir().join(format!("flux-bench-ledger-{}", std::process::id()));
+    let ledger =
+        EmbeddedLedger::open(&dir.join("ledger.sqlite"), LedgerOptions::default()).expect("ledger");
+    let budget = Budget::new(Arc::new(ledger), 900);
+    let mut keys = fluxrouter::config::KeysFile::default();
+    keys.keys.push(fluxrouter::auth::new_key("bench", "p", 0).1);
+    let terms = Arc::new(fluxrouter::config::server::PlanConfig {
+        lanes: vec!["express".into()],
+        monthly_credit_usd: Some(usd("1000000")),
+        hourly_limit_usd: Some(usd("1000000")),
+        ..Default::default()
+    });
+    let table =
+        fluxrouter::auth::KeyTable::compile(Path::new("k"), &keys, &|_| Some(terms.clone()))
+            .unwrap();
+    let account = table
+        .account_by_id(&table.id_of("bench").unwrap())
+        .unwrap()
+        .clone();
+    c.bench_function("metering/reserve + settle into the ledger", |b| {
+        b.iter(|| {
+            let hold = budget
+                .reserve(&account, worst_case(50_000, 32_000, &rates), 1_800_000_000)
+                .unwrap();
+            let entry = Entry::from_usage(
+                1_800_000_000,
+                &account.key_id,
+                "daily",
+                "flux-pinned-x",
+                "req_1",
+                &usage,
+                cost(&usage, &rates),
+            );
+            black_box(hold.settle(entry));
+        })
+    });
+    let _ = budget.ledger().close();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(benches, request_path, responses_and_streams, metering);
 criterion_main!(benches);

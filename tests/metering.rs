@@ -570,5 +570,10 @@ async fn a_sigkill_under_load_loses_at_most_the_last_batch_of_spend() {
     );
     assert!(requests > 50, "load ran: {requests}");
     assert!(kept.picos() <= billed, "nothing billed twice");
-    assert!(lost <= last_100ms, "lost ${} > last 100 ms ${}", Usd(lost), Usd(last_100ms));
+    assert!(
+        lost <= last_100ms,
+        "lost ${} > last 100 ms ${}",
+        Usd(lost),
+        Usd(last_100ms)
+    );
 }
