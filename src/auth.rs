@@ -106,12 +106,12 @@ impl KeyTable {
         self.by_hash.values().find(|a| a.key_id == id)
     }
 
-    /// The name of the key with id `id`, if it is still in the file.
-    pub fn name_of(&self, id: &str) -> Option<&str> {
+    /// Every key's name by its id, for reports over many rows.
+    pub fn names_by_id(&self) -> HashMap<&str, &str> {
         self.by_hash
             .values()
-            .find(|a| a.key_id == id)
-            .map(|a| a.key_name.as_str())
+            .map(|a| (a.key_id.as_str(), a.key_name.as_str()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -97,12 +97,13 @@ impl Admin {
         let total = rows
             .iter()
             .fold(crate::metering::Usd::ZERO, |t, r| t.saturating_add(r.cost));
+        let names = keys.names_by_id();
         let rows: Vec<_> = rows
             .iter()
             .map(|r| {
                 json!({
                     "key_id": r.key_id,
-                    "key_name": keys.name_of(&r.key_id),
+                    "key_name": names.get(r.key_id.as_str()),
                     "lane": r.lane,
                     "model": r.model,
                     "requests": r.requests,
