@@ -238,6 +238,7 @@ impl RouteTable {
         let largest = self
             .models()
             .iter()
+            .rev() // the first of equals
             .filter(|m| access.lane(self.lane(m.lane)).is_ok())
             .max_by_key(|m| m.context_window);
         let plan_limit = largest.map_or(0, |m| m.context_window);
