@@ -93,10 +93,12 @@ fn gcra(tat: u128, now: Duration, per_minute: u64, cost: u64) -> Result<u128, Du
 
 /// A key's state: per dimension, the limit its `tat` is expressed for and the `tat`.
 type KeyState = [(u64, u128); 2];
+/// One lock shard: key id to its state.
+type Shard = Mutex<HashMap<Box<str>, KeyState>>;
 
 /// The in-process store: `SHARDS` maps from key id to its state, each behind its own lock.
 pub struct LocalLimiter {
-    shards: Box<[Mutex<HashMap<Box<str>, KeyState>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
