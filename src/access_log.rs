@@ -6,6 +6,7 @@
 //! writer falls behind, lines are dropped and counted rather than slowing requests down.
 //! [`AccessLog::close`] writes out what is left at shutdown.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,34 +15,72 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Lines that may wait for the writer before new ones are dropped: 64k per 50 ms tick is
 /// over a million requests per second.
 const QUEUE_LINES: usize = 64 * 1024;
 /// How often the writer wakes to write a batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Longest text field in a line, in bytes (before JSON escaping): a client's 1 MB `model`
+/// must not become a 1 MB log line.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// `s` cut to at most [`MAX_FIELD_BYTES`] bytes on a character boundary, ending in `…` when
+/// cut. Borrowed when it fits.
+pub fn bounded(s: &str) -> Cow<'_, str> {
+    if s.len() <= MAX_FIELD_BYTES {
+        return Cow::Borrowed(s);
+    }
+    let mut end = MAX_FIELD_BYTES - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &s[..end]))
+}
+
+fn bounded_str<S: Serializer>(v: &&str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&bounded(v))
+}
+
+fn bounded_opt<S: Serializer>(v: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&*bounded(v)),
+        None => s.serialize_none(),
+    }
+}
 
 /// One request. No prompt, completion or key material: ids, routing, sizes and timings.
+/// Every text field is bounded to [`MAX_FIELD_BYTES`].
 #[derive(Debug, Serialize)]
 pub struct AccessLine<'a> {
     /// Unix time in seconds, millisecond precision.
     pub ts: f64,
+    #[serde(serialize_with = "bounded_str")]
     pub id: &'a str,
+    #[serde(serialize_with = "bounded_str")]
     pub method: &'a str,
+    #[serde(serialize_with = "bounded_opt")]
     pub endpoint: Option<&'a str>,
+    #[serde(serialize_with = "bounded_opt")]
     pub key_id: Option<&'a str>,
     pub status: u16,
+    #[serde(serialize_with = "bounded_opt")]
     pub error: Option<&'a str>,
+    #[serde(serialize_with = "bounded_opt")]
     pub original_model: Option<&'a str>,
+    #[serde(serialize_with = "bounded_opt")]
     pub model: Option<&'a str>,
+    #[serde(serialize_with = "bounded_opt")]
     pub lane: Option<&'a str>,
     pub routed: Option<bool>,
     pub stream: bool,
     /// The client's wire format, and the provider's (equal on passthrough).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "bounded_opt")]
     pub client_format: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "bounded_opt")]
     pub provider_format: Option<&'a str>,
     /// Top-level request fields dropped in translation (the provider's format has no place).
     #[serde(skip_serializing_if = "is_zero")]
@@ -60,6 +99,7 @@ pub struct AccessLine<'a> {
     pub response_bytes: usize,
     pub upstream_ttfb_ms: Option<f64>,
     pub duration_ms: f64,
+    #[serde(serialize_with = "bounded_opt")]
     pub downstream_error: Option<&'a str>,
 }
 
@@ -212,5 +252,51 @@ mod tests {
         }
         assert_eq!(log.dropped(), 0);
         assert!(!AccessLog::open("off").unwrap().enabled());
+    }
+
+    #[test]
+    fn text_fields_are_bounded() {
+        assert_eq!(bounded("flux-auto"), "flux-auto");
+        let exact = "m".repeat(MAX_FIELD_BYTES);
+        assert!(matches!(bounded(&exact), Cow::Borrowed(_)));
+        // Multi-byte characters are never split.
+        for long in ["m".repeat(1 << 20), "é".repeat(1000), "€".repeat(1000)] {
+            let b = bounded(&long);
+            assert!(b.len() <= MAX_FIELD_BYTES, "{}", b.len());
+            assert!(b.len() > MAX_FIELD_BYTES - 6, "{}", b.len());
+            assert!(b.ends_with('…'));
+        }
+        let huge = "x".repeat(1 << 20);
+        let line = AccessLine {
+            ts: 1.0,
+            id: &huge,
+            method: &huge,
+            endpoint: Some(&huge),
+            key_id: Some(&huge),
+            status: 400,
+            error: Some(&huge),
+            original_model: Some(&huge),
+            model: Some(&huge),
+            lane: Some(&huge),
+            routed: None,
+            stream: false,
+            client_format: Some(&huge),
+            provider_format: Some(&huge),
+            dropped_fields: 0,
+            input_tokens: None,
+            cached_input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            attempts: 0,
+            request_bytes: 1 << 20,
+            response_bytes: 0,
+            upstream_ttfb_ms: None,
+            duration_ms: 1.0,
+            downstream_error: Some(&huge),
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.len() < 13 * MAX_FIELD_BYTES, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["original_model"].as_str().unwrap().len(), MAX_FIELD_BYTES);
     }
 }

@@ -45,6 +45,14 @@ pub enum ErrorKind {
     RequestTimeout,
     /// 413: body over the configured limit (32 MB by default).
     PayloadTooLarge,
+    /// 413: the input (estimated tokens) is longer than any model the plan may use takes, or
+    /// than the plan's `max_input_tokens`: trim the history or upgrade.
+    InputTooLong,
+    /// 429: the key's requests or tokens per minute are used up (with `retry_after`).
+    RateLimited,
+    /// 429: the conversation has more messages than the plan allows in one request: start a
+    /// new conversation.
+    ConversationLimit,
     /// 415: a request body encoding other than identity or gzip.
     UnsupportedEncoding,
     /// 502: no target in the chosen lane supports the request's shape.
@@ -74,7 +82,8 @@ impl ErrorKind {
             | ErrorKind::AccountOnHold => 402,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
-            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::PayloadTooLarge | ErrorKind::InputTooLong => 413,
+            ErrorKind::RateLimited | ErrorKind::ConversationLimit => 429,
             ErrorKind::UnsupportedEncoding => 415,
             ErrorKind::NoEligibleTarget | ErrorKind::UpstreamError => 502,
             ErrorKind::ServiceUnavailable => 503,
@@ -102,6 +111,9 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::InputTooLong => "input_too_long",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ConversationLimit => "conversation_limit",
             ErrorKind::UnsupportedEncoding => "unsupported_content_encoding",
             ErrorKind::NoEligibleTarget => "no_eligible_target",
             ErrorKind::UpstreamError => "upstream_error",
@@ -128,6 +140,7 @@ impl ErrorKind {
             self,
             ErrorKind::RequestTimeout
                 | ErrorKind::HourlyLimitReached
+                | ErrorKind::RateLimited
                 | ErrorKind::UpstreamError
                 | ErrorKind::ServiceUnavailable
                 | ErrorKind::Internal
@@ -215,6 +228,9 @@ mod tests {
             (ErrorKind::ModelNotAllowed, 403, false),
             (ErrorKind::EndpointNotServed, 403, false),
             (ErrorKind::PayloadTooLarge, 413, false),
+            (ErrorKind::InputTooLong, 413, false),
+            (ErrorKind::RateLimited, 429, true),
+            (ErrorKind::ConversationLimit, 429, false),
             (ErrorKind::NoEligibleTarget, 502, false),
             (ErrorKind::UpstreamError, 502, true),
             (ErrorKind::ServiceUnavailable, 503, true),
@@ -223,5 +239,21 @@ mod tests {
             assert_eq!(kind.status(), status, "{kind:?}");
             assert_eq!(kind.retryable(), retry, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn limit_kinds_use_the_rate_limit_and_too_large_types() {
+        for kind in [ErrorKind::RateLimited, ErrorKind::ConversationLimit] {
+            assert_eq!(kind.openai_type(), "rate_limit_error");
+            assert_eq!(kind.anthropic_type(), "rate_limit_error");
+        }
+        assert_eq!(
+            ErrorKind::InputTooLong.anthropic_type(),
+            "request_too_large"
+        );
+        assert_eq!(
+            ErrorKind::InputTooLong.openai_type(),
+            "invalid_request_error"
+        );
     }
 }

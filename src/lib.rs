@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod errors;
 pub mod gateway;
 pub mod headers;
+pub mod limits;
 pub mod metering;
 pub mod routing;
 pub mod server;

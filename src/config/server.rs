@@ -112,6 +112,8 @@ pub struct RequestLimits {
     pub max_response_bytes: usize,
     /// Longest wait for the next piece of a request body (408 after it).
     pub body_read_timeout_ms: u64,
+    /// Longest accepted `model` id, in bytes (400 above it).
+    pub max_model_id_bytes: usize,
 }
 
 impl Default for RequestLimits {
@@ -120,6 +122,7 @@ impl Default for RequestLimits {
             max_body_bytes: 32 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             body_read_timeout_ms: 60_000,
+            max_model_id_bytes: 256,
         }
     }
 }
@@ -187,6 +190,21 @@ pub struct PlanConfig {
     /// Whether premium lanes (`premium: true` in lanes.yaml) need a payment method on file.
     #[serde(default)]
     pub premium_needs_payment_method: bool,
+    /// Requests per minute per key (429 rate_limited past it). A GCRA: up to this many at
+    /// once, then one every 60/N seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Estimated input tokens per minute per key (429 rate_limited past it), counted at
+    /// admission (body bytes / 4, images at a flat 1,000). Same GCRA as requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Messages in one request (429 conversation_limit past it: start a new conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<usize>,
+    /// Estimated input tokens in one request (413 input_too_long past it), whatever the
+    /// context windows of the plan's models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
 }
 
 /// A provider base URL, split once at load.
@@ -295,7 +313,11 @@ impl ServerConfig {
             return err("server.threads".into(), "must be at least 1".into());
         }
         let l = &self.limits;
-        if l.max_body_bytes == 0 || l.max_response_bytes == 0 || l.body_read_timeout_ms == 0 {
+        if l.max_body_bytes == 0
+            || l.max_response_bytes == 0
+            || l.body_read_timeout_ms == 0
+            || l.max_model_id_bytes == 0
+        {
             return err("limits".into(), "limits must be positive".into());
         }
         if self.providers.is_empty() {
@@ -373,6 +395,18 @@ impl ServerConfig {
                     "a free plan stops at its credit; it cannot have overage".into(),
                 );
             }
+            let zero = [
+                ("requests_per_minute", plan.requests_per_minute == Some(0)),
+                ("tokens_per_minute", plan.tokens_per_minute == Some(0)),
+                ("max_messages", plan.max_messages == Some(0)),
+                ("max_input_tokens", plan.max_input_tokens == Some(0)),
+            ];
+            if let Some((field, _)) = zero.iter().find(|(_, z)| *z) {
+                return err(
+                    format!("plans.{name}.{field}"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+            }
             if plan.overage && plan.ceiling_usd.is_none() {
                 return err(
                     format!("plans.{name}.ceiling_usd"),
@@ -433,6 +467,24 @@ plans:
         assert_eq!(c.lanes_file, Path::new("/etc/flux/conf/../lanes.yaml"));
         assert_eq!(c.ledger.path, Path::new("/etc/flux/conf/ledger.sqlite"));
         assert_eq!(c.ledger.flush_interval_ms, 50);
+        assert_eq!(c.limits.max_model_id_bytes, 256);
+        assert_eq!(c.plans["free"].requests_per_minute, None);
+        let text = MINIMAL.replace(
+            "[express] }",
+            "[express], requests_per_minute: 60, tokens_per_minute: 100000, max_messages: 200, \
+             max_input_tokens: 128000 }",
+        );
+        let c = ServerConfig::from_yaml(Path::new("/f.yaml"), &text).unwrap();
+        let p = &c.plans["free"];
+        assert_eq!(
+            (
+                p.requests_per_minute,
+                p.tokens_per_minute,
+                p.max_messages,
+                p.max_input_tokens
+            ),
+            (Some(60), Some(100_000), Some(200), Some(128_000))
+        );
         let text = format!("{MINIMAL}\nledger: {{ path: /var/lib/flux/spend.db }}\n");
         let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), &text).unwrap();
         assert_eq!(c.ledger.path, Path::new("/var/lib/flux/spend.db"));
@@ -463,6 +515,10 @@ plans:
         let text = format!("{MINIMAL}\nledger: {{ flush_interval_ms: 0 }}\n");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
         assert_eq!(e.field, "ledger.flush_interval_ms");
+        let text = MINIMAL.replace("[express] }", "[express], requests_per_minute: 0 }");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "plans.free.requests_per_minute");
+
         let text = format!("{MINIMAL}\nledger: {{ file: x }}\n");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
         assert!(e.reason.contains("file"), "{e}");

@@ -5,7 +5,9 @@
 //! cannot carry bodies over 64 KiB nor hold the response header back (NOTES-pingora).
 //!
 //! accept -> request id -> path (403) -> auth (401) -> body (413/415)
-//!   -> parse the client's format into the IR (400) -> features -> route (400/403/502)
+//!   -> parse the client's format into the IR (400) -> model id bound (400)
+//!   -> conversation limit (429) -> features -> route (400/403/413/502)
+//!   -> requests / tokens per minute (429)
 //!   -> upstream exchange with fallbacks (502), translating when the provider's format differs
 //!   -> response or stream -> log
 
@@ -36,11 +38,16 @@ use crate::wire::{transcode, Format};
 
 pub struct Gateway {
     state: Arc<AppState>,
+    /// Per-key requests and tokens per minute (in this process).
+    limits: crate::limits::Limits,
 }
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
-        Gateway { state }
+        Gateway {
+            state,
+            limits: crate::limits::Limits::default(),
+        }
     }
 }
 
@@ -378,8 +385,11 @@ impl Gateway {
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(client);
         let mut request = transcode::parse_request(client, &raw)?;
-        ctx.original_model = Some(request.model.to_string());
+        ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
         ctx.stream = request.stream;
+        let limits = &self.state.config.limits;
+        crate::limits::check_model_id(&request.model, limits.max_model_id_bytes)?;
+        crate::limits::check_conversation(&account.terms, request.messages.len())?;
 
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let routes = self.state.routes.load_full();
@@ -391,6 +401,9 @@ impl Gateway {
         let route = routes.route(requested, &features, account)?;
         let lane = routes.lane(route.lane);
         ctx.lane = Some(lane.name.clone());
+        // After routing, so a request refused for its own shape spends no quota.
+        self.limits
+            .admit(&account.key_id, &account.terms, features.input_tokens)?;
         let hold = self.reserve(account, &request, &routes, &route, raw.len())?;
         let estimated_input_tokens = features.input_tokens;
         exchange::run(
@@ -469,7 +482,9 @@ impl Gateway {
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(Format::Anthropic);
         let request = transcode::parse_request(Format::Anthropic, &raw)?;
-        ctx.original_model = Some(request.model.to_string());
+        ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
+        let max_model_id = self.state.config.limits.max_model_id_bytes;
+        crate::limits::check_model_id(&request.model, max_model_id)?;
         // The model must be one the gateway knows, as for a real request.
         self.state.routes.load().resolve(&request.model)?;
         let tokens = crate::tokens::count_request(&request);

@@ -73,6 +73,11 @@ pub trait LaneAccess {
     fn allows_model_id(&self, _id: &str) -> bool {
         true
     }
+
+    /// The plan's own bound on estimated input tokens, whatever its models take.
+    fn max_input_tokens(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A plain list of lane names (tests, benchmarks).
@@ -101,6 +106,10 @@ impl LaneAccess for crate::auth::Account {
         self.models
             .as_ref()
             .is_none_or(|models| models.iter().any(|m| m == id))
+    }
+
+    fn max_input_tokens(&self) -> Option<u64> {
+        self.terms.max_input_tokens
     }
 }
 
@@ -149,6 +158,11 @@ impl RouteTable {
                 ),
             ));
         }
+        if let Some(max) = access.max_input_tokens() {
+            if features.input_tokens > max {
+                return Err(input_too_long(features.input_tokens, max));
+            }
+        }
         let (lane, rule, pinned) = match requested {
             Requested::Auto => {
                 let (lane, rule) = self.pick_auto_lane(features, access)?;
@@ -185,6 +199,15 @@ impl RouteTable {
             })
             .collect();
         if candidates.is_empty() {
+            let chain = pinned
+                .into_iter()
+                .chain(self.lane(lane).chain.iter().copied());
+            if chain
+                .clone()
+                .all(|m| features.input_tokens > self.model(m).context_window)
+            {
+                return Err(self.too_long_for_lane(lane, chain, features.input_tokens, access));
+            }
             return Err(FluxError::new(
                 ErrorKind::NoEligibleTarget,
                 format!(
@@ -201,6 +224,48 @@ impl RouteTable {
             candidates,
             pinned,
         })
+    }
+
+    /// 413 for an input no target of the lane can hold: by how much it is over the plan's
+    /// limit, or, when another model of the plan holds it, which one.
+    fn too_long_for_lane(
+        &self,
+        lane: LaneId,
+        chain: impl Iterator<Item = ModelId>,
+        input: u64,
+        access: &(impl LaneAccess + ?Sized),
+    ) -> FluxError {
+        let largest = self
+            .models()
+            .iter()
+            .rev() // the first of equals
+            .filter(|m| access.lane(self.lane(m.lane)).is_ok())
+            .max_by_key(|m| m.context_window);
+        let plan_limit = largest.map_or(0, |m| m.context_window);
+        let plan_limit = access
+            .max_input_tokens()
+            .map_or(plan_limit, |max| max.min(plan_limit));
+        match largest {
+            Some(m) if input <= plan_limit => {
+                let lane_limit = chain
+                    .map(|m| self.model(m).context_window)
+                    .max()
+                    .unwrap_or(0);
+                FluxError::new(
+                    ErrorKind::InputTooLong,
+                    format!(
+                        "This input is about {input} tokens, about {} tokens over the \
+                         {lane_limit}-token context window of the {} models; your plan's \
+                         maximum input is {plan_limit} tokens ({}). Use that model, or trim the \
+                         history.",
+                        input - lane_limit,
+                        self.lane(lane).title,
+                        m.id
+                    ),
+                )
+            }
+            _ => input_too_long(input, plan_limit),
+        }
     }
 
     fn check_access(
@@ -283,6 +348,19 @@ impl Rule {
                 .is_none_or(|v| f.max_tokens.unwrap_or(0) >= v)
             && w.min_messages.is_none_or(|v| f.messages >= v)
     }
+}
+
+/// 413: over the largest input any model of the plan takes (or the plan's own bound).
+fn input_too_long(input: u64, plan_limit: u64) -> FluxError {
+    FluxError::new(
+        ErrorKind::InputTooLong,
+        format!(
+            "Input too long: about {input} tokens, about {} tokens over the {plan_limit}-token \
+             limit of your plan's models (your plan's maximum input is {plan_limit} tokens); \
+             trim the history or upgrade.",
+            input.saturating_sub(plan_limit)
+        ),
+    )
 }
 
 /// Echo at most 64 characters of client input in a message.

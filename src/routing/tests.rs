@@ -233,8 +233,8 @@ fn eligibility_filters_by_capability_and_context() {
     let e = t
         .route(Requested::Lane(lane), &huge, access(&ALL).as_slice())
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (502, "no_eligible_target"));
-    assert!(e.message.contains("context window"), "{}", e.message);
+    assert_eq!((e.status(), e.code()), (413, "input_too_long"));
+    assert!(e.message.contains("trim the history"), "{}", e.message);
 }
 
 #[test]
@@ -320,4 +320,106 @@ fn cues_are_found_in_one_pass_and_only_in_the_head_and_tail_of_huge_turns() {
     assert!(f.code && !f.reasoning, "tail is scanned");
     t.detect_cues(&format!("{filler} prove {filler}"), &mut f);
     assert!(!f.reasoning, "the middle of a 240 KB paste is not scanned");
+}
+
+/// A plan's lanes plus its own bound on input tokens.
+struct Capped(Vec<String>, u64);
+
+impl LaneAccess for Capped {
+    fn lane(&self, lane: &Lane) -> Result<(), Denied> {
+        self.0.as_slice().lane(lane)
+    }
+
+    fn max_input_tokens(&self) -> Option<u64> {
+        Some(self.1)
+    }
+}
+
+const TWO_LANES: &str = r#"
+lanes:
+  express:
+    alias: flux-fast
+    title: Express Lane
+    price: { input_per_mtok: 1.0, output_per_mtok: 4.0 }
+    default: flux-pinned-small
+  daily:
+    alias: flux-standard
+    title: Daily Driver
+    price: { input_per_mtok: 2.0, output_per_mtok: 8.0 }
+    default: flux-pinned-large
+models:
+  flux-pinned-small: { upstream: s, provider: openai, lane: express, context_window: 128000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-large: { upstream: l, provider: openai, lane: daily, context_window: 1000000, max_output_tokens: 4096, capabilities: [streaming] }
+auto:
+  rules:
+    - { name: default, lane: express }
+"#;
+
+#[test]
+fn input_too_long_for_every_model_is_413_with_the_numbers() {
+    let t = compile(TWO_LANES).unwrap();
+    let lane = t.lane_by_alias("flux-fast").unwrap();
+    let f = Features {
+        input_tokens: 129_000,
+        messages: 1,
+        ..Features::default()
+    };
+    // A plan of that lane only: over the plan's largest model by 1,000.
+    let e = t
+        .route(Requested::Lane(lane), &f, access(&["express"]).as_slice())
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (413, "input_too_long"));
+    let limit = "about 1000 tokens over the 128000-token limit of your plan's models";
+    assert!(e.message.contains(limit), "{}", e.message);
+    assert!(
+        e.message.contains("trim the history or upgrade"),
+        "{}",
+        e.message
+    );
+    // With both lanes: the plan has a model that holds it, and the message names it.
+    let both = access(&["express", "daily"]);
+    let e = t
+        .route(Requested::Lane(lane), &f, both.as_slice())
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (413, "input_too_long"));
+    assert!(e.message.contains("flux-pinned-large"), "{}", e.message);
+    assert!(
+        e.message.contains("128000-token context window"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("1000000 tokens"), "{}", e.message);
+    // The plan's own bound applies first, whatever the lane and the models.
+    let small = Features {
+        input_tokens: 5_000,
+        ..f
+    };
+    let e = t
+        .route(Requested::Auto, &small, &Capped(both.clone(), 4_000))
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (413, "input_too_long"));
+    assert!(
+        e.message
+            .contains("about 1000 tokens over the 4000-token limit"),
+        "{}",
+        e.message
+    );
+    assert!(t
+        .route(Requested::Auto, &small, &Capped(both, 5_000))
+        .is_ok());
+    // Another reason beside the window stays 502.
+    let tools = Features {
+        tools: true,
+        input_tokens: 10,
+        messages: 1,
+        ..Features::default()
+    };
+    let e = t
+        .route(
+            Requested::Lane(lane),
+            &tools,
+            access(&["express"]).as_slice(),
+        )
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (502, "no_eligible_target"));
 }

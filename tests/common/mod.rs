@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fluxrouter");
+
+/// The gateway binary: `BIN`, or `FLUX_TEST_BIN` when set (a copy taken right after the
+/// build, when several checkouts share one target directory and its `debug/fluxrouter`).
+pub fn bin() -> String {
+    std::env::var("FLUX_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 /// The provider key the gateway reads from its environment; must reach the provider only.
 pub const PROVIDER_KEY: &str = "sim-provider-key-0123456789";
 
@@ -88,7 +94,7 @@ auto:
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
 fn spawn_gateway(config: &std::path::Path, log: std::fs::File) -> Child {
-    Command::new(BIN)
+    Command::new(bin())
         .arg("--config")
         .arg(config)
         .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
@@ -224,6 +230,12 @@ plans:
   capped: {{ lanes: [express], monthly_credit_usd: 0, overage: true, ceiling_usd: 0.000001 }}
   hourly: {{ lanes: [express], hourly_limit_usd: 0.000001 }}
   premium: {{ lanes: [express, deep], premium_needs_payment_method: true }}
+  rpm600: {{ lanes: [express, formats], requests_per_minute: 600 }}
+  rpm2: {{ lanes: [express, formats], requests_per_minute: 2 }}
+  tpm: {{ lanes: [express, formats], tokens_per_minute: 600 }}
+  chatty: {{ lanes: [express, formats], max_messages: 4 }}
+  short_input: {{ lanes: [express, formats], max_input_tokens: 1000 }}
+  express_only: {{ lanes: [express] }}
 admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }}
 "#
         );
@@ -337,7 +349,7 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }
 
     /// Run a `fluxrouter` subcommand against this gateway's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -397,7 +409,7 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }
     /// over from this one once this one gets SIGQUIT.
     pub fn spawn_upgrade(&self) -> Child {
         let log = std::fs::File::create(self.dir.path().join("gateway-new.log")).unwrap();
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--config")
             .arg(&self.config)
             .arg("-u")
