@@ -484,6 +484,16 @@ async fn race<F: Future>(
     }
 }
 
+/// The hang-up as the error the pipeline stops with: whatever Pingora reported (a FIN, an h2
+/// reset, bytes where none belong), `ConnectionClosed`, which answers nothing more.
+fn hang_up(e: Box<pingora::Error>) -> Box<pingora::Error> {
+    pingora::Error::because(
+        pingora::ErrorType::ConnectionClosed,
+        "client went away while the gateway waited upstream",
+        e,
+    )
+}
+
 /// Resolves when the client closes the connection (HTTP/1: a FIN or RST on the socket; h2: the
 /// stream reset). The request body has been read in full, so Pingora's idle probe reads at
 /// most one byte, and a byte where none is expected counts as a hang-up too (the proxy path
@@ -508,7 +518,7 @@ fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> Stop {
     );
     ctx.status = CLIENT_CLOSED;
     ctx.error_code = Some("client_closed");
-    Stop::Broken(e)
+    Stop::Broken(hang_up(e))
 }
 
 /// What the access log records for a client that left before its answer (nginx's 499).
@@ -659,7 +669,7 @@ async fn relay(
             e = downstream_closed(session) => {
                 debug!("{}: client left mid-stream; upstream stream dropped", ctx.id);
                 ctx.error_code.get_or_insert("client_closed");
-                return Err(Stop::Broken(e));
+                return Err(Stop::Broken(hang_up(e)));
             }
             read = response.session.read_response_body() => read,
         };
