@@ -238,8 +238,6 @@ pub async fn run(
             response.release(&state.connector).await;
             continue;
         }
-        // Whatever else the provider answered (2xx, or a 4xx about the request), it works.
-        ticket.verdict(Verdict::Success);
         let mut usage = None;
         let (body, content_type) = if success {
             match transcode::translate_response(client, provider.format, body.clone()) {
@@ -263,6 +261,7 @@ pub async fn run(
                     );
                     ctx.model = None;
                     ctx.routed = None;
+                    ticket.verdict(Verdict::Failure);
                     failures.attempt(FailureKind::BadAnswer);
                     continue;
                 }
@@ -273,6 +272,8 @@ pub async fn run(
                 wire::translate_error(client, provider.format, response.status, &body, &ctx.id);
             (body, "application/json")
         };
+        // Whatever else the provider answered (2xx, or a 4xx about the request), it works.
+        ticket.verdict(Verdict::Success);
         let mut h = respond::header(response.status, &ctx.id)?;
         served.add_headers(&mut h)?;
         if let Some(usage) = usage {
