@@ -59,6 +59,17 @@ pub enum ErrorKind {
     NoEligibleTarget,
     /// 502: every eligible target failed before a byte reached the client.
     UpstreamError,
+    /// 502: the providers refused the gateway's own credentials (401/403): the operator's
+    /// problem, never the client's key.
+    UpstreamAuthError,
+    /// 504: no provider answered within the deadlines.
+    UpstreamTimeout,
+    /// 503: the gateway or every provider that could serve is at its concurrency cap.
+    Overloaded,
+    /// 503: the operator switched maintenance on.
+    Maintenance,
+    /// 402: premium routing is at capacity for a few seconds (seed 002).
+    PremiumUnavailable,
     /// 503: the gateway is busy or shutting down.
     ServiceUnavailable,
     /// 500: a bug; the message never carries internals.
@@ -79,14 +90,18 @@ impl ErrorKind {
             | ErrorKind::SpendCeilingReached
             | ErrorKind::HourlyLimitReached
             | ErrorKind::PaymentMethodRequired
+            | ErrorKind::PremiumUnavailable
             | ErrorKind::AccountOnHold => 402,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge | ErrorKind::InputTooLong => 413,
             ErrorKind::RateLimited | ErrorKind::ConversationLimit => 429,
             ErrorKind::UnsupportedEncoding => 415,
-            ErrorKind::NoEligibleTarget | ErrorKind::UpstreamError => 502,
-            ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::NoEligibleTarget
+            | ErrorKind::UpstreamError
+            | ErrorKind::UpstreamAuthError => 502,
+            ErrorKind::ServiceUnavailable | ErrorKind::Overloaded | ErrorKind::Maintenance => 503,
+            ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Internal => 500,
         }
     }
@@ -117,6 +132,11 @@ impl ErrorKind {
             ErrorKind::UnsupportedEncoding => "unsupported_content_encoding",
             ErrorKind::NoEligibleTarget => "no_eligible_target",
             ErrorKind::UpstreamError => "upstream_error",
+            ErrorKind::UpstreamAuthError => "upstream_auth_error",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Maintenance => "maintenance",
+            ErrorKind::PremiumUnavailable => "premium_unavailable",
             ErrorKind::ServiceUnavailable => "service_unavailable",
             ErrorKind::Internal => "internal_error",
         }
@@ -142,6 +162,10 @@ impl ErrorKind {
                 | ErrorKind::HourlyLimitReached
                 | ErrorKind::RateLimited
                 | ErrorKind::UpstreamError
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::Overloaded
+                | ErrorKind::Maintenance
+                | ErrorKind::PremiumUnavailable
                 | ErrorKind::ServiceUnavailable
                 | ErrorKind::Internal
         )
@@ -234,6 +258,11 @@ mod tests {
             (ErrorKind::NoEligibleTarget, 502, false),
             (ErrorKind::UpstreamError, 502, true),
             (ErrorKind::ServiceUnavailable, 503, true),
+            (ErrorKind::UpstreamAuthError, 502, false),
+            (ErrorKind::UpstreamTimeout, 504, true),
+            (ErrorKind::Overloaded, 503, true),
+            (ErrorKind::Maintenance, 503, true),
+            (ErrorKind::PremiumUnavailable, 402, true),
         ];
         for (kind, status, retry) in cases {
             assert_eq!(kind.status(), status, "{kind:?}");

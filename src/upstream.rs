@@ -4,8 +4,11 @@
 //! through the proxy path, so bodies of any size pass and the response header can wait for
 //! what the gateway learns from the upstream (see NOTES-pingora: the 64 KiB retry buffer).
 
+pub mod breaker;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use crate::config::server::{BaseUrl, ProviderTimeouts};
 use crate::config::ServerConfig;
 use crate::wire::{AuthHeader, Format, ANTHROPIC_VERSION};
+
+use breaker::{Admission, Breaker, BreakerState, Transition, Verdict};
 
 /// A configured provider, ready for requests.
 pub struct Provider {
@@ -35,6 +40,11 @@ pub struct Provider {
     /// (`Authorization: Bearer …` or `x-api-key`), marked sensitive so it is never logged.
     auth: Option<(http::HeaderName, http::HeaderValue)>,
     pub timeouts: ProviderTimeouts,
+    /// Skips the provider at once after repeated failures (see [`breaker`]).
+    pub breaker: Breaker,
+    /// Requests in flight to this provider, and the cap on them.
+    inflight: AtomicUsize,
+    max_concurrent: Option<usize>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -52,6 +62,9 @@ impl std::fmt::Debug for Provider {
 #[derive(Debug, Default)]
 pub struct Providers {
     by_name: HashMap<String, Arc<Provider>>,
+    /// Upstream requests in flight across all providers, and the cap on them.
+    inflight: AtomicUsize,
+    max_concurrent: Option<usize>,
 }
 
 impl Providers {
@@ -104,10 +117,74 @@ impl Providers {
                 peer: ArcSwapOption::new(peer),
                 auth,
                 timeouts: p.timeouts.clone(),
+                breaker: Breaker::new(
+                    config.traffic.breaker_failures,
+                    Duration::from_millis(config.traffic.breaker_cooldown_ms),
+                ),
+                inflight: AtomicUsize::new(0),
+                max_concurrent: p.max_concurrent,
             };
             by_name.insert(name.clone(), Arc::new(provider));
         }
-        (Providers { by_name }, warnings)
+        let providers = Providers {
+            by_name,
+            inflight: AtomicUsize::new(0),
+            max_concurrent: config.traffic.max_concurrent_upstream,
+        };
+        (providers, warnings)
+    }
+
+    /// Ask for a provider: its breaker must let the request through and both concurrency caps
+    /// (the provider's and the total) must have room. Nothing waits: a refusal is immediate.
+    pub fn admit<'a>(&'a self, provider: &'a Provider) -> Result<Ticket<'a>, Refusal> {
+        if let Some(max) = self.max_concurrent {
+            if self.inflight.fetch_add(1, Ordering::AcqRel) >= max {
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::TotalBusy);
+            }
+        }
+        // From here the total slot is held: the ticket (or this guard) gives it back.
+        let total = TotalSlot(self.max_concurrent.map(|_| &self.inflight));
+        if let Some(max) = provider.max_concurrent {
+            if provider.inflight.fetch_add(1, Ordering::AcqRel) >= max {
+                provider.inflight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::ProviderBusy);
+            }
+        }
+        let counted = provider.max_concurrent.is_some();
+        let probe = match provider.breaker.admit() {
+            Admission::Pass => false,
+            Admission::Probe => true,
+            Admission::Skip(left) => {
+                if counted {
+                    provider.inflight.fetch_sub(1, Ordering::AcqRel);
+                }
+                return Err(Refusal::BreakerOpen(left));
+            }
+        };
+        Ok(Ticket {
+            provider,
+            _total: total,
+            counted,
+            probe,
+            settled: false,
+        })
+    }
+
+    /// Every provider's breaker state, by name (for metrics).
+    pub fn breaker_states(&self) -> Vec<(&str, BreakerState)> {
+        let mut states: Vec<_> = self
+            .by_name
+            .values()
+            .map(|p| (p.name.as_str(), p.breaker.state()))
+            .collect();
+        states.sort_unstable_by_key(|(name, _)| *name);
+        states
+    }
+
+    /// Upstream requests in flight, counted while a total cap is configured.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
@@ -153,11 +230,95 @@ fn make_peer(addr: SocketAddr, base: &BaseUrl, t: &ProviderTimeouts) -> HttpPeer
     peer
 }
 
+/// Why a provider was skipped without an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its breaker is open; it may be tried again after this long.
+    BreakerOpen(Duration),
+    /// It has `max_concurrent` requests in flight.
+    ProviderBusy,
+    /// The gateway has `traffic.max_concurrent_upstream` requests in flight.
+    TotalBusy,
+}
+
+/// Gives a total concurrency slot back when dropped (None: no total cap, nothing counted).
+struct TotalSlot<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for TotalSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Leave to send one attempt to a provider: holds its concurrency slots until dropped, and
+/// reports the attempt's verdict to the provider's breaker (none given: abandoned).
+pub struct Ticket<'a> {
+    provider: &'a Provider,
+    /// Released by its own `Drop`, after the ticket's.
+    _total: TotalSlot<'a>,
+    counted: bool,
+    probe: bool,
+    settled: bool,
+}
+
+impl Ticket<'_> {
+    /// Whether this attempt is the breaker's half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Tell the breaker how the attempt went (only the first verdict counts).
+    pub fn verdict(&mut self, verdict: Verdict) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let p = self.provider;
+        match p.breaker.record(self.probe, verdict) {
+            Transition::Opened => log::warn!(
+                "circuit breaker for provider {} opened: it is skipped for {} ms, then probed",
+                p.name,
+                p.breaker_cooldown_ms()
+            ),
+            Transition::Closed => log::info!(
+                "circuit breaker for provider {} closed: the probe succeeded",
+                p.name
+            ),
+            Transition::None => {}
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.verdict(Verdict::Abandoned);
+        if self.counted {
+            self.provider.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// How an attempt failed, for choosing the client's error when no fallback is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Refused, unreachable, unresolved, or the connection broke.
+    Connect,
+    /// A connect or first-byte timeout.
+    Timeout,
+    /// The provider answered, badly: a 5xx, or a body that could not be read.
+    BadAnswer,
+    /// The provider refused the gateway's credentials (401/403).
+    Auth,
+}
+
 /// Why an attempt at a provider failed before its response could be used.
 #[derive(Debug, Clone)]
 pub struct AttemptFailure {
     pub provider: String,
     pub reason: String,
+    pub kind: FailureKind,
 }
 
 /// A response whose header has arrived; the body is still to be read.
@@ -189,6 +350,16 @@ impl Provider {
         let fail = |reason: String| AttemptFailure {
             provider: self.name.clone(),
             reason,
+            kind: FailureKind::Connect,
+        };
+        let failed = |e: Box<pingora::Error>, what: &str| AttemptFailure {
+            provider: self.name.clone(),
+            kind: if is_timeout(&e) || *e.etype() == pingora::ErrorType::ConnectTimedout {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Connect
+            },
+            reason: format!("{what}: {e}"),
         };
         let peer = self
             .peer
@@ -205,7 +376,7 @@ impl Provider {
             let (mut session, reused) = connector
                 .get_http_session(&*peer)
                 .await
-                .map_err(|e| fail(format!("connect: {e}")))?;
+                .map_err(|e| failed(e, "connect"))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
             let sent = async {
                 session
@@ -235,7 +406,7 @@ impl Provider {
                 }
                 // A slow provider is not a stale connection: only a closed one is retried.
                 Err(e) if reused && tries == 1 && !is_timeout(&e) => continue,
-                Err(e) => return Err(fail(format!("exchange: {e}"))),
+                Err(e) => return Err(failed(e, "exchange")),
             }
         }
     }
@@ -272,6 +443,10 @@ impl Provider {
             }
         }
         Ok(h)
+    }
+
+    fn breaker_cooldown_ms(&self) -> u128 {
+        self.breaker.cooldown().as_millis()
     }
 
     /// Resolve the host again; returns the new address when it changed. IP literals are

@@ -35,6 +35,56 @@ pub struct ServerConfig {
     /// The admin listener (operator endpoints); absent: none is opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    /// Deadlines, fallback pacing, circuit breakers, overload caps and the maintenance switch.
+    #[serde(default)]
+    pub traffic: TrafficConfig,
+}
+
+/// Traffic control for the upstream leg.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrafficConfig {
+    /// Longest time from the first upstream attempt to a response starting, across every
+    /// attempt and fallback (504 `upstream_timeout` after it). A stream that has started is
+    /// bounded by the providers' `idle_ms` instead.
+    pub total_deadline_ms: u64,
+    /// Pause before the next fallback after a failed attempt; doubles with each failure
+    /// (at most 8 times this), never past the deadline.
+    pub retry_backoff_ms: u64,
+    /// Upstream requests in flight across all providers; past it, 503 `overloaded` at once.
+    /// Absent: no limit besides the providers' own `max_concurrent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_upstream: Option<usize>,
+    /// `Retry-After` (seconds) on a 503 `overloaded`.
+    pub overload_retry_after_s: u64,
+    /// Consecutive failures (connect, timeout, 5xx, provider 401/403) that open a
+    /// provider's circuit breaker; 0 disables the breakers.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its provider before one probe request is let through.
+    pub breaker_cooldown_ms: u64,
+    /// Answer every generation request with 503 `maintenance`.
+    pub maintenance: bool,
+    /// The message of that 503.
+    pub maintenance_message: String,
+    /// Its `Retry-After`, in seconds.
+    pub maintenance_retry_after_s: u64,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            total_deadline_ms: 300_000,
+            retry_backoff_ms: 50,
+            max_concurrent_upstream: None,
+            overload_retry_after_s: 1,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
+            maintenance: false,
+            maintenance_message: "FluxRouter is down for scheduled maintenance; retry shortly."
+                .into(),
+            maintenance_retry_after_s: 60,
+        }
+    }
 }
 
 /// The spend ledger: one SQLite file that `fluxrouter usage` can read while the gateway runs.
@@ -141,6 +191,11 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default)]
     pub timeouts: ProviderTimeouts,
+    /// Requests in flight to this provider; past it the provider is skipped (the next
+    /// fallback is tried) and, with nothing left, the client gets 503 `overloaded`.
+    /// Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -150,7 +205,7 @@ pub struct ProviderTimeouts {
     pub connect_ms: u64,
     /// From request sent to response header: models can think for a long time.
     pub first_byte_ms: u64,
-    /// Longest silence between two body chunks.
+    /// Longest silence between two body chunks (two stream events).
     pub idle_ms: u64,
 }
 
@@ -339,6 +394,31 @@ impl ServerConfig {
                     "timeouts must be positive".into(),
                 );
             }
+            if provider.max_concurrent == Some(0) {
+                return err(
+                    format!("providers.{name}.max_concurrent"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+            }
+        }
+        let t = &self.traffic;
+        if t.total_deadline_ms == 0 {
+            return err(
+                "traffic.total_deadline_ms".into(),
+                "must be positive".into(),
+            );
+        }
+        if t.max_concurrent_upstream == Some(0) {
+            return err(
+                "traffic.max_concurrent_upstream".into(),
+                "must be at least 1 (leave it out for no limit)".into(),
+            );
+        }
+        if t.breaker_failures > 0 && t.breaker_cooldown_ms == 0 {
+            return err(
+                "traffic.breaker_cooldown_ms".into(),
+                "an open breaker needs a cooldown (set breaker_failures: 0 to disable)".into(),
+            );
         }
         if self.ledger.path.file_name().is_none() {
             return err("ledger.path".into(), "must name a file".into());
@@ -485,6 +565,16 @@ plans:
             ),
             (Some(60), Some(100_000), Some(200), Some(128_000))
         );
+        assert_eq!(c.traffic, TrafficConfig::default());
+        assert_eq!(c.traffic.total_deadline_ms, 300_000);
+        assert!(!c.traffic.maintenance);
+        let text = format!(
+            "{MINIMAL}\ntraffic: {{ maintenance: true, maintenance_message: back soon, breaker_failures: 3 }}\n"
+        );
+        let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), &text).unwrap();
+        assert!(c.traffic.maintenance);
+        assert_eq!(c.traffic.maintenance_message, "back soon");
+        assert_eq!(c.traffic.breaker_failures, 3);
         let text = format!("{MINIMAL}\nledger: {{ path: /var/lib/flux/spend.db }}\n");
         let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), &text).unwrap();
         assert_eq!(c.ledger.path, Path::new("/var/lib/flux/spend.db"));
@@ -518,6 +608,12 @@ plans:
         let text = MINIMAL.replace("[express] }", "[express], requests_per_minute: 0 }");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
         assert_eq!(e.field, "plans.free.requests_per_minute");
+        let text = format!("{MINIMAL}\ntraffic: {{ max_concurrent_upstream: 0 }}\n");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "traffic.max_concurrent_upstream");
+        let text = MINIMAL.replace("/v1\" }", "/v1\", max_concurrent: 0 }");
+        let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
+        assert_eq!(e.field, "providers.sim.max_concurrent");
 
         let text = format!("{MINIMAL}\nledger: {{ file: x }}\n");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();

@@ -2,22 +2,25 @@
 //! provider's format, then deliver the first usable response to the client in the client's
 //! format, buffered or streamed through the transcoder.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use log::warn;
+use log::{debug, error, warn};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
+use crate::config::server::TrafficConfig;
 use crate::config::Capability;
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::metering::budget::Hold;
 use crate::metering::ledger::Entry;
 use crate::metering::{self, Rates, Usd};
-use crate::routing::{Route, RouteTable};
+use crate::routing::{ModelId, Route, RouteTable};
 use crate::state::AppState;
-use crate::upstream::{Outgoing, Provider, UpstreamResponse};
+use crate::upstream::breaker::{BreakerState, Verdict};
+use crate::upstream::{FailureKind, Outgoing, Provider, Refusal, UpstreamResponse};
 use crate::wire::ir::Usage;
 use crate::wire::ir::{Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
@@ -45,6 +48,9 @@ pub async fn run(
         lane: &routes.lane(route.lane).name,
         estimated_input_tokens,
     };
+    let traffic = &state.config.traffic;
+    // One deadline for every attempt and fallback until a response starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(traffic.total_deadline_ms);
     let client = request.format;
     let asked_reasoning = request.reasoning;
     // The gateway keeps no responses: only a Responses-format provider can continue one.
@@ -53,6 +59,7 @@ pub async fn run(
     let anthropic_version = client_headers.get("anthropic-version").cloned();
     let anthropic_beta = client_headers.get("anthropic-beta").cloned();
     let mut tried = 0;
+    let mut failures = Failures::default();
     for &candidate in &route.candidates {
         let model = routes.model(candidate);
         let Some(provider) = state.providers.get(&model.provider) else {
@@ -62,6 +69,26 @@ pub async fn run(
             continue;
         }
         tried += 1;
+        // A short pause before the next fallback (none before a provider skipped at once).
+        if failures.attempts_failed > 0 && provider.breaker.state() == BreakerState::Closed {
+            let pause = backoff(traffic.retry_backoff_ms, failures.attempts_failed);
+            match race(session, deadline, tokio::time::sleep(pause)).await {
+                Raced::Done(()) => {}
+                Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
+                Raced::Deadline => {
+                    failures.deadline = true;
+                    break;
+                }
+            }
+        }
+        let mut ticket = match state.providers.admit(provider) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                debug!("{}: {} skipped: {refusal:?}", ctx.id, provider.name);
+                failures.refused(refusal);
+                continue;
+            }
+        };
         ctx.attempts += 1;
         // A reasoning setting is translated only for a model that takes one.
         request.reasoning = asked_reasoning.filter(|_| model.has(Capability::Reasoning));
@@ -81,14 +108,33 @@ pub async fn run(
                 .flatten(),
         };
         let sent_at = Instant::now();
-        let response = match provider.send(&state.connector, &outgoing).await {
-            Ok(r) => r,
-            Err(f) => {
+        // The client may leave while the provider thinks: then the attempt is dropped at once
+        // (closing the upstream connection) and no fallback is tried.
+        let response = match race(
+            session,
+            deadline,
+            provider.send(&state.connector, &outgoing),
+        )
+        .await
+        {
+            Raced::Done(Ok(r)) => r,
+            Raced::Done(Err(f)) => {
                 warn!(
                     "{}: {} failed at {}: {}",
                     ctx.id, model.id, f.provider, f.reason
                 );
+                ticket.verdict(Verdict::Failure);
+                failures.attempt(f.kind);
                 continue;
+            }
+            Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
+            Raced::Deadline => {
+                warn!(
+                    "{}: {} at {}: total deadline of {} ms passed",
+                    ctx.id, model.id, provider.name, traffic.total_deadline_ms
+                );
+                failures.deadline = true;
+                break;
             }
         };
         ctx.upstream_ttfb = Some(sent_at.elapsed());
@@ -98,6 +144,20 @@ pub async fn run(
                 "{}: {} answered {} from {}",
                 ctx.id, model.id, response.status, provider.name
             );
+            ticket.verdict(Verdict::Failure);
+            failures.attempt(FailureKind::BadAnswer);
+            continue;
+        }
+        // The provider refused the gateway's own key: the operator must fix it; the client's
+        // key is not at fault. Loud, with the provider's name and never the key.
+        if response.status == 401 || response.status == 403 {
+            error!(
+                "{}: provider {} rejected the gateway's credentials with {} for {}: check \
+                 providers.{}.api_key_env and the key it names",
+                ctx.id, provider.name, response.status, model.id, provider.name
+            );
+            ticket.verdict(Verdict::Failure);
+            failures.attempt(FailureKind::Auth);
             continue;
         }
         let served = Served {
@@ -112,6 +172,7 @@ pub async fn run(
         ctx.provider_format = Some(provider.format);
 
         if request.stream && response.status == 200 {
+            ticket.verdict(Verdict::Success);
             let meta = StreamMeta {
                 // Announced in a translated Anthropic stream's message_start, before the
                 // provider reports usage; the routing estimate costs nothing here, where the
@@ -129,24 +190,54 @@ pub async fn run(
             .await;
         }
         let mut response = response;
-        let body = match read_all(
-            &mut response.session,
-            state.config.limits.max_response_bytes,
-        )
-        .await
-        {
-            Ok(body) => body,
-            Err(reason) => {
+        let limit = state.config.limits.max_response_bytes;
+        let body = match race(session, deadline, read_all(&mut response.session, limit)).await {
+            Raced::Done(Ok(body)) => body,
+            Raced::Done(Err(reason)) => {
                 warn!(
                     "{}: {} body from {} failed: {reason}",
                     ctx.id, model.id, provider.name
                 );
                 ctx.model = None;
                 ctx.routed = None;
+                ticket.verdict(Verdict::Failure);
+                failures.attempt(FailureKind::BadAnswer);
                 continue;
+            }
+            Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
+            Raced::Deadline => {
+                ctx.model = None;
+                ctx.routed = None;
+                failures.deadline = true;
+                break;
             }
         };
         let success = (200..300).contains(&response.status);
+        // A provider's 429: the next fallback may have room. Kept, to pass through (with its
+        // Retry-After) when no fallback is left.
+        if response.status == 429 {
+            warn!(
+                "{}: {} answered 429 from {}",
+                ctx.id, model.id, provider.name
+            );
+            let retry_after = response
+                .session
+                .response_header()
+                .and_then(|r| r.headers.get(http::header::RETRY_AFTER))
+                .cloned();
+            failures.throttled = Some(Throttled {
+                body: wire::translate_error(client, provider.format, 429, &body, &ctx.id),
+                content_type: response.content_type.take(),
+                retry_after,
+                model: candidate,
+            });
+            ctx.model = None;
+            ctx.routed = None;
+            failures.attempts_failed += 1;
+            // Neither healthy nor broken: the breaker is told nothing (the ticket abandons).
+            response.release(&state.connector).await;
+            continue;
+        }
         let mut usage = None;
         let (body, content_type) = if success {
             match transcode::translate_response(client, provider.format, body.clone()) {
@@ -170,6 +261,8 @@ pub async fn run(
                     );
                     ctx.model = None;
                     ctx.routed = None;
+                    ticket.verdict(Verdict::Failure);
+                    failures.attempt(FailureKind::BadAnswer);
                     continue;
                 }
             }
@@ -179,6 +272,8 @@ pub async fn run(
                 wire::translate_error(client, provider.format, response.status, &body, &ctx.id);
             (body, "application/json")
         };
+        // Whatever else the provider answered (2xx, or a 4xx about the request), it works.
+        ticket.verdict(Verdict::Success);
         let mut h = respond::header(response.status, &ctx.id)?;
         served.add_headers(&mut h)?;
         if let Some(usage) = usage {
@@ -186,7 +281,7 @@ pub async fn run(
             let cost = bill.settle(ctx, &model.id, &usage);
             h.insert_header(headers::COST_USD, cost.to_decimal())?;
         }
-        // A provider's 429 or 503 says when to come back; the client needs that too.
+        // A provider's 503 says when to come back; the client needs that too.
         let upstream_header = response.session.response_header();
         if let Some(v) = upstream_header.and_then(|r| r.headers.get(http::header::RETRY_AFTER)) {
             h.insert_header(http::header::RETRY_AFTER, v.clone())?;
@@ -209,17 +304,237 @@ pub async fn run(
         )
         .into());
     }
-    Err(FluxError::new(
-        ErrorKind::UpstreamError,
-        format!(
-            "Upstream provider error: all {} eligible target(s) in lane '{}' failed before \
-             responding. Retry with exponential backoff; if it persists, contact support with \
-             this request id.",
-            route.candidates.len(),
-            routes.lane(route.lane).name
-        ),
+    // No fallback left: the most useful answer from what happened.
+    if let Some(throttled) = failures.throttled.take() {
+        return pass_throttled(session, ctx, routes, route, &request.model, throttled).await;
+    }
+    Err(failures.into_error(routes, route, traffic).into())
+}
+
+/// A provider's 429, kept while the fallbacks are tried.
+struct Throttled {
+    body: Bytes,
+    content_type: Option<String>,
+    retry_after: Option<http::HeaderValue>,
+    model: ModelId,
+}
+
+async fn pass_throttled(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    routes: &RouteTable,
+    route: &Route,
+    original_model: &str,
+    throttled: Throttled,
+) -> Result<(), Stop> {
+    let served = Served {
+        routes,
+        route,
+        model: throttled.model,
+        original_model,
+    };
+    ctx.model = Some(routes.model(throttled.model).id.clone());
+    ctx.routed = Some(served.routed());
+    ctx.status = 429;
+    let mut h = respond::header(429, &ctx.id)?;
+    served.add_headers(&mut h)?;
+    if let Some(v) = throttled.retry_after {
+        h.insert_header(http::header::RETRY_AFTER, v)?;
+    }
+    let content_type = throttled
+        .content_type
+        .as_deref()
+        .unwrap_or("application/json");
+    respond::send_body(session, h, content_type, throttled.body).await?;
+    Ok(())
+}
+
+/// What went wrong with the candidates, to choose the client's error when none is left.
+#[derive(Default)]
+struct Failures {
+    /// Attempts that failed (for the backoff).
+    attempts_failed: u32,
+    bad_answer: bool,
+    auth: bool,
+    timeout: bool,
+    connect: bool,
+    deadline: bool,
+    throttled: Option<Throttled>,
+    /// Skipped for a concurrency cap.
+    busy: bool,
+    /// Skipped for an open breaker: the soonest it lets a probe through.
+    breaker_open: Option<Duration>,
+}
+
+impl Failures {
+    fn attempt(&mut self, kind: FailureKind) {
+        self.attempts_failed += 1;
+        match kind {
+            FailureKind::Connect => self.connect = true,
+            FailureKind::Timeout => self.timeout = true,
+            FailureKind::BadAnswer => self.bad_answer = true,
+            FailureKind::Auth => self.auth = true,
+        }
+    }
+
+    fn refused(&mut self, refusal: Refusal) {
+        match refusal {
+            Refusal::ProviderBusy | Refusal::TotalBusy => self.busy = true,
+            Refusal::BreakerOpen(left) => {
+                self.breaker_open = Some(self.breaker_open.map_or(left, |d| d.min(left)));
+            }
+        }
+    }
+
+    fn attempted(&self) -> bool {
+        self.attempts_failed > 0 || self.deadline
+    }
+
+    fn into_error(self, routes: &RouteTable, route: &Route, traffic: &TrafficConfig) -> FluxError {
+        let lane = routes.lane(route.lane);
+        if self.auth {
+            return FluxError::new(
+                ErrorKind::UpstreamAuthError,
+                format!(
+                    "Upstream provider error: the provider(s) of lane '{}' refused FluxRouter's \
+                     credentials. This is not your key; the operator has been alerted. Quote \
+                     this request id to support.",
+                    lane.name
+                ),
+            );
+        }
+        if !self.bad_answer && (self.deadline || self.timeout) {
+            return FluxError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "Upstream timeout: no provider of lane '{}' answered in time. Retry with \
+                     exponential backoff.",
+                    lane.name
+                ),
+            );
+        }
+        if !self.attempted() && self.busy {
+            if lane.premium {
+                return FluxError::new(
+                    ErrorKind::PremiumUnavailable,
+                    format!(
+                        "Premium routing temporarily unavailable: lane '{}' is at capacity. \
+                         Retry in a few seconds, or use flux-fast or flux-standard.",
+                        lane.name
+                    ),
+                )
+                .retry_after(PREMIUM_RETRY_AFTER_S);
+            }
+            return FluxError::new(
+                ErrorKind::Overloaded,
+                "Service busy: every provider that can serve this request is at capacity. Retry \
+                 after the Retry-After delay.",
+            )
+            .retry_after(traffic.overload_retry_after_s);
+        }
+        let err = FluxError::new(
+            ErrorKind::UpstreamError,
+            format!(
+                "Upstream provider error: all {} eligible target(s) in lane '{}' failed before \
+                 responding. Retry with exponential backoff; if it persists, contact support \
+                 with this request id.",
+                route.candidates.len(),
+                lane.name
+            ),
+        );
+        match self.breaker_open {
+            // Only skipped providers: they are probed again after their cooldown.
+            Some(left) if !self.attempted() => {
+                err.retry_after(left.as_millis().div_ceil(1000).max(1) as u64)
+            }
+            _ => err,
+        }
+    }
+}
+
+/// `retry_after` of a 402 premium_unavailable (seed 002: "~5s").
+const PREMIUM_RETRY_AFTER_S: u64 = 5;
+
+/// The pause before the `n`th fallback after a failure: doubling, at most 8 times the base.
+fn backoff(base_ms: u64, failed: u32) -> Duration {
+    let factor = 1u64 << failed.saturating_sub(1).min(3);
+    Duration::from_millis(base_ms.saturating_mul(factor))
+}
+
+/// How a wait on the upstream ended.
+enum Raced<T> {
+    Done(T),
+    /// The client closed its connection (or reset its stream) meanwhile.
+    ClientGone(Box<pingora::Error>),
+    /// The request's total deadline passed.
+    Deadline,
+}
+
+/// Run `work` (an upstream wait) until it finishes, the client hangs up, or the deadline
+/// passes, whichever comes first; `work` is dropped (its connection closed) in the latter two.
+async fn race<F: Future>(
+    session: &mut Session,
+    deadline: tokio::time::Instant,
+    work: F,
+) -> Raced<F::Output> {
+    tokio::select! {
+        biased;
+        e = downstream_closed(session) => Raced::ClientGone(e),
+        _ = tokio::time::sleep_until(deadline) => Raced::Deadline,
+        v = work => Raced::Done(v),
+    }
+}
+
+/// The hang-up as the error the pipeline stops with: whatever Pingora reported (a FIN, an h2
+/// reset, bytes where none belong), `ConnectionClosed`, which answers nothing more.
+fn hang_up(e: Box<pingora::Error>) -> Box<pingora::Error> {
+    pingora::Error::because(
+        pingora::ErrorType::ConnectionClosed,
+        "client went away while the gateway waited upstream",
+        e,
     )
-    .into())
+}
+
+/// Resolves when the client closes the connection (HTTP/1: a FIN or RST on the socket; h2: the
+/// stream reset). The request body has been read in full, so Pingora's idle probe reads at
+/// most one byte, and a byte where none is expected counts as a hang-up too (the proxy path
+/// does the same with `read_body_or_idle`). Pending as long as the client waits.
+async fn downstream_closed(session: &mut Session) -> Box<pingora::Error> {
+    loop {
+        match session.read_body_or_idle(true).await {
+            Err(e) => return e,
+            // Body bytes cannot arrive after the body; never busy-loop on them anyway.
+            Ok(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// The client left while the gateway waited upstream: nothing is answered, nothing more is
+/// tried; the spend hold is released when the bill is dropped.
+fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> Stop {
+    warn!(
+        "{}: client closed the connection while waiting for the provider; upstream request \
+         cancelled",
+        ctx.id
+    );
+    ctx.status = CLIENT_CLOSED;
+    ctx.error_code = Some("client_closed");
+    Stop::Broken(hang_up(e))
+}
+
+/// What the access log records for a client that left before its answer (nginx's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+/// The maintenance switch (`traffic.maintenance`): every generation request gets 503.
+pub fn maintenance(state: &AppState) -> Result<(), FluxError> {
+    let t = &state.config.traffic;
+    if !t.maintenance {
+        return Ok(());
+    }
+    Err(
+        FluxError::new(ErrorKind::Maintenance, t.maintenance_message.clone())
+            .retry_after(t.maintenance_retry_after_s),
+    )
 }
 
 /// What let the request through: its spend hold, and the input estimate a translated
@@ -348,7 +663,18 @@ async fn relay(
     session.write_response_header(Box::new(h), false).await?;
     let mut out = BytesMut::new();
     loop {
-        let fault = match response.session.read_response_body().await {
+        // A client that leaves mid-stream, even during a pause between events, stops the
+        // upstream at once (the connection is dropped, not pooled); what was used is billed.
+        let read = tokio::select! {
+            biased;
+            e = downstream_closed(session) => {
+                debug!("{}: client left mid-stream; upstream stream dropped", ctx.id);
+                ctx.error_code.get_or_insert("client_closed");
+                return Err(Stop::Broken(hang_up(e)));
+            }
+            read = response.session.read_response_body() => read,
+        };
+        let fault = match read {
             Ok(Some(chunk)) => match transcoder.push(&chunk, &mut out) {
                 Ok(()) => None,
                 Err(fault) => Some(fault.to_string()),

@@ -381,6 +381,7 @@ impl Gateway {
         account: &Account,
         client: Format,
     ) -> Result<(), Stop> {
+        exchange::maintenance(&self.state)?;
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(client);

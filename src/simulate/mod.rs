@@ -9,6 +9,7 @@
 //! - `POST …/responses` (OpenAI Responses, `responses.rs`)
 //! - `POST …/messages` (Anthropic Messages, `anthropic.rs`)
 //! - `GET …/models`, `GET /healthz`
+//! - `GET /_sim/hanging` (`{"hanging": n}`: requests `hang` holds right now)
 //! - `GET /_sim/requests` (the recorded requests: method, path, query, headers, `auth`
 //!   (the credential headers that arrived, with their keys), body), `DELETE /_sim/requests`
 //!
@@ -84,6 +85,8 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 const BACKGROUND_WORKER_THREADS: usize = 2;
 
 const RECORDING_PATH: &str = "/_sim/requests";
+/// How many requests `hang` holds right now (tests check the gateway let go of them).
+const HANGING_PATH: &str = "/_sim/hanging";
 /// The message of an `error-event` stream's error.
 const SIMULATED_STREAM_ERROR: &str = "simulated error in the middle of the stream";
 const MODEL_ID: &str = "sim-model";
@@ -222,6 +225,13 @@ impl Simulator {
         }
         if path == RECORDING_PATH && method == Method::GET {
             return Ok(json_response(StatusCode::OK, self.recorder.to_json()));
+        }
+        if path == HANGING_PATH && method == Method::GET {
+            let hanging = self.hanging.load(Ordering::SeqCst);
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"hanging": hanging}).to_string(),
+            ));
         }
         if path == RECORDING_PATH && method == Method::DELETE {
             let cleared = self.recorder.clear();

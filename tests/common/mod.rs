@@ -11,8 +11,9 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fluxrouter");
 
-/// The gateway binary: `BIN`, or `FLUX_TEST_BIN` when set (a copy taken right after the
-/// build, when several checkouts share one target directory and its `debug/fluxrouter`).
+/// The gateway binary the tests run: `FLUX_TEST_BIN` when set (a copy taken right after
+/// `cargo build`, when several worktrees share one target dir and overwrite its binary),
+/// else cargo's.
 pub fn bin() -> String {
     std::env::var("FLUX_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
 }
@@ -62,6 +63,11 @@ lanes:
     price: { input_per_mtok: 2.00, cached_input_per_mtok: 0.50, output_per_mtok: 8.00 }
     default: flux-pinned-on-chat
     fallbacks: [flux-pinned-on-responses, flux-pinned-on-anthropic]
+  throttle:
+    alias: flux-throttle
+    title: A provider answering 429, with no fallback
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-throttled
 models:
   flux-pinned-on-chat: { upstream: chat-upstream, provider: sim, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
   flux-pinned-on-responses: { upstream: responses-upstream, provider: sim_responses, lane: formats, context_window: 20000000, max_output_tokens: 4096, capabilities: [tools, vision, streaming, reasoning] }
@@ -79,7 +85,7 @@ models:
   flux-pinned-vision: { upstream: vision-upstream, provider: sim, lane: image, context_window: 100000, max_output_tokens: 4096, capabilities: [vision, streaming] }
   flux-pinned-cutter: { upstream: cutter-upstream, provider: sim_cut, lane: cut, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-slowpoke: { upstream: slowpoke-upstream, provider: sim_slow, lane: slow, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
-  flux-pinned-throttled: { upstream: throttled-upstream, provider: sim_429, lane: slow, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-throttled: { upstream: throttled-upstream, provider: sim_429, lane: throttle, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
 auto:
   reasoning_cues: ["step by step", "prove"]
   code_markers: ["```"]
@@ -131,6 +137,13 @@ impl Sim {
         reqwest::get(url).await.unwrap().json().await.unwrap()
     }
 
+    /// How many requests the simulator's `hang` mode holds right now.
+    pub async fn hanging(&self) -> u64 {
+        let url = format!("http://{}/_sim/hanging", self.addr);
+        let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        v["hanging"].as_u64().unwrap_or_else(|| panic!("{v}"))
+    }
+
     /// Forget the recorded requests (so a test step sees only its own).
     pub async fn clear_requests(&self) {
         let url = format!("http://{}/_sim/requests", self.addr);
@@ -141,6 +154,43 @@ impl Sim {
             r.status()
         );
     }
+}
+
+/// What a test gateway is started with, besides the harness's fixed config.
+#[derive(Clone, Copy)]
+pub struct Custom<'a> {
+    pub lanes: &'a str,
+    /// The healthy `sim` provider's format.
+    pub sim_format: &'a str,
+    pub body_timeout_ms: u64,
+    /// Provider lines added to `providers:` (two-space indent); `{sim}` stands for the
+    /// simulator's address, e.g. `  x: { format: openai, base_url: "http://{sim}/_sim/hang/v1" }`.
+    pub extra_providers: &'a str,
+    /// Top-level YAML appended to the config (e.g. `traffic: {...}`).
+    pub extra_config: &'a str,
+}
+
+impl Default for Custom<'_> {
+    fn default() -> Self {
+        Custom {
+            lanes: TEST_LANES,
+            sim_format: "openai",
+            body_timeout_ms: 1000,
+            extra_providers: "",
+            extra_config: "",
+        }
+    }
+}
+
+/// The lane names a lanes file defines, in order.
+fn lane_names(lanes: &str) -> Vec<String> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(lanes).expect("lanes YAML");
+    doc["lanes"]
+        .as_mapping()
+        .expect("a lanes mapping")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect()
 }
 
 /// A running gateway.
@@ -179,10 +229,21 @@ impl Flux {
     }
 
     async fn start_with_options(lanes: &str, sim_format: &str, body_timeout_ms: u64) -> Flux {
+        let custom = Custom {
+            lanes,
+            sim_format,
+            body_timeout_ms,
+            ..Custom::default()
+        };
+        Self::start_custom(&custom).await
+    }
+
+    /// A gateway with extra providers and top-level config (e.g. `traffic:`).
+    pub async fn start_custom(custom: &Custom<'_>) -> Flux {
         // The gateway's port is picked free but only bound later; a parallel test may take it
         // in between, and the gateway then exits at start. Another port is tried then.
         for attempt in 1..=3 {
-            match Self::try_start(lanes, sim_format, body_timeout_ms).await {
+            match Self::try_start(custom).await {
                 Ok(flux) => return flux,
                 Err(log) if attempt < 3 && log.contains("in use") => continue,
                 Err(log) => panic!("gateway did not start: {log}"),
@@ -191,11 +252,16 @@ impl Flux {
         unreachable!()
     }
 
-    async fn try_start(
-        lanes: &str,
-        sim_format: &str,
-        body_timeout_ms: u64,
-    ) -> Result<Flux, String> {
+    async fn try_start(custom: &Custom<'_>) -> Result<Flux, String> {
+        let Custom {
+            lanes,
+            sim_format,
+            body_timeout_ms,
+            extra_providers,
+            extra_config,
+        } = *custom;
+        // The payg plan (the main key's) may use every lane of the lanes file.
+        let payg_lanes = lane_names(lanes).join(", ");
         let sim = Sim::start();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -204,6 +270,7 @@ impl Flux {
         let dead = 1;
         let d = dir.path().display();
         let s = sim.addr;
+        let extra_providers = extra_providers.replace("{sim}", &s.to_string());
         let config = format!(
             r#"
 listen: ["127.0.0.1:{port}"]
@@ -221,9 +288,12 @@ providers:
   sim_cut_anthropic: {{ format: anthropic, base_url: "http://{s}/_sim/cut/v1" }}
   sim_slow: {{ format: openai, base_url: "http://{s}/_sim/slow=100/v1" }}
   sim_429: {{ format: openai, base_url: "http://{s}/_sim/fail429/v1" }}
-  dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
+  sim_401: {{ format: openai, base_url: "http://{s}/_sim/fail401/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
+  sim_503: {{ format: openai, base_url: "http://{s}/_sim/fail503/v1" }}
+  sim_hang: {{ format: openai, base_url: "http://{s}/_sim/hang/v1" }}
+{extra_providers}  dead: {{ format: openai, base_url: "http://127.0.0.1:{dead}/v1", timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: 5000 }} }}
 plans:
-  payg: {{ lanes: [express, daily, deep, image, cut, slow, formats] }}
+  payg: {{ lanes: [{payg_lanes}] }}
   free: {{ lanes: [express], free: true, monthly_credit_usd: 1.00 }}
   tiny: {{ lanes: [express, formats], free: true, monthly_credit_usd: 0.05 }}
   prepaid: {{ lanes: [express], monthly_credit_usd: 0.000001 }}
@@ -237,6 +307,7 @@ plans:
   short_input: {{ lanes: [express, formats], max_input_tokens: 1000 }}
   express_only: {{ lanes: [express] }}
 admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }}
+{extra_config}
 "#
         );
         let config_path = dir.path().join("fluxrouter.yaml");

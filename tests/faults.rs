@@ -1,0 +1,589 @@
+//! Traffic control against the simulator's failure modes: clients that hang up, deadlines,
+//! provider 401/429/5xx with fallbacks, circuit breakers, overload caps, premium capacity and
+//! the maintenance switch, on the OpenAI and the Anthropic paths, with what the provider saw.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{header, Custom, Flux, PROVIDER_KEY, TEST_LANES};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Lanes added to the harness's: each a small chain of failure modes and a healthy target.
+const FAULT_LANES: &str = r#"
+  f_hang:
+    alias: flux-f-hang
+    title: A provider that never answers, then a healthy one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-hang
+    fallbacks: [flux-pinned-f-ok]
+  f_first_byte:
+    alias: flux-f-first-byte
+    title: A provider with a short first-byte timeout that never answers, then a healthy one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-hang-short
+    fallbacks: [flux-pinned-f-ok]
+  f_drip:
+    alias: flux-f-drip
+    title: Stream events 1.5 s apart
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-drip
+  f_auth:
+    alias: flux-f-auth
+    title: Two providers refusing the gateway's key
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-401
+    fallbacks: [flux-pinned-f-401-too]
+  f_auth_then_ok:
+    alias: flux-f-auth-then-ok
+    title: A provider refusing the gateway's key, then a healthy one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-401-b
+    fallbacks: [flux-pinned-f-ok-b]
+  f_429:
+    alias: flux-f-429
+    title: A throttled provider, then a healthy one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-429
+    fallbacks: [flux-pinned-f-ok-c]
+  f_flaky:
+    alias: flux-f-flaky
+    title: A provider that fails on demand, then a steady one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-flaky
+    fallbacks: [flux-pinned-f-steady]
+  f_flaky_alone:
+    alias: flux-f-flaky-alone
+    title: The flaky provider alone
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-flaky-alone
+  f_capped:
+    alias: flux-f-capped
+    title: A provider with room for one request
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-capped
+  f_capped_then_ok:
+    alias: flux-f-capped-then-ok
+    title: The capped provider, then a healthy one
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    default: flux-pinned-f-capped-b
+    fallbacks: [flux-pinned-f-ok-d]
+  f_premium:
+    alias: flux-f-premium
+    title: A premium lane with room for one request
+    premium: true
+    price: { input_per_mtok: 4.0, output_per_mtok: 16.0 }
+    default: flux-pinned-f-premium
+"#;
+
+const FAULT_MODELS: &str = r#"
+  flux-pinned-f-hang: { upstream: hang-upstream, provider: sim_hang, lane: f_hang, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-ok: { upstream: ok-upstream, provider: sim, lane: f_hang, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-hang-short: { upstream: hang-short-upstream, provider: sim_hang_short, lane: f_first_byte, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-drip: { upstream: drip-upstream, provider: sim_drip, lane: f_drip, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-401: { upstream: auth-upstream, provider: sim_401, lane: f_auth, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-401-too: { upstream: auth-too-upstream, provider: sim_401_too, lane: f_auth, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-401-b: { upstream: auth-b-upstream, provider: sim_401, lane: f_auth_then_ok, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-ok-b: { upstream: ok-b-upstream, provider: sim, lane: f_auth_then_ok, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-429: { upstream: throttled-upstream, provider: sim_429, lane: f_429, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-ok-c: { upstream: ok-c-upstream, provider: sim, lane: f_429, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-flaky: { upstream: flaky-upstream, provider: sim_flaky, lane: f_flaky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-steady: { upstream: steady-upstream, provider: sim_steady, lane: f_flaky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-flaky-alone: { upstream: flaky-alone-upstream, provider: sim_flaky, lane: f_flaky_alone, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-capped: { upstream: capped-upstream, provider: sim_capped, lane: f_capped, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-capped-b: { upstream: capped-b-upstream, provider: sim_capped, lane: f_capped_then_ok, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-ok-d: { upstream: ok-d-upstream, provider: sim, lane: f_capped_then_ok, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-f-premium: { upstream: premium-upstream, provider: sim_premium, lane: f_premium, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+"#;
+
+/// Providers beside the harness's (`sim`, `sim_hang`, `sim_401`, `sim_429`, …).
+const FAULT_PROVIDERS: &str = r#"
+  sim_hang_short: { format: openai, base_url: "http://{sim}/_sim/hang/v1", timeouts: { connect_ms: 1000, first_byte_ms: 300, idle_ms: 5000 } }
+  sim_drip: { format: openai, base_url: "http://{sim}/_sim/slow=1500/v1" }
+  sim_401_too: { format: anthropic, base_url: "http://{sim}/_sim/fail401/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }
+  sim_flaky: { format: openai, base_url: "http://{sim}/v1" }
+  sim_steady: { format: openai, base_url: "http://{sim}/_sim/slow=1/v1" }
+  sim_capped: { format: openai, base_url: "http://{sim}/_sim/hang/v1", max_concurrent: 1 }
+  sim_premium: { format: anthropic, base_url: "http://{sim}/_sim/hang/v1", max_concurrent: 1 }
+"#;
+
+fn lanes() -> String {
+    let with_lanes = TEST_LANES.replacen("\nmodels:\n", &format!("{FAULT_LANES}models:\n"), 1);
+    with_lanes.replacen("\nmodels:\n", &format!("\nmodels:{FAULT_MODELS}"), 1)
+}
+
+async fn start(traffic: &str) -> Flux {
+    let lanes = lanes();
+    let extra_config = format!("traffic: {{ {traffic} }}");
+    Flux::start_custom(&Custom {
+        lanes: &lanes,
+        extra_providers: FAULT_PROVIDERS,
+        extra_config: &extra_config,
+        ..Custom::default()
+    })
+    .await
+}
+
+/// The two client paths every fault is checked on.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    OpenAi,
+    Anthropic,
+}
+
+impl Path {
+    fn url(self) -> &'static str {
+        match self {
+            Path::OpenAi => "/v1/chat/completions",
+            Path::Anthropic => "/anthropic/v1/messages",
+        }
+    }
+
+    fn body(self, model: &str, text: &str, stream: bool) -> Value {
+        match self {
+            Path::OpenAi => json!({
+                "model": model, "stream": stream,
+                "messages": [{"role": "user", "content": text}]
+            }),
+            Path::Anthropic => json!({
+                "model": model, "stream": stream, "max_tokens": 100,
+                "messages": [{"role": "user", "content": text}]
+            }),
+        }
+    }
+}
+
+async fn send(flux: &Flux, path: Path, model: &str, text: &str) -> reqwest::Response {
+    let req = flux
+        .client
+        .post(format!("{}{}", flux.base, path.url()))
+        .json(&path.body(model, text, false));
+    let req = match path {
+        Path::OpenAi => req.bearer_auth(&flux.key),
+        Path::Anthropic => req.header("x-api-key", &flux.key),
+    };
+    req.send().await.unwrap()
+}
+
+/// Assert an error in the path's shape; returns the body.
+async fn expect_error(
+    r: reqwest::Response,
+    path: Path,
+    status: u16,
+    code: &str,
+    anthropic_type: &str,
+) -> Value {
+    assert_eq!(r.status().as_u16(), status, "{path:?} {:?}", r.headers());
+    assert!(header(&r, "x-flux-request-id").starts_with("req_"));
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let body: Value = r.json().await.unwrap();
+    match path {
+        Path::OpenAi => {
+            assert_eq!(body["error"]["code"], code, "{body}");
+            assert!(body["error"]["type"].is_string(), "{body}");
+        }
+        Path::Anthropic => {
+            assert_eq!(body["type"], "error", "{body}");
+            assert_eq!(body["error"]["type"], anthropic_type, "{body}");
+            assert_eq!(body["error"]["code"], code, "{body}");
+            assert!(body["request_id"].is_string(), "{body}");
+        }
+    }
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}
+
+/// The upstream model names the simulator received, oldest first.
+async fn upstream_models(flux: &Flux) -> Vec<String> {
+    flux.sim
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["model"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A request written on a raw connection, so the test decides exactly when the client leaves
+/// (dropping the stream closes the socket).
+async fn open_request(flux: &Flux, path: Path, body: &Value) -> TcpStream {
+    let addr = flux.base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let auth = match path {
+        Path::OpenAi => format!("authorization: Bearer {}", flux.key),
+        Path::Anthropic => format!("x-api-key: {}", flux.key),
+    };
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}\r\n\
+         content-length: {}\r\n\r\n",
+        path.url(),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    s
+}
+
+async fn wait_hanging(flux: &Flux, expected: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = flux.sim.hanging().await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the simulator holds {now} hanging requests, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The access log line of a request id (lines are written in batches).
+async fn access_line(flux: &Flux, id: &str) -> Value {
+    let needle = format!("\"id\":\"{id}\"");
+    let log = flux.log_containing(&needle).await;
+    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+    serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_leaving_while_the_provider_thinks_stops_it_and_tries_no_fallback() {
+    let flux = start("").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        for stream in [false, true] {
+            flux.sim.clear_requests().await;
+            let client = open_request(&flux, path, &path.body("flux-f-hang", "hi", stream)).await;
+            wait_hanging(&flux, 1, Duration::from_secs(5)).await;
+            drop(client);
+            // The gateway drops its upstream connection at once, and the provider lets go.
+            wait_hanging(&flux, 0, Duration::from_secs(1)).await;
+            // No fallback is tried for a client that is gone.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                upstream_models(&flux).await,
+                ["hang-upstream"],
+                "{path:?} stream={stream}"
+            );
+        }
+    }
+    let log = flux.log_containing("\"error\":\"client_closed\"").await;
+    assert!(log.contains("\"status\":499"), "{log}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_during_a_pause_stops_the_upstream_and_is_billed() {
+    let flux = start("").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let mut client = open_request(&flux, path, &path.body("flux-f-drip", "hi", true)).await;
+        // Read until the first event has arrived, then leave during the 1.5 s pause.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("data:") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("x-flux-request-id: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let left = Instant::now();
+        drop(client);
+        let line = access_line(&flux, &id).await;
+        assert!(left.elapsed() < Duration::from_secs(3), "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["error"], "client_closed", "{line}");
+        // Billed for what was used, on the estimate (no usage had arrived).
+        assert!(line["cost_usd"].is_string(), "{line}");
+        // Far shorter than the whole stream (a dozen events 1.5 s apart).
+        assert!(line["duration_ms"].as_f64().unwrap() < 4000.0, "{line}");
+    }
+}
+
+#[tokio::test]
+async fn the_total_deadline_bounds_every_attempt() {
+    let flux = start("total_deadline_ms: 800").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        flux.sim.clear_requests().await;
+        let started = Instant::now();
+        let r = send(&flux, path, "flux-f-hang", "hi").await;
+        let took = started.elapsed();
+        assert_eq!(header(&r, "x-should-retry"), "true");
+        expect_error(r, path, 504, "upstream_timeout", "api_error").await;
+        assert!(
+            took >= Duration::from_millis(750) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // The deadline passed during the first attempt: no fallback, and the provider let go.
+        assert_eq!(upstream_models(&flux).await, ["hang-upstream"]);
+        wait_hanging(&flux, 0, Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_first_byte_timeout_falls_back_within_the_deadline() {
+    let flux = start("").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        flux.sim.clear_requests().await;
+        let started = Instant::now();
+        let r = send(&flux, path, "flux-f-first-byte", "hi").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            upstream_models(&flux).await,
+            ["hang-short-upstream", "ok-upstream"]
+        );
+    }
+    // Pinned alone (its lane's chain is tried after it): only timeouts, so 504.
+    flux.sim.clear_requests().await;
+    let lanes_without_fallback = lanes().replace(
+        "    default: flux-pinned-f-hang-short\n    fallbacks: [flux-pinned-f-ok]\n",
+        "    default: flux-pinned-f-hang-short\n",
+    );
+    std::fs::write(flux.lanes_path(), lanes_without_fallback).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let r = send(&flux, path, "flux-f-first-byte", "hi").await;
+        expect_error(r, path, 504, "upstream_timeout", "api_error").await;
+    }
+}
+
+#[tokio::test]
+async fn a_provider_401_is_the_operators_problem_502_upstream_auth_error() {
+    let flux = start("").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        flux.sim.clear_requests().await;
+        let r = send(&flux, path, "flux-f-auth", "hi").await;
+        assert_eq!(header(&r, "x-should-retry"), "false");
+        let body = expect_error(r, path, 502, "upstream_auth_error", "api_error").await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not your key"), "{message}");
+        // Both targets were tried, the gateway's key sent to each.
+        let seen = flux.sim.requests().await;
+        let models: Vec<&str> = seen.iter().map(|r| r["model"].as_str().unwrap()).collect();
+        assert_eq!(models, ["auth-upstream", "auth-too-upstream"]);
+        assert!(seen.iter().all(|r| r.to_string().contains(PROVIDER_KEY)));
+    }
+    // Logged loudly, naming the provider, never the key.
+    let log = flux
+        .log_containing("provider sim_401 rejected the gateway's credentials")
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("provider sim_401 rejected"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(log.contains("provider sim_401_too rejected"), "{log}");
+    assert!(
+        !log.contains(PROVIDER_KEY),
+        "the provider key leaked into the log"
+    );
+
+    // With a healthy fallback the client never sees it.
+    flux.sim.clear_requests().await;
+    let r = send(&flux, Path::Anthropic, "flux-f-auth-then-ok", "hi").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok-b");
+    assert_eq!(
+        upstream_models(&flux).await,
+        ["auth-b-upstream", "ok-b-upstream"]
+    );
+}
+
+#[tokio::test]
+async fn a_provider_429_falls_back_and_passes_through_only_when_nothing_is_left() {
+    let flux = start("").await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        flux.sim.clear_requests().await;
+        let r = send(&flux, path, "flux-f-429", "hi").await;
+        assert_eq!(r.status(), 200, "{path:?}");
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok-c");
+        assert_eq!(
+            upstream_models(&flux).await,
+            ["throttled-upstream", "ok-c-upstream"]
+        );
+        // Alone in its lane: the provider's 429 and its Retry-After reach the client.
+        let r = send(&flux, path, "flux-pinned-throttled", "hi").await;
+        assert_eq!(header(&r, "retry-after"), "1");
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-throttled");
+        expect_error(r, path, 429, "rate_limit_exceeded", "rate_limit_error").await;
+    }
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_n_failures_skips_at_once_and_probes_after_its_cooldown() {
+    let flux = start("breaker_failures: 3, breaker_cooldown_ms: 1500").await;
+    // `[sim:fail500]` fails the plain-path provider; the steady one's path mode wins over it.
+    let fail = "[sim:fail500] hi";
+    for _ in 0..3 {
+        let r = send(&flux, Path::OpenAi, "flux-f-flaky", fail).await;
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    }
+    assert_eq!(
+        upstream_models(&flux).await,
+        ["flaky-upstream", "steady-upstream"].repeat(3)
+    );
+    flux.log_containing("circuit breaker for provider sim_flaky opened")
+        .await;
+    // Open: skipped without an attempt, on both paths.
+    flux.sim.clear_requests().await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let r = send(&flux, path, "flux-f-flaky", fail).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    }
+    assert_eq!(
+        upstream_models(&flux).await,
+        ["steady-upstream", "steady-upstream"]
+    );
+    // Alone in its lane: 502 at once, with when to come back.
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let started = Instant::now();
+        let r = send(&flux, path, "flux-f-flaky-alone", "hi").await;
+        let retry_after: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        expect_error(r, path, 502, "upstream_error", "api_error").await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    assert_eq!(
+        upstream_models(&flux).await.len(),
+        2,
+        "nothing more was sent"
+    );
+
+    // After the cooldown one probe goes through; it fails, and the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    flux.sim.clear_requests().await;
+    let r = send(&flux, Path::OpenAi, "flux-f-flaky", fail).await;
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    let r = send(&flux, Path::OpenAi, "flux-f-flaky", fail).await;
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    assert_eq!(
+        upstream_models(&flux).await,
+        ["flaky-upstream", "steady-upstream", "steady-upstream"]
+    );
+
+    // The next probe succeeds: the breaker closes and the provider serves again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    flux.sim.clear_requests().await;
+    let r = send(&flux, Path::Anthropic, "flux-f-flaky", "hi").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-flaky");
+    flux.log_containing("circuit breaker for provider sim_flaky closed")
+        .await;
+    let r = send(&flux, Path::OpenAi, "flux-f-flaky", fail).await;
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    assert_eq!(
+        upstream_models(&flux).await,
+        ["flaky-upstream", "flaky-upstream", "steady-upstream"]
+    );
+}
+
+#[tokio::test]
+async fn past_the_concurrency_caps_it_is_503_overloaded_at_once() {
+    let flux = start("max_concurrent_upstream: 2").await;
+    // The capped provider's one slot is taken by a request that hangs.
+    let holder = open_request(
+        &flux,
+        Path::OpenAi,
+        &Path::OpenAi.body("flux-f-capped", "hi", false),
+    )
+    .await;
+    wait_hanging(&flux, 1, Duration::from_secs(5)).await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let started = Instant::now();
+        let r = send(&flux, path, "flux-f-capped", "hi").await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(header(&r, "retry-after"), "1");
+        assert_eq!(header(&r, "x-should-retry"), "true");
+        let body = expect_error(r, path, 503, "overloaded", "overloaded_error").await;
+        assert_eq!(body["error"]["retry_after"], 1);
+    }
+    // A provider at its cap lets the next fallback serve.
+    let r = send(&flux, Path::OpenAi, "flux-f-capped-then-ok", "hi").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok-d");
+    // The total cap: a second hanging request fills it, and then even a healthy lane is busy.
+    let second = open_request(
+        &flux,
+        Path::OpenAi,
+        &Path::OpenAi.body("flux-f-hang", "hi", false),
+    )
+    .await;
+    wait_hanging(&flux, 2, Duration::from_secs(5)).await;
+    let r = send(&flux, Path::Anthropic, "flux-fast", "hi").await;
+    expect_error(r, Path::Anthropic, 503, "overloaded", "overloaded_error").await;
+    // Slots come back when their clients leave.
+    drop(holder);
+    drop(second);
+    wait_hanging(&flux, 0, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = send(&flux, Path::OpenAi, "flux-fast", "hi").await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_premium_lane_at_capacity_is_402_premium_unavailable() {
+    let flux = start("").await;
+    let holder = open_request(
+        &flux,
+        Path::Anthropic,
+        &Path::Anthropic.body("flux-f-premium", "hi", true),
+    )
+    .await;
+    wait_hanging(&flux, 1, Duration::from_secs(5)).await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let r = send(&flux, path, "flux-f-premium", "hi").await;
+        assert_eq!(header(&r, "retry-after"), "5");
+        let body = expect_error(r, path, 402, "premium_unavailable", "billing_error").await;
+        assert_eq!(body["error"]["retry_after"], 5);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("Premium routing temporarily unavailable"),
+            "{message}"
+        );
+        assert!(
+            message.contains("flux-fast") && message.contains("flux-standard"),
+            "{message}"
+        );
+    }
+    drop(holder);
+    wait_hanging(&flux, 0, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn maintenance_answers_503_to_every_generation_request() {
+    let flux = start(
+        "maintenance: true, maintenance_message: \"Scheduled maintenance until 14:00 UTC.\", \
+         maintenance_retry_after_s: 120",
+    )
+    .await;
+    for path in [Path::OpenAi, Path::Anthropic] {
+        let r = send(&flux, path, "flux-fast", "hi").await;
+        assert_eq!(header(&r, "retry-after"), "120");
+        let body = expect_error(r, path, 503, "maintenance", "overloaded_error").await;
+        assert_eq!(
+            body["error"]["message"],
+            "Scheduled maintenance until 14:00 UTC."
+        );
+    }
+    let r = flux
+        .post(
+            "/v1/responses",
+            &flux.key,
+            &json!({"model": "flux-fast", "input": "hi"}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    // Nothing reached a provider; the other endpoints still answer.
+    assert!(flux.sim.requests().await.is_empty());
+    assert_eq!(flux.get("/v1/models", &flux.key).await.status(), 200);
+    assert_eq!(flux.get("/healthz", "").await.status(), 200);
+}
