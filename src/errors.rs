@@ -53,6 +53,8 @@ pub enum ErrorKind {
     UpstreamError,
     /// 503: the gateway is busy or shutting down.
     ServiceUnavailable,
+    /// 503: request bodies in flight fill the configured memory budget (with `retry_after`).
+    Overloaded,
     /// 500: a bug; the message never carries internals.
     Internal,
 }
@@ -77,7 +79,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedEncoding => 415,
             ErrorKind::NoEligibleTarget | ErrorKind::UpstreamError => 502,
-            ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::ServiceUnavailable | ErrorKind::Overloaded => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -106,6 +108,7 @@ impl ErrorKind {
             ErrorKind::NoEligibleTarget => "no_eligible_target",
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::ServiceUnavailable => "service_unavailable",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -130,6 +133,7 @@ impl ErrorKind {
                 | ErrorKind::HourlyLimitReached
                 | ErrorKind::UpstreamError
                 | ErrorKind::ServiceUnavailable
+                | ErrorKind::Overloaded
                 | ErrorKind::Internal
         )
     }
@@ -218,6 +222,7 @@ mod tests {
             (ErrorKind::NoEligibleTarget, 502, false),
             (ErrorKind::UpstreamError, 502, true),
             (ErrorKind::ServiceUnavailable, 503, true),
+            (ErrorKind::Overloaded, 503, true),
         ];
         for (kind, status, retry) in cases {
             assert_eq!(kind.status(), status, "{kind:?}");

@@ -172,11 +172,26 @@ impl Flux {
         Self::start_with_options(TEST_LANES, "openai", body_read_timeout_ms).await
     }
 
+    /// With more `limits:` entries (a YAML flow-map fragment such as
+    /// `"header_timeout_ms: 2000, keepalive_timeout_seconds: 2"`).
+    pub async fn start_with_limits(extra_limits: &str) -> Flux {
+        Self::start_with_all(TEST_LANES, "openai", 1000, extra_limits).await
+    }
+
     async fn start_with_options(lanes: &str, sim_format: &str, body_timeout_ms: u64) -> Flux {
+        Self::start_with_all(lanes, sim_format, body_timeout_ms, "").await
+    }
+
+    async fn start_with_all(
+        lanes: &str,
+        sim_format: &str,
+        body_timeout_ms: u64,
+        extra_limits: &str,
+    ) -> Flux {
         // The gateway's port is picked free but only bound later; a parallel test may take it
         // in between, and the gateway then exits at start. Another port is tried then.
         for attempt in 1..=3 {
-            match Self::try_start(lanes, sim_format, body_timeout_ms).await {
+            match Self::try_start(lanes, sim_format, body_timeout_ms, extra_limits).await {
                 Ok(flux) => return flux,
                 Err(log) if attempt < 3 && log.contains("in use") => continue,
                 Err(log) => panic!("gateway did not start: {log}"),
@@ -189,6 +204,7 @@ impl Flux {
         lanes: &str,
         sim_format: &str,
         body_timeout_ms: u64,
+        extra_limits: &str,
     ) -> Result<Flux, String> {
         let sim = Sim::start();
         let dir = tempfile::tempdir().unwrap();
@@ -198,11 +214,17 @@ impl Flux {
         let dead = 1;
         let d = dir.path().display();
         let s = sim.addr;
+        // The extra limits may set their own body timeout.
+        let body_timeout = match (extra_limits.contains("body_read_timeout_ms"), extra_limits) {
+            (true, _) => String::new(),
+            (false, "") => format!("body_read_timeout_ms: {body_timeout_ms}"),
+            (false, _) => format!("body_read_timeout_ms: {body_timeout_ms}, "),
+        };
         let config = format!(
             r#"
 listen: ["127.0.0.1:{port}"]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
-limits: {{ body_read_timeout_ms: {body_timeout_ms} }}
+limits: {{ {body_timeout}{extra_limits} }}
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 providers:
