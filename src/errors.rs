@@ -64,7 +64,8 @@ pub enum ErrorKind {
     UpstreamAuthError,
     /// 504: no provider answered within the deadlines.
     UpstreamTimeout,
-    /// 503: the gateway or every provider that could serve is at its concurrency cap.
+    /// 503: the gateway or every provider that could serve is at its concurrency cap, or
+    /// request bodies in flight fill the configured memory budget (with `retry_after`).
     Overloaded,
     /// 503: the operator switched maintenance on.
     Maintenance,

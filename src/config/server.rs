@@ -164,6 +164,19 @@ pub struct RequestLimits {
     pub body_read_timeout_ms: u64,
     /// Longest accepted `model` id, in bytes (400 above it).
     pub max_model_id_bytes: usize,
+    /// Longest time to receive a whole request body, however steadily it trickles in (408
+    /// after it): with `body_read_timeout_ms` this bounds a slow client's hold on a buffer.
+    pub body_deadline_ms: u64,
+    /// Total memory for request bodies being received or held, over all requests: bytes are
+    /// counted as buffers grow (twice: the body and the copy sent to the provider), released
+    /// when the request is done; past it requests get 503 `overloaded` with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
+    /// Longest time from a request's first byte to the end of its header (the connection is
+    /// closed after a 408).
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection (and a new one that has sent nothing) stays
+    /// open; 0 turns keep-alive off.
+    pub keepalive_timeout_seconds: u64,
 }
 
 impl Default for RequestLimits {
@@ -173,6 +186,10 @@ impl Default for RequestLimits {
             max_response_bytes: 64 * 1024 * 1024,
             body_read_timeout_ms: 60_000,
             max_model_id_bytes: 256,
+            body_deadline_ms: 300_000,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
+            header_timeout_ms: 10_000,
+            keepalive_timeout_seconds: 60,
         }
     }
 }
@@ -372,8 +389,18 @@ impl ServerConfig {
             || l.max_response_bytes == 0
             || l.body_read_timeout_ms == 0
             || l.max_model_id_bytes == 0
+            || l.body_deadline_ms == 0
+            || l.header_timeout_ms == 0
         {
             return err("limits".into(), "limits must be positive".into());
+        }
+        if l.max_body_bytes_in_flight / 2 < l.max_body_bytes {
+            return err(
+                "limits.max_body_bytes_in_flight".into(),
+                "must be at least twice limits.max_body_bytes (a body counts with the copy \
+                 sent to the provider), or no body of the largest size could be received"
+                    .into(),
+            );
         }
         if self.providers.is_empty() {
             return err("providers".into(), "at least one provider is needed".into());

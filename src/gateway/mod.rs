@@ -44,11 +44,51 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
+        body::configure(&state.config.limits);
         Gateway {
             state,
             limits: crate::limits::Limits::default(),
         }
     }
+}
+
+/// An access-log line for a request the gateway answered at the connection level (a header
+/// Pingora could not read, or one that did not arrive in time): no `ProxyHttp` phase ran.
+pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'static str) {
+    let log = &state.access_log;
+    if !log.enabled() {
+        return;
+    }
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    log.record(&AccessLine {
+        ts: (ts * 1e3).round() / 1e3,
+        id,
+        method,
+        endpoint: None,
+        key_id: None,
+        status,
+        error: Some(code),
+        original_model: None,
+        model: None,
+        lane: None,
+        routed: None,
+        stream: false,
+        client_format: None,
+        provider_format: None,
+        dropped_fields: 0,
+        input_tokens: None,
+        cached_input_tokens: None,
+        output_tokens: None,
+        cost_usd: None,
+        attempts: 0,
+        request_bytes: 0,
+        response_bytes: 0,
+        upstream_ttfb_ms: None,
+        duration_ms: 0.0,
+        downstream_error: None,
+    });
 }
 
 /// Per-request facts, filled in as the pipeline goes; `logging()` writes them out.
@@ -126,11 +166,40 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The header is in: its deadline stops, and answers are the gateway's from here.
+        crate::server::header_received();
+        // Pingora resets a parsed HTTP/1.1 request's keep-alive to "no timeout"; this is what
+        // bounds the wait for the connection's next request (`Connection: close` still wins).
+        let idle = self.state.config.limits.keepalive_timeout_seconds;
+        session.set_keepalive((idle > 0).then_some(idle));
+        // Requests sent back to back on one connection are answered one after the other, in
+        // order (Pingora's default drops the second and closes).
+        session.set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        if session.req_header().method == http::Method::CONNECT {
+            // Not a forward proxy. What follows a CONNECT header is not HTTP: close after.
+            session.set_keepalive(None);
+            let err = FluxError::new(
+                ErrorKind::MethodNotAllowed,
+                "CONNECT is not served: FluxRouter is an API endpoint, not a forward proxy.",
+            );
+            ctx.status = err.status();
+            ctx.error_code = Some(err.code());
+            respond::send_error(session, &ctx.id, Format::OpenAiChat, &err, None).await?;
+            return Ok(true);
+        }
         // An answer given before the body was read (401, 413, …) leaves it unread. Pingora's
         // default is to close such a connection, which resets it with data pending: a client
         // still uploading then sees a broken pipe instead of the answer. Instead the rest is

@@ -168,6 +168,8 @@ pub struct Custom<'a> {
     pub extra_providers: &'a str,
     /// Top-level YAML appended to the config (e.g. `traffic: {...}`).
     pub extra_config: &'a str,
+    /// More `limits:` entries (a YAML flow-map fragment).
+    pub extra_limits: &'a str,
 }
 
 impl Default for Custom<'_> {
@@ -178,6 +180,7 @@ impl Default for Custom<'_> {
             body_timeout_ms: 1000,
             extra_providers: "",
             extra_config: "",
+            extra_limits: "",
         }
     }
 }
@@ -228,6 +231,16 @@ impl Flux {
         Self::start_with_options(TEST_LANES, "openai", body_read_timeout_ms).await
     }
 
+    /// With more `limits:` entries (a YAML flow-map fragment such as
+    /// `"header_timeout_ms: 2000, keepalive_timeout_seconds: 2"`).
+    pub async fn start_with_limits(extra_limits: &str) -> Flux {
+        Self::start_custom(&Custom {
+            extra_limits,
+            ..Custom::default()
+        })
+        .await
+    }
+
     async fn start_with_options(lanes: &str, sim_format: &str, body_timeout_ms: u64) -> Flux {
         let custom = Custom {
             lanes,
@@ -259,6 +272,7 @@ impl Flux {
             body_timeout_ms,
             extra_providers,
             extra_config,
+            extra_limits,
         } = *custom;
         // The payg plan (the main key's) may use every lane of the lanes file.
         let payg_lanes = lane_names(lanes).join(", ");
@@ -271,11 +285,17 @@ impl Flux {
         let d = dir.path().display();
         let s = sim.addr;
         let extra_providers = extra_providers.replace("{sim}", &s.to_string());
+        // The extra limits may set their own body timeout.
+        let body_timeout = match (extra_limits.contains("body_read_timeout_ms"), extra_limits) {
+            (true, _) => String::new(),
+            (false, "") => format!("body_read_timeout_ms: {body_timeout_ms}"),
+            (false, _) => format!("body_read_timeout_ms: {body_timeout_ms}, "),
+        };
         let config = format!(
             r#"
 listen: ["127.0.0.1:{port}"]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
-limits: {{ body_read_timeout_ms: {body_timeout_ms} }}
+limits: {{ {body_timeout}{extra_limits} }}
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 providers:
