@@ -372,9 +372,30 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Keys created after start arrive through the reloader.
-        self.wait_for_key(&self.key.clone()).await;
-        Ok(())
+        // Keys created after start arrive through the reloader. Until then this also proves
+        // the answers come from this gateway: if its port was taken by another test's gateway
+        // (ports are picked free but bound later), this one exits and the start is retried.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/v1/models", self.base))
+                .bearer_auth(&self.key)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("gateway exited with {status}: {}", self.log()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "key never became valid: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kill the gateway with SIGKILL (no flush, no goodbye) and start it again on the same
