@@ -551,13 +551,24 @@ impl Gateway {
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(Format::Anthropic);
-        let request = transcode::parse_request(Format::Anthropic, &raw)?;
-        ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
+        // Parsing and tokenizing take about 0.05 + 0.7 ms per 50 KB (half a second for a
+        // 32 MB body): they run on a blocking thread, not on the Pingora worker that serves
+        // other requests.
+        let (model, tokens) = tokio::task::spawn_blocking(move || {
+            transcode::parse_request(Format::Anthropic, &raw).map(|request| {
+                (
+                    request.model.to_string(),
+                    crate::tokens::count_request(&request),
+                )
+            })
+        })
+        .await
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("token count: {e}")))??;
+        ctx.original_model = Some(crate::access_log::bounded(&model).into_owned());
         let max_model_id = self.state.config.limits.max_model_id_bytes;
-        crate::limits::check_model_id(&request.model, max_model_id)?;
+        crate::limits::check_model_id(&model, max_model_id)?;
         // The model must be one the gateway knows, as for a real request.
-        self.state.routes.load().resolve(&request.model)?;
-        let tokens = crate::tokens::count_request(&request);
+        self.state.routes.load().resolve(&model)?;
         let body = serde_json::to_vec(&json!({ "input_tokens": tokens })).expect("JSON value");
         ctx.status = 200;
         let h = respond::header(200, &ctx.id)?;
