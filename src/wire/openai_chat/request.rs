@@ -13,6 +13,8 @@ use crate::wire::ir::{
 use crate::wire::json::{self, bad, is_null};
 use crate::wire::Format;
 
+use super::response::{tool_calls_out, ToolCallOut};
+
 /// Parse and validate a client request of this format. Malformed input is a 400
 /// (`invalid_request`; `empty_prompt` when there is no content at all).
 ///
@@ -636,20 +638,6 @@ struct UrlOut<'r> {
 }
 
 #[derive(Serialize)]
-struct ToolCallOut<'r> {
-    id: &'r str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: FunctionOut<'r>,
-}
-
-#[derive(Serialize)]
-struct FunctionOut<'r> {
-    name: &'r str,
-    arguments: &'r str,
-}
-
-#[derive(Serialize)]
 struct ToolOut<'r> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -852,28 +840,7 @@ fn encode_message<'r>(m: &'r Message<'_>, out: &mut Vec<MessageOut<'r>>) {
             }
         }
         Role::Assistant => {
-            let tool_calls: Vec<ToolCallOut> = m
-                .content
-                .iter()
-                .filter_map(|b| match b {
-                    Block::ToolCall {
-                        id,
-                        name,
-                        arguments,
-                    } => Some(ToolCallOut {
-                        id,
-                        kind: "function",
-                        function: FunctionOut {
-                            name,
-                            arguments: match arguments {
-                                Arguments::Text(t) => t,
-                                Arguments::Json(raw) => raw.get(),
-                            },
-                        },
-                    }),
-                    _ => None,
-                })
-                .collect();
+            let tool_calls = tool_calls_out(&m.content);
             let content = match joined_text(&m.content, "") {
                 Some(text) => ContentOut::Text(text),
                 None if !tool_calls.is_empty() => ContentOut::Null,

@@ -297,6 +297,31 @@ pub(super) struct FunctionOut<'r> {
     pub(super) arguments: &'r str,
 }
 
+/// The tool calls among `blocks`, as Chat writes them (requests and responses alike).
+pub(super) fn tool_calls_out<'r>(blocks: &'r [Block<'_>]) -> Vec<ToolCallOut<'r>> {
+    blocks
+        .iter()
+        .filter_map(|b| match b {
+            Block::ToolCall {
+                id,
+                name,
+                arguments,
+            } => Some(ToolCallOut {
+                id,
+                kind: "function",
+                function: FunctionOut {
+                    name,
+                    arguments: match arguments {
+                        Arguments::Text(t) => t,
+                        Arguments::Json(raw) => raw.get(),
+                    },
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Concatenate the pieces `pick` finds; None when it finds none.
 fn joined<'r>(
     blocks: &'r [Block<'_>],
@@ -317,28 +342,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
 }
 
 fn encode_response_at(resp: &Response<'_>, created: u64) -> Vec<u8> {
-    let tool_calls: Vec<ToolCallOut> = resp
-        .content
-        .iter()
-        .filter_map(|b| match b {
-            Block::ToolCall {
-                id,
-                name,
-                arguments,
-            } => Some(ToolCallOut {
-                id,
-                kind: "function",
-                function: FunctionOut {
-                    name,
-                    arguments: match arguments {
-                        Arguments::Text(t) => t,
-                        Arguments::Json(raw) => raw.get(),
-                    },
-                },
-            }),
-            _ => None,
-        })
-        .collect();
+    let tool_calls = tool_calls_out(&resp.content);
     let body = CompletionOut {
         id: chat_id(&resp.id),
         object: "chat.completion",
