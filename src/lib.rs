@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod headers;
 pub mod limits;
 pub mod metering;
+pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod simulate;
