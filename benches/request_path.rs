@@ -4,7 +4,8 @@
 //!   rewrite;
 //! - translation of a ~50 KB request each way between formats (parse + encode);
 //! - a non-streamed response translated each way;
-//! - one stream event through the transcoder, for passthrough and each translated pair.
+//! - one stream event through the transcoder, for passthrough and each translated pair;
+//! - cost and ledger settlement; recording a request's metrics, and a scrape.
 //!
 //! `cargo bench --bench request_path` (`-- --quick` for a fast pass).
 
@@ -237,5 +238,48 @@ fn metering(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-criterion_group!(benches, request_path, responses_and_streams, metering);
+/// What `logging()` adds per request to the Prometheus series (existing series: the steady
+/// state), and a scrape.
+fn metrics(c: &mut Criterion) {
+    use fluxrouter::metrics::{render, Finished, Live, Metrics};
+    let m = Metrics::default();
+    let finished = Finished {
+        endpoint: "chat_completions",
+        lane: "express",
+        model: "flux-fast-model",
+        provider: "openai",
+        status: 200,
+        error_code: None,
+        duration: std::time::Duration::from_micros(900),
+        upstream: std::time::Duration::from_micros(800),
+        request_bytes: 1000,
+        response_bytes: 400,
+        usage: Some(fluxrouter::wire::ir::Usage {
+            input: 250,
+            output: 40,
+            ..Default::default()
+        }),
+        cost: Some(fluxrouter::metering::Usd(410_000_000)),
+    };
+    c.bench_function("metrics/record a finished request", |b| {
+        b.iter(|| m.request(black_box(&finished)))
+    });
+    c.bench_function("metrics/record an attempt and its first byte", |b| {
+        b.iter(|| {
+            m.attempt(black_box("openai"), false);
+            m.first_byte("openai", std::time::Duration::from_micros(700));
+        })
+    });
+    c.bench_function("metrics/render a scrape", |b| {
+        b.iter(|| black_box(render(&m, &Live::default())))
+    });
+}
+
+criterion_group!(
+    benches,
+    request_path,
+    responses_and_streams,
+    metering,
+    metrics
+);
 criterion_main!(benches);
