@@ -37,6 +37,8 @@ pub enum ErrorKind {
     AccountOnHold,
     /// 403: an admin endpoint without the admin token.
     AdminForbidden,
+    /// 403: `GET /metrics` without the metrics token.
+    MetricsForbidden,
     /// 403: a path the gateway does not serve (with a diagnosis of the likely mistake).
     EndpointNotServed,
     /// 405: a served path with the wrong method.
@@ -84,7 +86,8 @@ impl ErrorKind {
             ErrorKind::InvalidRequest | ErrorKind::EmptyPrompt | ErrorKind::ModelNotFound => 400,
             ErrorKind::ModelNotAllowed
             | ErrorKind::EndpointNotServed
-            | ErrorKind::AdminForbidden => 403,
+            | ErrorKind::AdminForbidden
+            | ErrorKind::MetricsForbidden => 403,
             ErrorKind::PlanModelNotIncluded
             | ErrorKind::CreditExhausted
             | ErrorKind::FreeAllowanceExhausted
@@ -124,6 +127,7 @@ impl ErrorKind {
             ErrorKind::AccountOnHold => "account_on_hold",
             ErrorKind::EndpointNotServed => "endpoint_not_served",
             ErrorKind::AdminForbidden => "admin_forbidden",
+            ErrorKind::MetricsForbidden => "metrics_forbidden",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",

@@ -81,9 +81,16 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
                 admin.token_env
             );
         }
+        let metrics_token = std::env::var(&admin.metrics_token_env).ok();
+        if metrics_token.as_deref().is_none_or(str::is_empty) {
+            log::warn!(
+                "admin: {} is not set; every GET /metrics will be refused",
+                admin.metrics_token_env
+            );
+        }
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            crate::gateway::admin::Admin::new(state.clone(), token),
+            crate::gateway::admin::Admin::new(state.clone(), token, metrics_token),
             "fluxrouter-admin",
         );
         for addr in &admin.listen {
@@ -105,6 +112,12 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
         },
     ));
     server.add_service(background_service(
+        "log-reopen",
+        LogReopen {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "reloader",
         Reloader {
             state: state.clone(),
@@ -116,6 +129,35 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     state.access_log.close();
     if let Err(e) = state.budget.ledger().close() {
         log::error!("ledger: final flush failed: {e}");
+    }
+}
+
+/// SIGUSR1 reopens the access-log file at its path: logrotate moves the file away, then
+/// signals (`postrotate kill -USR1 $(cat pid_file)`), and new lines go to a new file.
+struct LogReopen {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for LogReopen {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot listen for SIGUSR1 (access-log reopen): {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = usr1.recv() => {
+                    log::info!("SIGUSR1: reopening the access log");
+                    self.state.access_log.reopen();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

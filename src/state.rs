@@ -34,6 +34,8 @@ pub struct AppState {
     pub keys: ArcSwap<KeyTable>,
     pub connector: Connector,
     pub access_log: AccessLog,
+    /// Prometheus metrics, recorded lock-free by every request.
+    pub metrics: crate::metrics::Metrics,
     /// Reservations over the durable spend ledger.
     pub budget: Budget,
     /// Set when an upgrade or a shutdown begins: responses then close their connections, so
@@ -51,9 +53,9 @@ impl AppState {
         let mut connector_options =
             pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
         connector_options.keepalive_pool_size = config.server.upstream_keepalive_pool_size;
-        let access_log = AccessLog::open(&config.access_log).map_err(|e| {
+        let access_log = AccessLog::open(&config.access_log.options()).map_err(|e| {
             ConfigError::new(
-                Path::new(&config.access_log),
+                Path::new(&config.access_log.destination),
                 "access_log",
                 format!("cannot open: {e}"),
             )
@@ -67,6 +69,7 @@ impl AppState {
         let state = AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
+            metrics: crate::metrics::Metrics::default(),
             budget,
             providers,
             routes: ArcSwap::from_pointee(routes),
@@ -79,7 +82,9 @@ impl AppState {
 
     /// Re-read lanes.yaml and swap it in if valid.
     pub fn reload_routes(&self) -> Result<(), ConfigError> {
-        let table = load_routes(&self.config, &self.providers)?;
+        let table = load_routes(&self.config, &self.providers)
+            .inspect_err(|_| self.metrics.reload("lanes", "failure"))?;
+        self.metrics.reload("lanes", "success");
         info!(
             "reloaded {}: {} lanes, {} models, {} rules",
             self.config.lanes_file.display(),
@@ -93,7 +98,9 @@ impl AppState {
 
     /// Re-read the keys file and swap it in if valid.
     pub fn reload_keys(&self) -> Result<(), ConfigError> {
-        let table = load_keys(&self.config)?;
+        let table =
+            load_keys(&self.config).inspect_err(|_| self.metrics.reload("keys", "failure"))?;
+        self.metrics.reload("keys", "success");
         info!(
             "reloaded {}: {} keys",
             self.config.keys_file.display(),

@@ -313,6 +313,18 @@ pub enum FailureKind {
     Auth,
 }
 
+impl FailureKind {
+    /// A fixed label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::BadAnswer => "bad_answer",
+            FailureKind::Auth => "auth",
+        }
+    }
+}
+
 /// Why an attempt at a provider failed before its response could be used.
 #[derive(Debug, Clone)]
 pub struct AttemptFailure {

@@ -26,9 +26,10 @@ pub struct ServerConfig {
     pub lanes_file: PathBuf,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub plans: BTreeMap<String, PlanConfig>,
-    /// Where the JSON access log goes: `stderr`, `off`, or a file path.
-    #[serde(default = "default_access_log")]
-    pub access_log: String,
+    /// The JSON access log: a destination (`stderr`, `off`, a file path), or
+    /// `{destination, level, sample}`.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// The spend ledger.
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -113,10 +114,93 @@ pub struct AdminConfig {
     pub listen: Vec<SocketAddr>,
     /// The environment variable holding the admin token (never the token itself).
     pub token_env: String,
+    /// The environment variable holding the token that reads `GET /metrics` (Prometheus).
+    #[serde(default = "default_metrics_token_env")]
+    pub metrics_token_env: String,
 }
 
-fn default_access_log() -> String {
-    "stderr".into()
+fn default_metrics_token_env() -> String {
+    "FLUX_METRICS_TOKEN".into()
+}
+
+/// The access log's settings; a bare string is the destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    /// `stderr`, `off`, or a file path (reopened on SIGUSR1, for logrotate).
+    pub destination: String,
+    /// `info`: every request; `error`: only failed ones.
+    pub level: AccessLogLevel,
+    /// The share of successful requests written, 0.0 to 1.0 (failures always are).
+    pub sample: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogLevel {
+    #[default]
+    Info,
+    Error,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            destination: "stderr".into(),
+            level: AccessLogLevel::Info,
+            sample: 1.0,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            #[serde(default = "stderr")]
+            destination: String,
+            #[serde(default)]
+            level: AccessLogLevel,
+            #[serde(default = "one")]
+            sample: f64,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Destination(String),
+            Full(Full),
+        }
+        fn stderr() -> String {
+            "stderr".into()
+        }
+        fn one() -> f64 {
+            1.0
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Destination(destination) => AccessLogConfig {
+                destination,
+                ..AccessLogConfig::default()
+            },
+            Either::Full(f) => AccessLogConfig {
+                destination: f.destination,
+                level: f.level,
+                sample: f.sample,
+            },
+        })
+    }
+}
+
+impl AccessLogConfig {
+    pub fn options(&self) -> crate::access_log::Options {
+        crate::access_log::Options {
+            destination: self.destination.clone(),
+            level: match self.level {
+                AccessLogLevel::Info => crate::access_log::Level::Info,
+                AccessLogLevel::Error => crate::access_log::Level::Error,
+            },
+            sample: self.sample,
+        }
+    }
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -372,6 +456,12 @@ impl ServerConfig {
         config.keys_file = base.join(&config.keys_file);
         config.lanes_file = base.join(&config.lanes_file);
         config.ledger.path = base.join(&config.ledger.path);
+        if !matches!(config.access_log.destination.as_str(), "stderr" | "off") {
+            config.access_log.destination = base
+                .join(&config.access_log.destination)
+                .to_string_lossy()
+                .into_owned();
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -469,12 +559,27 @@ impl ServerConfig {
                     format!("{clash} is also a client listener; the admin listener needs its own"),
                 );
             }
-            if admin.token_env.is_empty() || admin.token_env.contains('=') {
-                return err(
-                    "admin.token_env".into(),
-                    "must name an environment variable".into(),
-                );
+            for (field, var) in [
+                ("admin.token_env", &admin.token_env),
+                ("admin.metrics_token_env", &admin.metrics_token_env),
+            ] {
+                if var.is_empty() || var.contains('=') {
+                    return err(field.into(), "must name an environment variable".into());
+                }
             }
+        }
+        let a = &self.access_log;
+        if a.destination.is_empty() {
+            return err(
+                "access_log.destination".into(),
+                "stderr, off, or a file path".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&a.sample) {
+            return err(
+                "access_log.sample".into(),
+                "the share of successful requests logged: from 0.0 to 1.0".into(),
+            );
         }
         if self.plans.is_empty() {
             return err("plans".into(), "at least one plan is needed".into());

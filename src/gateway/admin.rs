@@ -26,20 +26,28 @@ pub struct Admin {
     state: Arc<AppState>,
     /// SHA-256 of the admin token; compared by digest so timing says nothing of the token.
     token_digest: Option<[u8; 32]>,
+    /// SHA-256 of the metrics token, the only one that reads `GET /metrics`.
+    metrics_token_digest: Option<[u8; 32]>,
+}
+
+fn digest(token: Option<String>) -> Option<[u8; 32]> {
+    token
+        .filter(|t| !t.is_empty())
+        .map(|t| Sha256::digest(t.as_bytes()).into())
 }
 
 impl Admin {
-    pub fn new(state: Arc<AppState>, token: Option<String>) -> Self {
+    pub fn new(state: Arc<AppState>, token: Option<String>, metrics_token: Option<String>) -> Self {
         Admin {
             state,
-            token_digest: token
-                .filter(|t| !t.is_empty())
-                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            token_digest: digest(token),
+            metrics_token_digest: digest(metrics_token),
         }
     }
 
-    fn authorized(&self, session: &Session) -> bool {
-        let Some(expected) = self.token_digest else {
+    /// Whether the request carries the token whose digest is `expected`.
+    fn authorized(session: &Session, expected: Option<[u8; 32]>) -> bool {
+        let Some(expected) = expected else {
             return false;
         };
         let presented = crate::auth::presented_key(
@@ -120,6 +128,55 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `GET /metrics`: the Prometheus exposition, for the metrics token only.
+    async fn metrics(&self, session: &mut Session, id: &str) -> pingora::Result<()> {
+        let refusal = if !Self::authorized(session, self.metrics_token_digest) {
+            Some(FluxError::new(
+                ErrorKind::MetricsForbidden,
+                "GET /metrics needs the metrics token: 'Authorization: Bearer <token>' (the \
+                 token is read from the variable admin.metrics_token_env names).",
+            ))
+        } else if !matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        ) {
+            Some(FluxError::new(
+                ErrorKind::MethodNotAllowed,
+                "/metrics accepts GET only.",
+            ))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            return respond::send_error(session, id, Format::OpenAiChat, &err, None).await;
+        }
+        let state = &self.state;
+        let live = crate::metrics::Live {
+            requests_in_flight: crate::metrics::InFlight::count(),
+            upstream_in_flight: state.providers.inflight(),
+            body_bytes_in_flight: super::body::in_flight(),
+            breakers: state
+                .providers
+                .breaker_states()
+                .into_iter()
+                .map(|(name, s)| (name, s.label()))
+                .collect(),
+            access_log_dropped: state.access_log.dropped(),
+            series_dropped: state.metrics.series_dropped(),
+        };
+        let text = crate::metrics::render(&state.metrics, &live);
+        let h = respond::header(200, id)?;
+        respond::send_body(
+            session,
+            h,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(text),
+        )
+        .await
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -141,7 +198,10 @@ impl ProxyHttp for Admin {
     ) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
-        let answer = if !self.authorized(session) {
+        if path == "/metrics" {
+            return self.metrics(session, id).await.map(|()| true);
+        }
+        let answer = if !Self::authorized(session, self.token_digest) {
             Err(FluxError::new(
                 ErrorKind::AdminForbidden,
                 "The admin endpoints need the admin token: 'Authorization: Bearer <token>'.",
@@ -156,7 +216,7 @@ impl ProxyHttp for Admin {
         } else {
             Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
-                "The admin listener serves GET /admin/v1/usage.",
+                "The admin listener serves GET /admin/v1/usage and GET /metrics.",
             ))
         };
         match answer {

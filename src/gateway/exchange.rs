@@ -3,6 +3,7 @@
 //! format, buffered or streamed through the transcoder.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -85,11 +86,17 @@ pub async fn run(
             Ok(ticket) => ticket,
             Err(refusal) => {
                 debug!("{}: {} skipped: {refusal:?}", ctx.id, provider.name);
+                let reason = match refusal {
+                    Refusal::BreakerOpen(_) => "breaker_open",
+                    Refusal::ProviderBusy | Refusal::TotalBusy => "busy",
+                };
+                state.metrics.upstream_skipped(&provider.name, reason);
                 failures.refused(refusal);
                 continue;
             }
         };
         ctx.attempts += 1;
+        state.metrics.attempt(&provider.name, ctx.attempts > 1);
         // A reasoning setting is translated only for a model that takes one.
         request.reasoning = asked_reasoning.filter(|_| model.has(Capability::Reasoning));
         let body = transcode::encode_request(provider.format, request, &model.upstream);
@@ -123,21 +130,31 @@ pub async fn run(
                     "{}: {} failed at {}: {}",
                     ctx.id, model.id, f.provider, f.reason
                 );
+                ctx.upstream_time += sent_at.elapsed();
                 ticket.verdict(Verdict::Failure);
+                ctx.attempt_failed(&state.metrics, provider, f.kind.label());
                 failures.attempt(f.kind);
                 continue;
             }
-            Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
+            Raced::ClientGone(e) => {
+                ctx.upstream_time += sent_at.elapsed();
+                return Err(client_gone(ctx, e));
+            }
             Raced::Deadline => {
                 warn!(
                     "{}: {} at {}: total deadline of {} ms passed",
                     ctx.id, model.id, provider.name, traffic.total_deadline_ms
                 );
+                ctx.upstream_time += sent_at.elapsed();
+                ctx.attempt_failed(&state.metrics, provider, "deadline");
                 failures.deadline = true;
                 break;
             }
         };
-        ctx.upstream_ttfb = Some(sent_at.elapsed());
+        let ttfb = sent_at.elapsed();
+        ctx.upstream_ttfb = Some(ttfb);
+        ctx.upstream_time += ttfb;
+        state.metrics.first_byte(&provider.name, ttfb);
         // A 5xx before any byte reached the client: the next fallback may do better.
         if response.status >= 500 {
             warn!(
@@ -145,6 +162,7 @@ pub async fn run(
                 ctx.id, model.id, response.status, provider.name
             );
             ticket.verdict(Verdict::Failure);
+            ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
             failures.attempt(FailureKind::BadAnswer);
             continue;
         }
@@ -157,6 +175,7 @@ pub async fn run(
                 ctx.id, provider.name, response.status, model.id, provider.name
             );
             ticket.verdict(Verdict::Failure);
+            ctx.attempt_failed(&state.metrics, provider, FailureKind::Auth.label());
             failures.attempt(FailureKind::Auth);
             continue;
         }
@@ -166,7 +185,7 @@ pub async fn run(
             model: candidate,
             original_model: &request.model,
         };
-        ctx.model = Some(model.id.clone());
+        ctx.serve(candidate, provider);
         ctx.routed = Some(served.routed());
         ctx.status = response.status;
         ctx.provider_format = Some(provider.format);
@@ -191,23 +210,26 @@ pub async fn run(
         }
         let mut response = response;
         let limit = state.config.limits.max_response_bytes;
-        let body = match race(session, deadline, read_all(&mut response.session, limit)).await {
+        let reading = Instant::now();
+        let read = race(session, deadline, read_all(&mut response.session, limit)).await;
+        ctx.upstream_time += reading.elapsed();
+        let body = match read {
             Raced::Done(Ok(body)) => body,
             Raced::Done(Err(reason)) => {
                 warn!(
                     "{}: {} body from {} failed: {reason}",
                     ctx.id, model.id, provider.name
                 );
-                ctx.model = None;
-                ctx.routed = None;
+                ctx.unserve();
                 ticket.verdict(Verdict::Failure);
+                ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
                 failures.attempt(FailureKind::BadAnswer);
                 continue;
             }
             Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
             Raced::Deadline => {
-                ctx.model = None;
-                ctx.routed = None;
+                ctx.unserve();
+                ctx.attempt_failed(&state.metrics, provider, "deadline");
                 failures.deadline = true;
                 break;
             }
@@ -230,9 +252,10 @@ pub async fn run(
                 content_type: response.content_type.take(),
                 retry_after,
                 model: candidate,
+                provider: provider.clone(),
             });
-            ctx.model = None;
-            ctx.routed = None;
+            ctx.unserve();
+            ctx.attempt_failed(&state.metrics, provider, "throttled");
             failures.attempts_failed += 1;
             // Neither healthy nor broken: the breaker is told nothing (the ticket abandons).
             response.release(&state.connector).await;
@@ -259,9 +282,9 @@ pub async fn run(
                         "{}: {} answered an unreadable body: {reason}",
                         ctx.id, model.id
                     );
-                    ctx.model = None;
-                    ctx.routed = None;
+                    ctx.unserve();
                     ticket.verdict(Verdict::Failure);
+                    ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
                     failures.attempt(FailureKind::BadAnswer);
                     continue;
                 }
@@ -316,6 +339,7 @@ struct Throttled {
     body: Bytes,
     content_type: Option<String>,
     retry_after: Option<http::HeaderValue>,
+    provider: Arc<Provider>,
     model: ModelId,
 }
 
@@ -333,7 +357,8 @@ async fn pass_throttled(
         model: throttled.model,
         original_model,
     };
-    ctx.model = Some(routes.model(throttled.model).id.clone());
+    ctx.served = Some(throttled.model);
+    ctx.provider = Some(throttled.provider);
     ctx.routed = Some(served.routed());
     ctx.status = 429;
     let mut h = respond::header(429, &ctx.id)?;
@@ -561,7 +586,7 @@ impl Bill<'_> {
         };
         let entry = Entry::from_usage(
             unix_now(),
-            ctx.key_id.as_deref().unwrap_or_default(),
+            ctx.account.as_deref().map_or("", |a| a.key_id.as_str()),
             self.lane,
             model_id,
             &ctx.id,
@@ -616,6 +641,7 @@ async fn stream(
     let outcome = relay(
         session,
         ctx,
+        &state.metrics,
         provider,
         &mut response,
         served,
@@ -646,6 +672,7 @@ async fn stream(
 async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
+    metrics: &crate::metrics::Metrics,
     provider: &Provider,
     response: &mut UpstreamResponse,
     served: &Served<'_>,
@@ -665,6 +692,7 @@ async fn relay(
     loop {
         // A client that leaves mid-stream, even during a pause between events, stops the
         // upstream at once (the connection is dropped, not pooled); what was used is billed.
+        let waiting = Instant::now();
         let read = tokio::select! {
             biased;
             e = downstream_closed(session) => {
@@ -674,6 +702,7 @@ async fn relay(
             }
             read = response.session.read_response_body() => read,
         };
+        ctx.upstream_time += waiting.elapsed();
         let fault = match read {
             Ok(Some(chunk)) => match transcoder.push(&chunk, &mut out) {
                 Ok(()) => None,
@@ -692,6 +721,7 @@ async fn relay(
         };
         if let Some(reason) = fault {
             warn!("{}: stream from {} broke: {reason}", ctx.id, provider.name);
+            metrics.upstream_error(&provider.name, "stream_broken");
             ctx.error_code = Some(ErrorKind::UpstreamError.code());
             transcoder.fail(
                 "The upstream stream was interrupted before it finished. Retry the request.",

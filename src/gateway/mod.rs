@@ -27,13 +27,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorSource;
 use serde_json::json;
 
-use crate::access_log::AccessLine;
+use crate::access_log::{AccessLine, FailedAttempt};
 use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
-use crate::routing::{Requested, AUTO_MODEL};
+use crate::routing::{LaneId, ModelId, Requested, RouteTable, AUTO_MODEL};
 use crate::state::AppState;
+use crate::upstream::Provider;
 use crate::wire::{transcode, Format};
 
 pub struct Gateway {
@@ -68,11 +69,14 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
         method,
         endpoint: None,
         key_id: None,
+        key_name: None,
         status,
         error: Some(code),
         original_model: None,
         model: None,
         lane: None,
+        route_rule: None,
+        provider: None,
         routed: None,
         stream: false,
         client_format: None,
@@ -83,29 +87,44 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
         output_tokens: None,
         cost_usd: None,
         attempts: 0,
+        failed_attempts: &[],
         request_bytes: 0,
         response_bytes: 0,
         upstream_ttfb_ms: None,
+        upstream_ms: 0.0,
+        overhead_ms: 0.0,
         duration_ms: 0.0,
         downstream_error: None,
     });
 }
 
-/// Per-request facts, filled in as the pipeline goes; `logging()` writes them out.
+/// Per-request facts, filled in as the pipeline goes; `logging()` writes them out. Names
+/// from the configuration are indices into the routing snapshot the request used, not copies.
 pub struct RequestCtx {
     pub id: String,
     started: Instant,
+    _in_flight: crate::metrics::InFlight,
     endpoint: Option<&'static str>,
-    key_id: Option<String>,
+    account: Option<Arc<Account>>,
+    /// The model id the client sent, bounded for the log.
     original_model: Option<String>,
-    lane: Option<String>,
-    model: Option<String>,
+    /// The routing snapshot that served the request, and what it chose.
+    routes: Option<Arc<RouteTable>>,
+    lane: Option<LaneId>,
+    rule: Option<usize>,
+    served: Option<ModelId>,
+    provider: Option<Arc<Provider>>,
     routed: Option<bool>,
     status: u16,
     error_code: Option<&'static str>,
     attempts: u32,
+    /// Each failed attempt's provider and reason.
+    failed: Vec<(Arc<Provider>, &'static str)>,
     request_bytes: usize,
     upstream_ttfb: Option<Duration>,
+    /// Time spent waiting on providers: every attempt to its response header, and reading
+    /// the body or the stream. The rest of the request's time is the gateway's own.
+    upstream_time: Duration,
     stream: bool,
     /// The client's format, and the provider's when it differs (translated).
     client_format: Option<Format>,
@@ -117,6 +136,35 @@ pub struct RequestCtx {
     /// What the provider reported, and what was billed for it.
     usage: Option<crate::wire::ir::Usage>,
     cost: Option<crate::metering::Usd>,
+}
+
+impl RequestCtx {
+    /// An attempt at `provider` failed for `reason` (a fixed label); counted and kept for
+    /// the log.
+    fn attempt_failed(
+        &mut self,
+        metrics: &crate::metrics::Metrics,
+        provider: &Arc<Provider>,
+        reason: &'static str,
+    ) {
+        metrics.upstream_error(&provider.name, reason);
+        if self.failed.len() < crate::access_log::MAX_FAILED_ATTEMPTS {
+            self.failed.push((provider.clone(), reason));
+        }
+    }
+
+    /// The response comes from `model` at `provider`.
+    fn serve(&mut self, model: ModelId, provider: &Arc<Provider>) {
+        self.served = Some(model);
+        self.provider = Some(provider.clone());
+    }
+
+    /// The response that seemed to come is not used after all.
+    fn unserve(&mut self) {
+        self.served = None;
+        self.provider = None;
+        self.routed = None;
+    }
 }
 
 /// Why the pipeline stopped early: an answer for the client, or a broken downstream.
@@ -145,17 +193,23 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             id: headers::new_request_id(),
             started: Instant::now(),
+            _in_flight: crate::metrics::InFlight::begin(),
             endpoint: None,
-            key_id: None,
+            account: None,
             original_model: None,
+            routes: None,
             lane: None,
-            model: None,
+            rule: None,
+            served: None,
+            provider: None,
             routed: None,
             status: 0,
             error_code: None,
             attempts: 0,
+            failed: Vec::new(),
             request_bytes: 0,
             upstream_ttfb: None,
+            upstream_time: Duration::ZERO,
             stream: false,
             client_format: None,
             provider_format: None,
@@ -298,24 +352,60 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |h| h.status.as_u16());
         }
+        let routes = ctx.routes.as_deref();
+        let lane = ctx.lane.zip(routes).map(|(l, r)| r.lane(l).name.as_str());
+        let model = ctx.served.zip(routes).map(|(m, r)| r.model(m).id.as_str());
+        let provider = ctx.provider.as_deref().map(|p| p.name.as_str());
+        let duration = ctx.started.elapsed();
+        let response_bytes = session.body_bytes_sent();
+        self.state.metrics.request(&crate::metrics::Finished {
+            endpoint: ctx.endpoint.unwrap_or("other"),
+            lane: lane.unwrap_or_default(),
+            model: model.unwrap_or_default(),
+            provider: provider.unwrap_or_default(),
+            status: ctx.status,
+            error_code: ctx.error_code,
+            duration,
+            upstream: ctx.upstream_time,
+            request_bytes: ctx.request_bytes,
+            response_bytes,
+            usage: ctx.usage,
+            cost: ctx.cost,
+        });
+        let failed = ctx.status >= 400 || ctx.status < 100 || ctx.error_code.is_some();
         let log = &self.state.access_log;
-        if !log.enabled() {
+        if !log.keeps(failed || error.is_some()) {
             return;
         }
+        let failed_attempts: Vec<FailedAttempt<'_>> = ctx
+            .failed
+            .iter()
+            .map(|(p, reason)| FailedAttempt {
+                provider: &p.name,
+                reason,
+            })
+            .collect();
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         log.record(&AccessLine {
             ts: (ts * 1e3).round() / 1e3,
             id: &ctx.id,
             method: session.req_header().method.as_str(),
             endpoint: ctx.endpoint,
-            key_id: ctx.key_id.as_deref(),
+            key_id: ctx.account.as_deref().map(|a| a.key_id.as_str()),
+            key_name: ctx.account.as_deref().map(|a| a.key_name.as_str()),
             status: ctx.status,
             error: ctx.error_code,
             original_model: ctx.original_model.as_deref(),
-            model: ctx.model.as_deref(),
-            lane: ctx.lane.as_deref(),
+            model,
+            lane,
+            route_rule: ctx
+                .rule
+                .zip(routes)
+                .map(|(i, r)| r.rules()[i].name.as_str()),
+            provider,
             routed: ctx.routed,
             stream: ctx.stream,
             client_format: ctx.client_format.map(Format::label),
@@ -326,10 +416,13 @@ impl ProxyHttp for Gateway {
             output_tokens: ctx.usage.map(|u| u.output),
             cost_usd: ctx.cost.map(|c| c.to_decimal()),
             attempts: ctx.attempts,
+            failed_attempts: &failed_attempts,
             request_bytes: ctx.request_bytes,
-            response_bytes: session.body_bytes_sent(),
-            upstream_ttfb_ms: ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1e3),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            response_bytes,
+            upstream_ttfb_ms: ctx.upstream_ttfb.map(ms),
+            upstream_ms: ms(ctx.upstream_time),
+            overhead_ms: ms(duration.saturating_sub(ctx.upstream_time)),
+            duration_ms: ms(duration),
             downstream_error: error.map(|e| e.etype().as_str()),
         });
     }
@@ -372,7 +465,7 @@ impl Gateway {
             return Ok(());
         }
         let account = self.authenticate(session, endpoint)?;
-        ctx.key_id = Some(account.key_id.clone());
+        ctx.account = Some(account.clone());
         match endpoint {
             Endpoint::Models => self.list_models(session, ctx, &account).await,
             Endpoint::Usage => self.usage(session, ctx, &account).await,
@@ -463,14 +556,15 @@ impl Gateway {
 
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let routes = self.state.routes.load_full();
+        ctx.routes = Some(routes.clone());
         let requested = routes.resolve(&request.model)?;
         let mut features = crate::routing::features(&request);
         if requested == Requested::Auto {
             routes.detect_cues(&crate::routing::last_user_text(&request), &mut features);
         }
         let route = routes.route(requested, &features, account)?;
-        let lane = routes.lane(route.lane);
-        ctx.lane = Some(lane.name.clone());
+        ctx.lane = Some(route.lane);
+        ctx.rule = route.rule;
         // After routing, so a request refused for its own shape spends no quota.
         self.limits
             .admit(&account.key_id, &account.terms, features.input_tokens)?;

@@ -11,6 +11,7 @@
 mod family;
 mod render;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hashbrown::Equivalent;
@@ -110,6 +111,29 @@ pub struct Finished<'a> {
     pub response_bytes: usize,
     pub usage: Option<crate::wire::ir::Usage>,
     pub cost: Option<crate::metering::Usd>,
+}
+
+static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A request being served: counted in `flux_requests_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn begin() -> Self {
+        REQUESTS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight(())
+    }
+
+    pub fn count() -> usize {
+        REQUESTS_IN_FLIGHT.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        REQUESTS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why an attempt at a provider failed, as a bounded label.

@@ -98,6 +98,8 @@ auto:
 
 /// The admin token the test gateways read from their environment.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+/// The metrics token (GET /metrics on the admin listener).
+pub const METRICS_TOKEN: &str = "metrics-token-for-tests-98765";
 
 fn spawn_gateway(config: &std::path::Path, log: std::fs::File) -> Child {
     Command::new(bin())
@@ -105,6 +107,7 @@ fn spawn_gateway(config: &std::path::Path, log: std::fs::File) -> Child {
         .arg(config)
         .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
         .env("FLUX_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FLUX_TEST_METRICS_TOKEN", METRICS_TOKEN)
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -326,7 +329,7 @@ plans:
   chatty: {{ lanes: [express, formats], max_messages: 4 }}
   short_input: {{ lanes: [express, formats], max_input_tokens: 1000 }}
   express_only: {{ lanes: [express] }}
-admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }}
+admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, metrics_token_env: FLUX_TEST_METRICS_TOKEN }}
 {extra_config}
 "#
         );
@@ -440,6 +443,13 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }
             req = req.bearer_auth(t);
         }
         req.send().await.unwrap()
+    }
+
+    /// The Prometheus text from GET /metrics (with the metrics token).
+    pub async fn metrics(&self) -> String {
+        let r = self.admin_get("/metrics", Some(METRICS_TOKEN)).await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
     }
 
     /// Poll until a key created after start authenticates (the file watcher swapped it in).
@@ -565,6 +575,11 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN }
             .send()
             .await
             .unwrap()
+    }
+
+    /// A chat completion with another key.
+    pub async fn chat_with_key(&self, body: &Value, key: &str) -> reqwest::Response {
+        self.post("/v1/chat/completions", key, body).await
     }
 
     pub async fn chat(&self, body: &Value) -> reqwest::Response {
