@@ -79,6 +79,9 @@ pub struct AccessLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(serialize_with = "bounded_opt")]
     pub route_rule: Option<&'a str>,
+    /// When the classifier chose the lane: its probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane_probability: Option<f64>,
     /// The provider that served the response.
     #[serde(serialize_with = "bounded_opt")]
     pub provider: Option<&'a str>,
@@ -335,6 +338,7 @@ mod tests {
             model: Some("flux-pinned-a"),
             lane: Some("express"),
             route_rule: Some("default"),
+            lane_probability: None,
             provider: Some("sim"),
             routed: Some(true),
             stream: false,
@@ -409,6 +413,7 @@ mod tests {
             model: Some(&huge),
             lane: Some(&huge),
             route_rule: Some(&huge),
+            lane_probability: Some(0.5),
             provider: Some(&huge),
             routed: None,
             stream: false,
@@ -482,6 +487,7 @@ mod tests {
             model: None,
             lane: None,
             route_rule: None,
+            lane_probability: None,
             provider: None,
             routed: None,
             stream: false,

@@ -13,7 +13,7 @@ pub const ORIGINAL_MODEL: &str = "x-flux-original-model";
 pub const ROUTED: &str = "x-flux-routed";
 /// The lane that served (and prices) the request.
 pub const LANE: &str = "x-flux-lane";
-/// For flux-auto: the rule that chose the lane.
+/// For flux-auto: the rule that chose the lane (`classifier; p=0.87` when the classifier did).
 pub const ROUTE_RULE: &str = "x-flux-route-rule";
 /// The request's cost in USD (set once metering lands).
 pub const COST_USD: &str = "x-flux-cost-usd";

@@ -69,6 +69,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// flux-auto's routing: explain one decision, score a labelled file, or train the
+    /// classifier.
+    Route {
+        /// A request body (Chat Completions, Responses or Anthropic Messages; `-` for stdin):
+        /// print the lane, each lane's score, the features that weighed most, the rule.
+        #[arg(long, conflicts_with_all = ["eval", "train"])]
+        explain: Option<PathBuf>,
+        /// A JSONL file of `{"lane": ..., "request": {...}}`: accuracy, under-routing, cost
+        /// index against always-daily, and the confusion matrix.
+        #[arg(long, conflicts_with = "train")]
+        eval: Option<PathBuf>,
+        /// Train the classifier from this corpus folder (requests/*.jsonl, docs/*.txt) and
+        /// write the weights file, unless it under-routes on the held-out split.
+        #[arg(long)]
+        train: Option<PathBuf>,
+        /// With --train: where to write the weights (default: the file lanes.yaml names).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// lanes.yaml to route with (default: the one the server configuration names).
+        #[arg(long)]
+        lanes: Option<PathBuf>,
+    },
     /// Run the simulated OpenAI-compatible provider.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -101,6 +123,13 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Keys { action }) => keys(&cli.config, action),
         Some(Command::Usage { key, month, json }) => usage(&cli.config, key, month, json),
+        Some(Command::Route {
+            explain,
+            eval,
+            train,
+            out,
+            lanes,
+        }) => route(&cli.config, explain, eval, train, out, lanes),
         Some(Command::Simulate { listen }) => simulate(listen),
         None if cli.demo => demo(cli.listen),
         None => serve(
@@ -371,6 +400,87 @@ fn simulate(listen: SocketAddr) -> CliResult {
         fluxrouter::simulate::serve(listener).await
     })?;
     Ok(())
+}
+
+/// The lanes file to route with: `--lanes`, or the one the server configuration names.
+fn lanes_path(
+    config_path: &Path,
+    lanes: Option<PathBuf>,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    match lanes {
+        Some(p) => Ok(p),
+        None => Ok(ServerConfig::load(config_path)?.lanes_file),
+    }
+}
+
+fn route(
+    config_path: &Path,
+    explain: Option<PathBuf>,
+    eval: Option<PathBuf>,
+    train: Option<PathBuf>,
+    out: Option<PathBuf>,
+    lanes: Option<PathBuf>,
+) -> CliResult {
+    use fluxrouter::routing::classifier::{cli, train as trainer};
+    use fluxrouter::routing::RouteTable;
+    let read = |p: &Path| -> std::io::Result<Vec<u8>> {
+        if p == Path::new("-") {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+            Ok(b)
+        } else {
+            std::fs::read(p)
+        }
+    };
+    if let Some(dir) = train {
+        let options = trainer::Options::default();
+        let (examples, sha) = trainer::load_corpus(&dir, options.buckets)?;
+        let outcome = trainer::train(&examples, &sha, &options);
+        print!("{}", outcome.report);
+        let out = match out {
+            Some(p) => p,
+            None => {
+                let lanes = lanes_path(config_path, lanes)?;
+                let file: fluxrouter::config::LanesFile = fluxrouter::config::read_yaml(&lanes)?;
+                let weights = file
+                    .auto
+                    .classifier
+                    .ok_or("lanes.yaml names no auto.classifier.weights; pass --out")?
+                    .weights;
+                lanes.parent().unwrap_or(Path::new("")).join(weights)
+            }
+        };
+        if outcome.held_out.under_routed() > 0 {
+            return Err(format!(
+                "not written: {} held-out requests under-routed (see above); {} unchanged",
+                outcome.held_out.under_routed(),
+                out.display()
+            )
+            .into());
+        }
+        std::fs::write(&out, outcome.classifier.to_file())?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
+    let lanes = lanes_path(config_path, lanes)?;
+    let routes = RouteTable::load(&lanes, &|_| true)?;
+    if let Some(file) = explain {
+        print!("{}", cli::explain(&routes, &read(&file)?)?);
+        return Ok(());
+    }
+    if let Some(file) = eval {
+        let text = String::from_utf8(read(&file)?)?;
+        let (tally, problems) = cli::evaluate(&routes, &text);
+        for p in &problems {
+            eprintln!("skipped {p}");
+        }
+        print!("{}", tally.report());
+        if !problems.is_empty() {
+            return Err(format!("{} lines could not be scored", problems.len()).into());
+        }
+        return Ok(());
+    }
+    Err("route needs --explain FILE, --eval FILE.jsonl or --train DIR".into())
 }
 
 const DEMO_CONFIG: &str = include_str!("../conf/fluxrouter.yaml");

@@ -183,7 +183,19 @@ impl BackgroundService for Reloader {
         let changed = Arc::new(Notify::new());
         // Watch the folders, not the files: editors and `keys new` replace files by rename,
         // which a watch on the old inode would miss.
-        let _watcher = match watch_folders(&self.state.config, changed.clone()) {
+        let weights_path = || {
+            self.state
+                .routes
+                .load()
+                .classifier()
+                .map(|c| c.path.clone())
+        };
+        let mut weights = weights_path().map(|p| Watched::new(&p));
+        let _watcher = match watch_folders(
+            &self.state.config,
+            weights.as_ref().map(|w| w.path.clone()),
+            changed.clone(),
+        ) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!("file watching unavailable ({e}); reload with SIGHUP");
@@ -207,9 +219,16 @@ impl BackgroundService for Reloader {
                           // the first pass re-reads both, so no such edit is lost.
         let mut forced = true;
         loop {
-            if lanes.changed() || forced {
+            // The classifier's weights are part of the lanes table: either file changing
+            // recompiles it (`|` so both digests are brought up to date).
+            let weights_changed = weights.as_mut().is_some_and(Watched::changed);
+            if lanes.changed() | weights_changed || forced {
                 if let Err(e) = self.state.reload_routes() {
                     error!("{e}; keeping the previous lanes table");
+                }
+                let now = weights_path();
+                if now.as_ref() != weights.as_ref().map(|w| &w.path) {
+                    weights = now.map(|p| Watched::new(&p));
                 }
             }
             if keys.changed() || forced {
@@ -252,12 +271,19 @@ impl Reloader {
     }
 }
 
+/// Watch the folders of lanes.yaml, the keys file and the classifier's weights (as named at
+/// start; a weights file moved elsewhere later is reloaded with SIGHUP).
 fn watch_folders(
     config: &ServerConfig,
+    weights: Option<PathBuf>,
     changed: Arc<Notify>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let files: Vec<PathBuf> = [&config.lanes_file, &config.keys_file]
+    let watched: Vec<PathBuf> = [config.lanes_file.clone(), config.keys_file.clone()]
+        .into_iter()
+        .chain(weights)
+        .collect();
+    let files: Vec<PathBuf> = watched
         .iter()
         .filter_map(|p| p.file_name().map(PathBuf::from))
         .collect();
@@ -278,7 +304,7 @@ fn watch_folders(
         }
     })?;
     let mut folders: Vec<PathBuf> = Vec::new();
-    for file in [&config.lanes_file, &config.keys_file] {
+    for file in &watched {
         let folder = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -80,8 +80,19 @@ pub struct AutoConfig {
     /// Substrings that signal code in the last user turn.
     #[serde(default)]
     pub code_markers: Vec<String>,
+    /// The learned lane classifier, for rules with `classifier: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierConfig>,
     /// First match wins; the last rule must have no conditions.
     pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierConfig {
+    /// The weights file, relative to lanes.yaml (written by `fluxrouter route --train`);
+    /// hot-reloaded like lanes.yaml.
+    pub weights: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,7 +102,12 @@ pub struct RuleConfig {
     /// All the given conditions must hold; an empty `when` always matches.
     #[serde(default)]
     pub when: RuleWhen,
-    pub lane: String,
+    /// The lane this rule sends to; or, with `classifier: true`, none: the classifier
+    /// chooses among its lanes that the key's plan allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub classifier: bool,
 }
 
 /// Conditions over request features. Absent means "don't care".

@@ -76,6 +76,7 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
         model: None,
         lane: None,
         route_rule: None,
+        lane_probability: None,
         provider: None,
         routed: None,
         stream: false,
@@ -112,6 +113,8 @@ pub struct RequestCtx {
     routes: Option<Arc<RouteTable>>,
     lane: Option<LaneId>,
     rule: Option<usize>,
+    /// The classifier's probability for the lane, when it chose.
+    probability: Option<f32>,
     served: Option<ModelId>,
     provider: Option<Arc<Provider>>,
     routed: Option<bool>,
@@ -200,6 +203,7 @@ impl ProxyHttp for Gateway {
             routes: None,
             lane: None,
             rule: None,
+            probability: None,
             served: None,
             provider: None,
             routed: None,
@@ -405,6 +409,7 @@ impl ProxyHttp for Gateway {
                 .rule
                 .zip(routes)
                 .map(|(i, r)| r.rules()[i].name.as_str()),
+            lane_probability: ctx.probability.map(|p| (f64::from(p) * 1e3).round() / 1e3),
             provider,
             routed: ctx.routed,
             stream: ctx.stream,
@@ -561,10 +566,12 @@ impl Gateway {
         let mut features = crate::routing::features(&request);
         if requested == Requested::Auto {
             routes.detect_cues(&crate::routing::last_user_text(&request), &mut features);
+            routes.classify(&request, &mut features);
         }
         let route = routes.route(requested, &features, account)?;
         ctx.lane = Some(route.lane);
         ctx.rule = route.rule;
+        ctx.probability = route.probability;
         // After routing, so a request refused for its own shape spends no quota.
         self.limits
             .admit(&account.key_id, &account.terms, features.input_tokens)?;

@@ -43,7 +43,12 @@ impl Served<'_> {
         )?;
         h.insert_header(headers::LANE, &self.routes.lane(self.route.lane).name)?;
         if let Some(rule) = self.route.rule {
-            h.insert_header(headers::ROUTE_RULE, &self.routes.rules()[rule].name)?;
+            let name = &self.routes.rules()[rule].name;
+            match self.route.probability {
+                // `classifier; p=0.87`: how sure the classifier was of the lane.
+                Some(p) => h.insert_header(headers::ROUTE_RULE, format!("{name}; p={p:.2}"))?,
+                None => h.insert_header(headers::ROUTE_RULE, name)?,
+            }
         }
         Ok(())
     }

@@ -44,6 +44,7 @@ pub fn features(req: &Request<'_>) -> Features {
         messages: req.messages.len(),
         code: false,
         reasoning: false,
+        lane_scores: None,
     }
 }
 

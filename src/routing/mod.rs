@@ -6,11 +6,12 @@
 //! 2. for flux-auto, the ordered rules pick a lane from the request's [`Features`];
 //! 3. the lane's chain (default, then fallbacks) is filtered to the eligible targets.
 
+pub mod classifier;
 pub mod features;
 mod table;
 
 pub use features::{features, last_user_text};
-pub use table::{Lane, LaneId, Model, ModelId, RouteTable, Rule};
+pub use table::{Lane, LaneId, Learned, Model, ModelId, RouteTable, Rule, RuleTarget};
 
 use crate::config::Capability;
 use crate::errors::{ErrorKind, FluxError};
@@ -33,6 +34,8 @@ pub struct Features {
     /// Set by [`RouteTable::detect_cues`] (only needed for flux-auto).
     pub code: bool,
     pub reasoning: bool,
+    /// Set by [`RouteTable::classify`]: the classifier's probability for each of its lanes.
+    pub lane_scores: Option<classifier::Scores>,
 }
 
 /// The model id a client asked for, resolved against the table.
@@ -49,6 +52,8 @@ pub struct Route {
     pub lane: LaneId,
     /// The flux-auto rule that chose the lane (None for aliases and pinned ids).
     pub rule: Option<usize>,
+    /// When the classifier chose the lane: its probability.
+    pub probability: Option<f32>,
     /// Eligible targets in the order to try them; never empty.
     pub candidates: Vec<ModelId>,
     /// The model the caller pinned, if any: serving it is not "routed".
@@ -163,19 +168,19 @@ impl RouteTable {
                 return Err(input_too_long(features.input_tokens, max));
             }
         }
-        let (lane, rule, pinned) = match requested {
+        let (lane, rule, probability, pinned) = match requested {
             Requested::Auto => {
-                let (lane, rule) = self.pick_auto_lane(features, access)?;
-                (lane, Some(rule), None)
+                let (lane, rule, p) = self.pick_auto_lane(features, access)?;
+                (lane, Some(rule), p, None)
             }
             Requested::Lane(lane) => {
                 self.check_access(lane, access, &self.lane(lane).alias)?;
-                (lane, None, None)
+                (lane, None, None, None)
             }
             Requested::Pinned(model) => {
                 let lane = self.model(model).lane;
                 self.check_access(lane, access, &self.model(model).id)?;
-                (lane, None, Some(model))
+                (lane, None, None, Some(model))
             }
         };
         // A pinned model is tried first; its lane's chain is the fallback if it fails.
@@ -221,6 +226,7 @@ impl RouteTable {
         Ok(Route {
             lane,
             rule,
+            probability,
             candidates,
             pinned,
         })
@@ -297,24 +303,45 @@ impl RouteTable {
         }
     }
 
-    /// First rule that matches and whose lane the plan allows.
+    /// First rule that matches and whose lane the plan allows; a classifier rule matches
+    /// when the plan allows one of its lanes. Returns the lane, the rule, and the
+    /// classifier's probability when it chose.
     fn pick_auto_lane(
         &self,
         features: &Features,
         access: &(impl LaneAccess + ?Sized),
-    ) -> Result<(LaneId, usize), FluxError> {
-        self.rules()
-            .iter()
-            .enumerate()
-            .find(|(_, rule)| rule.matches(features) && access.lane(self.lane(rule.lane)).is_ok())
-            .map(|(i, rule)| (rule.lane, i))
-            .ok_or_else(|| {
-                FluxError::new(
-                    ErrorKind::PlanModelNotIncluded,
-                    "Plan does not include this model yet: your plan includes no lane flux-auto \
-                     could route this request to. Upgrade your plan.",
-                )
-            })
+    ) -> Result<(LaneId, usize, Option<f32>), FluxError> {
+        let allowed = |lane: LaneId| access.lane(self.lane(lane)).is_ok();
+        for (i, rule) in self.rules().iter().enumerate() {
+            if !rule.matches(features) {
+                continue;
+            }
+            match rule.target {
+                RuleTarget::Lane(lane) if allowed(lane) => return Ok((lane, i, None)),
+                RuleTarget::Lane(_) => {}
+                RuleTarget::Classifier => {
+                    let (Some(learned), Some(scores)) = (self.classifier(), &features.lane_scores)
+                    else {
+                        continue;
+                    };
+                    let lanes = &learned.lanes;
+                    let price = |l: usize| self.lane(lanes[l]).price.input_per_mtok.0 as f64;
+                    if let Some((l, p)) = classifier::choose(
+                        scores.as_slice(),
+                        price,
+                        |l| allowed(lanes[l]),
+                        learned.model.margin,
+                    ) {
+                        return Ok((lanes[l], i, Some(p)));
+                    }
+                }
+            }
+        }
+        Err(FluxError::new(
+            ErrorKind::PlanModelNotIncluded,
+            "Plan does not include this model yet: your plan includes no lane flux-auto could \
+             route this request to. Upgrade your plan.",
+        ))
     }
 }
 

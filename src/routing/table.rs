@@ -1,7 +1,7 @@
 //! The compiled, validated form of `lanes.yaml`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
@@ -9,6 +9,7 @@ use crate::config::lanes::{LanePrice, RuleWhen};
 use crate::config::{Capability, ConfigError, LanesFile};
 use crate::metering::Rates;
 
+use super::classifier::Classifier;
 use super::{Features, AUTO_MODEL, PINNED_PREFIX};
 
 pub type LaneId = usize;
@@ -58,7 +59,15 @@ fn cap_bit(cap: Capability) -> u8 {
 pub struct Rule {
     pub name: String,
     pub when: RuleWhen,
-    pub lane: LaneId,
+    pub target: RuleTarget,
+}
+
+/// Where a matching rule sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleTarget {
+    Lane(LaneId),
+    /// The classifier chooses among its lanes (those of the table it names).
+    Classifier,
 }
 
 #[derive(Debug)]
@@ -72,6 +81,16 @@ pub struct RouteTable {
     /// is scanned once; pattern ids below `reasoning_patterns` are reasoning cues.
     cues: Option<AhoCorasick>,
     reasoning_patterns: usize,
+    /// The learned classifier, with its lanes resolved to this table's, and where its
+    /// weights file is (the reloader watches it).
+    classifier: Option<Learned>,
+}
+
+#[derive(Debug)]
+pub struct Learned {
+    pub model: Classifier,
+    pub lanes: Vec<LaneId>,
+    pub path: PathBuf,
 }
 
 /// How much of the last user turn is scanned for cues: its head and its tail. Cues sit in
@@ -213,14 +232,41 @@ impl RouteTable {
             return Err(err("lanes".into(), "at least one lane is needed".into()));
         }
 
+        let classifier = match &file.auto.classifier {
+            None => None,
+            Some(c) => {
+                let weights = path.parent().unwrap_or(Path::new("")).join(&c.weights);
+                Some(load_classifier(path, &weights, &lanes)?)
+            }
+        };
         let mut rules: Vec<Rule> = Vec::with_capacity(file.auto.rules.len());
         for (i, r) in file.auto.rules.iter().enumerate() {
             let field = format!("auto.rules[{i}]");
-            let Some(lane) = lanes.iter().position(|l| l.name == r.lane) else {
-                return Err(err(
-                    format!("{field}.lane"),
-                    format!("unknown lane '{}'", r.lane),
-                ));
+            let target = match (&r.lane, r.classifier) {
+                (Some(lane), false) => match lanes.iter().position(|l| l.name == *lane) {
+                    Some(id) => RuleTarget::Lane(id),
+                    None => {
+                        return Err(err(
+                            format!("{field}.lane"),
+                            format!("unknown lane '{lane}'"),
+                        ))
+                    }
+                },
+                (None, true) if classifier.is_some() => RuleTarget::Classifier,
+                (None, true) => {
+                    return Err(err(
+                        format!("{field}.classifier"),
+                        "needs auto.classifier.weights (the file `fluxrouter route --train` \
+                         writes)"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(err(
+                        field,
+                        "a rule needs either a lane or classifier: true".into(),
+                    ))
+                }
             };
             if rules.iter().any(|x| x.name == r.name) {
                 return Err(err(
@@ -231,7 +277,7 @@ impl RouteTable {
             rules.push(Rule {
                 name: r.name.clone(),
                 when: r.when.clone(),
-                lane,
+                target,
             });
         }
         match rules.last() {
@@ -247,6 +293,7 @@ impl RouteTable {
         Ok(RouteTable {
             cues: automaton(path, &file.auto.reasoning_cues, &file.auto.code_markers)?,
             reasoning_patterns: file.auto.reasoning_cues.len(),
+            classifier,
             lanes,
             models,
             rules,
@@ -275,6 +322,11 @@ impl RouteTable {
         &self.rules
     }
 
+    /// The learned classifier, when lanes.yaml names one.
+    pub fn classifier(&self) -> Option<&Learned> {
+        self.classifier.as_ref()
+    }
+
     pub fn lane_by_alias(&self, alias: &str) -> Option<LaneId> {
         self.by_alias.get(alias).copied()
     }
@@ -286,6 +338,14 @@ impl RouteTable {
     pub(super) fn alias_list(&self) -> String {
         let aliases: Vec<&str> = self.lanes.iter().map(|l| l.alias.as_str()).collect();
         aliases.join(", ")
+    }
+
+    /// Score the request with the classifier (when lanes.yaml names one and a rule uses it).
+    pub fn classify(&self, request: &crate::wire::ir::Request<'_>, features: &mut Features) {
+        features.lane_scores = self.classifier.as_ref().map(|c| {
+            let hashed = super::classifier::Hashed::of(request, c.model.buckets);
+            c.model.scores(&hashed)
+        });
     }
 
     /// Set `code` and `reasoning` from the text of the last user turn.
@@ -312,6 +372,40 @@ impl RouteTable {
             }
         }
     }
+}
+
+/// Read and validate the weights file against the table's lanes.
+fn load_classifier(
+    lanes_yaml: &Path,
+    weights: &Path,
+    lanes: &[Lane],
+) -> Result<Learned, ConfigError> {
+    let field = "auto.classifier.weights";
+    let text = std::fs::read(weights)
+        .map_err(|e| ConfigError::new(lanes_yaml, field, format!("{}: {e}", weights.display())))?;
+    let model = Classifier::parse(&text)
+        .map_err(|e| ConfigError::new(lanes_yaml, field, format!("{}: {e}", weights.display())))?;
+    let mut ids = Vec::with_capacity(model.lanes.len());
+    for name in &model.lanes {
+        match lanes.iter().position(|l| l.name == *name) {
+            Some(id) => ids.push(id),
+            None => {
+                return Err(ConfigError::new(
+                    lanes_yaml,
+                    field,
+                    format!(
+                        "{}: the classifier chooses lane '{name}', which lanes.yaml lacks",
+                        weights.display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Learned {
+        model,
+        lanes: ids,
+        path: weights.to_path_buf(),
+    })
 }
 
 fn automaton(

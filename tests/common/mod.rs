@@ -173,6 +173,8 @@ pub struct Custom<'a> {
     pub extra_config: &'a str,
     /// More `limits:` entries (a YAML flow-map fragment).
     pub extra_limits: &'a str,
+    /// Files written beside the config before the gateway starts (name, content).
+    pub files: &'a [(&'a str, &'a [u8])],
 }
 
 impl Default for Custom<'_> {
@@ -184,6 +186,7 @@ impl Default for Custom<'_> {
             extra_providers: "",
             extra_config: "",
             extra_limits: "",
+            files: &[],
         }
     }
 }
@@ -276,6 +279,7 @@ impl Flux {
             extra_providers,
             extra_config,
             extra_limits,
+            files,
         } = *custom;
         // The payg plan (the main key's) may use every lane of the lanes file.
         let payg_lanes = lane_names(lanes).join(", ");
@@ -336,6 +340,9 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
         let config_path = dir.path().join("fluxrouter.yaml");
         std::fs::write(&config_path, config).unwrap();
         std::fs::write(dir.path().join("lanes.yaml"), lanes).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let mut flux = Flux {
             base: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,388 @@
+//! What the lane classifier sees of a request: hashed word and character n-grams of the work
+//! asked for (the last user turn, and a pending tool result), and a few structural facts.
+//!
+//! The work is bounded whatever arrives: only the head and the tail of the texts are read
+//! (the question sits around a paste, ROUTING.md rule 2), so a 50 KB agent turn costs what a
+//! 4 KB one does. Training and inference share this code, so they cannot drift apart.
+
+use crate::wire::ir::{Block, Message, Request, Role};
+
+/// Bytes of the last user turn read from its start, and from its end.
+pub const HEAD_BYTES: usize = 1536;
+pub const TAIL_BYTES: usize = 2560;
+/// Bytes of a pending tool result read (from its start, and as many from its end).
+pub const TOOL_RESULT_BYTES: usize = 768;
+/// Longest word kept whole (longer runs, a base64 blob or a CJK sentence, are cut).
+const MAX_WORD_CHARS: usize = 32;
+
+/// Receives each feature as a tag and a text; the classifier hashes them, `--explain`
+/// also keeps their names.
+pub trait Sink {
+    fn feature(&mut self, tag: &str, text: &str);
+}
+
+/// FNV-1a over the tag, a separator and the text: stable across builds and platforms
+/// (the weights file depends on it).
+pub fn hash(tag: &str, text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in tag.as_bytes().iter().chain(&[0xff]).chain(text.as_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Feature indices in `0..buckets` (a power of two), sorted and deduplicated.
+pub struct Hashed {
+    pub buckets: u32,
+    pub indices: Vec<u32>,
+}
+
+impl Sink for Hashed {
+    fn feature(&mut self, tag: &str, text: &str) {
+        let h = hash(tag, text);
+        self.indices
+            .push(((h ^ (h >> 32)) as u32) & (self.buckets - 1));
+    }
+}
+
+impl Hashed {
+    pub fn of(req: &Request<'_>, buckets: u32) -> Self {
+        let mut out = Hashed {
+            buckets,
+            indices: Vec::with_capacity(4096),
+        };
+        extract(req, &mut out);
+        out.indices.sort_unstable();
+        out.indices.dedup();
+        out
+    }
+}
+
+/// The text a part of a turn carries.
+fn texts<'r>(blocks: &'r [Block<'_>]) -> impl Iterator<Item = &'r str> {
+    blocks.iter().filter_map(|b| match b {
+        Block::Text { text, .. } => Some(text.as_ref()),
+        _ => None,
+    })
+}
+
+/// A turn that only hands tool results back (the agent's plumbing).
+fn only_tool_results(m: &Message<'_>) -> bool {
+    !m.content.is_empty()
+        && m.content
+            .iter()
+            .all(|b| matches!(b, Block::ToolResult { .. }))
+}
+
+/// Every feature of `req`, in a fixed order.
+pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
+    let last = req.messages.last();
+    let pending_tool = last.is_some_and(|m| m.role == Role::User && only_tool_results(m));
+    let last_user = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User && texts(&m.content).next().is_some());
+    let mut norm = String::with_capacity(HEAD_BYTES + TAIL_BYTES + 64);
+    let mut user_chars = 0usize;
+    if let Some(m) = last_user {
+        for (i, t) in texts(&m.content).enumerate() {
+            if i > 0 {
+                norm.push(' ');
+            }
+            user_chars += t.chars().count().min(1 << 20);
+            window(t, HEAD_BYTES, TAIL_BYTES, &mut norm);
+        }
+    }
+    text_features(&norm, "", sink);
+    let shape = Shape::of(&norm);
+
+    if pending_tool {
+        sink.feature("s", "tool-result-pending");
+        let mut result = String::with_capacity(2 * TOOL_RESULT_BYTES + 8);
+        if let Some(m) = last {
+            for b in &m.content {
+                if let Block::ToolResult {
+                    content, is_error, ..
+                } = b
+                {
+                    if *is_error {
+                        sink.feature("s", "tool-error");
+                    }
+                    for t in texts(content) {
+                        window(t, TOOL_RESULT_BYTES, TOOL_RESULT_BYTES, &mut result);
+                    }
+                }
+            }
+        }
+        text_features(&result, "r", sink);
+        let turns_since_user = req
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| !(m.role == Role::User && texts(&m.content).next().is_some()))
+            .count();
+        bucket(sink, "agent-steps", turns_since_user as u64, &[2, 4, 8, 16]);
+    }
+
+    // Structure: facts that inform but never decide alone (ROUTING.md rule 6).
+    if !req.tools.is_empty() {
+        sink.feature("s", "tools");
+        bucket(sink, "tool-count", req.tools.len() as u64, &[1, 3, 8]);
+    }
+    bucket(sink, "turns", req.messages.len() as u64, &[1, 2, 4, 8, 16]);
+    let system_bytes: usize = texts(&req.system).map(str::len).sum::<usize>()
+        + req
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .flat_map(|m| texts(&m.content))
+            .map(str::len)
+            .sum::<usize>();
+    bucket(
+        sink,
+        "system-bytes",
+        system_bytes as u64,
+        &[0, 400, 4000, 20000],
+    );
+    let input_bounds = [500, 2000, 8000, 32000, 128000];
+    bucket(sink, "input-bytes", req.raw.len() as u64, &input_bounds);
+    let ask_bounds = [20, 60, 200, 600, 2000, 8000];
+    bucket(sink, "ask-chars", user_chars as u64, &ask_bounds);
+    match req.max_tokens {
+        None => sink.feature("s", "max-tokens-none"),
+        Some(n) => bucket(sink, "max-tokens", n, &[256, 1024, 4096, 16384]),
+    }
+    if req.reasoning.is_some() {
+        sink.feature("s", "reasoning-asked");
+    }
+    bucket(sink, "code-per-mille", shape.code, &[5, 20, 50, 100]);
+    bucket(sink, "digits-per-mille", shape.digits, &[5, 30, 100]);
+    bucket(sink, "math-symbols", shape.math, &[0, 2, 8]);
+    bucket(sink, "questions", shape.questions, &[0, 1, 3]);
+    bucket(sink, "lines", shape.lines, &[1, 4, 16, 64]);
+}
+
+/// Feature `name:i`, where `i` is the index of the first bound `v` does not exceed (the
+/// number of bounds past them all). Written on the stack: features cost no allocation.
+fn bucket(sink: &mut impl Sink, name: &str, v: u64, bounds: &[u64]) {
+    let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+    let mut buf = [0u8; 40];
+    let n = name.len().min(36);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    buf[n] = b':';
+    buf[n + 1] = b'0' + (i as u8 % 10);
+    if let Ok(text) = std::str::from_utf8(&buf[..n + 2]) {
+        sink.feature("s", text);
+    }
+}
+
+/// Append `text`'s head and tail (at most `head` + `tail` bytes, on character boundaries),
+/// normalized: lowercase, digits as `0`, whitespace runs as one space.
+fn window(text: &str, head: usize, tail: usize, out: &mut String) {
+    if text.len() <= head + tail {
+        normalize(text, out);
+        return;
+    }
+    let mut h = head;
+    while !text.is_char_boundary(h) {
+        h -= 1;
+    }
+    let mut t = text.len() - tail;
+    while !text.is_char_boundary(t) {
+        t += 1;
+    }
+    normalize(&text[..h], out);
+    out.push_str(" \u{2026} ");
+    normalize(&text[t..], out);
+}
+
+fn normalize(text: &str, out: &mut String) {
+    let mut space = out.ends_with(' ');
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if !space {
+                out.push(' ');
+                space = true;
+            }
+            continue;
+        }
+        space = false;
+        if c.is_ascii_digit() {
+            out.push('0');
+        } else if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+}
+
+/// Word unigrams and bigrams, and character 2- to 4-grams, of normalized text.
+fn text_features(norm: &str, prefix: &str, sink: &mut impl Sink) {
+    let (w, b, c) = match prefix {
+        "" => ("w", "b", "c"),
+        _ => ("rw", "rb", "rc"),
+    };
+    let mut prev: Option<&str> = None;
+    let mut pair = String::with_capacity(2 * MAX_WORD_CHARS * 4 + 1);
+    for word in norm
+        .split(|ch: char| !ch.is_alphanumeric())
+        .filter(|s| !s.is_empty())
+    {
+        let word = match word.char_indices().nth(MAX_WORD_CHARS) {
+            Some((i, _)) => &word[..i],
+            None => word,
+        };
+        sink.feature(w, word);
+        if let Some(p) = prev {
+            pair.clear();
+            pair.push_str(p);
+            pair.push(' ');
+            pair.push_str(word);
+            sink.feature(b, &pair);
+        }
+        prev = Some(word);
+    }
+    // Character n-grams carry languages without spaces and morphology across languages.
+    let bounds: Vec<usize> = norm
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(norm.len()))
+        .collect();
+    for n in 2..=4 {
+        for win in bounds.windows(n + 1) {
+            let gram = &norm[win[0]..win[n]];
+            if gram.trim().is_empty() {
+                continue;
+            }
+            sink.feature(c, gram);
+        }
+    }
+}
+
+/// Counts over the normalized ask, per mille of its characters where a rate says more.
+struct Shape {
+    code: u64,
+    digits: u64,
+    math: u64,
+    questions: u64,
+    lines: u64,
+}
+
+impl Shape {
+    fn of(norm: &str) -> Shape {
+        let (mut chars, mut code, mut digits, mut math, mut questions) = (0u64, 0, 0, 0, 0);
+        for c in norm.chars() {
+            chars += 1;
+            match c {
+                '{' | '}' | ';' | '(' | ')' | '[' | ']' | '<' | '>' | '=' | '_' | '`' => code += 1,
+                '0' => digits += 1,
+                '?' | '？' => questions += 1,
+                '∑' | '∫' | '√' | '≤' | '≥' | '≠' | '∀' | '∃' | '∈' | '⊂' | '→' | '^' | '≡'
+                | 'π' | '∞' | '±' | '×' | '÷' => math += 1,
+                _ => {}
+            }
+        }
+        let rate = |n: u64| (n * 1000).checked_div(chars).unwrap_or(0);
+        Shape {
+            code: rate(code),
+            digits: rate(digits),
+            math,
+            questions,
+            // Line breaks are folded into spaces by normalization; a long ask reads as many.
+            lines: chars / 80 + 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::transcode::parse_request;
+    use crate::wire::Format;
+
+    struct Names(Vec<String>);
+    impl Sink for Names {
+        fn feature(&mut self, tag: &str, text: &str) {
+            self.0.push(format!("{tag}:{text}"));
+        }
+    }
+
+    fn names(body: &serde_json::Value) -> Vec<String> {
+        let raw = serde_json::to_vec(body).unwrap();
+        let req = parse_request(Format::OpenAiChat, &raw).unwrap();
+        let mut n = Names(vec![]);
+        extract(&req, &mut n);
+        n.0
+    }
+
+    #[test]
+    fn words_ngrams_and_structure_of_the_last_user_turn() {
+        let n = names(&serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": "Old question about cats"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "Prove that 17 is PRIME"}]}));
+        for want in [
+            "w:prove",
+            "w:00",
+            "b:is prime",
+            "c:pr",
+            "c:prim",
+            "s:turns:2",
+        ] {
+            assert!(n.iter().any(|x| x == want), "{want} not in {n:?}");
+        }
+        assert!(!n.iter().any(|x| x.contains("cats")), "only the last turn");
+        assert!(!n.iter().any(|x| x == "s:tools"));
+    }
+
+    #[test]
+    fn languages_without_spaces_get_character_ngrams() {
+        let n = names(&serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": "证明根号二是无理数"}]}));
+        assert!(n.iter().any(|x| x == "c:证明"), "{n:?}");
+        assert!(n.iter().any(|x| x == "c:无理数"), "{n:?}");
+    }
+
+    #[test]
+    fn a_pending_tool_result_is_read_with_its_own_tags() {
+        let n = names(&serde_json::json!({"model": "flux-auto",
+            "tools": [{"type": "function", "function": {"name": "sh", "parameters": {"type": "object"}}}],
+            "messages": [
+            {"role": "user", "content": "run the tests"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+              "function": {"name": "sh", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "FAILED test_parse: assertion"}]}));
+        for want in ["s:tool-result-pending", "rw:failed", "s:tools", "w:run"] {
+            assert!(n.iter().any(|x| x == want), "{want} not in {n:?}");
+        }
+    }
+
+    #[test]
+    fn work_is_bounded_on_huge_inputs() {
+        let huge = "lorem ipsum dolor sit amet ".repeat(40_000); // ~1 MB
+        let body = serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": format!("Title: Q3 report. {huge} What is the title?")}]});
+        let raw = serde_json::to_vec(&body).unwrap();
+        let req = parse_request(Format::OpenAiChat, &raw).unwrap();
+        let mut n = Names(vec![]);
+        extract(&req, &mut n);
+        // Head and tail windows only: a few thousand features, not a million.
+        assert!(n.0.len() < 20_000, "{}", n.0.len());
+        assert!(n.0.iter().any(|x| x == "w:title"));
+        assert!(n.0.iter().any(|x| x == "b:the title"));
+        let hashed = Hashed::of(&req, 1 << 16);
+        assert!(hashed.indices.windows(2).all(|w| w[0] < w[1]));
+        assert!(hashed.indices.iter().all(|&i| i < 1 << 16));
+    }
+
+    #[test]
+    fn hashing_is_stable() {
+        // The weights file depends on these values: changing the hash needs retraining.
+        // FNV-1a 64 of b"w\xffprove", computed independently.
+        assert_eq!(hash("w", "prove"), 0x7082_f782_5b4c_6a8b);
+        assert_ne!(hash("w", "prove"), hash("rw", "prove"));
+    }
+}

@@ -1,0 +1,362 @@
+//! The classifier's weights file and its arithmetic: a multinomial logistic regression over
+//! hashed binary features, each request's features scaled to unit length.
+//!
+//! The file is JSON: the lanes it chooses among, the hash space, the tie margin, biases, and
+//! the weights as 16-bit integers with one scale (gzip, then base64, lane-interleaved per
+//! feature so one request reads one cache line per feature). It is validated whole at load;
+//! a bad file is refused like a bad lanes.yaml.
+
+use std::io::{Read, Write};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::features::Hashed;
+
+pub const FORMAT: &str = "fluxrouter-lane-classifier";
+pub const VERSION: u32 = 1;
+/// Lanes a classifier may choose among.
+pub const MAX_LANES: usize = 8;
+
+/// What the file says about how it was made (reported, not used for decisions).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    pub examples: usize,
+    pub corpus_sha256: String,
+    #[serde(default)]
+    pub report: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: String,
+    version: u32,
+    lanes: Vec<String>,
+    buckets: u32,
+    /// A pricier lane within this much probability of the best one wins.
+    margin: f32,
+    bias: Vec<f32>,
+    /// Weight = stored integer × scale.
+    scale: f32,
+    /// Little-endian i16, `buckets × lanes`, gzip, base64.
+    weights: String,
+    trained: Provenance,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classifier {
+    pub lanes: Vec<String>,
+    pub buckets: u32,
+    pub margin: f32,
+    bias: Vec<f32>,
+    scale: f32,
+    /// `[feature][lane]`.
+    weights: Vec<i16>,
+    pub trained: Provenance,
+}
+
+/// Probabilities per lane, in the classifier's lane order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scores {
+    pub len: usize,
+    pub p: [f32; MAX_LANES],
+}
+
+impl Scores {
+    pub fn as_slice(&self) -> &[f32] {
+        &self.p[..self.len]
+    }
+}
+
+impl Classifier {
+    /// A classifier from trained float weights (`[feature][lane]`), quantized to 16 bits.
+    pub fn from_floats(
+        lanes: Vec<String>,
+        buckets: u32,
+        margin: f32,
+        bias: Vec<f32>,
+        weights: &[f32],
+        trained: Provenance,
+    ) -> Self {
+        let max = weights.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let scale = if max > 0.0 {
+            max / f32::from(i16::MAX)
+        } else {
+            1.0
+        };
+        let weights = weights
+            .iter()
+            .map(|w| (w / scale).round().clamp(-32767.0, 32767.0) as i16)
+            .collect();
+        Classifier {
+            lanes,
+            buckets,
+            margin,
+            bias,
+            scale,
+            weights,
+            trained,
+        }
+    }
+
+    pub fn parse(text: &[u8]) -> Result<Self, String> {
+        let f: File = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        if f.format != FORMAT || f.version != VERSION {
+            return Err(format!(
+                "not a {FORMAT} file of version {VERSION} (format {:?}, version {})",
+                f.format, f.version
+            ));
+        }
+        let n = f.lanes.len();
+        if !(2..=MAX_LANES).contains(&n) {
+            return Err(format!("lanes: 2 to {MAX_LANES} lanes, not {n}"));
+        }
+        if !f.buckets.is_power_of_two() || !(1 << 8..=1 << 24).contains(&f.buckets) {
+            return Err("buckets: a power of two from 256 to 16777216".into());
+        }
+        if f.bias.len() != n || f.bias.iter().any(|b| !b.is_finite()) {
+            return Err("bias: one finite number per lane".into());
+        }
+        if !(0.0..=0.5).contains(&f.margin) || !f.scale.is_finite() || f.scale <= 0.0 {
+            return Err("margin must be within 0..0.5 and scale positive".into());
+        }
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(f.weights.as_bytes())
+            .map_err(|e| format!("weights: {e}"))?;
+        let want = f.buckets as usize * n * 2;
+        let mut raw = Vec::with_capacity(want);
+        // Bounded by the declared shape: a file cannot inflate past what it says it holds.
+        flate2::read::GzDecoder::new(&gz[..])
+            .take(want as u64 + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("weights: {e}"))?;
+        if raw.len() != want {
+            return Err(format!(
+                "weights: {} bytes where buckets × lanes × 2 = {want}",
+                raw.len()
+            ));
+        }
+        let weights = raw
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        Ok(Classifier {
+            lanes: f.lanes,
+            buckets: f.buckets,
+            margin: f.margin,
+            bias: f.bias,
+            scale: f.scale,
+            weights,
+            trained: f.trained,
+        })
+    }
+
+    /// The file's bytes: the same classifier always writes the same bytes.
+    pub fn to_file(&self) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(self.weights.len() * 2);
+        for w in &self.weights {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::best());
+        gz.write_all(&raw).expect("writing to memory");
+        let gz = gz.finish().expect("writing to memory");
+        let file = File {
+            format: FORMAT.into(),
+            version: VERSION,
+            lanes: self.lanes.clone(),
+            buckets: self.buckets,
+            margin: self.margin,
+            bias: self.bias.clone(),
+            scale: self.scale,
+            weights: base64::engine::general_purpose::STANDARD.encode(gz),
+            trained: self.trained.clone(),
+        };
+        let mut text = serde_json::to_vec_pretty(&file).expect("serializable");
+        text.push(b'\n');
+        text
+    }
+
+    /// Each lane's probability for a request's features.
+    pub fn scores(&self, h: &Hashed) -> Scores {
+        let n = self.lanes.len();
+        let mut sums = [0i64; MAX_LANES];
+        for &i in &h.indices {
+            let i = (i & (self.buckets - 1)) as usize * n;
+            for (s, w) in sums.iter_mut().zip(&self.weights[i..i + n]) {
+                *s += i64::from(*w);
+            }
+        }
+        let norm = if h.indices.is_empty() {
+            0.0
+        } else {
+            self.scale / (h.indices.len() as f32).sqrt()
+        };
+        let mut p = [0f32; MAX_LANES];
+        for l in 0..n {
+            p[l] = self.bias[l] + sums[l] as f32 * norm;
+        }
+        softmax(&mut p[..n]);
+        Scores { len: n, p }
+    }
+
+    /// How much each feature pushed `lane` (for `--explain`): weight × the request's scale.
+    pub fn contribution(&self, h: &Hashed, index: u32, lane: usize) -> f32 {
+        let n = self.lanes.len();
+        let i = (index & (self.buckets - 1)) as usize * n + lane;
+        f32::from(self.weights[i]) * self.scale / (h.indices.len().max(1) as f32).sqrt()
+    }
+}
+
+pub fn softmax(z: &mut [f32]) {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in z.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in z.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// The lane to use among the classifier's: the likeliest, unless a pricier lane is within
+/// `margin` of it (an under-routed request costs the user more than a cent); then, if the
+/// key may not use it, the nearest lane it may use, cheaper first (a deep request for a key
+/// without the deep lane goes to daily, not express). Returns the lane's index and its
+/// probability.
+pub fn choose(
+    p: &[f32],
+    price: impl Fn(usize) -> f64,
+    allowed: impl Fn(usize) -> bool,
+    margin: f32,
+) -> Option<(usize, f32)> {
+    let best = (0..p.len()).max_by(|&a, &b| {
+        p[a].total_cmp(&p[b])
+            .then_with(|| price(a).total_cmp(&price(b)))
+    })?;
+    let target = (0..p.len())
+        .filter(|&l| price(l) > price(best) && p[l] >= p[best] - margin)
+        .max_by(|&a, &b| price(a).total_cmp(&price(b)))
+        .unwrap_or(best);
+    if allowed(target) {
+        return Some((target, p[target]));
+    }
+    let t = price(target);
+    let cheaper = (0..p.len())
+        .filter(|&l| allowed(l) && price(l) <= t)
+        .max_by(|&a, &b| {
+            price(a)
+                .total_cmp(&price(b))
+                .then_with(|| p[a].total_cmp(&p[b]))
+        });
+    let pricier = || {
+        (0..p.len())
+            .filter(|&l| allowed(l))
+            .min_by(|&a, &b| price(a).total_cmp(&price(b)))
+    };
+    cheaper.or_else(pricier).map(|l| (l, p[l]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes() -> Vec<String> {
+        ["express", "daily", "deep"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn the_file_round_trips_byte_for_byte_and_scores_the_same() {
+        let buckets = 1 << 10;
+        let weights: Vec<f32> = (0..buckets * 3)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        let c = Classifier::from_floats(
+            lanes(),
+            buckets as u32,
+            0.1,
+            vec![0.1, 0.0, -0.1],
+            &weights,
+            Provenance::default(),
+        );
+        let file = c.to_file();
+        let back = Classifier::parse(&file).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.to_file(), file);
+        let h = Hashed {
+            buckets: buckets as u32,
+            indices: vec![1, 5, 77, 900],
+        };
+        let s = back.scores(&h);
+        assert!((s.as_slice().iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        // Quantization keeps the arithmetic close to the float model.
+        let mut z = [0.1f32, 0.0, -0.1];
+        for &i in &h.indices {
+            for (l, zl) in z.iter_mut().enumerate() {
+                *zl += weights[i as usize * 3 + l] / 2.0;
+            }
+        }
+        softmax(&mut z);
+        for (a, b) in s.as_slice().iter().zip(z) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let good = Classifier::from_floats(
+            lanes(),
+            256,
+            0.1,
+            vec![0.0; 3],
+            &vec![0.5; 256 * 3],
+            Provenance::default(),
+        )
+        .to_file();
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        for (field, bad, why) in [
+            ("format", serde_json::json!("other"), "not a"),
+            ("buckets", serde_json::json!(300), "power of two"),
+            ("buckets", serde_json::json!(512), "bytes where"),
+            ("bias", serde_json::json!([0.0]), "bias"),
+            ("margin", serde_json::json!(0.9), "margin"),
+            ("weights", serde_json::json!("!!"), "weights"),
+        ] {
+            let keep = v[field].clone();
+            v[field] = bad;
+            let err = Classifier::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.contains(why), "{field}: {err}");
+            v[field] = keep;
+        }
+        assert!(Classifier::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn close_calls_go_to_the_pricier_lane_and_plans_bound_the_choice() {
+        let price = |l: usize| [1.0, 2.0, 4.0][l];
+        let all = |_| true;
+        // Clear winner.
+        assert_eq!(choose(&[0.8, 0.15, 0.05], price, all, 0.1), Some((0, 0.8)));
+        // daily within the margin of express: daily.
+        assert_eq!(choose(&[0.48, 0.42, 0.10], price, all, 0.1).unwrap().0, 1);
+        // deep within the margin of express too: the priciest close lane.
+        assert_eq!(choose(&[0.40, 0.25, 0.35], price, all, 0.1).unwrap().0, 2);
+        // No margin: the likeliest.
+        assert_eq!(choose(&[0.48, 0.42, 0.10], price, all, 0.0).unwrap().0, 0);
+        // deep is likeliest but the key may not use it: daily, not express.
+        let no_deep = |l: usize| l != 2;
+        assert_eq!(choose(&[0.3, 0.1, 0.6], price, no_deep, 0.1).unwrap().0, 1);
+        // Only deep allowed: deep.
+        assert_eq!(
+            choose(&[0.9, 0.05, 0.05], price, |l| l == 2, 0.1)
+                .unwrap()
+                .0,
+            2
+        );
+        assert_eq!(choose(&[0.9, 0.05, 0.05], price, |_| false, 0.1), None);
+    }
+}
