@@ -91,6 +91,8 @@ fn request_path(c: &mut Criterion) {
             b.iter(|| {
                 let mut f = fluxrouter::routing::features(&request);
                 routes.detect_cues(&fluxrouter::routing::last_user_text(&request), &mut f);
+                // The learned classifier, when lanes.yaml names one (it does as shipped).
+                routes.classify(&request, &mut f);
                 black_box(
                     routes
                         .route(Requested::Auto, &f, access.as_slice())

@@ -485,6 +485,8 @@ fn route(
 
 const DEMO_CONFIG: &str = include_str!("../conf/fluxrouter.yaml");
 const DEMO_LANES: &str = include_str!("../lanes.yaml");
+/// The weights lanes.yaml names (auto.classifier.weights), written beside it.
+const DEMO_CLASSIFIER: &[u8] = include_bytes!("../flux-auto.classifier.json");
 
 /// The embedded default: shipped lanes and plans, every provider pointed at an in-process
 /// simulated provider, and a new key on the pay-as-you-go plan.
@@ -494,6 +496,7 @@ fn demo(listen: SocketAddr) -> CliResult {
     std::fs::create_dir_all(&dir)?;
     let lanes = dir.join("lanes.yaml");
     std::fs::write(&lanes, DEMO_LANES)?;
+    std::fs::write(dir.join("flux-auto.classifier.json"), DEMO_CLASSIFIER)?;
     let mut config = ServerConfig::from_yaml(&dir.join("fluxrouter.yaml"), DEMO_CONFIG)?;
     config.listen = vec![listen];
     config.lanes_file = lanes;

@@ -55,7 +55,7 @@ fn leaning_to(favourite: usize) -> Vec<u8> {
     Classifier::from_floats(
         ["express", "formats", "deep"].map(String::from).to_vec(),
         256,
-        0.05,
+        (0.05, 1.0),
         bias,
         &vec![0.0; 256 * 3],
         Provenance::default(),
@@ -190,4 +190,70 @@ async fn the_plan_bounds_the_classifier_and_a_deep_request_goes_to_the_middle_la
     let r = flux.chat_with_key(&ping("flux-auto"), &key).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-flux-lane"), "express");
+}
+
+/// `fluxrouter route` on the shipped lanes.yaml and weights.
+fn route_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(["route", "--lanes", "lanes.yaml"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_eval_cli_scores_a_labelled_file_with_the_shipped_classifier() {
+    let (ok, out, err) = route_cli(&["--eval", "tests/fixtures/routing/eval-small.jsonl"]);
+    assert!(ok, "{out}{err}");
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("requests 20  accuracy "), "{out}");
+    // The hand-written file (none of it in the training corpus): no under-routing, and the
+    // image requests (one only in an earlier turn, one Anthropic-shaped) go to image.
+    assert!(first.contains("under-routed 0"), "{out}");
+    let accuracy: f64 = first
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(accuracy >= 80.0, "{out}");
+    assert!(out.contains("image 100% (3/3)"), "{out}");
+    assert!(
+        out.contains("label \\ chosen  express    daily    image     deep"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_explain_cli_shows_scores_features_and_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"model":"flux-auto","messages":[{"role":"user","content":"Prove that there are infinitely many primes of the form 4k+3."}]}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = route_cli(&["--explain", body.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with("lane: deep\nrule: classifier, the classifier's lane at p="),
+        "{out}"
+    );
+    assert!(out.contains("classifier scores: express "), "{out}");
+    assert!(
+        out.contains("features that weighed most for or against deep"),
+        "{out}"
+    );
+    assert!(out.contains("qw:prove"), "{out}");
+    // A broken body: a clear error, not a panic.
+    std::fs::write(&body, "{not json").unwrap();
+    let (ok, _, err) = route_cli(&["--explain", body.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not JSON"), "{err}");
 }

@@ -330,7 +330,7 @@ impl RouteTable {
                         scores.as_slice(),
                         price,
                         |l| allowed(lanes[l]),
-                        learned.model.margin,
+                        learned.model.policy(),
                     ) {
                         return Ok((lanes[l], i, Some(p)));
                     }

@@ -19,6 +19,49 @@ fn shipped() -> RouteTable {
     compile(SHIPPED).unwrap()
 }
 
+/// Keyword rules in place of the shipped classifier: the rule machinery operators may still
+/// configure.
+const KEYWORD_AUTO: &str = r##"auto:
+  reasoning_cues: ["step by step", "prove", "proof", "derive", "think carefully"]
+  code_markers: ["```", "def ", "fn ", "function ", "class ", "#include", "import ", "traceback"]
+  rules:
+    - name: images
+      when: { images: true }
+      lane: image
+    - name: reasoning
+      when: { reasoning: true }
+      lane: deep
+    - name: tools
+      when: { tools: true }
+      lane: daily
+    - name: code
+      when: { code: true }
+      lane: daily
+    - name: long-output
+      when: { min_max_tokens: 4096 }
+      lane: daily
+    - name: long-conversation
+      when: { min_messages: 16 }
+      lane: daily
+    - name: large-input
+      when: { min_input_tokens: 8000 }
+      lane: daily
+    - name: default
+      lane: express
+"##;
+
+fn keyword_text() -> String {
+    let at = SHIPPED
+        .find("\nauto:\n")
+        .expect("lanes.yaml has an auto section")
+        + 1;
+    format!("{}{KEYWORD_AUTO}", &SHIPPED[..at])
+}
+
+fn keyword_table() -> RouteTable {
+    compile(&keyword_text()).unwrap()
+}
+
 fn compile(text: &str) -> Result<RouteTable, crate::config::ConfigError> {
     let file: LanesFile = crate::config::parse_yaml(Path::new("lanes.yaml"), text)?;
     RouteTable::compile(Path::new("lanes.yaml"), file, &|p| PROVIDERS.contains(&p))
@@ -70,7 +113,7 @@ fn shipped_table_has_four_lanes_and_37_pinned_models() {
 
 #[test]
 fn flux_auto_rules_pick_lanes_in_order() {
-    let t = shipped();
+    let t = keyword_table();
     let plain = Features {
         input_tokens: 10,
         messages: 1,
@@ -125,7 +168,7 @@ fn flux_auto_rules_pick_lanes_in_order() {
 
 #[test]
 fn flux_auto_skips_lanes_the_plan_does_not_allow() {
-    let t = shipped();
+    let t = keyword_table();
     let mut f = Features {
         input_tokens: 10,
         messages: 1,
@@ -254,42 +297,44 @@ fn plan_without_the_lane_gets_402_plan_model_not_included() {
 
 #[test]
 fn invalid_tables_are_rejected_naming_the_field() {
+    let base = keyword_text();
+    let base = base.as_str();
     let cases = [
         (
-            SHIPPED.replace(
+            base.replace(
                 "default: flux-pinned-gpt-5\n",
                 "default: flux-pinned-nope\n",
             ),
             "lanes.deep.default",
         ),
         (
-            SHIPPED.replace(
+            base.replace(
                 "provider: deepseek, lane: daily",
                 "provider: acme, lane: daily",
             ),
             "models.flux-pinned-deepseek-chat.provider",
         ),
         (
-            SHIPPED.replace("alias: flux-image", "alias: flux-fast"),
+            base.replace("alias: flux-image", "alias: flux-fast"),
             "lanes.image.alias",
         ),
         (
-            SHIPPED.replace("    - name: default\n      lane: express\n", ""),
+            base.replace("    - name: default\n      lane: express\n", ""),
             "auto.rules",
         ),
         (
-            SHIPPED.replace(
+            base.replace(
                 "lane: deep\n    - name: tools",
                 "lane: nowhere\n    - name: tools",
             ),
             "auto.rules[1].lane",
         ),
         (
-            SHIPPED.replace("{ input_per_mtok: 1.00", "{ input_per_mtok: 0.0000001"),
+            base.replace("{ input_per_mtok: 1.00", "{ input_per_mtok: 0.0000001"),
             "lanes.express.price.input_per_mtok",
         ),
         (
-            SHIPPED.replace(
+            base.replace(
                 "context_window: 131072, max_output_tokens: 131072",
                 "context_window: 0, max_output_tokens: 1",
             ),
@@ -297,17 +342,17 @@ fn invalid_tables_are_rejected_naming_the_field() {
         ),
     ];
     for (text, field) in cases {
-        assert_ne!(text, SHIPPED, "the edit for {field} must apply");
+        assert_ne!(text, base, "the edit for {field} must apply");
         let e = compile(&text).unwrap_err();
         assert_eq!(e.field, field, "{e}");
     }
-    let e = compile(&format!("{SHIPPED}\nsurprise: 1\n")).unwrap_err();
+    let e = compile(&format!("{base}\nsurprise: 1\n")).unwrap_err();
     assert!(e.reason.contains("surprise"), "{e}");
 }
 
 #[test]
 fn cues_are_found_in_one_pass_and_only_in_the_head_and_tail_of_huge_turns() {
-    let t = shipped();
+    let t = keyword_table();
     let mut f = Features::default();
     t.detect_cues("Please PROVE it:\n```py\nx\n```", &mut f);
     assert!(f.reasoning && f.code);
@@ -422,4 +467,41 @@ fn input_too_long_for_every_model_is_413_with_the_numbers() {
         )
         .unwrap_err();
     assert_eq!((e.status(), e.code()), (502, "no_eligible_target"));
+}
+
+#[test]
+fn the_shipped_table_routes_with_its_classifier_and_bad_classifier_rules_are_refused() {
+    let t = shipped();
+    let learned = t.classifier().expect("lanes.yaml names the classifier");
+    let names: Vec<&str> = learned
+        .lanes
+        .iter()
+        .map(|&l| t.lane(l).name.as_str())
+        .collect();
+    assert_eq!(names, ["express", "daily", "deep"]);
+    let cases = [
+        (
+            SHIPPED.replace(
+                "  classifier:\n    weights: flux-auto.classifier.json\n",
+                "",
+            ),
+            "auto.rules[1].classifier",
+        ),
+        (
+            SHIPPED.replace(
+                "weights: flux-auto.classifier.json",
+                "weights: missing.json",
+            ),
+            "auto.classifier.weights",
+        ),
+        (
+            SHIPPED.replace("      classifier: true", "      when: {}"),
+            "auto.rules[1]",
+        ),
+    ];
+    for (text, field) in cases {
+        assert_ne!(text, SHIPPED, "the edit for {field} must apply");
+        let e = compile(&text).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
 }

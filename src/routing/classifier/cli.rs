@@ -69,9 +69,9 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
     let _ = writeln!(
         out,
         "lane: {lane}\nrule: {rule}{}\nread as: {} ({} messages, {} tools)\ndecided in: {} us",
-        route
-            .probability
-            .map_or(String::new(), |p| format!(" (classifier, p={p:.3})")),
+        route.probability.map_or(String::new(), |p| format!(
+            ", the classifier's lane at p={p:.3}"
+        )),
         format.label(),
         request.messages.len(),
         request.tools.len(),
@@ -108,15 +108,15 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
         .into_iter()
         .filter_map(|name| {
             let (tag, text) = name.split_once(':')?;
-            let h = super::features::hash(tag, text);
-            let index = ((h ^ (h >> 32)) as u32) & (model.buckets - 1);
+            let index = super::features::index_of(tag, text, model.buckets);
+            let k = hashed.indices.binary_search(&index).ok()?;
             if !seen.insert(index) {
                 return None;
             }
-            let toward = model.contribution(&hashed, index, top);
+            let toward = model.contribution(&hashed, k, top);
             let others = (0..n)
                 .filter(|&l| l != top)
-                .map(|l| model.contribution(&hashed, index, l))
+                .map(|l| model.contribution(&hashed, k, l))
                 .sum::<f32>()
                 / (n - 1).max(1) as f32;
             Some((toward - others, name))

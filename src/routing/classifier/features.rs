@@ -10,8 +10,16 @@ use crate::wire::ir::{Block, Message, Request, Role};
 /// Bytes of the last user turn read from its start, and from its end.
 pub const HEAD_BYTES: usize = 1536;
 pub const TAIL_BYTES: usize = 2560;
+/// A last user turn longer than this (in characters) holds a paste.
+pub const PASTE_CHARS: usize = 2000;
+/// The windows read from a turn with a paste.
+pub const PASTE_HEAD_BYTES: usize = 64;
+pub const PASTE_TAIL_BYTES: usize = 192;
 /// Bytes of a pending tool result read (from its start, and as many from its end).
 pub const TOOL_RESULT_BYTES: usize = 768;
+/// Bytes of the (normalized) last user turn read again as "the ask": its start and end.
+pub const ASK_HEAD: usize = 160;
+pub const ASK_TAIL: usize = 320;
 /// Longest word kept whole (longer runs, a base64 blob or a CJK sentence, are cut).
 const MAX_WORD_CHARS: usize = 32;
 
@@ -32,29 +40,79 @@ pub fn hash(tag: &str, text: &str) -> u64 {
     h
 }
 
-/// Feature indices in `0..buckets` (a power of two), sorted and deduplicated.
+/// The request as the model reads it: feature indices in `0..buckets` (a power of two),
+/// sorted, with a value each. Features come in groups (the turn's text, the ask, a tool
+/// result, structure); each group is scaled to unit length and counts the same, so a 50 KB
+/// paste does not drown the ten words of the question.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Hashed {
     pub buckets: u32,
     pub indices: Vec<u32>,
+    pub values: Vec<f32>,
 }
 
-impl Sink for Hashed {
+/// Groups by tag: 0 text, 1 ask, 2 tool result, 3 structure.
+fn group(tag: &str) -> usize {
+    match tag.as_bytes().first() {
+        Some(b'q') => 1,
+        Some(b'r') => 2,
+        Some(b's') => 3,
+        _ => 0,
+    }
+}
+
+/// Collects hashed features with their group, then sets the values.
+struct Collect {
+    buckets: u32,
+    entries: Vec<(u32, u8)>,
+}
+
+impl Sink for Collect {
     fn feature(&mut self, tag: &str, text: &str) {
         let h = hash(tag, text);
-        self.indices
-            .push(((h ^ (h >> 32)) as u32) & (self.buckets - 1));
+        let index = ((h ^ (h >> 32)) as u32) & (self.buckets - 1);
+        self.entries.push((index, group(tag) as u8));
     }
+}
+
+/// Where feature `tag`/`text` lands in a hash space of `buckets`.
+pub fn index_of(tag: &str, text: &str, buckets: u32) -> u32 {
+    let h = hash(tag, text);
+    ((h ^ (h >> 32)) as u32) & (buckets - 1)
 }
 
 impl Hashed {
     pub fn of(req: &Request<'_>, buckets: u32) -> Self {
+        let mut c = Collect {
+            buckets,
+            entries: Vec::with_capacity(4096),
+        };
+        extract(req, &mut c);
+        c.entries.sort_unstable();
+        c.entries.dedup();
+        let mut per_group = [0usize; 4];
+        for &(_, g) in &c.entries {
+            per_group[g as usize] += 1;
+        }
+        let groups = per_group.iter().filter(|&&n| n > 0).count().max(1) as f32;
+        let scale = per_group.map(|n| 1.0 / ((n.max(1) as f32).sqrt() * groups.sqrt()));
         let mut out = Hashed {
             buckets,
-            indices: Vec::with_capacity(4096),
+            indices: Vec::with_capacity(c.entries.len()),
+            values: Vec::with_capacity(c.entries.len()),
         };
-        extract(req, &mut out);
-        out.indices.sort_unstable();
-        out.indices.dedup();
+        for (index, g) in c.entries {
+            let v = scale[g as usize];
+            // The same bucket from two groups: one feature with both values.
+            if out.indices.last() == Some(&index) {
+                if let Some(last) = out.values.last_mut() {
+                    *last += v;
+                }
+                continue;
+            }
+            out.indices.push(index);
+            out.values.push(v);
+        }
         out
     }
 }
@@ -85,17 +143,48 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
         .rev()
         .find(|m| m.role == Role::User && texts(&m.content).next().is_some());
     let mut norm = String::with_capacity(HEAD_BYTES + TAIL_BYTES + 64);
-    let mut user_chars = 0usize;
+    let user_chars: usize = last_user.map_or(0, |m| {
+        texts(&m.content)
+            .map(|t| t.chars().count().min(1 << 20))
+            .sum()
+    });
+    // A paste (a document, a log, a file) says little of the work asked about it (rule 6):
+    // its text is read from a narrower window than a turn the user wrote.
+    let paste = user_chars > PASTE_CHARS;
+    let (head, tail) = if paste {
+        (PASTE_HEAD_BYTES, PASTE_TAIL_BYTES)
+    } else {
+        (HEAD_BYTES, TAIL_BYTES)
+    };
     if let Some(m) = last_user {
         for (i, t) in texts(&m.content).enumerate() {
             if i > 0 {
                 norm.push(' ');
             }
-            user_chars += t.chars().count().min(1 << 20);
-            window(t, HEAD_BYTES, TAIL_BYTES, &mut norm);
+            window(t, head, tail, &mut norm);
         }
     }
     text_features(&norm, "", sink);
+    // The ask itself, apart: the words that open and close the turn, where the question
+    // sits around a paste. Seen on their own they are not drowned by the pasted text.
+    let mut ask = String::with_capacity(ASK_HEAD + ASK_TAIL + 8);
+    let parts: Vec<&str> = last_user
+        .map(|m| texts(&m.content).collect())
+        .unwrap_or_default();
+    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
+        let (opening, closing) = (first_line(first), last_line(last));
+        if std::ptr::eq(opening, closing) || user_chars <= ASK_HEAD + ASK_TAIL {
+            window(opening, ASK_HEAD + ASK_TAIL, 0, &mut ask);
+        } else {
+            window(opening, ASK_HEAD, 0, &mut ask);
+            ask.push_str(" | ");
+            window(closing, 0, ASK_TAIL, &mut ask);
+        }
+    }
+    words(&ask, "qw", "qb", sink);
+    if paste {
+        sink.feature("s", "paste");
+    }
     let shape = Shape::of(&norm);
 
     if pending_tool {
@@ -219,12 +308,27 @@ fn normalize(text: &str, out: &mut String) {
     }
 }
 
+/// The first non-blank line of a text (the whole text when it has one line).
+fn first_line(t: &str) -> &str {
+    t.lines().find(|l| !l.trim().is_empty()).unwrap_or(t)
+}
+
+/// The last non-blank line of a text: after a paste, usually the question.
+fn last_line(t: &str) -> &str {
+    t.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(t)
+}
+
 /// Word unigrams and bigrams, and character 2- to 4-grams, of normalized text.
 fn text_features(norm: &str, prefix: &str, sink: &mut impl Sink) {
     let (w, b, c) = match prefix {
         "" => ("w", "b", "c"),
         _ => ("rw", "rb", "rc"),
     };
+    words(norm, w, b, sink);
+    chars(norm, c, sink);
+}
+
+fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
     let mut prev: Option<&str> = None;
     let mut pair = String::with_capacity(2 * MAX_WORD_CHARS * 4 + 1);
     for word in norm
@@ -245,6 +349,9 @@ fn text_features(norm: &str, prefix: &str, sink: &mut impl Sink) {
         }
         prev = Some(word);
     }
+}
+
+fn chars(norm: &str, c: &str, sink: &mut impl Sink) {
     // Character n-grams carry languages without spaces and morphology across languages.
     let bounds: Vec<usize> = norm
         .char_indices()
@@ -376,6 +483,10 @@ mod tests {
         let hashed = Hashed::of(&req, 1 << 16);
         assert!(hashed.indices.windows(2).all(|w| w[0] < w[1]));
         assert!(hashed.indices.iter().all(|&i| i < 1 << 16));
+        assert_eq!(hashed.values.len(), hashed.indices.len());
+        // Each group has unit length and the groups weigh the same: the whole has length 1.
+        let norm: f32 = hashed.values.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 0.02, "{norm}");
     }
 
     #[test]

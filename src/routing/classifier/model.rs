@@ -37,6 +37,8 @@ struct File {
     buckets: u32,
     /// A pricier lane within this much probability of the best one wins.
     margin: f32,
+    /// A lane at least this likely keeps the choice within one price step below it.
+    guard: f32,
     bias: Vec<f32>,
     /// Weight = stored integer × scale.
     scale: f32,
@@ -50,6 +52,7 @@ pub struct Classifier {
     pub lanes: Vec<String>,
     pub buckets: u32,
     pub margin: f32,
+    pub guard: f32,
     bias: Vec<f32>,
     scale: f32,
     /// `[feature][lane]`.
@@ -75,7 +78,7 @@ impl Classifier {
     pub fn from_floats(
         lanes: Vec<String>,
         buckets: u32,
-        margin: f32,
+        (margin, guard): (f32, f32),
         bias: Vec<f32>,
         weights: &[f32],
         trained: Provenance,
@@ -94,6 +97,7 @@ impl Classifier {
             lanes,
             buckets,
             margin,
+            guard,
             bias,
             scale,
             weights,
@@ -119,8 +123,12 @@ impl Classifier {
         if f.bias.len() != n || f.bias.iter().any(|b| !b.is_finite()) {
             return Err("bias: one finite number per lane".into());
         }
-        if !(0.0..=0.5).contains(&f.margin) || !f.scale.is_finite() || f.scale <= 0.0 {
-            return Err("margin must be within 0..0.5 and scale positive".into());
+        if !(0.0..=0.5).contains(&f.margin)
+            || !(0.0..=1.0).contains(&f.guard)
+            || !f.scale.is_finite()
+            || f.scale <= 0.0
+        {
+            return Err("margin must be within 0..0.5, guard within 0..1, scale positive".into());
         }
         let gz = base64::engine::general_purpose::STANDARD
             .decode(f.weights.as_bytes())
@@ -146,6 +154,7 @@ impl Classifier {
             lanes: f.lanes,
             buckets: f.buckets,
             margin: f.margin,
+            guard: f.guard,
             bias: f.bias,
             scale: f.scale,
             weights,
@@ -170,6 +179,7 @@ impl Classifier {
             lanes: self.lanes.clone(),
             buckets: self.buckets,
             margin: self.margin,
+            guard: self.guard,
             bias: self.bias.clone(),
             scale: self.scale,
             weights: base64::engine::general_purpose::STANDARD.encode(gz),
@@ -183,31 +193,26 @@ impl Classifier {
     /// Each lane's probability for a request's features.
     pub fn scores(&self, h: &Hashed) -> Scores {
         let n = self.lanes.len();
-        let mut sums = [0i64; MAX_LANES];
-        for &i in &h.indices {
+        let mut sums = [0f32; MAX_LANES];
+        for (&i, &v) in h.indices.iter().zip(&h.values) {
             let i = (i & (self.buckets - 1)) as usize * n;
             for (s, w) in sums.iter_mut().zip(&self.weights[i..i + n]) {
-                *s += i64::from(*w);
+                *s += f32::from(*w) * v;
             }
         }
-        let norm = if h.indices.is_empty() {
-            0.0
-        } else {
-            self.scale / (h.indices.len() as f32).sqrt()
-        };
         let mut p = [0f32; MAX_LANES];
         for l in 0..n {
-            p[l] = self.bias[l] + sums[l] as f32 * norm;
+            p[l] = self.bias[l] + sums[l] * self.scale;
         }
         softmax(&mut p[..n]);
         Scores { len: n, p }
     }
 
-    /// How much each feature pushed `lane` (for `--explain`): weight × the request's scale.
-    pub fn contribution(&self, h: &Hashed, index: u32, lane: usize) -> f32 {
+    /// How much feature `k` of the request pushed `lane` (for `--explain`).
+    pub fn contribution(&self, h: &Hashed, k: usize, lane: usize) -> f32 {
         let n = self.lanes.len();
-        let i = (index & (self.buckets - 1)) as usize * n + lane;
-        f32::from(self.weights[i]) * self.scale / (h.indices.len().max(1) as f32).sqrt()
+        let i = (h.indices[k] & (self.buckets - 1)) as usize * n + lane;
+        f32::from(self.weights[i]) * self.scale * h.values[k]
     }
 }
 
@@ -223,25 +228,47 @@ pub fn softmax(z: &mut [f32]) {
     }
 }
 
-/// The lane to use among the classifier's: the likeliest, unless a pricier lane is within
-/// `margin` of it (an under-routed request costs the user more than a cent); then, if the
-/// key may not use it, the nearest lane it may use, cheaper first (a deep request for a key
-/// without the deep lane goes to daily, not express). Returns the lane's index and its
-/// probability.
+/// How the classifier's probabilities become a lane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// A pricier lane within this much probability of the likeliest wins (an under-routed
+    /// request costs the user more than a cent).
+    pub margin: f32,
+    /// A lane at least this likely keeps the choice at most one price step below it: a
+    /// request that may well be `deep` goes to `daily`, never to `express`.
+    pub guard: f32,
+}
+
+/// The lane to use among the classifier's (see [`Policy`]); then, if the key may not use
+/// it, the nearest lane it may use, cheaper first (a deep request for a key without the deep
+/// lane goes to daily, not express). Returns the lane's index and its probability.
 pub fn choose(
     p: &[f32],
     price: impl Fn(usize) -> f64,
     allowed: impl Fn(usize) -> bool,
-    margin: f32,
+    policy: Policy,
 ) -> Option<(usize, f32)> {
     let best = (0..p.len()).max_by(|&a, &b| {
         p[a].total_cmp(&p[b])
             .then_with(|| price(a).total_cmp(&price(b)))
     })?;
-    let target = (0..p.len())
-        .filter(|&l| price(l) > price(best) && p[l] >= p[best] - margin)
+    let mut target = (0..p.len())
+        .filter(|&l| price(l) > price(best) && p[l] >= p[best] - policy.margin)
         .max_by(|&a, &b| price(a).total_cmp(&price(b)))
         .unwrap_or(best);
+    // The guard: for a likely lane far above the choice, lift the choice to the lane just
+    // below it.
+    for l in 0..p.len() {
+        if p[l] < policy.guard || price(l) <= price(target) {
+            continue;
+        }
+        let below = (0..p.len())
+            .filter(|&m| price(m) < price(l))
+            .max_by(|&a, &b| price(a).total_cmp(&price(b)));
+        if let Some(below) = below.filter(|&m| price(m) > price(target)) {
+            target = below;
+        }
+    }
     if allowed(target) {
         return Some((target, p[target]));
     }
@@ -261,6 +288,15 @@ pub fn choose(
     cheaper.or_else(pricier).map(|l| (l, p[l]))
 }
 
+impl Classifier {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            margin: self.margin,
+            guard: self.guard,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,7 +314,7 @@ mod tests {
         let c = Classifier::from_floats(
             lanes(),
             buckets as u32,
-            0.1,
+            (0.1, 0.3),
             vec![0.1, 0.0, -0.1],
             &weights,
             Provenance::default(),
@@ -290,6 +326,7 @@ mod tests {
         let h = Hashed {
             buckets: buckets as u32,
             indices: vec![1, 5, 77, 900],
+            values: vec![0.5; 4],
         };
         let s = back.scores(&h);
         assert!((s.as_slice().iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -311,7 +348,7 @@ mod tests {
         let good = Classifier::from_floats(
             lanes(),
             256,
-            0.1,
+            (0.1, 1.0),
             vec![0.0; 3],
             &vec![0.5; 256 * 3],
             Provenance::default(),
@@ -324,6 +361,7 @@ mod tests {
             ("buckets", serde_json::json!(512), "bytes where"),
             ("bias", serde_json::json!([0.0]), "bias"),
             ("margin", serde_json::json!(0.9), "margin"),
+            ("guard", serde_json::json!(1.5), "guard"),
             ("weights", serde_json::json!("!!"), "weights"),
         ] {
             let keep = v[field].clone();
@@ -339,24 +377,70 @@ mod tests {
     fn close_calls_go_to_the_pricier_lane_and_plans_bound_the_choice() {
         let price = |l: usize| [1.0, 2.0, 4.0][l];
         let all = |_| true;
+        let at = |margin| Policy { margin, guard: 1.0 };
         // Clear winner.
-        assert_eq!(choose(&[0.8, 0.15, 0.05], price, all, 0.1), Some((0, 0.8)));
+        assert_eq!(
+            choose(&[0.8, 0.15, 0.05], price, all, at(0.1)),
+            Some((0, 0.8))
+        );
         // daily within the margin of express: daily.
-        assert_eq!(choose(&[0.48, 0.42, 0.10], price, all, 0.1).unwrap().0, 1);
+        assert_eq!(
+            choose(&[0.48, 0.42, 0.10], price, all, at(0.1)).unwrap().0,
+            1
+        );
         // deep within the margin of express too: the priciest close lane.
-        assert_eq!(choose(&[0.40, 0.25, 0.35], price, all, 0.1).unwrap().0, 2);
+        assert_eq!(
+            choose(&[0.40, 0.25, 0.35], price, all, at(0.1)).unwrap().0,
+            2
+        );
         // No margin: the likeliest.
-        assert_eq!(choose(&[0.48, 0.42, 0.10], price, all, 0.0).unwrap().0, 0);
+        assert_eq!(
+            choose(&[0.48, 0.42, 0.10], price, all, at(0.0)).unwrap().0,
+            0
+        );
         // deep is likeliest but the key may not use it: daily, not express.
         let no_deep = |l: usize| l != 2;
-        assert_eq!(choose(&[0.3, 0.1, 0.6], price, no_deep, 0.1).unwrap().0, 1);
+        assert_eq!(
+            choose(&[0.3, 0.1, 0.6], price, no_deep, at(0.1)).unwrap().0,
+            1
+        );
         // Only deep allowed: deep.
         assert_eq!(
-            choose(&[0.9, 0.05, 0.05], price, |l| l == 2, 0.1)
+            choose(&[0.9, 0.05, 0.05], price, |l| l == 2, at(0.1))
                 .unwrap()
                 .0,
             2
         );
-        assert_eq!(choose(&[0.9, 0.05, 0.05], price, |_| false, 0.1), None);
+        assert_eq!(choose(&[0.9, 0.05, 0.05], price, |_| false, at(0.1)), None);
+    }
+
+    #[test]
+    fn the_guard_keeps_a_likely_deep_request_off_express() {
+        let price = |l: usize| [1.0, 2.0, 4.0][l];
+        let guarded = Policy {
+            margin: 0.0,
+            guard: 0.25,
+        };
+        // express likeliest, deep at 0.3: daily (one step below deep), not express.
+        assert_eq!(
+            choose(&[0.6, 0.1, 0.3], price, |_| true, guarded)
+                .unwrap()
+                .0,
+            1
+        );
+        // deep below the guard: express stands.
+        assert_eq!(
+            choose(&[0.7, 0.1, 0.2], price, |_| true, guarded)
+                .unwrap()
+                .0,
+            0
+        );
+        // daily likely: no lift (it is one step away).
+        assert_eq!(
+            choose(&[0.6, 0.35, 0.05], price, |_| true, guarded)
+                .unwrap()
+                .0,
+            0
+        );
     }
 }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::eval::{nominal_price, Tally};
 use super::features::{hash, Hashed};
-use super::model::{choose, softmax, Classifier, Provenance};
+use super::model::{choose, softmax, Classifier, Policy, Provenance};
 use crate::wire::transcode::parse_request;
 use crate::wire::Format;
 
@@ -29,7 +29,7 @@ pub struct Example {
     pub topic: String,
     /// Image input: routed by the image rule, never by the classifier.
     pub images: bool,
-    pub features: Vec<u32>,
+    pub features: Hashed,
 }
 
 #[derive(Debug, Clone)]
@@ -50,9 +50,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             buckets: 1 << 18,
-            epochs: 24,
+            epochs: 40,
             learning_rate: 0.4,
-            l2: 1e-5,
+            l2: 1e-6,
             deep_weight: 1.6,
             folds: 5,
             held_out_percent: 15,
@@ -105,7 +105,7 @@ pub fn load_corpus(dir: &Path, buckets: u32) -> Result<(Vec<Example>, String), S
                 lane,
                 topic,
                 images,
-                features: Hashed::of(&req, buckets).indices,
+                features: Hashed::of(&req, buckets),
             });
         }
     }
@@ -194,9 +194,9 @@ fn fit(train: &[&Example], lanes: &[String], o: &Options) -> (Vec<f32>, Vec<f32>
             let Some(y) = lanes.iter().position(|l| *l == e.lane) else {
                 continue;
             };
-            let v = 1.0 / (e.features.len().max(1) as f32).sqrt();
+            let x = &e.features;
             z.copy_from_slice(&bias);
-            for &f in &e.features {
+            for (&f, &v) in x.indices.iter().zip(&x.values) {
                 let f = f as usize * n;
                 for (zl, wl) in z.iter_mut().zip(&w[f..f + n]) {
                     *zl += wl * v;
@@ -208,7 +208,7 @@ fn fit(train: &[&Example], lanes: &[String], o: &Options) -> (Vec<f32>, Vec<f32>
                 let err = (z[l] - if l == y { 1.0 } else { 0.0 }) * cw;
                 bias_g2[l] += err * err;
                 bias[l] -= o.learning_rate * err / (bias_g2[l].sqrt() + 1e-6);
-                for &f in &e.features {
+                for (&f, &v) in x.indices.iter().zip(&x.values) {
                     let i = f as usize * n + l;
                     let grad = err * v + o.l2 * w[i];
                     g2[i] += grad * grad;
@@ -223,30 +223,27 @@ fn fit(train: &[&Example], lanes: &[String], o: &Options) -> (Vec<f32>, Vec<f32>
 fn train_classifier(
     train: &[&Example],
     lanes: &[String],
-    margin: f32,
+    policy: Policy,
     o: &Options,
     trained: Provenance,
 ) -> Classifier {
     let learnable: Vec<&Example> = train.iter().copied().filter(|e| !e.images).collect();
     let (w, bias) = fit(&learnable, lanes, o);
-    Classifier::from_floats(lanes.to_vec(), o.buckets, margin, bias, &w, trained)
+    let p = (policy.margin, policy.guard);
+    Classifier::from_floats(lanes.to_vec(), o.buckets, p, bias, &w, trained)
 }
 
 /// The lane flux-auto's default rules give: the image rule, then the classifier.
-pub fn decide(c: &Classifier, e: &Example, margin: f32) -> String {
+pub fn decide(c: &Classifier, e: &Example, policy: Policy) -> String {
     if e.images {
         return "image".into();
     }
-    let h = Hashed {
-        buckets: c.buckets,
-        indices: e.features.clone(),
-    };
-    let s = c.scores(&h);
+    let s = c.scores(&e.features);
     let (l, _) = choose(
         s.as_slice(),
         |l| nominal_price(&c.lanes[l]),
         |_| true,
-        margin,
+        policy,
     )
     .expect("every lane allowed");
     c.lanes[l].clone()
@@ -264,11 +261,12 @@ pub struct Outcome {
     pub report: String,
 }
 
-/// Margins tried, smallest first: the first with no under-routing in cross-validation wins.
-const MARGINS: [f32; 8] = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4];
+/// Policies tried: margins, and guards from off (1.0) down.
+const MARGINS: [f32; 5] = [0.0, 0.05, 0.1, 0.15, 0.2];
+const GUARDS: [f32; 8] = [1.0, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1];
 
-/// Cross-validate, pick the margin, score the held-out split, and train the final weights on
-/// everything.
+/// Cross-validate, pick the policy, score the held-out split, and train the final weights
+/// on everything.
 pub fn train(examples: &[Example], corpus_sha256: &str, o: &Options) -> Outcome {
     let lanes = learned_lanes(examples);
     let mut report = String::new();
@@ -277,11 +275,16 @@ pub fn train(examples: &[Example], corpus_sha256: &str, o: &Options) -> Outcome 
     let (held_out, rest): (Vec<&Example>, Vec<&Example>) = examples.iter().partition(|e| held(e));
     let _ = writeln!(
         report,
-        "corpus: {} requests, {} topics, sha256 {corpus_sha256}\nlanes learned: {}; image by rule\nheld out by topic: {} requests; cross-validated ({} folds by topic) on the other {}",
+        "corpus: {} requests, {} topics, sha256 {corpus_sha256}\nlanes learned: {}; image by rule\nheld out by topic: {} requests in {} topics; cross-validated ({} folds by topic) on the other {}",
         examples.len(),
         topics.len(),
         lanes.join(", "),
         held_out.len(),
+        held_out
+            .iter()
+            .map(|e| e.topic.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
         o.folds,
         rest.len(),
     );
@@ -290,8 +293,15 @@ pub fn train(examples: &[Example], corpus_sha256: &str, o: &Options) -> Outcome 
     }
     report.push('\n');
 
-    // Out-of-fold decisions at every margin.
-    let mut cv: Vec<Tally> = vec![Tally::default(); MARGINS.len()];
+    let policies: Vec<Policy> = MARGINS
+        .iter()
+        .flat_map(|&margin| GUARDS.iter().map(move |&guard| Policy { margin, guard }))
+        .collect();
+    // Out-of-fold decisions under every policy.
+    let mut cv: Vec<Tally> = vec![Tally::default(); policies.len()];
+    let mut cv_under: Vec<Vec<String>> = vec![Vec::new(); policies.len()];
+    // Per topic at the first policy: (right, total), to show where the corpus is thin.
+    let mut by_topic: std::collections::BTreeMap<&str, (u32, u32)> = Default::default();
     for fold in 0..o.folds {
         let in_fold = |e: &Example| (topic_slot(&e.topic) / 100) % o.folds == fold;
         let train_set: Vec<&Example> = rest.iter().copied().filter(|e| !in_fold(e)).collect();
@@ -299,24 +309,49 @@ pub fn train(examples: &[Example], corpus_sha256: &str, o: &Options) -> Outcome 
         if test_set.is_empty() {
             continue;
         }
-        let c = train_classifier(&train_set, &lanes, 0.0, o, Provenance::default());
+        let c = train_classifier(&train_set, &lanes, policies[0], o, Provenance::default());
         for e in test_set {
-            for (m, t) in MARGINS.iter().zip(&mut cv) {
-                t.add(&e.lane, &decide(&c, e, *m));
+            for (i, p) in policies.iter().enumerate() {
+                let chosen = decide(&c, e, *p);
+                if i == 0 {
+                    let t = by_topic.entry(e.topic.as_str()).or_default();
+                    t.0 += u32::from(chosen == e.lane);
+                    t.1 += 1;
+                }
+                if super::eval::under_routes(&e.lane, &chosen) {
+                    cv_under[i].push(e.id.clone());
+                }
+                cv[i].add(&e.lane, &chosen);
             }
         }
     }
-    let pick = MARGINS
-        .iter()
-        .zip(&cv)
-        .position(|(_, t)| t.under_routed() == 0)
-        .unwrap_or(MARGINS.len() - 1);
-    let margin = MARGINS[pick];
-    let _ = writeln!(report, "\ncross-validation, margin by margin:");
-    for (m, t) in MARGINS.iter().zip(&cv) {
+    // The fewest under-routed, then the most accurate, then the cheapest.
+    let pick = (0..policies.len())
+        .min_by(|&a, &b| {
+            cv[a]
+                .under_routed()
+                .cmp(&cv[b].under_routed())
+                .then(cv[b].correct().cmp(&cv[a].correct()))
+                .then(cv[a].cost_index().total_cmp(&cv[b].cost_index()))
+        })
+        .unwrap_or(0);
+    let policy = policies[pick];
+    let mut worst: Vec<(&str, (u32, u32))> = by_topic.into_iter().collect();
+    worst.sort_by(|a, b| (a.1 .0 * b.1 .1).cmp(&(b.1 .0 * a.1 .1)).then(a.0.cmp(b.0)));
+    let _ = writeln!(
+        report,
+        "\nweakest topics in cross-validation (right/total, no policy):"
+    );
+    for (topic, (right, total)) in worst.iter().take(12) {
+        let _ = writeln!(report, "  {topic}: {right}/{total}");
+    }
+    let _ = writeln!(report, "\ncross-validation by policy (margin, guard):");
+    for (p, t) in policies.iter().zip(&cv) {
         let _ = writeln!(
             report,
-            "  margin {m:.2}: accuracy {:.1}%  under-routed {}  cost index {:.3}",
+            "  {:.2} {:.2}: accuracy {:.1}%  under-routed {}  cost index {:.3}",
+            p.margin,
+            p.guard,
             100.0 * t.accuracy(),
             t.under_routed(),
             t.cost_index()
@@ -324,21 +359,28 @@ pub fn train(examples: &[Example], corpus_sha256: &str, o: &Options) -> Outcome 
     }
     let _ = writeln!(
         report,
-        "margin chosen: {margin:.2} (the smallest with no under-routing in cross-validation)\n\ncross-validated at that margin:\n{}",
-        cv[pick].report()
+        "policy chosen: margin {:.2}, guard {:.2} (fewest under-routed, then most accurate)\n\ncross-validated under it:\n{}under-routed: {}\n",
+        policy.margin,
+        policy.guard,
+        cv[pick].report(),
+        cv_under[pick].join(" ")
     );
 
-    let split = train_classifier(&rest, &lanes, margin, o, Provenance::default());
+    let split = train_classifier(&rest, &lanes, policy, o, Provenance::default());
     let mut held_tally = Tally::default();
     for e in &held_out {
-        held_tally.add(&e.lane, &decide(&split, e, margin));
+        let chosen = decide(&split, e, policy);
+        if super::eval::under_routes(&e.lane, &chosen) {
+            let _ = writeln!(report, "held-out under-routed: {} -> {chosen}", e.id);
+        }
+        held_tally.add(&e.lane, &chosen);
     }
     let _ = writeln!(report, "held-out split:\n{}", held_tally.report());
 
     let classifier = train_classifier(
         &examples.iter().collect::<Vec<_>>(),
         &lanes,
-        margin,
+        policy,
         o,
         Provenance {
             examples: examples.len(),
@@ -384,7 +426,7 @@ mod tests {
             lane: lane.into(),
             topic: topic.into(),
             images: false,
-            features: Hashed::of(&req, 1 << 12).indices,
+            features: Hashed::of(&req, 1 << 12),
         }
     }
 
@@ -452,7 +494,7 @@ mod tests {
         // On its own training data the model is right.
         let wrong: Vec<_> = examples
             .iter()
-            .filter(|e| decide(&a.classifier, e, 0.0) != e.lane)
+            .filter(|e| decide(&a.classifier, e, a.classifier.policy()) != e.lane)
             .map(|e| &e.id)
             .collect();
         assert!(wrong.is_empty(), "{wrong:?}");
