@@ -179,7 +179,7 @@ def table(path):
     print("| load | target | req/s | p50 | p99 | × pingora | CPU/req | peak RSS | errors |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     last_group = None
-    flagged = 0
+    flagged = few = 0
     for rec in parsed:
         group = (rec["stream"], rec["kb"], rec["conns"])
         label = ""
@@ -195,7 +195,8 @@ def table(path):
         ratio = ""
         b = base.get(group)
         if rps is not None and b:
-            ratio = f"{rps / b:.2f}"
+            r = rps / b
+            ratio = f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
         cpu = ""
         if rec["ticks"] is not None and rec["requests"]:
             cpu = f"{rec['ticks'] / hz / rec['requests'] * 1e6:,.0f} µs"
@@ -212,12 +213,25 @@ def table(path):
                              (f" ({rec['timeouts']} timeouts)" if rec["timeouts"] else ""))
             err = "**" + ", ".join(parts) + "**"
         rps_s = f"{rps:,.0f}" if rps is not None else "no result"
+        p50, p99 = fmt_ms(rec["p50"]), fmt_ms(rec["p99"])
+        if not rec["requests"]:
+            flagged += 1
+            p50 = p99 = ratio = ""
+            err = "**none completed**" if not errs else err
+        elif rec["requests"] < 2 * int(rec["conns"]):
+            # One wave of requests per connection at most: the count is quantized, not a rate.
+            few += 1
+            rps_s += " †"
         if errs:
             rps_s += " ⚠"
-        print(f"| {label} | {rec['target']} | {rps_s} | {fmt_ms(rec['p50'])} | "
-              f"{fmt_ms(rec['p99'])} | {ratio} | {cpu} | {peak} | {err} |")
+        print(f"| {label} | {rec['target']} | {rps_s} | {p50} | "
+              f"{p99} | {ratio} | {cpu} | {peak} | {err} |")
     if flagged:
-        print(f"\n⚠ {flagged} cell(s) had errors: their req/s counts failed requests too.")
+        print(f"\n⚠ {flagged} cell(s) had errors or no completed request: "
+              "req/s counts failed requests too.")
+    if few:
+        print("\n† fewer than two requests per connection completed in the cell: the rate is "
+              "quantized by the first wave (a longer DURATION measures it better).")
 
 
 def main():
