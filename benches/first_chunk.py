@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Median and p90 time to the first SSE `data:` event, through the gateway and direct.
 
-usage: first_chunk.py GATEWAY_URL UPSTREAM_URL KEY [N]
+usage: first_chunk.py GATEWAY_URL UPSTREAM_URL KEY [N] [GATEWAY_MODEL] [UPSTREAM_MODEL]
 Both are measured alternately on fresh connections, so they see the same machine state.
+The models default to flux-fast (gateway) and sim-model (upstream).
 """
 import http.client
 import json
@@ -35,15 +36,18 @@ def first_event_ms(url, body, headers):
 def main():
     gateway, upstream, key = sys.argv[1:4]
     n = int(sys.argv[4]) if len(sys.argv) > 4 else 200
+    gateway_model = sys.argv[5] if len(sys.argv) > 5 else "flux-fast"
+    upstream_model = sys.argv[6] if len(sys.argv) > 6 else "sim-model"
     body = lambda model: json.dumps({"model": model, "stream": True,
+                                     "stream_options": {"include_usage": True},
                                      "messages": [{"role": "user", "content": "ping"}]})
     results = {"gateway": [], "direct": []}
     for _ in range(n):
         results["gateway"].append(first_event_ms(
-            gateway, body("flux-fast"),
+            gateway, body(gateway_model),
             {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}))
         results["direct"].append(first_event_ms(
-            upstream, body("sim-model"), {"Content-Type": "application/json"}))
+            upstream, body(upstream_model), {"Content-Type": "application/json"}))
     for name, xs in results.items():
         xs.sort()
         print(f"first-chunk {name}: median {statistics.median(xs):.3f} ms, "

@@ -1,104 +1,509 @@
 #!/usr/bin/env bash
-# Side-by-side load benchmark on loopback, in one run: the gateway in front of the simulated
-# provider, a bare Pingora passthrough proxy in front of it (the floor any Pingora gateway
-# pays), and the simulated provider direct. Reports requests/s, p50/p99 (wrk), the gateway's
-# CPU time per request, RSS idle and under load, and the delay added to the first SSE chunk.
+# The load benchmark: one run, one markdown table (stdout; progress goes to stderr).
 #
-# usage: bash benches/load.sh [DURATION_SECONDS] [CONNECTIONS]
-# Needs wrk (apt-get install wrk) and python3. Builds the release binary first.
+# Everything runs on loopback on this machine, release builds: a provider that answers at
+# once, and in front of it, side by side:
+#   direct       wrk straight to the provider
+#   pingora      the bare Pingora passthrough (examples/pingora_passthrough.rs), the floor
+#   flux-pinned  FluxRouter, a pinned model
+#   flux-auto    FluxRouter, model flux-auto (the routing decision on every request)
+#   litellm      LiteLLM proxy (PyPI, one worker, no database)
+#   portkey      Portkey gateway (npm @portkey-ai/gateway, node)
+# Rows: non-streamed and streamed (stream_options.include_usage), 1 KB and 50 KB bodies,
+# 1, 32 and 128 connections. Columns: requests/s, p50, p99, ratio to pingora at the same
+# load, CPU per request (utime+stime of the target's process tree, children included),
+# peak RSS during the cell, errors (non-2xx and socket errors from wrk).
+# After the table: idle RSS, the delay FluxRouter adds to the first SSE chunk, run time.
+#
+# usage: [KNOB=value ...] bash benches/load.sh            e.g. DURATION=2 PEERS=0 bash benches/load.sh
+# Knobs:
+#   DURATION=5          seconds per cell (whole seconds)
+#   WARMUP=2            seconds of warm-up per target, per streaming mode
+#   PROVIDER=nginx      nginx: fixed OpenAI answers (apt-get install nginx when missing)
+#                       sim: `fluxrouter simulate`
+#   PEERS=1             0 skips LiteLLM and Portkey
+#   TARGETS="direct pingora flux-pinned flux-auto litellm portkey"
+#   STREAMS="0 1"       0 non-streamed, 1 streamed
+#   BODIES="1 50"       request body sizes, KiB
+#   CONNS="1 32 128"    wrk connections
+#   WRK_TIMEOUT=10      seconds after which wrk counts a request as a timeout
+#   FIRST_CHUNK_N=200   requests for the first-SSE-chunk delay (0 skips it)
+#   LITELLM_VERSION=1.108.7  PORTKEY_VERSION=1.15.2   the peers installed in .bench-peers/
+# Needs curl, python3 (with venv, for LiteLLM), node and npm (for Portkey); wrk and nginx are
+# installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${1:-10}
-conns=${2:-64}
-command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 1; }
+[ $# -eq 0 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
+PROVIDER=${PROVIDER:-nginx}
+PEERS=${PEERS:-1}
+TARGETS=${TARGETS:-direct pingora flux-pinned flux-auto litellm portkey}
+STREAMS=${STREAMS:-0 1}
+BODIES=${BODIES:-1 50}
+CONNS=${CONNS:-1 32 128}
+WRK_TIMEOUT=${WRK_TIMEOUT:-10}
+FIRST_CHUNK_N=${FIRST_CHUNK_N:-200}
+LITELLM_VERSION=${LITELLM_VERSION:-1.108.7}
+PORTKEY_VERSION=${PORTKEY_VERSION:-1.15.2}
+# Portkey's package asks for @hono/node-server ^1.3.3; from 1.14 on, a Response built from a
+# fetch() response shares its immutable headers and every streamed request fails with 500
+# ("TypeError: immutable"). Portkey's own lockfile pins 1.13.5, so the install does too.
+PORTKEY_HONO_NODE_SERVER=1.13.5
+
+for n in DURATION WARMUP WRK_TIMEOUT FIRST_CHUNK_N; do
+  [[ ${!n} =~ ^[0-9]+$ ]] || { echo "$n must be a whole number of seconds/requests" >&2; exit 2; }
+done
+[ "$DURATION" -ge 1 ] || { echo "DURATION must be at least 1" >&2; exit 2; }
+case $PROVIDER in nginx | sim) ;; *) echo "PROVIDER must be nginx or sim" >&2; exit 2 ;; esac
+if [ "$PEERS" = 0 ]; then
+  TARGETS=$(tr ' ' '\n' <<<"$TARGETS" | grep -Evx 'litellm|portkey' | tr '\n' ' ')
+fi
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+apt_install() { # packages...
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  log "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; }
+}
+command -v wrk >/dev/null || apt_install wrk || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
+nginx_bin=""
+if [ "$PROVIDER" = nginx ]; then
+  nginx_bin=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+  if [ -z "$nginx_bin" ]; then
+    apt_install nginx || { echo "could not install nginx; try PROVIDER=sim" >&2; exit 1; }
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+  fi
+fi
+
 bash scripts/bootstrap.sh
+log "building the release binaries"
 cargo build --release --locked --quiet --bin fluxrouter --example pingora_passthrough
-bin=target/release/fluxrouter
+bin=${CARGO_TARGET_DIR:-target}/release/fluxrouter
+passthrough=${CARGO_TARGET_DIR:-target}/release/examples/pingora_passthrough
+util=(python3 benches/load_util.py)
 
 work=$(mktemp -d)
-sim_port=19090
-gw_port=18080
-pt_port=18090
-cleanup() { kill "${sim_pid:-}" "${gw_pid:-}" "${pt_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+declare -A procs=()
+stop() { # name: the process group started by `start`
+  local pid=${procs[$1]:-}
+  [ -n "$pid" ] || return 0
+  # SIGINT is a fast shutdown for Pingora and nginx, and a clean exit for uvicorn and node.
+  kill -INT -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "procs[$1]"
+}
+cleanup() {
+  local name
+  for name in "${!procs[@]}"; do stop "$name"; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+start() { # name command...: in its own process group, so stop() takes its children too
+  local name=$1
+  shift
+  setsid "$@" >"$work/$name.log" 2>&1 &
+  procs[$name]=$!
+}
+wait_http() { # name url: until it answers at all (any status)
+  for _ in $(seq 1200); do
+    curl -s -o /dev/null --max-time 2 "$2" && return 0
+    kill -0 "${procs[$1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "$1 did not start; the end of its log:"
+  tail -n 20 "$work/$1.log" >&2
+  return 1
+}
 
-"$bin" simulate --listen 127.0.0.1:$sim_port 2>"$work/sim.log" &
-sim_pid=$!
-target/release/examples/pingora_passthrough 127.0.0.1:$pt_port 127.0.0.1:$sim_port 2>"$work/pt.log" &
-pt_pid=$!
-cat >"$work/fluxrouter.yaml" <<YAML
-listen: ["127.0.0.1:$gw_port"]
-server: { threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "$work/pid", upgrade_sock: "$work/upgrade.sock" }
-keys_file: keys.yaml
-lanes_file: lanes.yaml
-providers:
-  sim: { format: openai, base_url: "http://127.0.0.1:$sim_port/v1" }
-plans:
-  payg: { lanes: [express] }
-YAML
+declare -A skip=() # target -> why it has no numbers (all modes)
+
+# --- peers --------------------------------------------------------------------------------
+peers=.bench-peers
+litellm_version="" portkey_version="" hono_version=""
+if wants litellm; then
+  venv=$peers/litellm
+  installed=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null || true)
+  if [ "$installed" != "$LITELLM_VERSION" ]; then
+    log "installing LiteLLM $LITELLM_VERSION into $venv (a few minutes the first time)"
+    mkdir -p "$peers"
+    if ! { python3 -m venv "$venv" &&
+      "$venv/bin/pip" install -q --disable-pip-version-check --retries 1 --timeout 30 \
+        "litellm[proxy]==$LITELLM_VERSION"; } >"$work/litellm-install.log" 2>&1; then
+      skip[litellm]="not installed: pip install litellm[proxy]==$LITELLM_VERSION failed ($(grep -v '^\s*$' "$work/litellm-install.log" | tail -n 1 | cut -c1-120))"
+    fi
+  fi
+  [ -n "${skip[litellm]:-}" ] || litellm_version=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')
+fi
+if wants portkey; then
+  pk=$peers/portkey
+  pkg_version() { node -p "require('./$pk/node_modules/$1/package.json').version" 2>/dev/null || true; }
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    skip[portkey]="not installed: node and npm are needed"
+  elif [ "$(pkg_version @portkey-ai/gateway)" != "$PORTKEY_VERSION" ] ||
+    [ "$(pkg_version @hono/node-server)" != "$PORTKEY_HONO_NODE_SERVER" ]; then
+    log "installing Portkey gateway $PORTKEY_VERSION into $pk"
+    # Into a fresh folder, swapped in on success: a failed install keeps the old one, and npm
+    # does not get to keep a nested @hono/node-server from an earlier tree.
+    rm -rf "$pk.new"
+    mkdir -p "$pk.new"
+    cat >"$pk.new/package.json" <<JSON
+{
+  "private": true,
+  "dependencies": { "@portkey-ai/gateway": "$PORTKEY_VERSION" },
+  "overrides": { "@hono/node-server": "$PORTKEY_HONO_NODE_SERVER" }
+}
+JSON
+    if npm install --prefix "$pk.new" --no-audit --no-fund --loglevel=error \
+      --fetch-retries=1 --fetch-timeout=30000 >"$work/portkey-install.log" 2>&1; then
+      rm -rf "$pk"
+      mv "$pk.new" "$pk"
+    else
+      rm -rf "$pk.new"
+      skip[portkey]="not installed: npm install @portkey-ai/gateway@$PORTKEY_VERSION failed ($(grep -m 1 -E 'npm (error|ERR!)' "$work/portkey-install.log" | cut -c1-120))"
+    fi
+  fi
+  if [ -z "${skip[portkey]:-}" ]; then
+    portkey_version=$(pkg_version @portkey-ai/gateway)
+    hono_version=$(pkg_version @hono/node-server)
+  fi
+fi
+
+# --- ports, provider ------------------------------------------------------------------------
+mapfile -t ports < <("${util[@]}" ports 9)
+json_port=${ports[0]} sse_port=${ports[1]} ll_port=${ports[2]} pk_port=${ports[3]}
+pt_ports=("${ports[4]}" "${ports[5]}") gw_ports=("${ports[6]}" "${ports[7]}")
+
+# Fixed answers in the shape of OpenAI's: a chat completion with usage, and a stream of
+# chunks ending with the usage chunk and [DONE].
+completion='{"id":"chatcmpl-bench","object":"chat.completion","created":1760000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_bench","choices":[{"index":0,"message":{"role":"assistant","content":"The review covered revenue, churn and hiring; exports are slow since March; pricing page before the conference.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":260,"completion_tokens":24,"total_tokens":284}}'
+sse_chunk() { # delta finish_reason
+  printf 'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1760000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_bench","choices":[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]}\\n\\n' "$1" "$2"
+}
+sse_body=$(sse_chunk '{"role":"assistant","content":"","refusal":null}' null)
+for word in "The review" " covered revenue," " churn and hiring;" " exports are slow" " since March;" " pricing page" " before the conference."; do
+  sse_body+=$(sse_chunk "{\"content\":\"$word\"}" null)
+done
+sse_body+=$(sse_chunk '{}' '"stop"')
+sse_body+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1760000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_bench","choices":[],"usage":{"prompt_tokens":260,"completion_tokens":24,"total_tokens":284}}\n\ndata: [DONE]\n\n'
+
+provider_version=""
+if [ "$PROVIDER" = nginx ]; then
+  mkdir -p "$work/nginx"
+  # One worker: the provider should not take the gateways' cores. POST answered with 200
+  # by `return`, which reads and discards the request body.
+  cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 10000000;
+  client_max_body_size 10m;
+  server {
+    listen 127.0.0.1:$json_port;
+    location / { default_type application/json; return 200 '$completion'; }
+  }
+  server {
+    listen 127.0.0.1:$sse_port;
+    location / { default_type text/event-stream; add_header Cache-Control no-cache; return 200 '$sse_body'; }
+  }
+}
+NGINX
+  start provider "$nginx_bin" -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+  provider_version="nginx $("$nginx_bin" -v 2>&1 | sed 's/.*nginx\///'), 1 worker, fixed answers"
+else
+  sse_port=$json_port
+  start provider "$bin" simulate --listen "127.0.0.1:$json_port"
+  provider_version="fluxrouter simulate"
+fi
+wait_http provider "http://127.0.0.1:$json_port/"
+[ "$PROVIDER" = sim ] || wait_http provider "http://127.0.0.1:$sse_port/"
+provider_port() { if [ "$1" = 1 ]; then echo "$sse_port"; else echo "$json_port"; fi; }
+
+# --- FluxRouter config ------------------------------------------------------------------------
+# Minimal on purpose (defaults for everything else), with the access log on, to a file, as in
+# production. flux-auto routes a 50 KB body to the daily lane (large input), 1 KB to express.
 cat >"$work/lanes.yaml" <<'YAML'
 lanes:
   express:
     alias: flux-fast
     title: Express Lane
-    price: { input_per_mtok: 1.0, output_per_mtok: 4.0 }
-    default: flux-pinned-sim
+    price: { input_per_mtok: 1.0, cached_input_per_mtok: 0.25, output_per_mtok: 4.0 }
+    default: flux-pinned-bench
+  daily:
+    alias: flux-standard
+    title: Daily Driver
+    price: { input_per_mtok: 2.0, cached_input_per_mtok: 0.5, output_per_mtok: 8.0 }
+    default: flux-pinned-bench-large
 models:
-  flux-pinned-sim: { upstream: sim-model, provider: sim, lane: express, context_window: 128000, max_output_tokens: 4096, capabilities: [tools, vision, streaming] }
+  flux-pinned-bench: { upstream: gpt-4o-mini, provider: bench, lane: express, context_window: 128000, max_output_tokens: 16384, capabilities: [tools, vision, streaming] }
+  flux-pinned-bench-large: { upstream: gpt-4o-mini, provider: bench, lane: daily, context_window: 1000000, max_output_tokens: 32768, capabilities: [tools, vision, streaming] }
 auto:
+  reasoning_cues: ["step by step", "prove", "proof", "derive", "think carefully", "root cause", "trade-off", "optimal"]
+  code_markers: ["```", "def ", "fn ", "function ", "class ", "#include", "import ", "traceback"]
   rules:
+    - { name: code, when: { code: true }, lane: daily }
+    - { name: long-output, when: { min_max_tokens: 4096 }, lane: daily }
+    - { name: large-input, when: { min_input_tokens: 8000 }, lane: daily }
     - { name: default, lane: express }
 YAML
-key=$("$bin" --config "$work/fluxrouter.yaml" keys new --plan payg --name bench 2>/dev/null)
-# The access log is on (info), as in production, and goes to a file; FLUX_BENCH_LOG=warn turns it off.
-RUST_LOG=${FLUX_BENCH_LOG:-info} "$bin" --config "$work/fluxrouter.yaml" 2>"$work/gateway.log" &
-gw_pid=$!
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$gw_port/healthz" >/dev/null && break
-  sleep 0.1
+flux_config() { # stream -> path of the config for that mode
+  local f="$work/fluxrouter-$1.yaml"
+  cat >"$f" <<YAML
+listen: ["127.0.0.1:${gw_ports[$1]}"]
+server: { threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "$work/flux-$1.pid", upgrade_sock: "$work/flux-$1.sock" }
+keys_file: keys.yaml
+lanes_file: lanes.yaml
+access_log: "$work/flux-access.log"
+providers:
+  bench: { format: openai, base_url: "http://127.0.0.1:$(provider_port "$1")/v1" }
+plans:
+  payg: { lanes: [express, daily] }
+YAML
+  echo "$f"
+}
+flux_key=""
+if wants flux-pinned || wants flux-auto; then
+  flux_key=$("$bin" --config "$(flux_config 0)" keys new --plan payg --name bench 2>"$work/keys.log") ||
+    { cat "$work/keys.log" >&2; exit 1; }
+fi
+
+# --- the long-lived peers (one process each for both modes) -------------------------------------
+ll_key="sk-bench-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+if wants litellm && [ -z "${skip[litellm]:-}" ]; then
+  cat >"$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: bench-json
+    litellm_params: { model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:$json_port/v1", api_key: sk-provider }
+  - model_name: bench-sse
+    litellm_params: { model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:$sse_port/v1", api_key: sk-provider }
+general_settings:
+  master_key: $ll_key
+YAML
+  log "starting LiteLLM (about 30 s)"
+  LITELLM_LOCAL_MODEL_COST_MAP=True start litellm "$peers/litellm/bin/litellm" --config "$work/litellm.yaml" \
+    --host 127.0.0.1 --port "$ll_port" --num_workers 1
+  wait_http litellm "http://127.0.0.1:$ll_port/health/liveliness" || skip[litellm]="did not start"
+fi
+if wants portkey && [ -z "${skip[portkey]:-}" ]; then
+  # Portkey's server listens on every interface; this preload keeps it on loopback.
+  cat >"$work/loopback.cjs" <<'JS'
+const net = require("net");
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === "number" && (args.length < 2 || args[1] === undefined || typeof args[1] === "function")) {
+    if (args[1] === undefined && args.length >= 2) args[1] = "127.0.0.1";
+    else args.splice(1, 0, "127.0.0.1");
+  }
+  return listen.apply(this, args);
+};
+JS
+  start portkey node --require "$work/loopback.cjs" "$peers/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" \
+    --port="$pk_port" --headless
+  wait_http portkey "http://127.0.0.1:$pk_port/" || skip[portkey]="did not start"
+fi
+
+# --- targets ----------------------------------------------------------------------------------
+url_of() { # target stream
+  case $1 in
+    direct) echo "http://127.0.0.1:$(provider_port "$2")/v1/chat/completions" ;;
+    pingora) echo "http://127.0.0.1:${pt_ports[$2]}/v1/chat/completions" ;;
+    flux-*) echo "http://127.0.0.1:${gw_ports[$2]}/v1/chat/completions" ;;
+    litellm) echo "http://127.0.0.1:$ll_port/v1/chat/completions" ;;
+    portkey) echo "http://127.0.0.1:$pk_port/v1/chat/completions" ;;
+  esac
+}
+model_of() { # target stream
+  case $1 in
+    flux-pinned) echo flux-pinned-bench ;;
+    flux-auto) echo flux-auto ;;
+    litellm) if [ "$2" = 1 ]; then echo bench-sse; else echo bench-json; fi ;;
+    *) echo gpt-4o-mini ;;
+  esac
+}
+key_of() {
+  case $1 in
+    flux-*) echo "$flux_key" ;;
+    litellm) echo "$ll_key" ;;
+    portkey) echo sk-provider ;;
+  esac
+}
+headers_of() { # target stream
+  if [ "$1" = portkey ]; then
+    printf 'x-portkey-provider: openai\nx-portkey-custom-host: http://127.0.0.1:%s/v1\n' "$(provider_port "$2")"
+  fi
+}
+pids_of() { # target: the process trees measured for CPU and memory
+  case $1 in
+    pingora) echo "${procs[pingora]:-}" ;;
+    flux-*) echo "${procs[flux]:-}" ;;
+    litellm) echo "${procs[litellm]:-}" ;;
+    portkey) echo "${procs[portkey]:-}" ;;
+  esac
+}
+
+check() { # target stream: one request must answer 200 (and a stream must end with [DONE])
+  local t=$1 s=$2 code key args=()
+  key=$(key_of "$t")
+  [ -z "$key" ] || args+=(-H "Authorization: Bearer $key")
+  while IFS= read -r h; do [ -z "$h" ] || args+=(-H "$h"); done < <(headers_of "$t" "$s")
+  local body
+  body="{\"model\":\"$(model_of "$t" "$s")\",\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}]"
+  [ "$s" = 0 ] || body+=',"stream":true,"stream_options":{"include_usage":true}'
+  code=$(curl -s -o "$work/check.out" -w '%{http_code}' --max-time 30 -H 'Content-Type: application/json' \
+    "${args[@]}" -d "$body}" "$(url_of "$t" "$s")" || true)
+  if [ "$code" != 200 ]; then
+    echo "answers HTTP $code: $(head -c 150 "$work/check.out" 2>/dev/null | tr -d '\n|')"
+    return 1
+  fi
+  if [ "$s" = 1 ] && ! grep -q 'data: \[DONE\]' "$work/check.out"; then
+    echo "stream did not end with [DONE]"
+    return 1
+  fi
+  if ! grep -q '"usage"' "$work/check.out"; then
+    echo "no usage in the answer"
+    return 1
+  fi
+}
+
+wrk_run() { # target stream kb conns seconds out
+  local threads=2
+  [ "$4" -ge 2 ] || threads=1
+  MODEL=$(model_of "$1" "$2") KEY=$(key_of "$1") HEADERS=$(headers_of "$1" "$2") BODY_KB=$3 STREAM=$2 \
+    wrk -t"$threads" -c"$4" -d"$5"s --timeout "${WRK_TIMEOUT}s" --latency -s benches/chat.lua \
+    "$(url_of "$1" "$2")" >"$6" 2>&1 || true
+}
+
+results=$work/results.tsv
+: >"$results"
+mkdir -p "$work/cells"
+run_cell() { # stream kb conns target
+  local s=$1 kb=$2 c=$3 t=$4 out="$work/cells/$1-$2-$3-$4.txt" pids t0="" t1="" peak=""
+  read -r -a pids <<<"$(pids_of "$t")"
+  if [ ${#pids[@]} -gt 0 ]; then
+    "${util[@]}" reset-peak "${pids[@]}"
+    t0=$("${util[@]}" ticks "${pids[@]}")
+  fi
+  wrk_run "$t" "$s" "$kb" "$c" "$DURATION" "$out"
+  if [ ${#pids[@]} -gt 0 ]; then
+    t1=$("${util[@]}" ticks "${pids[@]}")
+    peak=$("${util[@]}" peak-kb "${pids[@]}")
+    # Requests wrk gave up on may still be in the gateway: let it finish before the next cell.
+    "${util[@]}" settle "${pids[@]}"
+  fi
+  printf '%s\t%s\t%s\t%s\trun\t%s\t%s\t%s\n' "$s" "$kb" "$c" "$t" "$out" "${t1:+$((t1 - t0))}" "$peak" >>"$results"
+  log "  $(if [ "$s" = 1 ]; then echo stream; else echo json; fi) ${kb} KB c$c $t: $(awk '/Requests\/sec/ {print $2}' "$out") req/s$(awk '/Non-2xx/ {print ", " $NF " non-2xx"}' "$out")"
+}
+
+# --- header ---------------------------------------------------------------------------------------
+cells=0
+for _s in $STREAMS; do for _b in $BODIES; do for _c in $CONNS; do for _t in $TARGETS; do
+  cells=$((cells + 1))
+done; done; done; done
+log "$cells cells of ${DURATION} s: about $(((cells * (DURATION + 1) + 60) / 60)) min of load, plus warm-ups and start-ups"
+flux_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo +dirty)"
+pingora_version=$(awk '/^name = "pingora"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+versions="FluxRouter $flux_rev (Pingora $pingora_version), $({ wrk -v 2>&1 || true; } | head -n 1 | awk '{print $1, $2}')"
+[ -z "$litellm_version" ] || versions+=", LiteLLM $litellm_version ($(python3 --version))"
+[ -z "$portkey_version" ] || versions+=", Portkey gateway $portkey_version (node $(node --version), @hono/node-server $hono_version)"
+echo "### FluxRouter load benchmark ($(date -u +%F))"
+echo
+echo "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- provider: $provider_version; all targets, the provider and wrk share this machine's cores"
+echo "- versions: $versions"
+echo "- each cell: wrk -t2 (-t1 at c1) for ${DURATION} s, --timeout ${WRK_TIMEOUT}s, after ${WARMUP} s of warm-up per target and mode; streamed = \"stream\": true with stream_options.include_usage"
+echo
+
+# --- the runs ---------------------------------------------------------------------------------------
+idle_line="" first_chunk_line=""
+for s in $STREAMS; do
+  mode=$(if [ "$s" = 1 ]; then echo streamed; else echo non-streamed; fi)
+  log "$mode: starting the Pingora passthrough and FluxRouter"
+  if wants pingora; then
+    start pingora "$passthrough" "127.0.0.1:${pt_ports[$s]}" "127.0.0.1:$(provider_port "$s")"
+  fi
+  if wants flux-pinned || wants flux-auto; then
+    start flux "$bin" --config "$(flux_config "$s")"
+    wait_http flux "http://127.0.0.1:${gw_ports[$s]}/healthz"
+  fi
+  declare -A why=()
+  for t in $TARGETS; do
+    if [ -n "${skip[$t]:-}" ]; then
+      why[$t]=${skip[$t]}
+      continue
+    fi
+    reason=""
+    for _ in $(seq 50); do # the passthrough has no health endpoint: retry while it refuses
+      reason=$(check "$t" "$s") && break
+      [[ $reason == "answers HTTP 000"* ]] || break
+      sleep 0.1
+    done
+    if [ -n "$reason" ]; then
+      why[$t]="$mode: $reason"
+      log "$t is skipped: ${why[$t]}"
+      continue
+    fi
+    log "warming up $t"
+    for kb in $BODIES; do wrk_run "$t" "$s" "$kb" 32 "$WARMUP" "$work/warmup.txt"; done
+  done
+  if [ -z "$idle_line" ]; then
+    idle_line="- idle RSS after warm-up:"
+    for t in $TARGETS; do
+      read -r -a pids <<<"$(pids_of "$t")"
+      [ -n "${why[$t]:-}" ] || [ ${#pids[@]} -eq 0 ] || [ "$t" = flux-auto ] ||
+        idle_line+=" ${t%-pinned} $(($("${util[@]}" rss-kb "${pids[@]}") / 1024)) MB,"
+    done
+    idle_line=${idle_line%,}
+  fi
+  for kb in $BODIES; do
+    for c in $CONNS; do
+      for t in $TARGETS; do
+        if [ -n "${why[$t]:-}" ]; then
+          printf '%s\t%s\t%s\t%s\tnote\t%s\n' "$s" "$kb" "$c" "$t" "${why[$t]}" >>"$results"
+        else
+          run_cell "$s" "$kb" "$c" "$t"
+        fi
+      done
+    done
+  done
+  if [ "$s" = 1 ] && [ "$FIRST_CHUNK_N" -gt 0 ] && wants flux-pinned && [ -z "${why[flux-pinned]:-}" ]; then
+    log "first SSE chunk, $FIRST_CHUNK_N requests each"
+    fc=$(python3 benches/first_chunk.py "$(url_of flux-pinned 1)" "$(url_of direct 1)" "$flux_key" \
+      "$FIRST_CHUNK_N" flux-pinned-bench gpt-4o-mini 2>&1) || true
+    if grep -q 'added by the gateway' <<<"$fc"; then
+      first_chunk_line=$(awk -v n="$FIRST_CHUNK_N" '
+        /first-chunk gateway/ {g = $4 " ms (p90 " $7 " ms)"}
+        /first-chunk direct/ {d = $4 " ms (p90 " $7 " ms)"}
+        /added by the gateway/ {a = $(NF - 1) " ms"}
+        END {print "- first SSE chunk, median of " n " on fresh connections: direct " d ", through flux-pinned " g ": " a " added"}' <<<"$fc")
+    else
+      first_chunk_line="- first SSE chunk: the measurement failed: $(tail -n 1 <<<"$fc")"
+    fi
+  fi
+  stop flux
+  stop pingora
+  unset why
 done
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# Warm the paths (connection pools, allocator) before measuring.
-MODEL=flux-fast KEY=$key wrk -t2 -c$conns -d2s -s benches/chat.lua "http://127.0.0.1:$gw_port/v1/chat/completions" >/dev/null
-MODEL=sim-model wrk -t2 -c$conns -d2s -s benches/chat.lua "http://127.0.0.1:$pt_port/v1/chat/completions" >/dev/null
-echo "gateway RSS idle after warm-up: $(( $(rss_kb $gw_pid) / 1024 )) MB"
-
-run() { # name url model key
-  local out
-  out=$(MODEL=$3 KEY=$4 wrk -t2 -c$conns -d${duration}s --latency -s benches/chat.lua "$2")
-  local rps p50 p99 non2xx
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  local reqs
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  printf '%-8s %10s req/s  p50 %8s  p99 %8s  requests %s  non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "$reqs" "${non2xx:-0}"
-  echo "$reqs" >"$work/$1.reqs"
-}
-
-cpu_per_request() { # name ticks_before ticks_after
-  python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" "$(cat "$work/$1.reqs")" <<'PY'
-import sys
-name, t0, t1, hz, reqs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-print(f"{name} CPU per request: {(t1 - t0) / hz / reqs * 1e6:.1f} us ({(t1 - t0) / hz:.2f} s CPU for {reqs} requests)")
-PY
-}
-
-echo "wrk -t2 -c$conns -d${duration}s, ~1 KB chat body, all on this machine's cores:"
-g0=$(cpu_ticks $gw_pid)
-run gateway "http://127.0.0.1:$gw_port/v1/chat/completions" flux-fast "$key"
-g1=$(cpu_ticks $gw_pid)
-p0=$(cpu_ticks $pt_pid)
-run pingora "http://127.0.0.1:$pt_port/v1/chat/completions" sim-model ""
-p1=$(cpu_ticks $pt_pid)
-run direct "http://127.0.0.1:$sim_port/v1/chat/completions" sim-model ""
-cpu_per_request gateway "$g0" "$g1"
-cpu_per_request pingora "$p0" "$p1"
-echo "gateway peak RSS under load: $(( $(hwm_kb $gw_pid) / 1024 )) MB"
-python3 benches/first_chunk.py "http://127.0.0.1:$gw_port/v1/chat/completions" \
-  "http://127.0.0.1:$sim_port/v1/chat/completions" "$key" 200
+"${util[@]}" table "$results"
+echo
+echo "$idle_line"
+[ -z "$first_chunk_line" ] || echo "$first_chunk_line"
+echo "- × pingora: req/s ÷ the bare passthrough's at the same load. CPU/req: utime+stime of the target's process tree (children included) ÷ requests completed. peak RSS: VmHWM summed over the tree, reset before each cell. errors: wrk's non-2xx plus socket errors (timeouts, resets)."
+echo "- load average at end $(cut -d' ' -f1-3 /proc/loadavg); total run time $((SECONDS / 60)) min $((SECONDS % 60)) s"
