@@ -43,7 +43,6 @@ pub struct RunOptions {
 
 /// Start serving; returns after a graceful shutdown.
 pub fn run(state: Arc<AppState>, options: RunOptions) {
-    crate::tokens::warm_up();
     let settings = &state.config.server;
     let conf = ServerConf {
         threads: settings.threads,

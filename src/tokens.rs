@@ -11,23 +11,41 @@ const TOKENS_PER_MESSAGE: u64 = 3;
 /// An image, whatever its encoded size (a high-detail tile budget).
 const TOKENS_PER_IMAGE: u64 = crate::routing::features::TOKENS_PER_IMAGE;
 
-/// Load the vocabulary in the background at start: the first use otherwise pays for it
-/// (about a second in a debug build), on a request's path. A request arriving sooner waits
-/// for the same load rather than starting another.
-pub fn warm_up() {
-    let spawned = std::thread::Builder::new()
-        .name("flux-tokenizer".into())
-        .spawn(|| {
-            bpe_openai::o200k_base();
-        });
-    if let Err(e) = spawned {
-        log::warn!("tokenizer warm-up thread not started ({e}); the first count loads it");
-    }
+static LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LOADING: std::sync::Once = std::sync::Once::new();
+
+/// Whether the vocabulary is in memory (about 70 MB once built: it is loaded on first need,
+/// not at start, so a gateway that never counts tokens never holds it).
+pub fn ready() -> bool {
+    LOADED.load(std::sync::atomic::Ordering::Acquire)
 }
 
-/// Tokens in a piece of text.
+/// Start loading the vocabulary on its own thread, if nothing has yet; returns at once.
+pub fn load_in_background() {
+    LOADING.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("flux-tokenizer".into())
+            .spawn(|| {
+                bpe_openai::o200k_base();
+                LOADED.store(true, std::sync::atomic::Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            log::warn!("tokenizer thread not started ({e}); the first count loads it");
+        }
+    });
+}
+
+/// Load the vocabulary now (blocking), as a counting thread does before counting.
+pub fn warm_up() {
+    bpe_openai::o200k_base();
+    LOADED.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Tokens in a piece of text (loads the vocabulary first if needed).
 pub fn count_text(text: &str) -> u64 {
-    bpe_openai::o200k_base().count(text) as u64
+    let n = bpe_openai::o200k_base().count(text) as u64;
+    LOADED.store(true, std::sync::atomic::Ordering::Release);
+    n
 }
 
 /// Input tokens of a request: instructions, every message's content, and tool definitions.

@@ -638,7 +638,14 @@ impl Gateway {
         match budget.reserve(account, worst_case(bound, max_output, rates), now) {
             Ok(hold) => Ok(hold),
             Err(e) if e.status() == 402 && e.kind != ErrorKind::AccountOnHold => {
-                let counted = crate::tokens::count_request(request);
+                // The vocabulary is loaded on first need, off this thread; until it is, half
+                // the byte bound stands in (a token is rarely under two bytes).
+                let counted = if crate::tokens::ready() {
+                    crate::tokens::count_request(request)
+                } else {
+                    crate::tokens::load_in_background();
+                    bound / 2
+                };
                 let margin = counted / 4 + overhead;
                 let input = (counted + margin).min(bound);
                 budget.reserve(account, worst_case(input, max_output, rates), now)
