@@ -353,18 +353,25 @@ fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
 
 fn chars(norm: &str, c: &str, sink: &mut impl Sink) {
     // Character n-grams carry languages without spaces and morphology across languages.
-    let bounds: Vec<usize> = norm
+    // The starts of the last four characters, in a ring: no allocation per text.
+    let mut starts = [0usize; 4];
+    let mut seen = 0usize;
+    for end in norm
         .char_indices()
         .map(|(i, _)| i)
         .chain(std::iter::once(norm.len()))
-        .collect();
-    for n in 2..=4 {
-        for win in bounds.windows(n + 1) {
-            let gram = &norm[win[0]..win[n]];
-            if gram.trim().is_empty() {
-                continue;
+    {
+        for n in 2..=4 {
+            if seen >= n {
+                let gram = &norm[starts[(seen - n) % 4]..end];
+                if !gram.trim().is_empty() {
+                    sink.feature(c, gram);
+                }
             }
-            sink.feature(c, gram);
+        }
+        if end < norm.len() {
+            starts[seen % 4] = end;
+            seen += 1;
         }
     }
 }
