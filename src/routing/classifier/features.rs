@@ -497,6 +497,22 @@ mod tests {
     }
 
     #[test]
+    fn an_image_in_an_earlier_turn_is_seen_by_the_rule_and_the_last_turn_by_the_classifier() {
+        let body = serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "what breed is this"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/dog.png"}}]},
+            {"role": "assistant", "content": "A beagle."},
+            {"role": "user", "content": "thanks!"}]});
+        let raw = serde_json::to_vec(&body).unwrap();
+        let req = parse_request(Format::OpenAiChat, &raw).unwrap();
+        assert!(crate::routing::features(&req).images, "the image rule sees it");
+        let n = names(&body);
+        assert!(n.iter().any(|x| x == "qw:thanks"), "{n:?}");
+        assert!(!n.iter().any(|x| x.contains("breed")), "only the last turn's words");
+    }
+
+    #[test]
     fn hashing_is_stable() {
         // The weights file depends on these values: changing the hash needs retraining.
         // FNV-1a 64 of b"w\xffprove", computed independently.
