@@ -257,3 +257,27 @@ fn the_explain_cli_shows_scores_features_and_the_rule() {
     assert!(!ok);
     assert!(err.contains("not JSON"), "{err}");
 }
+
+#[test]
+fn training_rebuilds_the_shipped_weights_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("weights.json");
+    let (ok, report, err) = route_cli(&["--train", "training", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{report}{err}");
+    for part in [
+        "cross-validated under it:",
+        "held-out split:",
+        "label \\ chosen",
+    ] {
+        assert!(report.contains(part), "{part} missing from\n{report}");
+    }
+    let held_out = report.split("held-out split:").nth(1).unwrap();
+    assert!(held_out.contains("under-routed 0"), "{report}");
+    let rebuilt = std::fs::read(&out).unwrap();
+    let shipped = std::fs::read("flux-auto.classifier.json").unwrap();
+    assert!(
+        rebuilt == shipped,
+        "flux-auto.classifier.json is not what training/ gives: retrain with \
+         `fluxrouter route --train training` and commit the file"
+    );
+}

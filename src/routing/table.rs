@@ -342,10 +342,10 @@ impl RouteTable {
 
     /// Score the request with the classifier (when lanes.yaml names one and a rule uses it).
     pub fn classify(&self, request: &crate::wire::ir::Request<'_>, features: &mut Features) {
-        features.lane_scores = self.classifier.as_ref().map(|c| {
-            let hashed = super::classifier::Hashed::of(request, c.model.buckets);
-            c.model.scores(&hashed)
-        });
+        features.lane_scores = self
+            .classifier
+            .as_ref()
+            .map(|c| c.model.score_request(request));
     }
 
     /// Set `code` and `reasoning` from the text of the last user turn.

@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::features::Hashed;
+use super::features::{extract, group, index_of, Hashed, Sink, GROUPS};
+use crate::wire::ir::Request;
 
 pub const FORMAT: &str = "fluxrouter-lane-classifier";
 pub const VERSION: u32 = 1;
@@ -208,11 +209,59 @@ impl Classifier {
         Scores { len: n, p }
     }
 
+    /// Each lane's probability for a request, scored as its features are found: no feature
+    /// vector, no sort (the request path's form of [`Classifier::scores`]).
+    pub fn score_request(&self, request: &Request<'_>) -> Scores {
+        let mut s = Scoring {
+            c: self,
+            sums: [[0.0; MAX_LANES]; GROUPS],
+            counts: [0; GROUPS],
+        };
+        extract(request, &mut s);
+        let n = self.lanes.len();
+        let groups = s.counts.iter().filter(|&&c| c > 0).count().max(1) as f32;
+        let mut p = [0f32; MAX_LANES];
+        for (l, pl) in p.iter_mut().enumerate().take(n) {
+            *pl = self.bias[l];
+        }
+        for g in 0..GROUPS {
+            if s.counts[g] == 0 {
+                continue;
+            }
+            let scale = self.scale / (s.counts[g] as f32 * groups).sqrt();
+            for l in 0..n {
+                p[l] += s.sums[g][l] * scale;
+            }
+        }
+        softmax(&mut p[..n]);
+        Scores { len: n, p }
+    }
+
     /// How much feature `k` of the request pushed `lane` (for `--explain`).
     pub fn contribution(&self, h: &Hashed, k: usize, lane: usize) -> f32 {
         let n = self.lanes.len();
         let i = (h.indices[k] & (self.buckets - 1)) as usize * n + lane;
         f32::from(self.weights[i]) * self.scale * h.values[k]
+    }
+}
+
+/// Sums each group's weights as features arrive.
+struct Scoring<'c> {
+    c: &'c Classifier,
+    sums: [[f32; MAX_LANES]; GROUPS],
+    counts: [u32; GROUPS],
+}
+
+impl Sink for Scoring<'_> {
+    fn feature(&mut self, tag: &str, text: &str) {
+        let c = self.c;
+        let n = c.lanes.len();
+        let g = group(tag);
+        let i = index_of(tag, text, c.buckets) as usize * n;
+        for (s, w) in self.sums[g].iter_mut().zip(&c.weights[i..i + n]) {
+            *s += f32::from(*w);
+        }
+        self.counts[g] += 1;
     }
 }
 
@@ -300,6 +349,7 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::classifier::Hashed;
 
     fn lanes() -> Vec<String> {
         ["express", "daily", "deep"].map(String::from).to_vec()
@@ -340,6 +390,36 @@ mod tests {
         softmax(&mut z);
         for (a, b) in s.as_slice().iter().zip(z) {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn the_streaming_scorer_agrees_with_the_feature_vector() {
+        let buckets = 1 << 12;
+        let weights: Vec<f32> = (0..buckets * 3)
+            .map(|i| ((i * 104_729) % 401) as f32 / 200.0 - 1.0)
+            .collect();
+        let c = Classifier::from_floats(
+            lanes(),
+            buckets as u32,
+            (0.0, 1.0),
+            vec![0.2, -0.1, 0.0],
+            &weights,
+            Provenance::default(),
+        );
+        for body in [
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi hi hi"}]}),
+            serde_json::json!({"model": "m", "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                "messages": [{"role": "user", "content": "证明 √2 is irrational; then lorem ipsum ".repeat(200)}]}),
+        ] {
+            let raw = serde_json::to_vec(&body).unwrap();
+            let req = crate::wire::transcode::parse_request(crate::wire::Format::OpenAiChat, &raw)
+                .unwrap();
+            let a = c.score_request(&req);
+            let b = c.scores(&Hashed::of(&req, buckets as u32));
+            for (x, y) in a.as_slice().iter().zip(b.as_slice()) {
+                assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+            }
         }
     }
 
