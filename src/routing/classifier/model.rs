@@ -229,8 +229,8 @@ impl Classifier {
                 continue;
             }
             let scale = self.scale / (s.counts[g] as f32 * groups).sqrt();
-            for l in 0..n {
-                p[l] += s.sums[g][l] * scale;
+            for (pl, sum) in p[..n].iter_mut().zip(&s.sums[g]) {
+                *pl += sum * scale;
             }
         }
         softmax(&mut p[..n]);
