@@ -93,7 +93,7 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
 
 /// Per-request facts, filled in as the pipeline goes; `logging()` writes them out.
 pub struct RequestCtx {
-    pub id: String,
+    pub id: headers::RequestId,
     started: Instant,
     endpoint: Option<&'static str>,
     key_id: Option<String>,
@@ -143,7 +143,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            id: headers::new_request_id(),
+            id: headers::RequestId::new(),
             started: Instant::now(),
             endpoint: None,
             key_id: None,
