@@ -336,7 +336,11 @@ struct Guarded {
     header_timeout: Duration,
     /// The request the fields below belong to.
     request: u64,
-    /// The header deadline, armed by the request's first byte.
+    /// When the request's first byte arrived: the header deadline counts from it.
+    first_byte: Option<tokio::time::Instant>,
+    /// The header deadline's timer, taken only when the header did not come whole in the read
+    /// that brought its first byte (Pingora reads again): most requests never need one, and
+    /// each timer locks the runtime's timer wheel and may wake a parked worker.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The start of the request as received.
     head: Vec<u8>,
@@ -366,6 +370,7 @@ impl Guarded {
             conn,
             header_timeout,
             request: 0,
+            first_byte: None,
             deadline: None,
             head: Vec::new(),
             reply: None,
@@ -378,6 +383,7 @@ impl Guarded {
         let request = self.conn.request.load(Ordering::Acquire);
         if request != self.request {
             self.request = request;
+            self.first_byte = None;
             self.deadline = None;
             self.head.clear();
             self.reply = None;
@@ -466,9 +472,15 @@ impl AsyncRead for Guarded {
         this.sync();
         let in_header = this.in_header();
         if !in_header {
+            this.first_byte = None;
             this.deadline = None;
-        } else if let Some(deadline) = this.deadline.as_mut() {
+        } else if let Some(first_byte) = this.first_byte {
+            let deadline = this.deadline.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(first_byte + this.header_timeout))
+            });
+            // Registers the waker: the deadline wakes a read that waits for more.
             if deadline.as_mut().poll(cx).is_ready() {
+                this.first_byte = None;
                 this.deadline = None;
                 if this.reply.is_none() {
                     let reply = this.own_reply(
@@ -491,12 +503,9 @@ impl AsyncRead for Guarded {
             if !got.is_empty() {
                 let keep = HEAD_KEPT.saturating_sub(this.head.len()).min(got.len());
                 this.head.extend_from_slice(&got[..keep]);
-                if this.deadline.is_none() {
-                    let mut deadline = Box::pin(tokio::time::sleep(this.header_timeout));
-                    // Registers the waker: the deadline wakes a read that waits for more.
-                    let _ = deadline.as_mut().poll(cx);
-                    this.deadline = Some(deadline);
-                }
+                // The timer itself waits for the next read (above): this one returns data.
+                this.first_byte
+                    .get_or_insert_with(tokio::time::Instant::now);
             }
         }
         result

@@ -30,9 +30,10 @@ pub struct Provider {
     pub name: String,
     pub format: Format,
     pub base: BaseUrl,
-    host_header: String,
-    /// Where requests go: the base path and the format's path, computed once.
-    path: String,
+    /// The request header every attempt starts from, built once (path, host, key, and the
+    /// fixed fields): `[non-streamed, streamed]`, which differ in `Accept`. An attempt clones
+    /// one and sets its length, instead of parsing and copying every name and value again.
+    templates: Result<[RequestHeader; 2], String>,
     /// None while the host cannot be resolved; attempts then fail over. Re-resolved in the
     /// background ([`Provider::refresh_address`]), so a provider's DNS change is followed.
     peer: ArcSwapOption<HttpPeer>,
@@ -108,11 +109,13 @@ impl Providers {
                     None
                 }
             };
+            // A header that cannot be built fails each attempt, as building it per request did.
+            let templates =
+                request_templates(&base, p.format, auth.as_ref()).map_err(|e| e.to_string());
             let provider = Provider {
                 name: name.clone(),
                 format: p.format,
-                host_header: base.authority(),
-                path: base.endpoint(p.format),
+                templates,
                 base,
                 peer: ArcSwapOption::new(peer),
                 auth,
@@ -198,6 +201,42 @@ impl Providers {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.by_name.values()
     }
+}
+
+/// The fixed part of every request header sent to a provider, for a non-streamed and a
+/// streamed request, in the order the fields are written: host, type, length (set per
+/// request), accept, accept-encoding, user-agent, then the key.
+fn request_templates(
+    base: &BaseUrl,
+    format: Format,
+    auth: Option<&(http::HeaderName, http::HeaderValue)>,
+) -> pingora::Result<[RequestHeader; 2]> {
+    let template = |stream: bool| -> pingora::Result<RequestHeader> {
+        let path = base.endpoint(format);
+        let mut h = RequestHeader::build_no_case("POST", path.as_bytes(), Some(10))?;
+        h.insert_header(http::header::HOST, base.authority())?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        h.insert_header(
+            http::header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )?;
+        // Plain bodies: the gateway reads usage out of them.
+        h.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        h.insert_header(
+            http::header::USER_AGENT,
+            concat!("fluxrouter/", env!("CARGO_PKG_VERSION")),
+        )?;
+        if let Some((name, value)) = auth {
+            h.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(h)
+    };
+    Ok([template(false)?, template(true)?])
 }
 
 fn auth_header(format: Format, key: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
@@ -377,23 +416,22 @@ impl Provider {
             .peer
             .load_full()
             .ok_or_else(|| fail(format!("address of {} not resolved", self.base.host)))?;
-        let header = self
-            .request_header(out)
-            .map_err(|e| fail(format!("building request: {e}")))?;
         // A pooled connection the provider already closed fails on first use; one fresh
         // connection is then tried before the attempt counts as failed.
         let mut tries = 0;
         loop {
             tries += 1;
+            // Built per try (a clone of the provider's template): a retry sends it again.
+            let header = self
+                .request_header(out)
+                .map_err(|e| fail(format!("building request: {e}")))?;
             let (mut session, reused) = connector
                 .get_http_session(&*peer)
                 .await
                 .map_err(|e| failed(e, "connect"))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
             let sent = async {
-                session
-                    .write_request_header(Box::new(header.clone()))
-                    .await?;
+                session.write_request_header(Box::new(header)).await?;
                 session.write_request_body(body.clone(), true).await?;
                 session.finish_request_body().await?;
                 session.read_response_header().await
@@ -424,27 +462,15 @@ impl Provider {
     }
 
     fn request_header(&self, out: &Outgoing<'_>) -> pingora::Result<RequestHeader> {
-        let mut h = RequestHeader::build("POST", self.path.as_bytes(), Some(10))?;
-        h.insert_header(http::header::HOST, &self.host_header)?;
-        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(http::header::CONTENT_LENGTH, out.body.len().to_string())?;
+        let templates = self.templates.as_ref().map_err(|e| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, e.clone())
+        })?;
+        let mut h = templates[usize::from(out.stream)].clone();
+        // Replaced in place: the field keeps its position.
         h.insert_header(
-            http::header::ACCEPT,
-            if out.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(out.body.len()),
         )?;
-        // Plain bodies: the gateway reads usage out of them.
-        h.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        h.insert_header(
-            http::header::USER_AGENT,
-            concat!("fluxrouter/", env!("CARGO_PKG_VERSION")),
-        )?;
-        if let Some((name, value)) = &self.auth {
-            h.insert_header(name.clone(), value.clone())?;
-        }
         if self.format == Format::Anthropic {
             match out.anthropic_version {
                 Some(v) => h.insert_header("anthropic-version", v.clone())?,

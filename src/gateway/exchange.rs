@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use log::{debug, error, warn};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -30,7 +31,26 @@ use crate::wire::{self, Format};
 use super::respond::{self, Served};
 use super::{RequestCtx, Stop};
 
-pub async fn run(
+/// The exchange, on the heap. Its state (an attempt's connection, the timers, the response
+/// being read) is large, and a future is copied whole each time it moves: inline, it made
+/// the request's outer futures (which Pingora boxes and moves) as large, and those copies
+/// were the biggest single item of the gateway's own time in a profile.
+#[allow(clippy::too_many_arguments)]
+pub fn run<'a, 'r: 'a>(
+    state: &'a AppState,
+    session: &'a mut Session,
+    ctx: &'a mut RequestCtx,
+    routes: &'a RouteTable,
+    route: &'a Route,
+    request: &'a mut Request<'r>,
+    admitted: Admitted,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Stop>> + Send + 'a>> {
+    Box::pin(exchange(
+        state, session, ctx, routes, route, request, admitted,
+    ))
+}
+
+async fn exchange(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -50,8 +70,10 @@ pub async fn run(
         estimated_input_tokens,
     };
     let traffic = &state.config.traffic;
-    // One deadline for every attempt and fallback until a response starts.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(traffic.total_deadline_ms);
+    // One deadline for every attempt and fallback until a response starts: one timer for the
+    // whole request (each timer taken and dropped locks the runtime's timer wheel).
+    let deadline = tokio::time::sleep(Duration::from_millis(traffic.total_deadline_ms));
+    tokio::pin!(deadline);
     let client = request.format;
     let asked_reasoning = request.reasoning;
     // The gateway keeps no responses: only a Responses-format provider can continue one.
@@ -73,7 +95,7 @@ pub async fn run(
         // A short pause before the next fallback (none before a provider skipped at once).
         if failures.attempts_failed > 0 && provider.breaker.state() == BreakerState::Closed {
             let pause = backoff(traffic.retry_backoff_ms, failures.attempts_failed);
-            match race(session, deadline, tokio::time::sleep(pause)).await {
+            match race(session, deadline.as_mut(), tokio::time::sleep(pause)).await {
                 Raced::Done(()) => {}
                 Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
                 Raced::Deadline => {
@@ -119,7 +141,7 @@ pub async fn run(
         // (closing the upstream connection) and no fallback is tried.
         let response = match race(
             session,
-            deadline,
+            deadline.as_mut(),
             provider.send(&state.connector, &outgoing),
         )
         .await
@@ -211,7 +233,12 @@ pub async fn run(
         let mut response = response;
         let limit = state.config.limits.max_response_bytes;
         let reading = Instant::now();
-        let read = race(session, deadline, read_all(&mut response.session, limit)).await;
+        let read = race(
+            session,
+            deadline.as_mut(),
+            read_all(&mut response.session, limit),
+        )
+        .await;
         ctx.upstream_time += reading.elapsed();
         let body = match read {
             Raced::Done(Ok(body)) => body,
@@ -499,13 +526,13 @@ enum Raced<T> {
 /// passes, whichever comes first; `work` is dropped (its connection closed) in the latter two.
 async fn race<F: Future>(
     session: &mut Session,
-    deadline: tokio::time::Instant,
+    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
     work: F,
 ) -> Raced<F::Output> {
     tokio::select! {
         biased;
         e = downstream_closed(session) => Raced::ClientGone(e),
-        _ = tokio::time::sleep_until(deadline) => Raced::Deadline,
+        _ = deadline => Raced::Deadline,
         v = work => Raced::Done(v),
     }
 }
@@ -680,14 +707,28 @@ async fn relay(
 ) -> Result<bool, Stop> {
     let mut h = respond::header(200, &ctx.id)?;
     served.add_headers(&mut h)?;
-    h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    h.insert_header(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    )?;
+    h.insert_header(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    )?;
     // The length is unknown: chunked framing keeps the connection reusable (without it the
     // stream could only end by closing the connection).
-    h.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    h.insert_header(
+        http::header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    )?;
     // Tell intermediaries (nginx) not to buffer the stream either.
-    h.insert_header("x-accel-buffering", "no")?;
-    session.write_response_header(Box::new(h), false).await?;
+    h.insert_header(
+        http::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    )?;
+    session
+        .write_response_header(h.into_response(), false)
+        .await?;
     let mut out = BytesMut::new();
     loop {
         // A client that leaves mid-stream, even during a pause between events, stops the

@@ -102,7 +102,7 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
 /// Per-request facts, filled in as the pipeline goes; `logging()` writes them out. Names
 /// from the configuration are indices into the routing snapshot the request used, not copies.
 pub struct RequestCtx {
-    pub id: String,
+    pub id: headers::RequestId,
     started: Instant,
     _in_flight: crate::metrics::InFlight,
     endpoint: Option<&'static str>,
@@ -194,7 +194,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            id: headers::new_request_id(),
+            id: headers::RequestId::new(),
             started: Instant::now(),
             _in_flight: crate::metrics::InFlight::begin(),
             endpoint: None,

@@ -1,22 +1,60 @@
 //! Writing responses downstream: the headers every response carries, errors, JSON bodies.
+//!
+//! Headers are gathered in a plain `http` header map ([`Head`]) and handed to Pingora in one
+//! piece: Pingora's own `insert_header` parses and copies every name it is given (twice for a
+//! name it does not know, as all the X-Flux-* ones), which made up a good part of a request's
+//! allocations. The bytes on the wire are the same: Pingora titles the standard names it
+//! knows (`Content-Type`) and writes the others as given, lowercase.
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{ErrorType, OrErr};
 
 use crate::errors::FluxError;
 use crate::headers;
 use crate::routing::{ModelId, Route, RouteTable};
 use crate::wire::Format;
 
-/// A response header with the request id and its mirrors, as every response has.
-pub fn header(status: u16, request_id: &str) -> pingora::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(12))?;
-    h.insert_header(headers::REQUEST_ID, request_id)?;
-    for mirror in headers::REQUEST_ID_MIRRORS {
-        h.insert_header(mirror, request_id)?;
+/// A response header being built.
+pub struct Head(http::response::Parts);
+
+impl Head {
+    /// Set `name` (replacing any value it had), as `ResponseHeader::insert_header` does.
+    pub fn insert_header<V>(&mut self, name: HeaderName, value: V) -> pingora::Result<()>
+    where
+        V: TryInto<HeaderValue>,
+    {
+        let value = value
+            .try_into()
+            .explain_err(ErrorType::InvalidHTTPHeader, |_| {
+                "invalid value while insert"
+            })?;
+        self.0.headers.insert(name, value);
+        Ok(())
     }
-    Ok(h)
+
+    /// The header for Pingora to write.
+    pub fn into_response(self) -> Box<ResponseHeader> {
+        Box::new(ResponseHeader::from(self.0))
+    }
+}
+
+/// A response header with the request id and its mirrors, as every response has.
+pub fn header(status: u16, request_id: &str) -> pingora::Result<Head> {
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = http::StatusCode::from_u16(status)
+        .explain_err(ErrorType::InvalidHTTPHeader, |_| "invalid status")?;
+    parts.headers.reserve(12);
+    let id = HeaderValue::from_str(request_id).explain_err(ErrorType::InvalidHTTPHeader, |_| {
+        "invalid value while insert"
+    })?;
+    parts.headers.insert(headers::REQUEST_ID, id.clone());
+    for mirror in headers::REQUEST_ID_MIRRORS {
+        parts.headers.insert(mirror, id.clone());
+    }
+    Ok(Head(parts))
 }
 
 /// What served a request, for the X-Flux-* headers and the access log.
@@ -33,21 +71,24 @@ impl Served<'_> {
         self.route.pinned != Some(self.model)
     }
 
-    pub fn add_headers(&self, h: &mut ResponseHeader) -> pingora::Result<()> {
+    pub fn add_headers(&self, h: &mut Head) -> pingora::Result<()> {
         let model = self.routes.model(self.model);
-        h.insert_header(headers::MODEL, &model.id)?;
+        h.insert_header(headers::MODEL, model.id.as_str())?;
         h.insert_header(headers::ORIGINAL_MODEL, self.original_model)?;
         h.insert_header(
             headers::ROUTED,
-            if self.routed() { "true" } else { "false" },
+            HeaderValue::from_static(if self.routed() { "true" } else { "false" }),
         )?;
-        h.insert_header(headers::LANE, &self.routes.lane(self.route.lane).name)?;
+        h.insert_header(
+            headers::LANE,
+            self.routes.lane(self.route.lane).name.as_str(),
+        )?;
         if let Some(rule) = self.route.rule {
             let name = &self.routes.rules()[rule].name;
             match self.route.probability {
                 // `classifier; p=0.87`: how sure the classifier was of the lane.
                 Some(p) => h.insert_header(headers::ROUTE_RULE, format!("{name}; p={p:.2}"))?,
-                None => h.insert_header(headers::ROUTE_RULE, name)?,
+                None => h.insert_header(headers::ROUTE_RULE, name.as_str())?,
             }
         }
         Ok(())
@@ -57,14 +98,22 @@ impl Served<'_> {
 /// Write a complete body with its length.
 pub async fn send_body(
     session: &mut Session,
-    mut h: ResponseHeader,
+    mut h: Head,
     content_type: &str,
     body: Bytes,
 ) -> pingora::Result<()> {
+    let content_type = match content_type {
+        // The gateway's own types, without copying them.
+        "application/json" => HeaderValue::from_static("application/json"),
+        "text/plain" => HeaderValue::from_static("text/plain"),
+        other => HeaderValue::from_str(other).explain_err(ErrorType::InvalidHTTPHeader, |_| {
+            "invalid value while insert"
+        })?,
+    };
     h.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    h.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
     session
-        .write_response_header(Box::new(h), body.is_empty())
+        .write_response_header(h.into_response(), body.is_empty())
         .await?;
     if !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
@@ -82,18 +131,18 @@ pub async fn send_error(
 ) -> pingora::Result<()> {
     let mut h = header(err.status(), request_id)?;
     if let Some(allow) = allow {
-        h.insert_header(http::header::ALLOW, allow)?;
+        h.insert_header(http::header::ALLOW, HeaderValue::from_static(allow))?;
     }
     if let Some(seconds) = err.retry_after {
-        h.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
+        h.insert_header(http::header::RETRY_AFTER, HeaderValue::from(seconds))?;
     }
     h.insert_header(
         headers::SHOULD_RETRY,
-        if err.kind.retryable() {
+        HeaderValue::from_static(if err.kind.retryable() {
             "true"
         } else {
             "false"
-        },
+        }),
     )?;
     let body = format.error_body(err, request_id);
     send_body(session, h, "application/json", Bytes::from(body)).await
