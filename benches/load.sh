@@ -238,7 +238,9 @@ provider_port() { if [ "$1" = 1 ]; then echo "$sse_port"; else echo "$json_port"
 
 # --- FluxRouter config ------------------------------------------------------------------------
 # Minimal on purpose (defaults for everything else), with the access log on, to a file, as in
-# production. flux-auto routes a 50 KB body to the daily lane (large input), 1 KB to express.
+# production. flux-auto decides with the shipped classifier (flux-auto.classifier.json), as
+# in production; every lane is served by the same provider.
+cp flux-auto.classifier.json "$work/"
 cat >"$work/lanes.yaml" <<'YAML'
 lanes:
   express:
@@ -251,17 +253,19 @@ lanes:
     title: Daily Driver
     price: { input_per_mtok: 2.0, cached_input_per_mtok: 0.5, output_per_mtok: 8.0 }
     default: flux-pinned-bench-large
+  deep:
+    alias: flux-reasoning
+    title: Deep Thought
+    price: { input_per_mtok: 4.0, cached_input_per_mtok: 1.0, output_per_mtok: 16.0 }
+    default: flux-pinned-bench-deep
 models:
   flux-pinned-bench: { upstream: gpt-4o-mini, provider: bench, lane: express, context_window: 128000, max_output_tokens: 16384, capabilities: [tools, vision, streaming] }
   flux-pinned-bench-large: { upstream: gpt-4o-mini, provider: bench, lane: daily, context_window: 1000000, max_output_tokens: 32768, capabilities: [tools, vision, streaming] }
+  flux-pinned-bench-deep: { upstream: gpt-4o-mini, provider: bench, lane: deep, context_window: 1000000, max_output_tokens: 32768, capabilities: [tools, vision, streaming] }
 auto:
-  reasoning_cues: ["step by step", "prove", "proof", "derive", "think carefully", "root cause", "trade-off", "optimal"]
-  code_markers: ["```", "def ", "fn ", "function ", "class ", "#include", "import ", "traceback"]
+  classifier: { weights: flux-auto.classifier.json }
   rules:
-    - { name: code, when: { code: true }, lane: daily }
-    - { name: long-output, when: { min_max_tokens: 4096 }, lane: daily }
-    - { name: large-input, when: { min_input_tokens: 8000 }, lane: daily }
-    - { name: default, lane: express }
+    - { name: classifier, classifier: true }
 YAML
 flux_config() { # stream -> path of the config for that mode
   local f="$work/fluxrouter-$1.yaml"
@@ -274,7 +278,7 @@ access_log: "$work/flux-access.log"
 providers:
   bench: { format: openai, base_url: "http://127.0.0.1:$(provider_port "$1")/v1" }
 plans:
-  payg: { lanes: [express, daily] }
+  payg: { lanes: [express, daily, deep] }
 YAML
   echo "$f"
 }

@@ -46,11 +46,12 @@ pub fn decide(routes: &RouteTable, request: &Request<'_>) -> Result<Route, Strin
         .map_err(|e| e.message.to_string())
 }
 
-struct Named(Vec<String>);
+/// Features by name, with their hashes.
+struct Named(Vec<(String, u64)>);
 
 impl Sink for Named {
-    fn feature(&mut self, tag: &str, text: &str) {
-        self.0.push(format!("{tag}:{text}"));
+    fn feature(&mut self, tag: &str, text: &str, h: u64) {
+        self.0.push((format!("{tag}:{text}"), h));
     }
 }
 
@@ -106,9 +107,8 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
     let mut weighed: Vec<(f32, String)> = names
         .0
         .into_iter()
-        .filter_map(|name| {
-            let (tag, text) = name.split_once(':')?;
-            let index = super::features::index_of(tag, text, model.buckets);
+        .filter_map(|(name, h)| {
+            let index = super::features::slot(h, model.buckets);
             let k = hashed.indices.binary_search(&index).ok()?;
             if !seen.insert(index) {
                 return None;

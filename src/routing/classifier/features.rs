@@ -26,7 +26,37 @@ const MAX_WORD_CHARS: usize = 32;
 /// Receives each feature as a tag and a text; the classifier hashes them, `--explain`
 /// also keeps their names.
 pub trait Sink {
-    fn feature(&mut self, tag: &str, text: &str);
+    /// Feature `tag`:`text`, whose hash is `h`.
+    fn feature(&mut self, tag: &str, text: &str, h: u64);
+}
+
+/// A feature hashed from its bytes (words, structure).
+fn emit(sink: &mut impl Sink, tag: &str, text: &str) {
+    sink.feature(tag, text, hash(tag, text));
+}
+
+/// The bucket of a hash in a space of `buckets` (a power of two).
+pub fn slot(h: u64, buckets: u32) -> u32 {
+    ((h ^ (h >> 32)) as u32) & (buckets - 1)
+}
+
+fn fmix(mut z: u64) -> u64 {
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^ (z >> 33)
+}
+
+/// A character n-gram's hash from its characters packed in one word (21 bits each, the
+/// top bit marking a bigram): one mix per gram, no bytes hashed.
+fn gram_hash(tag_seed: u64, chars: &[char]) -> u64 {
+    let key = match *chars {
+        [a, b] => (1 << 63) | (u64::from(a) << 21) | u64::from(b),
+        [a, b, c] => (u64::from(a) << 42) | (u64::from(b) << 21) | u64::from(c),
+        _ => 0,
+    };
+    fmix(key ^ tag_seed)
 }
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -49,12 +79,7 @@ fn absorb(mut h: u64, bytes: &[u8]) -> u64 {
 /// A fixed 64-bit hash of the tag and the text, a word at a time, with a final avalanche:
 /// stable across builds and platforms (the weights file depends on it).
 pub fn hash(tag: &str, text: &str) -> u64 {
-    let mut z = absorb(absorb(K, tag.as_bytes()), text.as_bytes());
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^ (z >> 33)
+    fmix(absorb(absorb(K, tag.as_bytes()), text.as_bytes()))
 }
 
 /// The request as the model reads it: feature indices in `0..buckets` (a power of two),
@@ -88,17 +113,9 @@ struct Collect {
 }
 
 impl Sink for Collect {
-    fn feature(&mut self, tag: &str, text: &str) {
-        let h = hash(tag, text);
-        let index = ((h ^ (h >> 32)) as u32) & (self.buckets - 1);
-        self.entries.push((index, group(tag) as u8));
+    fn feature(&mut self, tag: &str, _text: &str, h: u64) {
+        self.entries.push((slot(h, self.buckets), group(tag) as u8));
     }
-}
-
-/// Where feature `tag`/`text` lands in a hash space of `buckets`.
-pub fn index_of(tag: &str, text: &str, buckets: u32) -> u32 {
-    let h = hash(tag, text);
-    ((h ^ (h >> 32)) as u32) & (buckets - 1)
 }
 
 impl Hashed {
@@ -203,12 +220,12 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
     }
     words(&ask, "qw", "qb", sink);
     if paste {
-        sink.feature("s", "paste");
+        emit(sink, "s", "paste");
     }
     let shape = Shape::of(&norm);
 
     if pending_tool {
-        sink.feature("s", "tool-result-pending");
+        emit(sink, "s", "tool-result-pending");
         let mut result = String::with_capacity(2 * TOOL_RESULT_BYTES + 8);
         if let Some(m) = last {
             for b in &m.content {
@@ -217,7 +234,7 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
                 } = b
                 {
                     if *is_error {
-                        sink.feature("s", "tool-error");
+                        emit(sink, "s", "tool-error");
                     }
                     for t in texts(content) {
                         window(t, TOOL_RESULT_BYTES, TOOL_RESULT_BYTES, &mut result);
@@ -237,7 +254,7 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
 
     // Structure: facts that inform but never decide alone (ROUTING.md rule 6).
     if !req.tools.is_empty() {
-        sink.feature("s", "tools");
+        emit(sink, "s", "tools");
         bucket(sink, "tool-count", req.tools.len() as u64, &[1, 3, 8]);
     }
     bucket(sink, "turns", req.messages.len() as u64, &[1, 2, 4, 8, 16]);
@@ -260,11 +277,11 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
     let ask_bounds = [20, 60, 200, 600, 2000, 8000];
     bucket(sink, "ask-chars", user_chars as u64, &ask_bounds);
     match req.max_tokens {
-        None => sink.feature("s", "max-tokens-none"),
+        None => emit(sink, "s", "max-tokens-none"),
         Some(n) => bucket(sink, "max-tokens", n, &[256, 1024, 4096, 16384]),
     }
     if req.reasoning.is_some() {
-        sink.feature("s", "reasoning-asked");
+        emit(sink, "s", "reasoning-asked");
     }
     bucket(sink, "code-per-mille", shape.code, &[5, 20, 50, 100]);
     bucket(sink, "digits-per-mille", shape.digits, &[5, 30, 100]);
@@ -283,7 +300,7 @@ fn bucket(sink: &mut impl Sink, name: &str, v: u64, bounds: &[u64]) {
     buf[n] = b':';
     buf[n + 1] = b'0' + (i as u8 % 10);
     if let Ok(text) = std::str::from_utf8(&buf[..n + 2]) {
-        sink.feature("s", text);
+        emit(sink, "s", text);
     }
 }
 
@@ -359,13 +376,13 @@ fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
             Some((i, _)) => &word[..i],
             None => word,
         };
-        sink.feature(w, word);
+        emit(sink, w, word);
         if let Some(p) = prev {
             pair.clear();
             pair.push_str(p);
             pair.push(' ');
             pair.push_str(word);
-            sink.feature(b, &pair);
+            emit(sink, b, &pair);
         }
         prev = Some(word);
     }
@@ -373,25 +390,30 @@ fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
 
 fn chars(norm: &str, c: &str, sink: &mut impl Sink) {
     // Character n-grams carry languages without spaces and morphology across languages.
-    // The starts of the last four characters, in a ring: no allocation per text.
-    let mut starts = [0usize; 4];
+    // The last three characters and where they start, in a ring: no buffer, and each gram
+    // hashed from its packed characters in one mix.
+    let seed = hash(c, "");
+    let mut starts = [0usize; 3];
+    let mut last = [' '; 3];
     let mut seen = 0usize;
-    for end in norm
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(norm.len()))
-    {
+    for (at, ch) in norm.char_indices() {
+        starts[seen % 3] = at;
+        last[seen % 3] = ch;
+        seen += 1;
+        let end = at + ch.len_utf8();
         for n in 2..=3 {
-            if seen >= n {
-                let gram = &norm[starts[(seen - n) % 4]..end];
-                if !gram.trim().is_empty() {
-                    sink.feature(c, gram);
-                }
+            if seen < n {
+                continue;
             }
-        }
-        if end < norm.len() {
-            starts[seen % 4] = end;
-            seen += 1;
+            let mut gram = [' '; 3];
+            for (k, g) in gram[..n].iter_mut().enumerate() {
+                *g = last[(seen - n + k) % 3];
+            }
+            if gram[..n].iter().all(|&g| g == ' ') {
+                continue;
+            }
+            let text = &norm[starts[(seen - n) % 3]..end];
+            sink.feature(c, text, gram_hash(seed, &gram[..n]));
         }
     }
 }
@@ -439,7 +461,7 @@ mod tests {
 
     struct Names(Vec<String>);
     impl Sink for Names {
-        fn feature(&mut self, tag: &str, text: &str) {
+        fn feature(&mut self, tag: &str, text: &str, _h: u64) {
             self.0.push(format!("{tag}:{text}"));
         }
     }

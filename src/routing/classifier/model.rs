@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::features::{extract, group, index_of, Hashed, Sink, GROUPS};
+use super::features::{extract, group, slot, Hashed, Sink, GROUPS};
 use crate::wire::ir::Request;
 
 pub const FORMAT: &str = "fluxrouter-lane-classifier";
@@ -253,11 +253,11 @@ struct Scoring<'c> {
 }
 
 impl Sink for Scoring<'_> {
-    fn feature(&mut self, tag: &str, text: &str) {
+    fn feature(&mut self, tag: &str, _text: &str, h: u64) {
         let c = self.c;
         let n = c.lanes.len();
         let g = group(tag);
-        let i = index_of(tag, text, c.buckets) as usize * n;
+        let i = slot(h, c.buckets) as usize * n;
         for (s, w) in self.sums[g].iter_mut().zip(&c.weights[i..i + n]) {
             *s += f32::from(*w);
         }
