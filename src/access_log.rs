@@ -134,6 +134,47 @@ pub struct FailedAttempt<'a> {
 /// Failed attempts a line lists (a request has as many as its lane has fallbacks).
 pub const MAX_FAILED_ATTEMPTS: usize = 16;
 
+impl<'a> AccessLine<'a> {
+    /// A line that knows only its request and its status: everything else empty (a request
+    /// refused before any phase ran; tests).
+    pub fn bare(ts: f64, id: &'a str, method: &'a str, status: u16) -> Self {
+        AccessLine {
+            ts,
+            id,
+            method,
+            endpoint: None,
+            key_id: None,
+            key_name: None,
+            status,
+            error: None,
+            original_model: None,
+            model: None,
+            lane: None,
+            route_rule: None,
+            lane_probability: None,
+            provider: None,
+            routed: None,
+            stream: false,
+            client_format: None,
+            provider_format: None,
+            dropped_fields: 0,
+            input_tokens: None,
+            cached_input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            attempts: 0,
+            failed_attempts: &[],
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_ttfb_ms: None,
+            upstream_ms: 0.0,
+            overhead_ms: 0.0,
+            duration_ms: 0.0,
+            downstream_error: None,
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -474,40 +515,7 @@ mod tests {
         let path = dir.path().join("access.log");
         let rotated = dir.path().join("access.log.1");
         let log = AccessLog::open(&Options::to(path.to_str().unwrap())).unwrap();
-        let line = |id| AccessLine {
-            ts: 1.0,
-            id,
-            method: "GET",
-            endpoint: None,
-            key_id: None,
-            key_name: None,
-            status: 200,
-            error: None,
-            original_model: None,
-            model: None,
-            lane: None,
-            route_rule: None,
-            lane_probability: None,
-            provider: None,
-            routed: None,
-            stream: false,
-            client_format: None,
-            provider_format: None,
-            dropped_fields: 0,
-            input_tokens: None,
-            cached_input_tokens: None,
-            output_tokens: None,
-            cost_usd: None,
-            attempts: 0,
-            failed_attempts: &[],
-            request_bytes: 0,
-            response_bytes: 0,
-            upstream_ttfb_ms: None,
-            upstream_ms: 0.0,
-            overhead_ms: 0.0,
-            duration_ms: 0.0,
-            downstream_error: None,
-        };
+        let line = |id| AccessLine::bare(1.0, id, "GET", 200);
         let wait_for = |p: &std::path::Path, needle: &str| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {

@@ -64,38 +64,8 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     log.record(&AccessLine {
-        ts: (ts * 1e3).round() / 1e3,
-        id,
-        method,
-        endpoint: None,
-        key_id: None,
-        key_name: None,
-        status,
         error: Some(code),
-        original_model: None,
-        model: None,
-        lane: None,
-        route_rule: None,
-        lane_probability: None,
-        provider: None,
-        routed: None,
-        stream: false,
-        client_format: None,
-        provider_format: None,
-        dropped_fields: 0,
-        input_tokens: None,
-        cached_input_tokens: None,
-        output_tokens: None,
-        cost_usd: None,
-        attempts: 0,
-        failed_attempts: &[],
-        request_bytes: 0,
-        response_bytes: 0,
-        upstream_ttfb_ms: None,
-        upstream_ms: 0.0,
-        overhead_ms: 0.0,
-        duration_ms: 0.0,
-        downstream_error: None,
+        ..AccessLine::bare((ts * 1e3).round() / 1e3, id, method, status)
     });
 }
 
