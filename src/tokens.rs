@@ -35,12 +35,6 @@ pub fn load_in_background() {
     });
 }
 
-/// Load the vocabulary now (blocking), as a counting thread does before counting.
-pub fn warm_up() {
-    bpe_openai::o200k_base();
-    LOADED.store(true, std::sync::atomic::Ordering::Release);
-}
-
 /// Tokens in a piece of text (loads the vocabulary first if needed).
 pub fn count_text(text: &str) -> u64 {
     let n = bpe_openai::o200k_base().count(text) as u64;
