@@ -9,6 +9,7 @@
 //!
 //! `cargo bench --bench request_path` (`-- --quick` for a fast pass).
 
+use futures_util::FutureExt;
 use std::hint::black_box;
 use std::path::Path;
 
@@ -221,8 +222,11 @@ fn metering(c: &mut Criterion) {
         .clone();
     c.bench_function("metering/reserve + settle into the ledger", |b| {
         b.iter(|| {
+            // The local budget never waits: its futures are ready at once.
             let hold = budget
                 .reserve(&account, worst_case(50_000, 32_000, &rates), 1_800_000_000)
+                .now_or_never()
+                .expect("ready")
                 .unwrap();
             let entry = Entry::from_usage(
                 1_800_000_000,
@@ -233,7 +237,7 @@ fn metering(c: &mut Criterion) {
                 &usage,
                 cost(&usage, &rates),
             );
-            black_box(hold.settle(entry));
+            black_box(hold.settle(entry).now_or_never());
         })
     });
     let _ = budget.ledger().close();

@@ -75,6 +75,9 @@ pub enum ErrorKind {
     PremiumUnavailable,
     /// 503: the gateway is busy or shutting down.
     ServiceUnavailable,
+    /// 503: fleet mode, and the shared ledger (Redis) is unreachable: a request that needs a
+    /// spend reservation (or, by policy, a rate check) cannot be admitted (with `retry_after`).
+    LedgerUnavailable,
     /// 500: a bug; the message never carries internals.
     Internal,
 }
@@ -104,7 +107,10 @@ impl ErrorKind {
             ErrorKind::NoEligibleTarget
             | ErrorKind::UpstreamError
             | ErrorKind::UpstreamAuthError => 502,
-            ErrorKind::ServiceUnavailable | ErrorKind::Overloaded | ErrorKind::Maintenance => 503,
+            ErrorKind::ServiceUnavailable
+            | ErrorKind::Overloaded
+            | ErrorKind::Maintenance
+            | ErrorKind::LedgerUnavailable => 503,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Internal => 500,
         }
@@ -143,6 +149,7 @@ impl ErrorKind {
             ErrorKind::Maintenance => "maintenance",
             ErrorKind::PremiumUnavailable => "premium_unavailable",
             ErrorKind::ServiceUnavailable => "service_unavailable",
+            ErrorKind::LedgerUnavailable => "ledger_unavailable",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -172,6 +179,7 @@ impl ErrorKind {
                 | ErrorKind::Maintenance
                 | ErrorKind::PremiumUnavailable
                 | ErrorKind::ServiceUnavailable
+                | ErrorKind::LedgerUnavailable
                 | ErrorKind::Internal
         )
     }
@@ -222,6 +230,19 @@ impl FluxError {
         }
     }
 
+    /// 503 `ledger_unavailable`: fleet mode, and the shared ledger that keeps `what` (spend
+    /// limits, rate limits) is unreachable.
+    pub fn ledger_unavailable(retry_after: u64, what: &str) -> Self {
+        FluxError::new(
+            ErrorKind::LedgerUnavailable,
+            format!(
+                "The shared ledger that keeps {what} is unreachable for a moment; nothing was \
+                 charged. Retry after {retry_after} s."
+            ),
+        )
+        .retry_after(retry_after)
+    }
+
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -263,6 +284,7 @@ mod tests {
             (ErrorKind::NoEligibleTarget, 502, false),
             (ErrorKind::UpstreamError, 502, true),
             (ErrorKind::ServiceUnavailable, 503, true),
+            (ErrorKind::LedgerUnavailable, 503, true),
             (ErrorKind::UpstreamAuthError, 502, false),
             (ErrorKind::UpstreamTimeout, 504, true),
             (ErrorKind::Overloaded, 503, true),

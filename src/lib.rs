@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod endpoints;
 pub mod errors;
+pub mod fleet;
 pub mod gateway;
 pub mod headers;
 pub mod limits;

@@ -20,8 +20,11 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::server::PlanConfig;
+use std::sync::Arc;
+
+use crate::config::server::{PlanConfig, RatesWhenDown};
 use crate::errors::{ErrorKind, FluxError};
+use crate::fleet::{Fleet, Unavailable};
 
 /// A minute in nanoseconds: the period of every limit here.
 const MINUTE_NS: u128 = 60_000_000_000;
@@ -154,10 +157,12 @@ impl RateLimiter for LocalLimiter {
     }
 }
 
-/// The gateway's limits: a rate store and the clock it is read with.
+/// The gateway's limits: a rate store and the clock it is read with; in fleet mode, Redis
+/// first, and the local store for this gateway's share while Redis is down.
 pub struct Limits {
     limiter: Box<dyn RateLimiter>,
     origin: Instant,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Default for Limits {
@@ -171,13 +176,27 @@ impl Limits {
         Limits {
             limiter,
             origin: Instant::now(),
+            fleet: None,
+        }
+    }
+
+    /// Fleet mode: limits shared through Redis.
+    pub fn shared(fleet: Arc<Fleet>) -> Self {
+        Limits {
+            fleet: Some(fleet),
+            ..Limits::default()
         }
     }
 
     /// Admit one request of about `input_tokens` against the plan's per-minute limits:
     /// 429 `rate_limited` (with `Retry-After`) when over one, 413 `input_too_long` when the
     /// input alone is more than the plan's tokens per minute.
-    pub fn admit(&self, key: &str, plan: &PlanConfig, input_tokens: u64) -> Result<(), FluxError> {
+    pub async fn admit(
+        &self,
+        key: &str,
+        plan: &PlanConfig,
+        input_tokens: u64,
+    ) -> Result<(), FluxError> {
         let mut charges = [Charge {
             dimension: Dimension::Requests,
             per_minute: 0,
@@ -203,8 +222,36 @@ impl Limits {
         if n == 0 {
             return Ok(());
         }
+        let charges = &mut charges[..n];
+        if let Some(fleet) = &self.fleet {
+            if let Some(&charge) = charges.iter().find(|c| c.cost > c.per_minute) {
+                return Err(refused(Refusal::TooLarge { charge }, input_tokens));
+            }
+            match fleet.admit(key, charges).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err((i, after))) => {
+                    let charge = charges[i];
+                    return Err(refused(Refusal::RetryAfter { charge, after }, input_tokens));
+                }
+                Err(Unavailable) => match fleet.when_down.rate_limits {
+                    RatesWhenDown::Refuse => {
+                        return Err(FluxError::ledger_unavailable(
+                            fleet.when_down.retry_after_seconds,
+                            "rate limits",
+                        ))
+                    }
+                    // This gateway's share of each limit, until Redis answers again.
+                    RatesWhenDown::NodeShare => {
+                        let nodes = fleet.nodes();
+                        for c in charges.iter_mut() {
+                            c.per_minute = c.per_minute.div_ceil(nodes).max(1);
+                        }
+                    }
+                },
+            }
+        }
         self.limiter
-            .check(key, &charges[..n], self.origin.elapsed())
+            .check(key, charges, self.origin.elapsed())
             .map_err(|refusal| refused(refusal, input_tokens))
     }
 }
@@ -474,9 +521,16 @@ mod tests {
             ..PlanConfig::default()
         };
         let limits = Limits::default();
-        assert!(limits.admit("k", &plan, 10).is_ok());
-        assert!(limits.admit("k", &plan, 10).is_ok());
-        let e = limits.admit("k", &plan, 10).unwrap_err();
+        let admit = |key: &str, plan: &PlanConfig, tokens: u64| {
+            use futures_util::FutureExt;
+            limits
+                .admit(key, plan, tokens)
+                .now_or_never()
+                .expect("the local store does not wait")
+        };
+        assert!(admit("k", &plan, 10).is_ok());
+        assert!(admit("k", &plan, 10).is_ok());
+        let e = admit("k", &plan, 10).unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "rate_limited"));
         assert!(
             e.message.contains("2 requests per minute for your plan"),
@@ -484,18 +538,15 @@ mod tests {
         );
         assert_eq!(e.retry_after, Some(30));
 
-        let e = limits.admit("t", &plan, 1_001).unwrap_err();
+        let e = admit("t", &plan, 1_001).unwrap_err();
         assert_eq!((e.status(), e.code()), (413, "input_too_long"));
         assert!(e.message.contains("1000-token limit"), "{e}");
-        let e = limits
-            .admit("t", &plan, 999)
-            .and(limits.admit("t", &plan, 2))
+        let e = admit("t", &plan, 999)
+            .and(admit("t", &plan, 2))
             .unwrap_err();
         assert!(e.message.contains("1000 input tokens per minute"), "{e}");
 
-        assert!(Limits::default()
-            .admit("k", &PlanConfig::default(), u64::MAX)
-            .is_ok());
+        assert!(admit("fresh", &PlanConfig::default(), u64::MAX).is_ok());
         assert!(check_conversation(&plan, 3).is_ok());
         let e = check_conversation(&plan, 4).unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "conversation_limit"));

@@ -57,8 +57,12 @@ enum Command {
         action: KeysAction,
     },
     /// Spend, requests and tokens by key, lane and model for a month, from the ledger file
-    /// (safe while the gateway runs).
+    /// (safe while the gateway runs), or in fleet mode from the fleet's shared ledger (Redis).
     Usage {
+        /// In fleet mode: this gateway's own record (its ledger file) instead of the fleet's;
+        /// the fleet's spend is the sum of every gateway's record.
+        #[arg(long)]
+        node: bool,
         /// Only this key: its name in the keys file, or its id.
         #[arg(long)]
         key: Option<String>,
@@ -122,7 +126,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Keys { action }) => keys(&cli.config, action),
-        Some(Command::Usage { key, month, json }) => usage(&cli.config, key, month, json),
+        Some(Command::Usage {
+            key,
+            month,
+            json,
+            node,
+        }) => usage(&cli.config, key, month, json, node),
         Some(Command::Route {
             explain,
             eval,
@@ -254,7 +263,13 @@ fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     Ok(())
 }
 
-fn usage(config_path: &Path, key: Option<String>, month: Option<String>, json: bool) -> CliResult {
+fn usage(
+    config_path: &Path,
+    key: Option<String>,
+    month: Option<String>,
+    json: bool,
+    node: bool,
+) -> CliResult {
     let config = ServerConfig::load(config_path)?;
     let month = match month {
         Some(m) => m.parse::<Month>()?,
@@ -271,8 +286,21 @@ fn usage(config_path: &Path, key: Option<String>, month: Option<String>, json: b
             .find(|r| r.name == k)
             .map_or(k, |r| r.id.clone())
     });
-    let reader = LedgerReader::open(&config.ledger.path)?;
-    let rows = reader.report(month, key_id.as_deref())?;
+    let (rows, source) = match &config.redis {
+        Some(redis) if !node => {
+            let fleet = fluxrouter::fleet::Fleet::connect(redis, false)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let rows = runtime.block_on(fleet.report(month, key_id.as_deref()))?;
+            (rows, "the fleet's shared ledger (Redis)".to_string())
+        }
+        _ => {
+            let reader = LedgerReader::open(&config.ledger.path)?;
+            let rows = reader.report(month, key_id.as_deref())?;
+            (rows, config.ledger.path.display().to_string())
+        }
+    };
     let name_of = |id: &str| {
         keys.keys
             .iter()
@@ -288,7 +316,7 @@ fn usage(config_path: &Path, key: Option<String>, month: Option<String>, json: b
         println!(
             "no usage in {month}{} ({})",
             key_id.map(|k| format!(" for {k}")).unwrap_or_default(),
-            config.ledger.path.display()
+            source
         );
     } else {
         print!("{}", usage_table(&rows, &name_of));

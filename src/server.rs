@@ -126,6 +126,16 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     // access log's queued lines are written out before the process exits.
     server.run(RunArgs::default());
     state.access_log.close();
+    if let Some(fleet) = &state.fleet {
+        // Settlements Redis missed get one last chance; the ledger below keeps them anyway.
+        let left = fleet.drain(std::time::Duration::from_secs(2));
+        if left > 0 {
+            log::error!(
+                "redis: {left} settlement(s) never reached the shared ledger; this gateway's \
+                 ledger has them (reconcile with `fluxrouter usage --node`)"
+            );
+        }
+    }
     if let Err(e) = state.budget.ledger().close() {
         log::error!("ledger: final flush failed: {e}");
     }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::access_log::AccessLog;
 use crate::auth::KeyTable;
 use crate::config::{ConfigError, KeysFile, ServerConfig};
-use crate::metering::budget::{Budget, DEFAULT_HOLD_TTL_SECS};
+use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
 use crate::routing::RouteTable;
 use crate::upstream::Providers;
@@ -36,8 +36,10 @@ pub struct AppState {
     pub access_log: AccessLog,
     /// Prometheus metrics, recorded lock-free by every request.
     pub metrics: crate::metrics::Metrics,
-    /// Reservations over the durable spend ledger.
+    /// Reservations over the durable spend ledger (the fleet's, in fleet mode).
     pub budget: Budget,
+    /// Fleet mode: what the gateways share through Redis.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Set when an upgrade or a shutdown begins: responses then close their connections, so
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
@@ -65,8 +67,20 @@ impl AppState {
             LedgerOptions::from_config(&config.ledger),
         )
         .map_err(|e| ConfigError::new(&config.ledger.path, "ledger", e.to_string()))?;
-        let budget = Budget::new(Arc::new(ledger), DEFAULT_HOLD_TTL_SECS);
+        let fleet = match &config.redis {
+            Some(redis) => Some(
+                crate::fleet::Fleet::connect(redis, true)
+                    .map_err(|e| ConfigError::new(Path::new("redis"), "redis", e))?,
+            ),
+            None => None,
+        };
+        let ttl = config.ledger.hold_ttl_seconds;
+        let budget = match &fleet {
+            Some(fleet) => Budget::shared(Arc::new(ledger), ttl, fleet.clone()),
+            None => Budget::new(Arc::new(ledger), ttl),
+        };
         let state = AppState {
+            fleet,
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),

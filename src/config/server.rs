@@ -39,6 +39,99 @@ pub struct ServerConfig {
     /// Deadlines, fallback pacing, circuit breakers, overload caps and the maintenance switch.
     #[serde(default)]
     pub traffic: TrafficConfig,
+    /// Fleet mode: spend, reservations and rate limits shared with other gateways through
+    /// Redis (or Valkey). Absent: this node keeps them itself and needs nothing external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where a fleet keeps what its gateways share, and what a gateway does without it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Prefer `url_env` when it carries a password.
+    #[serde(skip_serializing)]
+    pub url: Option<String>,
+    /// The environment variable holding the URL (used when `url` is absent).
+    pub url_env: Option<String>,
+    /// Prepended to every key, so several fleets (or other tenants) can share one Redis.
+    pub key_prefix: String,
+    /// Connections to Redis, each multiplexing every request's commands.
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one answer; past it Redis counts as down for this gateway.
+    pub command_timeout_ms: u64,
+    /// How often a gateway tells the fleet it is alive and, while Redis is down, tries it again.
+    pub probe_interval_ms: u64,
+    /// What a gateway does while Redis is unreachable or too slow.
+    pub when_down: WhenRedisDown,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            url_env: None,
+            key_prefix: "flux:".into(),
+            pool_size: 2,
+            connect_timeout_ms: 1_000,
+            command_timeout_ms: 250,
+            probe_interval_ms: 500,
+            when_down: WhenRedisDown::default(),
+        }
+    }
+}
+
+/// The policy while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhenRedisDown {
+    pub money: MoneyWhenDown,
+    pub rate_limits: RatesWhenDown,
+    /// `Retry-After` (seconds) on a 503 `ledger_unavailable`.
+    pub retry_after_seconds: u64,
+}
+
+impl Default for WhenRedisDown {
+    fn default() -> Self {
+        WhenRedisDown {
+            money: MoneyWhenDown::Refuse,
+            rate_limits: RatesWhenDown::NodeShare,
+            retry_after_seconds: 2,
+        }
+    }
+}
+
+/// Spend limits while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoneyWhenDown {
+    /// Requests of accounts with a spend limit get 503 `ledger_unavailable`: no limit can be
+    /// overshot. Accounts without one are served and billed when Redis returns.
+    Refuse,
+    /// Every request is served; limits are checked against this gateway's own record only,
+    /// so a fleet of N can overshoot a limit up to N times. Availability over accuracy.
+    Serve,
+}
+
+/// Per-minute limits while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatesWhenDown {
+    /// Each gateway enforces its share: the limit divided by the gateways last seen alive.
+    NodeShare,
+    /// Limited requests get 503 `ledger_unavailable`.
+    Refuse,
+}
+
+impl RedisConfig {
+    /// The URL, from the file or the environment.
+    pub fn resolve_url(&self, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+        self.url
+            .clone()
+            .or_else(|| self.url_env.as_deref().and_then(env))
+            .filter(|u| !u.is_empty())
+    }
 }
 
 /// Traffic control for the upstream leg.
@@ -96,6 +189,9 @@ pub struct LedgerConfig {
     pub path: PathBuf,
     /// Longest time from serving a request to committing its cost (what a crash can lose).
     pub flush_interval_ms: u64,
+    /// How long a spend hold lives unsettled before it is released (a gateway killed mid
+    /// request leaves its holds behind); longer than the longest request should take.
+    pub hold_ttl_seconds: u64,
 }
 
 impl Default for LedgerConfig {
@@ -103,6 +199,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             path: PathBuf::from("ledger.sqlite"),
             flush_interval_ms: 50,
+            hold_ttl_seconds: 15 * 60,
         }
     }
 }
@@ -545,6 +642,38 @@ impl ServerConfig {
                 "ledger.flush_interval_ms".into(),
                 "must be between 1 and 10000".into(),
             );
+        }
+        if self.ledger.hold_ttl_seconds == 0 {
+            return err("ledger.hold_ttl_seconds".into(), "must be positive".into());
+        }
+        if let Some(redis) = &self.redis {
+            if redis.url.is_none() && redis.url_env.is_none() {
+                return err(
+                    "redis.url".into(),
+                    "give url or url_env (the environment variable holding the URL)".into(),
+                );
+            }
+            if redis.url.is_some() && redis.url_env.is_some() {
+                return err("redis.url".into(), "give url or url_env, not both".into());
+            }
+            if !(1..=64).contains(&redis.pool_size) {
+                return err("redis.pool_size".into(), "must be between 1 and 64".into());
+            }
+            if redis.connect_timeout_ms == 0
+                || redis.command_timeout_ms == 0
+                || redis.probe_interval_ms == 0
+            {
+                return err(
+                    "redis".into(),
+                    "timeouts and the probe interval must be positive".into(),
+                );
+            }
+            if redis.key_prefix.contains(['{', '}']) {
+                return err(
+                    "redis.key_prefix".into(),
+                    "may not contain braces (they mark Redis Cluster hash tags)".into(),
+                );
+            }
         }
         if let Some(admin) = &self.admin {
             if admin.listen.is_empty() {

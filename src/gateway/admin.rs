@@ -93,15 +93,20 @@ impl Admin {
                 FluxError::new(ErrorKind::InvalidRequest, "no key with that name")
             })?),
         };
-        let ledger = self.state.budget.ledger().clone();
-        let key_filter = key_id.clone();
-        let rows = tokio::task::spawn_blocking(move || {
-            ledger.flush()?;
-            ledger.report(month, key_filter.as_deref())
-        })
-        .await
-        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("ledger task: {e}")))?
-        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("ledger: {e}")))?;
+        let retry = self
+            .state
+            .fleet
+            .as_ref()
+            .map_or(2, |f| f.when_down.retry_after_seconds);
+        let rows = self
+            .state
+            .budget
+            .report(month, key_id.clone())
+            .await
+            .map_err(|e| match &self.state.fleet {
+                Some(_) => FluxError::ledger_unavailable(retry, "the fleet's usage"),
+                None => FluxError::new(ErrorKind::Internal, format!("ledger: {e}")),
+            })?;
         let total = rows
             .iter()
             .fold(crate::metering::Usd::ZERO, |t, r| t.saturating_add(r.cost));
@@ -164,6 +169,7 @@ impl Admin {
                 .collect(),
             access_log_dropped: state.access_log.dropped(),
             series_dropped: state.metrics.series_dropped(),
+            fleet: state.fleet.as_deref(),
         };
         let text = crate::metrics::render(&state.metrics, &live);
         let h = respond::header(200, id)?;

@@ -328,7 +328,7 @@ async fn exchange(
         served.add_headers(&mut h)?;
         if let Some(usage) = usage {
             // Billed before the answer leaves: a client gone by then still pays for it.
-            let cost = bill.settle(ctx, &model.id, &usage);
+            let cost = bill.settle(ctx, &model.id, &usage).await;
             h.insert_header(headers::COST_USD, cost.to_decimal())?;
         }
         // A provider's 503 says when to come back; the client needs that too.
@@ -606,7 +606,7 @@ struct Bill<'a> {
 
 impl Bill<'_> {
     /// Record the real cost in the ledger and release the hold; returns what was billed.
-    fn settle(&mut self, ctx: &mut RequestCtx, model_id: &str, usage: &Usage) -> Usd {
+    async fn settle(&mut self, ctx: &mut RequestCtx, model_id: &str, usage: &Usage) -> Usd {
         let cost = metering::cost(usage, &self.rates);
         let Some(hold) = self.hold.take() else {
             return cost;
@@ -620,7 +620,7 @@ impl Bill<'_> {
             usage,
             cost,
         );
-        let billed = hold.settle(entry);
+        let billed = hold.settle(entry).await;
         ctx.usage = Some(*usage);
         ctx.cost = Some(billed);
         billed
@@ -687,7 +687,7 @@ async fn stream(
             ..Default::default()
         }
     };
-    bill.settle(ctx, model_id, &usage);
+    bill.settle(ctx, model_id, &usage).await;
     // Only a stream read to its end leaves the connection reusable.
     if let Ok(true) = outcome {
         response.release(&state.connector).await;

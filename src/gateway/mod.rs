@@ -39,17 +39,18 @@ use crate::wire::{transcode, Format};
 
 pub struct Gateway {
     state: Arc<AppState>,
-    /// Per-key requests and tokens per minute (in this process).
+    /// Per-key requests and tokens per minute (in this process, or the fleet's).
     limits: crate::limits::Limits,
 }
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         body::configure(&state.config.limits);
-        Gateway {
-            state,
-            limits: crate::limits::Limits::default(),
-        }
+        let limits = match &state.fleet {
+            Some(fleet) => crate::limits::Limits::shared(fleet.clone()),
+            None => crate::limits::Limits::default(),
+        };
+        Gateway { state, limits }
     }
 }
 
@@ -544,8 +545,11 @@ impl Gateway {
         ctx.probability = route.probability;
         // After routing, so a request refused for its own shape spends no quota.
         self.limits
-            .admit(&account.key_id, &account.terms, features.input_tokens)?;
-        let hold = self.reserve(account, &request, &routes, &route, raw.len())?;
+            .admit(&account.key_id, &account.terms, features.input_tokens)
+            .await?;
+        let hold = self
+            .reserve(account, &request, &routes, &route, raw.len())
+            .await?;
         let estimated_input_tokens = features.input_tokens;
         exchange::run(
             &self.state,
@@ -570,7 +574,7 @@ impl Gateway {
         account: &Account,
     ) -> Result<(), Stop> {
         let now = unix_now();
-        let standing = self.state.budget.standing(&account.key_id, now);
+        let standing = self.state.budget.standing(&account.key_id, now).await?;
         let body = serde_json::to_vec(&crate::metering::usage_view(account, &standing, now))
             .expect("JSON value");
         ctx.status = 200;
@@ -583,7 +587,7 @@ impl Gateway {
     /// not fit). The body's length bounds its tokens (a token is at least a byte), which costs
     /// nothing to know; only when that bound does not fit are the tokens counted, with a
     /// margin for providers whose tokenizers count more.
-    fn reserve(
+    async fn reserve(
         &self,
         account: &Account,
         request: &crate::wire::ir::Request<'_>,
@@ -605,7 +609,10 @@ impl Gateway {
         let bound = body_bytes as u64 + overhead;
         let now = unix_now();
         let budget = &self.state.budget;
-        match budget.reserve(account, worst_case(bound, max_output, rates), now) {
+        match budget
+            .reserve(account, worst_case(bound, max_output, rates), now)
+            .await
+        {
             Ok(hold) => Ok(hold),
             Err(e) if e.status() == 402 && e.kind != ErrorKind::AccountOnHold => {
                 // The vocabulary is loaded on first need, off this thread; until it is, half
@@ -618,7 +625,9 @@ impl Gateway {
                 };
                 let margin = counted / 4 + overhead;
                 let input = (counted + margin).min(bound);
-                budget.reserve(account, worst_case(input, max_output, rates), now)
+                budget
+                    .reserve(account, worst_case(input, max_output, rates), now)
+                    .await
             }
             Err(e) => Err(e),
         }

@@ -11,12 +11,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::ledger::{Entry, Ledger};
+use super::ledger::{Entry, Ledger, LedgerError, Month, ReportRow};
 use super::Usd;
 use crate::auth::Account;
+use crate::config::server::MoneyWhenDown;
 use crate::errors::{ErrorKind, FluxError};
+use crate::fleet::{Fleet, Refused, Settlement, Unavailable};
 
-/// How long a hold may live without being settled or dropped.
+/// How long a hold may live without being settled or dropped (`ledger.hold_ttl_seconds`).
 pub const DEFAULT_HOLD_TTL_SECS: u64 = 15 * 60;
 
 #[derive(Default)]
@@ -28,23 +30,36 @@ struct KeyHolds {
 }
 
 struct Inner {
+    /// This gateway's ledger: every spend it settled (in fleet mode, its own share, kept so
+    /// the shared ledger can be reconciled).
     ledger: Arc<dyn Ledger>,
     by_key: Mutex<HashMap<String, KeyHolds>>,
     next_id: std::sync::atomic::AtomicU64,
     ttl_secs: u64,
+    /// Fleet mode: holds and spend live in Redis.
+    fleet: Option<Arc<Fleet>>,
 }
 
-/// The reservations of this process, over a ledger.
+/// The reservations of this process, over a ledger; or, in fleet mode, the fleet's.
 #[derive(Clone)]
 pub struct Budget {
     inner: Arc<Inner>,
+}
+
+/// Where a hold is kept.
+enum Place {
+    /// In this process (id in `by_key`).
+    Local(u64),
+    /// In Redis; `held` is false for an account with no limit to hold against (the id then
+    /// only names the settlement).
+    Shared { id: Box<str>, held: bool },
 }
 
 /// An outstanding reservation. Settle it with [`Hold::settle`]; dropping it releases it.
 pub struct Hold {
     inner: Arc<Inner>,
     key_id: String,
-    id: u64,
+    place: Place,
     amount: Usd,
     /// The hard cap a settlement may not push the month's spend over (free and
     /// credit-only plans), if any.
@@ -62,30 +77,94 @@ pub struct Standing {
 
 impl Budget {
     pub fn new(ledger: Arc<dyn Ledger>, ttl_secs: u64) -> Self {
+        Self::build(ledger, ttl_secs, None)
+    }
+
+    /// Fleet mode: reservations and spend in Redis; `ledger` keeps this gateway's own record.
+    pub fn shared(ledger: Arc<dyn Ledger>, ttl_secs: u64, fleet: Arc<Fleet>) -> Self {
+        Self::build(ledger, ttl_secs, Some(fleet))
+    }
+
+    fn build(ledger: Arc<dyn Ledger>, ttl_secs: u64, fleet: Option<Arc<Fleet>>) -> Self {
         Budget {
             inner: Arc::new(Inner {
                 ledger,
                 by_key: Mutex::new(HashMap::new()),
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 ttl_secs,
+                fleet,
             }),
         }
     }
 
+    /// This gateway's own ledger.
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
         &self.inner.ledger
     }
 
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.inner.fleet.as_ref()
+    }
+
     /// Reserve `amount` (the request's worst-case cost) for `account`, or say which limit
-    /// it would break. `now` is Unix seconds.
-    pub fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
-        if account.on_hold {
-            return Err(FluxError::new(
-                ErrorKind::AccountOnHold,
-                "Account on hold for payment review: requests are paused until billing clears \
-                 it. Email billing@ferroxlabs.com.",
-            ));
+    /// it would break. `now` is Unix seconds. In fleet mode this is one round trip to Redis,
+    /// and none for an account without any spend limit.
+    pub async fn reserve(
+        &self,
+        account: &Account,
+        amount: Usd,
+        now: u64,
+    ) -> Result<Hold, FluxError> {
+        let Some(fleet) = &self.inner.fleet else {
+            return self.reserve_local(account, amount, now);
+        };
+        check_on_hold(account)?;
+        let caps = monthly_caps(account);
+        let hourly = account.terms.hourly_limit_usd;
+        let hard_cap = caps.iter().map(|(c, _)| *c).min();
+        let hold = |place| Hold {
+            inner: self.inner.clone(),
+            key_id: account.key_id.clone(),
+            place,
+            amount,
+            hard_cap,
+            done: false,
+        };
+        if caps.is_empty() && hourly.is_none() {
+            let id = fleet.hold_id();
+            return Ok(hold(Place::Shared { id, held: false }));
         }
+        let cap_amounts: Vec<Usd> = caps.iter().map(|(c, _)| *c).collect();
+        let answer = fleet
+            .reserve(
+                &account.key_id,
+                amount,
+                &cap_amounts,
+                hourly,
+                self.inner.ttl_secs,
+                now,
+            )
+            .await;
+        match answer {
+            Ok(Ok(id)) => Ok(hold(Place::Shared { id, held: true })),
+            Ok(Err(Refused::Cap { index, committed })) => {
+                let (cap, kind) = caps[index.min(caps.len() - 1)];
+                Err(cap_error(kind, cap, amount, committed))
+            }
+            Ok(Err(Refused::Hour { .. })) => Err(hourly_error(hourly.unwrap_or_default(), now)),
+            Err(Unavailable) => match fleet.when_down.money {
+                MoneyWhenDown::Refuse => Err(FluxError::ledger_unavailable(
+                    fleet.when_down.retry_after_seconds,
+                    "spend limits",
+                )),
+                MoneyWhenDown::Serve => self.reserve_local(account, amount, now),
+            },
+        }
+    }
+
+    /// Reserve against this process's own holds and ledger.
+    fn reserve_local(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
+        check_on_hold(account)?;
         let terms = &account.terms;
         let mut by_key = lock(&self.inner.by_key);
         let spend = self.inner.ledger.spend(&account.key_id, now);
@@ -95,26 +174,7 @@ impl Budget {
         let caps = monthly_caps(account);
         for &(cap, kind) in &caps {
             if after > cap {
-                let left = cap.saturating_sub(committed);
-                let message = match kind {
-                    ErrorKind::FreeAllowanceExhausted => format!(
-                        "Free allowance used up: this request could cost up to ${amount} and \
-                         ${left} of this month's ${cap} is left. Upgrade, or connect your own \
-                         provider key; the allowance renews on the 1st (UTC)."
-                    ),
-                    ErrorKind::CreditExhausted => format!(
-                        "Monthly credit used up: this request could cost up to ${amount} and \
-                         ${left} of this month's ${cap} credit is left. Top up or upgrade on \
-                         the billing page."
-                    ),
-                    _ => format!(
-                        "Account spend ceiling reached: ${left} of this month's ${cap} ceiling \
-                         is left and this request could cost up to ${amount}. Raise your \
-                         account ceiling or add funds; lowering max_tokens or switching models \
-                         will not clear it."
-                    ),
-                };
-                return Err(FluxError::new(kind, message));
+                return Err(cap_error(kind, cap, amount, committed));
             }
         }
         let hard_cap = caps.iter().map(|(c, _)| *c).min();
@@ -125,15 +185,7 @@ impl Budget {
                 .saturating_add(amount)
                 > limit
             {
-                let retry = 3600 - now % 3600;
-                return Err(FluxError::new(
-                    ErrorKind::HourlyLimitReached,
-                    format!(
-                        "Hourly safety limit hit: spend this hour would pass ${limit}. Wait \
-                         {retry} s (retry_after) or slow your request rate."
-                    ),
-                )
-                .retry_after(retry));
+                return Err(hourly_error(limit, now));
             }
         }
         let id = self
@@ -147,7 +199,7 @@ impl Budget {
         Ok(Hold {
             inner: self.inner.clone(),
             key_id: account.key_id.clone(),
-            id,
+            place: Place::Local(id),
             amount,
             hard_cap,
             done: false,
@@ -155,7 +207,24 @@ impl Budget {
     }
 
     /// Where an account stands: settled spend this month and hour, and outstanding holds.
-    pub fn standing(&self, key_id: &str, now: u64) -> Standing {
+    pub async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
+        if let Some(fleet) = &self.inner.fleet {
+            return match fleet.standing(key_id, now).await {
+                Ok([month, hour, reserved]) => Ok(Standing {
+                    month,
+                    hour,
+                    reserved,
+                }),
+                Err(Unavailable) => Err(FluxError::ledger_unavailable(
+                    fleet.when_down.retry_after_seconds,
+                    "your spend",
+                )),
+            };
+        }
+        Ok(self.standing_local(key_id, now))
+    }
+
+    fn standing_local(&self, key_id: &str, now: u64) -> Standing {
         let by_key = lock(&self.inner.by_key);
         let spend = self.inner.ledger.spend(key_id, now);
         Standing {
@@ -165,7 +234,27 @@ impl Budget {
         }
     }
 
-    /// Release holds whose owner never settled nor dropped them. Returns how many.
+    /// A month's usage by key, lane and model: the fleet's in fleet mode, else this
+    /// gateway's (flushed first, so it includes every request settled before the call).
+    pub async fn report(
+        &self,
+        month: Month,
+        key_id: Option<String>,
+    ) -> Result<Vec<ReportRow>, LedgerError> {
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.report(month, key_id.as_deref()).await;
+        }
+        let ledger = self.inner.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            ledger.flush()?;
+            ledger.report(month, key_id.as_deref())
+        })
+        .await
+        .map_err(|e| LedgerError(format!("ledger task: {e}")))?
+    }
+
+    /// Release holds whose owner never settled nor dropped them. Returns how many. (In fleet
+    /// mode Redis releases expired holds itself, in every script that reads them.)
     pub fn sweep(&self, now: u64) -> usize {
         let mut by_key = lock(&self.inner.by_key);
         let mut released = 0;
@@ -187,12 +276,57 @@ impl Budget {
         released
     }
 
-    /// Outstanding holds of a key (tests and `/v1/usage`).
+    /// Outstanding holds of a key in this process (tests).
     pub fn reserved(&self, key_id: &str) -> Usd {
         lock(&self.inner.by_key)
             .get(key_id)
             .map_or(Usd::ZERO, |k| k.reserved)
     }
+}
+
+fn check_on_hold(account: &Account) -> Result<(), FluxError> {
+    if account.on_hold {
+        return Err(FluxError::new(
+            ErrorKind::AccountOnHold,
+            "Account on hold for payment review: requests are paused until billing clears \
+             it. Email billing@ferroxlabs.com.",
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a request that would pass a monthly cap.
+fn cap_error(kind: ErrorKind, cap: Usd, amount: Usd, committed: Usd) -> FluxError {
+    let left = cap.saturating_sub(committed);
+    let message = match kind {
+        ErrorKind::FreeAllowanceExhausted => format!(
+            "Free allowance used up: this request could cost up to ${amount} and ${left} of \
+             this month's ${cap} is left. Upgrade, or connect your own provider key; the \
+             allowance renews on the 1st (UTC)."
+        ),
+        ErrorKind::CreditExhausted => format!(
+            "Monthly credit used up: this request could cost up to ${amount} and ${left} of \
+             this month's ${cap} credit is left. Top up or upgrade on the billing page."
+        ),
+        _ => format!(
+            "Account spend ceiling reached: ${left} of this month's ${cap} ceiling is left and \
+             this request could cost up to ${amount}. Raise your account ceiling or add funds; \
+             lowering max_tokens or switching models will not clear it."
+        ),
+    };
+    FluxError::new(kind, message)
+}
+
+fn hourly_error(limit: Usd, now: u64) -> FluxError {
+    let retry = 3600 - now % 3600;
+    FluxError::new(
+        ErrorKind::HourlyLimitReached,
+        format!(
+            "Hourly safety limit hit: spend this hour would pass ${limit}. Wait {retry} s \
+             (retry_after) or slow your request rate."
+        ),
+    )
+    .retry_after(retry)
 }
 
 /// The lowest monthly amount an account may not pass, if any.
@@ -226,8 +360,53 @@ impl Hold {
     /// Record the real cost and release the hold. On plans whose credit is a hard stop,
     /// the recorded cost is capped so the month never passes the cap (a provider that
     /// counted more tokens than the worst case is the gateway's loss, not the user's).
-    /// Returns what was billed.
-    pub fn settle(mut self, mut entry: Entry<'_>) -> Usd {
+    /// Returns what was billed. In fleet mode it waits for Redis only under a hard cap (what
+    /// is billed depends on it); otherwise the settlement goes in the background.
+    pub async fn settle(mut self, mut entry: Entry<'_>) -> Usd {
+        self.done = true;
+        let fleet = self.inner.fleet.clone();
+        let id = match &self.place {
+            Place::Local(id) => {
+                let billed = self.settle_local(*id, entry);
+                if let Some(fleet) = fleet {
+                    // Served while Redis was down under the `serve` policy: the fleet bills
+                    // it too, when Redis is back.
+                    entry.cost = billed;
+                    fleet.settle_in_background(self.settlement(fleet.hold_id(), &entry));
+                }
+                return billed;
+            }
+            Place::Shared { id, .. } => id.clone(),
+        };
+        let fleet = fleet.expect("a shared hold comes from a fleet");
+        let settlement = self.settlement(id, &entry);
+        let billed = if self.hard_cap.is_some() {
+            fleet.settle(settlement).await
+        } else {
+            fleet.settle_in_background(settlement);
+            entry.cost
+        };
+        entry.cost = billed;
+        self.inner.ledger.record(&entry);
+        billed
+    }
+
+    fn settlement(&self, hold: Box<str>, entry: &Entry<'_>) -> Settlement {
+        Settlement {
+            key_id: self.key_id.as_str().into(),
+            hold,
+            at_unix: entry.at_unix,
+            lane: entry.lane.into(),
+            model: entry.model.into(),
+            input_tokens: entry.input_tokens,
+            cached_input_tokens: entry.cached_input_tokens,
+            output_tokens: entry.output_tokens,
+            cost: entry.cost,
+            hard_cap: self.hard_cap,
+        }
+    }
+
+    fn settle_local(&self, id: u64, mut entry: Entry<'_>) -> Usd {
         let mut by_key = lock(&self.inner.by_key);
         if let Some(cap) = self.hard_cap {
             let spent = self.inner.ledger.spend(&self.key_id, entry.at_unix).month;
@@ -247,8 +426,7 @@ impl Hold {
         }
         let billed = entry.cost;
         self.inner.ledger.record(&entry);
-        release(&mut by_key, &self.key_id, self.id);
-        self.done = true;
+        release(&mut by_key, &self.key_id, id);
         billed
     }
 }
@@ -264,8 +442,17 @@ impl std::fmt::Debug for Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.done {
-            release(&mut lock(&self.inner.by_key), &self.key_id, self.id);
+        if self.done {
+            return;
+        }
+        match &self.place {
+            Place::Local(id) => release(&mut lock(&self.inner.by_key), &self.key_id, *id),
+            Place::Shared { id, held: true } => {
+                if let Some(fleet) = &self.inner.fleet {
+                    fleet.release_in_background(&self.key_id, id);
+                }
+            }
+            Place::Shared { held: false, .. } => {}
         }
     }
 }
@@ -326,6 +513,13 @@ mod tests {
         }
     }
 
+    fn settle(hold: Hold, e: Entry<'_>) -> Usd {
+        use futures_util::FutureExt;
+        hold.settle(e)
+            .now_or_never()
+            .expect("a local settlement does not wait")
+    }
+
     fn usd(s: &str) -> Usd {
         s.parse().unwrap()
     }
@@ -371,9 +565,9 @@ mod tests {
                 let (budget, a) = (budget.clone(), a.clone());
                 std::thread::spawn(move || {
                     // Worst case 1 cent, real cost 0.7 cents.
-                    match budget.reserve(&a, usd("0.01"), 0) {
+                    match budget.reserve_local(&a, usd("0.01"), 0) {
                         Ok(hold) => {
-                            hold.settle(entry(&a.key_id, usd("0.007")));
+                            settle(hold, entry(&a.key_id, usd("0.007")));
                             1
                         }
                         Err(e) => {
@@ -385,7 +579,7 @@ mod tests {
             })
             .collect();
         let served: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let spent = budget.standing(&a.key_id, 0);
+        let spent = budget.standing_local(&a.key_id, 0);
         assert!(served >= 5, "{served}");
         assert!(spent.month <= usd("0.05"), "{spent:?}");
         assert_eq!(spent.month, usd("0.007").times(served as u64));
@@ -396,30 +590,33 @@ mod tests {
     fn a_dropped_hold_is_released_and_a_forgotten_one_expires() {
         let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
         let a = account(free("0.05"));
-        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
+        let hold = budget.reserve_local(&a, usd("0.04"), 1_000).unwrap();
         assert_eq!(budget.reserved(&a.key_id), usd("0.04"));
-        assert!(budget.reserve(&a, usd("0.02"), 1_000).is_err(), "held");
+        assert!(
+            budget.reserve_local(&a, usd("0.02"), 1_000).is_err(),
+            "held"
+        );
         drop(hold);
         assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
 
         // An owner that never comes back (a leaked task): the sweep frees it at expiry.
-        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
+        let hold = budget.reserve_local(&a, usd("0.04"), 1_000).unwrap();
         std::mem::forget(hold);
         assert_eq!(budget.sweep(1_059), 0, "not expired yet");
-        assert!(budget.reserve(&a, usd("0.02"), 1_059).is_err());
+        assert!(budget.reserve_local(&a, usd("0.02"), 1_059).is_err());
         assert_eq!(budget.sweep(1_060), 1);
         assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
-        assert!(budget.reserve(&a, usd("0.02"), 1_060).is_ok());
+        assert!(budget.reserve_local(&a, usd("0.02"), 1_060).is_ok());
     }
 
     #[test]
     fn settlement_never_passes_a_hard_cap() {
         let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
         let a = account(free("0.05"));
-        let hold = budget.reserve(&a, usd("0.04"), 0).unwrap();
+        let hold = budget.reserve_local(&a, usd("0.04"), 0).unwrap();
         // The provider counted more than the worst case: the key pays at most its cap.
-        assert_eq!(hold.settle(entry(&a.key_id, usd("0.09"))), usd("0.05"));
-        assert_eq!(budget.standing(&a.key_id, 0).month, usd("0.05"));
+        assert_eq!(settle(hold, entry(&a.key_id, usd("0.09"))), usd("0.05"));
+        assert_eq!(budget.standing_local(&a.key_id, 0).month, usd("0.05"));
     }
 
     #[test]
@@ -453,18 +650,20 @@ mod tests {
         ];
         for (terms, code) in cases {
             let a = account(terms);
-            let e = budget.reserve(&a, usd("0.02"), 7_200 + 600).unwrap_err();
+            let e = budget
+                .reserve_local(&a, usd("0.02"), 7_200 + 600)
+                .unwrap_err();
             assert_eq!((e.status(), e.code()), (402, code));
             if code == "hourly_limit_reached" {
                 assert_eq!(e.retry_after, Some(3_000));
             } else {
                 assert_eq!(e.retry_after, None);
             }
-            assert!(budget.reserve(&a, usd("0.005"), 0).is_ok(), "{code}");
+            assert!(budget.reserve_local(&a, usd("0.005"), 0).is_ok(), "{code}");
         }
         let mut on_hold = account(PlanConfig::default());
         on_hold.on_hold = true;
-        let e = budget.reserve(&on_hold, Usd::ZERO, 0).unwrap_err();
+        let e = budget.reserve_local(&on_hold, Usd::ZERO, 0).unwrap_err();
         assert_eq!((e.status(), e.code()), (402, "account_on_hold"));
     }
 }

@@ -15,6 +15,8 @@ pub struct Live<'a> {
     pub breakers: Vec<(&'a str, &'static str)>,
     pub access_log_dropped: u64,
     pub series_dropped: u64,
+    /// Fleet mode's view of Redis.
+    pub fleet: Option<&'a crate::fleet::Fleet>,
 }
 
 const BREAKER_STATES: [&str; 3] = ["closed", "half_open", "open"];
@@ -347,6 +349,10 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         live.series_dropped,
     );
 
+    if let Some(fleet) = live.fleet {
+        fleet_section(&mut o, fleet);
+    }
+
     if let Some(p) = process() {
         o.head(
             "process_cpu_seconds_total",
@@ -362,6 +368,76 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         o.sample("process_resident_memory_bytes", &[], p.rss_bytes);
     }
     o.0
+}
+
+/// Fleet mode: whether Redis answers, its round trips by operation, and the fleet.
+fn fleet_section(o: &mut Out, fleet: &crate::fleet::Fleet) {
+    use crate::fleet::Op;
+    o.head(
+        "flux_redis_up",
+        "gauge",
+        "1 while Redis answers this gateway, 0 while the down policy applies.",
+    );
+    o.sample("flux_redis_up", &[], u8::from(fleet.is_up()));
+    o.head(
+        "flux_redis_transitions_total",
+        "counter",
+        "Times this gateway saw Redis go down, or come back up.",
+    );
+    let s = &fleet.stats;
+    o.counter(
+        "flux_redis_transitions_total",
+        &[("to", "down")],
+        &s.went_down,
+    );
+    o.counter("flux_redis_transitions_total", &[("to", "up")], &s.came_up);
+    o.head(
+        "flux_redis_op_duration_seconds",
+        "histogram",
+        "Round trips to Redis by operation (reserve, settle, release, standing, rate, \
+         heartbeat, report), failures included.",
+    );
+    for op in Op::ALL {
+        o.histogram(
+            "flux_redis_op_duration_seconds",
+            &[("op", op.label())],
+            &s.seconds[op as usize],
+        );
+    }
+    o.head(
+        "flux_redis_errors_total",
+        "counter",
+        "Redis operations that failed or timed out, by operation.",
+    );
+    for op in Op::ALL {
+        o.counter(
+            "flux_redis_errors_total",
+            &[("op", op.label())],
+            &s.errors[op as usize],
+        );
+    }
+    o.head(
+        "flux_fleet_gateways",
+        "gauge",
+        "Gateways that sent a heartbeat recently, this one included.",
+    );
+    o.sample("flux_fleet_gateways", &[], fleet.nodes());
+    o.head(
+        "flux_fleet_settlements_pending",
+        "gauge",
+        "Settlements Redis has not taken yet (replayed when it answers).",
+    );
+    o.sample("flux_fleet_settlements_pending", &[], fleet.pending_len());
+    o.head(
+        "flux_fleet_settlements_dropped_total",
+        "counter",
+        "Settlements dropped from a full replay queue (still in this gateway's ledger).",
+    );
+    o.counter(
+        "flux_fleet_settlements_dropped_total",
+        &[],
+        &s.settles_dropped,
+    );
 }
 
 impl Metrics {

@@ -112,6 +112,7 @@ fn upstream_breaker_reload_and_live_gauges() {
         breakers: vec![("sim", "open"), ("backup", "closed")],
         access_log_dropped: 0,
         series_dropped: 0,
+        fleet: None,
     };
     let text = render(&m, &live);
     for (series, want) in [

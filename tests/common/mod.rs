@@ -175,6 +175,9 @@ pub struct Custom<'a> {
     pub extra_limits: &'a str,
     /// Files written beside the config before the gateway starts (name, content).
     pub files: &'a [(&'a str, &'a [u8])],
+    /// Another gateway whose keys file (and main key) this one uses: a fleet's nodes share
+    /// their keys.
+    pub keys_from: Option<&'a Flux>,
 }
 
 impl Default for Custom<'_> {
@@ -187,6 +190,7 @@ impl Default for Custom<'_> {
             extra_config: "",
             extra_limits: "",
             files: &[],
+            keys_from: None,
         }
     }
 }
@@ -280,7 +284,12 @@ impl Flux {
             extra_config,
             extra_limits,
             files,
+            keys_from,
         } = *custom;
+        let keys_file = match keys_from {
+            Some(f) => f.dir.path().join("keys.yaml").display().to_string(),
+            None => "keys.yaml".to_string(),
+        };
         // The payg plan (the main key's) may use every lane of the lanes file.
         let payg_lanes = lane_names(lanes).join(", ");
         let sim = Sim::start();
@@ -303,7 +312,7 @@ impl Flux {
 listen: ["127.0.0.1:{port}"]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
 limits: {{ {body_timeout}{extra_limits} }}
-keys_file: keys.yaml
+keys_file: "{keys_file}"
 lanes_file: lanes.yaml
 providers:
   sim: {{ format: {sim_format}, base_url: "http://{s}/v1", api_key_env: FLUX_TEST_PROVIDER_KEY }}
@@ -354,7 +363,10 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
             child: spawn_gateway(&config_path, log),
             dir,
         };
-        flux.key = flux.new_key("payg", "main");
+        flux.key = match keys_from {
+            Some(f) => f.key.clone(),
+            None => flux.new_key("payg", "main"),
+        };
         flux.wait_ready().await?;
         Ok(flux)
     }

@@ -1,0 +1,635 @@
+//! Fleet mode: three real gateways on one real Redis (`redis-server` from the distribution,
+//! started by each test on its own loopback port) keep a single node's guarantees.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fluxrouter::metering::Usd;
+use serde_json::{json, Value};
+
+/// A `redis-server` of this test's own, persisting as README recommends (AOF, fsync every
+/// second).
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Stop it gracefully (SIGTERM: it writes out its append-only file first).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), "TERM");
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// The `redis:` section of three gateways sharing `redis`, plus more top-level YAML.
+fn fleet_config(redis: &Redis, extra: &str) -> String {
+    format!(
+        "redis: {{ url: \"{}\", key_prefix: \"t:\", command_timeout_ms: 500, probe_interval_ms: 200 }}\n{extra}",
+        redis.url()
+    )
+}
+
+async fn fleet_of(n: usize, config: &str, lanes: &str) -> Vec<Flux> {
+    let first = Flux::start_custom(&Custom {
+        lanes,
+        extra_config: config,
+        ..Custom::default()
+    })
+    .await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let next = Flux::start_custom(&Custom {
+            lanes,
+            extra_config: config,
+            keys_from: Some(&nodes[0]),
+            ..Custom::default()
+        })
+        .await;
+        nodes.push(next);
+    }
+    nodes
+}
+
+/// A key on `plan` that every node accepts.
+async fn shared_key(nodes: &[Flux], plan: &str, name: &str) -> String {
+    let key = nodes[0].new_key(plan, name);
+    for n in nodes {
+        n.wait_for_key(&key).await;
+    }
+    key
+}
+
+fn cost_of(r: &reqwest::Response) -> Option<Usd> {
+    r.headers()
+        .get("x-flux-cost-usd")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+async fn standing(node: &Flux, key: &str) -> Value {
+    let r = node.get("/v1/usage", key).await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["spend"].clone()
+}
+
+fn usd(v: &Value) -> Usd {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn three_gateways_never_settle_past_the_last_five_cents_and_bill_every_request() {
+    let redis = Redis::start();
+    let nodes = fleet_of(3, &fleet_config(&redis, ""), TEST_LANES).await;
+    let key = shared_key(&nodes, "tiny", "tiny").await;
+    // About $0.005 of input each at $2 per million: ten fit in $0.05, 300 are sent at once.
+    let text = "lorem ipsum dolor sit amet ".repeat(370);
+    let body = json!({"model": "flux-pinned-on-chat", "max_tokens": 50,
+                      "messages": [{"role": "user", "content": text}]});
+    let results = futures_util::future::join_all((0..300).map(|i| {
+        let (node, key, body) = (&nodes[i % 3], &key, &body);
+        async move {
+            let r = node.post("/v1/chat/completions", key, body).await;
+            let (status, cost) = (r.status().as_u16(), cost_of(&r));
+            (i % 3, status, cost, r.text().await.unwrap())
+        }
+    }))
+    .await;
+    let mut served_by = [0; 3];
+    let mut billed = Usd::ZERO;
+    for (node, status, cost, text) in &results {
+        match status {
+            200 => {
+                served_by[*node] += 1;
+                billed = billed.saturating_add(cost.expect("a served request says its cost"));
+            }
+            402 => assert!(text.contains("free_allowance_exhausted"), "{text}"),
+            _ => panic!("only 200 and 402 expected, got {status}: {text}"),
+        }
+    }
+    let served: usize = served_by.iter().sum();
+    eprintln!("300 concurrent over 3 gateways on $0.05: served {served_by:?}, billed ${billed}");
+    assert!(served >= 5, "{served_by:?}");
+    assert!(served < 300, "the allowance must run out");
+    // Every node reads the same shared spend: exactly what was billed, never past $0.05.
+    for node in &nodes {
+        let s = standing(node, &key).await;
+        assert_eq!(
+            usd(&s["month_usd"]),
+            billed,
+            "every served request billed once: {s}"
+        );
+        assert_eq!(s["reserved_usd"], "0.0", "no hold left: {s}");
+    }
+    assert!(billed <= "0.05".parse().unwrap(), "settled ${billed}");
+
+    // The fleet's report (admin API and CLI) and the nodes' own ledgers agree with it.
+    let r = nodes[1]
+        .admin_get("/admin/v1/usage?key=tiny", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(usd(&report["total_usd"]), billed, "{report}");
+    assert_eq!(report["data"][0]["requests"], served as u64, "{report}");
+    let cli = nodes[2].cli(&["usage", "--key", "tiny", "--json"]);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let fleet: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let mut own = Usd::ZERO;
+    for (i, node) in nodes.iter().enumerate() {
+        // The node's ledger writer commits within its flush interval.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mine = loop {
+            let out = node.cli(&["usage", "--node", "--key", "tiny", "--json"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v["total"]["requests"] == served_by[i] as u64 || Instant::now() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            mine["total"]["requests"], served_by[i] as u64,
+            "node {i}: {mine}"
+        );
+        own = own.saturating_add(usd(&mine["total"]["cost_usd"]));
+    }
+    assert_eq!(usd(&fleet["total"]["cost_usd"]), billed, "{fleet}");
+    assert_eq!(own, billed, "the nodes' own records add up to the fleet's");
+}
+
+#[tokio::test]
+async fn a_600_per_minute_limit_hit_from_three_gateways_allows_600() {
+    let redis = Redis::start();
+    let nodes = fleet_of(3, &fleet_config(&redis, ""), TEST_LANES).await;
+    let key = shared_key(&nodes, "rpm600", "rpm").await;
+    let body = ping("flux-pinned-alpha");
+    let started = Instant::now();
+    // 1,200 requests, 16 at a time per node.
+    let (key, body) = (&key, &body);
+    let all = futures_util::future::join_all(nodes.iter().map(|node| async move {
+        let mut statuses = Vec::new();
+        for _ in 0..25 {
+            let batch =
+                futures_util::future::join_all((0..16).map(|_| node.chat_with_key(body, key)))
+                    .await;
+            for r in batch {
+                if r.status() == 429 {
+                    assert!(r.headers().contains_key("retry-after"));
+                }
+                statuses.push(r.status().as_u16());
+            }
+        }
+        statuses
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted: Vec<usize> = all
+        .iter()
+        .map(|s| s.iter().filter(|&&c| c == 200).count())
+        .collect();
+    for s in &all {
+        assert!(s.iter().all(|&c| c == 200 || c == 429), "{s:?}");
+    }
+    let total: usize = admitted.iter().sum();
+    // GCRA: the whole minute's 600 at once, then 10 a second for the rest of the run.
+    let allowed = 600.0 + 10.0 * elapsed;
+    eprintln!(
+        "600/min from 3 gateways: {total} of 1200 admitted ({admitted:?}) in {elapsed:.2} s \
+         (the limit allows {allowed:.1})"
+    );
+    assert!(
+        total as f64 >= 600.0 * 0.99,
+        "{total}: the burst was not all admitted"
+    );
+    assert!(
+        total as f64 <= allowed * 1.01,
+        "{total} admitted: over the limit's {allowed:.1}"
+    );
+    assert!(admitted.iter().all(|&n| n > 0), "{admitted:?}");
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_run_refuses_what_needs_a_hold_and_the_fleet_recovers_unaided() {
+    let mut redis = Redis::start();
+    let nodes = fleet_of(3, &fleet_config(&redis, ""), TEST_LANES).await;
+    let capped = shared_key(&nodes, "tiny", "tiny").await;
+    let limited = shared_key(&nodes, "rpm2", "rpm2").await;
+    let open = nodes[0].key.clone(); // pay as you go: no spend limit to hold against
+    let body = ping("flux-pinned-alpha");
+    let mut billed_open = Usd::ZERO;
+    let mut billed_capped = Usd::ZERO;
+    for node in &nodes {
+        for (key, billed) in [(&open, &mut billed_open), (&capped, &mut billed_capped)] {
+            let r = node.chat_with_key(&body, key).await;
+            assert_eq!(r.status(), 200, "{}", node.log());
+            *billed = billed.saturating_add(cost_of(&r).unwrap());
+        }
+    }
+
+    redis.stop();
+    let down_at = Instant::now();
+    for node in &nodes {
+        // Money is never risked: the capped key waits...
+        let r = node.chat_with_key(&body, &capped).await;
+        assert_eq!(r.status(), 503);
+        assert!(header(&r, "retry-after").parse::<u64>().unwrap() >= 1);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "ledger_unavailable", "{e}");
+        // ... the key without a limit is served, its spend kept for Redis ...
+        let r = node.chat_with_key(&body, &open).await;
+        assert_eq!(r.status(), 200);
+        billed_open = billed_open.saturating_add(cost_of(&r).unwrap());
+        // ... and rate limits hold at this node's share: 2 a minute over 3 gateways is 1.
+        assert_eq!(node.chat_with_key(&body, &limited).await.status(), 200);
+        let r = node.chat_with_key(&body, &limited).await;
+        assert_eq!(r.status(), 429, "over the node's share");
+        let m = node.metrics().await;
+        assert!(m.contains("flux_redis_up 0"), "{m}");
+    }
+    assert!(
+        down_at.elapsed() < Duration::from_secs(10),
+        "nothing waited on the dead Redis"
+    );
+    // Started again on the same port and files: every node comes back by itself.
+    redis.spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in &nodes {
+        loop {
+            let r = node.chat_with_key(&body, &capped).await;
+            if r.status() == 200 {
+                billed_capped = billed_capped.saturating_add(cost_of(&r).unwrap());
+                break;
+            }
+            assert_eq!(r.status(), 503);
+            assert!(Instant::now() < deadline, "not back: {}", node.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let m = node.metrics().await;
+        assert!(m.contains("flux_redis_up 1"), "{m}");
+        assert!(
+            m.contains("flux_redis_transitions_total{to=\"down\"} 1"),
+            "{m}"
+        );
+        assert!(node.log().contains("redis: up again"), "{}", node.log());
+    }
+    // What was served while Redis was down reaches it: nothing lost, nothing twice.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = standing(&nodes[1], &open).await;
+        if usd(&s["month_usd"]) == billed_open {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spend ${} in Redis, ${billed_open} billed",
+            s["month_usd"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = standing(&nodes[2], &capped).await;
+    assert_eq!(usd(&s["month_usd"]), billed_capped, "{s}");
+}
+
+#[tokio::test]
+async fn a_killed_gateway_s_holds_block_the_fleet_until_they_expire() {
+    let redis = Redis::start();
+    // The express lane hangs at the provider, so its requests hold their reservations.
+    let lanes = TEST_LANES
+        .replace(
+            "    default: flux-pinned-alpha\n    fallbacks: [flux-pinned-beta]",
+            "    default: flux-pinned-hangs",
+        )
+        .replace(
+            "\nmodels:\n",
+            "\nmodels:\n  flux-pinned-hangs: { upstream: h, provider: sim_hang, lane: express, context_window: 100000, max_output_tokens: 4096 }\n",
+        );
+    let config = fleet_config(&redis, "ledger: { hold_ttl_seconds: 5 }");
+    let nodes = fleet_of(2, &config, &lanes).await;
+    let key = shared_key(&nodes, "tiny", "tiny").await;
+    // Worst case 4,096 tokens at $4 per million: about $0.0164 each, three fill $0.05.
+    let hanging = json!({"model": "flux-pinned-hangs", "max_tokens": 4096,
+                         "messages": [{"role": "user", "content": "wait"}]});
+    let probe = json!({"model": "flux-pinned-on-chat", "max_tokens": 500,
+                       "messages": [{"role": "user", "content": "ping"}]});
+    let reserved_at = Instant::now();
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        let (base, key, body) = (nodes[1].base.clone(), key.clone(), hanging.clone());
+        in_flight.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while nodes[1].sim.hanging().await < 3 {
+        assert!(Instant::now() < deadline, "{}", nodes[1].log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other gateway sees the holds: its request does not fit.
+    let r = nodes[0].chat_with_key(&probe, &key).await;
+    assert_eq!(r.status(), 402, "holds are shared");
+    let mut nodes = nodes;
+    let mut killed = nodes.pop().unwrap();
+    killed.signal("KILL");
+    killed
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    let r = nodes[0].chat_with_key(&probe, &key).await;
+    assert_eq!(
+        r.status(),
+        402,
+        "a dead gateway's holds outlive it until they expire"
+    );
+    let killed_after = reserved_at.elapsed();
+    // Then they expire, and the fleet serves again without anyone's help.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = nodes[0].chat_with_key(&probe, &key).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 402);
+        assert!(Instant::now() < deadline, "holds never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let freed_after = reserved_at.elapsed();
+    eprintln!(
+        "holds of a SIGKILLed gateway: still held {killed_after:?} after reserving, freed after \
+         {freed_after:?} (ttl 5 s)"
+    );
+    assert!(freed_after >= Duration::from_secs(5), "freed before expiry");
+    let s = standing(&nodes[0], &key).await;
+    assert_ne!(usd(&s["month_usd"]), Usd::ZERO);
+    for h in in_flight {
+        assert!(
+            h.await.unwrap().is_err(),
+            "the killed gateway's clients saw it go"
+        );
+    }
+}
+
+#[tokio::test]
+async fn money_stays_exact_past_what_a_lua_number_holds() {
+    // $9,007 is 2^53 pico-dollars, where a Lua number stops counting exactly.
+    let redis = Redis::start();
+    let config = fluxrouter::config::server::RedisConfig {
+        url: Some(redis.url()),
+        key_prefix: "x:".into(),
+        ..Default::default()
+    };
+    let fleet = fluxrouter::fleet::Fleet::connect(&config, true).unwrap();
+    assert!(fleet.is_up());
+    let now = 1_800_000_000;
+    let month = fluxrouter::metering::ledger::Month::of(now);
+    let spent = Usd(10_000 * fluxrouter::metering::money::PICOS_PER_USD + 1);
+    let _: () = redis::cmd("SET")
+        .arg(format!("x:{{k}}:m:{month}"))
+        .arg(spent.0)
+        .query(&mut redis.conn())
+        .unwrap();
+    // A cap one pico-dollar above the spend: one pico fits, a second does not.
+    let cap = Usd(spent.0 + 1);
+    let one = Usd(1);
+    let held = fleet
+        .reserve("k", one, &[cap], None, 60, now)
+        .await
+        .unwrap();
+    assert!(held.is_ok(), "{held:?}");
+    let refused = fleet
+        .reserve("k", one, &[cap], None, 60, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(fluxrouter::fleet::Refused::Cap {
+            index: 0,
+            committed: Usd(spent.0 + 1)
+        })
+    );
+    let [m, _, reserved] = fleet.standing("k", now).await.unwrap();
+    assert_eq!((m, reserved), (spent, one));
+    // Settling bills to the pico-dollar, past 2^53.
+    let billed = fleet
+        .settle(fluxrouter::fleet::Settlement {
+            key_id: "k".into(),
+            hold: held.unwrap(),
+            at_unix: now,
+            lane: "fast".into(),
+            model: "m".into(),
+            input_tokens: 1,
+            cached_input_tokens: 0,
+            output_tokens: 1,
+            cost: Usd(3),
+            hard_cap: Some(cap),
+        })
+        .await;
+    assert_eq!(billed, one, "capped at the one pico-dollar left");
+    let [m, _, reserved] = fleet.standing("k", now).await.unwrap();
+    assert_eq!((m, reserved), (cap, Usd::ZERO));
+}
+
+#[tokio::test]
+async fn a_hung_redis_costs_a_request_at_most_the_command_timeout() {
+    let redis = Redis::start();
+    let nodes = fleet_of(2, &fleet_config(&redis, ""), TEST_LANES).await;
+    let capped = shared_key(&nodes, "tiny", "tiny").await;
+    let body = ping("flux-pinned-alpha");
+    assert_eq!(nodes[0].chat_with_key(&body, &capped).await.status(), 200);
+    // SIGSTOP: the connections stay open and nothing answers, the worst kind of slow.
+    let pid = redis.child.as_ref().unwrap().id();
+    unsafe_kill(pid, "STOP");
+    for node in &nodes {
+        let started = Instant::now();
+        let r = node.chat_with_key(&body, &capped).await;
+        let waited = started.elapsed();
+        assert_eq!(r.status(), 503, "{}", node.log());
+        eprintln!("hung Redis: 503 ledger_unavailable after {waited:?} (command timeout 500 ms)");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        // Once seen down, nothing waits on it.
+        let started = Instant::now();
+        assert_eq!(node.chat_with_key(&body, &capped).await.status(), 503);
+        assert_eq!(node.chat_with_key(&body, &node.key).await.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    unsafe_kill(pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in &nodes {
+        while node.chat_with_key(&body, &capped).await.status() != 200 {
+            assert!(Instant::now() < deadline, "not back: {}", node.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(node.log().contains("redis: down ("), "{}", node.log());
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_on_every_gateway_and_an_upgrade_loses_no_spend() {
+    let redis = Redis::start();
+    let nodes = fleet_of(3, &fleet_config(&redis, ""), TEST_LANES).await;
+    let key = shared_key(&nodes, "free", "free").await;
+    let doomed = shared_key(&nodes, "payg", "doomed").await;
+
+    // Revoked in the shared keys file: every gateway refuses it within a moment.
+    let revoked_at = Instant::now();
+    let out = nodes[0].cli(&["keys", "revoke", "doomed"]);
+    assert!(out.status.success());
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.get("/v1/models", &doomed).await.status() != 401 {
+            assert!(Instant::now() < deadline, "still accepted: {}", node.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!(
+        "revoked key refused by all 3 gateways {:?} after the file changed",
+        revoked_at.elapsed()
+    );
+
+    // Node 0 is upgraded (a new binary takes its sockets) while clients keep sending to
+    // every node: each request is billed once in the shared ledger, none fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let url = format!("{}/v1/chat/completions", nodes[w % 3].base);
+        let (key, stop) = (key.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut billed, mut failures) = (Usd::ZERO, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&ping("flux-fast"))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        billed = billed.saturating_add(cost_of(&r).unwrap());
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (billed, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut nodes = nodes;
+    let mut new = nodes[0].spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes[0].signal("QUIT");
+    let exit = nodes[0].wait_exit(Duration::from_secs(30)).await;
+    assert!(exit.expect("the old process exits").success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut billed, mut failures) = (Usd::ZERO, Vec::new());
+    for w in workers {
+        let (b, f) = w.await.unwrap();
+        billed = billed.saturating_add(b);
+        failures.extend(f);
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let s = standing(&nodes[1], &key).await;
+    assert_eq!(usd(&s["month_usd"]), billed, "{s}");
+    let _ = new.kill();
+    let _ = new.wait();
+    nodes.remove(0);
+}
