@@ -158,6 +158,26 @@ fn usd(v: &Value) -> Usd {
     v.as_str().unwrap().parse().unwrap()
 }
 
+/// The key's standing once every settlement has landed (they go to Redis in the background)
+/// and no hold is left: its month's spend must then be exactly `billed`.
+async fn settled(node: &Flux, key: &str, billed: Usd) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = standing(node, key).await;
+        let done = s["reserved_usd"] == "0.0" && usd(&s["month_usd"]) == billed;
+        if done || Instant::now() > deadline {
+            assert_eq!(
+                usd(&s["month_usd"]),
+                billed,
+                "every served request billed once: {s}"
+            );
+            assert_eq!(s["reserved_usd"], "0.0", "no hold left: {s}");
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn three_gateways_never_settle_past_the_last_five_cents_and_bill_every_request() {
     let redis = Redis::start();
@@ -194,13 +214,7 @@ async fn three_gateways_never_settle_past_the_last_five_cents_and_bill_every_req
     assert!(served < 300, "the allowance must run out");
     // Every node reads the same shared spend: exactly what was billed, never past $0.05.
     for node in &nodes {
-        let s = standing(node, &key).await;
-        assert_eq!(
-            usd(&s["month_usd"]),
-            billed,
-            "every served request billed once: {s}"
-        );
-        assert_eq!(s["reserved_usd"], "0.0", "no hold left: {s}");
+        settled(node, &key, billed).await;
     }
     assert!(billed <= "0.05".parse().unwrap(), "settled ${billed}");
 
@@ -362,21 +376,8 @@ async fn redis_stopped_mid_run_refuses_what_needs_a_hold_and_the_fleet_recovers_
         assert!(node.log().contains("redis: up again"), "{}", node.log());
     }
     // What was served while Redis was down reaches it: nothing lost, nothing twice.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = standing(&nodes[1], &open).await;
-        if usd(&s["month_usd"]) == billed_open {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spend ${} in Redis, ${billed_open} billed",
-            s["month_usd"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let s = standing(&nodes[2], &capped).await;
-    assert_eq!(usd(&s["month_usd"]), billed_capped, "{s}");
+    settled(&nodes[1], &open, billed_open).await;
+    settled(&nodes[2], &capped, billed_capped).await;
 }
 
 #[tokio::test]
@@ -627,8 +628,7 @@ async fn a_revoked_key_stops_on_every_gateway_and_an_upgrade_loses_no_spend() {
         failures.extend(f);
     }
     assert!(failures.is_empty(), "{failures:?}");
-    let s = standing(&nodes[1], &key).await;
-    assert_eq!(usd(&s["month_usd"]), billed, "{s}");
+    settled(&nodes[1], &key, billed).await;
     let _ = new.kill();
     let _ = new.wait();
     nodes.remove(0);

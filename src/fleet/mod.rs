@@ -183,7 +183,7 @@ impl Fleet {
             timeout: Duration::from_millis(config.command_timeout_ms),
             probe_interval: Duration::from_millis(config.probe_interval_ms),
             up: AtomicBool::new(false),
-            down_since: Mutex::new(Some(Instant::now())),
+            down_since: Mutex::new(None),
             layout: Layout::new(&config.key_prefix),
             node: format!("{:016x}", rand::random::<u64>()).into(),
             member,
@@ -204,10 +204,13 @@ impl Fleet {
                 "redis: connected; fleet mode with {} gateway(s) alive",
                 fleet.nodes()
             ),
-            _ => log::warn!(
-                "redis: unreachable at start; {} until it answers",
-                fleet.policy_text()
-            ),
+            _ => {
+                *lock(&fleet.down_since) = Some(Instant::now());
+                log::warn!(
+                    "redis: unreachable at start; {} until it answers",
+                    fleet.policy_text()
+                )
+            }
         }
         if member {
             fleet.handle.spawn(probe(Arc::downgrade(&fleet)));
@@ -313,7 +316,8 @@ impl Fleet {
         if !self.up.swap(true, Ordering::Relaxed) {
             let since = lock(&self.down_since).take();
             self.stats.came_up.add(1);
-            if self.stats.went_down.get() > 0 {
+            // The first contact at start is logged by `connect`.
+            if since.is_some() {
                 log::warn!(
                     "redis: up again after {:.1} s; {} gateway(s) alive, {} settlement(s) to replay",
                     since.map_or(0.0, |s| s.elapsed().as_secs_f64()),

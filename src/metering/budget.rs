@@ -7,6 +7,10 @@
 //! critical section. A [`Hold`] releases itself when dropped unsettled (a failed or
 //! abandoned request), and every hold also has an expiry after which [`Budget::sweep`]
 //! frees it, so a hold whose owner never returns (a leaked task) cannot block a key.
+//!
+//! In fleet mode ([`Budget::shared`]) the same contract holds across gateways: the holds
+//! and the spend live in Redis and each reservation or settlement is one atomic script
+//! ([`crate::fleet`]); this process's ledger still records what it settled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -148,7 +152,12 @@ impl Budget {
         match answer {
             Ok(Ok(id)) => Ok(hold(Place::Shared { id, held: true })),
             Ok(Err(Refused::Cap { index, committed })) => {
-                let (cap, kind) = caps[index.min(caps.len() - 1)];
+                // The script names the cap by its position in what it was given.
+                let (cap, kind) = caps
+                    .get(index)
+                    .or(caps.last())
+                    .copied()
+                    .unwrap_or((Usd::ZERO, ErrorKind::SpendCeilingReached));
                 Err(cap_error(kind, cap, amount, committed))
             }
             Ok(Err(Refused::Hour { .. })) => Err(hourly_error(hourly.unwrap_or_default(), now)),
@@ -360,8 +369,8 @@ impl Hold {
     /// Record the real cost and release the hold. On plans whose credit is a hard stop,
     /// the recorded cost is capped so the month never passes the cap (a provider that
     /// counted more tokens than the worst case is the gateway's loss, not the user's).
-    /// Returns what was billed. In fleet mode it waits for Redis only under a hard cap (what
-    /// is billed depends on it); otherwise the settlement goes in the background.
+    /// Returns what was billed. In fleet mode the settlement goes to Redis in the background,
+    /// unless a hard cap may bill less than the cost (a cost over the hold): then it waits.
     pub async fn settle(mut self, mut entry: Entry<'_>) -> Usd {
         self.done = true;
         let fleet = self.inner.fleet.clone();
@@ -380,7 +389,11 @@ impl Hold {
         };
         let fleet = fleet.expect("a shared hold comes from a fleet");
         let settlement = self.settlement(id, &entry);
-        let billed = if self.hard_cap.is_some() {
+        // Under a hard cap the script may bill less than the cost, but only past the hold:
+        // other settlements never eat into a hold (each is capped to the room left outside
+        // the others' holds), so a cost within it is billed in full. Only a provider that
+        // counted more than the worst case makes the request wait for what is billed.
+        let billed = if self.hard_cap.is_some() && entry.cost > self.amount {
             fleet.settle(settlement).await
         } else {
             fleet.settle_in_background(settlement);
