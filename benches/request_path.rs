@@ -224,7 +224,12 @@ fn metering(c: &mut Criterion) {
         b.iter(|| {
             // The local budget never waits: its futures are ready at once.
             let hold = budget
-                .reserve(&account, worst_case(50_000, 32_000, &rates), 1_800_000_000)
+                .reserve(
+                    &account,
+                    worst_case(50_000, 32_000, &rates),
+                    1_800_000_000,
+                    None,
+                )
                 .now_or_never()
                 .expect("ready")
                 .unwrap();

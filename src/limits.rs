@@ -197,14 +197,79 @@ impl Limits {
         plan: &PlanConfig,
         input_tokens: u64,
     ) -> Result<(), FluxError> {
-        let mut charges = [Charge {
+        self.admit_charges(key, &Charges::of(plan, input_tokens))
+            .await
+    }
+
+    /// [`Limits::admit`] for charges already worked out.
+    pub async fn admit_charges(&self, key: &str, charges: &Charges) -> Result<(), FluxError> {
+        if charges.is_empty() {
+            return Ok(());
+        }
+        let Some(fleet) = &self.fleet else {
+            return self.admit_here(key, charges, 1);
+        };
+        charges.check_size()?;
+        match fleet.admit(key, charges.as_slice()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((i, wait))) => Err(charges.refused(i, wait)),
+            Err(Unavailable) => self.admit_while_down(key, charges),
+        }
+    }
+
+    /// Fleet mode while Redis is down: this gateway's share of each limit (the limit divided
+    /// by the gateways alive), or 503 `ledger_unavailable`, as `redis.when_down` says.
+    pub fn admit_while_down(&self, key: &str, charges: &Charges) -> Result<(), FluxError> {
+        let Some(fleet) = &self.fleet else {
+            return self.admit_here(key, charges, 1);
+        };
+        if charges.is_empty() {
+            return Ok(());
+        }
+        match fleet.when_down.rate_limits {
+            RatesWhenDown::Refuse => Err(FluxError::ledger_unavailable(
+                fleet.when_down.retry_after_seconds,
+                "rate limits",
+            )),
+            RatesWhenDown::NodeShare => self.admit_here(key, charges, fleet.nodes()),
+        }
+    }
+
+    /// Admit in this process, against `1/share` of each limit.
+    fn admit_here(&self, key: &str, charges: &Charges, share: u64) -> Result<(), FluxError> {
+        let mut list = charges.list;
+        let list = &mut list[..charges.n];
+        if share > 1 {
+            for c in list.iter_mut() {
+                c.per_minute = c.per_minute.div_ceil(share).max(1);
+            }
+        }
+        self.limiter
+            .check(key, list, self.origin.elapsed())
+            .map_err(|refusal| refused(refusal, charges.input_tokens))
+    }
+}
+
+/// What one request spends of its plan's per-minute limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charges {
+    list: [Charge; 2],
+    n: usize,
+    input_tokens: u64,
+}
+
+impl Charges {
+    /// The plan's requests and tokens per minute (those it sets) for a request of about
+    /// `input_tokens`.
+    pub fn of(plan: &PlanConfig, input_tokens: u64) -> Charges {
+        let mut list = [Charge {
             dimension: Dimension::Requests,
             per_minute: 0,
             cost: 0,
         }; 2];
         let mut n = 0;
         if let Some(per_minute) = plan.requests_per_minute {
-            charges[n] = Charge {
+            list[n] = Charge {
                 dimension: Dimension::Requests,
                 per_minute,
                 cost: 1,
@@ -212,47 +277,40 @@ impl Limits {
             n += 1;
         }
         if let Some(per_minute) = plan.tokens_per_minute {
-            charges[n] = Charge {
+            list[n] = Charge {
                 dimension: Dimension::Tokens,
                 per_minute,
                 cost: input_tokens,
             };
             n += 1;
         }
-        if n == 0 {
-            return Ok(());
+        Charges {
+            list,
+            n,
+            input_tokens,
         }
-        let charges = &mut charges[..n];
-        if let Some(fleet) = &self.fleet {
-            if let Some(&charge) = charges.iter().find(|c| c.cost > c.per_minute) {
-                return Err(refused(Refusal::TooLarge { charge }, input_tokens));
-            }
-            match fleet.admit(key, charges).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err((i, after))) => {
-                    let charge = charges[i];
-                    return Err(refused(Refusal::RetryAfter { charge, after }, input_tokens));
-                }
-                Err(Unavailable) => match fleet.when_down.rate_limits {
-                    RatesWhenDown::Refuse => {
-                        return Err(FluxError::ledger_unavailable(
-                            fleet.when_down.retry_after_seconds,
-                            "rate limits",
-                        ))
-                    }
-                    // This gateway's share of each limit, until Redis answers again.
-                    RatesWhenDown::NodeShare => {
-                        let nodes = fleet.nodes();
-                        for c in charges.iter_mut() {
-                            c.per_minute = c.per_minute.div_ceil(nodes).max(1);
-                        }
-                    }
-                },
-            }
+    }
+
+    pub fn as_slice(&self) -> &[Charge] {
+        &self.list[..self.n]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// 413 `input_too_long` when the request alone is more than a limit admits at once.
+    pub fn check_size(&self) -> Result<(), FluxError> {
+        match self.as_slice().iter().find(|c| c.cost > c.per_minute) {
+            Some(&charge) => Err(refused(Refusal::TooLarge { charge }, self.input_tokens)),
+            None => Ok(()),
         }
-        self.limiter
-            .check(key, charges, self.origin.elapsed())
-            .map_err(|refusal| refused(refusal, input_tokens))
+    }
+
+    /// The 429 of charge `index` refusing the request for `after`.
+    pub fn refused(&self, index: usize, after: Duration) -> FluxError {
+        let charge = self.list[index.min(self.n.saturating_sub(1))];
+        refused(Refusal::RetryAfter { charge, after }, self.input_tokens)
     }
 }
 

@@ -412,17 +412,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) mod lua {
     use redis::Script;
 
-    const MONEY: &str = include_str!("lua/money.lua");
+    const LIB: &str = include_str!("lua/lib.lua");
     pub const RESERVE: &str = include_str!("lua/reserve.lua");
     pub const SETTLE: &str = include_str!("lua/settle.lua");
     pub const RELEASE: &str = include_str!("lua/release.lua");
     pub const STANDING: &str = include_str!("lua/standing.lua");
     pub const RATE: &str = include_str!("lua/rate.lua");
+    pub const ADMIT: &str = include_str!("lua/admit.lua");
     pub const HEARTBEAT: &str = include_str!("lua/heartbeat.lua");
 
-    /// A script with the money helpers in front (Redis caches it by its SHA-1 and the client
+    /// A script with the shared helpers (lib.lua) in front (Redis caches it by its SHA-1 and the client
     /// sends only the hash after the first call).
     pub fn script(body: &str) -> Script {
-        Script::new(&format!("{MONEY}\n{body}"))
+        Script::new(&format!("{LIB}\n{body}"))
     }
 }

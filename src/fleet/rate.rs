@@ -17,6 +17,29 @@ fn name(d: Dimension) -> &'static str {
     }
 }
 
+/// The script arguments of per-minute charges: limit name, per minute, cost.
+pub(super) fn push_charges(args: &mut Vec<String>, charges: &[Charge]) {
+    for c in charges {
+        args.push(name(c.dimension).to_string());
+        args.push(c.per_minute.to_string());
+        args.push(c.cost.to_string());
+    }
+}
+
+/// Which charge refused, and for how long, from the script's answer.
+pub(super) fn refusal(
+    charges: &[Charge],
+    limit: &str,
+    wait_us: Option<&String>,
+) -> (usize, Duration) {
+    let wait_us: u64 = wait_us.and_then(|w| w.parse().ok()).unwrap_or(1_000_000);
+    let i = charges
+        .iter()
+        .position(|c| name(c.dimension) == limit)
+        .unwrap_or(0);
+    (i, Duration::from_micros(wait_us.max(1)))
+}
+
 impl Fleet {
     /// Admit a request against every charge at once, or none: `Ok(Err((i, wait)))` when
     /// charge `i` refuses it for `wait`.
@@ -27,32 +50,26 @@ impl Fleet {
     ) -> Result<Result<(), (usize, Duration)>, Unavailable> {
         let keys = vec![self.layout.rate(key_id)];
         let mut args = Vec::with_capacity(charges.len() * 3);
-        for c in charges {
-            args.push(name(c.dimension).to_string());
-            args.push(c.per_minute.to_string());
-            args.push(c.cost.to_string());
-        }
-        let answer: redis::Value = self.script(Op::Rate, &RATE, keys, args).await?;
-        match answer {
-            redis::Value::Okay | redis::Value::SimpleString(_) => Ok(Ok(())),
-            redis::Value::BulkString(ref b) if b == b"ok" => Ok(Ok(())),
-            redis::Value::Array(ref parts) if parts.len() == 2 => {
-                let text = |v: &redis::Value| match v {
-                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    redis::Value::SimpleString(s) => s.clone(),
+        push_charges(&mut args, charges);
+        let answer: Vec<String> = match self
+            .script::<redis::Value>(Op::Rate, &RATE, keys, args)
+            .await?
+        {
+            redis::Value::Array(parts) => parts
+                .into_iter()
+                .map(|v| match v {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    redis::Value::SimpleString(s) => s,
                     redis::Value::Int(i) => i.to_string(),
                     _ => String::new(),
-                };
-                let dim = text(&parts[0]);
-                let wait_us: u64 = text(&parts[1]).parse().unwrap_or(1_000_000);
-                let i = charges
-                    .iter()
-                    .position(|c| name(c.dimension) == dim)
-                    .unwrap_or(0);
-                Ok(Err((i, Duration::from_micros(wait_us.max(1)))))
-            }
-            other => {
-                log::error!("redis: the rate script answered {other:?}");
+                })
+                .collect(),
+            _ => return Ok(Ok(())),
+        };
+        match answer.as_slice() {
+            [limit, wait] => Ok(Err(refusal(charges, limit, Some(wait)))),
+            _ => {
+                log::error!("redis: the rate script answered {answer:?}");
                 Err(Unavailable)
             }
         }

@@ -8,14 +8,17 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use redis::Script;
 
 use super::{lock, lua, Fleet, Op, Unavailable};
+use crate::limits::Charge;
 use crate::metering::ledger::{hour_of, LedgerError, Month, ReportRow};
 use crate::metering::Usd;
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::RESERVE));
+static ADMIT: LazyLock<Script> = LazyLock::new(|| lua::script(lua::ADMIT));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::SETTLE));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::RELEASE));
 static STANDING: LazyLock<Script> = LazyLock::new(|| lua::script(lua::STANDING));
@@ -36,6 +39,8 @@ pub enum Refused {
     Cap { index: usize, committed: Usd },
     /// The hourly limit would be passed; `committed` is the hour's spend plus the holds.
     Hour { committed: Usd },
+    /// The per-minute limit `rate[index]` refuses the request for `wait`.
+    Rate { index: usize, wait: Duration },
 }
 
 /// One served request to bill in the shared ledger.
@@ -66,8 +71,10 @@ pub(super) struct Pending {
 }
 
 impl Fleet {
-    /// Reserve `amount` for `key_id` if it fits under every cap and the hourly limit.
-    /// `Ok(Ok(hold id))` when held.
+    /// Reserve `amount` for `key_id` if it fits under every cap and the hourly limit, after
+    /// admitting the request against `rate` (its per-minute limits, none for a plan without):
+    /// one round trip either way. `Ok(Ok(hold id))` when held.
+    #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
         key_id: &str,
@@ -76,24 +83,32 @@ impl Fleet {
         hourly: Option<Usd>,
         hold_ttl_secs: u64,
         now: u64,
+        rate: &[Charge],
     ) -> Result<Result<Box<str>, Refused>, Unavailable> {
         let l = &self.layout;
         let hold = self.hold_id();
-        let keys = vec![
+        let mut keys = vec![
             l.month(key_id, Month::of(now)),
             l.hour(key_id, hour_of(now)),
             l.holds(key_id),
             l.hold_expiry(key_id),
             l.reserved(key_id),
         ];
-        let mut args = vec![
+        let mut args = Vec::with_capacity(5 + caps.len() + 3 * rate.len());
+        if !rate.is_empty() {
+            keys.push(l.rate(key_id));
+            args.push((3 * rate.len()).to_string());
+            super::rate::push_charges(&mut args, rate);
+        }
+        args.extend([
             amount.0.to_string(),
             hold.to_string(),
             hold_ttl_secs.to_string(),
             hourly.map_or(String::new(), |h| h.0.to_string()),
-        ];
+        ]);
         args.extend(caps.iter().map(|c| c.0.to_string()));
-        let answer: Vec<String> = self.script(Op::Reserve, &RESERVE, keys, args).await?;
+        let script = if rate.is_empty() { &RESERVE } else { &ADMIT };
+        let answer: Vec<String> = self.script(Op::Reserve, script, keys, args).await?;
         let amount_at = |i: usize| {
             answer
                 .get(i)
@@ -113,6 +128,14 @@ impl Fleet {
             Some("hour") => Err(Refused::Hour {
                 committed: amount_at(1),
             }),
+            Some("rate") => {
+                let (index, wait) = super::rate::refusal(
+                    rate,
+                    answer.get(1).map_or("", String::as_str),
+                    answer.get(2),
+                );
+                Err(Refused::Rate { index, wait })
+            }
             _ => {
                 log::error!("redis: the reserve script answered {answer:?}");
                 return Err(Unavailable);

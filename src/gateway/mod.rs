@@ -544,11 +544,9 @@ impl Gateway {
         ctx.rule = route.rule;
         ctx.probability = route.probability;
         // After routing, so a request refused for its own shape spends no quota.
-        self.limits
-            .admit(&account.key_id, &account.terms, features.input_tokens)
-            .await?;
+        let charges = crate::limits::Charges::of(&account.terms, features.input_tokens);
         let hold = self
-            .reserve(account, &request, &routes, &route, raw.len())
+            .reserve(account, &request, &routes, &route, raw.len(), &charges)
             .await?;
         let estimated_input_tokens = features.input_tokens;
         exchange::run(
@@ -583,8 +581,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Hold the request's worst-case cost against the account's limits (402 when it does
-    /// not fit). The body's length bounds its tokens (a token is at least a byte), which costs
+    /// Admit the request against its per-minute limits (429), then hold its worst-case cost
+    /// against the account's limits (402 when it does not fit). The body's length bounds its tokens (a token is at least a byte), which costs
     /// nothing to know; only when that bound does not fit are the tokens counted, with a
     /// margin for providers whose tokenizers count more.
     async fn reserve(
@@ -594,6 +592,7 @@ impl Gateway {
         routes: &crate::routing::RouteTable,
         route: &crate::routing::Route,
         body_bytes: usize,
+        charges: &crate::limits::Charges,
     ) -> Result<crate::metering::budget::Hold, FluxError> {
         use crate::metering::worst_case;
         let rates = &routes.lane(route.lane).rates;
@@ -609,8 +608,9 @@ impl Gateway {
         let bound = body_bytes as u64 + overhead;
         let now = unix_now();
         let budget = &self.state.budget;
+        let rate = Some((&self.limits, charges));
         match budget
-            .reserve(account, worst_case(bound, max_output, rates), now)
+            .reserve(account, worst_case(bound, max_output, rates), now, rate)
             .await
         {
             Ok(hold) => Ok(hold),
@@ -625,8 +625,9 @@ impl Gateway {
                 };
                 let margin = counted / 4 + overhead;
                 let input = (counted + margin).min(bound);
+                // The first attempt spent the rate: this one only reserves.
                 budget
-                    .reserve(account, worst_case(input, max_output, rates), now)
+                    .reserve(account, worst_case(input, max_output, rates), now, None)
                     .await
             }
             Err(e) => Err(e),

@@ -21,6 +21,7 @@ use crate::auth::Account;
 use crate::config::server::MoneyWhenDown;
 use crate::errors::{ErrorKind, FluxError};
 use crate::fleet::{Fleet, Refused, Settlement, Unavailable};
+use crate::limits::{Charges, Limits};
 
 /// How long a hold may live without being settled or dropped (`ledger.hold_ttl_seconds`).
 pub const DEFAULT_HOLD_TTL_SECS: u64 = 15 * 60;
@@ -111,15 +112,20 @@ impl Budget {
     }
 
     /// Reserve `amount` (the request's worst-case cost) for `account`, or say which limit
-    /// it would break. `now` is Unix seconds. In fleet mode this is one round trip to Redis,
-    /// and none for an account without any spend limit.
+    /// it would break. `now` is Unix seconds. With `rate`, the request is first admitted
+    /// against its per-minute limits (429 when over one). In fleet mode both are one round
+    /// trip to Redis, and an account without any spend limit makes only the rate's.
     pub async fn reserve(
         &self,
         account: &Account,
         amount: Usd,
         now: u64,
+        rate: Option<(&Limits, &Charges)>,
     ) -> Result<Hold, FluxError> {
         let Some(fleet) = &self.inner.fleet else {
+            if let Some((limits, charges)) = rate {
+                limits.admit_charges(&account.key_id, charges).await?;
+            }
             return self.reserve_local(account, amount, now);
         };
         check_on_hold(account)?;
@@ -135,8 +141,15 @@ impl Budget {
             done: false,
         };
         if caps.is_empty() && hourly.is_none() {
+            if let Some((limits, charges)) = rate {
+                limits.admit_charges(&account.key_id, charges).await?;
+            }
             let id = fleet.hold_id();
             return Ok(hold(Place::Shared { id, held: false }));
+        }
+        let charges = rate.map_or(&[][..], |(_, c)| c.as_slice());
+        if let Some((_, c)) = rate {
+            c.check_size()?;
         }
         let cap_amounts: Vec<Usd> = caps.iter().map(|(c, _)| *c).collect();
         let answer = fleet
@@ -147,6 +160,7 @@ impl Budget {
                 hourly,
                 self.inner.ttl_secs,
                 now,
+                charges,
             )
             .await;
         match answer {
@@ -161,13 +175,22 @@ impl Budget {
                 Err(cap_error(kind, cap, amount, committed))
             }
             Ok(Err(Refused::Hour { .. })) => Err(hourly_error(hourly.unwrap_or_default(), now)),
-            Err(Unavailable) => match fleet.when_down.money {
-                MoneyWhenDown::Refuse => Err(FluxError::ledger_unavailable(
-                    fleet.when_down.retry_after_seconds,
-                    "spend limits",
-                )),
-                MoneyWhenDown::Serve => self.reserve_local(account, amount, now),
-            },
+            Ok(Err(Refused::Rate { index, wait })) => Err(match rate {
+                Some((_, c)) => c.refused(index, wait),
+                None => FluxError::new(ErrorKind::RateLimited, "Rate limited.").retry_after(1),
+            }),
+            Err(Unavailable) => {
+                if let Some((limits, charges)) = rate {
+                    limits.admit_while_down(&account.key_id, charges)?;
+                }
+                match fleet.when_down.money {
+                    MoneyWhenDown::Refuse => Err(FluxError::ledger_unavailable(
+                        fleet.when_down.retry_after_seconds,
+                        "spend limits",
+                    )),
+                    MoneyWhenDown::Serve => self.reserve_local(account, amount, now),
+                }
+            }
         }
     }
 
