@@ -520,6 +520,7 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
         .settle(fluxrouter::fleet::Settlement {
             key_id: "k".into(),
             hold: held.unwrap(),
+            held: Some(one),
             at_unix: now,
             lane: "fast".into(),
             model: "m".into(),
@@ -562,6 +563,24 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
     }
     let [_, _, reserved] = fleet.standing("r", now).await.unwrap();
     assert_eq!(reserved, one, "only the admitted request holds");
+
+    // A failed request's hold is released (in the background), and only once.
+    let id = first.unwrap();
+    fleet.release_in_background("r", &id, one);
+    fleet.release_in_background("r", &id, one);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.standing("r", now).await.unwrap()[2] != Usd::ZERO {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = fleet
+        .reserve("r", one, &[dollar], None, 60, now, &[])
+        .await
+        .unwrap();
+    assert!(held.is_ok());
+    fleet.release_in_background("r", &id, one); // the old hold again: nothing to release
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fleet.standing("r", now).await.unwrap()[2], one);
 }
 
 #[tokio::test]

@@ -9,8 +9,7 @@
 //! |---|---|---|
 //! | `P{id}:m:YYYY-MM` | integer | settled spend in the month, pico-dollars |
 //! | `P{id}:h:N` | integer | settled spend in clock hour N (unix hours), 2 h TTL |
-//! | `P{id}:holds` | hash | hold id → reserved amount |
-//! | `P{id}:hold-expiry` | sorted set | hold id by the unix millisecond it expires (server clock) |
+//! | `P{id}:holds` | sorted set | `holdid\|amount` by the unix millisecond it expires (server clock) |
 //! | `P{id}:reserved` | integer | sum of the holds |
 //! | `P{id}:settled:HOLD` | string | what a settlement billed, kept 10 min (replays bill once) |
 //! | `P{id}:usage:YYYY-MM` | hash | `lane⇥model⇥{n,i,c,o,$}` → requests, tokens, pico-dollars |
@@ -46,10 +45,6 @@ impl Layout {
 
     pub fn holds(&self, key_id: &str) -> String {
         self.account(key_id, format_args!("holds"))
-    }
-
-    pub fn hold_expiry(&self, key_id: &str) -> String {
-        self.account(key_id, format_args!("hold-expiry"))
     }
 
     pub fn reserved(&self, key_id: &str) -> String {
@@ -102,7 +97,6 @@ mod tests {
             l.month("key_a1", m),
             l.hour("key_a1", 493_000),
             l.holds("key_a1"),
-            l.hold_expiry("key_a1"),
             l.reserved("key_a1"),
             l.settled("key_a1", "0123abcd-1f"),
             l.usage("key_a1", m),

@@ -50,6 +50,8 @@ pub struct Settlement {
     /// The request's hold id ([`Fleet::hold_id`], also for a request that needed no hold):
     /// it names the settlement marker, so a replay bills once.
     pub hold: Box<str>,
+    /// What the hold reserved in Redis; none when nothing was held there.
+    pub held: Option<Usd>,
     pub at_unix: u64,
     pub lane: Box<str>,
     pub model: Box<str>,
@@ -91,7 +93,6 @@ impl Fleet {
             l.month(key_id, Month::of(now)),
             l.hour(key_id, hour_of(now)),
             l.holds(key_id),
-            l.hold_expiry(key_id),
             l.reserved(key_id),
         ];
         let mut args = Vec::with_capacity(5 + caps.len() + 3 * rate.len());
@@ -170,11 +171,11 @@ impl Fleet {
         });
     }
 
-    /// Release a hold without waiting. If Redis does not take it, the hold expires.
-    pub fn release_in_background(self: &Arc<Self>, key_id: &str, hold: &str) {
+    /// Release a hold of `amount` without waiting. If Redis does not take it, it expires.
+    pub fn release_in_background(self: &Arc<Self>, key_id: &str, hold: &str, amount: Usd) {
         let l = &self.layout;
-        let keys = vec![l.holds(key_id), l.hold_expiry(key_id), l.reserved(key_id)];
-        let args = vec![hold.to_string()];
+        let keys = vec![l.holds(key_id), l.reserved(key_id)];
+        let args = vec![format!("{hold}|{}", amount.0)];
         let fleet = Arc::clone(self);
         self.handle.spawn(async move {
             let _ = fleet.script::<i64>(Op::Release, &RELEASE, keys, args).await;
@@ -188,7 +189,6 @@ impl Fleet {
             l.month(key_id, Month::of(now)),
             l.hour(key_id, hour_of(now)),
             l.holds(key_id),
-            l.hold_expiry(key_id),
             l.reserved(key_id),
         ];
         let answer: Vec<String> = self.script(Op::Standing, &STANDING, keys, vec![]).await?;
@@ -250,13 +250,13 @@ impl Fleet {
             l.month(&s.key_id, month),
             l.hour(&s.key_id, hour_of(s.at_unix)),
             l.holds(&s.key_id),
-            l.hold_expiry(&s.key_id),
             l.reserved(&s.key_id),
             l.settled(&s.key_id, hold),
             l.usage(&s.key_id, month),
         ];
         let args = vec![
-            hold.to_string(),
+            s.held
+                .map_or(String::new(), |amount| format!("{hold}|{}", amount.0)),
             s.cost.0.to_string(),
             s.hard_cap.map_or(String::new(), |c| c.0.to_string()),
             format!("{}\t{}", s.lane, s.model),

@@ -397,21 +397,21 @@ impl Hold {
     pub async fn settle(mut self, mut entry: Entry<'_>) -> Usd {
         self.done = true;
         let fleet = self.inner.fleet.clone();
-        let id = match &self.place {
+        let (id, held) = match &self.place {
             Place::Local(id) => {
                 let billed = self.settle_local(*id, entry);
                 if let Some(fleet) = fleet {
                     // Served while Redis was down under the `serve` policy: the fleet bills
                     // it too, when Redis is back.
                     entry.cost = billed;
-                    fleet.settle_in_background(self.settlement(fleet.hold_id(), &entry));
+                    fleet.settle_in_background(self.settlement(fleet.hold_id(), None, &entry));
                 }
                 return billed;
             }
-            Place::Shared { id, .. } => id.clone(),
+            Place::Shared { id, held } => (id.clone(), held.then_some(self.amount)),
         };
         let fleet = fleet.expect("a shared hold comes from a fleet");
-        let settlement = self.settlement(id, &entry);
+        let settlement = self.settlement(id, held, &entry);
         // Under a hard cap the script may bill less than the cost, but only past the hold:
         // other settlements never eat into a hold (each is capped to the room left outside
         // the others' holds), so a cost within it is billed in full. Only a provider that
@@ -427,10 +427,11 @@ impl Hold {
         billed
     }
 
-    fn settlement(&self, hold: Box<str>, entry: &Entry<'_>) -> Settlement {
+    fn settlement(&self, hold: Box<str>, held: Option<Usd>, entry: &Entry<'_>) -> Settlement {
         Settlement {
             key_id: self.key_id.as_str().into(),
             hold,
+            held,
             at_unix: entry.at_unix,
             lane: entry.lane.into(),
             model: entry.model.into(),
@@ -485,7 +486,7 @@ impl Drop for Hold {
             Place::Local(id) => release(&mut lock(&self.inner.by_key), &self.key_id, *id),
             Place::Shared { id, held: true } => {
                 if let Some(fleet) = &self.inner.fleet {
-                    fleet.release_in_background(&self.key_id, id);
+                    fleet.release_in_background(&self.key_id, id, self.amount);
                 }
             }
             Place::Shared { held: false, .. } => {}

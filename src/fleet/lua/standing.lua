@@ -1,5 +1,6 @@
 -- Where an account stands: {month spend, hour spend, reserved}, expired holds released.
--- KEYS: 1 month spend, 2 hour spend, 3 holds, 4 hold expiry, 5 reserved total.
-sweep(KEYS[3], KEYS[4], KEYS[5], server_now())
-local r = redis.call('MGET', KEYS[1], KEYS[2], KEYS[5])
-return {r[1] or '0', r[2] or '0', r[3] or '0'}
+-- KEYS: 1 month spend, 2 hour spend, 3 holds, 4 reserved total.
+local r = redis.call('MGET', KEYS[1], KEYS[2], KEYS[4])
+local reserved, swept = sweep(KEYS[3], big(r[3]), server_now())
+if swept then put_reserved(KEYS[4], reserved, nil) end
+return {r[1] or '0', r[2] or '0', str(reserved)}
