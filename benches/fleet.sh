@@ -182,8 +182,10 @@ start_node 2
 start_node 3
 echo "## 2. Fleet throughput (capped plan, $FLEET_CONNS connections split between the gateways)"
 echo
-echo "| gateways | req/s (sum) | per gateway | worst p99 | errors |"
-echo "|--:|--:|--:|--:|--:|"
+echo "Redis CPU per request: the redis-server process's CPU time over the cell ÷ requests served; one Redis core bounds the fleet at about 1 s ÷ that."
+echo
+echo "| gateways | req/s (sum) | per gateway | worst p99 | Redis CPU per request | errors |"
+echo "|--:|--:|--:|--:|--:|--:|"
 for n in 1 2 3; do
   c=$((FLEET_CONNS / n))
   # (`wait` on the wrk runs only: the gateways are this shell's children too.)
@@ -191,17 +193,22 @@ for n in 1 2 3; do
   for i in $(seq 1 "$n"); do wrk_run "$i" capped "$c" 1 "$work/warm-$i.txt" & runs+=($!); done
   wait "${runs[@]}"
   runs=()
+  t0=$("${util[@]}" ticks "${procs[redis]}")
   for i in $(seq 1 "$n"); do wrk_run "$i" capped "$c" "$DURATION" "$work/fleet-$n-$i.txt" & runs+=($!); done
   wait "${runs[@]}"
-  python3 - "$n" "$work"/fleet-"$n"-*.txt <<'PY'
+  t1=$("${util[@]}" ticks "${procs[redis]}")
+  REDIS_TICKS=$((t1 - t0)) python3 - "$n" "$work"/fleet-"$n"-*.txt <<'PY'
 import sys
 sys.path.insert(0, "benches")
 from load_util import parse_wrk
 n, runs = sys.argv[1], [parse_wrk(p) for p in sys.argv[2:]]
 total = sum(r["rps"] for r in runs)
 errors = sum(r["non2xx"] + r["sockerr"] for r in runs)
+import os
 each = " / ".join(f"{r['rps']:,.0f}" for r in runs)
-print(f"| {n} | {total:,.0f} | {each} | {max(r['p99'] for r in runs):.2f} ms | {errors} |")
+requests = sum(r["requests"] for r in runs)
+redis_us = int(os.environ["REDIS_TICKS"]) / os.sysconf("SC_CLK_TCK") * 1e6 / max(requests, 1)
+print(f"| {n} | {total:,.0f} | {each} | {max(r['p99'] for r in runs):.2f} ms | {redis_us:.0f} µs | {errors} |")
 PY
   log "  $n gateway(s) done"
 done

@@ -171,7 +171,12 @@ fn serve(config_path: &Path, options: RunOptions) -> CliResult {
     start(config, options)
 }
 
-fn start(config: ServerConfig, options: RunOptions) -> CliResult {
+fn start(config: ServerConfig, mut options: RunOptions) -> CliResult {
+    if options.daemon {
+        // Before AppState starts its threads (see `server::daemonize`).
+        fluxrouter::server::daemonize(&config.server)?;
+        options.daemon = false;
+    }
     let (state, warnings) = AppState::load(config)?;
     for w in warnings {
         log::warn!("{w}");

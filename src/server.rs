@@ -41,6 +41,36 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
+/// Go to the background (`-d`), before anything starts a thread. Pingora's own
+/// daemonization forks inside `run`, when the ledger writer, the access-log writer and the
+/// Redis runtime already run, and a fork keeps only the thread that called it: the gateway
+/// would serve without them (and hang on Redis). Writes the pid file; returns in the child.
+pub fn daemonize(settings: &crate::config::server::PingoraSettings) -> Result<(), String> {
+    let pid_file = std::path::Path::new(&settings.pid_file);
+    // The old process of an upgrade still holds its pid file's lock: move it aside, as
+    // Pingora does, so the new one can take the path.
+    if pid_file.exists() {
+        let mut old = pid_file.as_os_str().to_owned();
+        old.push(".old");
+        if let Err(e) = std::fs::rename(pid_file, &old) {
+            log::warn!("cannot move the old pid file aside: {e}");
+        }
+    }
+    let outcome = daemonix::Daemonize::new()
+        .umask(0o007)
+        .pid_file(pid_file)
+        .stdout(daemonix::Stdio::keep())
+        .stderr(daemonix::Stdio::keep())
+        .execute();
+    match outcome {
+        daemonix::Outcome::Parent(Ok(_)) => std::process::exit(0),
+        daemonix::Outcome::Parent(Err(e)) | daemonix::Outcome::Child(Err(e)) => {
+            Err(format!("cannot go to the background: {e}"))
+        }
+        daemonix::Outcome::Child(Ok(_)) => Ok(()),
+    }
+}
+
 /// Start serving; returns after a graceful shutdown.
 pub fn run(state: Arc<AppState>, options: RunOptions) {
     let settings = &state.config.server;

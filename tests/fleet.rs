@@ -733,3 +733,87 @@ async fn the_other_down_policies_serve_money_and_refuse_rates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Kills a background gateway when the test ends, however it ends.
+struct Daemon(u32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_started_in_the_background_keeps_its_redis_and_ledger_threads() {
+    let redis = Redis::start();
+    let mut nodes = fleet_of(1, &fleet_config(&redis, ""), TEST_LANES).await;
+    let key = shared_key(&nodes, "tiny", "tiny").await;
+    let node = &mut nodes[0];
+    node.signal("KILL");
+    node.wait_exit(Duration::from_secs(5))
+        .await
+        .expect("stopped");
+    let pid_file = node.dir.path().join("pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let log = std::fs::File::create(node.dir.path().join("daemon.log")).unwrap();
+    // `-d`: the command returns once the gateway runs in the background.
+    let status = Command::new(bin())
+        .arg("--config")
+        .arg(&node.config)
+        .arg("-d")
+        .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+        .env("FLUX_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FLUX_TEST_METRICS_TOKEN", METRICS_TOKEN)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    let _daemon = Daemon(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = (node.client.get(format!("{}/v1/models", node.base)))
+            .bearer_auth(&key)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the background gateway never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A capped key needs Redis (the runtime thread) and the ledger (its writer thread).
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.chat_with_key(&ping("flux-pinned-alpha"), &key),
+    )
+    .await
+    .expect("answered, not hung on a thread the fork lost");
+    assert_eq!(r.status(), 200);
+    let billed = cost_of(&r).unwrap();
+    settled(node, &key, billed).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = node.cli(&["usage", "--node", "--key", "tiny", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["total"]["requests"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ledger writer never wrote: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -341,9 +341,10 @@ impl Fleet {
         format!("{money}, {rates}")
     }
 
-    /// One heartbeat: say this gateway is alive, learn how many are. True when Redis answered
-    /// well within the command timeout (an answer that only just made it would bring a slow
-    /// Redis back for a moment, then fail the requests that follow).
+    /// One heartbeat: say this gateway is alive, learn how many are. True when Redis is up
+    /// after it. A down Redis comes back only with an answer well within the command timeout
+    /// (one that only just made it would bring a slow Redis back for a moment, then fail the
+    /// requests that follow).
     async fn beat(&self) -> bool {
         static HEARTBEAT: std::sync::LazyLock<Script> =
             std::sync::LazyLock::new(|| lua::script(lua::HEARTBEAT));
@@ -369,17 +370,16 @@ impl Fleet {
             })
             .await;
         match answer {
-            Ok(n) if started.elapsed() < self.timeout / 2 => {
+            Ok(n) => {
                 self.nodes.store(n, Ordering::Relaxed);
-                self.came_up();
-                true
-            }
-            Ok(_) => {
-                self.went_down(
-                    Op::Heartbeat,
-                    "answering slower than half the command timeout",
-                );
-                false
+                // Back up only when it answers well within the timeout; while up, a slow
+                // beat (a busy moment) is not an outage: only failures and timeouts are.
+                if self.is_up() || started.elapsed() < self.timeout / 2 {
+                    self.came_up();
+                    true
+                } else {
+                    false
+                }
             }
             Err(Unavailable) => false,
         }
