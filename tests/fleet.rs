@@ -16,6 +16,8 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// TLS only, with this CA (PEM) behind the server's certificate.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl Redis {
@@ -24,9 +26,108 @@ impl Redis {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls_ca: None,
         };
         r.spawn();
         r
+    }
+
+    /// TLS on its port (no plaintext port), with a certificate for 127.0.0.1 from a CA made
+    /// here with openssl.
+    fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=flux test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mut r = Redis {
+            port: free_port(),
+            tls_ca: Some(std::fs::read(d.join("ca.pem")).unwrap()),
+            dir,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn client(&self) -> redis::Client {
+        match &self.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .unwrap(),
+            None => redis::Client::open(self.url()).unwrap(),
+        }
     }
 
     fn spawn(&mut self) {
@@ -35,8 +136,24 @@ impl Redis {
             .append(true)
             .open(self.dir.path().join("redis.log"))
             .unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match self.tls_ca {
+            None => command.args(["--port", &port]),
+            Some(_) => command.args(["--port", "0", "--tls-port", &port]).args([
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+            ]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
+            .current_dir(self.dir.path())
             .arg("--dir")
             .arg(self.dir.path())
             .args([
@@ -55,7 +172,7 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+            if let Ok(mut c) = self.client().get_connection() {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return;
                 }
@@ -66,14 +183,16 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        self.client().get_connection().unwrap()
     }
 
     /// Stop it gracefully (SIGTERM: it writes out its append-only file first).
@@ -816,4 +935,68 @@ async fn a_gateway_started_in_the_background_keeps_its_redis_and_ledger_threads(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn redis_over_tls_is_verified_against_the_configured_ca() {
+    let redis = Redis::start_tls();
+    let ca = redis.tls_ca.clone().unwrap();
+    let config = format!(
+        "redis: {{ url: \"{}\", tls_ca_file: ca.pem, command_timeout_ms: 1000 }}\n",
+        redis.url()
+    );
+    let files: &[(&str, &[u8])] = &[("ca.pem", &ca)];
+    let node = Flux::start_custom(&Custom {
+        extra_config: &config,
+        files,
+        ..Custom::default()
+    })
+    .await;
+    let key = node.new_key("tiny", "tiny");
+    node.wait_for_key(&key).await;
+    let r = node.chat_with_key(&ping("flux-pinned-alpha"), &key).await;
+    assert_eq!(r.status(), 200, "{}", node.log());
+    let billed = cost_of(&r).unwrap();
+    settled(&node, &key, billed).await;
+    // The spend is in this Redis, over TLS.
+    let month = fluxrouter::metering::ledger::Month::of(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let id = node.cli(&["keys", "list"]);
+    let id = String::from_utf8_lossy(&id.stdout)
+        .lines()
+        .find(|l| l.contains("\ttiny\t"))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    let spent: u64 = redis::cmd("GET")
+        .arg(format!("flux:{{{id}}}:m:{month}"))
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(Usd(spent), billed);
+
+    // Without the CA (the system's roots), the certificate is refused: Redis is down for
+    // that gateway, and the capped key waits.
+    let config = format!("redis: {{ url: \"{}\" }}\n", redis.url());
+    let untrusting = Flux::start_custom(&Custom {
+        extra_config: &config,
+        ..Custom::default()
+    })
+    .await;
+    let key = untrusting.new_key("tiny", "tiny");
+    untrusting.wait_for_key(&key).await;
+    let r = untrusting
+        .chat_with_key(&ping("flux-pinned-alpha"), &key)
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        untrusting.log().contains("redis: unreachable at start"),
+        "{}",
+        untrusting.log()
+    );
 }

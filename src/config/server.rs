@@ -56,6 +56,9 @@ pub struct RedisConfig {
     pub url_env: Option<String>,
     /// Prepended to every key, so several fleets (or other tenants) can share one Redis.
     pub key_prefix: String,
+    /// For a `rediss://` URL: the CA (PEM) that signed the server's certificate, relative to
+    /// this file. Absent: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Connections to Redis, each multiplexing every request's commands.
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
@@ -73,6 +76,7 @@ impl Default for RedisConfig {
             url: None,
             url_env: None,
             key_prefix: "flux:".into(),
+            tls_ca_file: None,
             pool_size: 2,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 250,
@@ -553,6 +557,9 @@ impl ServerConfig {
         config.keys_file = base.join(&config.keys_file);
         config.lanes_file = base.join(&config.lanes_file);
         config.ledger.path = base.join(&config.ledger.path);
+        if let Some(ca) = config.redis.as_mut().and_then(|r| r.tls_ca_file.as_mut()) {
+            *ca = base.join(&*ca);
+        }
         if !matches!(config.access_log.destination.as_str(), "stderr" | "off") {
             config.access_log.destination = base
                 .join(&config.access_log.destination)
@@ -879,5 +886,68 @@ plans:
         let text = format!("{MINIMAL}\nledger: {{ file: x }}\n");
         let e = ServerConfig::from_yaml(Path::new("f.yaml"), &text).unwrap_err();
         assert!(e.reason.contains("file"), "{e}");
+    }
+
+    #[test]
+    fn the_redis_section_is_checked_and_its_url_kept_out_of_serialization() {
+        let load = |redis: &str| {
+            ServerConfig::from_yaml(
+                Path::new("/etc/flux/conf/f.yaml"),
+                &format!("{MINIMAL}\nredis: {redis}\n"),
+            )
+        };
+        let c = load("{ url_env: FLUX_REDIS_URL, tls_ca_file: ca.pem }").unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.key_prefix, "flux:");
+        assert_eq!(r.when_down, WhenRedisDown::default());
+        assert_eq!(r.when_down.money, MoneyWhenDown::Refuse);
+        assert_eq!(r.when_down.rate_limits, RatesWhenDown::NodeShare);
+        assert_eq!(
+            r.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/flux/conf/ca.pem"))
+        );
+        let env = |var: &str| (var == "FLUX_REDIS_URL").then(|| "redis://h:6379".to_string());
+        assert_eq!(r.resolve_url(&env).as_deref(), Some("redis://h:6379"));
+        assert_eq!(
+            r.resolve_url(&|_| Some(String::new())),
+            None,
+            "empty is unset"
+        );
+        assert!(c.ledger.hold_ttl_seconds == 900);
+
+        let c = load(
+            "{ url: \"redis://:s3cret@h:6379\", when_down: { money: serve, rate_limits: refuse } }",
+        )
+        .unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(
+            (r.when_down.money, r.when_down.rate_limits),
+            (MoneyWhenDown::Serve, RatesWhenDown::Refuse)
+        );
+        // A URL may carry a password: it is never written back out.
+        let dumped = serde_yaml::to_string(&c).unwrap();
+        assert!(!dumped.contains("s3cret"), "{dumped}");
+
+        for (redis, field) in [
+            ("{ key_prefix: x }", "redis.url"),
+            ("{ url: \"redis://h\", url_env: U }", "redis.url"),
+            ("{ url: \"redis://h\", pool_size: 0 }", "redis.pool_size"),
+            ("{ url: \"redis://h\", command_timeout_ms: 0 }", "redis"),
+            (
+                "{ url: \"redis://h\", key_prefix: \"{a}\" }",
+                "redis.key_prefix",
+            ),
+        ] {
+            let e = load(redis).unwrap_err();
+            assert_eq!(e.field, field, "{redis}: {e}");
+        }
+        let e = load("{ url: \"redis://h\", when_down: { money: hope } }").unwrap_err();
+        assert!(e.reason.contains("hope"), "{e}");
+        let e = ServerConfig::from_yaml(
+            Path::new("f.yaml"),
+            &format!("{MINIMAL}\nledger: {{ hold_ttl_seconds: 0 }}\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "ledger.hold_ttl_seconds");
     }
 }

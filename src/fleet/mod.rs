@@ -136,9 +136,31 @@ impl Fleet {
                 )
             })?;
         // The client's own error would quote the URL, and with it any password.
-        let client = redis::Client::open(url.as_str()).map_err(|_| {
-            "redis: the URL does not parse (redis://[user:password@]host:port[/db])"
-        })?;
+        let bad_url = "redis: the URL does not parse (redis[s]://[user:password@]host:port[/db])";
+        let client = match &config.tls_ca_file {
+            Some(ca) => {
+                let root_cert = std::fs::read(ca)
+                    .map_err(|e| format!("redis.tls_ca_file {}: {e}", ca.display()))?;
+                pingora::tls::install_default_crypto_provider();
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url.as_str(), certs).map_err(|e| {
+                    if e.kind() == redis::ErrorKind::InvalidClientConfig {
+                        bad_url.to_string()
+                    } else {
+                        format!("redis.tls_ca_file {}: {e}", ca.display())
+                    }
+                })?
+            }
+            None => {
+                if url.starts_with("rediss:") {
+                    pingora::tls::install_default_crypto_provider();
+                }
+                redis::Client::open(url.as_str()).map_err(|_| bad_url)?
+            }
+        };
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
             .set_response_timeout(Some(Duration::from_millis(config.command_timeout_ms)))
