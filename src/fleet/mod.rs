@@ -443,8 +443,8 @@ pub(crate) mod lua {
     pub const ADMIT: &str = include_str!("lua/admit.lua");
     pub const HEARTBEAT: &str = include_str!("lua/heartbeat.lua");
 
-    /// A script with the shared helpers (lib.lua) in front (Redis caches it by its SHA-1 and the client
-    /// sends only the hash after the first call).
+    /// A script with the shared helpers (lib.lua) in front. Redis caches it by its SHA-1;
+    /// the client sends only the hash after the first call.
     pub fn script(body: &str) -> Script {
         Script::new(&format!("{LIB}\n{body}"))
     }

@@ -582,9 +582,10 @@ impl Gateway {
     }
 
     /// Admit the request against its per-minute limits (429), then hold its worst-case cost
-    /// against the account's limits (402 when it does not fit). The body's length bounds its tokens (a token is at least a byte), which costs
-    /// nothing to know; only when that bound does not fit are the tokens counted, with a
-    /// margin for providers whose tokenizers count more.
+    /// against the account's limits (402 when it does not fit). The body's length bounds its
+    /// tokens (a token is at least a byte), which costs nothing to know; only when that bound
+    /// does not fit are the tokens counted, with a margin for providers whose tokenizers
+    /// count more.
     async fn reserve(
         &self,
         account: &Account,
