@@ -111,8 +111,18 @@ enum KeysAction {
         #[arg(long)]
         name: String,
     },
-    /// Revoke a key by name or id.
+    /// Revoke a key by name or id, for good.
     Revoke { name: String },
+    /// Suspend a key by name or id (`resume` undoes it).
+    Suspend { name: String },
+    /// Let a suspended key work again.
+    Resume { name: String },
+    /// Move a key to another plan.
+    Plan {
+        name: String,
+        #[arg(long)]
+        plan: String,
+    },
     /// List keys (ids, names, plans, status; never keys).
     List,
 }
@@ -213,54 +223,45 @@ fn check(config_path: &Path) -> CliResult {
     Ok(())
 }
 
-/// Serialize writers of the keys file across processes.
-fn lock_keys_file(path: &Path) -> std::io::Result<std::fs::File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path.with_extension("lock"))?;
-    lock.lock()?;
-    Ok(lock)
-}
-
 fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     let config = ServerConfig::load(config_path)?;
     let path = &config.keys_file;
-    let _lock = lock_keys_file(path)?;
-    let mut file = KeysFile::load(path)?;
+    let plans: Vec<&str> = config.plans.keys().map(String::as_str).collect();
+    let status = |name: &str, status: KeyStatus| {
+        KeysFile::edit(path, |f| {
+            f.set_status(name, status)?;
+            Ok(f.find_mut(name)?.id.clone())
+        })
+    };
     match action {
         KeysAction::New { plan, name } => {
-            if !config.plans.contains_key(&plan) {
-                let known: Vec<&String> = config.plans.keys().collect();
-                return Err(format!("unknown plan '{plan}' (plans: {known:?})").into());
-            }
-            if file.keys.iter().any(|k| k.name == name) {
-                return Err(format!("a key named '{name}' already exists").into());
-            }
             let (key, record) = fluxrouter::auth::new_key(&name, &plan, now());
             let id = record.id.clone();
-            file.keys.push(record);
-            file.save(path)?;
+            KeysFile::edit(path, |f| f.add(record, &plans))?;
             eprintln!("created {id} ({name}, plan {plan}); the key is shown once:");
             println!("{key}");
         }
         KeysAction::Revoke { name } => {
-            let record = file
-                .keys
-                .iter_mut()
-                .find(|k| k.name == name || k.id == name)
-                .ok_or_else(|| format!("no key named '{name}'"))?;
-            record.status = KeyStatus::Revoked;
-            let id = record.id.clone();
-            file.save(path)?;
+            let id = status(&name, KeyStatus::Revoked)?;
             println!("revoked {id} ({name})");
         }
+        KeysAction::Suspend { name } => {
+            let id = status(&name, KeyStatus::Suspended)?;
+            println!("suspended {id} ({name})");
+        }
+        KeysAction::Resume { name } => {
+            let id = status(&name, KeyStatus::Active)?;
+            println!("resumed {id} ({name})");
+        }
+        KeysAction::Plan { name, plan } => {
+            let id = KeysFile::edit(path, |f| {
+                f.set_plan(&name, &plan, &plans)?;
+                Ok(f.find_mut(&name)?.id.clone())
+            })?;
+            println!("{id} ({name}) is now on plan {plan}");
+        }
         KeysAction::List => {
-            for k in &file.keys {
+            for k in &KeysFile::load(path)?.keys {
                 println!("{}\t{}\t{}\t{:?}", k.id, k.name, k.plan, k.status);
             }
         }

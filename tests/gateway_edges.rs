@@ -514,3 +514,67 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
         "the new process served after the old one left"
     );
 }
+
+/// Wait until `key` gets `status` on `body` (the keys file reaches the gateway through its
+/// watcher), and return that answer.
+async fn when_status(
+    flux: &Flux,
+    key: &str,
+    body: &serde_json::Value,
+    status: u16,
+) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = flux.post("/v1/chat/completions", key, body).await;
+        if r.status() == status || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_keys_cli_suspends_resumes_and_moves_a_key_between_plans() {
+    let flux = Flux::start().await;
+    let key = flux.new_key("express_only", "mover");
+    flux.wait_for_key(&key).await;
+    let deep = ping("flux-reasoning");
+    let fast = ping("flux-fast");
+    let r = flux.post("/v1/chat/completions", &key, &deep).await;
+    expect_openai_error(r, 402, "plan_model_not_included").await;
+
+    let out = flux.cli(&["keys", "plan", "mover", "--plan", "payg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("now on plan payg"));
+    // On payg the deep lane is included (its providers here fail: a 502, not a 402).
+    let r = when_status(&flux, &key, &deep, 502).await;
+    assert_eq!(r.status(), 502);
+
+    let out = flux.cli(&["keys", "suspend", "mover"]);
+    assert!(out.status.success());
+    let r = when_status(&flux, &key, &fast, 401).await;
+    let m = expect_openai_error(r, 401, "invalid_api_key").await;
+    assert!(m.contains("suspended"), "{m}");
+    let out = flux.cli(&["keys", "resume", "mover"]);
+    assert!(out.status.success());
+    assert_eq!(when_status(&flux, &key, &fast, 200).await.status(), 200);
+
+    // Revoked is for good; a plan that does not exist is refused; the file is unchanged.
+    assert!(flux.cli(&["keys", "revoke", "mover"]).status.success());
+    let out = flux.cli(&["keys", "resume", "mover"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked for good"));
+    let out = flux.cli(&["keys", "plan", "mover", "--plan", "gold"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown plan 'gold'"));
+    let list = String::from_utf8_lossy(&flux.cli(&["keys", "list"]).stdout).into_owned();
+    let line = list
+        .lines()
+        .find(|l| l.contains("\tmover\t"))
+        .unwrap()
+        .to_string();
+    assert!(line.ends_with("\tpayg\tRevoked"), "{line}");
+}

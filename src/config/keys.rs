@@ -93,4 +93,135 @@ impl KeysFile {
         }
         std::fs::rename(&tmp, path)
     }
+
+    /// Read, change and write the file under an exclusive lock (a `.lock` file beside it), so
+    /// concurrent writers (the CLI on one terminal, a console on another) never lose each
+    /// other's changes. Nothing is written when `change` fails.
+    pub fn edit<T>(
+        path: &Path,
+        change: impl FnOnce(&mut KeysFile) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let _lock = lock(path).map_err(|e| format!("{}: cannot lock: {e}", path.display()))?;
+        let mut file = KeysFile::load(path).map_err(|e| e.to_string())?;
+        let out = change(&mut file)?;
+        file.save(path)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        Ok(out)
+    }
+
+    /// The record named `name_or_id` (its name or its `key_…` id).
+    pub fn find_mut(&mut self, name_or_id: &str) -> Result<&mut KeyRecord, String> {
+        self.keys
+            .iter_mut()
+            .find(|k| k.name == name_or_id || k.id == name_or_id)
+            .ok_or_else(|| format!("no key named '{name_or_id}'"))
+    }
+
+    /// Add a record for a new key on `plan` (one of `plans`); the name must be new.
+    pub fn add(&mut self, record: KeyRecord, plans: &[&str]) -> Result<(), String> {
+        if !plans.contains(&record.plan.as_str()) {
+            return Err(format!("unknown plan '{}' (plans: {plans:?})", record.plan));
+        }
+        if record.name.is_empty() || record.name.len() > 128 {
+            return Err("a key's name is 1 to 128 characters".into());
+        }
+        if self.keys.iter().any(|k| k.name == record.name) {
+            return Err(format!("a key named '{}' already exists", record.name));
+        }
+        self.keys.push(record);
+        Ok(())
+    }
+
+    /// Move the key to another of `plans`.
+    pub fn set_plan(&mut self, name_or_id: &str, plan: &str, plans: &[&str]) -> Result<(), String> {
+        if !plans.contains(&plan) {
+            return Err(format!("unknown plan '{plan}' (plans: {plans:?})"));
+        }
+        self.find_mut(name_or_id)?.plan = plan.to_string();
+        Ok(())
+    }
+
+    /// Activate, suspend or revoke. A revoked key stays revoked: it was given out and may
+    /// be known to others, so only a new key brings its owner back.
+    pub fn set_status(&mut self, name_or_id: &str, status: KeyStatus) -> Result<(), String> {
+        let record = self.find_mut(name_or_id)?;
+        if record.status == KeyStatus::Revoked && status != KeyStatus::Revoked {
+            return Err(format!(
+                "'{}' is revoked for good; create a new key",
+                record.name
+            ));
+        }
+        record.status = status;
+        Ok(())
+    }
+}
+
+/// Serialize writers of the keys file across processes.
+fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, plan: &str) -> KeyRecord {
+        crate::auth::new_key(name, plan, 0).1
+    }
+
+    #[test]
+    fn edits_are_checked_and_written_under_a_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let plans = ["free", "payg"];
+        KeysFile::edit(&path, |f| f.add(record("alice", "free"), &plans)).unwrap();
+        let e = KeysFile::edit(&path, |f| f.add(record("alice", "payg"), &plans)).unwrap_err();
+        assert!(e.contains("already exists"), "{e}");
+        let e = KeysFile::edit(&path, |f| f.add(record("bob", "gold"), &plans)).unwrap_err();
+        assert!(e.contains("unknown plan 'gold'"), "{e}");
+        let id = KeysFile::load(&path).unwrap().keys[0].id.clone();
+
+        KeysFile::edit(&path, |f| f.set_plan(&id, "payg", &plans)).unwrap();
+        KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Suspended)).unwrap();
+        let k = &KeysFile::load(&path).unwrap().keys[0];
+        assert_eq!((k.plan.as_str(), k.status), ("payg", KeyStatus::Suspended));
+        KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Active)).unwrap();
+        KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Revoked)).unwrap();
+        let e = KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Active)).unwrap_err();
+        assert!(e.contains("revoked for good"), "{e}");
+        let e = KeysFile::edit(&path, |f| f.set_plan("nobody", "payg", &plans)).unwrap_err();
+        assert!(e.contains("no key named 'nobody'"), "{e}");
+        // A failed edit writes nothing.
+        assert_eq!(KeysFile::load(&path).unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let name = format!("k{t}-{i}");
+                        KeysFile::edit(&path, |f| f.add(record(&name, "payg"), &["payg"])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(KeysFile::load(&path).unwrap().keys.len(), 80);
+    }
 }
