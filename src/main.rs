@@ -63,6 +63,10 @@ enum Command {
         /// the fleet's spend is the sum of every gateway's record.
         #[arg(long)]
         node: bool,
+        /// Requests and spend by UTC day instead of by key, lane and model (from the ledger
+        /// file: in fleet mode, with --node).
+        #[arg(long)]
+        by_day: bool,
         /// Only this key: its name in the keys file, or its id.
         #[arg(long)]
         key: Option<String>,
@@ -141,7 +145,8 @@ fn main() -> ExitCode {
             month,
             json,
             node,
-        }) => usage(&cli.config, key, month, json, node),
+            by_day,
+        }) => usage(&cli.config, key, month, json, node, by_day),
         Some(Command::Route {
             explain,
             eval,
@@ -275,6 +280,7 @@ fn usage(
     month: Option<String>,
     json: bool,
     node: bool,
+    by_day: bool,
 ) -> CliResult {
     let config = ServerConfig::load(config_path)?;
     let month = match month {
@@ -292,6 +298,26 @@ fn usage(
             .find(|r| r.name == k)
             .map_or(k, |r| r.id.clone())
     });
+    if by_day {
+        if config.redis.is_some() && !node {
+            return Err(
+                "--by-day reads a gateway's own ledger: in fleet mode add --node (the \
+                        fleet's days are the sum over its gateways)"
+                    .into(),
+            );
+        }
+        let days = LedgerReader::open(&config.ledger.path)?.days(month, key_id.as_deref())?;
+        if json {
+            let v = serde_json::json!({"month": month.to_string(), "days": days});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{:<10}  {:>10}  {:>14}", "day", "requests", "cost");
+            for d in &days {
+                println!("{:<10}  {:>10}  {:>14}", d.day, d.requests, dollars(d.cost));
+            }
+        }
+        return Ok(());
+    }
     let (rows, source) = match &config.redis {
         Some(redis) if !node => {
             let fleet = fluxrouter::fleet::Fleet::connect(redis, false)?;

@@ -213,6 +213,28 @@ async fn every_served_response_carries_its_exact_cost_and_the_ledger_adds_up() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&Usd(total).to_decimal()), "{text}");
+    // And by day: the days add up to the month, the last one is today (UTC).
+    let out = flux.cli(&["usage", "--by-day", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let days: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let days = days["days"].as_array().unwrap();
+    let today = fluxrouter::metering::ledger::day_string(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400,
+    );
+    assert_eq!(days.last().unwrap()["day"], today.as_str(), "{days:?}");
+    let requests: u64 = days.iter().map(|d| d["requests"].as_u64().unwrap()).sum();
+    let cost = days.iter().fold(Usd::ZERO, |t, d| {
+        t.saturating_add(d["cost"].as_str().unwrap().parse().unwrap())
+    });
+    assert_eq!((requests, cost), (18, Usd(total)), "{days:?}");
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ use super::Usd;
 use crate::wire::ir::Usage;
 
 pub use embedded::{EmbeddedLedger, LedgerOptions, LedgerStats};
-pub use store::{EntryRow, LedgerReader};
+pub use store::{DayRow, EntryRow, LedgerReader};
 
 /// What one served request cost, as the gateway knows it at the end of the request.
 /// Borrowed, so building one allocates nothing; the ledger copies what it keeps.
@@ -222,6 +222,12 @@ impl FromStr for Month {
         }
         Month::new(y, m).ok_or_else(bad)
     }
+}
+
+/// A day counted from 1970-01-01 as `YYYY-MM-DD` (UTC).
+pub fn day_string(day: u64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The clock hour (UTC) containing a unix instant, as hours since the epoch.

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS key_hour (
     cost INTEGER NOT NULL,
     PRIMARY KEY (hour, key_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_day (
+    day INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    PRIMARY KEY (day, key_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_month (
     month TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -204,12 +211,14 @@ impl Store {
     pub fn commit_totals(&mut self, groups: &[(Box<str>, Vec<Group>)]) -> Result<(), LedgerError> {
         let mut months: HashMap<(Month, &str), Tally> = HashMap::new();
         let mut hours: HashMap<(u64, &str), Tally> = HashMap::new();
+        let mut days: HashMap<(u64, &str), Tally> = HashMap::new();
         let mut usage: HashMap<(Month, &str, &str, &str), Tally> = HashMap::new();
         for (key, groups) in groups {
             for g in groups {
                 let month = month_of_hour(g.hour);
                 months.entry((month, key)).or_default().add(&g.tally);
                 hours.entry((g.hour, key)).or_default().add(&g.tally);
+                days.entry((g.hour / 24, key)).or_default().add(&g.tally);
                 usage
                     .entry((month, key, &g.lane, &g.model))
                     .or_default()
@@ -241,6 +250,19 @@ impl Store {
             for ((hour, key), t) in &hours {
                 st.execute(params![
                     sql_int(hour * 3600),
+                    key,
+                    sql_int(t.requests),
+                    sql_int(t.cost)
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO key_day (day, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (day, key_id) DO UPDATE SET
+                   requests = requests + excluded.requests, cost = cost + excluded.cost",
+            )?;
+            for ((day, key), t) in &days {
+                st.execute(params![
+                    sql_int(day * 86_400),
                     key,
                     sql_int(t.requests),
                     sql_int(t.cost)
@@ -374,6 +396,16 @@ impl Store {
     }
 }
 
+/// A day's requests and spend (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DayRow {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub requests: u64,
+    /// Serialized as exact decimal dollars.
+    pub cost: Usd,
+}
+
 /// One request as kept in the recent-entries table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EntryRow {
@@ -442,6 +474,31 @@ impl LedgerReader {
                 cost: Usd(from_sql_int(r.get(7)?)),
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A month's requests and spend by UTC day (one key's when given), oldest first; days
+    /// without requests are left out. Kept for as long as the file is.
+    pub fn days(&self, month: Month, key_id: Option<&str>) -> Result<Vec<DayRow>, LedgerError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT day, SUM(requests), SUM(cost) FROM key_day
+             WHERE day >= ?1 AND day < ?2 AND (?3 IS NULL OR key_id = ?3)
+             GROUP BY day ORDER BY day",
+        )?;
+        let rows = st.query_map(
+            params![
+                sql_int(month.start_unix()),
+                sql_int(month.next().start_unix()),
+                key_id
+            ],
+            |r| {
+                Ok(DayRow {
+                    day: super::day_string(from_sql_int(r.get(0)?) / 86_400),
+                    requests: from_sql_int(r.get(1)?),
+                    cost: Usd(from_sql_int(r.get(2)?)),
+                })
+            },
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

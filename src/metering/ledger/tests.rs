@@ -119,6 +119,33 @@ fn spend_is_split_at_utc_month_and_hour_boundaries() {
         .spend("key_a", month("2024-03"), hour_of(APRIL_2024 - 1))
         .unwrap();
     assert_eq!((march.month.0, march.hour.0), (1, 1));
+
+    // By UTC day: the month's days only, oldest first, one key's or everyone's.
+    ledger.record(&entry(
+        APRIL_2024 + 86_400 + 5,
+        "key_a",
+        "fast",
+        "m1",
+        20_000,
+    ));
+    ledger.flush().unwrap();
+    let day = |d: &str, requests, cost| DayRow {
+        day: d.into(),
+        requests,
+        cost: Usd(cost),
+    };
+    assert_eq!(
+        reader.days(month("2024-04"), Some("key_a")).unwrap(),
+        vec![day("2024-04-01", 3, 1110), day("2024-04-02", 1, 20_000)]
+    );
+    assert_eq!(
+        reader.days(month("2024-04"), None).unwrap(),
+        vec![day("2024-04-01", 4, 1117), day("2024-04-02", 1, 20_000)]
+    );
+    assert_eq!(
+        reader.days(month("2024-03"), None).unwrap(),
+        vec![day("2024-03-31", 1, 1)]
+    );
 }
 
 #[test]
