@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod endpoints;
 pub mod errors;
 pub mod fleet;

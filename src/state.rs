@@ -40,6 +40,9 @@ pub struct AppState {
     pub budget: Budget,
     /// Fleet mode: what the gateways share through Redis.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// When lanes.yaml and the keys file were last (re)loaded, unix seconds.
+    pub lanes_loaded_at: std::sync::atomic::AtomicU64,
+    pub keys_loaded_at: std::sync::atomic::AtomicU64,
     /// Set when an upgrade or a shutdown begins: responses then close their connections, so
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
@@ -79,7 +82,10 @@ impl AppState {
             Some(fleet) => Budget::shared(Arc::new(ledger), ttl, fleet.clone()),
             None => Budget::new(Arc::new(ledger), ttl),
         };
+        let now = unix_now();
         let state = AppState {
+            lanes_loaded_at: now.into(),
+            keys_loaded_at: now.into(),
             fleet,
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
@@ -107,6 +113,8 @@ impl AppState {
             table.rules().len()
         );
         self.routes.store(Arc::new(table));
+        self.lanes_loaded_at
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -121,8 +129,16 @@ impl AppState {
             table.len()
         );
         self.keys.store(Arc::new(table));
+        self.keys_loaded_at
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Compile lanes.yaml against the providers, and check that every plan's lanes exist in it

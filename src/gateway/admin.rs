@@ -4,6 +4,8 @@
 //! (this month by default), from the ledger. Anything without the token (`Authorization:
 //! Bearer <token>`, the token read from the environment variable the config names) gets 403
 //! `admin_forbidden`; so does everything when no token is configured.
+//!
+//! `/console`: the operator console (`super::console`), signed in with the same token.
 
 use std::sync::Arc;
 
@@ -23,7 +25,9 @@ use crate::wire::Format;
 use super::respond;
 
 pub struct Admin {
-    state: Arc<AppState>,
+    pub(super) state: Arc<AppState>,
+    /// The operator console's sign-in sessions.
+    pub(super) sessions: crate::console::Sessions,
     /// SHA-256 of the admin token; compared by digest so timing says nothing of the token.
     token_digest: Option<[u8; 32]>,
     /// SHA-256 of the metrics token, the only one that reads `GET /metrics`.
@@ -36,10 +40,20 @@ fn digest(token: Option<String>) -> Option<[u8; 32]> {
         .map(|t| Sha256::digest(t.as_bytes()).into())
 }
 
+/// How long a console sign-in lasts.
+const CONSOLE_SESSION_SECS: u64 = 8 * 3600;
+
 impl Admin {
+    /// Whether `token` is the admin token (compared by digest).
+    pub(super) fn is_admin_token(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        !token.is_empty() && self.token_digest == Some(digest)
+    }
+
     pub fn new(state: Arc<AppState>, token: Option<String>, metrics_token: Option<String>) -> Self {
         Admin {
             state,
+            sessions: crate::console::Sessions::new(CONSOLE_SESSION_SECS),
             token_digest: digest(token),
             metrics_token_digest: digest(metrics_token),
         }
@@ -207,6 +221,12 @@ impl ProxyHttp for Admin {
         if path == "/metrics" {
             return self.metrics(session, id).await.map(|()| true);
         }
+        if path == "/console" || path.starts_with("/console/") {
+            return self
+                .console(session, id, &path, query.as_deref())
+                .await
+                .map(|()| true);
+        }
         let answer = if !Self::authorized(session, self.token_digest) {
             Err(FluxError::new(
                 ErrorKind::AdminForbidden,
@@ -222,7 +242,8 @@ impl ProxyHttp for Admin {
         } else {
             Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
-                "The admin listener serves GET /admin/v1/usage and GET /metrics.",
+                "The admin listener serves GET /admin/v1/usage, GET /metrics and the console \
+                 (GET /console).",
             ))
         };
         match answer {

@@ -13,6 +13,7 @@
 
 pub mod admin;
 mod body;
+mod console;
 mod exchange;
 mod respond;
 

@@ -9,6 +9,7 @@
 //! labelled families take a lock per lookup, which the request path must not.
 
 mod family;
+mod recent;
 mod render;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use std::time::Duration;
 use hashbrown::Equivalent;
 
 pub use family::{Counter, Family, Histogram, LATENCY_BUCKETS, MAX_SERIES};
+pub use recent::{Minute, Recent};
 pub use render::{render, Live};
 
 /// `flux_requests_total`'s labels.
@@ -150,6 +152,8 @@ pub struct Metrics {
     pub(crate) upstream_errors: Family<Pair, Counter>,
     pub(crate) upstream_skips: Family<Pair, Counter>,
     pub(crate) reloads: Family<(&'static str, &'static str), Counter>,
+    /// The last hour, minute by minute (the operator console's traffic view).
+    pub recent: Recent,
 }
 
 /// The error codes that mean a limit refused the request, and the kind each counts as.
@@ -187,6 +191,10 @@ impl Metrics {
             status: k.status,
         };
         self.requests.with(&key, own, |c| c.add(1));
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        self.recent.record(minute, r.status >= 400);
         self.endpoints.with(
             &r.endpoint,
             |e| *e,

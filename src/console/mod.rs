@@ -1,0 +1,195 @@
+//! The operator console: a page on the admin listener where a person sees spend and traffic
+//! and manages keys. This module owns its sign-in sessions, their cookie and CSRF token, and
+//! the JSON views the page reads; `gateway::console` serves them.
+//!
+//! A session is opened with the admin token and lives in this process (a restart signs
+//! everyone out). Its id travels only in an `HttpOnly`, `SameSite=Strict` cookie and is
+//! kept here as a SHA-256 digest; every change must also carry the session's CSRF token in
+//! `X-CSRF-Token`, which the page reads from the sign-in answer.
+
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "flux_console";
+/// The page (embedded: no build step, nothing fetched from the internet).
+pub const PAGE: &str = include_str!("page.html");
+/// Sessions kept at most; past it the one closest to expiry goes.
+const MAX_SESSIONS: usize = 1024;
+
+/// A signed-in session as a request sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub csrf: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// The open sessions, by the digest of their id.
+pub struct Sessions {
+    open: Mutex<HashMap<[u8; 32], Signed>>,
+    ttl_secs: u64,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+impl Sessions {
+    pub fn new(ttl_secs: u64) -> Self {
+        Sessions {
+            open: Mutex::new(HashMap::new()),
+            ttl_secs,
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// Open a session: its id (for the cookie only) and what the page needs.
+    pub fn open(&self, now: u64) -> (String, Signed) {
+        let id = random_hex();
+        let signed = Signed {
+            csrf: random_hex(),
+            expires_at: now + self.ttl_secs,
+        };
+        let mut open = self.lock();
+        open.retain(|_, s| s.expires_at > now);
+        if open.len() >= MAX_SESSIONS {
+            if let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(k, _)| *k)
+            {
+                open.remove(&oldest);
+            }
+        }
+        open.insert(digest(&id), signed.clone());
+        (id, signed)
+    }
+
+    /// The session of a cookie's id, if it is open and not expired.
+    pub fn find(&self, id: &str, now: u64) -> Option<Signed> {
+        let key = digest(id);
+        let mut open = self.lock();
+        match open.get(&key) {
+            Some(s) if s.expires_at > now => Some(s.clone()),
+            Some(_) => {
+                open.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Sign out.
+    pub fn close(&self, id: &str) {
+        self.lock().remove(&digest(id));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Signed>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The session id in a `Cookie` header, if any.
+pub fn session_id(cookie_header: Option<&[u8]>) -> Option<&str> {
+    let text = std::str::from_utf8(cookie_header?).ok()?;
+    text.split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The `Set-Cookie` value of a new session. `Secure` when the page is served over TLS (a
+/// terminating proxy says so with `X-Forwarded-Proto: https`).
+pub fn set_cookie(id: &str, max_age: u64, secure: bool) -> String {
+    format!(
+        "{COOKIE}={id}; Path=/console; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that signs out.
+pub fn clear_cookie(secure: bool) -> String {
+    set_cookie("", 0, secure)
+}
+
+/// Equal strings, compared in time that depends only on their length.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_open_expire_and_close() {
+        let s = Sessions::new(60);
+        let (id, signed) = s.open(1_000);
+        assert_eq!(id.len(), 64);
+        assert_eq!(signed.csrf.len(), 64);
+        assert_ne!(id, signed.csrf);
+        assert_eq!(s.find(&id, 1_059), Some(signed.clone()));
+        assert_eq!(s.find(&id, 1_060), None, "expired");
+        let (id, _) = s.open(2_000);
+        assert!(s.find(&id, 2_001).is_some());
+        s.close(&id);
+        assert_eq!(s.find(&id, 2_001), None);
+        assert_eq!(s.find("0".repeat(64).as_str(), 2_001), None);
+    }
+
+    #[test]
+    fn the_open_sessions_are_bounded() {
+        let s = Sessions::new(60);
+        let (first, _) = s.open(0);
+        for i in 0..MAX_SESSIONS {
+            s.open(1 + i as u64 % 10);
+        }
+        assert!(s.lock().len() <= MAX_SESSIONS);
+        assert_eq!(s.find(&first, 1), None, "the oldest went first");
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_parsed_back() {
+        let c = set_cookie(&"a".repeat(64), 28_800, false);
+        assert_eq!(
+            c,
+            format!(
+                "flux_console={}; Path=/console; Max-Age=28800; HttpOnly; SameSite=Strict",
+                "a".repeat(64)
+            )
+        );
+        assert!(set_cookie("x", 1, true).ends_with("; Secure"));
+        assert!(clear_cookie(false).contains("Max-Age=0"));
+        let header = format!("theme=dark; flux_console={}; other=1", "b".repeat(64));
+        assert_eq!(
+            session_id(Some(header.as_bytes())),
+            Some("b".repeat(64).as_str())
+        );
+        assert_eq!(session_id(Some(b"flux_console=short")), None);
+        assert_eq!(session_id(Some(b"flux_console=zz")), None);
+        assert_eq!(session_id(None), None);
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}
