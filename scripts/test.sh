@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-# Fleet mode's tests (tests/fleet.rs) start their own redis-server on loopback ports.
-if ! command -v redis-server >/dev/null 2>&1; then
+# Fleet mode's tests (tests/fleet.rs) start their own redis-server on loopback ports; the
+# console's browser tests (tests/console.rs) drive Debian's headless Chromium with chromedriver.
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  echo "test: installing redis-server" >&2
+  echo "test: installing ${need[*]}" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The real clients (Codex CLI, Claude Code, Python SDKs) for tests/real_clients.rs.
 bash scripts/clients/install.sh

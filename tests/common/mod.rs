@@ -2,6 +2,8 @@
 //! built-in simulated provider, with its own config, lanes and keys in a temp folder.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
