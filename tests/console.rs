@@ -33,6 +33,17 @@ async fn sign_in(flux: &Flux) -> Console<'_> {
     }
 }
 
+/// The key `id` in the keys view.
+fn key_in(keys: &Value, id: &str) -> Value {
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed"))
+        .clone()
+}
+
 impl Console<'_> {
     async fn send(
         &self,
@@ -60,6 +71,15 @@ impl Console<'_> {
         let r = self.send("GET", path, None, None).await;
         assert_eq!(r.status(), 200, "{path}");
         r.json().await.unwrap()
+    }
+
+    /// A key action (`revoke`, `suspend`, `resume`, `plan`).
+    async fn act(&self, body: Value) -> reqwest::Response {
+        self.post("/console/api/keys/action", body).await
+    }
+
+    async fn create(&self, body: Value) -> reqwest::Response {
+        self.post("/console/api/keys", body).await
     }
 
     async fn post(&self, path: &str, body: Value) -> reqwest::Response {
@@ -241,10 +261,7 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
 
     // Create a key: shown once, then only its hash is kept; it works at once.
     let r = console
-        .post(
-            "/console/api/keys",
-            json!({"name": "from-console", "plan": "express_only"}),
-        )
+        .create(json!({"name": "from-console", "plan": "express_only"}))
         .await;
     assert_eq!(r.status(), 200);
     let created: Value = r.json().await.unwrap();
@@ -259,13 +276,7 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
         200
     );
     let keys = console.get("/console/api/keys").await;
-    let listed = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let listed = key_in(&keys, &id);
     assert_eq!(
         (listed["plan"].as_str(), listed["status"].as_str()),
         (Some("express_only"), Some("active"))
@@ -283,58 +294,31 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
 
     // Duplicate names and unknown plans are refused with a reason.
     let r = console
-        .post(
-            "/console/api/keys",
-            json!({"name": "from-console", "plan": "payg"}),
-        )
+        .create(json!({"name": "from-console", "plan": "payg"}))
         .await;
     let m = expect_openai_error(r, 400, "invalid_request").await;
     assert!(m.contains("already exists"), "{m}");
     let r = console
-        .post(
-            "/console/api/keys/action",
-            json!({"id": id, "action": "plan", "plan": "gold"}),
-        )
+        .act(json!({"id": id, "action": "plan", "plan": "gold"}))
         .await;
     let m = expect_openai_error(r, 400, "invalid_request").await;
     assert!(m.contains("unknown plan"), "{m}");
 
     // Suspend, then revoke: the key is refused.
-    let r = console
-        .post(
-            "/console/api/keys/action",
-            json!({"id": id, "action": "suspend"}),
-        )
-        .await;
+    let r = console.act(json!({"id": id, "action": "suspend"})).await;
     assert_eq!(r.status(), 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while flux.chat_with_key(&ping("flux-fast"), &key).await.status() != 401 {
         assert!(std::time::Instant::now() < deadline, "still accepted");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let r = console
-        .post(
-            "/console/api/keys/action",
-            json!({"id": id, "action": "revoke"}),
-        )
-        .await;
+    let r = console.act(json!({"id": id, "action": "revoke"})).await;
     assert_eq!(r.status(), 200);
-    let r = console
-        .post(
-            "/console/api/keys/action",
-            json!({"id": id, "action": "resume"}),
-        )
-        .await;
+    let r = console.act(json!({"id": id, "action": "resume"})).await;
     let m = expect_openai_error(r, 400, "invalid_request").await;
     assert!(m.contains("revoked for good"), "{m}");
     let keys = console.get("/console/api/keys").await;
-    let listed = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let listed = key_in(&keys, &id);
     assert_eq!(listed["status"], "revoked");
 }
 
