@@ -326,7 +326,13 @@ async fn keys_are_stored_hashed() {
 
 #[tokio::test]
 async fn the_demo_prints_a_key_and_serves_the_readme_curl() {
-    let port = free_port();
+    // The console listens on the next port: find two free in a row.
+    let port = loop {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
     let mut child = Command::new(BIN)
         .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
@@ -335,10 +341,14 @@ async fn the_demo_prints_a_key_and_serves_the_readme_curl() {
         .spawn()
         .unwrap();
     let mut key = None;
+    let mut console = None;
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         if let Some(k) = line.strip_prefix("Demo key (plan payg): ") {
             key = Some(k.to_string());
+        }
+        if let Some(c) = line.strip_prefix("Operator console: ") {
+            console = Some(c.to_string());
         }
         if line.contains("curl") {
             break;
@@ -363,8 +373,22 @@ async fn the_demo_prints_a_key_and_serves_the_readme_curl() {
             Err(e) => panic!("{e}"),
         }
     };
+    // The operator console it prints opens with the token it prints.
+    let console = console.expect("demo printed the console");
+    let (url, token) = console
+        .strip_suffix(')')
+        .and_then(|c| c.split_once(" (admin token: "))
+        .expect("address and token");
+    assert_eq!(url, format!("http://127.0.0.1:{}/console", port + 1));
+    let signed = client
+        .post(format!("{}/api/session", url))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    assert_eq!(signed.status(), 200);
     assert_eq!(r.status(), 200);
     assert!(header(&r, "x-flux-model").starts_with("flux-pinned-"));
     assert_eq!(header(&r, "x-flux-lane"), "express");
