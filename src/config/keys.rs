@@ -122,8 +122,16 @@ impl KeysFile {
         if !plans.contains(&record.plan.as_str()) {
             return Err(format!("unknown plan '{}' (plans: {plans:?})", record.plan));
         }
-        if record.name.is_empty() || record.name.len() > 128 {
-            return Err("a key's name is 1 to 128 characters".into());
+        if record.name.is_empty()
+            || record.name.len() > 128
+            || record.name.chars().any(char::is_control)
+            || record.name.trim() != record.name
+        {
+            return Err(
+                "a key's name is 1 to 128 characters, without control characters or \
+                 surrounding spaces"
+                    .into(),
+            );
         }
         if self.keys.iter().any(|k| k.name == record.name) {
             return Err(format!("a key named '{}' already exists", record.name));
@@ -188,6 +196,10 @@ mod tests {
         assert!(e.contains("already exists"), "{e}");
         let e = KeysFile::edit(&path, |f| f.add(record("bob", "gold"), &plans)).unwrap_err();
         assert!(e.contains("unknown plan 'gold'"), "{e}");
+        for bad in ["", "tab\there", "line\nbreak", " padded", &"x".repeat(129)] {
+            let e = KeysFile::edit(&path, |f| f.add(record(bad, "free"), &plans)).unwrap_err();
+            assert!(e.contains("1 to 128 characters"), "{bad:?}: {e}");
+        }
         let id = KeysFile::load(&path).unwrap().keys[0].id.clone();
 
         KeysFile::edit(&path, |f| f.set_plan(&id, "payg", &plans)).unwrap();
