@@ -7,13 +7,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 # A C toolchain and make: zlib-ng, SQLite and jemalloc are built from source.
 { command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || need+=(build-essential)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  echo "bootstrap: installing ${need[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/apt-install.sh" ${need[@]+"${need[@]}"}
 if ! command -v cargo >/dev/null 2>&1; then
   echo "bootstrap: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1

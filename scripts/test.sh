@@ -9,13 +9,7 @@ bash scripts/bootstrap.sh
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  echo "test: installing ${need[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash scripts/apt-install.sh ${need[@]+"${need[@]}"}
 # The real clients (Codex CLI, Claude Code, Python SDKs) for tests/real_clients.rs.
 bash scripts/clients/install.sh
 exec cargo test --locked "$@"

@@ -242,31 +242,24 @@ impl Store {
                     sql_int(t.cost)
                 ])?;
             }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO key_hour (hour, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (hour, key_id) DO UPDATE SET
-                   requests = requests + excluded.requests, cost = cost + excluded.cost",
-            )?;
-            for ((hour, key), t) in &hours {
-                st.execute(params![
-                    sql_int(hour * 3600),
-                    key,
-                    sql_int(t.requests),
-                    sql_int(t.cost)
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO key_day (day, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (day, key_id) DO UPDATE SET
-                   requests = requests + excluded.requests, cost = cost + excluded.cost",
-            )?;
-            for ((day, key), t) in &days {
-                st.execute(params![
-                    sql_int(day * 86_400),
-                    key,
-                    sql_int(t.requests),
-                    sql_int(t.cost)
-                ])?;
+            // Hourly and daily totals: the same upsert, on time buckets in unix seconds.
+            for (table, column, rows, secs) in [
+                ("key_hour", "hour", &hours, 3600),
+                ("key_day", "day", &days, 86_400),
+            ] {
+                let mut st = tx.prepare_cached(&format!(
+                    "INSERT INTO {table} ({column}, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT ({column}, key_id) DO UPDATE SET
+                       requests = requests + excluded.requests, cost = cost + excluded.cost"
+                ))?;
+                for ((bucket, key), t) in rows {
+                    st.execute(params![
+                        sql_int(bucket * secs),
+                        key,
+                        sql_int(t.requests),
+                        sql_int(t.cost)
+                    ])?;
+                }
             }
             let mut st = tx.prepare_cached(
                 "INSERT INTO usage_month (month, key_id, lane, model, requests, input_tokens,
