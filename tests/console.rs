@@ -14,14 +14,19 @@ struct Console<'a> {
     csrf: String,
 }
 
-async fn sign_in(flux: &Flux) -> Console<'_> {
-    let r = flux
+/// `POST /console/api/session` with `token`, behind a TLS proxy when `https`.
+async fn session_with(flux: &Flux, token: &str, https: bool) -> reqwest::Response {
+    let mut r = flux
         .client
-        .post(format!("{}/console/api/session", flux.admin_base))
-        .json(&json!({"token": ADMIN_TOKEN}))
-        .send()
-        .await
-        .unwrap();
+        .post(format!("{}/console/api/session", flux.admin_base));
+    if https {
+        r = r.header("x-forwarded-proto", "https");
+    }
+    r.json(&json!({ "token": token })).send().await.unwrap()
+}
+
+async fn sign_in(flux: &Flux) -> Console<'_> {
+    let r = session_with(flux, ADMIN_TOKEN, false).await;
     assert_eq!(r.status(), 200);
     let set = header(&r, "set-cookie").to_string();
     let cookie = set.split(';').next().unwrap().to_string();
@@ -132,25 +137,13 @@ async fn the_console_needs_a_session_and_its_csrf_token_for_everything_but_the_p
     }
     // A wrong token does not sign in; the metrics token and a client key neither.
     for token in ["wrong", METRICS_TOKEN, flux.key.as_str()] {
-        let r = flux
-            .client
-            .post(admin("/console/api/session"))
-            .json(&json!({ "token": token }))
-            .send()
-            .await
-            .unwrap();
+        let r = session_with(&flux, token, false).await;
         assert!(r.headers().get("set-cookie").is_none());
         expect_openai_error(r, 403, "admin_forbidden").await;
     }
 
     // Signed in: an HttpOnly, SameSite=Strict cookie with an expiry, and a CSRF token.
-    let r = flux
-        .client
-        .post(admin("/console/api/session"))
-        .json(&json!({ "token": ADMIN_TOKEN }))
-        .send()
-        .await
-        .unwrap();
+    let r = session_with(&flux, ADMIN_TOKEN, false).await;
     let set = header(&r, "set-cookie").to_string();
     assert!(set.starts_with("flux_console="), "{set}");
     for flag in [
@@ -190,14 +183,7 @@ async fn the_console_needs_a_session_and_its_csrf_token_for_everything_but_the_p
         .all(|k| k["name"] != "sneaky"));
 
     // Behind a TLS proxy the cookie is Secure.
-    let r = flux
-        .client
-        .post(admin("/console/api/session"))
-        .header("x-forwarded-proto", "https")
-        .json(&json!({ "token": ADMIN_TOKEN }))
-        .send()
-        .await
-        .unwrap();
+    let r = session_with(&flux, ADMIN_TOKEN, true).await;
     assert!(header(&r, "set-cookie").contains("; Secure"));
 
     // Sign out: the cookie is cleared and the session no longer opens anything.

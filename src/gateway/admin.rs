@@ -34,6 +34,12 @@ pub struct Admin {
     metrics_token_digest: Option<[u8; 32]>,
 }
 
+/// Whether `token` is the one whose digest is `expected` (none configured: nothing is).
+fn matches(token: &str, expected: Option<[u8; 32]>) -> bool {
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    !token.is_empty() && expected == Some(digest)
+}
+
 fn digest(token: Option<String>) -> Option<[u8; 32]> {
     token
         .filter(|t| !t.is_empty())
@@ -46,8 +52,7 @@ const CONSOLE_SESSION_SECS: u64 = 8 * 3600;
 impl Admin {
     /// Whether `token` is the admin token (compared by digest).
     pub(super) fn is_admin_token(&self, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        !token.is_empty() && self.token_digest == Some(digest)
+        matches(token, self.token_digest)
     }
 
     pub fn new(state: Arc<AppState>, token: Option<String>, metrics_token: Option<String>) -> Self {
@@ -73,10 +78,7 @@ impl Admin {
             None,
             false,
         );
-        presented.is_some_and(|p| {
-            let digest: [u8; 32] = Sha256::digest(p.as_bytes()).into();
-            digest == expected
-        })
+        presented.is_some_and(|p| matches(p, Some(expected)))
     }
 
     /// The report reads the ledger file (after committing what is queued, so it includes
