@@ -891,11 +891,15 @@ async fn a_gateway_started_in_the_background_keeps_its_redis_and_ledger_threads(
         .status()
         .unwrap();
     assert!(status.success());
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .expect("the pid file")
-        .trim()
-        .parse()
-        .unwrap();
+    // The background process writes its pid file itself, a moment after the command returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: u32 = loop {
+        match std::fs::read_to_string(&pid_file).map(|t| t.trim().parse()) {
+            Ok(Ok(pid)) => break pid,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("no pid file: {other:?}"),
+        }
+    };
     let _daemon = Daemon(pid);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
