@@ -38,6 +38,9 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Reservations over the durable spend ledger (the fleet's, in fleet mode).
     pub budget: Budget,
+    /// This node's own ledger file (the budget reads it through the `Ledger` trait); kept
+    /// here for its writer's statistics in the metrics.
+    pub ledger: Arc<EmbeddedLedger>,
     /// Fleet mode: what the gateways share through Redis.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// When lanes.yaml and the keys file were last (re)loaded, unix seconds.
@@ -78,9 +81,10 @@ impl AppState {
             None => None,
         };
         let ttl = config.ledger.hold_ttl_seconds;
+        let ledger = Arc::new(ledger);
         let budget = match &fleet {
-            Some(fleet) => Budget::shared(Arc::new(ledger), ttl, fleet.clone()),
-            None => Budget::new(Arc::new(ledger), ttl),
+            Some(fleet) => Budget::shared(ledger.clone(), ttl, fleet.clone()),
+            None => Budget::new(ledger.clone(), ttl),
         };
         let now = unix_now();
         let state = AppState {
@@ -91,6 +95,7 @@ impl AppState {
             access_log,
             metrics: crate::metrics::Metrics::default(),
             budget,
+            ledger,
             providers,
             routes: ArcSwap::from_pointee(routes),
             keys: ArcSwap::from_pointee(keys),

@@ -313,6 +313,58 @@ async fn spend_survives_a_sigkill() {
     assert_eq!(v["spend"]["month_usd"], Usd(billed).to_decimal(), "{v}");
 }
 
+/// An operator deletes the ledger file (and its WAL) while the gateway runs: the gateway
+/// says so at error level, puts the file back with everything in it, counts it, and after a
+/// restart the month's spend (and so every cap) is still there.
+#[tokio::test]
+async fn a_ledger_deleted_while_running_is_recreated_and_a_restart_keeps_the_spend() {
+    let mut flux = Flux::start().await;
+    let mut billed = 0u64;
+    let serve = async |flux: &Flux| {
+        let r = flux.chat(&ping("flux-pinned-on-chat")).await;
+        assert_eq!(r.status(), 200);
+        header(&r, "x-flux-cost-usd")
+            .parse::<Usd>()
+            .unwrap()
+            .picos()
+    };
+    for _ in 0..5 {
+        billed += serve(&flux).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ledger = flux.dir.path().join("ledger.sqlite");
+    assert!(ledger.exists());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", ledger.display()));
+    }
+    for _ in 0..5 {
+        billed += serve(&flux).await;
+    }
+    let log = flux
+        .log_containing("was deleted while the gateway was running")
+        .await;
+    assert!(log.contains("recreated it"), "{log}");
+    assert!(log.contains("ERROR"), "logged at error level: {log}");
+    assert!(ledger.exists(), "the file is back");
+    assert!(
+        flux.metrics()
+            .await
+            .contains("flux_ledger_recreated_total 1"),
+        "counted"
+    );
+    // The CLI reads it while the gateway runs.
+    let out = flux.cli(&["usage", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    flux.kill9_and_restart().await;
+    let v: Value = flux.get("/v1/usage", &flux.key).await.json().await.unwrap();
+    assert_eq!(v["spend"]["month_usd"], Usd(billed).to_decimal(), "{v}");
+}
+
 /// The error body on either path: (code, message, retry_after).
 async fn error_of(r: reqwest::Response, client: Client) -> (u16, String, String, Option<u64>) {
     let status = r.status().as_u16();

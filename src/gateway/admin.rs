@@ -185,6 +185,7 @@ impl Admin {
                 .collect(),
             access_log_dropped: state.access_log.dropped(),
             series_dropped: state.metrics.series_dropped(),
+            ledger: state.ledger.stats(),
             fleet: state.fleet.as_deref(),
         };
         let text = crate::metrics::render(&state.metrics, &live);

@@ -15,6 +15,8 @@ pub struct Live<'a> {
     pub breakers: Vec<(&'a str, &'static str)>,
     pub access_log_dropped: u64,
     pub series_dropped: u64,
+    /// The ledger writer's statistics (this node's file).
+    pub ledger: crate::metering::ledger::LedgerStats,
     /// Fleet mode's view of Redis.
     pub fleet: Option<&'a crate::fleet::Fleet>,
 }
@@ -337,6 +339,22 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         "flux_access_log_dropped_total",
         &[],
         live.access_log_dropped,
+    );
+    o.head(
+        "flux_ledger_recreated_total",
+        "counter",
+        "Times the ledger file was found deleted while the gateway ran and was put back.",
+    );
+    o.sample("flux_ledger_recreated_total", &[], live.ledger.recreated);
+    o.head(
+        "flux_ledger_commit_errors_total",
+        "counter",
+        "Ledger commits that failed (their spend was kept in memory and retried).",
+    );
+    o.sample(
+        "flux_ledger_commit_errors_total",
+        &[],
+        live.ledger.commit_errors,
     );
     o.head(
         "flux_metrics_series_dropped_total",

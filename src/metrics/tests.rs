@@ -112,11 +112,16 @@ fn upstream_breaker_reload_and_live_gauges() {
         breakers: vec![("sim", "open"), ("backup", "closed")],
         access_log_dropped: 0,
         series_dropped: 0,
+        ledger: crate::metering::ledger::LedgerStats {
+            recreated: 1,
+            ..Default::default()
+        },
         fleet: None,
     };
     let text = render(&m, &live);
     for (series, want) in [
         (r#"flux_upstream_attempts_total{provider="sim"}"#, 1.0),
+        ("flux_ledger_recreated_total", 1.0),
         (r#"flux_upstream_retries_total{provider="sim"}"#, 0.0),
         (r#"flux_upstream_retries_total{provider="backup"}"#, 1.0),
         (

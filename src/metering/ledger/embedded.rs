@@ -95,6 +95,8 @@ pub struct LedgerStats {
     pub max_commit: Duration,
     /// Time spent in committed transactions, all told.
     pub commit_busy: Duration,
+    /// Times the file was found deleted from its path and put back.
+    pub recreated: u64,
 }
 
 /// A key's in-memory totals and its requests not yet handed to the writer.
@@ -178,6 +180,11 @@ struct Shared {
     last_commit_us: AtomicU64,
     max_commit_us: AtomicU64,
     busy_us: AtomicU64,
+    recreated: AtomicU64,
+    /// Failed attempts to put a deleted file back (logged at the first and every 100th).
+    recreate_errors: AtomicU64,
+    /// The report reader, kept open between reports; closed before the file is recreated.
+    reader: Mutex<Option<LedgerReader>>,
 }
 
 impl Shared {
@@ -198,6 +205,41 @@ impl Shared {
             last_commit_us: AtomicU64::new(0),
             max_commit_us: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
+            recreated: AtomicU64::new(0),
+            recreate_errors: AtomicU64::new(0),
+            reader: Mutex::new(None),
+        }
+    }
+
+    /// The file was deleted from its path while open: put it back, whole, before the next
+    /// commit, so that a restart or `fluxrouter usage` still finds every month's spend.
+    fn recreate(&self, store: Store) -> Store {
+        let path = store.path().display().to_string();
+        // The cached reader holds the old file open; leaving WAL needs it to ourselves.
+        lock(&self.reader).take();
+        match store.recreate() {
+            Ok(store) => {
+                self.recreated.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "ledger: {path} was deleted while the gateway was running; recreated it \
+                     from the open database (every committed row kept)"
+                );
+                store
+            }
+            Err((store, e)) => {
+                if self
+                    .recreate_errors
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(100)
+                {
+                    log::error!(
+                        "ledger: {path} was deleted while the gateway was running; {e}; \
+                         spend is still written to the deleted file and kept in memory, \
+                         retrying"
+                    );
+                }
+                store
+            }
         }
     }
 
@@ -483,6 +525,9 @@ fn writer(shared: Arc<Shared>, mut store: Store) {
             (c.requested, c.stop)
         };
         due = Instant::now() + interval;
+        if store.vanished() {
+            store = shared.recreate(store);
+        }
         let result = shared.cycle(&mut store);
         {
             let mut c = lock(&shared.control);
@@ -501,7 +546,6 @@ pub struct EmbeddedLedger {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
-    reader: Mutex<Option<LedgerReader>>,
 }
 
 impl EmbeddedLedger {
@@ -521,7 +565,6 @@ impl EmbeddedLedger {
             shared,
             writer: Mutex::new(Some(writer)),
             path: path.to_path_buf(),
-            reader: Mutex::new(None),
         })
     }
 
@@ -539,6 +582,7 @@ impl EmbeddedLedger {
             last_commit: Duration::from_micros(s.last_commit_us.load(Ordering::Relaxed)),
             max_commit: Duration::from_micros(s.max_commit_us.load(Ordering::Relaxed)),
             commit_busy: Duration::from_micros(s.busy_us.load(Ordering::Relaxed)),
+            recreated: s.recreated.load(Ordering::Relaxed),
         }
     }
 
@@ -576,7 +620,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, LedgerError> {
-        let mut reader = lock(&self.reader);
+        let mut reader = lock(&self.shared.reader);
         if reader.is_none() {
             *reader = Some(LedgerReader::open(&self.path)?);
         }

@@ -12,7 +12,7 @@
 //! signed 64-bit, so one row holds at most $9.2 million.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -155,6 +155,8 @@ fn month_of_hour(hour: u64) -> Month {
 /// The writer's connection.
 pub(super) struct Store {
     conn: Connection,
+    path: PathBuf,
+    busy_timeout: Duration,
     /// Rows kept in `entries` (0: none are written).
     keep_entries: u64,
     /// `PRAGMA data_version` when last read: it changes when another connection commits.
@@ -201,10 +203,79 @@ impl Store {
         let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(Store {
             conn,
+            path: path.to_path_buf(),
+            busy_timeout,
             keep_entries,
             data_version,
             pruned_hour: 0,
         })
+    }
+
+    /// Whether the file this store writes was deleted from its path while open. The open
+    /// connection still reads and writes the unlinked file, so nothing is lost yet, but a
+    /// restart (or `fluxrouter usage`) would find no ledger and every month's spend at zero.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn vanished(&self) -> bool {
+        std::fs::metadata(&self.path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// Put a deleted ledger back at its path, whole: the still-open database (the unlinked
+    /// file) is copied to a new file beside the path, renamed into place and reopened. Every
+    /// committed row survives, not just the totals held in memory. On failure the old store
+    /// comes back, still writing the unlinked file, to be tried again on the next cycle.
+    ///
+    /// No other connection of this process may hold the old file open (the cached report
+    /// reader): leaving WAL mode needs the file to itself.
+    pub fn recreate(self) -> Result<Store, (Store, LedgerError)> {
+        fn fail<T>(
+            store: Store,
+            what: &str,
+            e: &dyn std::fmt::Display,
+        ) -> Result<T, (Store, LedgerError)> {
+            let msg = format!("cannot recreate {} ({what}): {e}", store.path.display());
+            Err((store, LedgerError(msg)))
+        }
+        // First leave WAL for an in-memory journal: that folds the WAL into the unlinked file
+        // and removes the `-wal` and `-shm` names, and from then on this connection touches no
+        // file by name, so nothing of the old file can be replayed onto the new one.
+        match self
+            .conn
+            .query_row("PRAGMA journal_mode=MEMORY", [], |r| r.get::<_, String>(0))
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("memory") => {}
+            Ok(mode) => return fail(self, "leaving WAL", &format!("journal mode is {mode}")),
+            Err(e) => return fail(self, "leaving WAL", &e),
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                return fail(self, "creating its folder", &e);
+            }
+        }
+        let mut staging = self.path.clone().into_os_string();
+        staging.push(format!(".recreate-{}", std::process::id()));
+        let staging = PathBuf::from(staging);
+        let _ = std::fs::remove_file(&staging);
+        let Some(staging_str) = staging.to_str() else {
+            return fail(self, "path", &"not UTF-8");
+        };
+        if let Err(e) = self.conn.execute("VACUUM INTO ?1", [staging_str]) {
+            let _ = std::fs::remove_file(&staging);
+            return fail(self, "copy", &e);
+        }
+        if self.path.exists() {
+            // Another process (the old one during an upgrade) put it back first: use theirs.
+            let _ = std::fs::remove_file(&staging);
+        } else if let Err(e) = std::fs::rename(&staging, &self.path) {
+            let _ = std::fs::remove_file(&staging);
+            return fail(self, "rename", &e);
+        }
+        match Store::open(&self.path, self.keep_entries, self.busy_timeout) {
+            Ok(store) => Ok(store),
+            Err(e) => fail(self, "reopen", &e),
+        }
     }
 
     /// Add a batch's groups to the aggregates, in one transaction.

@@ -178,6 +178,56 @@ fn a_restart_reloads_the_committed_totals() {
     assert_eq!((april[0].requests, april[0].cost.0), (3, 150));
 }
 
+/// The file deleted while the ledger runs (with its WAL and shared-memory files, as `rm
+/// ledger.sqlite*` does, or alone): the writer puts it back whole, a report taken before the
+/// deletion is not served from the deleted file, and a restart finds every month's spend.
+#[test]
+fn a_ledger_file_deleted_while_running_is_put_back_whole() {
+    for with_sidecars in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite");
+        let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+        ledger.record(&entry(APRIL_2024 - 10, "key_a", "fast", "m1", 5)); // March
+        ledger.record(&entry(APRIL_2024 + 10, "key_a", "fast", "m1", 20));
+        ledger.flush().unwrap();
+        // A report opens (and keeps) a reader on the file.
+        assert_eq!(ledger.report(month("2024-04"), None).unwrap().len(), 1);
+
+        std::fs::remove_file(&path).unwrap();
+        if with_sidecars {
+            for suffix in ["-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        ledger.record(&entry(APRIL_2024 + 20, "key_a", "daily", "m2", 300));
+        ledger.flush().unwrap();
+        assert!(
+            path.exists(),
+            "recreated (sidecars deleted: {with_sidecars})"
+        );
+        assert_eq!(ledger.stats().recreated, 1);
+        assert_eq!(ledger.spend("key_a", APRIL_2024 + 60).month.0, 320);
+        // Commits go on in the new file, and reports read it.
+        ledger.record(&entry(APRIL_2024 + 30, "key_b", "fast", "m1", 7));
+        ledger.flush().unwrap();
+        let april = ledger.report(month("2024-04"), None).unwrap();
+        let total: u64 = april.iter().map(|r| r.cost.0).sum();
+        assert_eq!((april.len(), total), (3, 327));
+        ledger.close().unwrap();
+
+        // Another process (`fluxrouter usage`) and a restart see everything, March included.
+        let reader = LedgerReader::open(&path).unwrap();
+        let march = reader.report(month("2024-03"), None).unwrap();
+        assert_eq!(march.iter().map(|r| r.cost.0).sum::<u64>(), 5);
+        let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+        assert_eq!(ledger.spend("key_a", APRIL_2024 + 60).month.0, 320);
+        assert_eq!(ledger.spend("key_b", APRIL_2024 + 60).month.0, 7);
+        assert_eq!(ledger.stats().recreated, 0);
+    }
+}
+
 #[test]
 fn reports_group_by_key_lane_and_model() {
     let dir = tempfile::tempdir().unwrap();
