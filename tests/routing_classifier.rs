@@ -184,12 +184,22 @@ async fn the_plan_bounds_the_classifier_and_a_deep_request_goes_to_the_middle_la
     let r = flux.chat_with_key(&ping("flux-auto"), &key).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-flux-lane"), "formats");
+    // The header names the classifier's own lane and probability, then the plan's step
+    // (not the probability of the lane served, which the classifier gave 0.05).
+    assert_eq!(
+        header(&r, "x-flux-route-rule"),
+        "classifier; deep p=0.91; plan: formats"
+    );
     // `express_only`: express, the only lane it has.
     let key = flux.new_key("express_only", "small");
     flux.wait_for_key(&key).await;
     let r = flux.chat_with_key(&ping("flux-auto"), &key).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-flux-lane"), "express");
+    assert_eq!(
+        header(&r, "x-flux-route-rule"),
+        "classifier; deep p=0.91; plan: express"
+    );
 }
 
 /// `fluxrouter route` on the shipped lanes.yaml and weights.

@@ -85,10 +85,22 @@ impl Served<'_> {
         )?;
         if let Some(rule) = self.route.rule {
             let name = &self.routes.rules()[rule].name;
-            match self.route.probability {
+            match (self.route.probability, self.route.classifier_lane) {
+                // `classifier; deep p=0.91; plan: daily`: the classifier's own lane and how
+                // sure it was, then the lane the key's plan stepped the request to.
+                (Some(p), Some(wanted)) => h.insert_header(
+                    headers::ROUTE_RULE,
+                    format!(
+                        "{name}; {} p={p:.2}; plan: {}",
+                        self.routes.lane(wanted).name,
+                        self.routes.lane(self.route.lane).name
+                    ),
+                )?,
                 // `classifier; p=0.87`: how sure the classifier was of the lane.
-                Some(p) => h.insert_header(headers::ROUTE_RULE, format!("{name}; p={p:.2}"))?,
-                None => h.insert_header(headers::ROUTE_RULE, name.as_str())?,
+                (Some(p), None) => {
+                    h.insert_header(headers::ROUTE_RULE, format!("{name}; p={p:.2}"))?
+                }
+                (None, _) => h.insert_header(headers::ROUTE_RULE, name.as_str())?,
             }
         }
         Ok(())

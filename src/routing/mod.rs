@@ -52,8 +52,11 @@ pub struct Route {
     pub lane: LaneId,
     /// The flux-auto rule that chose the lane (None for aliases and pinned ids).
     pub rule: Option<usize>,
-    /// When the classifier chose the lane: its probability.
+    /// When the classifier chose the lane: its probability for its own lane.
     pub probability: Option<f32>,
+    /// The classifier's own lane, when the key's plan does not include it and the request
+    /// stepped to the nearest lane the plan allows (`lane`).
+    pub classifier_lane: Option<LaneId>,
     /// Eligible targets in the order to try them; never empty.
     pub candidates: Vec<ModelId>,
     /// The model the caller pinned, if any: serving it is not "routed".
@@ -168,10 +171,10 @@ impl RouteTable {
                 return Err(input_too_long(features.input_tokens, max));
             }
         }
-        let (lane, rule, probability, pinned) = match requested {
+        let (lane, rule, learned, pinned) = match requested {
             Requested::Auto => {
-                let (lane, rule, p) = self.pick_auto_lane(features, access)?;
-                (lane, Some(rule), p, None)
+                let (lane, rule, learned) = self.pick_auto_lane(features, access)?;
+                (lane, Some(rule), learned, None)
             }
             Requested::Lane(lane) => {
                 self.check_access(lane, access, &self.lane(lane).alias)?;
@@ -226,7 +229,8 @@ impl RouteTable {
         Ok(Route {
             lane,
             rule,
-            probability,
+            probability: learned.map(|(_, p)| p),
+            classifier_lane: learned.map(|(wanted, _)| wanted).filter(|&w| w != lane),
             candidates,
             pinned,
         })
@@ -304,13 +308,13 @@ impl RouteTable {
     }
 
     /// First rule that matches and whose lane the plan allows; a classifier rule matches
-    /// when the plan allows one of its lanes. Returns the lane, the rule, and the
-    /// classifier's probability when it chose.
+    /// when the plan allows one of its lanes. Returns the lane, the rule, and when the
+    /// classifier chose: its own lane (before the plan) and its probability for it.
     fn pick_auto_lane(
         &self,
         features: &Features,
         access: &(impl LaneAccess + ?Sized),
-    ) -> Result<(LaneId, usize, Option<f32>), FluxError> {
+    ) -> Result<(LaneId, usize, Option<(LaneId, f32)>), FluxError> {
         let allowed = |lane: LaneId| access.lane(self.lane(lane)).is_ok();
         for (i, rule) in self.rules().iter().enumerate() {
             if !rule.matches(features) {
@@ -326,13 +330,14 @@ impl RouteTable {
                     };
                     let lanes = &learned.lanes;
                     let price = |l: usize| self.lane(lanes[l]).price.input_per_mtok.0 as f64;
-                    if let Some((l, p)) = classifier::choose(
+                    if let Some(choice) = classifier::choose(
                         scores.as_slice(),
                         price,
                         |l| allowed(lanes[l]),
                         learned.model.policy(),
                     ) {
-                        return Ok((lanes[l], i, Some(p)));
+                        let wanted = (lanes[choice.wanted], choice.p);
+                        return Ok((lanes[choice.lane], i, Some(wanted)));
                     }
                 }
             }

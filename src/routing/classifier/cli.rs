@@ -70,9 +70,14 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
     let _ = writeln!(
         out,
         "lane: {lane}\nrule: {rule}{}\nread as: {} ({} messages, {} tools)\ndecided in: {} us",
-        route.probability.map_or(String::new(), |p| format!(
-            ", the classifier's lane at p={p:.3}"
-        )),
+        match (route.probability, route.classifier_lane) {
+            (Some(p), Some(wanted)) => format!(
+                ", the classifier's lane {} at p={p:.3}, stepped to {lane} by the plan",
+                routes.lane(wanted).name
+            ),
+            (Some(p), None) => format!(", the classifier's lane at p={p:.3}"),
+            (None, _) => String::new(),
+        },
         format.label(),
         request.messages.len(),
         request.tools.len(),

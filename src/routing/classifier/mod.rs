@@ -9,4 +9,4 @@ pub mod model;
 pub mod train;
 
 pub use features::Hashed;
-pub use model::{choose, Classifier, Policy, Scores};
+pub use model::{choose, Choice, Classifier, Policy, Scores};

@@ -288,15 +288,33 @@ pub struct Policy {
     pub guard: f32,
 }
 
+/// What [`choose`] decided: the classifier's own lane, and the lane the key is served on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The lane to serve (an index into the classifier's lanes).
+    pub lane: usize,
+    /// The lane the classifier chose before the key's plan was considered.
+    pub wanted: usize,
+    /// The classifier's probability for `wanted`.
+    pub p: f32,
+}
+
+impl Choice {
+    /// Whether the plan moved the request off the classifier's lane.
+    pub fn stepped(&self) -> bool {
+        self.lane != self.wanted
+    }
+}
+
 /// The lane to use among the classifier's (see [`Policy`]); then, if the key may not use
 /// it, the nearest lane it may use, cheaper first (a deep request for a key without the deep
-/// lane goes to daily, not express). Returns the lane's index and its probability.
+/// lane goes to daily, not express).
 pub fn choose(
     p: &[f32],
     price: impl Fn(usize) -> f64,
     allowed: impl Fn(usize) -> bool,
     policy: Policy,
-) -> Option<(usize, f32)> {
+) -> Option<Choice> {
     let best = (0..p.len()).max_by(|&a, &b| {
         p[a].total_cmp(&p[b])
             .then_with(|| price(a).total_cmp(&price(b)))
@@ -318,8 +336,13 @@ pub fn choose(
             target = below;
         }
     }
+    let choice = |lane| Choice {
+        lane,
+        wanted: target,
+        p: p[target],
+    };
     if allowed(target) {
-        return Some((target, p[target]));
+        return Some(choice(target));
     }
     let t = price(target);
     let cheaper = (0..p.len())
@@ -334,7 +357,7 @@ pub fn choose(
             .filter(|&l| allowed(l))
             .min_by(|&a, &b| price(a).total_cmp(&price(b)))
     };
-    cheaper.or_else(pricier).map(|l| (l, p[l]))
+    cheaper.or_else(pricier).map(choice)
 }
 
 impl Classifier {
@@ -461,34 +484,44 @@ mod tests {
         // Clear winner.
         assert_eq!(
             choose(&[0.8, 0.15, 0.05], price, all, at(0.1)),
-            Some((0, 0.8))
+            Some(Choice {
+                lane: 0,
+                wanted: 0,
+                p: 0.8
+            })
         );
         // daily within the margin of express: daily.
         assert_eq!(
-            choose(&[0.48, 0.42, 0.10], price, all, at(0.1)).unwrap().0,
+            choose(&[0.48, 0.42, 0.10], price, all, at(0.1))
+                .unwrap()
+                .lane,
             1
         );
         // deep within the margin of express too: the priciest close lane.
         assert_eq!(
-            choose(&[0.40, 0.25, 0.35], price, all, at(0.1)).unwrap().0,
+            choose(&[0.40, 0.25, 0.35], price, all, at(0.1))
+                .unwrap()
+                .lane,
             2
         );
         // No margin: the likeliest.
         assert_eq!(
-            choose(&[0.48, 0.42, 0.10], price, all, at(0.0)).unwrap().0,
+            choose(&[0.48, 0.42, 0.10], price, all, at(0.0))
+                .unwrap()
+                .lane,
             0
         );
-        // deep is likeliest but the key may not use it: daily, not express.
+        // deep is likeliest but the key may not use it: daily, not express; the choice
+        // still names deep and its probability (for `X-Flux-Route-Rule`).
         let no_deep = |l: usize| l != 2;
-        assert_eq!(
-            choose(&[0.3, 0.1, 0.6], price, no_deep, at(0.1)).unwrap().0,
-            1
-        );
+        let stepped = choose(&[0.3, 0.1, 0.6], price, no_deep, at(0.1)).unwrap();
+        assert_eq!((stepped.lane, stepped.wanted, stepped.p), (1, 2, 0.6));
+        assert!(stepped.stepped());
         // Only deep allowed: deep.
         assert_eq!(
             choose(&[0.9, 0.05, 0.05], price, |l| l == 2, at(0.1))
                 .unwrap()
-                .0,
+                .lane,
             2
         );
         assert_eq!(choose(&[0.9, 0.05, 0.05], price, |_| false, at(0.1)), None);
@@ -505,21 +538,21 @@ mod tests {
         assert_eq!(
             choose(&[0.6, 0.1, 0.3], price, |_| true, guarded)
                 .unwrap()
-                .0,
+                .lane,
             1
         );
         // deep below the guard: express stands.
         assert_eq!(
             choose(&[0.7, 0.1, 0.2], price, |_| true, guarded)
                 .unwrap()
-                .0,
+                .lane,
             0
         );
         // daily likely: no lift (it is one step away).
         assert_eq!(
             choose(&[0.6, 0.35, 0.05], price, |_| true, guarded)
                 .unwrap()
-                .0,
+                .lane,
             0
         );
     }

@@ -239,14 +239,14 @@ pub fn decide(c: &Classifier, e: &Example, policy: Policy) -> String {
         return "image".into();
     }
     let s = c.scores(&e.features);
-    let (l, _) = choose(
+    let choice = choose(
         s.as_slice(),
         |l| nominal_price(&c.lanes[l]),
         |_| true,
         policy,
     )
     .expect("every lane allowed");
-    c.lanes[l].clone()
+    c.lanes[choice.lane].clone()
 }
 
 /// Where a topic falls in the folds and the held-out split: FNV-1a of its name, fixed apart
