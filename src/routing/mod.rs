@@ -63,6 +63,9 @@ pub struct Route {
     pub pinned: Option<ModelId>,
 }
 
+/// The classifier's own lane and its probability for it.
+type ClassifierLane = (LaneId, f32);
+
 /// Why a key may not use a lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -314,7 +317,7 @@ impl RouteTable {
         &self,
         features: &Features,
         access: &(impl LaneAccess + ?Sized),
-    ) -> Result<(LaneId, usize, Option<(LaneId, f32)>), FluxError> {
+    ) -> Result<(LaneId, usize, Option<ClassifierLane>), FluxError> {
         let allowed = |lane: LaneId| access.lane(self.lane(lane)).is_ok();
         for (i, rule) in self.rules().iter().enumerate() {
             if !rule.matches(features) {

@@ -213,20 +213,19 @@ impl Shared {
 
     /// The file was deleted from its path while open: put it back, whole, before the next
     /// commit, so that a restart or `fluxrouter usage` still finds every month's spend.
-    fn recreate(&self, store: Store) -> Store {
+    fn recreate(&self, store: &mut Store) {
         let path = store.path().display().to_string();
         // The cached reader holds the old file open; leaving WAL needs it to ourselves.
         lock(&self.reader).take();
         match store.recreate() {
-            Ok(store) => {
+            Ok(()) => {
                 self.recreated.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "ledger: {path} was deleted while the gateway was running; recreated it \
                      from the open database (every committed row kept)"
                 );
-                store
             }
-            Err((store, e)) => {
+            Err(e) => {
                 if self
                     .recreate_errors
                     .fetch_add(1, Ordering::Relaxed)
@@ -238,7 +237,6 @@ impl Shared {
                          retrying"
                     );
                 }
-                store
             }
         }
     }
@@ -526,7 +524,7 @@ fn writer(shared: Arc<Shared>, mut store: Store) {
         };
         due = Instant::now() + interval;
         if store.vanished() {
-            store = shared.recreate(store);
+            shared.recreate(&mut store);
         }
         let result = shared.cycle(&mut store);
         {

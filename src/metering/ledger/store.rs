@@ -224,58 +224,52 @@ impl Store {
 
     /// Put a deleted ledger back at its path, whole: the still-open database (the unlinked
     /// file) is copied to a new file beside the path, renamed into place and reopened. Every
-    /// committed row survives, not just the totals held in memory. On failure the old store
-    /// comes back, still writing the unlinked file, to be tried again on the next cycle.
+    /// committed row survives, not just the totals held in memory. On failure the store goes
+    /// on writing the unlinked file (spend is also kept in memory), to be tried again on the
+    /// next cycle.
     ///
     /// No other connection of this process may hold the old file open (the cached report
     /// reader): leaving WAL mode needs the file to itself.
-    pub fn recreate(self) -> Result<Store, (Store, LedgerError)> {
-        fn fail<T>(
-            store: Store,
-            what: &str,
-            e: &dyn std::fmt::Display,
-        ) -> Result<T, (Store, LedgerError)> {
-            let msg = format!("cannot recreate {} ({what}): {e}", store.path.display());
-            Err((store, LedgerError(msg)))
-        }
+    pub fn recreate(&mut self) -> Result<(), LedgerError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            LedgerError(format!(
+                "cannot recreate {} ({what}): {e}",
+                self.path.display()
+            ))
+        };
         // First leave WAL for an in-memory journal: that folds the WAL into the unlinked file
         // and removes the `-wal` and `-shm` names, and from then on this connection touches no
         // file by name, so nothing of the old file can be replayed onto the new one.
-        match self
+        let mode = self
             .conn
             .query_row("PRAGMA journal_mode=MEMORY", [], |r| r.get::<_, String>(0))
-        {
-            Ok(mode) if mode.eq_ignore_ascii_case("memory") => {}
-            Ok(mode) => return fail(self, "leaving WAL", &format!("journal mode is {mode}")),
-            Err(e) => return fail(self, "leaving WAL", &e),
+            .map_err(|e| fail("leaving WAL", &e))?;
+        if !mode.eq_ignore_ascii_case("memory") {
+            return Err(fail("leaving WAL", &format!("journal mode is {mode}")));
         }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                return fail(self, "creating its folder", &e);
-            }
+            std::fs::create_dir_all(dir).map_err(|e| fail("creating its folder", &e))?;
         }
         let mut staging = self.path.clone().into_os_string();
         staging.push(format!(".recreate-{}", std::process::id()));
         let staging = PathBuf::from(staging);
         let _ = std::fs::remove_file(&staging);
-        let Some(staging_str) = staging.to_str() else {
-            return fail(self, "path", &"not UTF-8");
-        };
+        let staging_str = staging.to_str().ok_or_else(|| fail("path", &"not UTF-8"))?;
         if let Err(e) = self.conn.execute("VACUUM INTO ?1", [staging_str]) {
             let _ = std::fs::remove_file(&staging);
-            return fail(self, "copy", &e);
+            return Err(fail("copy", &e));
         }
         if self.path.exists() {
             // Another process (the old one during an upgrade) put it back first: use theirs.
             let _ = std::fs::remove_file(&staging);
         } else if let Err(e) = std::fs::rename(&staging, &self.path) {
             let _ = std::fs::remove_file(&staging);
-            return fail(self, "rename", &e);
+            return Err(fail("rename", &e));
         }
-        match Store::open(&self.path, self.keep_entries, self.busy_timeout) {
-            Ok(store) => Ok(store),
-            Err(e) => fail(self, "reopen", &e),
-        }
+        // The old connection is closed once the new one is open (it names no file now).
+        *self = Store::open(&self.path, self.keep_entries, self.busy_timeout)
+            .map_err(|e| fail("reopen", &e))?;
+        Ok(())
     }
 
     /// Add a batch's groups to the aggregates, in one transaction.
