@@ -638,3 +638,45 @@ async fn a_connection_the_client_does_not_keep_alive_is_closed_after_the_answer(
     assert_eq!(&second.body[..], b"FluxRouter\n");
     assert!(reader.rest_until_closed(Duration::from_secs(10)).is_some());
 }
+
+#[tokio::test]
+async fn a_websocket_attempt_on_responses_gets_426_and_the_connection_serves_the_post() {
+    let flux = Flux::start().await;
+    // What Codex sends with supports_websockets before it falls back to HTTP (on a 426 only).
+    let handshake = format!(
+        "GET /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        flux.key
+    );
+    let mut s = connect(&flux);
+    s.write_all(handshake.as_bytes()).unwrap();
+    let mut reader = Reader::new(s.try_clone().unwrap());
+    let r = reader.response().expect("an answer to the handshake");
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_request_id(&r);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "websocket_not_served", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("WebSockets are not served"), "{message}");
+    assert!(message.contains("POST /v1/responses"), "{message}");
+    assert_ne!(r.header("connection"), Some("close"), "{r:?}");
+
+    // The same connection then carries the HTTP request.
+    let post = serde_json::to_vec(&serde_json::json!({"model": "flux-fast", "input": "hi"}))
+        .unwrap();
+    let mut wire = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        flux.key,
+        post.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&post);
+    s.write_all(&wire).unwrap();
+    let r = reader.response().expect("an answer to the POST");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["object"], "response", "{r:?}");
+}

@@ -449,6 +449,17 @@ fn ambiguous_length(session: &Session) -> bool {
         .any(|line| line.get(..NAME.len()).is_some_and(|n| n.eq_ignore_ascii_case(NAME)))
 }
 
+/// A WebSocket handshake (`GET` with `Upgrade: websocket`), as Codex sends with
+/// `supports_websockets`.
+fn websocket_upgrade(req: &pingora::http::RequestHeader) -> bool {
+    req.method == http::Method::GET
+        && req.headers.get_all(http::header::UPGRADE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -467,6 +478,16 @@ impl Gateway {
             return Err(endpoints::not_served(path).into());
         };
         ctx.endpoint = Some(endpoint.label());
+        if endpoint == Endpoint::Responses && websocket_upgrade(session.req_header()) {
+            // Answered before the key is checked: Codex falls back to HTTP on a 426 only, and
+            // its HTTP request then gets whatever the key deserves.
+            return Err(FluxError::new(
+                ErrorKind::WebSocketNotServed,
+                "WebSockets are not served: send the request over HTTP (POST /v1/responses, \
+                 streamed as server-sent events). Codex does this by itself after this answer.",
+            )
+            .into());
+        }
         if !endpoint.allows(&session.req_header().method) {
             ctx.allow = Some(endpoint.allow());
             return Err(FluxError::new(
