@@ -496,7 +496,10 @@ impl Gateway {
             )
             .into());
         }
-        if matches!(endpoint, Endpoint::Healthz | Endpoint::Root) {
+        if matches!(
+            endpoint,
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello
+        ) {
             ctx.status = 200;
             let h = respond::header(200, &ctx.id)?;
             let text: &'static [u8] = match endpoint {
@@ -516,7 +519,9 @@ impl Gateway {
                     .await
             }
             Endpoint::AnthropicCountTokens => self.count_tokens(session, ctx).await,
-            Endpoint::Healthz | Endpoint::Root => unreachable!("answered above"),
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => {
+                unreachable!("answered above")
+            }
         }
     }
 
