@@ -469,7 +469,10 @@ impl Provider {
                 // Nothing reached the provider on a connection it had closed: one fresh try.
                 // (A slow provider is not a stale connection.)
                 Err((Sent::Nothing, e)) if reused && tries == 1 && !is_timeout(&e) => {
-                    log::debug!("{}: pooled connection closed by the provider: {e}", self.name);
+                    log::debug!(
+                        "{}: pooled connection closed by the provider: {e}",
+                        self.name
+                    );
                     continue;
                 }
                 Err((_, e)) => return Err(failed(e, "exchange")),

@@ -717,7 +717,9 @@ async fn read_raw_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec
 /// A gateway whose lane `raw` has `targets` models, all on providers at `provider`'s address
 /// (so they share one pool of upstream connections).
 async fn start_with_raw(provider: &RawProvider, targets: usize) -> Flux {
-    let names: Vec<String> = (1..=targets).map(|i| format!("flux-pinned-raw-{i}")).collect();
+    let names: Vec<String> = (1..=targets)
+        .map(|i| format!("flux-pinned-raw-{i}"))
+        .collect();
     let lane = format!(
         "  raw:\n    alias: flux-raw\n    title: Targets on a raw-socket provider\n    \
          price: {{ input_per_mtok: 1.0, output_per_mtok: 1.0 }}\n    default: {}\n    \

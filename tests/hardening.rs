@@ -581,7 +581,10 @@ async fn content_length_with_transfer_encoding_is_refused_and_the_connection_clo
     let body = r.json();
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("Content-Length and Transfer-Encoding"), "{message}");
+    assert!(
+        message.contains("Content-Length and Transfer-Encoding"),
+        "{message}"
+    );
     // The connection closes, and the request after it is not answered.
     let rest = reader
         .rest_until_closed(Duration::from_secs(10))
@@ -617,12 +620,19 @@ async fn a_connection_the_client_does_not_keep_alive_is_closed_after_the_answer(
         let mut reader = Reader::new(s);
         let r = reader.response().expect("an answer");
         assert_eq!(r.status, 200, "{request}: {r:?}");
-        let connection = r.header("connection").unwrap_or_default().to_ascii_lowercase();
+        let connection = r
+            .header("connection")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         assert!(!connection.contains("keep-alive"), "{request}: {r:?}");
         let rest = reader
             .rest_until_closed(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("{request}: the connection stayed open"));
-        assert!(rest.is_empty(), "{request}: {}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "{request}: {}",
+            String::from_utf8_lossy(&rest)
+        );
     }
     // An HTTP/1.0 client that asks for keep-alive keeps its connection.
     let mut s = connect(&flux);
@@ -665,8 +675,8 @@ async fn a_websocket_attempt_on_responses_gets_426_and_the_connection_serves_the
     assert_ne!(r.header("connection"), Some("close"), "{r:?}");
 
     // The same connection then carries the HTTP request.
-    let post = serde_json::to_vec(&serde_json::json!({"model": "flux-fast", "input": "hi"}))
-        .unwrap();
+    let post =
+        serde_json::to_vec(&serde_json::json!({"model": "flux-fast", "input": "hi"})).unwrap();
     let mut wire = format!(
         "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",

@@ -446,7 +446,10 @@ fn ambiguous_length(session: &Session) -> bool {
     h1.get_headers_raw_bytes()
         .split(|&b| b == b'\n')
         .skip(1)
-        .any(|line| line.get(..NAME.len()).is_some_and(|n| n.eq_ignore_ascii_case(NAME)))
+        .any(|line| {
+            line.get(..NAME.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(NAME))
+        })
 }
 
 /// A WebSocket handshake (`GET` with `Upgrade: websocket`), as Codex sends with
