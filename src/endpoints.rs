@@ -14,8 +14,10 @@ pub enum Endpoint {
     AnthropicMessages,
     AnthropicCountTokens,
     Healthz,
-    /// `/`: Claude Code probes `HEAD /` when it starts.
+    /// `/`: a plain liveness answer, like `/healthz`.
     Root,
+    /// `/anthropic/api/hello`: Claude Code's preconnect probe (`HEAD`) when it starts.
+    AnthropicHello,
 }
 
 impl Endpoint {
@@ -34,6 +36,7 @@ impl Endpoint {
             "/anthropic/v1/messages/count_tokens" => Endpoint::AnthropicCountTokens,
             "/healthz" => Endpoint::Healthz,
             "/" => Endpoint::Root,
+            "/anthropic/api/hello" => Endpoint::AnthropicHello,
             _ => return None,
         })
     }
@@ -41,7 +44,7 @@ impl Endpoint {
     /// The methods the endpoint answers, as an `Allow` header lists them.
     pub fn allow(self) -> &'static str {
         match self {
-            Endpoint::Healthz | Endpoint::Root => "GET, HEAD",
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => "GET, HEAD",
             Endpoint::Models | Endpoint::Usage => "GET",
             _ => "POST",
         }
@@ -49,7 +52,7 @@ impl Endpoint {
 
     pub fn allows(self, method: &http::Method) -> bool {
         match self {
-            Endpoint::Healthz | Endpoint::Root => {
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => {
                 method == http::Method::GET || method == http::Method::HEAD
             }
             Endpoint::Models | Endpoint::Usage => method == http::Method::GET,
@@ -62,7 +65,9 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => Format::OpenAiChat,
             Endpoint::Responses => Format::OpenAiResponses,
-            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Format::Anthropic,
+            Endpoint::AnthropicMessages
+            | Endpoint::AnthropicCountTokens
+            | Endpoint::AnthropicHello => Format::Anthropic,
             Endpoint::Models | Endpoint::Usage | Endpoint::Healthz | Endpoint::Root => {
                 Format::OpenAiChat
             }
@@ -80,6 +85,7 @@ impl Endpoint {
             Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
             Endpoint::Healthz => "healthz",
             Endpoint::Root => "root",
+            Endpoint::AnthropicHello => "anthropic_hello",
         }
     }
 }
@@ -172,6 +178,10 @@ mod tests {
         );
         assert_eq!(Endpoint::from_path("/healthz"), Some(Endpoint::Healthz));
         assert_eq!(Endpoint::from_path("/"), Some(Endpoint::Root));
+        assert_eq!(
+            Endpoint::from_path("/anthropic/api/hello"),
+            Some(Endpoint::AnthropicHello)
+        );
         assert_eq!(Endpoint::from_path("/v1/v1/chat/completions"), None);
     }
 

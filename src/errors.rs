@@ -43,6 +43,9 @@ pub enum ErrorKind {
     EndpointNotServed,
     /// 405: a served path with the wrong method.
     MethodNotAllowed,
+    /// 426: a WebSocket upgrade (Codex tries one on `/v1/responses` first): not served, so
+    /// the client falls back to HTTP, which it does on a 426 only.
+    WebSocketNotServed,
     /// 408: the client stopped sending its request.
     RequestTimeout,
     /// 413: body over the configured limit (32 MB by default).
@@ -100,6 +103,7 @@ impl ErrorKind {
             | ErrorKind::PremiumUnavailable
             | ErrorKind::AccountOnHold => 402,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::WebSocketNotServed => 426,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge | ErrorKind::InputTooLong => 413,
             ErrorKind::RateLimited | ErrorKind::ConversationLimit => 429,
@@ -135,6 +139,7 @@ impl ErrorKind {
             ErrorKind::AdminForbidden => "admin_forbidden",
             ErrorKind::MetricsForbidden => "metrics_forbidden",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::WebSocketNotServed => "websocket_not_served",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::InputTooLong => "input_too_long",
@@ -188,7 +193,7 @@ impl ErrorKind {
 /// OpenAI `error.type` for a status.
 pub fn openai_type(status: u16) -> &'static str {
     match status {
-        400 | 401 | 404 | 405 | 408 | 413 | 415 | 422 => "invalid_request_error",
+        400 | 401 | 404 | 405 | 408 | 413 | 415 | 422 | 426 => "invalid_request_error",
         402 => "billing_error",
         403 => "permission_error",
         429 => "rate_limit_error",
@@ -277,6 +282,7 @@ mod tests {
             (ErrorKind::ModelNotFound, 400, false),
             (ErrorKind::ModelNotAllowed, 403, false),
             (ErrorKind::EndpointNotServed, 403, false),
+            (ErrorKind::WebSocketNotServed, 426, false),
             (ErrorKind::PayloadTooLarge, 413, false),
             (ErrorKind::InputTooLong, 413, false),
             (ErrorKind::RateLimited, 429, true),

@@ -416,8 +416,13 @@ impl Provider {
             .peer
             .load_full()
             .ok_or_else(|| fail(format!("address of {} not resolved", self.base.host)))?;
-        // A pooled connection the provider already closed fails on first use; one fresh
-        // connection is then tried before the attempt counts as failed.
+        // An LLM call is not idempotent: a request the provider may have received is never
+        // sent to it again (a second bill, a second tool side effect). Pingora checks a pooled
+        // connection before handing it out (one closed while idle is dropped, a fresh one
+        // made), and only when writing the request's header fails on a reused connection (the
+        // provider closed it in between) is one fresh connection tried. A failure after the
+        // header went out (the provider may have read the whole request, then closed) is the
+        // attempt's failure: the caller falls back to the lane's next target.
         let mut tries = 0;
         loop {
             tries += 1;
@@ -431,10 +436,17 @@ impl Provider {
                 .map_err(|e| failed(e, "connect"))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
             let sent = async {
-                session.write_request_header(Box::new(header)).await?;
-                session.write_request_body(body.clone(), true).await?;
-                session.finish_request_body().await?;
-                session.read_response_header().await
+                session
+                    .write_request_header(Box::new(header))
+                    .await
+                    .map_err(|e| (Sent::Nothing, e))?;
+                async {
+                    session.write_request_body(body.clone(), true).await?;
+                    session.finish_request_body().await?;
+                    session.read_response_header().await
+                }
+                .await
+                .map_err(|e| (Sent::Header, e))
             }
             .await;
             match sent {
@@ -454,9 +466,16 @@ impl Provider {
                         peer,
                     });
                 }
-                // A slow provider is not a stale connection: only a closed one is retried.
-                Err(e) if reused && tries == 1 && !is_timeout(&e) => continue,
-                Err(e) => return Err(failed(e, "exchange")),
+                // Nothing reached the provider on a connection it had closed: one fresh try.
+                // (A slow provider is not a stale connection.)
+                Err((Sent::Nothing, e)) if reused && tries == 1 && !is_timeout(&e) => {
+                    log::debug!(
+                        "{}: pooled connection closed by the provider: {e}",
+                        self.name
+                    );
+                    continue;
+                }
+                Err((_, e)) => return Err(failed(e, "exchange")),
             }
         }
     }
@@ -508,6 +527,15 @@ impl Provider {
             .store(Some(Arc::new(make_peer(addr, &self.base, &self.timeouts))));
         Ok(Some(addr))
     }
+}
+
+/// How far an attempt's request got before its exchange failed.
+enum Sent {
+    /// Writing the header failed: the provider cannot have received the request (at most a
+    /// part of its header, which no server acts on).
+    Nothing,
+    /// The header was written: the provider may have the whole request.
+    Header,
 }
 
 fn is_timeout(e: &pingora::Error) -> bool {

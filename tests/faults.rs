@@ -587,3 +587,243 @@ async fn maintenance_answers_503_to_every_generation_request() {
     assert_eq!(flux.get("/v1/models", &flux.key).await.status(), 200);
     assert_eq!(flux.get("/healthz", "").await.status(), 200);
 }
+
+/// A provider on a raw socket, for what the simulator cannot do: read a request whole and
+/// close the connection without answering, or close a keep-alive connection right after its
+/// answer. Records every request it read in full.
+struct RawProvider {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<RawSeen>>>,
+    /// Answer requests (200 with keep-alive); otherwise read each whole, then close.
+    answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Close the connection right after each answer (it said keep-alive).
+    close_after_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections closed after an answer.
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, Clone)]
+struct RawSeen {
+    /// The upstream model the request named.
+    model: String,
+    /// Whether the connection had carried a request before (a pooled one).
+    reused: bool,
+}
+
+impl RawProvider {
+    async fn start() -> RawProvider {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let provider = RawProvider {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            answer: Arc::new(AtomicBool::new(true)),
+            close_after_answer: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicUsize::new(0)),
+        };
+        let (seen, answer, close_after, closed) = (
+            provider.seen.clone(),
+            provider.answer.clone(),
+            provider.close_after_answer.clone(),
+            provider.closed.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (seen, answer, close_after, closed) = (
+                    seen.clone(),
+                    answer.clone(),
+                    close_after.clone(),
+                    closed.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut served = 0;
+                    while let Some(body) = read_raw_request(&mut conn, &mut buf).await {
+                        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let model = v["model"].as_str().unwrap_or_default().to_string();
+                        seen.lock().unwrap().push(RawSeen {
+                            model: model.clone(),
+                            reused: served > 0,
+                        });
+                        served += 1;
+                        if !answer.load(Ordering::SeqCst) {
+                            return; // read in full; closed without an answer
+                        }
+                        let body = json!({
+                            "id": "chatcmpl-raw", "object": "chat.completion", "created": 0,
+                            "model": model,
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "pong"}}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+                        })
+                        .to_string();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: keep-alive\r\n\r\n",
+                            body.len()
+                        );
+                        if conn.write_all(head.as_bytes()).await.is_err()
+                            || conn.write_all(body.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                        if close_after.load(Ordering::SeqCst) {
+                            drop(conn);
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        provider
+    }
+
+    fn seen(&self) -> Vec<RawSeen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+/// One request's body off a connection (the gateway always sends a Content-Length); None
+/// when the connection ends first.
+async fn read_raw_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < end + length {
+        let n = conn.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[end..end + length].to_vec();
+    buf.drain(..end + length);
+    Some(body)
+}
+
+/// A gateway whose lane `raw` has `targets` models, all on providers at `provider`'s address
+/// (so they share one pool of upstream connections).
+async fn start_with_raw(provider: &RawProvider, targets: usize) -> Flux {
+    let names: Vec<String> = (1..=targets)
+        .map(|i| format!("flux-pinned-raw-{i}"))
+        .collect();
+    let lane = format!(
+        "  raw:\n    alias: flux-raw\n    title: Targets on a raw-socket provider\n    \
+         price: {{ input_per_mtok: 1.0, output_per_mtok: 1.0 }}\n    default: {}\n    \
+         fallbacks: [{}]\n",
+        names[0],
+        names[1..].join(", ")
+    );
+    let models: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            format!(
+                "  {name}: {{ upstream: raw-{n}-upstream, provider: raw{n}, lane: raw, \
+                 context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }}\n",
+                n = i + 1
+            )
+        })
+        .collect();
+    let lanes = TEST_LANES.replacen("\nmodels:\n", &format!("\n{lane}models:\n{models}"), 1);
+    let providers: String = (1..=targets)
+        .map(|n| {
+            format!(
+                "  raw{n}: {{ format: openai, base_url: \"http://{}/v1\" }}\n",
+                provider.addr
+            )
+        })
+        .collect();
+    Flux::start_custom(&Custom {
+        lanes: &lanes,
+        extra_providers: &providers,
+        ..Custom::default()
+    })
+    .await
+}
+
+async fn send_raw_lane(flux: &Flux) -> reqwest::Response {
+    flux.client
+        .post(format!("{}/v1/chat/completions", flux.base))
+        .bearer_auth(&flux.key)
+        .json(&json!({"model": "flux-raw", "messages": [{"role": "user", "content": "hi"}]}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_that_may_have_read_the_request_never_gets_it_twice() {
+    use std::sync::atomic::Ordering;
+    const TARGETS: usize = 3;
+    let provider = RawProvider::start().await;
+    let flux = start_with_raw(&provider, TARGETS).await;
+    // The case that sent a request twice: the first target's attempt goes out on a pooled
+    // connection (left by an answered request), and the provider reads it whole, then
+    // closes. The pool is filled after the answer reaches the client, so a round whose first
+    // attempt did not get the pooled connection proves nothing and is run again.
+    for round in 1..=5 {
+        provider.answer.store(true, Ordering::SeqCst);
+        provider.clear();
+        let r = send_raw_lane(&flux).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        // Lets the gateway put the connection back in its pool.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        provider.clear();
+        provider.answer.store(false, Ordering::SeqCst);
+
+        let r = send_raw_lane(&flux).await;
+        assert_eq!(header(&r, "x-should-retry"), "true");
+        let body = expect_error(r, Path::OpenAi, 502, "upstream_error", "api_error").await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("all {TARGETS} eligible target(s)")),
+            "{message}"
+        );
+        // Exactly one send per target, in the lane's order, never the same one again.
+        let seen = provider.seen();
+        let models: Vec<&str> = seen.iter().map(|s| s.model.as_str()).collect();
+        let expected: Vec<String> = (1..=TARGETS).map(|n| format!("raw-{n}-upstream")).collect();
+        assert_eq!(models, expected, "round {round}: {seen:?}");
+        if seen[0].reused {
+            return;
+        }
+    }
+    panic!("the first attempt never went out on a pooled connection");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_provider_closed_while_idle_still_serves_the_request() {
+    use std::sync::atomic::Ordering;
+    let provider = RawProvider::start().await;
+    let flux = start_with_raw(&provider, 1).await;
+    // The provider answers with keep-alive, then closes the idle connection: nothing of the
+    // next request can reach it on that connection, so it goes out on a fresh one, once.
+    provider.close_after_answer.store(true, Ordering::SeqCst);
+    for n in 1..=3 {
+        let r = send_raw_lane(&flux).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while provider.closed.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "the provider never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 3, "one send per request: {seen:?}");
+    assert!(seen.iter().all(|s| !s.reused), "{seen:?}");
+}

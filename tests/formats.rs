@@ -700,7 +700,8 @@ async fn previous_response_id_needs_a_responses_format_provider() {
 #[tokio::test]
 async fn probes_and_paths_behave_as_clients_expect() {
     let flux = Flux::start().await;
-    for path in ["/", "/healthz"] {
+    // `/anthropic/api/hello`: Claude Code's preconnect at start (HEAD), no key.
+    for path in ["/", "/healthz", "/anthropic/api/hello"] {
         let r = flux
             .client
             .head(format!("{}{path}", flux.base))
@@ -716,7 +717,15 @@ async fn probes_and_paths_behave_as_clients_expect() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "GET {path}");
+        assert_eq!(header(&r, "content-type"), "text/plain", "GET {path}");
     }
+    let r = flux
+        .client
+        .get(format!("{}/anthropic/api/hello", flux.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok\n");
     let r = flux
         .client
         .delete(format!("{}/healthz", flux.base))

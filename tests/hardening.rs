@@ -129,6 +129,36 @@ impl Reader {
         })
     }
 
+    /// What arrives before the server closes the connection (EOF or reset), bytes already
+    /// read included; None when it is still open after `limit`.
+    fn rest_until_closed(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Some(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Some(std::mem::take(&mut self.buf))
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) => panic!("reading: {e}"),
+            }
+        }
+    }
+
     /// Whether the server closed the connection within `limit`.
     fn closed_within(&mut self, limit: Duration) -> bool {
         self.stream.set_read_timeout(Some(limit)).unwrap();
@@ -518,4 +548,145 @@ async fn pipelined_requests_are_answered_in_order() {
         .map(|r| assert_request_id(r))
         .collect();
     assert_eq!(ids.len(), 4, "one id per request");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
+    let flux = Flux::start().await;
+    let chat = serde_json::to_vec(&common::ping("flux-fast")).unwrap();
+    // Both framings (RFC 9112 §6.1): a proxy in front that honours Content-Length would read
+    // the rest as another request. The length here covers the chunked body exactly, and a
+    // second request follows on the same connection.
+    let mut chunked = format!("{:x}\r\n", chat.len()).into_bytes();
+    chunked.extend_from_slice(&chat);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let mut wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        flux.key,
+        chunked.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&chunked);
+    wire.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut s = connect(&flux);
+    s.write_all(&wire).unwrap();
+    let mut reader = Reader::new(s);
+    let r = reader.response().expect("an answer");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_request_id(&r);
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert_eq!(r.header("x-should-retry"), Some("false"), "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Content-Length and Transfer-Encoding"),
+        "{message}"
+    );
+    // The connection closes, and the request after it is not answered.
+    let rest = reader
+        .rest_until_closed(Duration::from_secs(10))
+        .expect("the connection stayed open");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // Nothing reached a provider.
+    assert!(flux.sim.requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_the_client_does_not_keep_alive_is_closed_after_the_answer() {
+    let flux = Flux::start().await;
+    let requests = [
+        // HTTP/1.0 keeps a connection only when asked to.
+        "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n".to_string(),
+        format!(
+            "GET /v1/models HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            flux.key
+        ),
+        // HTTP/1.1 with Connection: close.
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            flux.key
+        ),
+    ];
+    for request in &requests {
+        let mut s = connect(&flux);
+        // A second request right behind: it must not be answered.
+        s.write_all(format!("{request}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut reader = Reader::new(s);
+        let r = reader.response().expect("an answer");
+        assert_eq!(r.status, 200, "{request}: {r:?}");
+        let connection = r
+            .header("connection")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(!connection.contains("keep-alive"), "{request}: {r:?}");
+        let rest = reader
+            .rest_until_closed(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{request}: the connection stayed open"));
+        assert!(
+            rest.is_empty(),
+            "{request}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    // An HTTP/1.0 client that asks for keep-alive keeps its connection.
+    let mut s = connect(&flux);
+    s.write_all(
+        b"GET /healthz HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n\
+          GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = Reader::new(s);
+    let first = reader.response().expect("first answer");
+    assert_eq!(first.header("connection"), Some("keep-alive"), "{first:?}");
+    let second = reader.response().expect("second answer");
+    assert_eq!(&second.body[..], b"FluxRouter\n");
+    assert!(reader.rest_until_closed(Duration::from_secs(10)).is_some());
+}
+
+#[tokio::test]
+async fn a_websocket_attempt_on_responses_gets_426_and_the_connection_serves_the_post() {
+    let flux = Flux::start().await;
+    // What Codex sends with supports_websockets before it falls back to HTTP (on a 426 only).
+    let handshake = format!(
+        "GET /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        flux.key
+    );
+    let mut s = connect(&flux);
+    s.write_all(handshake.as_bytes()).unwrap();
+    let mut reader = Reader::new(s.try_clone().unwrap());
+    let r = reader.response().expect("an answer to the handshake");
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_request_id(&r);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "websocket_not_served", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("WebSockets are not served"), "{message}");
+    assert!(message.contains("POST /v1/responses"), "{message}");
+    assert_ne!(r.header("connection"), Some("close"), "{r:?}");
+
+    // The same connection then carries the HTTP request.
+    let post =
+        serde_json::to_vec(&serde_json::json!({"model": "flux-fast", "input": "hi"})).unwrap();
+    let mut wire = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        flux.key,
+        post.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&post);
+    s.write_all(&wire).unwrap();
+    let r = reader.response().expect("an answer to the POST");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["object"], "response", "{r:?}");
 }

@@ -203,10 +203,15 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         // The header is in: its deadline stops, and answers are the gateway's from here.
         crate::server::header_received();
-        // Pingora resets a parsed HTTP/1.1 request's keep-alive to "no timeout"; this is what
-        // bounds the wait for the connection's next request (`Connection: close` still wins).
-        let idle = self.state.config.limits.keepalive_timeout_seconds;
-        session.set_keepalive((idle > 0).then_some(idle));
+        // Pingora has decided from the request whether its connection stays open: not for
+        // `Connection: close`, an HTTP/1.0 request without `Connection: keep-alive`, nor one
+        // with both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1). A connection it
+        // keeps gets the idle timeout here: Pingora resets it to "no timeout", and this is what
+        // bounds the wait for the connection's next request.
+        if session.get_keepalive().is_some() {
+            let idle = self.state.config.limits.keepalive_timeout_seconds;
+            session.set_keepalive((idle > 0).then_some(idle));
+        }
         // Requests sent back to back on one connection are answered one after the other, in
         // order (Pingora's default drops the second and closes).
         session.set_pipelining_enabled(true);
@@ -245,6 +250,24 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(Duration::from_millis(body_timeout)));
         let path = session.req_header().uri.path().to_string();
         let format = endpoints::format_for(&path);
+        if ambiguous_length(session) {
+            // A proxy in front that framed the body by its length would read what follows it
+            // as another request (request smuggling): refused, and the connection closed.
+            session.set_keepalive(None);
+            let err = FluxError::new(
+                ErrorKind::InvalidRequest,
+                "The request has both Content-Length and Transfer-Encoding, so its length is \
+                 ambiguous (RFC 9112 section 6.1): send one of them.",
+            );
+            ctx.status = err.status();
+            ctx.error_code = Some(err.code());
+            respond::send_error(session, &ctx.id, format, &err, None).await?;
+            // Read what the client sends (by its Transfer-Encoding, at most the drain timeout)
+            // before closing: a socket closed with unread bytes is reset, and a reset can
+            // destroy the answer before the client reads it.
+            let _ = session.drain_request_body().await;
+            return Ok(true);
+        }
         match self
             .handle(session, ctx, Endpoint::from_path(&path), &path)
             .await
@@ -405,6 +428,41 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Whether an HTTP/1 request carried both `Content-Length` and `Transfer-Encoding`. Pingora
+/// removes the length from the parsed header (the encoding wins), so the received header is
+/// looked at, only when an encoding is there (rare: clients send a length).
+fn ambiguous_length(session: &Session) -> bool {
+    if !session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    let Some(h1) = session.as_http1() else {
+        return false;
+    };
+    const NAME: &[u8] = b"content-length:";
+    h1.get_headers_raw_bytes()
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| {
+            line.get(..NAME.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(NAME))
+        })
+}
+
+/// A WebSocket handshake (`GET` with `Upgrade: websocket`), as Codex sends with
+/// `supports_websockets`.
+fn websocket_upgrade(req: &pingora::http::RequestHeader) -> bool {
+    req.method == http::Method::GET
+        && req.headers.get_all(http::header::UPGRADE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -423,6 +481,16 @@ impl Gateway {
             return Err(endpoints::not_served(path).into());
         };
         ctx.endpoint = Some(endpoint.label());
+        if endpoint == Endpoint::Responses && websocket_upgrade(session.req_header()) {
+            // Answered before the key is checked: Codex falls back to HTTP on a 426 only, and
+            // its HTTP request then gets whatever the key deserves.
+            return Err(FluxError::new(
+                ErrorKind::WebSocketNotServed,
+                "WebSockets are not served: send the request over HTTP (POST /v1/responses, \
+                 streamed as server-sent events). Codex does this by itself after this answer.",
+            )
+            .into());
+        }
         if !endpoint.allows(&session.req_header().method) {
             ctx.allow = Some(endpoint.allow());
             return Err(FluxError::new(
@@ -431,7 +499,10 @@ impl Gateway {
             )
             .into());
         }
-        if matches!(endpoint, Endpoint::Healthz | Endpoint::Root) {
+        if matches!(
+            endpoint,
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello
+        ) {
             ctx.status = 200;
             let h = respond::header(200, &ctx.id)?;
             let text: &'static [u8] = match endpoint {
@@ -451,7 +522,9 @@ impl Gateway {
                     .await
             }
             Endpoint::AnthropicCountTokens => self.count_tokens(session, ctx).await,
-            Endpoint::Healthz | Endpoint::Root => unreachable!("answered above"),
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => {
+                unreachable!("answered above")
+            }
         }
     }
 
