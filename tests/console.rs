@@ -102,7 +102,20 @@ async fn the_console_needs_a_session_and_its_csrf_token_for_everything_but_the_p
     let r = flux.client.get(admin("/console")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(header(&r, "content-type").starts_with("text/html"));
-    assert!(header(&r, "content-security-policy").contains("frame-ancestors 'none'"));
+    let csp = header(&r, "content-security-policy").to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The page's own script and style by their hash; nothing inline otherwise.
+    for directive in ["script-src", "style-src"] {
+        let sources = csp
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("no {directive}: {csp}"));
+        assert!(
+            !sources.contains("unsafe") && sources.trim().starts_with("'sha256-"),
+            "{csp}"
+        );
+    }
     assert_eq!(header(&r, "cache-control"), "no-store");
     let page = r.text().await.unwrap();
     assert!(page.contains("id=\"signin\"") && !page.contains("sk-"));
@@ -477,6 +490,76 @@ async fn in_a_real_browser_an_operator_signs_in_sees_spend_and_manages_a_key() {
         b.run("return document.getElementById('signin').hidden")
             .await,
         false
+    );
+}
+
+/// A name that is markup: shown as text, never run.
+const MARKUP_NAME: &str = "<img src=x onerror=\"window.pwned='name'\">";
+/// A long name: cut in the table, never the spend beside it.
+const LONG_NAME: &str = "analytics-pipeline-nightly-batch-export-to-warehouse";
+
+/// A gateway with spend on three keys (`main` and the two above), and a browser signed in to
+/// its console; the overview's spend as the API gives it.
+async fn spend_on_three_keys_signed_in() -> (Flux, browser::Browser, Value) {
+    let flux = Flux::start().await;
+    for name in [LONG_NAME, MARKUP_NAME] {
+        let key = flux.new_key("payg", name);
+        flux.wait_for_key(&key).await;
+        assert_eq!(
+            flux.chat_with_key(&ping("flux-fast"), &key).await.status(),
+            200
+        );
+    }
+    assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
+    let spend = sign_in(&flux).await.get("/console/api/overview").await["spend"].clone();
+
+    let b = browser::Browser::start().await;
+    b.goto(&format!("{}/console", flux.admin_base)).await;
+    b.wait_for("return document.body.dataset.ready === 'true'", "the page")
+        .await;
+    b.type_into("#token", ADMIN_TOKEN).await;
+    b.click("#signin-button").await;
+    b.wait_for(
+        "return !document.getElementById('app').hidden && document.body.dataset.ready === 'true'",
+        "the console",
+    )
+    .await;
+    (flux, b, spend)
+}
+
+#[tokio::test]
+async fn in_a_real_browser_injected_markup_runs_nothing() {
+    let (_flux, b, _) = spend_on_three_keys_signed_in().await;
+    // The page's own script ran (signed in, filled in); a key name that is markup is text.
+    assert!(b.text("#spend-by-key").await.contains(MARKUP_NAME));
+    assert_eq!(
+        b.run("return document.querySelectorAll('#app img').length")
+            .await,
+        0
+    );
+    // Markup injected into the page runs nothing: neither an inline script nor a handler
+    // attribute (the Content-Security-Policy allows only the page's own script).
+    b.run(
+        "window.violations = []; \
+         document.addEventListener('securitypolicyviolation', (e) => window.violations.push(e.violatedDirective)); \
+         const s = document.createElement('script'); s.textContent = \"window.pwned = 'script'\"; \
+         document.body.appendChild(s); \
+         document.body.insertAdjacentHTML('beforeend', \"<img id=injected src=x onerror=\\\"window.pwned = 'handler'\\\">\"); \
+         window.imageFailed = false; \
+         document.getElementById('injected').addEventListener('error', () => { window.imageFailed = true; });",
+    )
+    .await;
+    assert_eq!(b.run("return window.pwned === undefined").await, true);
+    b.wait_for(
+        "return window.imageFailed && window.violations.includes('script-src-elem') \
+         && window.violations.includes('script-src-attr')",
+        "the policy's refusals",
+    )
+    .await;
+    assert_eq!(
+        b.run("return String(window.pwned)").await,
+        "undefined",
+        "injected markup ran"
     );
 }
 

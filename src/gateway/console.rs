@@ -98,11 +98,7 @@ impl Admin {
             Reply::Page => {
                 h.insert_header(
                     HeaderName::from_static("content-security-policy"),
-                    HeaderValue::from_static(
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src \
-                         'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-                         form-action 'none'; frame-ancestors 'none'",
-                    ),
+                    console::CSP.as_str(),
                 )?;
                 let page = Bytes::from_static(console::PAGE.as_bytes());
                 respond::send_body(session, h, "text/html; charset=utf-8", page).await
