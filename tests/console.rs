@@ -321,6 +321,150 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
     assert_eq!(listed["status"], "revoked");
 }
 
+/// A client whose connections come from `ip` (any 127.x.y.z is this machine's loopback):
+/// another source address for the gateway.
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Wrong tokens the admin listener takes from one address in a minute (README).
+const FAILED_TOKENS_PER_MINUTE: usize = 10;
+
+#[tokio::test]
+async fn wrong_tokens_are_cut_off_per_address_and_other_addresses_still_get_in() {
+    let flux = Flux::start().await;
+    let attacker = client_from("127.0.0.1");
+    let admin = flux.admin_base.clone();
+    // 60 wrong tokens at once from one address: at the console's sign-in, as the admin API's
+    // bearer token and as the metrics token. They share one count.
+    let guesses = (0..60).map(|i| {
+        let (c, admin) = (attacker.clone(), admin.clone());
+        let guess = format!("guess-{i:04}-0123456789abcdef0123456789");
+        tokio::spawn(async move {
+            let r = match i % 3 {
+                0 => c
+                    .post(format!("{admin}/console/api/session"))
+                    .json(&json!({ "token": guess })),
+                1 => c.get(format!("{admin}/admin/v1/usage")).bearer_auth(guess),
+                _ => c.get(format!("{admin}/metrics")).bearer_auth(guess),
+            };
+            r.send().await.unwrap()
+        })
+    });
+    let (mut refused, mut limited) = (0, 0);
+    for r in futures_util::future::join_all(guesses).await {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            403 => refused += 1,
+            429 => {
+                assert_eq!(header(&r, "retry-after"), "60");
+                let m = expect_openai_error(r, 429, "rate_limited").await;
+                assert!(m.contains("Too many wrong tokens"), "{m}");
+                limited += 1;
+            }
+            other => panic!("a wrong token answered {other}"),
+        }
+    }
+    eprintln!("{refused} wrong tokens compared, {limited} cut off");
+    // The limit a minute; twice that at most should the minute turn during the burst.
+    assert!(
+        (FAILED_TOKENS_PER_MINUTE..=2 * FAILED_TOKENS_PER_MINUTE).contains(&refused),
+        "{refused} wrong tokens compared, {limited} cut off"
+    );
+    // Cut off, the address is not even let in with the right token.
+    let r = attacker
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": ADMIN_TOKEN }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("set-cookie").is_none());
+    expect_openai_error(r, 429, "rate_limited").await;
+
+    // Another address signs in, reads the admin API and the metrics as usual, and its own
+    // wrong token is a plain 403.
+    let other = client_from("127.0.0.2");
+    let r = other
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": ADMIN_TOKEN }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "set-cookie").starts_with("flux_console="));
+    let r = other
+        .get(format!("{admin}/admin/v1/usage"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = other
+        .get(format!("{admin}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = other
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": "wrong" }))
+        .send()
+        .await
+        .unwrap();
+    expect_openai_error(r, 403, "admin_forbidden").await;
+}
+
+#[tokio::test]
+async fn admin_and_metrics_tokens_under_32_characters_are_refused_at_check_and_start() {
+    let flux = Flux::start().await;
+    let long = "t".repeat(32);
+    let short = "s".repeat(31);
+    let run = |args: &[&str], admin: &str, metrics: &str| {
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&flux.config)
+            .args(args)
+            .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("FLUX_TEST_ADMIN_TOKEN", admin)
+            .env("FLUX_TEST_METRICS_TOKEN", metrics)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Waits 30 s at most for the process to end on its own.
+    let finish = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("still running: {:?}", child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = finish(run(&["check"], &long, &long));
+    assert!(out.status.success(), "{out:?}");
+    for (admin, metrics, what) in [
+        (&short, &long, "$FLUX_TEST_ADMIN_TOKEN: admin.token_env: the admin token is 31 characters; it must be at least 32"),
+        (&long, &short, "$FLUX_TEST_METRICS_TOKEN: admin.metrics_token_env: the metrics token is 31 characters; it must be at least 32"),
+    ] {
+        for args in [&["check"][..], &[][..]] {
+            let out = finish(run(args, admin, metrics));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted it: {stderr}");
+            assert!(stderr.contains(what), "{args:?}: {stderr}");
+        }
+    }
+}
+
 /// Where the browser tests leave their screenshots (test artefacts).
 fn shots() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")
