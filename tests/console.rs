@@ -637,6 +637,28 @@ async fn in_a_real_browser_an_operator_signs_in_sees_spend_and_manages_a_key() {
     );
 }
 
+/// `shown` is the amount `exact` rounded for reading: two significant digits under a dollar,
+/// cents from a dollar up.
+fn assert_rounded(shown: &str, exact: &str) {
+    let value: f64 = exact.parse().unwrap();
+    let digits = shown.strip_prefix('$').unwrap_or_else(|| panic!("{shown}"));
+    let rounded: f64 = digits.replace(',', "").parse().unwrap();
+    assert!(
+        (rounded - value).abs() <= value * 0.05 + 0.005 * f64::from(value >= 1.0),
+        "{shown} for {exact}"
+    );
+    let decimals = digits.split_once('.').map_or(0, |(_, d)| d.len());
+    if value >= 1.0 {
+        assert_eq!(decimals, 2, "{shown} for {exact}");
+    } else {
+        let significant = digits
+            .trim_start_matches("0.")
+            .trim_start_matches('0')
+            .len();
+        assert!(significant <= 2 && decimals <= 6, "{shown} for {exact}");
+    }
+}
+
 /// A name that is markup: shown as text, never run.
 const MARKUP_NAME: &str = "<img src=x onerror=\"window.pwned='name'\">";
 /// A long name: cut in the table, never the spend beside it.
@@ -705,6 +727,109 @@ async fn in_a_real_browser_injected_markup_runs_nothing() {
         "undefined",
         "injected markup ran"
     );
+}
+
+#[tokio::test]
+async fn in_a_real_browser_spend_reads_at_a_glance_in_a_1400_pixel_window() {
+    let (_flux, b, spend) = spend_on_three_keys_signed_in().await;
+
+    // At a 1400-pixel window, the by-key card shows every spend cell without scrolling.
+    let width = b.run("return window.innerWidth").await.as_u64().unwrap();
+    assert!((1380..=1400).contains(&width), "window {width} px wide");
+    let fits = b
+        .run(
+            "const card = document.getElementById('spend-by-key').closest('section'); \
+             const box = card.getBoundingClientRect(); \
+             const cells = [...card.querySelectorAll('tbody tr td:nth-child(3)')]; \
+             return {overflow: card.scrollWidth - card.clientWidth, cells: cells.length, \
+               outside: cells.filter((c) => { const r = c.getBoundingClientRect(); \
+                 return r.width === 0 || r.left < box.left || r.right > box.right; }).map((c) => c.textContent)};",
+        )
+        .await;
+    assert_eq!(fits["cells"], 3, "{fits}");
+    assert_eq!(fits["overflow"], 0, "the card scrolls: {fits}");
+    assert_eq!(fits["outside"], json!([]), "spend cut off: {fits}");
+    // A name too long is cut, its full text on hover.
+    let long_title = b
+        .run(&format!(
+            "return [...document.querySelectorAll('#spend-by-key td.label')].map((c) => c.title).find((t) => t.startsWith('{LONG_NAME}'))"
+        ))
+        .await;
+    assert!(
+        long_title.as_str().is_some_and(|t| t.contains("key_")),
+        "{long_title}"
+    );
+
+    // Amounts rounded for reading; the exact amount on hover.
+    let total = spend["total_usd"].as_str().unwrap();
+    assert_eq!(
+        b.run("return document.getElementById('spend-total').title")
+            .await,
+        format!("${total}")
+    );
+    assert_rounded(&b.text("#spend-total").await, total);
+    let cells = b
+        .run(
+            "return [...document.querySelectorAll('#spend-by-key tbody td:nth-child(3)')] \
+             .map((c) => [c.textContent, c.title])",
+        )
+        .await;
+    for (cell, row) in cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(spend["by_key"].as_array().unwrap())
+    {
+        let exact = row["cost_usd"].as_str().unwrap();
+        assert_eq!(cell[1], format!("${exact}"));
+        assert_rounded(cell[0].as_str().unwrap(), exact);
+    }
+
+    // The charts have axes: values on the left, dates (and times) underneath.
+    let labels = |chart: &str| {
+        format!("return [...document.querySelectorAll('#{chart} text')].map((t) => t.textContent)")
+    };
+    let spend_labels = b.run(&labels("spend-chart")).await;
+    let spend_labels: Vec<&str> = spend_labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        spend_labels.contains(&"$0.00")
+            && spend_labels.iter().filter(|l| l.starts_with('$')).count() >= 3,
+        "values: {spend_labels:?}"
+    );
+    let month = spend["month"].as_str().unwrap();
+    let name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][month[5..].parse::<usize>().unwrap() - 1];
+    for day in [1, 8, 15, 22] {
+        assert!(
+            spend_labels.contains(&format!("{name} {day}").as_str()),
+            "dates: {spend_labels:?}"
+        );
+    }
+    b.screenshot(&shots().join("console-1400.png")).await;
+    b.click("#nav-traffic").await;
+    let traffic_labels = b.run(&labels("traffic-chart")).await;
+    let traffic_labels = traffic_labels.as_array().unwrap();
+    assert!(
+        traffic_labels
+            .iter()
+            .filter_map(|l| l.as_str())
+            .filter(|l| l.len() == 5 && l.as_bytes()[2] == b':')
+            .count()
+            >= 5,
+        "times: {traffic_labels:?}"
+    );
+    assert!(
+        traffic_labels.iter().any(|l| l == "0"),
+        "counts: {traffic_labels:?}"
+    );
+    b.screenshot(&shots().join("console-1400-traffic.png"))
+        .await;
 }
 
 #[tokio::test]
@@ -810,9 +935,22 @@ async fn ten_thousand_keys_and_a_month_of_ledger_load_in_the_browser() {
             .await,
         "(10001 of 10001; the first 200 shown, filter to narrow)"
     );
+    // Whole dollars and cents, thousands grouped; the exact amount on hover.
+    let shown = b.text("#spend-total").await;
+    let dollars = total as f64 / 1e12;
+    let (whole, cents) = shown.trim_start_matches('$').split_once('.').unwrap();
+    assert!(
+        cents.len() == 2 && whole.split(',').skip(1).all(|g| g.len() == 3),
+        "{shown}"
+    );
+    let rounded: f64 = format!("{}.{cents}", whole.replace(',', ""))
+        .parse()
+        .unwrap();
+    assert!((rounded - dollars).abs() <= 0.006, "{shown} for {dollars}");
     assert_eq!(
-        b.text("#spend-total").await,
-        format!("${:.6}", total as f64 / 1e12)
+        b.run("return document.getElementById('spend-total').title")
+            .await,
+        format!("${}", fluxrouter::metering::Usd(total))
     );
     b.click("#nav-keys").await;
     b.type_into("#keys-filter", "team-09999").await;
