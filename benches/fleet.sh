@@ -45,7 +45,8 @@ gw_ports=("${ports[2]}" "${ports[3]}" "${ports[4]}" "${ports[5]}")   # local, fl
 admin_ports=("${ports[6]}" "${ports[7]}" "${ports[8]}" "${ports[9]}")
 start_provider nginx "$json_port" "$json_port"
 
-export FLUX_ADMIN_TOKEN=bench-admin FLUX_METRICS_TOKEN=bench-metrics
+# Tokens of 32 characters at least, or the gateways refuse to start.
+export FLUX_ADMIN_TOKEN=bench-admin-token-0123456789abcdef FLUX_METRICS_TOKEN=bench-metrics-token-0123456789abcdef
 cat >"$work/lanes.yaml" <<'YAML'
 lanes:
   express:

@@ -208,6 +208,9 @@ fn start(config: ServerConfig, mut options: RunOptions) -> CliResult {
 fn check(config_path: &Path) -> CliResult {
     let config = ServerConfig::load(config_path)?;
     let (providers, warnings) = Providers::build(&config, &|var| std::env::var(var).ok());
+    if let Some(admin) = &config.admin {
+        admin.tokens(&|var| std::env::var(var).ok())?;
+    }
     let routes = state::load_routes(&config, &providers)?;
     let keys = state::load_keys(&config)?;
     for w in warnings {

@@ -103,14 +103,20 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     }
     server.add_service(gateway);
     if let Some(admin) = &state.config.admin {
-        let token = std::env::var(&admin.token_env).ok();
+        // Checked when the state was loaded; should it fail now, nothing is let in.
+        let (token, metrics_token) =
+            admin
+                .tokens(&|var| std::env::var(var).ok())
+                .unwrap_or_else(|e| {
+                    log::error!("admin: {e}; every admin request will be refused");
+                    (None, None)
+                });
         if token.as_deref().is_none_or(str::is_empty) {
             log::warn!(
                 "admin: {} is not set; every admin request will be refused",
                 admin.token_env
             );
         }
-        let metrics_token = std::env::var(&admin.metrics_token_env).ok();
         if metrics_token.as_deref().is_none_or(str::is_empty) {
             log::warn!(
                 "admin: {} is not set; every GET /metrics will be refused",

@@ -56,6 +56,9 @@ impl AppState {
     /// Load and validate everything; the first error stops the start.
     pub fn load(config: ServerConfig) -> Result<(Self, Vec<String>), ConfigError> {
         let (providers, warnings) = Providers::build(&config, &|var| std::env::var(var).ok());
+        if let Some(admin) = &config.admin {
+            admin.tokens(&|var| std::env::var(var).ok())?;
+        }
         let routes = load_routes(&config, &providers)?;
         let keys = load_keys(&config)?;
         let mut connector_options =

@@ -102,7 +102,20 @@ async fn the_console_needs_a_session_and_its_csrf_token_for_everything_but_the_p
     let r = flux.client.get(admin("/console")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(header(&r, "content-type").starts_with("text/html"));
-    assert!(header(&r, "content-security-policy").contains("frame-ancestors 'none'"));
+    let csp = header(&r, "content-security-policy").to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The page's own script and style by their hash; nothing inline otherwise.
+    for directive in ["script-src", "style-src"] {
+        let sources = csp
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("no {directive}: {csp}"));
+        assert!(
+            !sources.contains("unsafe") && sources.trim().starts_with("'sha256-"),
+            "{csp}"
+        );
+    }
     assert_eq!(header(&r, "cache-control"), "no-store");
     let page = r.text().await.unwrap();
     assert!(page.contains("id=\"signin\"") && !page.contains("sk-"));
@@ -308,6 +321,150 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
     assert_eq!(listed["status"], "revoked");
 }
 
+/// A client whose connections come from `ip` (any 127.x.y.z is this machine's loopback):
+/// another source address for the gateway.
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Wrong tokens the admin listener takes from one address in a minute (README).
+const FAILED_TOKENS_PER_MINUTE: usize = 10;
+
+#[tokio::test]
+async fn wrong_tokens_are_cut_off_per_address_and_other_addresses_still_get_in() {
+    let flux = Flux::start().await;
+    let attacker = client_from("127.0.0.1");
+    let admin = flux.admin_base.clone();
+    // 60 wrong tokens at once from one address: at the console's sign-in, as the admin API's
+    // bearer token and as the metrics token. They share one count.
+    let guesses = (0..60).map(|i| {
+        let (c, admin) = (attacker.clone(), admin.clone());
+        let guess = format!("guess-{i:04}-0123456789abcdef0123456789");
+        tokio::spawn(async move {
+            let r = match i % 3 {
+                0 => c
+                    .post(format!("{admin}/console/api/session"))
+                    .json(&json!({ "token": guess })),
+                1 => c.get(format!("{admin}/admin/v1/usage")).bearer_auth(guess),
+                _ => c.get(format!("{admin}/metrics")).bearer_auth(guess),
+            };
+            r.send().await.unwrap()
+        })
+    });
+    let (mut refused, mut limited) = (0, 0);
+    for r in futures_util::future::join_all(guesses).await {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            403 => refused += 1,
+            429 => {
+                assert_eq!(header(&r, "retry-after"), "60");
+                let m = expect_openai_error(r, 429, "rate_limited").await;
+                assert!(m.contains("Too many wrong tokens"), "{m}");
+                limited += 1;
+            }
+            other => panic!("a wrong token answered {other}"),
+        }
+    }
+    eprintln!("{refused} wrong tokens compared, {limited} cut off");
+    // The limit a minute; twice that at most should the minute turn during the burst.
+    assert!(
+        (FAILED_TOKENS_PER_MINUTE..=2 * FAILED_TOKENS_PER_MINUTE).contains(&refused),
+        "{refused} wrong tokens compared, {limited} cut off"
+    );
+    // Cut off, the address is not even let in with the right token.
+    let r = attacker
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": ADMIN_TOKEN }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("set-cookie").is_none());
+    expect_openai_error(r, 429, "rate_limited").await;
+
+    // Another address signs in, reads the admin API and the metrics as usual, and its own
+    // wrong token is a plain 403.
+    let other = client_from("127.0.0.2");
+    let r = other
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": ADMIN_TOKEN }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "set-cookie").starts_with("flux_console="));
+    let r = other
+        .get(format!("{admin}/admin/v1/usage"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = other
+        .get(format!("{admin}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = other
+        .post(format!("{admin}/console/api/session"))
+        .json(&json!({ "token": "wrong" }))
+        .send()
+        .await
+        .unwrap();
+    expect_openai_error(r, 403, "admin_forbidden").await;
+}
+
+#[tokio::test]
+async fn admin_and_metrics_tokens_under_32_characters_are_refused_at_check_and_start() {
+    let flux = Flux::start().await;
+    let long = "t".repeat(32);
+    let short = "s".repeat(31);
+    let run = |args: &[&str], admin: &str, metrics: &str| {
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&flux.config)
+            .args(args)
+            .env("FLUX_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("FLUX_TEST_ADMIN_TOKEN", admin)
+            .env("FLUX_TEST_METRICS_TOKEN", metrics)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Waits 30 s at most for the process to end on its own.
+    let finish = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("still running: {:?}", child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = finish(run(&["check"], &long, &long));
+    assert!(out.status.success(), "{out:?}");
+    for (admin, metrics, what) in [
+        (&short, &long, "$FLUX_TEST_ADMIN_TOKEN: admin.token_env: the admin token is 31 characters; it must be at least 32"),
+        (&long, &short, "$FLUX_TEST_METRICS_TOKEN: admin.metrics_token_env: the metrics token is 31 characters; it must be at least 32"),
+    ] {
+        for args in [&["check"][..], &[][..]] {
+            let out = finish(run(args, admin, metrics));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted it: {stderr}");
+            assert!(stderr.contains(what), "{args:?}: {stderr}");
+        }
+    }
+}
+
 /// Where the browser tests leave their screenshots (test artefacts).
 fn shots() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")
@@ -480,6 +637,201 @@ async fn in_a_real_browser_an_operator_signs_in_sees_spend_and_manages_a_key() {
     );
 }
 
+/// `shown` is the amount `exact` rounded for reading: two significant digits under a dollar,
+/// cents from a dollar up.
+fn assert_rounded(shown: &str, exact: &str) {
+    let value: f64 = exact.parse().unwrap();
+    let digits = shown.strip_prefix('$').unwrap_or_else(|| panic!("{shown}"));
+    let rounded: f64 = digits.replace(',', "").parse().unwrap();
+    assert!(
+        (rounded - value).abs() <= value * 0.05 + 0.005 * f64::from(value >= 1.0),
+        "{shown} for {exact}"
+    );
+    let decimals = digits.split_once('.').map_or(0, |(_, d)| d.len());
+    if value >= 1.0 {
+        assert_eq!(decimals, 2, "{shown} for {exact}");
+    } else {
+        let significant = digits
+            .trim_start_matches("0.")
+            .trim_start_matches('0')
+            .len();
+        assert!(significant <= 2 && decimals <= 6, "{shown} for {exact}");
+    }
+}
+
+/// A name that is markup: shown as text, never run.
+const MARKUP_NAME: &str = "<img src=x onerror=\"window.pwned='name'\">";
+/// A long name: cut in the table, never the spend beside it.
+const LONG_NAME: &str = "analytics-pipeline-nightly-batch-export-to-warehouse";
+
+/// A gateway with spend on three keys (`main` and the two above), and a browser signed in to
+/// its console; the overview's spend as the API gives it.
+async fn spend_on_three_keys_signed_in() -> (Flux, browser::Browser, Value) {
+    let flux = Flux::start().await;
+    for name in [LONG_NAME, MARKUP_NAME] {
+        let key = flux.new_key("payg", name);
+        flux.wait_for_key(&key).await;
+        assert_eq!(
+            flux.chat_with_key(&ping("flux-fast"), &key).await.status(),
+            200
+        );
+    }
+    assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
+    let spend = sign_in(&flux).await.get("/console/api/overview").await["spend"].clone();
+
+    let b = browser::Browser::start().await;
+    b.goto(&format!("{}/console", flux.admin_base)).await;
+    b.wait_for("return document.body.dataset.ready === 'true'", "the page")
+        .await;
+    b.type_into("#token", ADMIN_TOKEN).await;
+    b.click("#signin-button").await;
+    b.wait_for(
+        "return !document.getElementById('app').hidden && document.body.dataset.ready === 'true'",
+        "the console",
+    )
+    .await;
+    (flux, b, spend)
+}
+
+#[tokio::test]
+async fn in_a_real_browser_injected_markup_runs_nothing() {
+    let (_flux, b, _) = spend_on_three_keys_signed_in().await;
+    // The page's own script ran (signed in, filled in); a key name that is markup is text.
+    assert!(b.text("#spend-by-key").await.contains(MARKUP_NAME));
+    assert_eq!(
+        b.run("return document.querySelectorAll('#app img').length")
+            .await,
+        0
+    );
+    // Markup injected into the page runs nothing: neither an inline script nor a handler
+    // attribute (the Content-Security-Policy allows only the page's own script).
+    b.run(
+        "window.violations = []; \
+         document.addEventListener('securitypolicyviolation', (e) => window.violations.push(e.violatedDirective)); \
+         const s = document.createElement('script'); s.textContent = \"window.pwned = 'script'\"; \
+         document.body.appendChild(s); \
+         document.body.insertAdjacentHTML('beforeend', \"<img id=injected src=x onerror=\\\"window.pwned = 'handler'\\\">\"); \
+         window.imageFailed = false; \
+         document.getElementById('injected').addEventListener('error', () => { window.imageFailed = true; });",
+    )
+    .await;
+    assert_eq!(b.run("return window.pwned === undefined").await, true);
+    b.wait_for(
+        "return window.imageFailed && window.violations.includes('script-src-elem') \
+         && window.violations.includes('script-src-attr')",
+        "the policy's refusals",
+    )
+    .await;
+    assert_eq!(
+        b.run("return String(window.pwned)").await,
+        "undefined",
+        "injected markup ran"
+    );
+}
+
+#[tokio::test]
+async fn in_a_real_browser_spend_reads_at_a_glance_in_a_1400_pixel_window() {
+    let (_flux, b, spend) = spend_on_three_keys_signed_in().await;
+
+    // At a 1400-pixel window, the by-key card shows every spend cell without scrolling.
+    let width = b.run("return window.innerWidth").await.as_u64().unwrap();
+    assert!((1380..=1400).contains(&width), "window {width} px wide");
+    let fits = b
+        .run(
+            "const card = document.getElementById('spend-by-key').closest('section'); \
+             const box = card.getBoundingClientRect(); \
+             const cells = [...card.querySelectorAll('tbody tr td:nth-child(3)')]; \
+             return {overflow: card.scrollWidth - card.clientWidth, cells: cells.length, \
+               outside: cells.filter((c) => { const r = c.getBoundingClientRect(); \
+                 return r.width === 0 || r.left < box.left || r.right > box.right; }).map((c) => c.textContent)};",
+        )
+        .await;
+    assert_eq!(fits["cells"], 3, "{fits}");
+    assert_eq!(fits["overflow"], 0, "the card scrolls: {fits}");
+    assert_eq!(fits["outside"], json!([]), "spend cut off: {fits}");
+    // A name too long is cut, its full text on hover.
+    let long_title = b
+        .run(&format!(
+            "return [...document.querySelectorAll('#spend-by-key td.label')].map((c) => c.title).find((t) => t.startsWith('{LONG_NAME}'))"
+        ))
+        .await;
+    assert!(
+        long_title.as_str().is_some_and(|t| t.contains("key_")),
+        "{long_title}"
+    );
+
+    // Amounts rounded for reading; the exact amount on hover.
+    let total = spend["total_usd"].as_str().unwrap();
+    assert_eq!(
+        b.run("return document.getElementById('spend-total').title")
+            .await,
+        format!("${total}")
+    );
+    assert_rounded(&b.text("#spend-total").await, total);
+    let cells = b
+        .run(
+            "return [...document.querySelectorAll('#spend-by-key tbody td:nth-child(3)')] \
+             .map((c) => [c.textContent, c.title])",
+        )
+        .await;
+    for (cell, row) in cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(spend["by_key"].as_array().unwrap())
+    {
+        let exact = row["cost_usd"].as_str().unwrap();
+        assert_eq!(cell[1], format!("${exact}"));
+        assert_rounded(cell[0].as_str().unwrap(), exact);
+    }
+
+    // The charts have axes: values on the left, dates (and times) underneath.
+    let labels = |chart: &str| {
+        format!("return [...document.querySelectorAll('#{chart} text')].map((t) => t.textContent)")
+    };
+    let spend_labels = b.run(&labels("spend-chart")).await;
+    let spend_labels: Vec<&str> = spend_labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        spend_labels.contains(&"$0.00")
+            && spend_labels.iter().filter(|l| l.starts_with('$')).count() >= 3,
+        "values: {spend_labels:?}"
+    );
+    let month = spend["month"].as_str().unwrap();
+    let name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][month[5..].parse::<usize>().unwrap() - 1];
+    for day in [1, 8, 15, 22] {
+        assert!(
+            spend_labels.contains(&format!("{name} {day}").as_str()),
+            "dates: {spend_labels:?}"
+        );
+    }
+    b.screenshot(&shots().join("console-1400.png")).await;
+    b.click("#nav-traffic").await;
+    let traffic_labels = b.run(&labels("traffic-chart")).await;
+    let traffic_labels = traffic_labels.as_array().unwrap();
+    assert!(
+        traffic_labels
+            .iter()
+            .filter_map(|l| l.as_str())
+            .filter(|l| l.len() == 5 && l.as_bytes()[2] == b':')
+            .count()
+            >= 5,
+        "times: {traffic_labels:?}"
+    );
+    assert!(
+        traffic_labels.iter().any(|l| l == "0"),
+        "counts: {traffic_labels:?}"
+    );
+    b.screenshot(&shots().join("console-1400-traffic.png"))
+        .await;
+}
+
 #[tokio::test]
 async fn ten_thousand_keys_and_a_month_of_ledger_load_in_the_browser() {
     let flux = Flux::start().await;
@@ -583,9 +935,22 @@ async fn ten_thousand_keys_and_a_month_of_ledger_load_in_the_browser() {
             .await,
         "(10001 of 10001; the first 200 shown, filter to narrow)"
     );
+    // Whole dollars and cents, thousands grouped; the exact amount on hover.
+    let shown = b.text("#spend-total").await;
+    let dollars = total as f64 / 1e12;
+    let (whole, cents) = shown.trim_start_matches('$').split_once('.').unwrap();
+    assert!(
+        cents.len() == 2 && whole.split(',').skip(1).all(|g| g.len() == 3),
+        "{shown}"
+    );
+    let rounded: f64 = format!("{}.{cents}", whole.replace(',', ""))
+        .parse()
+        .unwrap();
+    assert!((rounded - dollars).abs() <= 0.006, "{shown} for {dollars}");
     assert_eq!(
-        b.text("#spend-total").await,
-        format!("${:.6}", total as f64 / 1e12)
+        b.run("return document.getElementById('spend-total').title")
+            .await,
+        format!("${}", fluxrouter::metering::Usd(total))
     );
     b.click("#nav-keys").await;
     b.type_into("#keys-filter", "team-09999").await;

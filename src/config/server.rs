@@ -224,6 +224,44 @@ fn default_metrics_token_env() -> String {
     "FLUX_METRICS_TOKEN".into()
 }
 
+/// The shortest admin or metrics token accepted. With failed tokens limited per address, a
+/// long random token (`openssl rand -hex 32`) is what makes guessing it hopeless.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+impl AdminConfig {
+    /// The admin token and the metrics token from the environment (`None`: the variable is
+    /// unset or empty, and every request needing that token is refused). A token shorter
+    /// than [`MIN_ADMIN_TOKEN_CHARS`] is an error: the gateway does not start with it.
+    pub fn tokens(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Option<String>, Option<String>), ConfigError> {
+        let read = |field: &str, var: &str, what: &str| {
+            let token = env(var).filter(|t| !t.is_empty());
+            match &token {
+                Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => Err(ConfigError::new(
+                    Path::new(&format!("${var}")),
+                    field,
+                    format!(
+                        "the {what} is {} characters; it must be at least {MIN_ADMIN_TOKEN_CHARS} \
+                         (a random one: openssl rand -hex 32)",
+                        t.chars().count()
+                    ),
+                )),
+                _ => Ok(token),
+            }
+        };
+        Ok((
+            read("admin.token_env", &self.token_env, "admin token")?,
+            read(
+                "admin.metrics_token_env",
+                &self.metrics_token_env,
+                "metrics token",
+            )?,
+        ))
+    }
+}
+
 /// The access log's settings; a bare string is the destination.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessLogConfig {
@@ -795,6 +833,39 @@ mod tests {
         assert!(BaseUrl::parse("ftp://x/v1").is_err());
         assert!(BaseUrl::parse("api.openai.com/v1").is_err());
         assert!(BaseUrl::parse("https://x/v1?key=1").is_err());
+    }
+
+    #[test]
+    fn admin_and_metrics_tokens_shorter_than_32_characters_are_refused() {
+        let admin = AdminConfig {
+            listen: vec!["127.0.0.1:9".parse().unwrap()],
+            token_env: "ADMIN".into(),
+            metrics_token_env: "METRICS".into(),
+        };
+        let env = |admin: &str, metrics: &str| {
+            let (admin, metrics) = (admin.to_string(), metrics.to_string());
+            move |var: &str| Some(if var == "ADMIN" { &admin } else { &metrics }.clone())
+        };
+        let (long, short) = ("a".repeat(32), "b".repeat(31));
+        let (long, short) = (long.as_str(), short.as_str());
+        assert_eq!(
+            admin.tokens(&env(long, long)).unwrap(),
+            (Some(long.to_string()), Some(long.to_string()))
+        );
+        // Unset or empty: no token (every request needing it is refused), not an error.
+        assert_eq!(admin.tokens(&|_| None).unwrap(), (None, None));
+        assert_eq!(admin.tokens(&env("", long)).unwrap().0, None);
+        let e = admin.tokens(&env(short, long)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "$ADMIN: admin.token_env: the admin token is 31 characters; it must be at least 32 \
+             (a random one: openssl rand -hex 32)"
+        );
+        let e = admin.tokens(&env(long, short)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("$METRICS: admin.metrics_token_env: the metrics token is 31"),
+            "{e}"
+        );
     }
 
     const MINIMAL: &str = r#"

@@ -10,8 +10,9 @@
 pub mod views;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
+use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,38 @@ use sha2::{Digest, Sha256};
 pub const COOKIE: &str = "flux_console";
 /// The page (embedded: no build step, nothing fetched from the internet).
 pub const PAGE: &str = include_str!("page.html");
+/// The page's `Content-Security-Policy`: its own script and style are allowed by their
+/// SHA-256, nothing else inline, so markup injected into the page (a handler attribute, a
+/// script or style element) does not run.
+pub static CSP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
+         img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        source_hash(inline(PAGE, "script")),
+        source_hash(inline(PAGE, "style")),
+    )
+});
+
+/// The text of the page's one `<tag>` element (attributes none).
+fn inline<'a>(page: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = page.find(&open).map(|i| i + open.len());
+    let end = page.find(&format!("</{tag}>"));
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => &page[s..e],
+        _ => panic!("the console page has no <{tag}> element"),
+    }
+}
+
+/// A CSP hash source (`sha256-<base64>`) of an inline element's text.
+fn source_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
 /// Sessions kept at most; past it the one closest to expiry goes.
 const MAX_SESSIONS: usize = 1024;
 
@@ -166,6 +199,37 @@ mod tests {
         }
         assert!(s.lock().len() <= MAX_SESSIONS);
         assert_eq!(s.find(&first, 1), None, "the oldest went first");
+    }
+
+    #[test]
+    fn the_csp_allows_the_pages_own_script_and_style_and_nothing_inline() {
+        let csp = CSP.as_str();
+        assert!(!csp.contains("unsafe"), "{csp}");
+        // One script and one style element, both hashed; no handler attributes in the markup
+        // (a handler would need 'unsafe-inline'), no style attributes.
+        for tag in ["script", "style"] {
+            assert_eq!(PAGE.matches(&format!("<{tag}")).count(), 1, "{tag}");
+            assert!(csp.contains(&source_hash(inline(PAGE, tag))), "{csp}");
+        }
+        let markup = PAGE.replace(inline(PAGE, "script"), "");
+        let markup = markup.replace(inline(PAGE, "style"), "");
+        let lower = markup.to_ascii_lowercase();
+        for (i, _) in lower.match_indices(" on") {
+            let name: String = lower[i + 3..]
+                .chars()
+                .take_while(char::is_ascii_alphabetic)
+                .collect();
+            assert!(
+                !lower[i + 3 + name.len()..].starts_with('='),
+                "an inline handler: on{name}"
+            );
+        }
+        assert!(!PAGE.contains("style="), "a style attribute");
+        // The hash of a known text, as browsers compute it.
+        assert_eq!(
+            source_hash("alert(1)"),
+            "sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI="
+        );
     }
 
     #[test]

@@ -6,8 +6,14 @@
 //! `admin_forbidden`; so does everything when no token is configured.
 //!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
+//!
+//! Wrong tokens (admin, metrics, console sign-in) are counted per source address: past
+//! [`FAILED_TOKENS_PER_MINUTE`] in a minute, that address gets 429 `rate_limited` with
+//! `Retry-After` and its tokens are not even compared, the right one included.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,12 +38,82 @@ pub struct Admin {
     token_digest: Option<[u8; 32]>,
     /// SHA-256 of the metrics token, the only one that reads `GET /metrics`.
     metrics_token_digest: Option<[u8; 32]>,
+    /// Wrong tokens by source address.
+    failures: Failures,
 }
 
 /// Whether `token` is the one whose digest is `expected` (none configured: nothing is).
 fn matches(token: &str, expected: Option<[u8; 32]>) -> bool {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     !token.is_empty() && expected == Some(digest)
+}
+
+/// Wrong tokens one source address may present in a minute.
+pub const FAILED_TOKENS_PER_MINUTE: isize = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Wrong tokens counted by source address, in a count-min sketch (`pingora-limits`): its
+/// memory is fixed (4 × 4096 counters a window) however many addresses there are, and a
+/// collision can only over-count. An IPv6 address counts as its /64, the block one client
+/// gets.
+pub struct Failures {
+    rate: pingora_limits::rate::Rate,
+}
+
+impl Failures {
+    pub fn new() -> Self {
+        Failures {
+            rate: pingora_limits::rate::Rate::new_with_estimator_config(FAILURE_WINDOW, 4, 4096),
+        }
+    }
+
+    /// Whether `token` is the one whose digest is `expected`, presented from `from`. Err (429)
+    /// once `from` has presented [`FAILED_TOKENS_PER_MINUTE`] wrong tokens this minute: the
+    /// token is then not compared. A missing token is no guess and is not counted.
+    pub fn check(
+        &self,
+        from: Option<IpAddr>,
+        token: &str,
+        expected: Option<[u8; 32]>,
+    ) -> Result<bool, FluxError> {
+        if token.is_empty() {
+            return Ok(false);
+        }
+        let from = from.map(|ip| match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (!0u128 << 64))),
+            v4 => v4,
+        });
+        // Counted before the comparison, so concurrent guesses cannot all slip under the
+        // limit; taken back when the token is right or not compared.
+        if self.rate.observe(&from, 1) > FAILED_TOKENS_PER_MINUTE {
+            self.rate.observe(&from, -1);
+            let secs = FAILURE_WINDOW.as_secs();
+            return Err(FluxError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "Too many wrong tokens from this address (at most \
+                     {FAILED_TOKENS_PER_MINUTE} a minute). Retry after {secs} s."
+                ),
+            )
+            .retry_after(secs));
+        }
+        let right = matches(token, expected);
+        if right {
+            self.rate.observe(&from, -1);
+        }
+        Ok(right)
+    }
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The address a request came from (none on a Unix socket).
+pub(super) fn source(session: &Session) -> Option<IpAddr> {
+    Some(session.client_addr()?.as_inet()?.ip())
 }
 
 fn digest(token: Option<String>) -> Option<[u8; 32]> {
@@ -50,9 +126,11 @@ fn digest(token: Option<String>) -> Option<[u8; 32]> {
 const CONSOLE_SESSION_SECS: u64 = 8 * 3600;
 
 impl Admin {
-    /// Whether `token` is the admin token (compared by digest).
-    pub(super) fn is_admin_token(&self, token: &str) -> bool {
-        matches(token, self.token_digest)
+    /// Whether `token`, presented at sign-in, is the admin token (compared by digest); Err
+    /// (429) when its address has presented too many wrong tokens.
+    pub(super) fn is_admin_token(&self, session: &Session, token: &str) -> Result<bool, FluxError> {
+        self.failures
+            .check(source(session), token, self.token_digest)
     }
 
     pub fn new(state: Arc<AppState>, token: Option<String>, metrics_token: Option<String>) -> Self {
@@ -61,14 +139,13 @@ impl Admin {
             sessions: crate::console::Sessions::new(CONSOLE_SESSION_SECS),
             token_digest: digest(token),
             metrics_token_digest: digest(metrics_token),
+            failures: Failures::new(),
         }
     }
 
-    /// Whether the request carries the token whose digest is `expected`.
-    fn authorized(session: &Session, expected: Option<[u8; 32]>) -> bool {
-        let Some(expected) = expected else {
-            return false;
-        };
+    /// Whether the request carries the token whose digest is `expected` (`Authorization:
+    /// Bearer`); Err (429) when its address has presented too many wrong tokens.
+    fn authorized(&self, session: &Session, expected: Option<[u8; 32]>) -> Result<bool, FluxError> {
         let presented = crate::auth::presented_key(
             session
                 .req_header()
@@ -78,7 +155,8 @@ impl Admin {
             None,
             false,
         );
-        presented.is_some_and(|p| matches(p, Some(expected)))
+        self.failures
+            .check(source(session), presented.unwrap_or_default(), expected)
     }
 
     /// The report reads the ledger file (after committing what is queued, so it includes
@@ -152,22 +230,25 @@ impl Admin {
 impl Admin {
     /// `GET /metrics`: the Prometheus exposition, for the metrics token only.
     async fn metrics(&self, session: &mut Session, id: &str) -> pingora::Result<()> {
-        let refusal = if !Self::authorized(session, self.metrics_token_digest) {
-            Some(FluxError::new(
+        let refusal = match self.authorized(session, self.metrics_token_digest) {
+            Err(limited) => Some(limited),
+            Ok(false) => Some(FluxError::new(
                 ErrorKind::MetricsForbidden,
                 "GET /metrics needs the metrics token: 'Authorization: Bearer <token>' (the \
                  token is read from the variable admin.metrics_token_env names).",
-            ))
-        } else if !matches!(
-            session.req_header().method,
-            http::Method::GET | http::Method::HEAD
-        ) {
-            Some(FluxError::new(
-                ErrorKind::MethodNotAllowed,
-                "/metrics accepts GET only.",
-            ))
-        } else {
-            None
+            )),
+            Ok(true)
+                if !matches!(
+                    session.req_header().method,
+                    http::Method::GET | http::Method::HEAD
+                ) =>
+            {
+                Some(FluxError::new(
+                    ErrorKind::MethodNotAllowed,
+                    "/metrics accepts GET only.",
+                ))
+            }
+            Ok(true) => None,
         };
         if let Some(err) = refusal {
             return respond::send_error(session, id, Format::OpenAiChat, &err, None).await;
@@ -230,24 +311,22 @@ impl ProxyHttp for Admin {
                 .await
                 .map(|()| true);
         }
-        let answer = if !Self::authorized(session, self.token_digest) {
-            Err(FluxError::new(
+        let answer = match self.authorized(session, self.token_digest) {
+            Err(limited) => Err(limited),
+            Ok(false) => Err(FluxError::new(
                 ErrorKind::AdminForbidden,
                 "The admin endpoints need the admin token: 'Authorization: Bearer <token>'.",
-            ))
-        } else if session.req_header().method != http::Method::GET {
-            Err(FluxError::new(
+            )),
+            Ok(true) if session.req_header().method != http::Method::GET => Err(FluxError::new(
                 ErrorKind::MethodNotAllowed,
                 "Admin endpoints accept GET only.",
-            ))
-        } else if path == "/admin/v1/usage" {
-            self.usage(query.as_deref()).await
-        } else {
-            Err(FluxError::new(
+            )),
+            Ok(true) if path == "/admin/v1/usage" => self.usage(query.as_deref()).await,
+            Ok(true) => Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
                 "The admin listener serves GET /admin/v1/usage, GET /metrics and the console \
                  (GET /console).",
-            ))
+            )),
         };
         match answer {
             Ok(value) => {
@@ -273,5 +352,43 @@ impl ProxyHttp for Admin {
 
     fn suppress_error_log(&self, _: &Session, _: &String, _: &pingora::Error) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_tokens_are_limited_per_address_and_right_ones_do_not_count() {
+        let expected = Some(Sha256::digest(b"right").into());
+        let f = Failures::new();
+        let a: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("192.0.2.2".parse().unwrap());
+        // Right tokens are not failures, however many.
+        for _ in 0..50 {
+            assert_eq!(f.check(a, "right", expected), Ok(true));
+        }
+        for _ in 0..FAILED_TOKENS_PER_MINUTE {
+            assert_eq!(f.check(a, "wrong", expected), Ok(false));
+        }
+        // Past the limit: 429 with Retry-After, and even the right token is not compared.
+        for token in ["wrong", "right"] {
+            let e = f.check(a, token, expected).unwrap_err();
+            assert_eq!((e.status(), e.code()), (429, "rate_limited"));
+            assert_eq!(e.retry_after, Some(60));
+        }
+        // Another address is not affected; a missing token is no guess.
+        assert_eq!(f.check(b, "right", expected), Ok(true));
+        assert_eq!(f.check(b, "wrong", expected), Ok(false));
+        assert_eq!(f.check(a, "", expected), Ok(false));
+        // An IPv6 client counts as its /64; an IPv4-mapped address as the IPv4 one.
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        for _ in 0..FAILED_TOKENS_PER_MINUTE {
+            assert_eq!(f.check(v6("2001:db8::1"), "wrong", expected), Ok(false));
+        }
+        assert!(f.check(v6("2001:db8::ffff:2"), "right", expected).is_err());
+        assert_eq!(f.check(v6("2001:db8:0:1::1"), "right", expected), Ok(true));
+        assert!(f.check(v6("::ffff:192.0.2.1"), "right", expected).is_err());
     }
 }

@@ -14,8 +14,10 @@
 //!
 //! Everything but the page and sign-in needs the session cookie; every change also needs the
 //! session's token in `X-CSRF-Token`. Otherwise: 403 `admin_forbidden`, in the error shape of
-//! the admin API. Keys are written through [`KeysFile::edit`], as `fluxrouter keys` writes
-//! them, and reach the gateway through its file watcher.
+//! the admin API. A wrong token at sign-in counts toward the admin listener's limit of wrong
+//! tokens per address (429 past it, `super::admin::Failures`). Keys are written through
+//! [`KeysFile::edit`], as `fluxrouter keys` writes them, and reach the gateway through its
+//! file watcher.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -98,11 +100,7 @@ impl Admin {
             Reply::Page => {
                 h.insert_header(
                     HeaderName::from_static("content-security-policy"),
-                    HeaderValue::from_static(
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src \
-                         'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-                         form-action 'none'; frame-ancestors 'none'",
-                    ),
+                    console::CSP.as_str(),
                 )?;
                 let page = Bytes::from_static(console::PAGE.as_bytes());
                 respond::send_body(session, h, "text/html; charset=utf-8", page).await
@@ -189,7 +187,7 @@ impl Admin {
         let raw = body::read(session, MAX_BODY).await?;
         let form: SignIn =
             serde_json::from_slice(&raw).map_err(|_| bad("Send {\"token\": \"…\"}."))?;
-        if !self.is_admin_token(&form.token) {
+        if !self.is_admin_token(session, &form.token)? {
             // Slow down guessing; the token itself is long and random.
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             return Err(forbidden("Wrong admin token.").into());

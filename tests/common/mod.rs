@@ -101,7 +101,7 @@ auto:
 /// The admin token the test gateways read from their environment.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 /// The metrics token (GET /metrics on the admin listener).
-pub const METRICS_TOKEN: &str = "metrics-token-for-tests-98765";
+pub const METRICS_TOKEN: &str = "metrics-token-for-tests-9876543210";
 
 fn spawn_gateway(config: &std::path::Path, log: std::fs::File) -> Child {
     Command::new(bin())
