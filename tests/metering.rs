@@ -351,6 +351,23 @@ async fn a_client_is_told_what_was_billed_when_a_hard_cap_stops_the_bill() {
 }
 
 #[tokio::test]
+async fn a_restarted_gateway_does_not_refuse_on_a_guess_while_its_tokenizer_loads() {
+    // A fresh gateway: nothing has counted tokens yet, so its vocabulary is not loaded.
+    let flux = Flux::start().await;
+    let key = flux.new_key("tiny", "fresh");
+    flux.wait_for_key(&key).await;
+    // 150 KB of prose at the express lane's $1 per million: the byte bound ($0.15) does not
+    // fit the $0.05 left, nor does half of it ($0.075); the counted worst case (about 29,000
+    // tokens, 36,000 with the margin) does.
+    // The first request that needs a count, right after the start.
+    let text = "lorem ipsum dolor sit amet ".repeat(5600);
+    let body = request_with(Client::Chat, "flux-fast", false, &text);
+    let r = send(&flux, &key, Client::Chat, &body).await;
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
 async fn concurrent_requests_never_settle_more_than_the_allowance() {
     let flux = Flux::start().await;
     let key = flux.new_key("tiny", "tiny");
