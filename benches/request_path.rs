@@ -150,7 +150,6 @@ fn responses_and_streams(c: &mut Criterion) {
         estimated_input_tokens: 900,
         include_usage: false,
         created: 1,
-        rates: None,
     };
     for provider in Format::ALL {
         let (body, opening, delta) = provider_samples(provider);

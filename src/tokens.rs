@@ -13,6 +13,8 @@ const TOKENS_PER_IMAGE: u64 = crate::routing::features::TOKENS_PER_IMAGE;
 
 static LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static LOADING: std::sync::Once = std::sync::Once::new();
+/// Wakes the requests waiting for the vocabulary ([`loaded`]).
+static ON_LOADED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Whether the vocabulary is in memory (about 70 MB once built: it is loaded on first need,
 /// not at start, so a gateway that never counts tokens never holds it).
@@ -20,14 +22,21 @@ pub fn ready() -> bool {
     LOADED.load(std::sync::atomic::Ordering::Acquire)
 }
 
+fn mark_loaded() {
+    if !ready() {
+        LOADED.store(true, std::sync::atomic::Ordering::Release);
+        ON_LOADED.notify_waiters();
+    }
+}
+
 /// Start loading the vocabulary on its own thread, if nothing has yet; returns at once.
-pub fn load_in_background() {
+fn load_in_background() {
     LOADING.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("flux-tokenizer".into())
             .spawn(|| {
                 bpe_openai::o200k_base();
-                LOADED.store(true, std::sync::atomic::Ordering::Release);
+                mark_loaded();
             });
         if let Err(e) = spawned {
             log::warn!("tokenizer thread not started ({e}); the first count loads it");
@@ -35,10 +44,28 @@ pub fn load_in_background() {
     });
 }
 
+/// Wait until the vocabulary is in memory, loading it on its own thread if nothing has (it
+/// takes about 0.1 s), for at most `limit`. True once it is in memory; false if it was not in
+/// time (a count then loads it on the caller's thread).
+pub async fn loaded(limit: std::time::Duration) -> bool {
+    if ready() {
+        return true;
+    }
+    // Registered before looking again, so a load finishing in between is not missed.
+    let notified = ON_LOADED.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    load_in_background();
+    if ready() {
+        return true;
+    }
+    tokio::time::timeout(limit, notified).await.is_ok() || ready()
+}
+
 /// Tokens in a piece of text (loads the vocabulary first if needed).
 pub fn count_text(text: &str) -> u64 {
     let n = bpe_openai::o200k_base().count(text) as u64;
-    LOADED.store(true, std::sync::atomic::Ordering::Release);
+    mark_loaded();
     n
 }
 

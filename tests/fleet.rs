@@ -387,6 +387,69 @@ async fn three_gateways_never_settle_past_the_last_five_cents_and_bill_every_req
 }
 
 #[tokio::test]
+async fn a_stream_past_a_hard_cap_is_told_what_the_fleet_billed() {
+    let redis = Redis::start();
+    let nodes = fleet_of(1, &fleet_config(&redis, ""), TEST_LANES).await;
+    let node = &nodes[0];
+    // The reservations below count tokens: the vocabulary is loaded first (counting loads it).
+    let count = json!({"model": "flux-fast", "messages": [{"role": "user", "content": "hi"}]});
+    let r = node
+        .post("/anthropic/v1/messages/count_tokens", &node.key, &count)
+        .await;
+    assert_eq!(r.status(), 200);
+    // Held: about $0.032 (the tokenizer's count with its margin); used: about $0.063 (the
+    // simulated provider's count); left: $0.05. The bill waits for Redis, which caps it.
+    let text = "internationalization ".repeat(6000);
+    let cap: Usd = "0.05".parse().unwrap();
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "flux-pinned-on-chat", "stream": true, "max_tokens": 100,
+                   "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": text}]}),
+        ),
+        (
+            "/anthropic/v1/messages",
+            json!({"model": "flux-pinned-on-chat", "stream": true, "max_tokens": 100,
+                   "messages": [{"role": "user", "content": text}]}),
+        ),
+    ];
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let name = format!("capped{i}");
+        let key = shared_key(&nodes, "tiny", &name).await;
+        let r = node.post(path, &key, body).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let text = r.text().await.unwrap();
+        let comment = text
+            .lines()
+            .find_map(|l| l.strip_prefix(": x-flux-cost-usd="))
+            .map(|c| c.split(' ').next().unwrap().to_string());
+        let in_usage: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["usage"].get("cost").map(Value::to_string))
+            .collect();
+        assert_eq!(comment, Some(cap.to_decimal()), "{path}: {text}");
+        assert_eq!(in_usage, [cap.to_decimal()], "{path}: {text}");
+        // The fleet's ledger (Redis) and the gateway's own record billed the same.
+        settled(node, &key, cap).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = node.cli(&["usage", "--node", "--key", &name, "--json"]);
+            assert!(out.status.success());
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v["total"]["requests"] == 1 {
+                assert_eq!(usd(&v["total"]["cost_usd"]), cap, "{v}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_600_per_minute_limit_hit_from_three_gateways_allows_600() {
     let redis = Redis::start();
     let nodes = fleet_of(3, &fleet_config(&redis, ""), TEST_LANES).await;

@@ -237,6 +237,136 @@ async fn every_served_response_carries_its_exact_cost_and_the_ledger_adds_up() {
     assert_eq!((requests, cost), (18, Usd(total)), "{days:?}");
 }
 
+/// A request of `client` format for `model` with this user text and 100 output tokens at most.
+fn request_with(client: Client, model: &str, stream: bool, text: &str) -> Value {
+    match client {
+        Client::Chat => json!({"model": model, "stream": stream, "max_tokens": 100,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": text}]}),
+        Client::Responses => json!({"model": model, "stream": stream,
+            "max_output_tokens": 100, "input": text}),
+        Client::Anthropic => json!({"model": model, "stream": stream, "max_tokens": 100,
+            "messages": [{"role": "user", "content": text}]}),
+    }
+}
+
+/// The access-log line of request `id` (lines are written in batches).
+async fn access_line(flux: &Flux, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = flux.log();
+        if let Some(line) = log.lines().find(|l| l.starts_with('{') && l.contains(id)) {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line for {id}:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_is_told_what_was_billed_when_a_hard_cap_stops_the_bill() {
+    let flux = Flux::start().await;
+    // The reservations below count tokens: the vocabulary is loaded first (counting loads it).
+    let r = flux
+        .post(
+            "/anthropic/v1/messages/count_tokens",
+            &flux.key,
+            &json!({"model": "flux-fast", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // 126 KB that the shipped tokenizer counts as about 12,600 tokens (the worst case held,
+    // with its margin, about $0.032 at the formats lane's $2 per million) and the simulated
+    // provider as about 31,500 (about $0.063): more than the $0.05 a "tiny" key has.
+    let text = "internationalization ".repeat(6000);
+    let cap: Usd = "0.05".parse().unwrap();
+    let cases = [
+        (Client::Chat, "flux-pinned-on-chat"),
+        (Client::Responses, "flux-pinned-on-responses"),
+        (Client::Anthropic, "flux-pinned-on-anthropic"),
+        // Translated: an Anthropic client served by a Chat provider, and the reverse pairs.
+        (Client::Anthropic, "flux-pinned-on-chat"),
+        (Client::Chat, "flux-pinned-on-anthropic"),
+        (Client::Responses, "flux-pinned-on-chat"),
+    ];
+    let mut told_total = Usd::ZERO;
+    for (i, (client, model)) in cases.into_iter().enumerate() {
+        for stream in [true, false] {
+            let cell = format!("{client:?} client, {model}, stream {stream}");
+            let key = flux.new_key("tiny", &format!("capped-{i}-{stream}"));
+            flux.wait_for_key(&key).await;
+            let r = send(
+                &flux,
+                &key,
+                client,
+                &request_with(client, model, stream, &text),
+            )
+            .await;
+            assert_eq!(r.status(), 200, "{cell}");
+            let id = header(&r, "x-flux-request-id").to_string();
+            let (told, used) = if stream {
+                assert!(r.headers().get("x-flux-cost-usd").is_none(), "{cell}");
+                let text = r.text().await.unwrap();
+                let (usage, comment) = stream_usage_and_comment(client, &text);
+                assert_eq!(
+                    usage["cost"].to_string(),
+                    comment,
+                    "{cell}: the usage object's cost and the comment agree: {text}"
+                );
+                let (input, cached, output) = client.usage_of(&usage);
+                (comment, expected_cost(input, cached, output))
+            } else {
+                let told = header(&r, "x-flux-cost-usd").to_string();
+                let body: Value = r.json().await.unwrap();
+                let (input, cached, output) = client.usage_of(&body["usage"]);
+                (told, expected_cost(input, cached, output))
+            };
+            // What was used costs more than what was left; the bill stops at the cap, and
+            // the client is told the bill.
+            assert!(used.parse::<Usd>().unwrap() > cap, "{cell}: used ${used}");
+            assert_eq!(told, cap.to_decimal(), "{cell}: told ${told}, used ${used}");
+            let v: Value = flux.get("/v1/usage", &key).await.json().await.unwrap();
+            assert_eq!(v["spend"]["month_usd"], told.as_str(), "{cell}: {v}");
+            assert_eq!(v["spend"]["reserved_usd"], "0.0", "{cell}: {v}");
+            let line = access_line(&flux, &id).await;
+            assert_eq!(line["cost_usd"], told.as_str(), "{cell}: {line}");
+            told_total = told_total.saturating_add(told.parse().unwrap());
+        }
+    }
+    // The metrics count the same money.
+    let metrics = flux.metrics().await;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("flux_cost_usd_total{lane=\"formats\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let told = told_total.to_decimal().parse::<f64>().unwrap();
+    assert!(
+        (counted - told).abs() < 1e-9,
+        "metrics ${counted}, told ${told}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_does_not_refuse_on_a_guess_while_its_tokenizer_loads() {
+    // A fresh gateway: nothing has counted tokens yet, so its vocabulary is not loaded.
+    let flux = Flux::start().await;
+    let key = flux.new_key("tiny", "fresh");
+    flux.wait_for_key(&key).await;
+    // 150 KB of prose at the express lane's $1 per million: the byte bound ($0.15) does not
+    // fit the $0.05 left, nor does half of it ($0.075); the counted worst case (about 29,000
+    // tokens, 36,000 with the margin) does.
+    // The first request that needs a count, right after the start.
+    let text = "lorem ipsum dolor sit amet ".repeat(5600);
+    let body = request_with(Client::Chat, "flux-fast", false, &text);
+    let r = send(&flux, &key, Client::Chat, &body).await;
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+}
+
 #[tokio::test]
 async fn concurrent_requests_never_settle_more_than_the_allowance() {
     let flux = Flux::start().await;

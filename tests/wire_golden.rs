@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use fluxrouter::metering::{Rates, Usd};
-use fluxrouter::wire::ir::StreamMeta;
+use fluxrouter::wire::ir::{Billed, StreamMeta, Usage};
 use fluxrouter::wire::transcode::{self, StreamTranscoder};
 use fluxrouter::wire::Format;
 
@@ -127,8 +127,14 @@ fn every_provider_fixture_translates_to_every_client_format() {
         estimated_input_tokens: 42,
         include_usage: true,
         created: 1_700_000_000,
-        // Priced streams end with the cost: `cost` in the final usage object and a comment.
-        rates: Some(Rates::per_million(usd("3.00"), usd("0.30"), usd("15.00"))),
+    };
+    // Billed streams end with the cost: `cost` in the final usage object and a comment.
+    let rates = Rates::per_million(usd("3.00"), usd("0.30"), usd("15.00"));
+    let bill = |usage: Usage| {
+        (!usage.is_empty()).then(|| Billed {
+            cost: fluxrouter::metering::cost(&usage, &rates),
+            usage,
+        })
     };
     let mut failures = Vec::new();
     let mut count = 0;
@@ -157,8 +163,11 @@ fn every_provider_fixture_translates_to_every_client_format() {
                         }
                     }
                     match broken {
-                        Some(reason) => t.fail(&reason, &mut out),
-                        None => t.finish(&mut out).unwrap(),
+                        Some(reason) => t.fail(&reason, bill(t.usage()).as_ref(), &mut out),
+                        None => {
+                            t.finish(&mut out).unwrap();
+                            t.close(bill(t.usage()).as_ref(), &mut out);
+                        }
                     }
                     let text = String::from_utf8(out.to_vec()).unwrap();
                     check_grammar(client, &name, &text);

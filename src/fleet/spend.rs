@@ -145,22 +145,23 @@ impl Fleet {
     }
 
     /// Bill a settlement and wait for what was billed (it differs from the cost only under a
-    /// hard cap). When Redis does not take it, it is queued for replay and the cost is
-    /// returned.
-    pub async fn settle(self: &Arc<Self>, s: Settlement) -> Usd {
-        if !self.is_up() {
-            let cost = s.cost;
-            self.queue(s);
-            return cost;
-        }
-        match self.settle_once(&s).await {
-            Ok(billed) => billed,
-            Err(Unavailable) => {
-                let cost = s.cost;
-                self.queue(s);
-                cost
+    /// hard cap). When Redis does not take it, it is queued for replay and what the replay
+    /// will bill is returned.
+    pub async fn settle(self: &Arc<Self>, mut s: Settlement) -> Usd {
+        if self.is_up() {
+            if let Ok(billed) = self.settle_once(&s).await {
+                return billed;
             }
         }
+        // Under a hard cap, the room past the hold may be gone by the time of the replay;
+        // the hold itself stays billable (no settlement eats into another's hold). So a cost
+        // past it is billed at the hold, and the amount returned is the amount replayed.
+        if let (Some(_), Some(held)) = (s.hard_cap, s.held) {
+            s.cost = s.cost.min(held);
+        }
+        let cost = s.cost;
+        self.queue(s);
+        cost
     }
 
     /// Bill a settlement without waiting (the caller already knows what it bills).

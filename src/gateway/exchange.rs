@@ -24,7 +24,7 @@ use crate::state::AppState;
 use crate::upstream::breaker::{BreakerState, Verdict};
 use crate::upstream::{FailureKind, Outgoing, Provider, Refusal, UpstreamResponse};
 use crate::wire::ir::Usage;
-use crate::wire::ir::{Request, StreamMeta};
+use crate::wire::ir::{Billed, Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
 use crate::wire::{self, Format};
 
@@ -221,8 +221,6 @@ async fn exchange(
                 estimated_input_tokens,
                 include_usage: request.include_usage,
                 created: unix_now(),
-                // Priced at the end of the stream, in the client's grammar.
-                rates: Some(bill.rates),
             };
             return stream(
                 session, ctx, provider, state, response, &served, client, meta, &mut bill,
@@ -649,8 +647,17 @@ async fn read_all(upstream: &mut HttpSession, limit: usize) -> Result<Bytes, Str
     }
 }
 
+/// How the provider's stream ended, once the client heard everything but its end.
+enum Ended {
+    /// Normally: the usage is final.
+    Finished,
+    /// It broke (the provider cut it, or sent what cannot be relayed).
+    Broken,
+}
+
 /// Relay an SSE response event by event as it arrives, translated when the formats differ,
-/// never buffering more than one event.
+/// never buffering more than one event. The stream's end, which tells the client what it
+/// cost, is written once the request is billed: the amount is what was billed.
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     session: &mut Session,
@@ -665,7 +672,8 @@ async fn stream(
     model_id: &str,
 ) -> Result<(), Stop> {
     let mut transcoder = StreamTranscoder::new(client, provider.format, meta);
-    let outcome = relay(
+    let mut out = BytesMut::new();
+    let ended = relay(
         session,
         ctx,
         &state.metrics,
@@ -673,6 +681,7 @@ async fn stream(
         &mut response,
         served,
         &mut transcoder,
+        &mut out,
     )
     .await;
     // Whatever happened (finished, broken upstream, client gone), what was used is billed.
@@ -687,15 +696,31 @@ async fn stream(
             ..Default::default()
         }
     };
-    bill.settle(ctx, model_id, &usage).await;
+    let billed = Billed {
+        cost: bill.settle(ctx, model_id, &usage).await,
+        usage,
+    };
+    let ended = ended?;
+    match ended {
+        Ended::Finished => transcoder.close(Some(&billed), &mut out),
+        Ended::Broken => transcoder.fail(
+            "The upstream stream was interrupted before it finished. Retry the request.",
+            Some(&billed),
+            &mut out,
+        ),
+    }
+    session
+        .write_response_body(Some(out.freeze()), true)
+        .await?;
     // Only a stream read to its end leaves the connection reusable.
-    if let Ok(true) = outcome {
+    if let Ended::Finished = ended {
         response.release(&state.connector).await;
     }
-    outcome.map(|_| ())
+    Ok(())
 }
 
-/// The stream itself; returns Ok when it ended normally.
+/// The stream itself, all but its end (left in `out`).
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -704,7 +729,8 @@ async fn relay(
     response: &mut UpstreamResponse,
     served: &Served<'_>,
     transcoder: &mut StreamTranscoder,
-) -> Result<bool, Stop> {
+    out: &mut BytesMut,
+) -> Result<Ended, Stop> {
     let mut h = respond::header(200, &ctx.id)?;
     served.add_headers(&mut h)?;
     h.insert_header(
@@ -729,7 +755,6 @@ async fn relay(
     session
         .write_response_header(h.into_response(), false)
         .await?;
-    let mut out = BytesMut::new();
     loop {
         // A client that leaves mid-stream, even during a pause between events, stops the
         // upstream at once (the connection is dropped, not pooled); what was used is billed.
@@ -745,17 +770,12 @@ async fn relay(
         };
         ctx.upstream_time += waiting.elapsed();
         let fault = match read {
-            Ok(Some(chunk)) => match transcoder.push(&chunk, &mut out) {
+            Ok(Some(chunk)) => match transcoder.push(&chunk, out) {
                 Ok(()) => None,
                 Err(fault) => Some(fault.to_string()),
             },
-            Ok(None) => match transcoder.finish(&mut out) {
-                Ok(()) => {
-                    session
-                        .write_response_body(Some(out.split().freeze()), true)
-                        .await?;
-                    return Ok(true);
-                }
+            Ok(None) => match transcoder.finish(out) {
+                Ok(()) => return Ok(Ended::Finished),
                 Err(fault) => Some(fault.to_string()),
             },
             Err(e) => Some(e.to_string()),
@@ -764,14 +784,7 @@ async fn relay(
             warn!("{}: stream from {} broke: {reason}", ctx.id, provider.name);
             metrics.upstream_error(&provider.name, "stream_broken");
             ctx.error_code = Some(ErrorKind::UpstreamError.code());
-            transcoder.fail(
-                "The upstream stream was interrupted before it finished. Retry the request.",
-                &mut out,
-            );
-            session
-                .write_response_body(Some(out.split().freeze()), true)
-                .await?;
-            return Ok(false);
+            return Ok(Ended::Broken);
         }
         if !out.is_empty() {
             session

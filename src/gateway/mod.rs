@@ -463,6 +463,10 @@ fn websocket_upgrade(req: &pingora::http::RequestHeader) -> bool {
         })
 }
 
+/// How long a request waits for the tokenizer's vocabulary to load (about 0.1 s in a release
+/// build) before its count loads it on the request's own thread.
+const TOKENIZER_WAIT: Duration = Duration::from_secs(5);
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -659,7 +663,8 @@ impl Gateway {
     /// against the account's limits (402 when it does not fit). The body's length bounds its
     /// tokens (a token is at least a byte), which costs nothing to know; only when that bound
     /// does not fit are the tokens counted, with a margin for providers whose tokenizers
-    /// count more.
+    /// count more. A 402 is never decided on a guess: the first count after a start waits for
+    /// the vocabulary to load.
     async fn reserve(
         &self,
         account: &Account,
@@ -690,14 +695,15 @@ impl Gateway {
         {
             Ok(hold) => Ok(hold),
             Err(e) if e.status() == 402 && e.kind != ErrorKind::AccountOnHold => {
-                // The vocabulary is loaded on first need, off this thread; until it is, half
-                // the byte bound stands in (a token is rarely under two bytes).
-                let counted = if crate::tokens::ready() {
-                    crate::tokens::count_request(request)
-                } else {
-                    crate::tokens::load_in_background();
-                    bound / 2
-                };
+                // The vocabulary is loaded on first need (about 0.1 s), off this thread: the
+                // first request that needs it waits for it.
+                if !crate::tokens::loaded(TOKENIZER_WAIT).await {
+                    log::warn!(
+                        "tokenizer still loading after {TOKENIZER_WAIT:?}: counting on this \
+                         thread"
+                    );
+                }
+                let counted = crate::tokens::count_request(request);
                 let margin = counted / 4 + overhead;
                 let input = (counted + margin).min(bound);
                 // The first attempt spent the rate: this one only reserves.

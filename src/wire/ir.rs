@@ -16,7 +16,7 @@ use std::ops::Range;
 use serde_json::value::RawValue;
 
 use super::Format;
-use crate::metering::{Rates, Usd};
+use crate::metering::Usd;
 
 /// A parsed client request.
 #[derive(Debug)]
@@ -225,15 +225,15 @@ impl Usage {
     pub fn is_empty(&self) -> bool {
         *self == Usage::default()
     }
+}
 
-    /// What this usage costs at `rates`; None without rates or before any usage arrived
-    /// (a stream that reported nothing is not priced at zero).
-    pub fn priced(&self, rates: Option<&Rates>) -> Option<Usd> {
-        match rates {
-            Some(rates) if !self.is_empty() => Some(crate::metering::cost(self, rates)),
-            _ => None,
-        }
-    }
+/// What a streamed response is told it cost, at its end: the amount billed for it and the
+/// usage billed. The settlement decides it (`metering::budget::Hold::settle`, a hard cap
+/// included); the wire formats only write it, never price anything themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Billed {
+    pub cost: Usd,
+    pub usage: Usage,
 }
 
 /// Why the model stopped.
@@ -321,8 +321,4 @@ pub struct StreamMeta {
     pub include_usage: bool,
     /// Unix seconds, for `created` fields.
     pub created: u64,
-    /// The serving lane's prices. When set, the stream's cost is written after its last
-    /// event (an SSE comment) and as `cost` in the final usage object the client receives;
-    /// None = not priced.
-    pub rates: Option<Rates>,
 }

@@ -3,12 +3,15 @@
 //! also reports the usage it saw and what it cost, so metering hooks in at one place for
 //! every pair.
 //!
-//! A streamed response's cost is not known when its headers leave. A priced stream
-//! ([`StreamMeta::rates`]) therefore carries it at its end, in both modes: as `cost` in the
-//! final usage object the client receives (OpenRouter's convention: Chat's usage chunk,
-//! Anthropic's `message_delta.usage`, Responses' `response.completed.response.usage`), and
-//! as one SSE comment after the last event (`: x-flux-cost-usd=… input_tokens=…`), which
-//! every SSE parser ignores and a person can read.
+//! A streamed response's cost is not known when its headers leave. It is written at its end,
+//! in both modes: as `cost` in the final usage object the client receives (OpenRouter's
+//! convention: Chat's usage chunk, Anthropic's `message_delta.usage`, Responses'
+//! `response.completed.response.usage`), and as one SSE comment after the last event
+//! (`: x-flux-cost-usd=… input_tokens=…`), which every SSE parser ignores and a person can
+//! read. Nothing here prices anything: the amount is what the settlement billed
+//! ([`Billed`]), given to [`StreamTranscoder::close`] once the provider's stream has ended,
+//! so what a client is told is what was billed. Until then, a passthrough stream holds back
+//! the event that carries the final usage object (and the few bytes after it).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -17,7 +20,7 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ir::{Delta, Request, Response, StopReason, StreamEvent, StreamMeta, Usage};
+use super::ir::{Billed, Delta, Request, Response, StopReason, StreamEvent, StreamMeta, Usage};
 use super::sse::{self, EventTooLarge, Frame, SseParser};
 use super::{anthropic, json, openai_chat, openai_responses, Format};
 use crate::errors::FluxError;
@@ -223,11 +226,11 @@ impl Encoder {
         }
     }
 
-    fn finish(&mut self, out: &mut BytesMut) {
+    fn finish(&mut self, cost: Option<Usd>, out: &mut BytesMut) {
         match self {
-            Encoder::Chat(e) => e.finish(out),
-            Encoder::Responses(e) => e.finish(out),
-            Encoder::Anthropic(e) => e.finish(out),
+            Encoder::Chat(e) => e.finish(cost, out),
+            Encoder::Responses(e) => e.finish(cost, out),
+            Encoder::Anthropic(e) => e.finish(cost, out),
         }
     }
 
@@ -263,8 +266,13 @@ impl std::fmt::Display for StreamFault {
 /// Passthrough forwards each complete event verbatim (never a partial one, so a broken stream
 /// can still end with a parseable error event), decoding it on the side for usage, stop
 /// reason, errors and the size of the output. Only the event that carries the final usage
-/// is rewritten (to add `cost`), and a Chat usage chunk the client did not ask for is
-/// dropped. Translation decodes every event into the IR and encodes it for the client.
+/// is rewritten (to add `cost`, so it waits for [`StreamTranscoder::close`]), and a Chat usage
+/// chunk the client did not ask for is dropped. Translation decodes every event into the IR
+/// and encodes it for the client.
+///
+/// The calls: [`push`](Self::push) as bytes arrive; at the provider's end of stream
+/// [`finish`](Self::finish), after which [`usage`](Self::usage) is final; then, once the
+/// request is billed, [`close`](Self::close) (or [`fail`](Self::fail) if the stream broke).
 pub struct StreamTranscoder {
     parser: SseParser,
     decoder: Decoder,
@@ -280,8 +288,25 @@ pub struct StreamTranscoder {
     provider_error: Option<String>,
     /// Bytes of text, tool arguments and thinking relayed so far.
     text_bytes: u64,
+    /// Passthrough: the event carrying the final usage object and what came after it, held
+    /// until the bill is known.
+    held: Option<HeldTail>,
     done: bool,
 }
+
+/// The end of a passthrough stream, held back for its cost.
+struct HeldTail {
+    /// The event whose usage object gets `cost`.
+    carrier: Frame,
+    /// Every byte relayed after it.
+    rest: BytesMut,
+}
+
+/// Bytes a passthrough stream may hold after the event that carries usage. What follows the
+/// final usage object is a line or two (`data: [DONE]`, `message_stop`); a provider that
+/// keeps streaming after a usage object has not sent its final one yet: the held event is
+/// then relayed as it came, and the cost goes in the comment and any later usage object.
+const MAX_HELD_BYTES: usize = 16 * 1024;
 
 impl StreamTranscoder {
     pub fn new(client: Format, provider: Format, meta: StreamMeta) -> Self {
@@ -300,6 +325,7 @@ impl StreamTranscoder {
             stop: None,
             provider_error: None,
             text_bytes: 0,
+            held: None,
             done: false,
         }
     }
@@ -338,14 +364,14 @@ impl StreamTranscoder {
         if reports_usage {
             self.relay_usage_frame(frame, out);
         } else {
-            out.extend_from_slice(&frame.0);
+            self.relay(&frame.0, out);
         }
         Ok(())
     }
 
     /// Passthrough of an event that reported usage: dropped when it is a Chat usage chunk the
-    /// client did not ask for (the gateway asked), given `cost` when it is the final usage
-    /// the client reads and the stream is priced, relayed as it is otherwise.
+    /// client did not ask for (the gateway asked); held for its cost when it has the usage
+    /// object the client reads (a later one supersedes it); relayed as it is otherwise.
     fn relay_usage_frame(&mut self, frame: Frame, out: &mut BytesMut) {
         let event = frame.event();
         if self.client == Format::OpenAiChat
@@ -354,12 +380,52 @@ impl StreamTranscoder {
         {
             return;
         }
-        let cost = self.cost().map(Usd::to_decimal);
-        let priced = cost.and_then(|cost| with_cost(self.client, event.name, &event.data, &cost));
+        let carries_cost = final_usage(self.client, event.name, &event.data).is_some();
+        drop(event);
+        if !carries_cost {
+            self.relay(&frame.0, out);
+            return;
+        }
+        self.release_held(out);
+        self.held = Some(HeldTail {
+            carrier: frame,
+            rest: BytesMut::new(),
+        });
+    }
+
+    /// Passthrough bytes for the client: behind the held tail when there is one.
+    fn relay(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        let Some(held) = &mut self.held else {
+            out.extend_from_slice(bytes);
+            return;
+        };
+        held.rest.extend_from_slice(bytes);
+        if held.rest.len() > MAX_HELD_BYTES {
+            self.release_held(out);
+        }
+    }
+
+    /// Relay the held tail as it came (its usage object was not the final one).
+    fn release_held(&mut self, out: &mut BytesMut) {
+        if let Some(held) = self.held.take() {
+            out.extend_from_slice(&held.carrier.0);
+            out.extend_from_slice(&held.rest);
+        }
+    }
+
+    /// Write the held tail, its usage object given `cost` when the stream was billed.
+    fn write_held(&mut self, billed: Option<&Billed>, out: &mut BytesMut) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        let event = held.carrier.event();
+        let priced = billed
+            .and_then(|b| with_cost(self.client, event.name, &event.data, &b.cost.to_decimal()));
         match priced {
             Some(data) => write_data(out, event.name, &data),
-            None => out.extend_from_slice(&frame.0),
+            None => out.extend_from_slice(&held.carrier.0),
         }
+        out.extend_from_slice(&held.rest);
     }
 
     fn drain_events(&mut self, out: &mut BytesMut) {
@@ -380,52 +446,61 @@ impl StreamTranscoder {
         }
     }
 
-    /// The provider ended its stream normally: flush a last unterminated event, close.
+    /// The provider ended its stream normally: take in a last unterminated event and what
+    /// the decoder still holds. [`StreamTranscoder::usage`] is then final; what carries the
+    /// cost is written by [`StreamTranscoder::close`].
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), StreamFault> {
         if self.done {
             return Ok(());
         }
         if let Some(frame) = self.parser.finish() {
-            let at = out.len();
-            self.frame(frame, out)?;
-            // Relayed as it came, the last event lacked its blank line: end it, so the client
-            // reads it (and the cost comment stays a line of its own).
-            if self.encoder.is_none() && out.len() > at {
-                terminate_event(out);
-            }
+            // The last event lacked its blank line: ended here, so the client reads it as
+            // relayed (and the cost comment stays a line of its own).
+            let mut bytes = BytesMut::from(&frame.0[..]);
+            terminate_event(&mut bytes);
+            self.frame(Frame(bytes.freeze()), out)?;
         }
         self.decoder.finish(&mut self.events);
         self.drain_events(out);
-        if let Some(encoder) = &mut self.encoder {
-            encoder.finish(out);
-        }
-        self.done = true;
-        if self.provider_error.is_none() {
-            if let Some(cost) = self.cost() {
-                let u = &self.usage;
-                sse::write_comment(
-                    out,
-                    &format!(
-                        "x-flux-cost-usd={} input_tokens={} output_tokens={} \
-                         cached_input_tokens={}",
-                        cost.to_decimal(),
-                        u.input,
-                        u.output,
-                        u.cached_input
-                    ),
-                );
-            }
-        }
         Ok(())
     }
 
-    /// The stream broke (provider gone, idle timeout, undecodable data): write one complete
-    /// error event in the client's grammar. A partial event is never forwarded.
-    pub fn fail(&mut self, message: &str, out: &mut BytesMut) {
+    /// End the client's stream after [`StreamTranscoder::finish`]: the closing events, with
+    /// `billed.cost` in the final usage object, then the cost comment. `billed` is what the
+    /// settlement billed; None writes no cost (a stream nobody bills).
+    pub fn close(&mut self, billed: Option<&Billed>, out: &mut BytesMut) {
         if self.done {
             return;
         }
         self.done = true;
+        self.write_held(billed, out);
+        if let Some(encoder) = &mut self.encoder {
+            encoder.finish(billed.map(|b| b.cost), out);
+        }
+        if let (Some(b), None) = (billed, &self.provider_error) {
+            let u = &b.usage;
+            sse::write_comment(
+                out,
+                &format!(
+                    "x-flux-cost-usd={} input_tokens={} output_tokens={} cached_input_tokens={}",
+                    b.cost.to_decimal(),
+                    u.input,
+                    u.output,
+                    u.cached_input
+                ),
+            );
+        }
+    }
+
+    /// The stream broke (provider gone, idle timeout, undecodable data): write what was held
+    /// for its cost (`billed`, what was billed for the usage seen), then one complete error
+    /// event in the client's grammar. A partial event is never forwarded.
+    pub fn fail(&mut self, message: &str, billed: Option<&Billed>, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.write_held(billed, out);
         match &mut self.encoder {
             Some(encoder) => encoder.fail(message, out),
             None => {
@@ -439,13 +514,6 @@ impl StreamTranscoder {
     /// Usage reported so far (complete once the stream finished).
     pub fn usage(&self) -> Usage {
         self.usage
-    }
-
-    /// The cost of [`StreamTranscoder::usage`] at `meta.rates`: None when the stream is not
-    /// priced or no usage arrived (yet). After [`StreamTranscoder::fail`] it is the cost of
-    /// the usage seen before the break.
-    pub fn cost(&self) -> Option<Usd> {
-        self.usage.priced(self.meta.rates.as_ref())
     }
 
     /// Bytes of text, tool-call arguments and thinking relayed to the client so far (as the
@@ -536,12 +604,17 @@ fn is_usage_chunk(data: &str) -> bool {
 }
 
 /// One event's data with `"cost": <cost>` set in the final usage object a client of
-/// `format` reads: Chat `usage` (any chunk that has one), Anthropic `message_delta`'s
-/// `usage`, Responses `response.completed` / `response.incomplete`'s `response.usage`.
-/// `cost` is a decimal (`Usd::to_decimal`) written as the JSON number's digits. An existing
-/// `cost` member gets the new value; every other byte stays. None when the event has no such
-/// usage object.
+/// `format` reads ([`final_usage`]). `cost` is a decimal (`Usd::to_decimal`) written as the
+/// JSON number's digits. An existing `cost` member gets the new value; every other byte
+/// stays. None when the event has no such usage object.
 pub fn with_cost(format: Format, name: Option<&str>, data: &str, cost: &str) -> Option<String> {
+    set_cost(data, final_usage(format, name, data)?, cost)
+}
+
+/// The usage object of an event that a client of `format` reads as the final usage, the
+/// place for `cost`: Chat `usage` (any chunk that has one), Anthropic `message_delta`'s
+/// `usage`, Responses `response.completed` / `response.incomplete`'s `response.usage`.
+fn final_usage<'d>(format: Format, name: Option<&str>, data: &'d str) -> Option<&'d RawValue> {
     let probe: Probe = serde_json::from_str(data).ok()?;
     let kind: Option<Cow<'_, str>> = match probe.kind {
         Some(k) => serde_json::from_str(k.get()).ok(),
@@ -562,14 +635,11 @@ pub fn with_cost(format: Format, name: Option<&str>, data: &str, cost: &str) -> 
             _ => return None,
         },
     };
-    set_cost(data, usage, cost)
+    usage.get().starts_with('{').then_some(usage)
 }
 
 /// `data` with `"cost": <cost>` set in the object `usage` (a slice of `data`).
 fn set_cost(data: &str, usage: &RawValue, cost: &str) -> Option<String> {
-    if !usage.get().starts_with('{') {
-        return None;
-    }
     let span = json::span_of(data.as_bytes(), usage);
     let members = json::top_level(usage.get().as_bytes()).ok()?;
     let (at, insert) = match members.iter().find(|(k, _)| k == "cost") {
@@ -609,28 +679,54 @@ mod tests {
         Rates::per_million(usd("0.15"), usd("0.075"), usd("0.60"))
     }
 
-    fn meta(include_usage: bool, rates: Option<Rates>) -> StreamMeta {
-        StreamMeta {
-            estimated_input_tokens: 42,
-            include_usage,
-            created: 1_700_000_000,
+    /// A stream's settings, and the rates the gateway bills it at (None: not billed).
+    struct Setup {
+        meta: StreamMeta,
+        rates: Option<Rates>,
+    }
+
+    fn meta(include_usage: bool, rates: Option<Rates>) -> Setup {
+        Setup {
+            meta: StreamMeta {
+                estimated_input_tokens: 42,
+                include_usage,
+                created: 1_700_000_000,
+            },
             rates,
         }
     }
 
-    /// The whole stream through a transcoder, in small pieces.
+    /// What the gateway bills for the usage a stream reported, as the exchange does when no
+    /// cap applies (none when nothing was reported).
+    fn billed(t: &StreamTranscoder, rates: Option<Rates>) -> Option<Billed> {
+        let usage = t.usage();
+        let rates = rates.filter(|_| !usage.is_empty())?;
+        Some(Billed {
+            cost: crate::metering::cost(&usage, &rates),
+            usage,
+        })
+    }
+
+    /// The cost billed at rates() for what a stream reported.
+    fn cost_of(t: &StreamTranscoder) -> Option<String> {
+        billed(t, Some(rates())).map(|b| b.cost.to_decimal())
+    }
+
+    /// The whole stream through a transcoder, in small pieces, closed with its bill.
     fn run(
         client: Format,
         provider: Format,
-        meta: StreamMeta,
+        setup: Setup,
         input: &str,
     ) -> (String, StreamTranscoder) {
-        let mut t = StreamTranscoder::new(client, provider, meta);
+        let mut t = StreamTranscoder::new(client, provider, setup.meta);
         let mut out = BytesMut::new();
         for piece in input.as_bytes().chunks(13) {
             t.push(piece, &mut out).unwrap();
         }
         t.finish(&mut out).unwrap();
+        let billed = billed(&t, setup.rates);
+        t.close(billed.as_ref(), &mut out);
         (String::from_utf8(out.to_vec()).unwrap(), t)
     }
 
@@ -668,11 +764,9 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(
-            usage.priced(Some(&rates())).unwrap().to_decimal(),
+            crate::metering::cost(&usage, &rates()).to_decimal(),
             CHAT_CACHED_COST
         );
-        assert_eq!(usage.priced(None), None);
-        assert_eq!(Usage::default().priced(Some(&rates())), None);
     }
 
     #[test]
@@ -691,7 +785,7 @@ mod tests {
             &format!("\"reasoning_tokens\":256}},\"cost\":{CHAT_CACHED_COST}}}}}"),
         ) + &comment(CHAT_CACHED_COST, 2048, 300, 1920);
         assert_eq!(out, want);
-        assert_eq!(t.cost().unwrap().to_decimal(), CHAT_CACHED_COST);
+        assert_eq!(cost_of(&t).unwrap(), CHAT_CACHED_COST);
         assert_eq!(t.usage().cached_input, 1920);
         // The chunk with the usage was the client's: not stripped even when it did not ask.
         let (out, _) = run(
@@ -722,7 +816,7 @@ mod tests {
         let stripped = input.replace(usage_chunk, "");
         assert_eq!(out, stripped.clone() + &comment(cost, 84, 41, 0));
         assert_eq!((t.usage().input, t.usage().output), (84, 41));
-        assert_eq!(t.cost().unwrap().to_decimal(), cost);
+        assert_eq!(cost_of(&t).unwrap(), cost);
         // Not priced: dropped all the same, and no comment.
         let (out, t) = run(
             Format::OpenAiChat,
@@ -731,7 +825,7 @@ mod tests {
             &input,
         );
         assert_eq!(out, stripped);
-        assert_eq!((t.usage().input, t.cost()), (84, None));
+        assert_eq!(t.usage().input, 84);
 
         // Asked: kept, with its cost; every other byte as the provider sent it.
         let (out, _) = run(
@@ -811,7 +905,7 @@ mod tests {
                 (9312, 9000, 300, 40),
                 "{client:?}"
             );
-            assert_eq!(t.cost().unwrap().to_decimal(), ANTHROPIC_CACHED_COST);
+            assert_eq!(cost_of(&t).unwrap(), ANTHROPIC_CACHED_COST);
             assert!(
                 out.contains(&format!("\"cost\":{ANTHROPIC_CACHED_COST}")),
                 "{client:?}: {out}"
@@ -835,7 +929,7 @@ mod tests {
             &format!("\"total_tokens\":7017,\"cost\":{RESPONSES_CACHED_COST}}}"),
         ) + &comment(RESPONSES_CACHED_COST, 7012, 5, 6912);
         assert_eq!(out, want);
-        assert_eq!(t.cost().unwrap().to_decimal(), RESPONSES_CACHED_COST);
+        assert_eq!(cost_of(&t).unwrap(), RESPONSES_CACHED_COST);
 
         // response.incomplete carries the final usage too.
         let input = fixture(Format::OpenAiResponses, "incomplete.sse");
@@ -846,7 +940,7 @@ mod tests {
             &input,
         );
         // 20 x 0.15 + 16 x 0.60 = 3 + 9.6 micro-dollars.
-        assert_eq!(t.cost().unwrap().to_decimal(), "0.0000126");
+        assert_eq!(cost_of(&t).unwrap(), "0.0000126");
         let last = out.trim_end().rsplit("\n\n").nth(1).unwrap();
         assert!(last.contains("\"cost\":0.0000126}"), "{last}");
         assert!(out.ends_with(&comment("0.0000126", 20, 16, 0)));
@@ -920,7 +1014,7 @@ mod tests {
             for client in Format::ALL.into_iter().filter(|c| *c != provider) {
                 let (out, t) = run(client, provider, meta(true, Some(rates())), &input);
                 assert_eq!(final_cost(client, &out), cost, "{provider:?} -> {client:?}");
-                assert_eq!(t.cost().unwrap().to_decimal(), cost);
+                assert_eq!(cost_of(&t).unwrap(), cost);
                 // The comment follows the last event.
                 let last_event = match client {
                     Format::OpenAiChat => "data: [DONE]\n\n".to_owned(),
@@ -936,12 +1030,123 @@ mod tests {
                     assert!(out[completed..].ends_with(&tail));
                 }
 
-                // Not priced: no cost anywhere.
-                let (out, t) = run(client, provider, meta(true, None), &input);
+                // Not billed: no cost anywhere.
+                let (out, _) = run(client, provider, meta(true, None), &input);
                 assert!(!out.contains("cost"), "{provider:?} -> {client:?}: {out}");
-                assert_eq!(t.cost(), None);
             }
         }
+    }
+
+    /// Every `cost` member of a client's stream, verbatim, and the comment's amount.
+    fn costs_told(out: &str) -> (Vec<String>, Option<String>) {
+        let mut costs = Vec::new();
+        for data in out.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            for usage in [&v["usage"], &v["response"]["usage"]] {
+                if let Some(c) = usage.get("cost") {
+                    costs.push(c.to_string());
+                }
+            }
+        }
+        let comment = out
+            .lines()
+            .find_map(|l| l.strip_prefix(": x-flux-cost-usd="))
+            .map(|c| c.split(' ').next().unwrap().to_owned());
+        (costs, comment)
+    }
+
+    #[test]
+    fn every_stream_tells_the_amount_it_is_given_and_prices_nothing_itself() {
+        // A bill below the usage's price, as a hard cap makes it.
+        let cases = [
+            (Format::OpenAiChat, "stream_usage_cached.sse"),
+            (Format::Anthropic, "cache_usage.sse"),
+            (Format::OpenAiResponses, "usage_cached.sse"),
+        ];
+        for (provider, file) in cases {
+            let input = fixture(provider, file);
+            for client in Format::ALL {
+                let mut t = StreamTranscoder::new(client, provider, meta(true, None).meta);
+                let mut out = BytesMut::new();
+                for piece in input.as_bytes().chunks(11) {
+                    t.push(piece, &mut out).unwrap();
+                }
+                t.finish(&mut out).unwrap();
+                let before_close = String::from_utf8(out.to_vec()).unwrap();
+                assert_eq!(
+                    costs_told(&before_close),
+                    (vec![], None),
+                    "{provider:?} -> {client:?}: nothing priced before the bill"
+                );
+                let usage = t.usage();
+                let billed = Billed {
+                    cost: "0.001".parse().unwrap(),
+                    usage,
+                };
+                assert_ne!(cost_of(&t).unwrap(), "0.001");
+                t.close(Some(&billed), &mut out);
+                let out = String::from_utf8(out.to_vec()).unwrap();
+                assert_eq!(
+                    costs_told(&out),
+                    (vec!["0.001".to_owned()], Some("0.001".to_owned())),
+                    "{provider:?} -> {client:?}: {out}"
+                );
+                assert!(out.ends_with(&comment(
+                    "0.001",
+                    usage.input,
+                    usage.output,
+                    usage.cached_input
+                )));
+            }
+        }
+    }
+
+    #[test]
+    fn a_passthrough_stream_holds_back_only_its_final_usage_event() {
+        let input = fixture(Format::Anthropic, "cache_usage.sse");
+        let mut t =
+            StreamTranscoder::new(Format::Anthropic, Format::Anthropic, meta(true, None).meta);
+        let mut out = BytesMut::new();
+        t.push(input.as_bytes(), &mut out).unwrap();
+        let at = input.find("event: message_delta").unwrap();
+        assert_eq!(
+            &out[..],
+            &input.as_bytes()[..at],
+            "all but message_delta and after"
+        );
+        t.finish(&mut out).unwrap();
+        t.close(None, &mut out);
+        assert_eq!(&out[..], input.as_bytes(), "unbilled: as it came");
+
+        // A usage object followed by more than a tail: not the final one, relayed as it came.
+        let early =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
+        let text = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(1000)
+        );
+        let mut t = StreamTranscoder::new(
+            Format::OpenAiChat,
+            Format::OpenAiChat,
+            meta(true, None).meta,
+        );
+        let mut out = BytesMut::new();
+        t.push(early.as_bytes(), &mut out).unwrap();
+        assert!(out.is_empty());
+        for _ in 0..20 {
+            t.push(text.as_bytes(), &mut out).unwrap();
+        }
+        assert!(out.starts_with(early.as_bytes()), "released unpriced");
+        t.finish(&mut out).unwrap();
+        let billed = Billed {
+            cost: "0.5".parse().unwrap(),
+            usage: t.usage(),
+        };
+        t.close(Some(&billed), &mut out);
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(costs_told(&out), (vec![], Some("0.5".to_owned())));
     }
 
     #[test]
@@ -957,7 +1162,7 @@ mod tests {
         assert!(out.ends_with(
             &("data: [DONE]\n\n".to_owned() + &comment(ANTHROPIC_CACHED_COST, 9312, 40, 9000))
         ));
-        assert_eq!(t.cost().unwrap().to_decimal(), ANTHROPIC_CACHED_COST);
+        assert_eq!(cost_of(&t).unwrap(), ANTHROPIC_CACHED_COST);
     }
 
     #[test]
@@ -968,15 +1173,17 @@ mod tests {
         ] {
             let input = fixture(Format::Anthropic, "cache_usage.sse");
             let cut = input.find("event: content_block_stop").unwrap();
-            let mut t = StreamTranscoder::new(client, provider, meta(true, Some(rates())));
+            let mut t = StreamTranscoder::new(client, provider, meta(true, None).meta);
             let mut out = BytesMut::new();
             t.push(&input.as_bytes()[..cut], &mut out).unwrap();
-            t.fail("upstream went away", &mut out);
+            let billed = billed(&t, Some(rates()));
+            t.fail("upstream went away", billed.as_ref(), &mut out);
             t.finish(&mut out).unwrap();
+            t.close(billed.as_ref(), &mut out);
             let out = String::from_utf8(out.to_vec()).unwrap();
             assert!(!out.contains("x-flux-cost-usd"), "{out}");
             // message_start's usage: 312 uncached x 0.15 + 9000 x 0.075 + 1 x 0.60.
-            assert_eq!(t.cost().unwrap().to_decimal(), "0.0007224");
+            assert_eq!(cost_of(&t).unwrap(), "0.0007224");
             assert_eq!(t.output_text_bytes(), 2, "the text 'hi'");
         }
         // No usage before the break: no cost.
@@ -984,12 +1191,12 @@ mod tests {
         let mut t = StreamTranscoder::new(
             Format::OpenAiChat,
             Format::OpenAiChat,
-            meta(true, Some(rates())),
+            meta(true, None).meta,
         );
         let mut out = BytesMut::new();
         t.push(input.as_bytes(), &mut out).unwrap();
-        t.fail("idle timeout", &mut out);
-        assert_eq!(t.cost(), None);
+        t.fail("idle timeout", None, &mut out);
+        assert_eq!(cost_of(&t), None);
         assert_eq!(t.output_text_bytes(), "Hello there! \"hi\"".len() as u64);
     }
 

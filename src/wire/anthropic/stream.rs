@@ -18,7 +18,7 @@ use super::{
     empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, Str,
     UsageOut, WireUsage,
 };
-use crate::metering::Rates;
+use crate::metering::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
 
@@ -465,7 +465,6 @@ pub struct StreamEncoder {
     started: bool,
     done: bool,
     usage: Usage,
-    rates: Option<Rates>,
     stop: Option<StopReason>,
     /// The IR index of the block open on the wire, with its wire index.
     live: Option<(usize, usize)>,
@@ -485,7 +484,6 @@ impl StreamEncoder {
             started: false,
             done: false,
             usage: Usage::default(),
-            rates: meta.rates,
             stop: None,
             live: None,
             held: VecDeque::new(),
@@ -651,8 +649,9 @@ impl StreamEncoder {
         }
     }
 
-    /// The provider's stream ended normally: write the closing events.
-    pub fn finish(&mut self, out: &mut BytesMut) {
+    /// The provider's stream ended normally: write the closing events, with `cost` (what
+    /// was billed) in `message_delta.usage`.
+    pub fn finish(&mut self, cost: Option<Usd>, out: &mut BytesMut) {
         if self.done {
             return;
         }
@@ -675,11 +674,7 @@ impl StreamEncoder {
         if self.usage.input == 0 {
             usage.input_tokens = self.estimated_input;
         }
-        // Priced from what the provider reported, never from the estimate.
-        let cost = self
-            .usage
-            .priced(self.rates.as_ref())
-            .and_then(|c| RawValue::from_string(c.to_decimal()).ok());
+        let cost = cost.and_then(|c| RawValue::from_string(c.to_decimal()).ok());
         self.write(
             &Out::MessageDelta {
                 delta: MessageDeltaOut {
@@ -760,14 +755,13 @@ mod tests {
             estimated_input_tokens: estimated,
             include_usage: false,
             created: 1_700_000_000,
-            rates: None,
         };
         let mut encoder = StreamEncoder::new(&meta);
         let mut out = BytesMut::new();
         for e in events {
             encoder.encode(e, &mut out);
         }
-        encoder.finish(&mut out);
+        encoder.finish(None, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -1103,13 +1097,12 @@ mod tests {
             estimated_input_tokens: 1,
             include_usage: false,
             created: 0,
-            rates: None,
         };
         let mut e = StreamEncoder::new(&meta);
         let mut out = BytesMut::new();
         e.fail("upstream \"timed out\"", &mut out);
         e.encode(&text(0, "late"), &mut out);
-        e.finish(&mut out);
+        e.finish(None, &mut out);
         e.fail("again", &mut out);
         assert_eq!(
             &out[..],

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
-use crate::metering::Rates;
+use crate::metering::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
 
@@ -384,7 +384,6 @@ pub struct StreamEncoder {
     /// IR block index -> position among the tool calls (`tool_calls[].index`).
     tools: Vec<(usize, usize)>,
     usage: Usage,
-    rates: Option<Rates>,
     done: bool,
 }
 
@@ -398,7 +397,6 @@ impl StreamEncoder {
             opened: false,
             tools: Vec::new(),
             usage: Usage::default(),
-            rates: meta.rates,
             done: false,
         }
     }
@@ -490,17 +488,15 @@ impl StreamEncoder {
         }
     }
 
-    /// The provider's stream ended normally: write the closing events.
-    pub fn finish(&mut self, out: &mut BytesMut) {
+    /// The provider's stream ended normally: write the closing events, with `cost` (what
+    /// was billed) in the usage chunk.
+    pub fn finish(&mut self, cost: Option<Usd>, out: &mut BytesMut) {
         if self.done {
             return;
         }
         self.open(out);
         if self.include_usage {
-            let cost = self
-                .usage
-                .priced(self.rates.as_ref())
-                .and_then(|c| RawValue::from_string(c.to_decimal()).ok());
+            let cost = cost.and_then(|c| RawValue::from_string(c.to_decimal()).ok());
             let usage = UsageCostOut {
                 usage: UsageOut::new(&self.usage),
                 cost,
@@ -805,7 +801,6 @@ mod tests {
             estimated_input_tokens: 7,
             include_usage,
             created: 1764400000,
-            rates: None,
         }
     }
 
@@ -845,7 +840,7 @@ mod tests {
         for e in &events {
             enc.encode(e, &mut out);
         }
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         let expected = [
             chunk(r#"{"role":"assistant","content":""}"#, "null"),
             chunk(r#"{"reasoning_content":"hm"}"#, "null"),
@@ -884,7 +879,7 @@ mod tests {
         for e in &events {
             enc.encode(e, &mut out);
         }
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         let s = std::str::from_utf8(&out).unwrap();
         assert!(!s.contains("\"usage\"") && s.ends_with("data: [DONE]\n\n"));
     }
@@ -897,7 +892,7 @@ mod tests {
         enc.encode(&text(0, "x"), &mut out);
         enc.fail("upstream went away", &mut out);
         enc.encode(&text(0, "y"), &mut out);
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         let s = std::str::from_utf8(&out).unwrap();
         let lines: Vec<&str> = s.split_terminator("\n\n").collect();
         assert_eq!(lines.len(), 3, "{s}");
@@ -919,7 +914,7 @@ mod tests {
             },
             &mut out,
         );
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         let s = std::str::from_utf8(&out).unwrap();
         assert!(s.ends_with(
             "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"code\":\"upstream_error\"}}\n\n"
@@ -940,7 +935,7 @@ mod tests {
             for e in &events {
                 enc.encode(e, &mut out);
             }
-            enc.finish(&mut out);
+            enc.finish(None, &mut out);
             let mut again = decode_all(&out);
             let mut events = events;
             // The id gains the chatcmpl- prefix; a usage chunk is always written when asked.
@@ -990,6 +985,7 @@ mod tests {
             t.push(piece, &mut out).unwrap();
         }
         t.finish(&mut out).unwrap();
+        t.close(None, &mut out);
         assert_eq!(&out[..], &input[..]);
         assert_eq!(t.stop_reason(), Some(StopReason::ToolUse));
         assert_eq!((t.usage().input, t.usage().output), (84, 41));

@@ -16,7 +16,7 @@ use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     ResponseObject, Status, Str, SummaryPart, TextPart,
 };
-use crate::metering::Rates;
+use crate::metering::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};
 use crate::wire::{transcode, Format};
@@ -662,7 +662,6 @@ pub struct StreamEncoder {
     open: Vec<OpenBlock>,
     stop: Option<StopReason>,
     usage: Usage,
-    rates: Option<Rates>,
 }
 
 #[derive(Debug)]
@@ -773,7 +772,6 @@ impl StreamEncoder {
             open: Vec::new(),
             stop: None,
             usage: Usage::default(),
-            rates: meta.rates,
         }
     }
 
@@ -798,8 +796,9 @@ impl StreamEncoder {
         }
     }
 
-    /// The provider's stream ended normally: write the closing events.
-    pub fn finish(&mut self, out: &mut BytesMut) {
+    /// The provider's stream ended normally: write the closing events, with `cost` (what
+    /// was billed) in `response.usage`.
+    pub fn finish(&mut self, cost: Option<Usd>, out: &mut BytesMut) {
         if self.done {
             return;
         }
@@ -829,8 +828,8 @@ impl StreamEncoder {
             },
         };
         let mut data = event_data(&mut self.seq, name, &body);
-        // `response.usage.cost` (OpenRouter's convention) when the stream is priced.
-        if let Some(cost) = self.usage.priced(self.rates.as_ref()) {
+        // `response.usage.cost` (OpenRouter's convention).
+        if let Some(cost) = cost {
             let priced = std::str::from_utf8(&data).ok().and_then(|d| {
                 transcode::with_cost(Format::OpenAiResponses, Some(name), d, &cost.to_decimal())
             });
@@ -1408,7 +1407,6 @@ mod tests {
             estimated_input_tokens: 0,
             include_usage: false,
             created: 0,
-            rates: None,
         };
         for (name, usage, reason) in [
             ("text.sse", (12, 0, 7), StopReason::EndTurn),
@@ -1427,6 +1425,7 @@ mod tests {
                 t.push(chunk, &mut out).unwrap();
             }
             t.finish(&mut out).unwrap();
+            t.close(None, &mut out);
             assert_eq!(&out[..], body.as_bytes(), "{name}");
             let u = t.usage();
             assert_eq!((u.input, u.cached_input, u.output), usage, "{name}");
@@ -1441,7 +1440,6 @@ mod tests {
             estimated_input_tokens: 0,
             include_usage: false,
             created: 1_700_000_000,
-            rates: None,
         }
     }
 
@@ -1451,7 +1449,7 @@ mod tests {
         for e in events {
             enc.encode(e, &mut out);
         }
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -1586,7 +1584,7 @@ mod tests {
         );
         let len = out.len();
         enc.encode(&delta(0, text("more")), &mut out);
-        enc.finish(&mut out);
+        enc.finish(None, &mut out);
         enc.fail("again", &mut out);
         assert_eq!(out.len(), len);
     }
