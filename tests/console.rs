@@ -308,6 +308,32 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
     assert_eq!(listed["status"], "revoked");
 }
 
+#[tokio::test]
+async fn a_key_name_with_invisible_or_bidirectional_characters_is_refused() {
+    let flux = Flux::start().await;
+    let console = sign_in(&flux).await;
+    // "\u{202e}yek-nimda" displays as "admin-key"; the others hide in a name.
+    for name in [
+        "\u{202e}yek-nimda",
+        "admin\u{200b}-key",
+        "\u{2066}admin\u{2069}",
+    ] {
+        let r = console
+            .create(json!({"name": name, "plan": "express_only"}))
+            .await;
+        let m = expect_openai_error(r, 400, "invalid_request").await;
+        assert!(m.contains("format characters"), "{name:?}: {m}");
+        let out = flux.cli(&["keys", "new", "--plan", "express_only", "--name", name]);
+        assert!(!out.status.success(), "{name:?}");
+        assert!(out.stdout.is_empty(), "no key printed for {name:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("format characters"), "{name:?}: {err}");
+    }
+    // Nothing was written: the keys file holds the harness's key only.
+    let list = String::from_utf8_lossy(&flux.cli(&["keys", "list"]).stdout).into_owned();
+    assert_eq!(list.lines().count(), 1, "{list}");
+}
+
 /// Where the browser tests leave their screenshots (test artefacts).
 fn shots() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")
