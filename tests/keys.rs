@@ -196,3 +196,56 @@ async fn an_edit_that_revokes_a_key_still_takes_effect() {
     }
     assert_eq!(flux.get("/v1/models", &flux.key).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_key_made_with_the_cli_works_the_moment_it_is_printed() {
+    let mut flux = Flux::start().await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let key = flux.new_key("payg", &format!("instant-{i}"));
+        // Used at once, without waiting for anything.
+        let r = flux.get("/v1/models", &key).await;
+        assert_eq!(r.status(), 200, "key {i} refused on its first use");
+        keys.push(key);
+    }
+    // Suspended or revoked: refused the moment the command returns; resumed: back at once.
+    for (args, key, status) in [
+        (["keys", "suspend", "instant-0"], &keys[0], 401),
+        (["keys", "resume", "instant-0"], &keys[0], 200),
+        (["keys", "revoke", "instant-1"], &keys[1], 401),
+    ] {
+        let out = flux.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("loaded by the gateway at"), "{err}");
+        let r = flux.get("/v1/models", key).await;
+        assert_eq!(r.status().as_u16(), status, "{args:?}");
+    }
+
+    // Without the admin token the CLI cannot ask the gateway, and says so.
+    let out = cli_at(
+        &flux.config,
+        &["keys", "new", "--plan", "payg", "--name", "no-token"],
+        None,
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FLUX_TEST_ADMIN_TOKEN is not set"), "{err}");
+    let late = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    flux.wait_for_key(&late).await;
+
+    // With no gateway running, the key is still made, and the CLI says when it applies.
+    flux.signal("TERM");
+    assert!(flux.wait_exit(Duration::from_secs(15)).await.is_some());
+    let out = flux.cli(&["keys", "new", "--plan", "payg", "--name", "offline"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no gateway is running at"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .starts_with("sk-"));
+}

@@ -5,6 +5,11 @@
 //! Bearer <token>`, the token read from the environment variable the config names) gets 403
 //! `admin_forbidden`; so does everything when no token is configured.
 //!
+//! `POST /admin/v1/keys/reload`: load the keys file now and answer what the gateway uses
+//! (`{"object": "keys_reload", "keys": N, "sha256": "<hex of the file>"}`), so that
+//! `fluxrouter keys` returns only once its change is in effect. A keys file that cannot be
+//! loaded: 500 `internal_error` with the reason (the previous table stays).
+//!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
 
 use std::sync::Arc;
@@ -149,7 +154,30 @@ impl Admin {
     }
 }
 
+/// The path `fluxrouter keys` asks the running gateway to load the keys file on.
+pub const RELOAD_KEYS: &str = "/admin/v1/keys/reload";
+
 impl Admin {
+    /// `POST /admin/v1/keys/reload`: the keys file, loaded now (reading it blocks, and waits
+    /// for a writer that has it open: a blocking thread).
+    async fn reload_keys(&self) -> Result<serde_json::Value, FluxError> {
+        let state = self.state.clone();
+        let reload = tokio::task::spawn_blocking(move || state.reload_keys_now())
+            .await
+            .map_err(|e| FluxError::new(ErrorKind::Internal, format!("keys task: {e}")))?
+            .map_err(|e| {
+                FluxError::new(
+                    ErrorKind::Internal,
+                    format!("{e}; the gateway keeps its previous keys table"),
+                )
+            })?;
+        Ok(json!({
+            "object": "keys_reload",
+            "keys": self.state.keys.load().len(),
+            "sha256": reload.sha256().map(hex::encode),
+        }))
+    }
+
     /// `GET /metrics`: the Prometheus exposition, for the metrics token only.
     async fn metrics(&self, session: &mut Session, id: &str) -> pingora::Result<()> {
         let refusal = if !Self::authorized(session, self.metrics_token_digest) {
@@ -229,23 +257,33 @@ impl ProxyHttp for Admin {
                 .await
                 .map(|()| true);
         }
+        let method = session.req_header().method.clone();
         let answer = if !Self::authorized(session, self.token_digest) {
             Err(FluxError::new(
                 ErrorKind::AdminForbidden,
                 "The admin endpoints need the admin token: 'Authorization: Bearer <token>'.",
             ))
-        } else if session.req_header().method != http::Method::GET {
+        } else if path == RELOAD_KEYS {
+            if method == http::Method::POST {
+                self.reload_keys().await
+            } else {
+                Err(FluxError::new(
+                    ErrorKind::MethodNotAllowed,
+                    "POST /admin/v1/keys/reload loads the keys file.",
+                ))
+            }
+        } else if method != http::Method::GET {
             Err(FluxError::new(
                 ErrorKind::MethodNotAllowed,
-                "Admin endpoints accept GET only.",
+                "Admin endpoints accept GET only (and POST /admin/v1/keys/reload).",
             ))
         } else if path == "/admin/v1/usage" {
             self.usage(query.as_deref()).await
         } else {
             Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
-                "The admin listener serves GET /admin/v1/usage, GET /metrics and the console \
-                 (GET /console).",
+                "The admin listener serves GET /admin/v1/usage, POST /admin/v1/keys/reload, \
+                 GET /metrics and the console (GET /console).",
             ))
         };
         match answer {
