@@ -237,7 +237,7 @@ fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     let edit = |change: &dyn Fn(&mut KeysFile) -> Result<String, String>| {
         KeysFile::edit(path, |f| {
             let out = change(f)?;
-            state::compile(&config, f).map_err(|e| e.to_string())?;
+            state::keys_table(&config, f).map_err(|e| e.to_string())?;
             Ok(out)
         })
     };

@@ -53,7 +53,7 @@ pub struct AppState {
     /// knows what the table in use was compiled from.
     keys_source: Mutex<KeysSource>,
     /// What the file watcher sees of writers changing the keys file in place.
-    pub keys_writes: Writes,
+    keys_writes: Writes,
     /// Set when an upgrade or a shutdown begins: responses then close their connections, so
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
@@ -135,8 +135,8 @@ impl AppState {
     }
 
     /// Re-read the keys file and swap it in if it is whole, not empty and valid; unchanged
-    /// content is not compiled again unless `force`d (SIGHUP). A missing or empty file is
-    /// refused like an invalid one (the table in use stays, the reason is logged and
+    /// content is not compiled again unless `force`d (SIGHUP). A missing file, an empty one
+    /// or one that lists no keys without saying `keys: []` is refused like an invalid one (the table in use stays, the reason is logged and
     /// `flux_reloads_total{file="keys",outcome="failure"}` counts it): keys are removed by
     /// revoking them, never by losing the file. A table with no keys has nothing to keep, so
     /// a fresh install without a keys file reloads quietly.
@@ -327,7 +327,7 @@ const SETTLE_READS: usize = 40;
 
 /// How long a writer the watcher saw open the file may go without writing before the file
 /// is read anyway (a writer whose close was never seen).
-pub const WRITER_STALL: Duration = Duration::from_secs(5);
+const WRITER_STALL: Duration = Duration::from_secs(5);
 
 /// The file's bytes; `None` when there is no file.
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -382,31 +382,45 @@ fn is_blank(bytes: &[u8]) -> bool {
 
 /// What the file watcher saw of writers changing the keys file in place (open, truncate,
 /// write in pieces, close): while one has it open, the file is not read.
-#[derive(Debug, Default)]
-pub struct Writes {
+#[derive(Debug)]
+struct Writes {
     /// In-place write events seen (data written, file created, writer closed).
     events: AtomicU64,
-    /// When a writer last wrote without closing the file yet, ms since the Unix epoch; 0
+    /// When a writer last wrote without closing the file yet (ms after `epoch`, from 1); 0
     /// when none has it open.
     open_since: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        Writes {
+            events: AtomicU64::new(0),
+            open_since: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Writes {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
     /// A writer created or wrote the file.
-    pub fn written(&self) {
+    fn written(&self) {
         self.events.fetch_add(1, Ordering::SeqCst);
-        self.open_since
-            .store(unix_now_ms().max(1), Ordering::SeqCst);
+        self.open_since.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// A writer closed the file.
-    pub fn closed(&self) {
+    fn closed(&self) {
         self.events.fetch_add(1, Ordering::SeqCst);
         self.open_since.store(0, Ordering::SeqCst);
     }
 
     /// The file was removed or replaced by a rename: any writer has the old one.
-    pub fn replaced(&self) {
+    fn replaced(&self) {
         self.open_since.store(0, Ordering::SeqCst);
     }
 
@@ -417,14 +431,8 @@ impl Writes {
     /// A writer has the file open and wrote less than [`WRITER_STALL`] ago.
     fn busy(&self) -> bool {
         let since = self.open_since.load(Ordering::SeqCst);
-        since != 0 && unix_now_ms().saturating_sub(since) < WRITER_STALL.as_millis() as u64
+        since != 0 && self.now_ms().saturating_sub(since) < WRITER_STALL.as_millis() as u64
     }
-}
-
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_now() -> u64 {
@@ -472,7 +480,7 @@ fn load_keys_and_digest(
             compile_keys(config, &bytes)?,
             Some(Sha256::digest(&bytes).into()),
         )),
-        None => Ok((compile(config, &KeysFile::default())?, None)),
+        None => Ok((keys_table(config, &KeysFile::default())?, None)),
     }
 }
 
@@ -481,11 +489,11 @@ fn compile_keys(config: &ServerConfig, bytes: &[u8]) -> Result<KeyTable, ConfigE
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ConfigError::new(path, "(file)", format!("not UTF-8: {e}")))?;
     let file: KeysFile = crate::config::parse_yaml(path, text)?;
-    compile(config, &file)
+    keys_table(config, &file)
 }
 
 /// Check a keys file against the configured plans and compile it.
-pub fn compile(config: &ServerConfig, file: &KeysFile) -> Result<KeyTable, ConfigError> {
+pub fn keys_table(config: &ServerConfig, file: &KeysFile) -> Result<KeyTable, ConfigError> {
     KeyTable::compile(&config.keys_file, file, &|plan| {
         config.plans.get(plan).cloned().map(Arc::new)
     })

@@ -347,7 +347,7 @@ impl Admin {
                     ));
                 }
                 change(f, &plans)?;
-                crate::state::compile(config, f)
+                crate::state::keys_table(config, f)
                     .map(drop)
                     .map_err(|e| e.to_string())
             })
