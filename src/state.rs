@@ -136,7 +136,8 @@ impl AppState {
 
     /// Re-read the keys file and swap it in if it is whole, not empty and valid; unchanged
     /// content is not compiled again unless `force`d (SIGHUP). A missing file, an empty one
-    /// or one that lists no keys without saying `keys: []` is refused like an invalid one (the table in use stays, the reason is logged and
+    /// or one that lists no keys without saying `keys: []` is refused like an invalid one
+    /// (the table in use stays, the reason is logged and
     /// `flux_reloads_total{file="keys",outcome="failure"}` counts it): keys are removed by
     /// revoking them, never by losing the file. A table with no keys has nothing to keep, so
     /// a fresh install without a keys file reloads quietly.
@@ -166,8 +167,11 @@ impl AppState {
             Found::Gone => None,
             Found::New(bytes) => Some((sha256(&bytes), bytes)),
         };
-        // What is refused, by content (none: missing).
-        let refused = found.as_ref().map(|(digest, _)| *digest);
+        // What is refused: the content (none: missing), and the writes seen before it.
+        let refused = (
+            found.as_ref().map(|(digest, _)| *digest),
+            self.keys_writes.events(),
+        );
         let compiled = match found {
             None => Err(ConfigError::new(
                 path,
@@ -196,7 +200,9 @@ impl AppState {
         let (table, digest) = match compiled {
             Ok(loaded) => loaded,
             Err(e) => {
-                // Once per content: the watcher often sees several events for one change.
+                // Once per change: the watcher often sees several events for one (a removal
+                // is also a change of the file's link count); a file written again is a new
+                // change, even with the same content.
                 if force || source.refused != Some(refused) {
                     self.metrics.reload("keys", "failure");
                     error!("{e}; keeping the previous keys table");
@@ -275,8 +281,9 @@ impl AppState {
 struct KeysSource {
     /// SHA-256 of the file's bytes (none: there was no file at start).
     loaded: Option<[u8; 32]>,
-    /// The file last refused (its digest; none: missing), not logged again.
-    refused: Option<Option<[u8; 32]>>,
+    /// The file last refused (its digest, none: missing; the in-place writes seen before
+    /// it), not logged again.
+    refused: Option<(Option<[u8; 32]>, u64)>,
 }
 
 /// What a reload found in the keys file.
