@@ -465,6 +465,82 @@ async fn admin_and_metrics_tokens_under_32_characters_are_refused_at_check_and_s
     }
 }
 
+#[tokio::test]
+async fn a_key_created_in_the_console_works_the_moment_it_is_shown() {
+    let flux = Flux::start().await;
+    let console = sign_in(&flux).await;
+    let mut created = Vec::new();
+    for i in 0..20 {
+        let r = console
+            .create(json!({"name": format!("instant-{i}"), "plan": "express_only"}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let key = v["key"].as_str().unwrap().to_string();
+        // Used at once, without waiting for anything.
+        let r = flux.get("/v1/models", &key).await;
+        assert_eq!(r.status(), 200, "key {i} refused on its first use");
+        created.push((v["id"].as_str().unwrap().to_string(), key));
+    }
+    // Suspended or revoked: refused the moment the console answers; resumed: back at once.
+    for (action, (id, key), status) in [
+        ("suspend", &created[0], 401),
+        ("resume", &created[0], 200),
+        ("revoke", &created[1], 401),
+        ("plan", &created[2], 200),
+    ] {
+        let r = console
+            .act(json!({"id": id, "action": action, "plan": "payg"}))
+            .await;
+        assert_eq!(r.status(), 200, "{action}");
+        let r = flux.get("/v1/models", key).await;
+        assert_eq!(r.status().as_u16(), status, "{action}");
+    }
+    // The new plan is in effect at once too: payg's lanes are listed.
+    let r = flux.get("/v1/models", &created[2].1).await;
+    let models: Value = r.json().await.unwrap();
+    assert!(models.to_string().contains("flux-standard"), "{models}");
+
+    // A keys file gone missing is not replaced by one holding a single new key.
+    let path = flux.dir.path().join("keys.yaml");
+    let saved = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let r = console
+        .create(json!({"name": "lonely", "plan": "express_only"}))
+        .await;
+    let m = expect_openai_error(r, 400, "invalid_request").await;
+    assert!(m.contains("restore it"), "{m}");
+    assert!(!path.exists());
+    assert_eq!(flux.get("/v1/models", &flux.key).await.status(), 200);
+    std::fs::write(&path, saved).unwrap();
+}
+
+#[tokio::test]
+async fn a_key_name_with_invisible_or_bidirectional_characters_is_refused() {
+    let flux = Flux::start().await;
+    let console = sign_in(&flux).await;
+    // "\u{202e}yek-nimda" displays as "admin-key"; the others hide in a name.
+    for name in [
+        "\u{202e}yek-nimda",
+        "admin\u{200b}-key",
+        "\u{2066}admin\u{2069}",
+    ] {
+        let r = console
+            .create(json!({"name": name, "plan": "express_only"}))
+            .await;
+        let m = expect_openai_error(r, 400, "invalid_request").await;
+        assert!(m.contains("format characters"), "{name:?}: {m}");
+        let out = flux.cli(&["keys", "new", "--plan", "express_only", "--name", name]);
+        assert!(!out.status.success(), "{name:?}");
+        assert!(out.stdout.is_empty(), "no key printed for {name:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("format characters"), "{name:?}: {err}");
+    }
+    // Nothing was written: the keys file holds the harness's key only.
+    let list = String::from_utf8_lossy(&flux.cli(&["keys", "list"]).stdout).into_owned();
+    assert_eq!(list.lines().count(), 1, "{list}");
+}
+
 /// Where the browser tests leave their screenshots (test artefacts).
 fn shots() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots")

@@ -124,12 +124,15 @@ impl KeysFile {
         }
         if record.name.is_empty()
             || record.name.len() > 128
-            || record.name.chars().any(char::is_control)
+            || record
+                .name
+                .chars()
+                .any(|c| c.is_control() || is_format_char(c))
             || record.name.trim() != record.name
         {
             return Err(
-                "a key's name is 1 to 128 characters, without control characters or \
-                 surrounding spaces"
+                "a key's name is 1 to 128 characters, without control or format characters \
+                 (such as bidirectional overrides or zero-width spaces) or surrounding spaces"
                     .into(),
             );
         }
@@ -164,6 +167,41 @@ impl KeysFile {
     }
 }
 
+/// Whether `c` is a format character (Unicode general category Cf): invisible characters
+/// that change how the text around them displays, such as bidirectional overrides
+/// (`\u{202e}yek-nimda` shows as "admin-key"), isolates and zero-width spaces. A name is
+/// shown to people (the console, `keys list`, reports), so it must look like what it is.
+///
+/// The ranges are every Cf code point of Unicode 15.1 (DerivedGeneralCategory.txt); no
+/// crate in the dependency tree exposes the general category.
+fn is_format_char(c: char) -> bool {
+    const CF: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),   // soft hyphen
+        (0x0600, 0x0605),   // Arabic number signs
+        (0x061C, 0x061C),   // Arabic letter mark
+        (0x06DD, 0x06DD),   // Arabic end of ayah
+        (0x070F, 0x070F),   // Syriac abbreviation mark
+        (0x0890, 0x0891),   // Arabic pound and piastre marks above
+        (0x08E2, 0x08E2),   // Arabic disputed end of ayah
+        (0x180E, 0x180E),   // Mongolian vowel separator
+        (0x200B, 0x200F),   // zero-width space, (non-)joiner, LRM, RLM
+        (0x202A, 0x202E),   // bidirectional embeddings and overrides
+        (0x2060, 0x2064),   // word joiner, invisible operators
+        (0x2066, 0x206F),   // bidirectional isolates, deprecated format characters
+        (0xFEFF, 0xFEFF),   // zero-width no-break space (byte order mark)
+        (0xFFF9, 0xFFFB),   // interlinear annotation
+        (0x110BD, 0x110BD), // Kaithi number sign
+        (0x110CD, 0x110CD), // Kaithi number sign above
+        (0x13430, 0x1343F), // Egyptian hieroglyph format controls
+        (0x1BCA0, 0x1BCA3), // shorthand format controls
+        (0x1D173, 0x1D17A), // musical symbol beams, ties, slurs, phrases
+        (0xE0001, 0xE0001), // language tag
+        (0xE0020, 0xE007F), // tag characters
+    ];
+    let c = u32::from(c);
+    CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
 /// Serialize writers of the keys file across processes.
 fn lock(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -196,9 +234,27 @@ mod tests {
         assert!(e.contains("already exists"), "{e}");
         let e = KeysFile::edit(&path, |f| f.add(record("bob", "gold"), &plans)).unwrap_err();
         assert!(e.contains("unknown plan 'gold'"), "{e}");
-        for bad in ["", "tab\there", "line\nbreak", " padded", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "tab\there",
+            "line\nbreak",
+            " padded",
+            &"x".repeat(129),
+            // Displays as "admin-key".
+            "\u{202e}yek-nimda",
+            "zero\u{200b}width",
+            "\u{2066}isolate\u{2069}",
+            "soft\u{ad}hyphen",
+            "bom\u{feff}",
+            "tag\u{e0041}",
+        ] {
             let e = KeysFile::edit(&path, |f| f.add(record(bad, "free"), &plans)).unwrap_err();
             assert!(e.contains("1 to 128 characters"), "{bad:?}: {e}");
+            assert!(e.contains("format characters"), "{bad:?}: {e}");
+        }
+        // Letters of any script, emoji and marks are names like any other.
+        for good in ["équipe-ü", "نور", "团队", "chef 👩", "e\u{301}"] {
+            KeysFile::edit(&path, |f| f.add(record(good, "free"), &plans)).unwrap();
         }
         let id = KeysFile::load(&path).unwrap().keys[0].id.clone();
 
@@ -213,7 +269,7 @@ mod tests {
         let e = KeysFile::edit(&path, |f| f.set_plan("nobody", "payg", &plans)).unwrap_err();
         assert!(e.contains("no key named 'nobody'"), "{e}");
         // A failed edit writes nothing.
-        assert_eq!(KeysFile::load(&path).unwrap().keys.len(), 1);
+        assert_eq!(KeysFile::load(&path).unwrap().keys.len(), 6);
     }
 
     #[test]

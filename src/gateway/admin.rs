@@ -5,6 +5,11 @@
 //! Bearer <token>`, the token read from the environment variable the config names) gets 403
 //! `admin_forbidden`; so does everything when no token is configured.
 //!
+//! `POST /admin/v1/keys/reload`: load the keys file now and answer what the gateway uses
+//! (`{"object": "keys_reload", "keys": N, "sha256": "<hex of the file>"}`), so that
+//! `fluxrouter keys` returns only once its change is in effect. A keys file that cannot be
+//! loaded: 500 `internal_error` with the reason (the previous table stays).
+//!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
 //!
 //! Wrong tokens (admin, metrics, console sign-in) are counted per source address: past
@@ -227,7 +232,30 @@ impl Admin {
     }
 }
 
+/// The path `fluxrouter keys` asks the running gateway to load the keys file on.
+pub const RELOAD_KEYS: &str = "/admin/v1/keys/reload";
+
 impl Admin {
+    /// `POST /admin/v1/keys/reload`: the keys file, loaded now (reading it blocks, and waits
+    /// for a writer that has it open: a blocking thread).
+    async fn reload_keys(&self) -> Result<serde_json::Value, FluxError> {
+        let state = self.state.clone();
+        let reload = tokio::task::spawn_blocking(move || state.reload_keys_now())
+            .await
+            .map_err(|e| FluxError::new(ErrorKind::Internal, format!("keys task: {e}")))?
+            .map_err(|e| {
+                FluxError::new(
+                    ErrorKind::Internal,
+                    format!("{e}; the gateway keeps its previous keys table"),
+                )
+            })?;
+        Ok(json!({
+            "object": "keys_reload",
+            "keys": self.state.keys.load().len(),
+            "sha256": reload.sha256().map(hex::encode),
+        }))
+    }
+
     /// `GET /metrics`: the Prometheus exposition, for the metrics token only.
     async fn metrics(&self, session: &mut Session, id: &str) -> pingora::Result<()> {
         let refusal = match self.authorized(session, self.metrics_token_digest) {
@@ -311,21 +339,29 @@ impl ProxyHttp for Admin {
                 .await
                 .map(|()| true);
         }
+        let method = session.req_header().method.clone();
         let answer = match self.authorized(session, self.token_digest) {
             Err(limited) => Err(limited),
             Ok(false) => Err(FluxError::new(
                 ErrorKind::AdminForbidden,
                 "The admin endpoints need the admin token: 'Authorization: Bearer <token>'.",
             )),
-            Ok(true) if session.req_header().method != http::Method::GET => Err(FluxError::new(
+            Ok(true) if path == RELOAD_KEYS && method == http::Method::POST => {
+                self.reload_keys().await
+            }
+            Ok(true) if path == RELOAD_KEYS => Err(FluxError::new(
                 ErrorKind::MethodNotAllowed,
-                "Admin endpoints accept GET only.",
+                "POST /admin/v1/keys/reload loads the keys file.",
+            )),
+            Ok(true) if method != http::Method::GET => Err(FluxError::new(
+                ErrorKind::MethodNotAllowed,
+                "Admin endpoints accept GET only (and POST /admin/v1/keys/reload).",
             )),
             Ok(true) if path == "/admin/v1/usage" => self.usage(query.as_deref()).await,
             Ok(true) => Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
-                "The admin listener serves GET /admin/v1/usage, GET /metrics and the console \
-                 (GET /console).",
+                "The admin listener serves GET /admin/v1/usage, POST /admin/v1/keys/reload, \
+                 GET /metrics and the console (GET /console).",
             )),
         };
         match answer {

@@ -16,8 +16,8 @@
 //! session's token in `X-CSRF-Token`. Otherwise: 403 `admin_forbidden`, in the error shape of
 //! the admin API. A wrong token at sign-in counts toward the admin listener's limit of wrong
 //! tokens per address (429 past it, `super::admin::Failures`). Keys are written through
-//! [`KeysFile::edit`], as `fluxrouter keys` writes them, and reach the gateway through its
-//! file watcher.
+//! [`KeysFile::edit`], as `fluxrouter keys` writes them, and the gateway's table is brought up
+//! to date before the answer: a key is usable (or refused) the moment the console shows it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -321,20 +321,44 @@ impl Admin {
         Ok(Reply::Json(json!({"id": a.id, "action": a.action}), None))
     }
 
-    /// Change the keys file as `fluxrouter keys` does (under its lock), off the request thread.
+    /// Change the keys file as `fluxrouter keys` does (under its lock), then load it into
+    /// the table in use, off the request thread. A change the gateway could not load is not
+    /// written; nor is one to a keys file that has gone missing or empty while the gateway
+    /// serves keys (a new file with one key would log everyone else out).
     async fn edit_keys(
         &self,
         change: impl FnOnce(&mut KeysFile, &[&str]) -> Result<(), String> + Send + 'static,
     ) -> Result<(), Stop> {
-        let path = self.state.config.keys_file.clone();
-        let plans: Vec<String> = self.state.config.plans.keys().cloned().collect();
+        let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
-            let plans: Vec<&str> = plans.iter().map(String::as_str).collect();
-            KeysFile::edit(&path, |f| change(f, &plans))
+            let config = &state.config;
+            let path = &config.keys_file;
+            let plans: Vec<&str> = config.plans.keys().map(String::as_str).collect();
+            let serving = state.keys.load().len();
+            KeysFile::edit(path, |f| {
+                if f.keys.is_empty() && serving > 0 {
+                    return Err(format!(
+                        "{} lists no keys while the gateway serves {serving}: it is missing \
+                         or empty; restore it before changing keys",
+                        path.display()
+                    ));
+                }
+                change(f, &plans)?;
+                crate::state::keys_table(config, f)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(bad)?;
+            state.reload_keys_now().map(drop).map_err(|e| {
+                FluxError::new(
+                    ErrorKind::Internal,
+                    format!("the keys file was changed, but the gateway could not load it: {e}"),
+                )
+            })
         })
         .await
         .map_err(|e| FluxError::new(ErrorKind::Internal, format!("keys task: {e}")))?
-        .map_err(|e| bad(e).into())
+        .map_err(Stop::from)
     }
 }
 

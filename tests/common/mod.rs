@@ -354,20 +354,23 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
+        // The main key is in the keys file before the gateway starts: its first answers
+        // are never a 401 for a key still on its way through the file watcher. (Without the
+        // admin token: no gateway to ask yet, and its admin port is not ours until it runs.)
+        let key = match keys_from {
+            Some(f) => f.key.clone(),
+            None => new_key_at(&config_path, "payg", "main", None),
+        };
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let mut flux = Flux {
             base: format!("http://127.0.0.1:{port}"),
             admin_base: format!("http://127.0.0.1:{admin_port}"),
             sim,
             config: config_path.clone(),
-            key: String::new(),
+            key,
             client: reqwest::Client::new(),
             child: spawn_gateway(&config_path, log),
             dir,
-        };
-        flux.key = match keys_from {
-            Some(f) => f.key.clone(),
-            None => flux.new_key("payg", "main"),
         };
         flux.wait_ready().await?;
         Ok(flux)
@@ -492,24 +495,13 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
 
     /// Run a `fluxrouter` subcommand against this gateway's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        cli_at(&self.config, args, Some(ADMIN_TOKEN))
     }
 
-    /// Create a key with the CLI; the gateway picks it up by reloading the keys file.
+    /// Create a key with the CLI: usable at once (the CLI waits for the running gateway to
+    /// load the keys file).
     pub fn new_key(&self, plan: &str, name: &str) -> String {
-        let out = self.cli(&["keys", "new", "--plan", plan, "--name", name]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        new_key_at(&self.config, plan, name, Some(ADMIN_TOKEN))
     }
 
     pub fn pid(&self) -> u32 {
@@ -623,6 +615,37 @@ impl Drop for Flux {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run a `fluxrouter` subcommand against a config, with the admin token in the environment
+/// when given (as an operator on the gateway's host has it).
+pub fn cli_at(config: &std::path::Path, args: &[&str], admin_token: Option<&str>) -> Output {
+    let mut command = Command::new(bin());
+    command.arg("--config").arg(config).args(args);
+    if let Some(token) = admin_token {
+        command.env("FLUX_TEST_ADMIN_TOKEN", token);
+    }
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+/// Create a key with the CLI; prints it.
+pub fn new_key_at(
+    config: &std::path::Path,
+    plan: &str,
+    name: &str,
+    admin_token: Option<&str>,
+) -> String {
+    let out = cli_at(
+        config,
+        &["keys", "new", "--plan", plan, "--name", name],
+        admin_token,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
