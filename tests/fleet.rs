@@ -590,6 +590,14 @@ async fn a_killed_gateway_s_holds_block_the_fleet_until_they_expire() {
                          "messages": [{"role": "user", "content": "wait"}]});
     let probe = json!({"model": "flux-pinned-on-chat", "max_tokens": 500,
                        "messages": [{"role": "user", "content": "ping"}]});
+    // A refusal near a cap is recounted with the tokenizer, which loads on first need (seconds
+    // in a debug build on a busy machine): load it on the probing node now, so the probe's
+    // answer below is not taken after the holds' 5 s lifetime.
+    let count = json!({"model": "flux-fast", "messages": [{"role": "user", "content": "hi"}]});
+    let r = nodes[0]
+        .post("/anthropic/v1/messages/count_tokens", &nodes[0].key, &count)
+        .await;
+    assert_eq!(r.status(), 200);
     let reserved_at = Instant::now();
     let mut in_flight = Vec::new();
     for _ in 0..3 {
