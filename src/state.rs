@@ -24,6 +24,7 @@ use crate::config::{ConfigError, KeysFile, ServerConfig};
 use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
 use crate::routing::RouteTable;
+use crate::units::clock::unix_now;
 use crate::upstream::Providers;
 
 /// Everything a request needs, shared by all of them.
@@ -141,12 +142,6 @@ impl AppState {
             .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Compile lanes.yaml against the providers, and check that every plan's lanes exist in it
