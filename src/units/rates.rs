@@ -1,6 +1,7 @@
 //! Prices per token and what a [`Usage`] costs at them: the one pricing formula.
 
-use super::{Usage, Usd};
+use super::money::Usd;
+use super::usage::Usage;
 
 /// A lane's prices per token, in pico-dollars (its per-million price in dollars, exactly).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
