@@ -184,8 +184,7 @@ fn responses_and_streams(c: &mut Criterion) {
 fn metering(c: &mut Criterion) {
     use fluxrouter::metering::budget::Budget;
     use fluxrouter::metering::ledger::{EmbeddedLedger, Entry, LedgerOptions};
-    use fluxrouter::metering::{cost, worst_case, Rates, Usd};
-    use fluxrouter::wire::ir::Usage;
+    use fluxrouter::units::{cost, worst_case, Rates, Usage, Usd};
     use std::sync::Arc;
 
     let usd = |s: &str| s.parse::<Usd>().unwrap();
@@ -264,12 +263,12 @@ fn metrics(c: &mut Criterion) {
         upstream: std::time::Duration::from_micros(800),
         request_bytes: 1000,
         response_bytes: 400,
-        usage: Some(fluxrouter::wire::ir::Usage {
+        usage: Some(fluxrouter::units::Usage {
             input: 250,
             output: 40,
             ..Default::default()
         }),
-        cost: Some(fluxrouter::metering::Usd(410_000_000)),
+        cost: Some(fluxrouter::units::Usd(410_000_000)),
     };
     c.bench_function("metrics/record a finished request", |b| {
         b.iter(|| m.request(black_box(&finished)))

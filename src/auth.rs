@@ -31,7 +31,7 @@ pub struct Account {
     pub payment_method: bool,
     pub on_hold: bool,
     /// The account's own ceiling, which replaces the plan's.
-    pub ceiling: Option<crate::metering::Usd>,
+    pub ceiling: Option<crate::units::Usd>,
     /// Operator restriction to these model ids.
     pub models: Option<Vec<String>>,
     status: KeyStatus,

@@ -42,9 +42,7 @@ impl RequestId {
     /// (uuid's v7 generator serializes on a global mutex).
     pub fn new() -> Self {
         use rand::Rng;
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ms = crate::units::clock::unix_millis();
         let random: u128 = rand::thread_rng().gen();
         let mut id = [0u8; ID_LEN];
         id[..4].copy_from_slice(b"req_");
@@ -122,10 +120,7 @@ mod tests {
     fn inline_ids_match_the_former_format() {
         let id = super::RequestId::new();
         let ms = u64::from_str_radix(&id[4..16], 16).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = crate::units::clock::unix_millis();
         assert!(now.wrapping_sub(ms) < 10_000, "{id}");
         let mut buf = [0u8; 8];
         super::hex_into(&mut buf, 0xab_cdef);

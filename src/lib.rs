@@ -1,6 +1,8 @@
 //! FluxRouter: an OpenAI- and Anthropic-compatible LLM gateway on Pingora.
 //!
 //! The Pingora glue lives in [`gateway`]; everything it calls is plain Rust over plain types:
+//! [`units`] (money, token counts, prices, calendar and clock: the bottom floor, importing
+//! nothing of the crate),
 //! [`config`] (files and validation), [`state`] (the hot-reloaded snapshot), [`auth`],
 //! [`endpoints`], [`wire`] (client formats), [`routing`], [`upstream`] (providers),
 //! [`errors`] and [`headers`]. [`simulate`] is a built-in provider for demos and tests.
@@ -22,5 +24,6 @@ pub mod server;
 pub mod simulate;
 pub mod state;
 pub mod tokens;
+pub mod units;
 pub mod upstream;
 pub mod wire;

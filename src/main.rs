@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
 use fluxrouter::config::server::BaseUrl;
 use fluxrouter::config::{KeyStatus, KeysFile, ServerConfig};
-use fluxrouter::metering::ledger::{LedgerReader, Month, ReportRow};
-use fluxrouter::metering::Usd;
+use fluxrouter::metering::ledger::{LedgerReader, ReportRow};
 use fluxrouter::server::{self, RunOptions};
 use fluxrouter::state::{self, AppState};
+use fluxrouter::units::clock::unix_now;
+use fluxrouter::units::{Month, Usd};
 use fluxrouter::upstream::Providers;
 
 #[derive(Parser)]
@@ -175,12 +175,6 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn serve(config_path: &Path, options: RunOptions) -> CliResult {
     let config = ServerConfig::load(config_path)?;
     start(config, options)
@@ -253,7 +247,7 @@ fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     // What is printed once the running gateway has the change (or none runs).
     let done: String = match action {
         KeysAction::New { plan, name } => {
-            let (key, record) = fluxrouter::auth::new_key(&name, &plan, now());
+            let (key, record) = fluxrouter::auth::new_key(&name, &plan, unix_now());
             let id = record.id.clone();
             edit(&|f| f.add(record.clone(), &plans).map(|()| String::new()))?;
             let confirmed = confirm_keys_loaded(&config);
@@ -418,7 +412,7 @@ fn usage(
     let config = ServerConfig::load(config_path)?;
     let month = match month {
         Some(m) => m.parse::<Month>()?,
-        None => Month::of(now()),
+        None => Month::of(unix_now()),
     };
     // Names are a convenience: a broken keys file still leaves the ids to show.
     let keys = KeysFile::load(&config.keys_file).unwrap_or_else(|e| {
@@ -715,7 +709,7 @@ fn demo(listen: SocketAddr) -> CliResult {
         metrics_token_env: DEMO_ADMIN_TOKEN_ENV.into(),
     });
     config.ledger.path = dir.join("ledger.sqlite");
-    let (key, mut record) = fluxrouter::auth::new_key("demo", "payg", now());
+    let (key, mut record) = fluxrouter::auth::new_key("demo", "payg", unix_now());
     record.payment_method = true;
     KeysFile { keys: vec![record] }.save(&config.keys_file)?;
 

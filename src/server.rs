@@ -220,9 +220,7 @@ impl BackgroundService for HoldSweeper {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = crate::units::clock::unix_now();
             let released = self.state.budget.sweep(now);
             if released > 0 {
                 log::warn!("released {released} expired spend hold(s)");

@@ -30,6 +30,7 @@ use crate::config::{ConfigError, KeysFile, ServerConfig};
 use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
 use crate::routing::RouteTable;
+use crate::units::clock::unix_now;
 use crate::upstream::Providers;
 
 /// Everything a request needs, shared by all of them.
@@ -448,12 +449,6 @@ impl Writes {
         let since = self.open_since.load(Ordering::SeqCst);
         since != 0 && self.now_ms().saturating_sub(since) < WRITER_STALL.as_millis() as u64
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Compile lanes.yaml against the providers, and check that every plan's lanes exist in it

@@ -924,11 +924,8 @@ async fn ten_thousand_keys_and_a_month_of_ledger_load_in_the_browser() {
     })
     .unwrap();
     // A month of spend: every key, every day so far, on two lanes.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let month = fluxrouter::metering::ledger::Month::of(now);
+    let now = fluxrouter::units::clock::unix_now();
+    let month = fluxrouter::units::Month::of(now);
     let days = (now - month.start_unix()) / 86_400 + 1;
     let mut db = rusqlite::Connection::open(flux.dir.path().join("ledger.sqlite")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
@@ -1026,7 +1023,7 @@ async fn ten_thousand_keys_and_a_month_of_ledger_load_in_the_browser() {
     assert_eq!(
         b.run("return document.getElementById('spend-total').title")
             .await,
-        format!("${}", fluxrouter::metering::Usd(total))
+        format!("${}", fluxrouter::units::Usd(total))
     );
     b.click("#nav-keys").await;
     b.type_into("#keys-filter", "team-09999").await;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fluxrouter::metering::Usd;
+use fluxrouter::units::Usd;
 use serde_json::{json, Value};
 
 /// A `redis-server` of this test's own, persisting as README recommends (AOF, fsync every
@@ -677,8 +677,8 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
     let fleet = fluxrouter::fleet::Fleet::connect(&config, true).unwrap();
     assert!(fleet.is_up());
     let now = 1_800_000_000;
-    let month = fluxrouter::metering::ledger::Month::of(now);
-    let spent = Usd(10_000 * fluxrouter::metering::money::PICOS_PER_USD + 1);
+    let month = fluxrouter::units::Month::of(now);
+    let spent = Usd(10_000 * fluxrouter::units::PICOS_PER_USD + 1);
     let _: () = redis::cmd("SET")
         .arg(format!("x:{{k}}:m:{month}"))
         .arg(spent.0)
@@ -732,7 +732,7 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
         per_minute: 1,
         cost: 1,
     }];
-    let dollar = Usd(fluxrouter::metering::money::PICOS_PER_USD);
+    let dollar = Usd(fluxrouter::units::PICOS_PER_USD);
     let first = fleet
         .reserve("r", one, &[dollar], None, 60, now, &rpm1)
         .await
@@ -1034,12 +1034,7 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     let billed = cost_of(&r).unwrap();
     settled(&node, &key, billed).await;
     // The spend is in this Redis, over TLS.
-    let month = fluxrouter::metering::ledger::Month::of(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    );
+    let month = fluxrouter::units::Month::of(fluxrouter::units::clock::unix_now());
     let id = node.cli(&["keys", "list"]);
     let id = String::from_utf8_lossy(&id.stdout)
         .lines()

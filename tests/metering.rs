@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use fluxrouter::metering::Usd;
+use fluxrouter::units::Usd;
 use serde_json::{json, Value};
 
 /// The test lane "formats" prices: $2 input, $0.50 cached input, $8 output per 1M tokens.
@@ -222,13 +222,7 @@ async fn every_served_response_carries_its_exact_cost_and_the_ledger_adds_up() {
     );
     let days: Value = serde_json::from_slice(&out.stdout).unwrap();
     let days = days["days"].as_array().unwrap();
-    let today = fluxrouter::metering::ledger::day_string(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            / 86_400,
-    );
+    let today = fluxrouter::units::day_string(fluxrouter::units::clock::unix_now() / 86_400);
     assert_eq!(days.last().unwrap()["day"], today.as_str(), "{days:?}");
     let requests: u64 = days.iter().map(|d| d["requests"].as_u64().unwrap()).sum();
     let cost = days.iter().fold(Usd::ZERO, |t, d| {

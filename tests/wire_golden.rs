@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use fluxrouter::metering::{Rates, Usd};
-use fluxrouter::wire::ir::{Billed, StreamMeta, Usage};
+use fluxrouter::units::{Rates, Usage, Usd};
+use fluxrouter::wire::ir::{Billed, StreamMeta};
 use fluxrouter::wire::transcode::{self, StreamTranscoder};
 use fluxrouter::wire::Format;
 
@@ -132,7 +132,7 @@ fn every_provider_fixture_translates_to_every_client_format() {
     let rates = Rates::per_million(usd("3.00"), usd("0.30"), usd("15.00"));
     let bill = |usage: Usage| {
         (!usage.is_empty()).then(|| Billed {
-            cost: fluxrouter::metering::cost(&usage, &rates),
+            cost: fluxrouter::units::cost(&usage, &rates),
             usage,
         })
     };

@@ -39,7 +39,7 @@ pub struct KeyRecord {
     pub on_hold: bool,
     /// This account's own monthly spend ceiling, instead of its plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ceiling_usd: Option<crate::metering::Usd>,
+    pub ceiling_usd: Option<crate::units::Usd>,
     /// The operator restricted the key to these model ids (aliases or pinned ids); others
     /// get 403 model_not_allowed. Absent: whatever the plan allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]

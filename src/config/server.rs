@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::metering::Usd;
+use crate::units::Usd;
 use crate::wire::Format;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use crate::config::KeysFile;
 use crate::metering::ledger::{DayRow, ReportRow};
-use crate::metering::Usd;
 use crate::metrics::Minute;
 use crate::routing::RouteTable;
+use crate::units::Usd;
 
 /// Requests and spend summed under one label.
 #[derive(Default, Clone, Copy)]

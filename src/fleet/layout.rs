@@ -17,7 +17,7 @@
 //! | `Pnodes` | sorted set | gateway id by last heartbeat (ms) |
 //! | `Pusage-keys:YYYY-MM` | set | key ids with usage in the month |
 
-use crate::metering::ledger::Month;
+use crate::units::Month;
 
 #[derive(Debug, Clone)]
 pub struct Layout {

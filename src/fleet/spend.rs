@@ -14,8 +14,8 @@ use redis::Script;
 
 use super::{lock, lua, Fleet, Op, Unavailable};
 use crate::limits::Charge;
-use crate::metering::ledger::{hour_of, LedgerError, Month, ReportRow};
-use crate::metering::Usd;
+use crate::metering::ledger::{LedgerError, ReportRow};
+use crate::units::{hour_of, Month, Usd};
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::RESERVE));
 static ADMIT: LazyLock<Script> = LazyLock::new(|| lua::script(lua::ADMIT));

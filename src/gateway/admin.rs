@@ -29,8 +29,9 @@ use sha2::{Digest, Sha256};
 
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
-use crate::metering::ledger::Month;
 use crate::state::AppState;
+use crate::units::clock::unix_now;
+use crate::units::Month;
 use crate::wire::Format;
 
 use super::respond;
@@ -167,7 +168,7 @@ impl Admin {
     /// The report reads the ledger file (after committing what is queued, so it includes
     /// every request served so far): blocking I/O, so it runs on a blocking thread.
     async fn usage(&self, query: Option<&str>) -> Result<serde_json::Value, FluxError> {
-        let mut month = Month::of(now());
+        let mut month = Month::of(unix_now());
         let mut key_name = None;
         for pair in query
             .unwrap_or_default()
@@ -208,7 +209,7 @@ impl Admin {
             })?;
         let total = rows
             .iter()
-            .fold(crate::metering::Usd::ZERO, |t, r| t.saturating_add(r.cost));
+            .fold(crate::units::Usd::ZERO, |t, r| t.saturating_add(r.cost));
         let names = keys.names_by_id();
         let rows: Vec<_> = rows
             .iter()
@@ -307,12 +308,6 @@ impl Admin {
         )
         .await
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[async_trait]

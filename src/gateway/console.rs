@@ -34,8 +34,9 @@ use super::{body, respond, Stop};
 use crate::config::{KeyStatus, KeysFile};
 use crate::console::{self, views, Signed};
 use crate::errors::{ErrorKind, FluxError};
-use crate::metering::ledger::{LedgerReader, Month};
-use crate::metering::Usd;
+use crate::metering::ledger::LedgerReader;
+use crate::units::clock::unix_now;
+use crate::units::{Month, Usd};
 use crate::wire::Format;
 
 /// A sign-in or change body is small; anything bigger is refused unread.
@@ -54,12 +55,6 @@ fn forbidden(message: &'static str) -> FluxError {
 
 fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> FluxError {
     FluxError::new(ErrorKind::InvalidRequest, message)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Admin {
@@ -123,7 +118,7 @@ impl Admin {
         secure: bool,
     ) -> Result<Reply, Stop> {
         let method = session.req_header().method.clone();
-        let now = now();
+        let now = unix_now();
         match (&method, path) {
             (&Method::GET, "/console" | "/console/") => return Ok(Reply::Page),
             (&Method::POST, "/console/api/session") => {

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -18,12 +18,12 @@ use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::metering::budget::Hold;
 use crate::metering::ledger::Entry;
-use crate::metering::{self, Rates, Usd};
 use crate::routing::{ModelId, Route, RouteTable};
 use crate::state::AppState;
+use crate::units::clock::unix_now;
+use crate::units::{Rates, Usage, Usd};
 use crate::upstream::breaker::{BreakerState, Verdict};
 use crate::upstream::{FailureKind, Outgoing, Provider, Refusal, UpstreamResponse};
-use crate::wire::ir::Usage;
 use crate::wire::ir::{Billed, Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
 use crate::wire::{self, Format};
@@ -605,7 +605,7 @@ struct Bill<'a> {
 impl Bill<'_> {
     /// Record the real cost in the ledger and release the hold; returns what was billed.
     async fn settle(&mut self, ctx: &mut RequestCtx, model_id: &str, usage: &Usage) -> Usd {
-        let cost = metering::cost(usage, &self.rates);
+        let cost = crate::units::cost(usage, &self.rates);
         let Some(hold) = self.hold.take() else {
             return cost;
         };
@@ -623,12 +623,6 @@ impl Bill<'_> {
         ctx.cost = Some(billed);
         billed
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 async fn read_all(upstream: &mut HttpSession, limit: usize) -> Result<Bytes, String> {
@@ -690,7 +684,7 @@ async fn stream(
         usage
     } else {
         // No usage arrived (the stream broke first): estimate from what was relayed.
-        crate::wire::ir::Usage {
+        Usage {
             input: bill.estimated_input_tokens,
             output: transcoder.output_text_bytes().div_ceil(4),
             ..Default::default()

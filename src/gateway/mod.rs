@@ -19,7 +19,7 @@ mod respond;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::routing::{LaneId, ModelId, Requested, RouteTable, AUTO_MODEL};
 use crate::state::AppState;
+use crate::units::clock::{self, unix_now};
 use crate::upstream::Provider;
 use crate::wire::{transcode, Format};
 
@@ -62,12 +63,9 @@ pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: 
     if !log.enabled() {
         return;
     }
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
     log.record(&AccessLine {
         error: Some(code),
-        ..AccessLine::bare((ts * 1e3).round() / 1e3, id, method, status)
+        ..AccessLine::bare(clock::unix_secs_millis(), id, method, status)
     });
 }
 
@@ -109,8 +107,8 @@ pub struct RequestCtx {
     /// For a 405: the methods the path does answer.
     allow: Option<&'static str>,
     /// What the provider reported, and what was billed for it.
-    usage: Option<crate::wire::ir::Usage>,
-    cost: Option<crate::metering::Usd>,
+    usage: Option<crate::units::Usage>,
+    cost: Option<crate::units::Usd>,
 }
 
 impl RequestCtx {
@@ -384,12 +382,9 @@ impl ProxyHttp for Gateway {
                 reason,
             })
             .collect();
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         log.record(&AccessLine {
-            ts: (ts * 1e3).round() / 1e3,
+            ts: clock::unix_secs_millis(),
             id: &ctx.id,
             method: session.req_header().method.as_str(),
             endpoint: ctx.endpoint,
@@ -466,12 +461,6 @@ fn websocket_upgrade(req: &pingora::http::RequestHeader) -> bool {
 /// How long a request waits for the tokenizer's vocabulary to load (about 0.1 s in a release
 /// build) before its count loads it on the request's own thread.
 const TOKENIZER_WAIT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Gateway {
     async fn handle(
@@ -552,9 +541,7 @@ impl Gateway {
                  accepted on the /anthropic paths only.",
             ));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_now();
         self.state.keys.load().authenticate(presented, now)
     }
 
@@ -674,7 +661,7 @@ impl Gateway {
         body_bytes: usize,
         charges: &crate::limits::Charges,
     ) -> Result<crate::metering::budget::Hold, FluxError> {
-        use crate::metering::worst_case;
+        use crate::units::worst_case;
         let rates = &routes.lane(route.lane).rates;
         let max_output = request.max_tokens.unwrap_or_else(|| {
             route

@@ -15,13 +15,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::ledger::{Entry, Ledger, LedgerError, Month, ReportRow};
-use super::Usd;
+use super::ledger::{Entry, Ledger, LedgerError, ReportRow};
 use crate::auth::Account;
 use crate::config::server::MoneyWhenDown;
 use crate::errors::{ErrorKind, FluxError};
 use crate::fleet::{Fleet, Refused, Settlement, Unavailable};
 use crate::limits::{Charges, Limits};
+use crate::units::{Month, Usd};
 
 /// How long a hold may live without being settled or dropped (`ledger.hold_ttl_seconds`).
 pub const DEFAULT_HOLD_TTL_SECS: u64 = 15 * 60;
@@ -515,7 +515,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::config::server::PlanConfig;
-    use crate::metering::ledger::{LedgerError, Month, ReportRow, Spend};
+    use crate::metering::ledger::{LedgerError, ReportRow, Spend};
 
     /// Spend kept in memory, as the embedded ledger keeps it for reads.
     #[derive(Default)]

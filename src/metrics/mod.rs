@@ -111,8 +111,8 @@ pub struct Finished<'a> {
     pub upstream: Duration,
     pub request_bytes: usize,
     pub response_bytes: usize,
-    pub usage: Option<crate::wire::ir::Usage>,
-    pub cost: Option<crate::metering::Usd>,
+    pub usage: Option<crate::units::Usage>,
+    pub cost: Option<crate::units::Usd>,
 }
 
 static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -191,9 +191,7 @@ impl Metrics {
             status: k.status,
         };
         self.requests.with(&key, own, |c| c.add(1));
-        let minute = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / 60);
+        let minute = crate::units::clock::unix_now() / 60;
         self.recent.record(minute, r.status >= 400);
         self.endpoints.with(
             &r.endpoint,

@@ -1,8 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::metering::Usd;
-use crate::wire::ir::Usage;
+use crate::units::{Usage, Usd};
 
 fn finished<'a>(model: &'a str, status: u16, code: Option<&'static str>) -> Finished<'a> {
     Finished {

@@ -7,7 +7,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use crate::config::lanes::{LanePrice, RuleWhen};
 use crate::config::{Capability, ConfigError, LanesFile};
-use crate::metering::Rates;
+use crate::units::Rates;
 
 use super::classifier::Classifier;
 use super::{Features, AUTO_MODEL, PINNED_PREFIX};

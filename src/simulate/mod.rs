@@ -49,7 +49,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
@@ -331,7 +331,7 @@ impl Simulator {
         );
         let envelope = Envelope {
             id: &id,
-            created: unix_seconds(),
+            created: crate::units::clock::unix_now(),
             model: &input.model,
         };
 
@@ -624,12 +624,6 @@ impl Api {
             &format!("unknown simulator mode '{name}'"),
         )
     }
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since_epoch| since_epoch.as_secs())
 }
 
 #[cfg(test)]

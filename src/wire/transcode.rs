@@ -20,11 +20,11 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ir::{Billed, Delta, Request, Response, StopReason, StreamEvent, StreamMeta, Usage};
+use super::ir::{Billed, Delta, Request, Response, StopReason, StreamEvent, StreamMeta};
 use super::sse::{self, EventTooLarge, Frame, SseParser};
 use super::{anthropic, json, openai_chat, openai_responses, Format};
 use crate::errors::FluxError;
-use crate::metering::Usd;
+use crate::units::{Usage, Usd};
 
 /// How a (client, provider) pair is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -658,7 +658,7 @@ fn set_cost(data: &str, usage: &RawValue, cost: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metering::Rates;
+    use crate::units::Rates;
 
     fn fixture(format: Format, name: &str) -> String {
         let folder = match format {
@@ -702,7 +702,7 @@ mod tests {
         let usage = t.usage();
         let rates = rates.filter(|_| !usage.is_empty())?;
         Some(Billed {
-            cost: crate::metering::cost(&usage, &rates),
+            cost: crate::units::cost(&usage, &rates),
             usage,
         })
     }
@@ -764,7 +764,7 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(
-            crate::metering::cost(&usage, &rates()).to_decimal(),
+            crate::units::cost(&usage, &rates()).to_decimal(),
             CHAT_CACHED_COST
         );
     }

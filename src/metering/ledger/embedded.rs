@@ -20,12 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::store::{Batch, Group, QueuedEntry, Store, Tally};
-use super::{hour_of, Entry, Ledger, LedgerError, LedgerReader, Month, ReportRow, Spend};
+use super::{Entry, Ledger, LedgerError, LedgerReader, ReportRow, Spend};
 use crate::config::server::LedgerConfig;
-use crate::metering::Usd;
+use crate::units::clock::unix_now;
+use crate::units::{hour_of, Month, Usd};
 
 /// Mutexes the keys are spread over, so request threads rarely wait for each other.
 const SHARDS: usize = 16;
@@ -52,12 +53,6 @@ pub struct LedgerOptions {
     pub clock: fn() -> u64,
 }
 
-fn system_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl LedgerOptions {
     /// The options a server configuration asks for (the rest keep their defaults).
     pub fn from_config(config: &LedgerConfig) -> LedgerOptions {
@@ -75,7 +70,7 @@ impl Default for LedgerOptions {
             keep_entries: 100_000,
             max_queued_entries: 8_192,
             busy_timeout: Duration::from_secs(5),
-            clock: system_clock,
+            clock: unix_now,
         }
     }
 }

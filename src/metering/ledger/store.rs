@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde::Serialize;
 
 use super::{LedgerError, Month, ReportRow};
-use crate::metering::Usd;
+use crate::units::{day_string, Usd};
 
 /// The schema this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -551,7 +551,7 @@ impl LedgerReader {
             ],
             |r| {
                 Ok(DayRow {
-                    day: super::day_string(from_sql_int(r.get(0)?) / 86_400),
+                    day: day_string(from_sql_int(r.get(0)?) / 86_400),
                     requests: from_sql_int(r.get(1)?),
                     cost: Usd(from_sql_int(r.get(2)?)),
                 })

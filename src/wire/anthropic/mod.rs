@@ -17,7 +17,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::ir::{StopReason, Usage};
+use super::ir::StopReason;
+use crate::units::Usage;
 
 /// A string that borrows from the input when it has no escapes.
 #[derive(Debug, Deserialize)]

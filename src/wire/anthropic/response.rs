@@ -161,7 +161,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ir::Usage;
+    use crate::units::Usage;
     use serde_json::{json, Value};
 
     const TEXT: &str = include_str!("../../../tests/fixtures/wire/anthropic/message_text.json");

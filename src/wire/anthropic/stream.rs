@@ -18,8 +18,8 @@ use super::{
     empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, Str,
     UsageOut, WireUsage,
 };
-use crate::metering::Usd;
-use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
+use crate::units::{Usage, Usd};
+use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
 
 #[derive(Deserialize)]

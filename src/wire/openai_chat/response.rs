@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::wire::ir::{Arguments, Block, Response, StopReason, Usage};
+use crate::units::clock::unix_now;
+use crate::units::Usage;
+use crate::wire::ir::{Arguments, Block, Response, StopReason};
 
 /// `usage` as Chat reports it, in bodies and in stream chunks.
 #[derive(Deserialize, Default)]
@@ -125,12 +127,6 @@ pub(super) fn chat_id(id: &str) -> String {
         return format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32);
     }
     format!("chatcmpl-{bare}")
-}
-
-pub(super) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Deserialize)]
@@ -338,7 +334,7 @@ fn joined<'r>(
 
 /// Encode a response for a client of this format.
 pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
-    encode_response_at(resp, now())
+    encode_response_at(resp, unix_now())
 }
 
 fn encode_response_at(resp: &Response<'_>, created: u64) -> Vec<u8> {

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
-use crate::metering::Usd;
-use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
+use crate::units::{Usage, Usd};
+use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
 
 #[derive(Deserialize)]
@@ -640,7 +640,7 @@ mod tests {
     }
 
     fn usage(input: u64, cached_input: u64, output: u64, reasoning: u64) -> StreamEvent {
-        E::Usage(crate::wire::ir::Usage {
+        E::Usage(crate::units::Usage {
             input,
             cached_input,
             cache_write: 0,

@@ -18,7 +18,8 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::wire::ir::{StopReason, Usage};
+use crate::units::Usage;
+use crate::wire::ir::StopReason;
 
 /// The part of an id after the `resp_`-style prefix of the format it came from, so the item
 /// ids of one response share it. Anything but `[A-Za-z0-9_-]` is dropped (ids end up in

@@ -9,7 +9,9 @@ use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     ResponseObject, Status, Str, UsageIn,
 };
-use crate::wire::ir::{Arguments, Block, Response, StopReason, Usage};
+use crate::units::clock::unix_now;
+use crate::units::Usage;
+use crate::wire::ir::{Arguments, Block, Response, StopReason};
 
 /// The `response` object as a provider sends it (the body, or `response` in stream events).
 #[derive(Deserialize, Default)]
@@ -218,10 +220,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
     let base = id_base(&resp.id);
     let id = response_id(&resp.id, &base);
     let output = output_items(&resp.content, &base);
-    let created_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created_at = unix_now();
     let object = ResponseObject {
         id: &id,
         created_at,

@@ -16,8 +16,8 @@ use super::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     ResponseObject, Status, Str, SummaryPart, TextPart,
 };
-use crate::metering::Usd;
-use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
+use crate::units::{Usage, Usd};
+use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
 use crate::wire::{transcode, Format};
 
