@@ -206,12 +206,14 @@ fn metering(c: &mut Criterion) {
     let budget = Budget::new(Arc::new(ledger), 900);
     let mut keys = fluxrouter::config::KeysFile::default();
     keys.keys.push(fluxrouter::auth::new_key("bench", "p", 0).1);
-    let terms = Arc::new(fluxrouter::config::server::PlanConfig {
-        lanes: vec!["express".into()],
-        monthly_credit_usd: Some(usd("1000000")),
-        hourly_limit_usd: Some(usd("1000000")),
-        ..Default::default()
-    });
+    let terms = Arc::new(fluxrouter::auth::Terms::compile(
+        &fluxrouter::config::server::PlanConfig {
+            lanes: vec!["express".into()],
+            monthly_credit_usd: Some(usd("1000000")),
+            hourly_limit_usd: Some(usd("1000000")),
+            ..Default::default()
+        },
+    ));
     let table =
         fluxrouter::auth::KeyTable::compile(Path::new("k"), &keys, &|_| Some(terms.clone()))
             .unwrap();

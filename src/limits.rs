@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use crate::config::server::{PlanConfig, RatesWhenDown};
+use crate::auth::Terms;
+use crate::config::server::RatesWhenDown;
 use crate::errors::{ErrorKind, FluxError};
 use crate::fleet::{Fleet, Unavailable};
 
@@ -191,12 +192,7 @@ impl Limits {
     /// Admit one request of about `input_tokens` against the plan's per-minute limits:
     /// 429 `rate_limited` (with `Retry-After`) when over one, 413 `input_too_long` when the
     /// input alone is more than the plan's tokens per minute.
-    pub async fn admit(
-        &self,
-        key: &str,
-        plan: &PlanConfig,
-        input_tokens: u64,
-    ) -> Result<(), FluxError> {
+    pub async fn admit(&self, key: &str, plan: &Terms, input_tokens: u64) -> Result<(), FluxError> {
         self.admit_charges(key, &Charges::of(plan, input_tokens))
             .await
     }
@@ -261,7 +257,7 @@ pub struct Charges {
 impl Charges {
     /// The plan's requests and tokens per minute (those it sets) for a request of about
     /// `input_tokens`.
-    pub fn of(plan: &PlanConfig, input_tokens: u64) -> Charges {
+    pub fn of(plan: &Terms, input_tokens: u64) -> Charges {
         let mut list = [Charge {
             dimension: Dimension::Requests,
             per_minute: 0,
@@ -376,7 +372,7 @@ pub fn check_model_id(model: &str, max: usize) -> Result<(), FluxError> {
 }
 
 /// 429 `conversation_limit` when the request carries more messages than the plan allows.
-pub fn check_conversation(plan: &PlanConfig, messages: usize) -> Result<(), FluxError> {
+pub fn check_conversation(plan: &Terms, messages: usize) -> Result<(), FluxError> {
     match plan.max_messages {
         Some(max) if messages > max => Err(FluxError::new(
             ErrorKind::ConversationLimit,
@@ -572,14 +568,14 @@ mod tests {
 
     #[test]
     fn plan_limits_become_errors_that_name_them() {
-        let plan = PlanConfig {
+        let plan = Terms::compile(&crate::config::server::PlanConfig {
             requests_per_minute: Some(2),
             tokens_per_minute: Some(1_000),
             max_messages: Some(3),
-            ..PlanConfig::default()
-        };
+            ..Default::default()
+        });
         let limits = Limits::default();
-        let admit = |key: &str, plan: &PlanConfig, tokens: u64| {
+        let admit = |key: &str, plan: &Terms, tokens: u64| {
             use futures_util::FutureExt;
             limits
                 .admit(key, plan, tokens)
@@ -604,7 +600,7 @@ mod tests {
             .unwrap_err();
         assert!(e.message.contains("1000 input tokens per minute"), "{e}");
 
-        assert!(admit("fresh", &PlanConfig::default(), u64::MAX).is_ok());
+        assert!(admit("fresh", &Terms::default(), u64::MAX).is_ok());
         assert!(check_conversation(&plan, 3).is_ok());
         let e = check_conversation(&plan, 4).unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "conversation_limit"));

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::access_log::AccessLog;
-use crate::auth::KeyTable;
+use crate::auth::{KeyTable, Terms};
 use crate::config::{ConfigError, KeysFile, ServerConfig};
 use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
@@ -175,9 +175,13 @@ pub fn load_routes(
 
 pub fn load_keys(config: &ServerConfig) -> Result<KeyTable, ConfigError> {
     let file = KeysFile::load(&config.keys_file)?;
-    KeyTable::compile(&config.keys_file, &file, &|plan| {
-        config.plans.get(plan).cloned().map(Arc::new)
-    })
+    // Each plan compiled once, its terms shared by the accounts on it.
+    let plans: std::collections::HashMap<&str, Arc<Terms>> = config
+        .plans
+        .iter()
+        .map(|(name, plan)| (name.as_str(), Arc::new(Terms::compile(plan))))
+        .collect();
+    KeyTable::compile(&config.keys_file, &file, &|plan| plans.get(plan).cloned())
 }
 
 /// Watches lanes.yaml and the keys file (and SIGHUP) and swaps the tables on change.

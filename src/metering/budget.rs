@@ -371,11 +371,7 @@ pub fn monthly_cap(account: &Account) -> Option<Usd> {
 fn monthly_caps(account: &Account) -> Vec<(Usd, ErrorKind)> {
     let terms = &account.terms;
     let mut caps = Vec::with_capacity(2);
-    match terms.monthly_credit_usd {
-        Some(credit) if terms.free => caps.push((credit, ErrorKind::FreeAllowanceExhausted)),
-        Some(credit) if !terms.overage => caps.push((credit, ErrorKind::CreditExhausted)),
-        _ => {}
-    }
+    caps.extend(terms.credit_cap);
     if !terms.free {
         if let Some(ceiling) = account.ceiling.or(terms.ceiling_usd) {
             caps.push((ceiling, ErrorKind::SpendCeilingReached));
@@ -565,7 +561,7 @@ mod tests {
         let mut file = crate::config::KeysFile::default();
         let (_, record) = crate::auth::new_key("k", "p", 0);
         file.keys.push(record);
-        let terms = Arc::new(terms);
+        let terms = Arc::new(crate::auth::Terms::compile(&terms));
         let table =
             crate::auth::KeyTable::compile(std::path::Path::new("keys.yaml"), &file, &|_| {
                 Some(terms.clone())
