@@ -223,16 +223,9 @@ fn metering(c: &mut Criterion) {
         .clone();
     c.bench_function("metering/reserve + settle into the ledger", |b| {
         b.iter(|| {
-            // The local budget never waits: its futures are ready at once.
+            // The local budget never waits: its settlement's future is ready at once.
             let hold = budget
-                .reserve(
-                    &account,
-                    worst_case(50_000, 32_000, &rates),
-                    1_800_000_000,
-                    None,
-                )
-                .now_or_never()
-                .expect("ready")
+                .reserve(&account, worst_case(50_000, 32_000, &rates), 1_800_000_000)
                 .unwrap();
             let entry = Entry::from_usage(
                 1_800_000_000,

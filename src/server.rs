@@ -172,7 +172,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
             );
         }
     }
-    if let Err(e) = state.budget.ledger().close() {
+    if let Err(e) = state.admission.spend().ledger().close() {
         log::error!("ledger: final flush failed: {e}");
     }
 }
@@ -223,7 +223,7 @@ impl BackgroundService for HoldSweeper {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let released = self.state.budget.sweep(now);
+            let released = self.state.admission.spend().sweep(now);
             if released > 0 {
                 log::warn!("released {released} expired spend hold(s)");
             }
