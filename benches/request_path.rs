@@ -205,12 +205,14 @@ fn metering(c: &mut Criterion) {
     let budget = Budget::new(Arc::new(ledger), 900);
     let mut keys = fluxrouter::config::KeysFile::default();
     keys.keys.push(fluxrouter::auth::new_key("bench", "p", 0).1);
-    let terms = Arc::new(fluxrouter::config::server::PlanConfig {
-        lanes: vec!["express".into()],
-        monthly_credit_usd: Some(usd("1000000")),
-        hourly_limit_usd: Some(usd("1000000")),
-        ..Default::default()
-    });
+    let terms = Arc::new(fluxrouter::auth::Terms::compile(
+        &fluxrouter::config::server::PlanConfig {
+            lanes: vec!["express".into()],
+            monthly_credit_usd: Some(usd("1000000")),
+            hourly_limit_usd: Some(usd("1000000")),
+            ..Default::default()
+        },
+    ));
     let table =
         fluxrouter::auth::KeyTable::compile(Path::new("k"), &keys, &|_| Some(terms.clone()))
             .unwrap();
@@ -220,16 +222,9 @@ fn metering(c: &mut Criterion) {
         .clone();
     c.bench_function("metering/reserve + settle into the ledger", |b| {
         b.iter(|| {
-            // The local budget never waits: its futures are ready at once.
+            // The local budget never waits: its settlement's future is ready at once.
             let hold = budget
-                .reserve(
-                    &account,
-                    worst_case(50_000, 32_000, &rates),
-                    1_800_000_000,
-                    None,
-                )
-                .now_or_never()
-                .expect("ready")
+                .reserve(&account, worst_case(50_000, 32_000, &rates), 1_800_000_000)
                 .unwrap();
             let entry = Entry::from_usage(
                 1_800_000_000,

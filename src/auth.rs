@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::server::PlanConfig;
 use crate::config::{ConfigError, KeyRecord, KeyStatus, KeysFile};
 use crate::errors::{ErrorKind, FluxError};
+use crate::units::Usd;
 
 pub const KEY_PREFIX: &str = "sk-";
 /// Random part of a key: 40 alphanumerics, about 238 bits. No `-`, so a key never looks like
@@ -26,16 +27,69 @@ pub struct Account {
     pub plan: String,
     /// The plan's lanes, copied here so the hot path needs no second lookup.
     pub lanes: Vec<String>,
-    /// The plan's money terms (credit, ceiling, hourly limit, premium rule).
-    pub terms: Arc<PlanConfig>,
+    /// The plan's terms, compiled at load (limits, credit, ceiling, premium rule).
+    pub terms: Arc<Terms>,
     pub payment_method: bool,
     pub on_hold: bool,
     /// The account's own ceiling, which replaces the plan's.
-    pub ceiling: Option<crate::units::Usd>,
+    pub ceiling: Option<Usd>,
     /// Operator restriction to these model ids.
     pub models: Option<Vec<String>>,
     status: KeyStatus,
     expires_at: Option<u64>,
+}
+
+/// An account's terms at run time: a plan of the configuration (`PlanConfig`, the YAML type),
+/// compiled once at load, so authentication, routing, the rate limits and the budget read
+/// plain values and no YAML type reaches the request path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Terms {
+    /// Lanes (by name) whose alias, models and flux-auto routing the plan may use.
+    pub lanes: Vec<String>,
+    /// A free allowance: the monthly credit is a hard stop, and no ceiling applies.
+    pub free: bool,
+    /// Spend included each calendar month (UTC), if any.
+    pub monthly_credit_usd: Option<Usd>,
+    /// Whether use continues past the credit, up to the ceiling.
+    pub overage: bool,
+    /// The monthly credit when it is a hard stop, and the refusal it raises (402
+    /// `free_allowance_exhausted` or `monthly_credit_exhausted`): worked out once here.
+    pub credit_cap: Option<(Usd, ErrorKind)>,
+    /// The plan's spend ceiling per month (an account may set its own); none on a free plan,
+    /// whose allowance is its cap.
+    pub ceiling_usd: Option<Usd>,
+    /// Spend within one clock hour (402 `hourly_limit_reached` past it).
+    pub hourly_limit_usd: Option<Usd>,
+    pub premium_needs_payment_method: bool,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_messages: Option<usize>,
+    pub max_input_tokens: Option<u64>,
+}
+
+impl Terms {
+    /// Compile a plan (validated with the configuration it came in).
+    pub fn compile(plan: &PlanConfig) -> Terms {
+        let credit_cap = match plan.monthly_credit_usd {
+            Some(credit) if plan.free => Some((credit, ErrorKind::FreeAllowanceExhausted)),
+            Some(credit) if !plan.overage => Some((credit, ErrorKind::CreditExhausted)),
+            _ => None,
+        };
+        Terms {
+            lanes: plan.lanes.clone(),
+            free: plan.free,
+            monthly_credit_usd: plan.monthly_credit_usd,
+            overage: plan.overage,
+            credit_cap,
+            ceiling_usd: if plan.free { None } else { plan.ceiling_usd },
+            hourly_limit_usd: plan.hourly_limit_usd,
+            premium_needs_payment_method: plan.premium_needs_payment_method,
+            requests_per_minute: plan.requests_per_minute,
+            tokens_per_minute: plan.tokens_per_minute,
+            max_messages: plan.max_messages,
+            max_input_tokens: plan.max_input_tokens,
+        }
+    }
 }
 
 /// The compiled keys file: SHA-256 digest to account.
@@ -45,11 +99,11 @@ pub struct KeyTable {
 }
 
 impl KeyTable {
-    /// Validate the keys file against the configured plans and compile it.
+    /// Validate the keys file against the configured plans (compiled) and compile it.
     pub fn compile(
         path: &Path,
         file: &KeysFile,
-        plans: &dyn Fn(&str) -> Option<Arc<PlanConfig>>,
+        plans: &dyn Fn(&str) -> Option<Arc<Terms>>,
     ) -> Result<Self, ConfigError> {
         let mut by_hash = HashMap::with_capacity(file.keys.len());
         for (i, k) in file.keys.iter().enumerate() {
@@ -246,10 +300,10 @@ mod tests {
     fn table(records: Vec<KeyRecord>) -> KeyTable {
         let plans = |p: &str| {
             (p == "free").then(|| {
-                Arc::new(PlanConfig {
+                Arc::new(Terms::compile(&PlanConfig {
                     lanes: vec!["express".to_string()],
                     ..PlanConfig::default()
-                })
+                }))
             })
         };
         KeyTable::compile(Path::new("keys.yaml"), &KeysFile { keys: records }, &plans).unwrap()
@@ -304,7 +358,7 @@ mod tests {
     #[test]
     fn unknown_plan_and_bad_hash_are_rejected_at_load() {
         let (_, mut r) = new_key("a", "gold", 0);
-        let plans = |p: &str| (p == "free").then(|| Arc::new(PlanConfig::default()));
+        let plans = |p: &str| (p == "free").then(|| Arc::new(Terms::default()));
         let e = KeyTable::compile(
             Path::new("k"),
             &KeysFile {

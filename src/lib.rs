@@ -4,10 +4,12 @@
 //! [`units`] (money, token counts, prices, calendar and clock: the bottom floor, importing
 //! nothing of the crate),
 //! [`config`] (files and validation), [`state`] (the hot-reloaded snapshot), [`auth`],
-//! [`endpoints`], [`wire`] (client formats), [`routing`], [`upstream`] (providers),
+//! [`endpoints`], [`wire`] (client formats), [`routing`], [`admission`] (limits and spend
+//! before a request goes upstream), [`upstream`] (providers),
 //! [`errors`] and [`headers`]. [`simulate`] is a built-in provider for demos and tests.
 
 pub mod access_log;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod console;

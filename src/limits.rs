@@ -1,14 +1,14 @@
-//! Per-key traffic control: requests and tokens per minute, the conversation limit, and the
-//! bound on a `model` id.
+//! Per-key requests and tokens per minute.
 //!
 //! Rates are enforced by a GCRA (generic cell rate algorithm) per key and per dimension,
 //! kept exactly in integers: no window edges, no sketch over-counting. A limit of `N` per
 //! minute admits up to `N` at once (the burst), then one every `60/N` seconds; over any span
 //! `t` at most `N + N·t/60` are admitted, and a refused request spends nothing.
 //!
-//! The store sits behind [`RateLimiter`] so a fleet can later share it (Redis, one script per
-//! check); [`LocalLimiter`] is the in-process one: sharded maps under short locks, one lock
-//! and a few integer operations per request.
+//! Admission reaches the limits through [`RateStore`]: in this process [`Limits`] over a
+//! [`RateLimiter`] ([`LocalLimiter`]: sharded maps under short locks, one lock and a few
+//! integer operations per request), or in fleet mode the fleet's (Redis, one script per
+//! check, implemented in `fleet/`).
 //!
 //! Tokens per minute count the request's *estimated input* at admission (the routing
 //! estimate: body bytes / 4, images at a flat 1,000), not `max_tokens` nor the output, which
@@ -20,11 +20,8 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use crate::config::server::{PlanConfig, RatesWhenDown};
+use crate::auth::Terms;
 use crate::errors::{ErrorKind, FluxError};
-use crate::fleet::{Fleet, Unavailable};
 
 /// A minute in nanoseconds: the period of every limit here.
 const MINUTE_NS: u128 = 60_000_000_000;
@@ -157,12 +154,21 @@ impl RateLimiter for LocalLimiter {
     }
 }
 
-/// The gateway's limits: a rate store and the clock it is read with; in fleet mode, Redis
-/// first, and the local store for this gateway's share while Redis is down.
+/// Per-minute limits kept where admission can reach them: in this process ([`Limits`]), or
+/// shared by a fleet (implemented in `fleet/`). The GCRA and the refusals are the same
+/// whatever the store; only where the arrival times live differs.
+#[async_trait::async_trait]
+pub trait RateStore: Send + Sync {
+    /// Admit a request against every charge at once, or none: 429 `rate_limited` (with
+    /// `Retry-After`) when over one, 413 `input_too_long` when a cost alone is more than its
+    /// limit admits at once.
+    async fn check(&self, key: &str, charges: &Charges) -> Result<(), FluxError>;
+}
+
+/// Rates in this process: a store and the clock it is read with.
 pub struct Limits {
     limiter: Box<dyn RateLimiter>,
     origin: Instant,
-    fleet: Option<Arc<Fleet>>,
 }
 
 impl Default for Limits {
@@ -176,67 +182,15 @@ impl Limits {
         Limits {
             limiter,
             origin: Instant::now(),
-            fleet: None,
         }
     }
 
-    /// Fleet mode: limits shared through Redis.
-    pub fn shared(fleet: Arc<Fleet>) -> Self {
-        Limits {
-            fleet: Some(fleet),
-            ..Limits::default()
-        }
-    }
-
-    /// Admit one request of about `input_tokens` against the plan's per-minute limits:
-    /// 429 `rate_limited` (with `Retry-After`) when over one, 413 `input_too_long` when the
-    /// input alone is more than the plan's tokens per minute.
-    pub async fn admit(
-        &self,
-        key: &str,
-        plan: &PlanConfig,
-        input_tokens: u64,
-    ) -> Result<(), FluxError> {
-        self.admit_charges(key, &Charges::of(plan, input_tokens))
-            .await
-    }
-
-    /// [`Limits::admit`] for charges already worked out.
-    pub async fn admit_charges(&self, key: &str, charges: &Charges) -> Result<(), FluxError> {
+    /// Admit in this process, against `1/share` of each limit (a fleet's gateway while the
+    /// shared store is down takes its share; alone, the share is 1).
+    pub fn check_share(&self, key: &str, charges: &Charges, share: u64) -> Result<(), FluxError> {
         if charges.is_empty() {
             return Ok(());
         }
-        let Some(fleet) = &self.fleet else {
-            return self.admit_here(key, charges, 1);
-        };
-        charges.check_size()?;
-        match fleet.admit(key, charges.as_slice()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((i, wait))) => Err(charges.refused(i, wait)),
-            Err(Unavailable) => self.admit_while_down(key, charges),
-        }
-    }
-
-    /// Fleet mode while Redis is down: this gateway's share of each limit (the limit divided
-    /// by the gateways alive), or 503 `ledger_unavailable`, as `redis.when_down` says.
-    pub fn admit_while_down(&self, key: &str, charges: &Charges) -> Result<(), FluxError> {
-        let Some(fleet) = &self.fleet else {
-            return self.admit_here(key, charges, 1);
-        };
-        if charges.is_empty() {
-            return Ok(());
-        }
-        match fleet.when_down.rate_limits {
-            RatesWhenDown::Refuse => Err(FluxError::ledger_unavailable(
-                fleet.when_down.retry_after_seconds,
-                "rate limits",
-            )),
-            RatesWhenDown::NodeShare => self.admit_here(key, charges, fleet.nodes()),
-        }
-    }
-
-    /// Admit in this process, against `1/share` of each limit.
-    fn admit_here(&self, key: &str, charges: &Charges, share: u64) -> Result<(), FluxError> {
         let mut list = charges.list;
         let list = &mut list[..charges.n];
         if share > 1 {
@@ -247,6 +201,13 @@ impl Limits {
         self.limiter
             .check(key, list, self.origin.elapsed())
             .map_err(|refusal| refused(refusal, charges.input_tokens))
+    }
+}
+
+#[async_trait::async_trait]
+impl RateStore for Limits {
+    async fn check(&self, key: &str, charges: &Charges) -> Result<(), FluxError> {
+        self.check_share(key, charges, 1)
     }
 }
 
@@ -261,7 +222,7 @@ pub struct Charges {
 impl Charges {
     /// The plan's requests and tokens per minute (those it sets) for a request of about
     /// `input_tokens`.
-    pub fn of(plan: &PlanConfig, input_tokens: u64) -> Charges {
+    pub fn of(plan: &Terms, input_tokens: u64) -> Charges {
         let mut list = [Charge {
             dimension: Dimension::Requests,
             per_minute: 0,
@@ -357,35 +318,6 @@ pub fn retry_after_seconds(after: Duration) -> u64 {
         s + 1
     } else {
         s
-    }
-}
-
-/// 400 when the `model` id is longer than `max` bytes (checked before anything uses it).
-pub fn check_model_id(model: &str, max: usize) -> Result<(), FluxError> {
-    if model.len() <= max {
-        return Ok(());
-    }
-    Err(FluxError::new(
-        ErrorKind::InvalidRequest,
-        format!(
-            "'model' is {} bytes; model ids are at most {max} bytes. Use flux-auto, a lane \
-             alias or a pinned id (GET /v1/models lists them).",
-            model.len()
-        ),
-    ))
-}
-
-/// 429 `conversation_limit` when the request carries more messages than the plan allows.
-pub fn check_conversation(plan: &PlanConfig, messages: usize) -> Result<(), FluxError> {
-    match plan.max_messages {
-        Some(max) if messages > max => Err(FluxError::new(
-            ErrorKind::ConversationLimit,
-            format!(
-                "This conversation hit its limit: {messages} messages, and your plan allows \
-                 {max} in one request. Start a new conversation (or compact this one)."
-            ),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -568,52 +500,5 @@ mod tests {
         assert_eq!(retry_after_seconds(Duration::from_secs(2)), 2);
         assert_eq!(retry_after_seconds(Duration::from_millis(2001)), 3);
         assert_eq!(retry_after_seconds(Duration::ZERO), 1);
-    }
-
-    #[test]
-    fn plan_limits_become_errors_that_name_them() {
-        let plan = PlanConfig {
-            requests_per_minute: Some(2),
-            tokens_per_minute: Some(1_000),
-            max_messages: Some(3),
-            ..PlanConfig::default()
-        };
-        let limits = Limits::default();
-        let admit = |key: &str, plan: &PlanConfig, tokens: u64| {
-            use futures_util::FutureExt;
-            limits
-                .admit(key, plan, tokens)
-                .now_or_never()
-                .expect("the local store does not wait")
-        };
-        assert!(admit("k", &plan, 10).is_ok());
-        assert!(admit("k", &plan, 10).is_ok());
-        let e = admit("k", &plan, 10).unwrap_err();
-        assert_eq!((e.status(), e.code()), (429, "rate_limited"));
-        assert!(
-            e.message.contains("2 requests per minute for your plan"),
-            "{e}"
-        );
-        assert_eq!(e.retry_after, Some(30));
-
-        let e = admit("t", &plan, 1_001).unwrap_err();
-        assert_eq!((e.status(), e.code()), (413, "input_too_long"));
-        assert!(e.message.contains("1000-token limit"), "{e}");
-        let e = admit("t", &plan, 999)
-            .and(admit("t", &plan, 2))
-            .unwrap_err();
-        assert!(e.message.contains("1000 input tokens per minute"), "{e}");
-
-        assert!(admit("fresh", &PlanConfig::default(), u64::MAX).is_ok());
-        assert!(check_conversation(&plan, 3).is_ok());
-        let e = check_conversation(&plan, 4).unwrap_err();
-        assert_eq!((e.status(), e.code()), (429, "conversation_limit"));
-        assert!(e.message.contains("Start a new conversation"), "{e}");
-        assert!(!e.kind.retryable());
-
-        assert!(check_model_id(&"m".repeat(256), 256).is_ok());
-        let e = check_model_id(&"m".repeat(257), 256).unwrap_err();
-        assert_eq!((e.status(), e.code()), (400, "invalid_request"));
-        assert!(e.message.contains("at most 256 bytes"), "{e}");
     }
 }

@@ -172,7 +172,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
             );
         }
     }
-    if let Err(e) = state.budget.ledger().close() {
+    if let Err(e) = state.admission.spend().ledger().close() {
         log::error!("ledger: final flush failed: {e}");
     }
 }
@@ -221,7 +221,7 @@ impl BackgroundService for HoldSweeper {
                 _ = shutdown.changed() => return,
             }
             let now = crate::units::clock::unix_now();
-            let released = self.state.budget.sweep(now);
+            let released = self.state.admission.spend().sweep(now);
             if released > 0 {
                 log::warn!("released {released} expired spend hold(s)");
             }

@@ -25,8 +25,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::access_log::AccessLog;
-use crate::auth::KeyTable;
+use crate::admission::{Admission, InProcess, SharedState};
+use crate::auth::{KeyTable, Terms};
 use crate::config::{ConfigError, KeysFile, ServerConfig};
+use crate::limits::Limits;
 use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
 use crate::routing::RouteTable;
@@ -43,8 +45,9 @@ pub struct AppState {
     pub access_log: AccessLog,
     /// Prometheus metrics, recorded lock-free by every request.
     pub metrics: crate::metrics::Metrics,
-    /// Reservations over the durable spend ledger (the fleet's, in fleet mode).
-    pub budget: Budget,
+    /// Whether a request may go upstream: its bounds, rate limits and spend reservation,
+    /// over the shared state picked at load (this process's, or the fleet's).
+    pub admission: Admission,
     /// This node's own ledger file (the budget reads it through the `Ledger` trait); kept
     /// here for its writer's statistics in the metrics.
     pub ledger: Arc<EmbeddedLedger>,
@@ -97,10 +100,12 @@ impl AppState {
         };
         let ttl = config.ledger.hold_ttl_seconds;
         let ledger = Arc::new(ledger);
-        let budget = match &fleet {
-            Some(fleet) => Budget::shared(ledger.clone(), ttl, fleet.clone()),
-            None => Budget::new(ledger.clone(), ttl),
+        let budget = Budget::new(ledger.clone(), ttl);
+        let shared: Arc<dyn SharedState> = match &fleet {
+            Some(fleet) => Arc::new(crate::fleet::FleetState::new(fleet.clone(), budget)),
+            None => Arc::new(InProcess::new(Limits::default(), budget)),
         };
+        let admission = Admission::new(shared, config.limits.max_model_id_bytes);
         let now = unix_now();
         let state = AppState {
             lanes_loaded_at: now.into(),
@@ -114,7 +119,7 @@ impl AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),
-            budget,
+            admission,
             ledger,
             providers,
             routes: ArcSwap::from_pointee(routes),
@@ -504,9 +509,13 @@ fn compile_keys(config: &ServerConfig, bytes: &[u8]) -> Result<KeyTable, ConfigE
 
 /// Check a keys file against the configured plans and compile it.
 pub fn keys_table(config: &ServerConfig, file: &KeysFile) -> Result<KeyTable, ConfigError> {
-    KeyTable::compile(&config.keys_file, file, &|plan| {
-        config.plans.get(plan).cloned().map(Arc::new)
-    })
+    // Each plan compiled once, its terms shared by the accounts on it.
+    let plans: std::collections::HashMap<&str, Arc<Terms>> = config
+        .plans
+        .iter()
+        .map(|(name, plan)| (name.as_str(), Arc::new(Terms::compile(plan))))
+        .collect();
+    KeyTable::compile(&config.keys_file, file, &|plan| plans.get(plan).cloned())
 }
 
 /// Watches lanes.yaml and the keys file (and SIGHUP) and swaps the tables on change.

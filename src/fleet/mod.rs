@@ -18,6 +18,7 @@
 
 mod layout;
 pub mod rate;
+mod shared;
 pub mod spend;
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, RedisResult, Script};
 
 pub use layout::Layout;
+pub use shared::FleetState;
 pub use spend::{Refused, Settlement};
 
 use crate::config::server::{RedisConfig, WhenRedisDown};

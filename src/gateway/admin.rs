@@ -200,7 +200,8 @@ impl Admin {
             .map_or(2, |f| f.when_down.retry_after_seconds);
         let rows = self
             .state
-            .budget
+            .admission
+            .spend()
             .report(month, key_id.clone())
             .await
             .map_err(|e| match &self.state.fleet {

@@ -207,7 +207,7 @@ impl Admin {
         let state = &self.state;
         let rows = self.month_rows(month).await?;
         // Days come from this gateway's ledger file (in fleet mode: its own share).
-        let ledger = state.budget.ledger().clone();
+        let ledger = state.admission.spend().ledger().clone();
         let path = state.config.ledger.path.clone();
         let days = tokio::task::spawn_blocking(move || {
             ledger.flush()?;
@@ -262,15 +262,16 @@ impl Admin {
             .fleet
             .as_ref()
             .map_or(2, |f| f.when_down.retry_after_seconds);
-        let rows =
-            self.state
-                .budget
-                .report(month, None)
-                .await
-                .map_err(|e| match &self.state.fleet {
-                    Some(_) => FluxError::ledger_unavailable(retry, "the fleet's usage"),
-                    None => FluxError::new(ErrorKind::Internal, format!("ledger: {e}")),
-                })?;
+        let rows = self
+            .state
+            .admission
+            .spend()
+            .report(month, None)
+            .await
+            .map_err(|e| match &self.state.fleet {
+                Some(_) => FluxError::ledger_unavailable(retry, "the fleet's usage"),
+                None => FluxError::new(ErrorKind::Internal, format!("ledger: {e}")),
+            })?;
         Ok(rows)
     }
 

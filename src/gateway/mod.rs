@@ -5,9 +5,9 @@
 //! cannot carry bodies over 64 KiB nor hold the response header back (NOTES-pingora).
 //!
 //! accept -> request id -> path (403) -> auth (401) -> body (413/415)
-//!   -> parse the client's format into the IR (400) -> model id bound (400)
-//!   -> conversation limit (429) -> features -> route (400/403/413/502)
-//!   -> requests / tokens per minute (429)
+//!   -> parse the client's format into the IR (400)
+//!   -> admission: model id bound (400), conversation limit (429), then features and route
+//!      (400/403/413/502), requests / tokens per minute (429/413), spend reservation (402)
 //!   -> upstream exchange with fallbacks (502), translating when the provider's format differs
 //!   -> response or stream -> log
 
@@ -29,6 +29,7 @@ use pingora::ErrorSource;
 use serde_json::json;
 
 use crate::access_log::{AccessLine, FailedAttempt};
+use crate::admission;
 use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError};
@@ -41,18 +42,12 @@ use crate::wire::{transcode, Format};
 
 pub struct Gateway {
     state: Arc<AppState>,
-    /// Per-key requests and tokens per minute (in this process, or the fleet's).
-    limits: crate::limits::Limits,
 }
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         body::configure(&state.config.limits);
-        let limits = match &state.fleet {
-            Some(fleet) => crate::limits::Limits::shared(fleet.clone()),
-            None => crate::limits::Limits::default(),
-        };
-        Gateway { state, limits }
+        Gateway { state }
     }
 }
 
@@ -458,10 +453,6 @@ fn websocket_upgrade(req: &pingora::http::RequestHeader) -> bool {
         })
 }
 
-/// How long a request waits for the tokenizer's vocabulary to load (about 0.1 s in a release
-/// build) before its count loads it on the request's own thread.
-const TOKENIZER_WAIT: Duration = Duration::from_secs(5);
-
 impl Gateway {
     async fn handle(
         &self,
@@ -591,42 +582,58 @@ impl Gateway {
         let mut request = transcode::parse_request(client, &raw)?;
         ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
         ctx.stream = request.stream;
-        let limits = &self.state.config.limits;
-        crate::limits::check_model_id(&request.model, limits.max_model_id_bytes)?;
-        crate::limits::check_conversation(&account.terms, request.messages.len())?;
+        let admission::Admitted { routed, hold } = self
+            .state
+            .admission
+            .admit(
+                admission::Ask {
+                    account,
+                    request: &request,
+                    body_bytes: raw.len(),
+                },
+                |request| self.route(ctx, account, request),
+            )
+            .await?;
+        exchange::run(
+            &self.state,
+            session,
+            ctx,
+            &routed.routes,
+            &routed.route,
+            &mut request,
+            exchange::Admitted {
+                hold,
+                estimated_input_tokens: routed.input_tokens,
+            },
+        )
+        .await
+    }
 
-        // One snapshot for the whole request: a reload mid-request changes nothing here.
+    /// Route a request (one routing snapshot for the whole request: a reload mid-request
+    /// changes nothing for it), noting the lane and the rule in `ctx`.
+    fn route(
+        &self,
+        ctx: &mut RequestCtx,
+        account: &Account,
+        request: &crate::wire::ir::Request<'_>,
+    ) -> Result<admission::Routed, FluxError> {
         let routes = self.state.routes.load_full();
         ctx.routes = Some(routes.clone());
         let requested = routes.resolve(&request.model)?;
-        let mut features = crate::routing::features(&request);
+        let mut features = crate::routing::features(request);
         if requested == Requested::Auto {
-            routes.detect_cues(&crate::routing::last_user_text(&request), &mut features);
-            routes.classify(&request, &mut features);
+            routes.detect_cues(&crate::routing::last_user_text(request), &mut features);
+            routes.classify(request, &mut features);
         }
         let route = routes.route(requested, &features, account)?;
         ctx.lane = Some(route.lane);
         ctx.rule = route.rule;
         ctx.probability = route.probability;
-        // After routing, so a request refused for its own shape spends no quota.
-        let charges = crate::limits::Charges::of(&account.terms, features.input_tokens);
-        let hold = self
-            .reserve(account, &request, &routes, &route, raw.len(), &charges)
-            .await?;
-        let estimated_input_tokens = features.input_tokens;
-        exchange::run(
-            &self.state,
-            session,
-            ctx,
-            &routes,
-            &route,
-            &mut request,
-            exchange::Admitted {
-                hold,
-                estimated_input_tokens,
-            },
-        )
-        .await
+        Ok(admission::Routed {
+            routes,
+            route,
+            input_tokens: features.input_tokens,
+        })
     }
 
     /// `GET /v1/usage`: where the key's owner stands, without a dashboard.
@@ -637,69 +644,18 @@ impl Gateway {
         account: &Account,
     ) -> Result<(), Stop> {
         let now = unix_now();
-        let standing = self.state.budget.standing(&account.key_id, now).await?;
+        let standing = self
+            .state
+            .admission
+            .spend()
+            .standing(&account.key_id, now)
+            .await?;
         let body = serde_json::to_vec(&crate::metering::usage_view(account, &standing, now))
             .expect("JSON value");
         ctx.status = 200;
         let h = respond::header(200, &ctx.id)?;
         respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
         Ok(())
-    }
-
-    /// Admit the request against its per-minute limits (429), then hold its worst-case cost
-    /// against the account's limits (402 when it does not fit). The body's length bounds its
-    /// tokens (a token is at least a byte), which costs nothing to know; only when that bound
-    /// does not fit are the tokens counted, with a margin for providers whose tokenizers
-    /// count more. A 402 is never decided on a guess: the first count after a start waits for
-    /// the vocabulary to load.
-    async fn reserve(
-        &self,
-        account: &Account,
-        request: &crate::wire::ir::Request<'_>,
-        routes: &crate::routing::RouteTable,
-        route: &crate::routing::Route,
-        body_bytes: usize,
-        charges: &crate::limits::Charges,
-    ) -> Result<crate::metering::budget::Hold, FluxError> {
-        use crate::units::worst_case;
-        let rates = &routes.lane(route.lane).rates;
-        let max_output = request.max_tokens.unwrap_or_else(|| {
-            route
-                .candidates
-                .iter()
-                .map(|&m| routes.model(m).max_output_tokens)
-                .max()
-                .unwrap_or(0)
-        });
-        let overhead = 8 * request.messages.len() as u64;
-        let bound = body_bytes as u64 + overhead;
-        let now = unix_now();
-        let budget = &self.state.budget;
-        let rate = Some((&self.limits, charges));
-        match budget
-            .reserve(account, worst_case(bound, max_output, rates), now, rate)
-            .await
-        {
-            Ok(hold) => Ok(hold),
-            Err(e) if e.status() == 402 && e.kind != ErrorKind::AccountOnHold => {
-                // The vocabulary is loaded on first need (about 0.1 s), off this thread: the
-                // first request that needs it waits for it.
-                if !crate::tokens::loaded(TOKENIZER_WAIT).await {
-                    log::warn!(
-                        "tokenizer still loading after {TOKENIZER_WAIT:?}: counting on this \
-                         thread"
-                    );
-                }
-                let counted = crate::tokens::count_request(request);
-                let margin = counted / 4 + overhead;
-                let input = (counted + margin).min(bound);
-                // The first attempt spent the rate: this one only reserves.
-                budget
-                    .reserve(account, worst_case(input, max_output, rates), now, None)
-                    .await
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// `count_tokens`: counted here with the shipped tokenizer, never forwarded or billed.
@@ -722,7 +678,7 @@ impl Gateway {
         .map_err(|e| FluxError::new(ErrorKind::Internal, format!("token count: {e}")))??;
         ctx.original_model = Some(crate::access_log::bounded(&model).into_owned());
         let max_model_id = self.state.config.limits.max_model_id_bytes;
-        crate::limits::check_model_id(&model, max_model_id)?;
+        crate::admission::check_model_id(&model, max_model_id)?;
         // The model must be one the gateway knows, as for a real request.
         self.state.routes.load().resolve(&model)?;
         let body = serde_json::to_vec(&json!({ "input_tokens": tokens })).expect("JSON value");

@@ -8,23 +8,56 @@
 //! abandoned request), and every hold also has an expiry after which [`Budget::sweep`]
 //! frees it, so a hold whose owner never returns (a leaked task) cannot block a key.
 //!
-//! In fleet mode ([`Budget::shared`]) the same contract holds across gateways: the holds
-//! and the spend live in Redis and each reservation or settlement is one atomic script
-//! ([`crate::fleet`]); this process's ledger still records what it settled.
+//! Admission reaches spend through [`SpendStore`]: [`Budget`] keeps it in this process over
+//! its ledger; in fleet mode `fleet/` keeps it in Redis (one atomic script per reservation
+//! or settlement) and settles its holds through [`Holds`]. The refusals and the caps are
+//! worked out here, whatever the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
+
 use super::ledger::{Entry, Ledger, LedgerError, ReportRow};
 use crate::auth::Account;
-use crate::config::server::MoneyWhenDown;
 use crate::errors::{ErrorKind, FluxError};
-use crate::fleet::{Fleet, Refused, Settlement, Unavailable};
-use crate::limits::{Charges, Limits};
 use crate::units::{Month, Usd};
 
 /// How long a hold may live without being settled or dropped (`ledger.hold_ttl_seconds`).
 pub const DEFAULT_HOLD_TTL_SECS: u64 = 15 * 60;
+
+/// Where holds and spend are kept: this process ([`Budget`]) or a fleet's shared store.
+#[async_trait]
+pub trait SpendStore: Send + Sync {
+    /// Reserve `amount` (the request's worst-case cost) for `account`, or say which limit it
+    /// would break (402). `now` is Unix seconds.
+    async fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError>;
+
+    /// Where an account stands: settled spend this month and hour, and outstanding holds.
+    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError>;
+
+    /// A month's usage by key, lane and model, as far as this store sees it.
+    async fn report(
+        &self,
+        month: Month,
+        key_id: Option<String>,
+    ) -> Result<Vec<ReportRow>, LedgerError>;
+
+    /// Release this process's holds past their expiry. Returns how many.
+    fn sweep(&self, now: u64) -> usize;
+
+    /// This gateway's own ledger (in fleet mode, its share of the fleet's spend).
+    fn ledger(&self) -> &Arc<dyn Ledger>;
+}
+
+/// The store side of a [`Hold`]: what settles it or releases it.
+#[async_trait]
+pub trait Holds: Send + Sync {
+    /// Record the real cost of `hold`'s request and release the hold; returns what was billed.
+    async fn settle(&self, hold: &Hold, entry: Entry<'_>) -> Usd;
+    /// Release `hold` unsettled (its request failed or was abandoned).
+    fn release(&self, hold: &Hold);
+}
 
 #[derive(Default)]
 struct KeyHolds {
@@ -41,30 +74,29 @@ struct Inner {
     by_key: Mutex<HashMap<String, KeyHolds>>,
     next_id: std::sync::atomic::AtomicU64,
     ttl_secs: u64,
-    /// Fleet mode: holds and spend live in Redis.
-    fleet: Option<Arc<Fleet>>,
 }
 
-/// The reservations of this process, over a ledger; or, in fleet mode, the fleet's.
+/// The reservations of this process, over its ledger.
 #[derive(Clone)]
 pub struct Budget {
     inner: Arc<Inner>,
 }
 
 /// Where a hold is kept.
-enum Place {
-    /// In this process (id in `by_key`).
-    Local(u64),
-    /// In Redis; `held` is false for an account with no limit to hold against (the id then
-    /// only names the settlement).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ticket {
+    /// In this process ([`Budget`]), by its id there.
+    Here(u64),
+    /// In a shared store, by its id there; `held` is false for an account with no limit to
+    /// hold against (the id then only names the settlement).
     Shared { id: Box<str>, held: bool },
 }
 
 /// An outstanding reservation. Settle it with [`Hold::settle`]; dropping it releases it.
 pub struct Hold {
-    inner: Arc<Inner>,
+    holds: Arc<dyn Holds>,
     key_id: String,
-    place: Place,
+    ticket: Ticket,
     amount: Usd,
     /// The hard cap a settlement may not push the month's spend over (free and
     /// credit-only plans), if any.
@@ -82,22 +114,12 @@ pub struct Standing {
 
 impl Budget {
     pub fn new(ledger: Arc<dyn Ledger>, ttl_secs: u64) -> Self {
-        Self::build(ledger, ttl_secs, None)
-    }
-
-    /// Fleet mode: reservations and spend in Redis; `ledger` keeps this gateway's own record.
-    pub fn shared(ledger: Arc<dyn Ledger>, ttl_secs: u64, fleet: Arc<Fleet>) -> Self {
-        Self::build(ledger, ttl_secs, Some(fleet))
-    }
-
-    fn build(ledger: Arc<dyn Ledger>, ttl_secs: u64, fleet: Option<Arc<Fleet>>) -> Self {
         Budget {
             inner: Arc::new(Inner {
                 ledger,
                 by_key: Mutex::new(HashMap::new()),
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 ttl_secs,
-                fleet,
             }),
         }
     }
@@ -107,95 +129,13 @@ impl Budget {
         &self.inner.ledger
     }
 
-    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
-        self.inner.fleet.as_ref()
+    /// How long a hold lives unsettled, in seconds.
+    pub fn ttl_secs(&self) -> u64 {
+        self.inner.ttl_secs
     }
 
-    /// Reserve `amount` (the request's worst-case cost) for `account`, or say which limit
-    /// it would break. `now` is Unix seconds. With `rate`, the request is first admitted
-    /// against its per-minute limits (429 when over one). In fleet mode both are one round
-    /// trip to Redis, and an account without any spend limit makes only the rate's.
-    pub async fn reserve(
-        &self,
-        account: &Account,
-        amount: Usd,
-        now: u64,
-        rate: Option<(&Limits, &Charges)>,
-    ) -> Result<Hold, FluxError> {
-        let Some(fleet) = &self.inner.fleet else {
-            if let Some((limits, charges)) = rate {
-                limits.admit_charges(&account.key_id, charges).await?;
-            }
-            return self.reserve_local(account, amount, now);
-        };
-        check_on_hold(account)?;
-        let caps = monthly_caps(account);
-        let hourly = account.terms.hourly_limit_usd;
-        let hard_cap = caps.iter().map(|(c, _)| *c).min();
-        let hold = |place| Hold {
-            inner: self.inner.clone(),
-            key_id: account.key_id.clone(),
-            place,
-            amount,
-            hard_cap,
-            done: false,
-        };
-        if caps.is_empty() && hourly.is_none() {
-            if let Some((limits, charges)) = rate {
-                limits.admit_charges(&account.key_id, charges).await?;
-            }
-            let id = fleet.hold_id();
-            return Ok(hold(Place::Shared { id, held: false }));
-        }
-        let charges = rate.map_or(&[][..], |(_, c)| c.as_slice());
-        if let Some((_, c)) = rate {
-            c.check_size()?;
-        }
-        let cap_amounts: Vec<Usd> = caps.iter().map(|(c, _)| *c).collect();
-        let answer = fleet
-            .reserve(
-                &account.key_id,
-                amount,
-                &cap_amounts,
-                hourly,
-                self.inner.ttl_secs,
-                now,
-                charges,
-            )
-            .await;
-        match answer {
-            Ok(Ok(id)) => Ok(hold(Place::Shared { id, held: true })),
-            Ok(Err(Refused::Cap { index, committed })) => {
-                // The script names the cap by its position in what it was given.
-                let (cap, kind) = caps
-                    .get(index)
-                    .or(caps.last())
-                    .copied()
-                    .unwrap_or((Usd::ZERO, ErrorKind::SpendCeilingReached));
-                Err(cap_error(kind, cap, amount, committed))
-            }
-            Ok(Err(Refused::Hour { .. })) => Err(hourly_error(hourly.unwrap_or_default(), now)),
-            Ok(Err(Refused::Rate { index, wait })) => Err(match rate {
-                Some((_, c)) => c.refused(index, wait),
-                None => FluxError::new(ErrorKind::RateLimited, "Rate limited.").retry_after(1),
-            }),
-            Err(Unavailable) => {
-                if let Some((limits, charges)) = rate {
-                    limits.admit_while_down(&account.key_id, charges)?;
-                }
-                match fleet.when_down.money {
-                    MoneyWhenDown::Refuse => Err(FluxError::ledger_unavailable(
-                        fleet.when_down.retry_after_seconds,
-                        "spend limits",
-                    )),
-                    MoneyWhenDown::Serve => self.reserve_local(account, amount, now),
-                }
-            }
-        }
-    }
-
-    /// Reserve against this process's own holds and ledger.
-    fn reserve_local(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
+    /// Reserve against this process's own holds and ledger (never waits).
+    pub fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
         check_on_hold(account)?;
         let terms = &account.terms;
         let mut by_key = lock(&self.inner.by_key);
@@ -228,35 +168,17 @@ impl Budget {
         entry
             .holds
             .insert(id, (amount, now.saturating_add(self.inner.ttl_secs)));
-        Ok(Hold {
-            inner: self.inner.clone(),
-            key_id: account.key_id.clone(),
-            place: Place::Local(id),
+        Ok(Hold::new(
+            self.inner.clone(),
+            &account.key_id,
+            Ticket::Here(id),
             amount,
             hard_cap,
-            done: false,
-        })
+        ))
     }
 
-    /// Where an account stands: settled spend this month and hour, and outstanding holds.
-    pub async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
-        if let Some(fleet) = &self.inner.fleet {
-            return match fleet.standing(key_id, now).await {
-                Ok([month, hour, reserved]) => Ok(Standing {
-                    month,
-                    hour,
-                    reserved,
-                }),
-                Err(Unavailable) => Err(FluxError::ledger_unavailable(
-                    fleet.when_down.retry_after_seconds,
-                    "your spend",
-                )),
-            };
-        }
-        Ok(self.standing_local(key_id, now))
-    }
-
-    fn standing_local(&self, key_id: &str, now: u64) -> Standing {
+    /// Where an account stands in this process.
+    pub fn standing(&self, key_id: &str, now: u64) -> Standing {
         let by_key = lock(&self.inner.by_key);
         let spend = self.inner.ledger.spend(key_id, now);
         Standing {
@@ -266,16 +188,13 @@ impl Budget {
         }
     }
 
-    /// A month's usage by key, lane and model: the fleet's in fleet mode, else this
-    /// gateway's (flushed first, so it includes every request settled before the call).
+    /// A month's usage by key, lane and model in this gateway's ledger (flushed first, so it
+    /// includes every request settled before the call).
     pub async fn report(
         &self,
         month: Month,
         key_id: Option<String>,
     ) -> Result<Vec<ReportRow>, LedgerError> {
-        if let Some(fleet) = &self.inner.fleet {
-            return fleet.report(month, key_id.as_deref()).await;
-        }
         let ledger = self.inner.ledger.clone();
         tokio::task::spawn_blocking(move || {
             ledger.flush()?;
@@ -285,8 +204,7 @@ impl Budget {
         .map_err(|e| LedgerError(format!("ledger task: {e}")))?
     }
 
-    /// Release holds whose owner never settled nor dropped them. Returns how many. (In fleet
-    /// mode Redis releases expired holds itself, in every script that reads them.)
+    /// Release holds whose owner never settled nor dropped them. Returns how many.
     pub fn sweep(&self, now: u64) -> usize {
         let mut by_key = lock(&self.inner.by_key);
         let mut released = 0;
@@ -314,9 +232,94 @@ impl Budget {
             .get(key_id)
             .map_or(Usd::ZERO, |k| k.reserved)
     }
+
+    /// Settle a hold this process keeps ([`Ticket::Here`]); returns what was billed.
+    pub fn settle_here(&self, hold: &Hold, entry: Entry<'_>) -> Usd {
+        self.inner.settle_here(hold, entry)
+    }
+
+    /// Release a hold this process keeps.
+    pub fn release_here(&self, hold: &Hold) {
+        self.inner.release_here(hold)
+    }
 }
 
-fn check_on_hold(account: &Account) -> Result<(), FluxError> {
+#[async_trait]
+impl SpendStore for Budget {
+    async fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError> {
+        Budget::reserve(self, account, amount, now)
+    }
+
+    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
+        Ok(Budget::standing(self, key_id, now))
+    }
+
+    async fn report(
+        &self,
+        month: Month,
+        key_id: Option<String>,
+    ) -> Result<Vec<ReportRow>, LedgerError> {
+        Budget::report(self, month, key_id).await
+    }
+
+    fn sweep(&self, now: u64) -> usize {
+        Budget::sweep(self, now)
+    }
+
+    fn ledger(&self) -> &Arc<dyn Ledger> {
+        Budget::ledger(self)
+    }
+}
+
+impl Inner {
+    /// Record the real cost, capped under a hard cap so the month never passes it, and
+    /// release the hold, in one critical section.
+    fn settle_here(&self, hold: &Hold, mut entry: Entry<'_>) -> Usd {
+        let mut by_key = lock(&self.by_key);
+        if let Some(cap) = hold.hard_cap {
+            let spent = self.ledger.spend(&hold.key_id, entry.at_unix).month;
+            let others = by_key
+                .get(&hold.key_id)
+                .map_or(Usd::ZERO, |k| k.reserved.saturating_sub(hold.amount));
+            let room = cap.saturating_sub(spent.saturating_add(others));
+            if entry.cost > room {
+                log::warn!(
+                    "{}: cost ${} capped at ${} to keep the plan's hard cap",
+                    entry.request_id,
+                    entry.cost,
+                    room
+                );
+                entry.cost = room;
+            }
+        }
+        let billed = entry.cost;
+        self.ledger.record(&entry);
+        if let Ticket::Here(id) = hold.ticket {
+            release(&mut by_key, &hold.key_id, id);
+        }
+        billed
+    }
+
+    fn release_here(&self, hold: &Hold) {
+        if let Ticket::Here(id) = hold.ticket {
+            release(&mut lock(&self.by_key), &hold.key_id, id);
+        }
+    }
+}
+
+#[async_trait]
+impl Holds for Inner {
+    async fn settle(&self, hold: &Hold, entry: Entry<'_>) -> Usd {
+        self.settle_here(hold, entry)
+    }
+
+    fn release(&self, hold: &Hold) {
+        self.release_here(hold)
+    }
+}
+
+/// 402 `account_on_hold` for an account paused for payment review.
+pub fn check_on_hold(account: &Account) -> Result<(), FluxError> {
     if account.on_hold {
         return Err(FluxError::new(
             ErrorKind::AccountOnHold,
@@ -328,7 +331,7 @@ fn check_on_hold(account: &Account) -> Result<(), FluxError> {
 }
 
 /// The refusal of a request that would pass a monthly cap.
-fn cap_error(kind: ErrorKind, cap: Usd, amount: Usd, committed: Usd) -> FluxError {
+pub fn cap_error(kind: ErrorKind, cap: Usd, amount: Usd, committed: Usd) -> FluxError {
     let left = cap.saturating_sub(committed);
     let message = match kind {
         ErrorKind::FreeAllowanceExhausted => format!(
@@ -349,7 +352,8 @@ fn cap_error(kind: ErrorKind, cap: Usd, amount: Usd, committed: Usd) -> FluxErro
     FluxError::new(kind, message)
 }
 
-fn hourly_error(limit: Usd, now: u64) -> FluxError {
+/// The refusal of a request that would pass the hourly limit.
+pub fn hourly_error(limit: Usd, now: u64) -> FluxError {
     let retry = 3600 - now % 3600;
     FluxError::new(
         ErrorKind::HourlyLimitReached,
@@ -368,14 +372,10 @@ pub fn monthly_cap(account: &Account) -> Option<Usd> {
 
 /// The monthly amounts an account may not pass, and the error each one raises: a free
 /// allowance, a credit without overage, a spend ceiling (the account's own or its plan's).
-fn monthly_caps(account: &Account) -> Vec<(Usd, ErrorKind)> {
+pub fn monthly_caps(account: &Account) -> Vec<(Usd, ErrorKind)> {
     let terms = &account.terms;
     let mut caps = Vec::with_capacity(2);
-    match terms.monthly_credit_usd {
-        Some(credit) if terms.free => caps.push((credit, ErrorKind::FreeAllowanceExhausted)),
-        Some(credit) if !terms.overage => caps.push((credit, ErrorKind::CreditExhausted)),
-        _ => {}
-    }
+    caps.extend(terms.credit_cap);
     if !terms.free {
         if let Some(ceiling) = account.ceiling.or(terms.ceiling_usd) {
             caps.push((ceiling, ErrorKind::SpendCeilingReached));
@@ -385,86 +385,55 @@ fn monthly_caps(account: &Account) -> Vec<(Usd, ErrorKind)> {
 }
 
 impl Hold {
+    /// A hold kept by `holds` (the store that reserved it).
+    pub fn new(
+        holds: Arc<dyn Holds>,
+        key_id: &str,
+        ticket: Ticket,
+        amount: Usd,
+        hard_cap: Option<Usd>,
+    ) -> Hold {
+        Hold {
+            holds,
+            key_id: key_id.to_string(),
+            ticket,
+            amount,
+            hard_cap,
+            done: false,
+        }
+    }
+
+    /// The same hold, settled and released through `holds` instead (a store that keeps
+    /// some of its holds in another, as a fleet keeps this gateway's while Redis is down).
+    pub fn kept_by(mut self, holds: Arc<dyn Holds>) -> Hold {
+        self.holds = holds;
+        self
+    }
+
     pub fn amount(&self) -> Usd {
         self.amount
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// The hard cap a settlement may not push the month's spend over, if any.
+    pub fn hard_cap(&self) -> Option<Usd> {
+        self.hard_cap
     }
 
     /// Record the real cost and release the hold. On plans whose credit is a hard stop,
     /// the recorded cost is capped so the month never passes the cap (a provider that
     /// counted more tokens than the worst case is the gateway's loss, not the user's).
-    /// Returns what was billed. In fleet mode the settlement goes to Redis in the background,
-    /// unless a hard cap may bill less than the cost (a cost over the hold): then it waits.
-    pub async fn settle(mut self, mut entry: Entry<'_>) -> Usd {
+    /// Returns what was billed: the one price the client is told.
+    pub async fn settle(mut self, entry: Entry<'_>) -> Usd {
         self.done = true;
-        let fleet = self.inner.fleet.clone();
-        let (id, held) = match &self.place {
-            Place::Local(id) => {
-                let billed = self.settle_local(*id, entry);
-                if let Some(fleet) = fleet {
-                    // Served while Redis was down under the `serve` policy: the fleet bills
-                    // it too, when Redis is back.
-                    entry.cost = billed;
-                    fleet.settle_in_background(self.settlement(fleet.hold_id(), None, &entry));
-                }
-                return billed;
-            }
-            Place::Shared { id, held } => (id.clone(), held.then_some(self.amount)),
-        };
-        let fleet = fleet.expect("a shared hold comes from a fleet");
-        let settlement = self.settlement(id, held, &entry);
-        // Under a hard cap the script may bill less than the cost, but only past the hold:
-        // other settlements never eat into a hold (each is capped to the room left outside
-        // the others' holds), so a cost within it is billed in full. Only a provider that
-        // counted more than the worst case makes the request wait for what is billed.
-        let billed = if self.hard_cap.is_some() && entry.cost > self.amount {
-            fleet.settle(settlement).await
-        } else {
-            fleet.settle_in_background(settlement);
-            entry.cost
-        };
-        entry.cost = billed;
-        self.inner.ledger.record(&entry);
-        billed
-    }
-
-    fn settlement(&self, hold: Box<str>, held: Option<Usd>, entry: &Entry<'_>) -> Settlement {
-        Settlement {
-            key_id: self.key_id.as_str().into(),
-            hold,
-            held,
-            at_unix: entry.at_unix,
-            lane: entry.lane.into(),
-            model: entry.model.into(),
-            input_tokens: entry.input_tokens,
-            cached_input_tokens: entry.cached_input_tokens,
-            output_tokens: entry.output_tokens,
-            cost: entry.cost,
-            hard_cap: self.hard_cap,
-        }
-    }
-
-    fn settle_local(&self, id: u64, mut entry: Entry<'_>) -> Usd {
-        let mut by_key = lock(&self.inner.by_key);
-        if let Some(cap) = self.hard_cap {
-            let spent = self.inner.ledger.spend(&self.key_id, entry.at_unix).month;
-            let others = by_key
-                .get(&self.key_id)
-                .map_or(Usd::ZERO, |k| k.reserved.saturating_sub(self.amount));
-            let room = cap.saturating_sub(spent.saturating_add(others));
-            if entry.cost > room {
-                log::warn!(
-                    "{}: cost ${} capped at ${} to keep the plan's hard cap",
-                    entry.request_id,
-                    entry.cost,
-                    room
-                );
-                entry.cost = room;
-            }
-        }
-        let billed = entry.cost;
-        self.inner.ledger.record(&entry);
-        release(&mut by_key, &self.key_id, id);
-        billed
+        self.holds.settle(&self, entry).await
     }
 }
 
@@ -479,17 +448,8 @@ impl std::fmt::Debug for Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        match &self.place {
-            Place::Local(id) => release(&mut lock(&self.inner.by_key), &self.key_id, *id),
-            Place::Shared { id, held: true } => {
-                if let Some(fleet) = &self.inner.fleet {
-                    fleet.release_in_background(&self.key_id, id, self.amount);
-                }
-            }
-            Place::Shared { held: false, .. } => {}
+        if !self.done {
+            self.holds.release(self);
         }
     }
 }
@@ -565,7 +525,7 @@ mod tests {
         let mut file = crate::config::KeysFile::default();
         let (_, record) = crate::auth::new_key("k", "p", 0);
         file.keys.push(record);
-        let terms = Arc::new(terms);
+        let terms = Arc::new(crate::auth::Terms::compile(&terms));
         let table =
             crate::auth::KeyTable::compile(std::path::Path::new("keys.yaml"), &file, &|_| {
                 Some(terms.clone())
@@ -602,7 +562,7 @@ mod tests {
                 let (budget, a) = (budget.clone(), a.clone());
                 std::thread::spawn(move || {
                     // Worst case 1 cent, real cost 0.7 cents.
-                    match budget.reserve_local(&a, usd("0.01"), 0) {
+                    match budget.reserve(&a, usd("0.01"), 0) {
                         Ok(hold) => {
                             settle(hold, entry(&a.key_id, usd("0.007")));
                             1
@@ -616,7 +576,7 @@ mod tests {
             })
             .collect();
         let served: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let spent = budget.standing_local(&a.key_id, 0);
+        let spent = budget.standing(&a.key_id, 0);
         assert!(served >= 5, "{served}");
         assert!(spent.month <= usd("0.05"), "{spent:?}");
         assert_eq!(spent.month, usd("0.007").times(served as u64));
@@ -627,33 +587,30 @@ mod tests {
     fn a_dropped_hold_is_released_and_a_forgotten_one_expires() {
         let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
         let a = account(free("0.05"));
-        let hold = budget.reserve_local(&a, usd("0.04"), 1_000).unwrap();
+        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
         assert_eq!(budget.reserved(&a.key_id), usd("0.04"));
-        assert!(
-            budget.reserve_local(&a, usd("0.02"), 1_000).is_err(),
-            "held"
-        );
+        assert!(budget.reserve(&a, usd("0.02"), 1_000).is_err(), "held");
         drop(hold);
         assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
 
         // An owner that never comes back (a leaked task): the sweep frees it at expiry.
-        let hold = budget.reserve_local(&a, usd("0.04"), 1_000).unwrap();
+        let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
         std::mem::forget(hold);
         assert_eq!(budget.sweep(1_059), 0, "not expired yet");
-        assert!(budget.reserve_local(&a, usd("0.02"), 1_059).is_err());
+        assert!(budget.reserve(&a, usd("0.02"), 1_059).is_err());
         assert_eq!(budget.sweep(1_060), 1);
         assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
-        assert!(budget.reserve_local(&a, usd("0.02"), 1_060).is_ok());
+        assert!(budget.reserve(&a, usd("0.02"), 1_060).is_ok());
     }
 
     #[test]
     fn settlement_never_passes_a_hard_cap() {
         let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
         let a = account(free("0.05"));
-        let hold = budget.reserve_local(&a, usd("0.04"), 0).unwrap();
+        let hold = budget.reserve(&a, usd("0.04"), 0).unwrap();
         // The provider counted more than the worst case: the key pays at most its cap.
         assert_eq!(settle(hold, entry(&a.key_id, usd("0.09"))), usd("0.05"));
-        assert_eq!(budget.standing_local(&a.key_id, 0).month, usd("0.05"));
+        assert_eq!(budget.standing(&a.key_id, 0).month, usd("0.05"));
     }
 
     #[test]
@@ -687,20 +644,18 @@ mod tests {
         ];
         for (terms, code) in cases {
             let a = account(terms);
-            let e = budget
-                .reserve_local(&a, usd("0.02"), 7_200 + 600)
-                .unwrap_err();
+            let e = budget.reserve(&a, usd("0.02"), 7_200 + 600).unwrap_err();
             assert_eq!((e.status(), e.code()), (402, code));
             if code == "hourly_limit_reached" {
                 assert_eq!(e.retry_after, Some(3_000));
             } else {
                 assert_eq!(e.retry_after, None);
             }
-            assert!(budget.reserve_local(&a, usd("0.005"), 0).is_ok(), "{code}");
+            assert!(budget.reserve(&a, usd("0.005"), 0).is_ok(), "{code}");
         }
         let mut on_hold = account(PlanConfig::default());
         on_hold.on_hold = true;
-        let e = budget.reserve_local(&on_hold, Usd::ZERO, 0).unwrap_err();
+        let e = budget.reserve(&on_hold, Usd::ZERO, 0).unwrap_err();
         assert_eq!((e.status(), e.code()), (402, "account_on_hold"));
     }
 }
