@@ -387,7 +387,7 @@ fn settle(path: &Path, mut last: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Con
 
 /// The file says `keys: []`: every key is to go.
 fn lists_no_keys(bytes: &[u8]) -> bool {
-    serde_yaml::from_slice::<serde_yaml::Value>(bytes)
+    serde_norway::from_slice::<serde_norway::Value>(bytes)
         .ok()
         .and_then(|doc| doc.get("keys")?.as_sequence().map(Vec::is_empty))
         .unwrap_or(false)

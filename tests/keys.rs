@@ -134,9 +134,9 @@ async fn rewriting_emptying_or_deleting_the_keys_file_never_logs_a_valid_key_out
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Restored, with a key added meanwhile: picked up again.
     let (late, record) = fluxrouter::auth::new_key("late", "payg", 0);
-    let mut file: fluxrouter::config::KeysFile = serde_yaml::from_slice(&original).unwrap();
+    let mut file: fluxrouter::config::KeysFile = serde_norway::from_slice(&original).unwrap();
     file.keys.push(record);
-    std::fs::write(&path, serde_yaml::to_string(&file).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&file).unwrap()).unwrap();
     for g in &gateways {
         g.wait_for_key(&late).await;
     }
@@ -174,13 +174,13 @@ async fn an_edit_that_revokes_a_key_still_takes_effect() {
     flux.wait_for_key(&leaver).await;
     let path = flux.dir.path().join("keys.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     for k in doc["keys"].as_sequence_mut().unwrap() {
         if k["name"] == "leaver" {
             k["status"] = "revoked".into();
         }
     }
-    let revoked = serde_yaml::to_string(&doc).unwrap();
+    let revoked = serde_norway::to_string(&doc).unwrap();
     assert_ne!(revoked, text);
     // Written in place, slowly: the finished file is what counts.
     let p = path.clone();

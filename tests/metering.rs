@@ -535,7 +535,7 @@ async fn each_402_has_its_code_and_says_what_to_do_on_both_paths() {
     flux.edit_key("onhold1", &[("on_hold", true.into())]).await;
     flux.edit_key(
         "free1",
-        &[("models", serde_yaml::from_str("[flux-fast]").unwrap())],
+        &[("models", serde_norway::from_str("[flux-fast]").unwrap())],
     )
     .await;
     let cases: Vec<(&str, Value, u16, &str, &str)> = vec![

@@ -75,7 +75,7 @@ impl KeysFile {
 
     /// Write atomically (temp file + rename), so a watching gateway never reads half a file.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_yaml::to_string(self).map_err(std::io::Error::other)?;
+        let text = serde_norway::to_string(self).map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(

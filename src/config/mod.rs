@@ -32,8 +32,8 @@ impl ConfigError {
         }
     }
 
-    /// A serde_yaml error carries the field path and position in its message.
-    pub fn from_yaml(file: &Path, err: serde_yaml::Error) -> Self {
+    /// A YAML error carries the field path and position in its message.
+    pub fn from_yaml(file: &Path, err: serde_norway::Error) -> Self {
         let field = match err.location() {
             Some(loc) => format!("line {} column {}", loc.line(), loc.column()),
             None => "(document)".to_string(),
@@ -67,5 +67,5 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))
+    serde_norway::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))
 }

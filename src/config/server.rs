@@ -996,7 +996,7 @@ plans:
             (MoneyWhenDown::Serve, RatesWhenDown::Refuse)
         );
         // A URL may carry a password: it is never written back out.
-        let dumped = serde_yaml::to_string(&c).unwrap();
+        let dumped = serde_norway::to_string(&c).unwrap();
         assert!(!dumped.contains("s3cret"), "{dumped}");
 
         for (redis, field) in [

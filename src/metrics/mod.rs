@@ -5,8 +5,9 @@
 //! models and providers are names from the configuration (the served model, never the id the
 //! client sent). Never a key, a request id or free text.
 //!
-//! The exposition format is written here rather than through a client crate: the crates'
-//! labelled families take a lock per lookup, which the request path must not.
+//! The exposition format is written here rather than through the `prometheus` crate: its
+//! labelled families take a lock per lookup (2.7× the cost per request, measured), and it
+//! reorders labels on the page. README "Prometheus metrics" has the numbers.
 
 mod family;
 mod recent;

@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn yaml_numbers_are_read_as_text_not_floats() {
         // 0.1 + 0.2 style values that a float would round.
-        let v: Vec<Usd> = serde_yaml::from_str("[0.1, 0.3, 2.675, \"1.10\", 3]").unwrap();
+        let v: Vec<Usd> = serde_norway::from_str("[0.1, 0.3, 2.675, \"1.10\", 3]").unwrap();
         assert_eq!(
             v.iter().map(|u| u.0).collect::<Vec<_>>(),
             [

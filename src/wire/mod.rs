@@ -224,7 +224,8 @@ mod tests {
 
     #[test]
     fn formats_read_from_the_config_names() {
-        let f: Vec<Format> = serde_yaml::from_str("[openai, openai_responses, anthropic]").unwrap();
+        let f: Vec<Format> =
+            serde_norway::from_str("[openai, openai_responses, anthropic]").unwrap();
         assert_eq!(f, Format::ALL);
     }
 }

@@ -199,7 +199,7 @@ impl Default for Custom<'_> {
 
 /// The lane names a lanes file defines, in order.
 fn lane_names(lanes: &str) -> Vec<String> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(lanes).expect("lanes YAML");
+    let doc: serde_norway::Value = serde_norway::from_str(lanes).expect("lanes YAML");
     doc["lanes"]
         .as_mapping()
         .expect("a lanes mapping")
@@ -440,10 +440,10 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
 
     /// Change fields of the named key in the keys file, as an operator would, and wait for
     /// the gateway to reload it.
-    pub async fn edit_key(&self, name: &str, fields: &[(&str, serde_yaml::Value)]) {
+    pub async fn edit_key(&self, name: &str, fields: &[(&str, serde_norway::Value)]) {
         let path = self.dir.path().join("keys.yaml");
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut doc: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let key = doc["keys"]
             .as_sequence_mut()
             .unwrap()
@@ -454,7 +454,7 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
             key[*field] = value.clone();
         }
         let tmp = self.dir.path().join(".keys.yaml.tmp");
-        std::fs::write(&tmp, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        std::fs::write(&tmp, serde_norway::to_string(&doc).unwrap()).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         // Reloads are asynchronous; the file's mtime changes at once, the table within ~1 s.
         tokio::time::sleep(Duration::from_millis(1500)).await;
