@@ -34,7 +34,7 @@ pub use shared::FleetState;
 pub use spend::{Refused, Settlement};
 
 use crate::config::server::{RedisConfig, WhenRedisDown};
-use crate::metrics::{Counter, Histogram};
+use crate::metrics::{FleetView, RedisSeries};
 
 /// Redis could not answer in time (or at all): the caller applies the down policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,15 +76,17 @@ impl Op {
     }
 }
 
-/// Per-operation latency and failures, and Redis's ups and downs.
-#[derive(Debug, Default)]
-pub struct FleetStats {
-    pub seconds: [Histogram; 7],
-    pub errors: [Counter; 7],
-    pub went_down: Counter,
-    pub came_up: Counter,
-    /// Settlements dropped because the replay queue was full (still in the node's ledger).
-    pub settles_dropped: Counter,
+impl Fleet {
+    /// What the metrics show of this gateway's view of Redis (`metrics` knows no fleet).
+    pub fn view(&self) -> FleetView<'_> {
+        FleetView {
+            up: self.is_up(),
+            gateways: self.nodes(),
+            settlements_pending: self.pending_len(),
+            series: &self.stats,
+            ops: Op::ALL.map(Op::label),
+        }
+    }
 }
 
 /// The shared store and this gateway's view of it.
@@ -105,7 +107,7 @@ pub struct Fleet {
     /// Gateways that beat in the last few probe intervals, this one included.
     nodes: AtomicU64,
     pub when_down: WhenRedisDown,
-    pub stats: FleetStats,
+    pub stats: RedisSeries,
     hold_seq: AtomicU64,
     pending: Mutex<spend::Pending>,
 }
@@ -213,7 +215,7 @@ impl Fleet {
             member,
             nodes: AtomicU64::new(1),
             when_down: config.when_down,
-            stats: FleetStats::default(),
+            stats: RedisSeries::default(),
             hold_seq: AtomicU64::new(0),
             pending: Mutex::new(spend::Pending::default()),
         });

@@ -297,7 +297,7 @@ impl Admin {
             access_log_dropped: state.access_log.dropped(),
             series_dropped: state.metrics.series_dropped(),
             ledger: state.ledger.stats(),
-            fleet: state.fleet.as_deref(),
+            fleet: state.fleet.as_deref().map(crate::fleet::Fleet::view),
         };
         let text = crate::metrics::render(&state.metrics, &live);
         let h = respond::header(200, id)?;

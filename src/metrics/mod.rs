@@ -99,6 +99,30 @@ pub struct ProviderSeries {
     pub ttfb: Histogram,
 }
 
+/// Fleet mode's Redis series: recorded by `fleet/`, rendered here. Indexed by operation, in
+/// the order of [`FleetView::ops`].
+#[derive(Debug, Default)]
+pub struct RedisSeries {
+    pub seconds: [Histogram; 7],
+    pub errors: [Counter; 7],
+    pub went_down: Counter,
+    pub came_up: Counter,
+    /// Settlements dropped because the replay queue was full (still in the node's ledger).
+    pub settles_dropped: Counter,
+}
+
+/// What a scrape shows of fleet mode, handed over by `fleet/` (this module imports no fleet).
+#[derive(Debug)]
+pub struct FleetView<'a> {
+    pub up: bool,
+    /// Gateways with a recent heartbeat, this one included.
+    pub gateways: u64,
+    pub settlements_pending: usize,
+    pub series: &'a RedisSeries,
+    /// The operations' labels, in the series' index order.
+    pub ops: [&'static str; 7],
+}
+
 /// One finished request, as `logging()` knows it.
 pub struct Finished<'a> {
     pub endpoint: &'static str,

@@ -18,7 +18,7 @@ pub struct Live<'a> {
     /// The ledger writer's statistics (this node's file).
     pub ledger: crate::metering::ledger::LedgerStats,
     /// Fleet mode's view of Redis.
-    pub fleet: Option<&'a crate::fleet::Fleet>,
+    pub fleet: Option<super::FleetView<'a>>,
 }
 
 const BREAKER_STATES: [&str; 3] = ["closed", "half_open", "open"];
@@ -367,7 +367,7 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         live.series_dropped,
     );
 
-    if let Some(fleet) = live.fleet {
+    if let Some(fleet) = &live.fleet {
         fleet_section(&mut o, fleet);
     }
 
@@ -389,20 +389,19 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
 }
 
 /// Fleet mode: whether Redis answers, its round trips by operation, and the fleet.
-fn fleet_section(o: &mut Out, fleet: &crate::fleet::Fleet) {
-    use crate::fleet::Op;
+fn fleet_section(o: &mut Out, fleet: &super::FleetView<'_>) {
     o.head(
         "flux_redis_up",
         "gauge",
         "1 while Redis answers this gateway, 0 while the down policy applies.",
     );
-    o.sample("flux_redis_up", &[], u8::from(fleet.is_up()));
+    o.sample("flux_redis_up", &[], u8::from(fleet.up));
     o.head(
         "flux_redis_transitions_total",
         "counter",
         "Times this gateway saw Redis go down, or come back up.",
     );
-    let s = &fleet.stats;
+    let s = fleet.series;
     o.counter(
         "flux_redis_transitions_total",
         &[("to", "down")],
@@ -415,11 +414,11 @@ fn fleet_section(o: &mut Out, fleet: &crate::fleet::Fleet) {
         "Round trips to Redis by operation (reserve, settle, release, standing, rate, \
          heartbeat, report), failures included.",
     );
-    for op in Op::ALL {
+    for (i, op) in fleet.ops.iter().enumerate() {
         o.histogram(
             "flux_redis_op_duration_seconds",
-            &[("op", op.label())],
-            &s.seconds[op as usize],
+            &[("op", op)],
+            &s.seconds[i],
         );
     }
     o.head(
@@ -427,25 +426,25 @@ fn fleet_section(o: &mut Out, fleet: &crate::fleet::Fleet) {
         "counter",
         "Redis operations that failed or timed out, by operation.",
     );
-    for op in Op::ALL {
-        o.counter(
-            "flux_redis_errors_total",
-            &[("op", op.label())],
-            &s.errors[op as usize],
-        );
+    for (i, op) in fleet.ops.iter().enumerate() {
+        o.counter("flux_redis_errors_total", &[("op", op)], &s.errors[i]);
     }
     o.head(
         "flux_fleet_gateways",
         "gauge",
         "Gateways that sent a heartbeat recently, this one included.",
     );
-    o.sample("flux_fleet_gateways", &[], fleet.nodes());
+    o.sample("flux_fleet_gateways", &[], fleet.gateways);
     o.head(
         "flux_fleet_settlements_pending",
         "gauge",
         "Settlements Redis has not taken yet (replayed when it answers).",
     );
-    o.sample("flux_fleet_settlements_pending", &[], fleet.pending_len());
+    o.sample(
+        "flux_fleet_settlements_pending",
+        &[],
+        fleet.settlements_pending,
+    );
     o.head(
         "flux_fleet_settlements_dropped_total",
         "counter",
