@@ -14,12 +14,6 @@ use tokio::sync::broadcast;
 use crate::gateway::{Edge, Gateway};
 use crate::state::{AppState, Reloader};
 
-/// jemalloc returns memory after bursts of large request bodies where glibc's malloc keeps
-/// much of it (README: measured with 40 concurrent 30 MB uploads).
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Process-level switches, passed through to Pingora.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunOptions {
