@@ -22,6 +22,12 @@ use fluxrouter::wire::transcode::{self, StreamTranscoder};
 use fluxrouter::wire::Format;
 use serde_json::json;
 
+// The allocator the gateway binary runs with (src/main.rs), so the timings here are what it
+// sees; the library leaves the choice to the program.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn table() -> RouteTable {
     let text = std::fs::read_to_string("lanes.yaml").expect("run from the crate root");
     let file: LanesFile = fluxrouter::config::parse_yaml(Path::new("lanes.yaml"), &text).unwrap();

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
+use crate::metering::report::UsageReport;
 use crate::state::AppState;
 use crate::units::clock::unix_now;
 use crate::units::Month;
@@ -208,29 +209,9 @@ impl Admin {
                 Some(_) => FluxError::ledger_unavailable(retry, "the fleet's usage"),
                 None => FluxError::new(ErrorKind::Internal, format!("ledger: {e}")),
             })?;
-        let total = rows
-            .iter()
-            .fold(crate::units::Usd::ZERO, |t, r| t.saturating_add(r.cost));
         let names = keys.names_by_id();
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "key_id": r.key_id,
-                    "key_name": names.get(r.key_id.as_str()),
-                    "lane": r.lane,
-                    "model": r.model,
-                    "requests": r.requests,
-                    "input_tokens": r.input_tokens,
-                    "cached_input_tokens": r.cached_input_tokens,
-                    "output_tokens": r.output_tokens,
-                    "cost_usd": r.cost,
-                })
-            })
-            .collect();
-        Ok(
-            json!({"object": "usage_report", "month": month.to_string(), "total_usd": total, "data": rows}),
-        )
+        let name_of = |id: &str| names.get(id).map(|n| n.to_string());
+        Ok(UsageReport::new(month, rows, &name_of).admin_json())
     }
 }
 

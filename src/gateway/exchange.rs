@@ -18,12 +18,13 @@ use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::metering::budget::Hold;
 use crate::metering::ledger::Entry;
+use crate::metrics::Metrics;
 use crate::routing::{ModelId, Route, RouteTable};
 use crate::state::AppState;
 use crate::units::clock::unix_now;
 use crate::units::{Rates, Usage, Usd};
 use crate::upstream::breaker::{BreakerState, Verdict};
-use crate::upstream::{FailureKind, Outgoing, Provider, Refusal, UpstreamResponse};
+use crate::upstream::{FailureKind, Outgoing, Provider, Refusal, Ticket, UpstreamResponse};
 use crate::wire::ir::{Billed, Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
 use crate::wire::{self, Format};
@@ -153,9 +154,7 @@ async fn exchange(
                     ctx.id, model.id, f.provider, f.reason
                 );
                 ctx.upstream_time += sent_at.elapsed();
-                ticket.verdict(Verdict::Failure);
-                ctx.attempt_failed(&state.metrics, provider, f.kind.label());
-                failures.attempt(f.kind);
+                failures.attempt_failed(ctx, &state.metrics, &mut ticket, provider, f.kind);
                 continue;
             }
             Raced::ClientGone(e) => {
@@ -168,8 +167,7 @@ async fn exchange(
                     ctx.id, model.id, provider.name, traffic.total_deadline_ms
                 );
                 ctx.upstream_time += sent_at.elapsed();
-                ctx.attempt_failed(&state.metrics, provider, "deadline");
-                failures.deadline = true;
+                failures.deadline_passed(ctx, &state.metrics, provider);
                 break;
             }
         };
@@ -183,9 +181,13 @@ async fn exchange(
                 "{}: {} answered {} from {}",
                 ctx.id, model.id, response.status, provider.name
             );
-            ticket.verdict(Verdict::Failure);
-            ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
-            failures.attempt(FailureKind::BadAnswer);
+            failures.attempt_failed(
+                ctx,
+                &state.metrics,
+                &mut ticket,
+                provider,
+                FailureKind::BadAnswer,
+            );
             continue;
         }
         // The provider refused the gateway's own key: the operator must fix it; the client's
@@ -196,9 +198,13 @@ async fn exchange(
                  providers.{}.api_key_env and the key it names",
                 ctx.id, provider.name, response.status, model.id, provider.name
             );
-            ticket.verdict(Verdict::Failure);
-            ctx.attempt_failed(&state.metrics, provider, FailureKind::Auth.label());
-            failures.attempt(FailureKind::Auth);
+            failures.attempt_failed(
+                ctx,
+                &state.metrics,
+                &mut ticket,
+                provider,
+                FailureKind::Auth,
+            );
             continue;
         }
         let served = Served {
@@ -246,16 +252,19 @@ async fn exchange(
                     ctx.id, model.id, provider.name
                 );
                 ctx.unserve();
-                ticket.verdict(Verdict::Failure);
-                ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
-                failures.attempt(FailureKind::BadAnswer);
+                failures.attempt_failed(
+                    ctx,
+                    &state.metrics,
+                    &mut ticket,
+                    provider,
+                    FailureKind::BadAnswer,
+                );
                 continue;
             }
             Raced::ClientGone(e) => return Err(client_gone(ctx, e)),
             Raced::Deadline => {
                 ctx.unserve();
-                ctx.attempt_failed(&state.metrics, provider, "deadline");
-                failures.deadline = true;
+                failures.deadline_passed(ctx, &state.metrics, provider);
                 break;
             }
         };
@@ -308,9 +317,13 @@ async fn exchange(
                         ctx.id, model.id
                     );
                     ctx.unserve();
-                    ticket.verdict(Verdict::Failure);
-                    ctx.attempt_failed(&state.metrics, provider, FailureKind::BadAnswer.label());
-                    failures.attempt(FailureKind::BadAnswer);
+                    failures.attempt_failed(
+                        ctx,
+                        &state.metrics,
+                        &mut ticket,
+                        provider,
+                        FailureKind::BadAnswer,
+                    );
                     continue;
                 }
             }
@@ -417,6 +430,33 @@ struct Failures {
 }
 
 impl Failures {
+    /// An attempt at `provider` failed: its breaker hears of it, the metrics and the access
+    /// log count it, and its kind weighs in the client's error if no fallback serves.
+    fn attempt_failed(
+        &mut self,
+        ctx: &mut RequestCtx,
+        metrics: &Metrics,
+        ticket: &mut Ticket<'_>,
+        provider: &Arc<Provider>,
+        kind: FailureKind,
+    ) {
+        ticket.verdict(Verdict::Failure);
+        ctx.attempt_failed(metrics, provider, kind.label());
+        self.attempt(kind);
+    }
+
+    /// The total deadline passed during the attempt at `provider`: no fallback is tried. The
+    /// breaker is told nothing (the deadline is the request's, not the provider's fault).
+    fn deadline_passed(
+        &mut self,
+        ctx: &mut RequestCtx,
+        metrics: &Metrics,
+        provider: &Arc<Provider>,
+    ) {
+        ctx.attempt_failed(metrics, provider, "deadline");
+        self.deadline = true;
+    }
+
     fn attempt(&mut self, kind: FailureKind) {
         self.attempts_failed += 1;
         match kind {

@@ -14,6 +14,7 @@
 pub mod admin;
 mod body;
 mod console;
+mod edge;
 mod exchange;
 mod respond;
 
@@ -40,6 +41,8 @@ use crate::units::clock::{self, unix_now};
 use crate::upstream::Provider;
 use crate::wire::{transcode, Format};
 
+pub use edge::Edge;
+
 pub struct Gateway {
     state: Arc<AppState>,
 }
@@ -49,19 +52,6 @@ impl Gateway {
         body::configure(&state.config.limits);
         Gateway { state }
     }
-}
-
-/// An access-log line for a request the gateway answered at the connection level (a header
-/// Pingora could not read, or one that did not arrive in time): no `ProxyHttp` phase ran.
-pub fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'static str) {
-    let log = &state.access_log;
-    if !log.enabled() {
-        return;
-    }
-    log.record(&AccessLine {
-        error: Some(code),
-        ..AccessLine::bare(clock::unix_secs_millis(), id, method, status)
-    });
 }
 
 /// Per-request facts, filled in as the pipeline goes; `logging()` writes them out. Names
@@ -195,7 +185,7 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         // The header is in: its deadline stops, and answers are the gateway's from here.
-        crate::server::header_received();
+        edge::header_received();
         // Pingora has decided from the request whether its connection stays open: not for
         // `Connection: close`, an HTTP/1.0 request without `Connection: keep-alive`, nor one
         // with both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1). A connection it

@@ -3,9 +3,11 @@
 //!
 //! - [`budget`]: holds and limits against the ledger, and the settlement.
 //! - [`ledger`]: durable spend per key per month and hour (trait + embedded store).
+//! - [`report`]: the usage report, for the admin listener and `fluxrouter usage`.
 
 pub mod budget;
 pub mod ledger;
+pub mod report;
 
 use crate::units::Month;
 

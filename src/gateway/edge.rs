@@ -1,0 +1,451 @@
+//! The connection guard: the gateway's HTTP/1 service wraps each accepted stream with a
+//! header deadline and a keep-alive idle timeout, and answers in the gateway's own shape where
+//! Pingora would answer for it (a header it cannot read, a method it refuses).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Gateway;
+use crate::access_log::AccessLine;
+use crate::errors::{ErrorKind, FluxError};
+use crate::state::AppState;
+use crate::units::clock;
+
+/// Bytes of a request's start kept to name its method and path when Pingora refuses it.
+const HEAD_KEPT: usize = 512;
+
+/// What the gateway and a connection's stream share: which request the connection is on,
+/// and whether that request's header has reached the gateway.
+#[derive(Debug, Default)]
+struct ConnState {
+    request: AtomicU64,
+    header_done: AtomicBool,
+}
+
+impl ConnState {
+    fn begin_request(&self) {
+        self.header_done.store(false, Ordering::Release);
+        self.request.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+tokio::task_local! {
+    static CONN: Arc<ConnState>;
+}
+
+/// Called by the gateway once Pingora has parsed a request's header (early_request_filter):
+/// the header deadline no longer applies, and what Pingora writes from now on is the
+/// gateway's own answer.
+pub(super) fn header_received() {
+    let _ = CONN.try_with(|c| c.header_done.store(true, Ordering::Release));
+}
+
+/// An access-log line for a request the gateway answered at the connection level (a header
+/// Pingora could not read, or one that did not arrive in time): no `ProxyHttp` phase ran.
+fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'static str) {
+    let log = &state.access_log;
+    if !log.enabled() {
+        return;
+    }
+    log.record(&AccessLine {
+        error: Some(code),
+        ..AccessLine::bare(clock::unix_secs_millis(), id, method, status)
+    });
+}
+
+/// The gateway's HTTP/1 service: Pingora's proxy app behind a per-connection guard.
+///
+/// Pingora reads a request header with a per-read timeout only (a client sending a byte every
+/// few seconds holds its connection forever), and answers an unreadable header (over 1 MiB,
+/// more than 256 fields, malformed) itself, before any `ProxyHttp` phase: without the
+/// request id, the error shape or an access-log line. The guard wraps each accepted stream:
+/// it arms a deadline at a request's first byte (`limits.header_timeout_ms`) and answers 408
+/// when it passes, and it replaces Pingora's own error answer with the gateway's.
+pub struct Edge {
+    proxy: Arc<pingora::proxy::HttpProxy<Gateway>>,
+    state: Arc<AppState>,
+}
+
+impl Edge {
+    pub fn new(proxy: pingora::proxy::HttpProxy<Gateway>, state: Arc<AppState>) -> Self {
+        Edge {
+            proxy: Arc::new(proxy),
+            state,
+        }
+    }
+
+    fn keepalive(&self) -> Option<u64> {
+        match self.state.config.limits.keepalive_timeout_seconds {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Edge {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let conn = Arc::new(ConnState::default());
+        let header_timeout = Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let stream: Stream = Box::new(Guarded::new(
+            stream,
+            conn.clone(),
+            header_timeout,
+            self.state.clone(),
+        ));
+        let keepalive = self.keepalive();
+        let serve = async {
+            // Pingora's own HTTP/1 loop, with the idle timeout from the config: it bounds the
+            // wait for a new connection's first request and between keep-alive requests
+            // (Pingora fixes 60 s for the first one).
+            let mut session = ServerSession::new_http1(stream);
+            session.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+            let mut result = self.proxy.process_new_http(session, shutdown).await;
+            while let Some((stream, settings)) = result.map(|r| r.consume()) {
+                conn.begin_request();
+                let mut session = ServerSession::new_http1(stream);
+                if let Some(settings) = settings {
+                    settings.apply_to_session(&mut session);
+                }
+                result = self.proxy.process_new_http(session, shutdown).await;
+            }
+        };
+        CONN.scope(conn.clone(), serve).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// An accepted stream with the header deadline and Pingora's answers replaced.
+struct Guarded {
+    inner: Stream,
+    conn: Arc<ConnState>,
+    header_timeout: Duration,
+    /// The request the fields below belong to.
+    request: u64,
+    /// When the request's first byte arrived: the header deadline counts from it.
+    first_byte: Option<tokio::time::Instant>,
+    /// The header deadline's timer, taken only when the header did not come whole in the read
+    /// that brought its first byte (Pingora reads again): most requests never need one, and
+    /// each timer locks the runtime's timer wheel and may wake a parked worker.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The start of the request as received.
+    head: Vec<u8>,
+    /// The gateway's answer replacing Pingora's, and how much of it is written.
+    reply: Option<(Vec<u8>, usize)>,
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+impl Guarded {
+    fn new(
+        inner: Stream,
+        conn: Arc<ConnState>,
+        header_timeout: Duration,
+        state: Arc<AppState>,
+    ) -> Self {
+        Guarded {
+            inner,
+            conn,
+            header_timeout,
+            request: 0,
+            first_byte: None,
+            deadline: None,
+            head: Vec::new(),
+            reply: None,
+            state,
+        }
+    }
+
+    /// Forget the previous request's deadline and head once a new request began.
+    fn sync(&mut self) {
+        let request = self.conn.request.load(Ordering::Acquire);
+        if request != self.request {
+            self.request = request;
+            self.first_byte = None;
+            self.deadline = None;
+            self.head.clear();
+            self.reply = None;
+        }
+    }
+
+    fn in_header(&self) -> bool {
+        !self.conn.header_done.load(Ordering::Acquire)
+    }
+
+    /// The method and path of the request line, as far as it arrived.
+    fn request_line(&self) -> (String, String) {
+        let line = self.head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let mut parts = line.split(|&b| b == b' ');
+        let text = |p: Option<&[u8]>| {
+            let s = String::from_utf8_lossy(p.unwrap_or(&[])).trim().to_string();
+            s.chars().take(200).collect::<String>()
+        };
+        let method = text(parts.next());
+        let target = text(parts.next());
+        // An absolute-form target names the path after its authority.
+        let path = match target.split_once("://") {
+            Some((_, rest)) => rest
+                .find('/')
+                .map_or("/".to_string(), |i| rest[i..].to_string()),
+            None => target,
+        };
+        (method, path)
+    }
+
+    /// The gateway's answer for a request Pingora refused or the deadline cut, logged.
+    fn own_reply(&self, kind: ErrorKind, message: &'static str) -> Vec<u8> {
+        let id = crate::headers::new_request_id();
+        let (method, path) = self.request_line();
+        let format = crate::endpoints::format_for(path.split('?').next().unwrap_or(""));
+        let err = FluxError::new(kind, message);
+        let body = format.error_body(&err, &id);
+        let status = err.status();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{}: {id}\r\n",
+            body.len(),
+            crate::headers::REQUEST_ID
+        );
+        for mirror in crate::headers::REQUEST_ID_MIRRORS {
+            out.push_str(&format!("{mirror}: {id}\r\n"));
+        }
+        out.push_str(&format!(
+            "{}: {}\r\n\r\n",
+            crate::headers::SHOULD_RETRY,
+            err.kind.retryable()
+        ));
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        log_refused(&self.state, &id, &method, status, err.code());
+        out
+    }
+
+    /// Write what is left of the reply.
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = self.reply.as_mut() {
+            if *written >= bytes.len() {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.sync();
+        let in_header = this.in_header();
+        if !in_header {
+            this.first_byte = None;
+            this.deadline = None;
+        } else if let Some(first_byte) = this.first_byte {
+            let deadline = this.deadline.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(first_byte + this.header_timeout))
+            });
+            // Registers the waker: the deadline wakes a read that waits for more.
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.first_byte = None;
+                this.deadline = None;
+                if this.reply.is_none() {
+                    let reply = this.own_reply(
+                        ErrorKind::RequestTimeout,
+                        "The request header did not arrive in time; send it again.",
+                    );
+                    // Written when Pingora shuts the connection down, right after this error.
+                    this.reply = Some((reply, 0));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request header deadline passed",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if in_header && matches!(result, Poll::Ready(Ok(()))) {
+            let got = &buf.filled()[before..];
+            if !got.is_empty() {
+                let keep = HEAD_KEPT.saturating_sub(this.head.len()).min(got.len());
+                this.head.extend_from_slice(&got[..keep]);
+                // The timer itself waits for the next read (above): this one returns data.
+                this.first_byte
+                    .get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.sync();
+        if this.reply.is_none() && this.in_header() && buf.starts_with(b"HTTP/1.") {
+            // The gateway never saw this request: Pingora is refusing its header.
+            let reply = match buf.get(9..12) {
+                Some(b"405") => {
+                    this.own_reply(ErrorKind::MethodNotAllowed, "This method is not served.")
+                }
+                _ => this.own_reply(
+                    ErrorKind::InvalidRequest,
+                    "The request header could not be read: it is over 1 MiB, has more than \
+                     256 fields, or is malformed.",
+                ),
+            };
+            this.reply = Some((reply, 0));
+        }
+        if this.reply.is_some() {
+            // Pingora's bytes are dropped; ours go instead.
+            return match this.poll_reply(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.sync();
+        if this.reply.is_some() || this.in_header() {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.reply.is_some() {
+            match this.poll_reply(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.reply.is_some() {
+            match this.poll_reply(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        if self.reply.is_some() {
+            // A reply queued by the header deadline goes out before the connection closes.
+            let flush = std::future::poll_fn(|cx| self.poll_reply(cx));
+            let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+        }
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
