@@ -4,8 +4,8 @@
 //! header, its error shape, request / response / stream to and from the [IR](super::ir), and
 //! where a client of it reads the final usage (for the billed cost). Callers dispatch with one
 //! lookup (`format.codec().parse_request(raw)`), never with a `match Format`; adding a format
-//! is its folder (implementing [`Codec`]) plus a variant of [`Format`] and its line in
-//! [`Format::codec`].
+//! is its folder (implementing [`Codec`]) plus a variant of [`Format`] (listed in
+//! [`Format::ALL`]) and its line in [`Format::codec`].
 //!
 //! The trait is object-safe and the table holds `&'static dyn Codec`: a request picks its
 //! two codecs at run time from the client's path and the provider's config, so static

@@ -1,7 +1,9 @@
-//! OpenAI Chat Completions: request, response and stream, to and from the [IR](super::ir).
+//! OpenAI Chat Completions: request, response and stream, to and from the [IR](super::ir), over
+//! the wire types in `schema.rs`; [`ChatCompletions`] is the format's codec.
 
 mod request;
 mod response;
+mod schema;
 mod stream;
 
 pub use request::{encode_request, parse_request};

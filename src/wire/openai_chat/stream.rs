@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
+use super::schema::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
 use crate::metering::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta, Usage};
 use crate::wire::sse::{self, Event};

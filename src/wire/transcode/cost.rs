@@ -91,9 +91,11 @@ pub(super) fn is_usage_chunk(data: &str) -> bool {
 }
 
 /// One event's data with `"cost": <cost>` set in the final usage object a client of
-/// `format` reads ([`final_usage`]). `cost` is a decimal (`Usd::to_decimal`) written as the
+/// `format` reads ([`Codec::final_usage`]). `cost` is a decimal (`Usd::to_decimal`) written as the
 /// JSON number's digits. An existing `cost` member gets the new value; every other byte
 /// stays. None when the event has no such usage object.
+///
+/// [`Codec::final_usage`]: crate::wire::codec::Codec::final_usage
 pub fn with_cost(format: Format, name: Option<&str>, data: &str, cost: &str) -> Option<String> {
     set_cost(data, final_usage(format, name, data)?, cost)
 }

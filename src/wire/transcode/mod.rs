@@ -1,8 +1,8 @@
 //! The (client format, provider format) table: passthrough when they match, translation
 //! through the IR otherwise. Each job has its file: the dispatch here (one [`Codec`] lookup
-//! per call, see [`super::codec`]), the passthrough splice ([`passthrough`]), the push-style
-//! stream transcoder that also reports the usage it saw ([`stream`]), and writing the billed
-//! cost into what the client receives ([`cost`]).
+//! per call, see [`super::codec`]), the passthrough splice (`passthrough.rs`), the push-style
+//! stream transcoder that also reports the usage it saw (`stream.rs`), and writing the billed
+//! cost into what the client receives (`cost.rs`).
 //!
 //! A streamed response's cost is not known when its headers leave. It is written at its end,
 //! in both modes: as `cost` in the final usage object the client receives (OpenRouter's
