@@ -1,12 +1,15 @@
 //! The one format boundary. Everything that knows what a wire format looks like lives here:
-//! [`Format`] (paths, auth header, error body), the internal representation ([`ir`]), one
-//! module per format (request, response and stream parts), the SSE codec ([`sse`]) and the
-//! (client format, provider format) table with its stream transcoder ([`transcode`]).
+//! [`Format`] and the format table ([`codec`]: one [`Codec`](codec::Codec) per format, with
+//! its paths, auth header, error shape, request / response / stream parts), the internal
+//! representation ([`ir`]), one folder per format implementing its codec, the SSE codec
+//! ([`sse`]) and the (client format, provider format) plan with its stream transcoder
+//! ([`transcode`]).
 //!
 //! Same format in and out: the body passes through with only `model` rewritten. Different
 //! formats: request, response and stream go through the IR, never a converter per pair.
 
 pub mod anthropic;
+pub mod codec;
 pub mod ir;
 pub mod json;
 pub mod openai_chat;
@@ -17,6 +20,7 @@ pub mod transcode;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::FluxError;
+use codec::ErrorShape;
 
 /// A wire format, as a client speaks it and as a provider is configured with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -53,51 +57,36 @@ impl Format {
 
     /// The client path that speaks this format.
     pub fn client_path(self) -> &'static str {
-        match self {
-            Format::OpenAiChat => "/v1/chat/completions",
-            Format::OpenAiResponses => "/v1/responses",
-            Format::Anthropic => "/anthropic/v1/messages",
-        }
+        self.codec().client_path()
     }
 
     /// Appended to a provider's base URL (which ends in its version, e.g. `/v1`).
     pub fn provider_path(self) -> &'static str {
-        match self {
-            Format::OpenAiChat => "/chat/completions",
-            Format::OpenAiResponses => "/responses",
-            Format::Anthropic => "/messages",
-        }
+        self.codec().provider_path()
     }
 
     pub fn auth_header(self) -> AuthHeader {
-        match self {
-            Format::Anthropic => AuthHeader::XApiKey,
-            Format::OpenAiChat | Format::OpenAiResponses => AuthHeader::Bearer,
-        }
+        self.codec().auth_header()
     }
 
     /// A short name for logs and metrics labels.
     pub fn label(self) -> &'static str {
-        match self {
-            Format::OpenAiChat => "openai",
-            Format::OpenAiResponses => "openai_responses",
-            Format::Anthropic => "anthropic",
-        }
+        self.codec().label()
     }
 
     /// The error body a client of this format reads: OpenAI's
     /// `{"error":{"message","type","code"}}` for both OpenAI formats, Anthropic's
     /// `{"type":"error","error":{"type","message","code"},"request_id"}`.
     pub fn error_body(self, err: &FluxError, request_id: &str) -> Vec<u8> {
-        let mut value = match self {
-            Format::OpenAiChat | Format::OpenAiResponses => serde_json::json!({
+        let mut value = match self.codec().error_shape() {
+            ErrorShape::OpenAi => serde_json::json!({
                 "error": {
                     "message": err.message,
                     "type": err.kind.openai_type(),
                     "code": err.code(),
                 }
             }),
-            Format::Anthropic => serde_json::json!({
+            ErrorShape::Anthropic => serde_json::json!({
                 "type": "error",
                 "error": {
                     "type": err.kind.anthropic_type(),
@@ -155,11 +144,11 @@ pub fn translate_error(
         .filter(|c| c.len() <= 64)
         .unwrap_or("upstream_error");
     let message = format!("The provider refused the request ({status}): {message}");
-    let value = match client {
-        Format::OpenAiChat | Format::OpenAiResponses => serde_json::json!({
+    let value = match client.codec().error_shape() {
+        ErrorShape::OpenAi => serde_json::json!({
             "error": {"message": message, "type": crate::errors::openai_type(status), "code": code}
         }),
-        Format::Anthropic => serde_json::json!({
+        ErrorShape::Anthropic => serde_json::json!({
             "type": "error",
             "error": {"type": crate::errors::anthropic_type(status), "message": message, "code": code},
             "request_id": request_id,

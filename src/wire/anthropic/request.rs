@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{empty_object, input_object, non_null, str_of, Str};
+use super::schema::{block_out, empty_object, non_null, str_of, BlockIn, BlockOut, SourceIn, Str};
 use crate::errors::{ErrorKind, FluxError};
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,
@@ -275,50 +275,6 @@ fn blocks<'a>(
     }
 }
 
-/// Every member any known block type has, each kept raw: an unknown block type whose
-/// members have other types is skipped, never an error.
-#[derive(Deserialize)]
-struct BlockIn<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    cache_control: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    source: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_use_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    is_error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    thinking: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    signature: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct SourceIn<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    media_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    url: Option<&'a RawValue>,
-}
-
 fn required<'a>(
     value: Option<&'a RawValue>,
     at: &dyn Fn() -> String,
@@ -547,47 +503,6 @@ struct MessageOut<'r> {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(super) enum BlockOut<'r> {
-    Text {
-        text: &'r str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<&'r RawValue>,
-    },
-    Image {
-        source: SourceOut<'r>,
-    },
-    ToolUse {
-        id: Cow<'r, str>,
-        name: &'r str,
-        input: &'r RawValue,
-    },
-    ToolResult {
-        tool_use_id: &'r str,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        content: Vec<BlockOut<'r>>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        is_error: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<&'r RawValue>,
-    },
-    Thinking {
-        thinking: &'r str,
-        signature: &'r str,
-    },
-    RedactedThinking {
-        data: &'r str,
-    },
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(super) enum SourceOut<'r> {
-    Base64 { media_type: &'r str, data: &'r str },
-    Url { url: &'r str },
-}
-
-#[derive(Serialize)]
 struct ToolOut<'r> {
     name: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -622,68 +537,6 @@ struct OutputConfigOut {
 #[derive(Serialize)]
 struct MetadataOut<'r> {
     user_id: &'r str,
-}
-
-/// An IR block as Anthropic content, or None for what Anthropic cannot take back (thinking
-/// without a signature, empty text).
-pub(super) fn block_out<'r>(b: &'r Block<'_>) -> Option<BlockOut<'r>> {
-    Some(match b {
-        Block::Text {
-            text,
-            cache_control,
-        } => {
-            if text.is_empty() {
-                return None; // Anthropic refuses empty text blocks
-            }
-            BlockOut::Text {
-                text,
-                cache_control: *cache_control,
-            }
-        }
-        Block::Image(image) => BlockOut::Image {
-            source: source_out(image)?,
-        },
-        Block::ToolCall {
-            id,
-            name,
-            arguments,
-        } => BlockOut::ToolUse {
-            id: Cow::Borrowed(id),
-            name,
-            input: input_object(arguments),
-        },
-        Block::ToolResult {
-            call_id,
-            content,
-            is_error,
-            cache_control,
-        } => BlockOut::ToolResult {
-            tool_use_id: call_id,
-            content: content.iter().filter_map(block_out).collect(),
-            is_error: *is_error,
-            cache_control: *cache_control,
-        },
-        Block::Thinking { text, signature } => BlockOut::Thinking {
-            thinking: text,
-            signature: signature.as_deref()?,
-        },
-        Block::RedactedThinking { data } => BlockOut::RedactedThinking { data },
-    })
-}
-
-fn source_out<'r>(image: &'r Image<'_>) -> Option<SourceOut<'r>> {
-    match image {
-        Image::Base64 { media_type, data } => Some(SourceOut::Base64 { media_type, data }),
-        Image::Url(url) => match url.strip_prefix("data:") {
-            // data:<media type>;base64,<data>
-            Some(rest) => {
-                let (head, data) = rest.split_once(',')?;
-                let media_type = head.strip_suffix(";base64")?;
-                Some(SourceOut::Base64 { media_type, data })
-            }
-            None => Some(SourceOut::Url { url }),
-        },
-    }
 }
 
 fn effort_out(e: Effort) -> &'static str {

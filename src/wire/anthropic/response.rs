@@ -3,10 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::request::{block_out, BlockOut};
-use super::{
-    empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, Str,
-    UsageOut, WireUsage,
+use super::schema::{
+    block_out, empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id,
+    BlockIn, BlockOut, Str, UsageOut, WireUsage,
 };
 use crate::wire::ir::{Arguments, Block, Response, StopReason};
 
@@ -28,27 +27,6 @@ struct MessageIn<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// The members of the content blocks a message can hold, each raw (unknown types skipped).
-#[derive(Deserialize)]
-struct ContentIn<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    thinking: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    signature: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
 pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
     let m: MessageIn =
@@ -66,7 +44,7 @@ pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
     };
     let mut content = Vec::with_capacity(list.len());
     for raw in list {
-        let Ok(b) = serde_json::from_str::<ContentIn>(raw.get()) else {
+        let Ok(b) = serde_json::from_str::<BlockIn>(raw.get()) else {
             continue;
         };
         match str_of(non_null(b.kind)).as_deref() {
@@ -140,7 +118,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
             } => Some(BlockOut::ToolUse {
                 id: tool_id(id),
                 name,
-                input: super::input_object(arguments),
+                input: super::schema::input_object(arguments),
             }),
             other => block_out(other),
         })

@@ -14,9 +14,9 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{
-    empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, Str,
-    UsageOut, WireUsage,
+use super::schema::{
+    empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, BlockIn,
+    Str, UsageOut, WireUsage,
 };
 use crate::units::{Usage, Usd};
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
@@ -48,26 +48,6 @@ struct MessageStartIn<'a> {
     model: Option<Str<'a>>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct BlockIn<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    thinking: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    signature: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]

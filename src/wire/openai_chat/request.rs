@@ -13,7 +13,7 @@ use crate::wire::ir::{
 use crate::wire::json::{self, bad, is_null};
 use crate::wire::Format;
 
-use super::response::{tool_calls_out, ToolCallOut};
+use super::schema::{tool_calls_out, ToolCallOut};
 
 /// Parse and validate a client request of this format. Malformed input is a 400
 /// (`invalid_request`; `empty_prompt` when there is no content at all).

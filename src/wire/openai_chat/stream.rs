@@ -11,8 +11,9 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::response::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
-use crate::units::{Usage, Usd};
+use super::schema::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
+use crate::units::Usage;
+use crate::units::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
 

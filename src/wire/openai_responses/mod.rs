@@ -1,474 +1,102 @@
-//! OpenAI Responses: request, response and stream, to and from the [IR](super::ir).
-//!
-//! The `response` object and its output items are written by one set of types here, shared
-//! by the non-streamed encoder and the stream encoder (whose `response.completed` carries the
-//! same object), so the two cannot drift apart.
+//! OpenAI Responses: request, response and stream, to and from the [IR](super::ir), over
+//! the wire types in `schema.rs`; [`Responses`] is the format's codec.
 
 mod request;
 mod response;
+mod schema;
 mod stream;
 
 pub use request::{encode_request, parse_request};
 pub use response::{decode_response, encode_response};
 pub use stream::{StreamDecoder, StreamEncoder};
 
-use std::borrow::Cow;
-
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::units::Usage;
-use crate::wire::ir::StopReason;
+use super::codec::{Codec, ErrorShape, StreamDecode, StreamEncode};
+use super::sse::Event;
+use super::transcode::UsageProbe;
+use super::AuthHeader;
+use crate::units::Usd;
 
-/// The part of an id after the `resp_`-style prefix of the format it came from, so the item
-/// ids of one response share it. Anything but `[A-Za-z0-9_-]` is dropped (ids end up in
-/// logs and in clients' stores); an empty result gets a fresh random id.
-fn id_base(id: &str) -> String {
-    let rest = ["resp_", "chatcmpl-", "msg_"]
-        .iter()
-        .find_map(|p| id.strip_prefix(p))
-        .unwrap_or(id);
-    let base: String = rest
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .take(96)
-        .collect();
-    if base.is_empty() {
-        random_hex()
-    } else {
-        base
+/// The OpenAI Responses codec (`format: openai_responses`).
+pub struct Responses;
+
+impl Codec for Responses {
+    fn label(&self) -> &'static str {
+        "openai_responses"
     }
-}
-
-fn random_hex() -> String {
-    use rand::Rng;
-    let bytes: [u8; 12] = rand::thread_rng().gen();
-    hex::encode(bytes)
-}
-
-/// The Responses id for a provider's response id: kept when it already is one.
-fn response_id(id: &str, base: &str) -> String {
-    if id.starts_with("resp_") && id.len() > 5 {
-        id.to_string()
-    } else {
-        format!("resp_{base}")
+    fn client_path(&self) -> &'static str {
+        "/v1/responses"
     }
-}
-
-/// Ids of output items: `msg_…`, `fc_…`, `rs_…`, numbered by output index.
-fn item_id(prefix: &str, base: &str, output_index: usize) -> String {
-    format!("{prefix}_{base}_{output_index}")
-}
-
-/// `usage` as the Responses API writes it.
-struct UsageOut<'u>(&'u Usage);
-
-impl Serialize for UsageOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let u = self.0;
-        let mut m = s.serialize_map(Some(5))?;
-        m.serialize_entry("input_tokens", &u.input)?;
-        m.serialize_entry(
-            "input_tokens_details",
-            &InputDetails {
-                cached_tokens: u.cached_input,
-                cache_write_tokens: u.cache_write,
-            },
-        )?;
-        m.serialize_entry("output_tokens", &u.output)?;
-        m.serialize_entry(
-            "output_tokens_details",
-            &OutputDetails {
-                reasoning_tokens: u.reasoning,
-            },
-        )?;
-        m.serialize_entry("total_tokens", &(u.input.saturating_add(u.output)))?;
-        m.end()
+    fn provider_path(&self) -> &'static str {
+        "/responses"
     }
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct InputDetails {
-    #[serde(default)]
-    cached_tokens: u64,
-    #[serde(default)]
-    cache_write_tokens: u64,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct OutputDetails {
-    #[serde(default)]
-    reasoning_tokens: u64,
-}
-
-/// `usage` as a provider reports it. Counts that are null or missing are 0.
-#[derive(Deserialize, Default)]
-struct UsageIn {
-    #[serde(default, deserialize_with = "nullable")]
-    input_tokens: u64,
-    #[serde(default, deserialize_with = "nullable")]
-    input_tokens_details: InputDetails,
-    #[serde(default, deserialize_with = "nullable")]
-    output_tokens: u64,
-    #[serde(default, deserialize_with = "nullable")]
-    output_tokens_details: OutputDetails,
-}
-
-impl UsageIn {
-    fn to_ir(&self) -> Usage {
-        Usage {
-            input: self.input_tokens,
-            cached_input: self.input_tokens_details.cached_tokens,
-            cache_write: self.input_tokens_details.cache_write_tokens,
-            output: self.output_tokens,
-            reasoning: self.output_tokens_details.reasoning_tokens,
-        }
+    fn auth_header(&self) -> AuthHeader {
+        AuthHeader::Bearer
     }
-}
-
-/// `null` reads as the type's default.
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// Item status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    InProgress,
-    Completed,
-    Incomplete,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::InProgress => "in_progress",
-            Status::Completed => "completed",
-            Status::Incomplete => "incomplete",
-        }
+    fn error_shape(&self) -> ErrorShape {
+        ErrorShape::OpenAi
     }
-}
-
-/// One output item of a response, in the form the stream encoder accumulates and both
-/// encoders write.
-#[derive(Debug)]
-enum OutItem<'x> {
-    Message {
-        id: String,
-        status: Status,
-        /// One `output_text` part each.
-        parts: Vec<Cow<'x, str>>,
-    },
-    FunctionCall {
-        id: String,
-        call_id: Cow<'x, str>,
-        name: Cow<'x, str>,
-        arguments: Cow<'x, str>,
-        status: Status,
-    },
-    Reasoning {
-        id: String,
-        /// The summary text; no summary part when empty.
-        summary: Cow<'x, str>,
-        encrypted_content: Option<Cow<'x, str>>,
-    },
-}
-
-impl OutItem<'_> {
-    /// The item as `response.output_item.added` announces it: no content yet.
-    fn added(&self) -> Added<'_, '_> {
-        Added(self)
+    fn parse_request<'r>(
+        &self,
+        raw: &'r [u8],
+    ) -> Result<crate::wire::ir::Request<'r>, crate::errors::FluxError> {
+        parse_request(raw)
     }
-}
-
-/// An output-text part: `{"type":"output_text","text","annotations":[]}`.
-struct TextPart<'t>(&'t str);
-
-impl Serialize for TextPart<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("type", "output_text")?;
-        m.serialize_entry("text", self.0)?;
-        m.serialize_entry("annotations", &[(); 0])?;
-        m.end()
+    fn encode_request(
+        &self,
+        req: &crate::wire::ir::Request<'_>,
+        model: &str,
+        stream: bool,
+    ) -> Vec<u8> {
+        encode_request(req, model, stream)
     }
-}
-
-/// A summary part: `{"type":"summary_text","text"}`.
-struct SummaryPart<'t>(&'t str);
-
-impl Serialize for SummaryPart<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("type", "summary_text")?;
-        m.serialize_entry("text", self.0)?;
-        m.end()
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, String> {
+        decode_response(body)
     }
-}
-
-struct Parts<'p, 'x>(&'p [Cow<'x, str>]);
-
-impl Serialize for Parts<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for p in self.0 {
-            seq.serialize_element(&TextPart(p))?;
-        }
-        seq.end()
+    fn encode_response(&self, resp: &crate::wire::ir::Response<'_>) -> Vec<u8> {
+        encode_response(resp)
     }
-}
-
-impl Serialize for OutItem<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        write_item(self, false, s)
+    fn stream_decoder(&self) -> Box<dyn StreamDecode> {
+        Box::new(StreamDecoder::new())
     }
-}
-
-struct Added<'a, 'x>(&'a OutItem<'x>);
-
-impl Serialize for Added<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        write_item(self.0, true, s)
+    fn stream_encoder(&self, meta: &crate::wire::ir::StreamMeta) -> Box<dyn StreamEncode> {
+        Box::new(StreamEncoder::new(meta))
     }
-}
-
-fn write_item<S: Serializer>(item: &OutItem<'_>, added: bool, s: S) -> Result<S::Ok, S::Error> {
-    let mut m = s.serialize_map(None)?;
-    match item {
-        OutItem::Message { id, status, parts } => {
-            m.serialize_entry("type", "message")?;
-            m.serialize_entry("id", id)?;
-            m.serialize_entry("status", status.as_str())?;
-            m.serialize_entry("role", "assistant")?;
-            let parts: &[Cow<'_, str>] = if added { &[] } else { parts };
-            m.serialize_entry("content", &Parts(parts))?;
-        }
-        OutItem::FunctionCall {
-            id,
-            call_id,
-            name,
-            arguments,
-            status,
-        } => {
-            m.serialize_entry("type", "function_call")?;
-            m.serialize_entry("id", id)?;
-            m.serialize_entry("call_id", call_id)?;
-            m.serialize_entry("name", name)?;
-            m.serialize_entry("arguments", if added { "" } else { arguments })?;
-            m.serialize_entry("status", status.as_str())?;
-        }
-        OutItem::Reasoning {
-            id,
-            summary,
-            encrypted_content,
-        } => {
-            m.serialize_entry("type", "reasoning")?;
-            m.serialize_entry("id", id)?;
-            if added || summary.is_empty() {
-                m.serialize_entry("summary", &[(); 0])?;
-            } else {
-                m.serialize_entry("summary", &[SummaryPart(summary)])?;
+    /// `response.completed` / `response.incomplete`'s `response.usage`.
+    fn final_usage<'d>(&self, kind: Option<&str>, event: &UsageProbe<'d>) -> Option<&'d RawValue> {
+        match kind {
+            Some("response.completed" | "response.incomplete") => {
+                serde_json::from_str::<UsageProbe>(event.response?.get())
+                    .ok()?
+                    .usage
             }
-            if let (false, Some(enc)) = (added, encrypted_content) {
-                m.serialize_entry("encrypted_content", enc)?;
-            }
-        }
-    }
-    m.end()
-}
-
-/// How a response ended, as the `response` object says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    InProgress,
-    Completed,
-    /// `incomplete` with `incomplete_details.reason`.
-    Incomplete(&'static str),
-    Failed,
-}
-
-impl Outcome {
-    fn of(stop: Option<StopReason>) -> Outcome {
-        match stop {
-            Some(StopReason::MaxTokens) => Outcome::Incomplete("max_output_tokens"),
-            Some(StopReason::ContentFilter) => Outcome::Incomplete("content_filter"),
-            _ => Outcome::Completed,
+            _ => None,
         }
     }
 }
 
-/// The `response` object: what `client.responses.create(...)` returns and what the stream's
-/// `response.*` lifecycle events carry. Request parameters the gateway does not know are
-/// written with the API's defaults so SDK models find every field they declare.
-struct ResponseObject<'r, 'x> {
-    id: &'r str,
-    created_at: u64,
-    model: &'r str,
-    outcome: Outcome,
-    /// `error.message` when failed.
-    error: Option<&'r str>,
-    output: &'r [OutItem<'x>],
-    /// None is `null` (a response still in progress).
-    usage: Option<&'r Usage>,
-}
-
-impl Serialize for ResponseObject<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Error<'e> {
-            code: &'static str,
-            message: &'e str,
-        }
-        #[derive(Serialize)]
-        struct Incomplete {
-            reason: &'static str,
-        }
-        let status = match self.outcome {
-            Outcome::InProgress => "in_progress",
-            Outcome::Completed => "completed",
-            Outcome::Incomplete(_) => "incomplete",
-            Outcome::Failed => "failed",
-        };
-        let null = ();
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", self.id)?;
-        m.serialize_entry("object", "response")?;
-        m.serialize_entry("created_at", &self.created_at)?;
-        m.serialize_entry("status", status)?;
-        match (self.outcome, self.error) {
-            (Outcome::Failed, message) => m.serialize_entry(
-                "error",
-                &Error {
-                    code: "server_error",
-                    message: message.unwrap_or("The provider failed."),
-                },
-            )?,
-            _ => m.serialize_entry("error", &null)?,
-        }
-        match self.outcome {
-            Outcome::Incomplete(reason) => {
-                m.serialize_entry("incomplete_details", &Incomplete { reason })?
-            }
-            _ => m.serialize_entry("incomplete_details", &null)?,
-        }
-        m.serialize_entry("instructions", &null)?;
-        m.serialize_entry("max_output_tokens", &null)?;
-        m.serialize_entry("model", self.model)?;
-        m.serialize_entry("output", self.output)?;
-        m.serialize_entry("parallel_tool_calls", &true)?;
-        m.serialize_entry("previous_response_id", &null)?;
-        m.serialize_entry("store", &false)?;
-        m.serialize_entry("temperature", &null)?;
-        m.serialize_entry("tool_choice", "auto")?;
-        m.serialize_entry("tools", &[(); 0])?;
-        m.serialize_entry("top_p", &null)?;
-        m.serialize_entry("truncation", "disabled")?;
-        m.serialize_entry("usage", &self.usage.map(UsageOut))?;
-        m.serialize_entry("user", &null)?;
-        m.serialize_entry("metadata", &serde_json::Map::new())?;
-        m.end()
+impl StreamDecode for StreamDecoder {
+    fn decode(
+        &mut self,
+        event: &Event<'_>,
+        out: &mut Vec<crate::wire::ir::StreamEvent>,
+    ) -> Result<(), String> {
+        StreamDecoder::decode(self, event, out)
+    }
+    fn finish(&mut self, out: &mut Vec<crate::wire::ir::StreamEvent>) {
+        StreamDecoder::finish(self, out)
     }
 }
 
-/// An output or input item with every field raw: one pass over the item whatever its type
-/// (a field of an unexpected type in an item the gateway skips is never an error); fields
-/// are read from their slices once the type is known.
-#[derive(Deserialize, Default)]
-struct RawItem<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    role: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    call_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    output: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    summary: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    encrypted_content: Option<&'a RawValue>,
-}
-
-impl RawItem<'_> {
-    fn id(&self) -> Option<String> {
-        opt_str(self.id).map(Cow::into_owned)
+impl StreamEncode for StreamEncoder {
+    fn encode(&mut self, event: &crate::wire::ir::StreamEvent, out: &mut bytes::BytesMut) {
+        StreamEncoder::encode(self, event, out)
     }
-}
-
-/// A JSON string that borrows from the input when it has no escapes. (A bare `Cow<str>`
-/// always deserializes owned; only a `#[serde(borrow)]` field borrows.)
-#[derive(Deserialize, Debug)]
-#[serde(transparent)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// A string field, if it is one (`None` for null, missing or another type).
-fn opt_str<'a>(v: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
-    v.and_then(|v| serde_json::from_str::<Str<'a>>(v.get()).ok())
-        .map(|s| s.0)
-}
-
-/// A part of message content or of a reasoning summary, every field raw.
-#[derive(Deserialize, Default)]
-struct RawPart<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    image_url: Option<&'a RawValue>,
-}
-
-/// The texts of a reasoning item's `summary` (or, failing that, its `content` of
-/// `reasoning_text` parts, as open-weight models behind Responses-compatible servers send),
-/// joined with blank lines.
-fn reasoning_text<'a>(
-    summary: Option<&'a RawValue>,
-    content: Option<&'a RawValue>,
-) -> Cow<'a, str> {
-    let texts = |v: Option<&'a RawValue>, only: Option<&str>| -> Vec<Cow<'a, str>> {
-        let parts: Vec<RawPart<'a>> = v
-            .and_then(|v| serde_json::from_str(v.get()).ok())
-            .unwrap_or_default();
-        parts
-            .iter()
-            .filter(|p| only.is_none() || opt_str(p.kind).as_deref() == only)
-            .filter_map(|p| opt_str(p.text))
-            .filter(|t| !t.is_empty())
-            .collect()
-    };
-    let mut found = texts(summary, None);
-    if found.is_empty() {
-        found = texts(content, Some("reasoning_text"));
+    fn finish(&mut self, cost: Option<Usd>, out: &mut bytes::BytesMut) {
+        StreamEncoder::finish(self, cost, out)
     }
-    join(found, "\n\n")
-}
-
-/// Join texts, borrowing when there is only one.
-fn join<'a>(mut texts: Vec<Cow<'a, str>>, sep: &str) -> Cow<'a, str> {
-    match texts.len() {
-        0 => Cow::Borrowed(""),
-        1 => texts.pop().unwrap_or_default(),
-        _ => Cow::Owned(
-            texts
-                .iter()
-                .map(|t| t.as_ref())
-                .collect::<Vec<_>>()
-                .join(sep),
-        ),
+    fn fail(&mut self, message: &str, out: &mut bytes::BytesMut) {
+        StreamEncoder::fail(self, message, out)
     }
 }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{join, opt_str, reasoning_text, RawItem, RawPart, Str};
+use super::schema::{join, opt_str, reasoning_text, RawItem, RawPart, Str};
 use crate::errors::{ErrorKind, FluxError};
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,

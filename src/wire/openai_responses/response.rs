@@ -2,106 +2,11 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-use super::{
+use super::schema::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
-    ResponseObject, Status, Str, UsageIn,
+    RawResponse, ResponseObject, Status,
 };
-use crate::units::clock::unix_now;
-use crate::units::Usage;
-use crate::wire::ir::{Arguments, Block, Response, StopReason};
-
-/// The `response` object as a provider sends it (the body, or `response` in stream events).
-#[derive(Deserialize, Default)]
-pub(super) struct RawResponse<'a> {
-    #[serde(borrow, default)]
-    pub id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub model: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub status: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub incomplete_details: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub output: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
-    pub usage: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Reason<'a> {
-    #[serde(borrow, default)]
-    reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody<'a> {
-    #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    code: Option<Cow<'a, str>>,
-}
-
-impl<'a> RawResponse<'a> {
-    pub fn status(&self) -> Option<&str> {
-        self.status.as_ref().map(|s| s.0.as_ref())
-    }
-
-    /// The usage it reports, if readable.
-    pub fn usage(&self) -> Option<Usage> {
-        self.usage
-            .and_then(|u| serde_json::from_str::<Option<UsageIn>>(u.get()).ok())
-            .flatten()
-            .map(|u| u.to_ir())
-    }
-
-    /// The stop reason its status says, given whether the output called a function.
-    pub fn stop(&self, called: bool) -> StopReason {
-        match self.status() {
-            Some("incomplete") => {
-                let reason = self
-                    .incomplete_details
-                    .and_then(|d| serde_json::from_str::<Reason<'_>>(d.get()).ok())
-                    .and_then(|r| r.reason);
-                match reason.as_deref() {
-                    Some("content_filter") => StopReason::ContentFilter,
-                    _ => StopReason::MaxTokens,
-                }
-            }
-            _ if called => StopReason::ToolUse,
-            _ => StopReason::EndTurn,
-        }
-    }
-
-    /// Whether any output item is a function call.
-    pub fn calls_a_function(&self) -> bool {
-        self.output.iter().flatten().any(|item| {
-            serde_json::from_str::<RawItem<'_>>(item.get())
-                .ok()
-                .and_then(|i| opt_str(i.kind))
-                .as_deref()
-                == Some("function_call")
-        })
-    }
-
-    /// The error message of a failed response.
-    pub fn error_message(&self) -> String {
-        let e = self
-            .error
-            .and_then(|e| serde_json::from_str::<ErrorBody<'_>>(e.get()).ok());
-        match e {
-            Some(ErrorBody {
-                message: Some(m), ..
-            }) => m.into_owned(),
-            Some(ErrorBody { code: Some(c), .. }) => c.into_owned(),
-            _ => "the provider's response failed".to_string(),
-        }
-    }
-}
+use crate::wire::ir::{Arguments, Block, Response};
 
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
 pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
@@ -220,7 +125,7 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
     let base = id_base(&resp.id);
     let id = response_id(&resp.id, &base);
     let output = output_items(&resp.content, &base);
-    let created_at = unix_now();
+    let created_at = crate::units::clock::unix_now();
     let object = ResponseObject {
         id: &id,
         created_at,
@@ -236,6 +141,9 @@ pub fn encode_response(resp: &Response<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::Usage;
+    use crate::wire::ir::StopReason;
+    use serde_json::value::RawValue;
     use serde_json::{json, Value};
 
     fn fixture(name: &str) -> Vec<u8> {

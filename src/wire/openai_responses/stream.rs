@@ -11,10 +11,9 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::response::RawResponse;
-use super::{
+use super::schema::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
-    ResponseObject, Status, Str, SummaryPart, TextPart,
+    RawResponse, ResponseObject, Status, Str, SummaryPart, TextPart,
 };
 use crate::units::{Usage, Usd};
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};

@@ -1,0 +1,91 @@
+//! The format table: one [`Codec`] per wire format, found by [`Format::codec`].
+//!
+//! A codec is everything the gateway needs to know about one format: its paths and auth
+//! header, its error shape, request / response / stream to and from the [IR](super::ir), and
+//! where a client of it reads the final usage (for the billed cost). Callers dispatch with one
+//! lookup (`format.codec().parse_request(raw)`), never with a `match Format`; adding a format
+//! is its folder (implementing [`Codec`]) plus a variant of [`Format`] (listed in
+//! [`Format::ALL`]) and its line in [`Format::codec`].
+//!
+//! The trait is object-safe and the table holds `&'static dyn Codec`: a request picks its
+//! two codecs at run time from the client's path and the provider's config, so static
+//! generics would only move the `match` into every caller. A stream's decoder and encoder are
+//! boxed once per streamed request; the per-event virtual call is noise next to the JSON
+//! parse each event costs anyway.
+
+use bytes::BytesMut;
+use serde_json::value::RawValue;
+
+use super::ir::{Request, Response, StreamEvent, StreamMeta};
+use super::sse::Event;
+use super::transcode::UsageProbe;
+use super::{anthropic, openai_chat, openai_responses, AuthHeader, Format};
+use crate::errors::FluxError;
+use crate::units::Usd;
+
+/// How a format's client SDKs read an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error":{"message","type","code"}}` (both OpenAI formats).
+    OpenAi,
+    /// `{"type":"error","error":{"type","message","code"},"request_id"}`.
+    Anthropic,
+}
+
+/// One wire format, implemented once in its folder.
+pub trait Codec: Sync {
+    /// A short name for logs and metrics labels (the config's name for the format).
+    fn label(&self) -> &'static str;
+    /// The client path that speaks this format.
+    fn client_path(&self) -> &'static str;
+    /// Appended to a provider's base URL (which ends in its version, e.g. `/v1`).
+    fn provider_path(&self) -> &'static str;
+    fn auth_header(&self) -> AuthHeader;
+    fn error_shape(&self) -> ErrorShape;
+
+    /// Parse a client body of this format.
+    fn parse_request<'r>(&self, raw: &'r [u8]) -> Result<Request<'r>, FluxError>;
+    /// The body for a provider of this format, for its model id `model`.
+    fn encode_request(&self, req: &Request<'_>, model: &str, stream: bool) -> Vec<u8>;
+    /// A provider's non-streamed success body.
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, String>;
+    /// A non-streamed body for a client of this format.
+    fn encode_response(&self, resp: &Response<'_>) -> Vec<u8>;
+    /// Reads a provider's stream of this format, one SSE event at a time.
+    fn stream_decoder(&self) -> Box<dyn StreamDecode>;
+    /// Writes a stream for a client of this format.
+    fn stream_encoder(&self, meta: &StreamMeta) -> Box<dyn StreamEncode>;
+
+    /// The usage object in one event (`kind`: its `type`, else its SSE name; `event`: its
+    /// members) that a client of this format reads as the stream's final usage: the place
+    /// where the billed cost is written. None when the event has none.
+    fn final_usage<'d>(&self, kind: Option<&str>, event: &UsageProbe<'d>) -> Option<&'d RawValue>;
+}
+
+/// A provider's stream, decoded into IR stream events.
+pub trait StreamDecode: Send {
+    /// One event with data (comments and keep-alives never reach a decoder).
+    fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String>;
+    /// The provider ended its stream: whatever the decoder still holds.
+    fn finish(&mut self, out: &mut Vec<StreamEvent>);
+}
+
+/// IR stream events, encoded in a client's SSE grammar.
+pub trait StreamEncode: Send {
+    fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut);
+    /// The closing events, with `cost` (what was billed) in the final usage object.
+    fn finish(&mut self, cost: Option<Usd>, out: &mut BytesMut);
+    /// One complete error event, ending the stream.
+    fn fail(&mut self, message: &str, out: &mut BytesMut);
+}
+
+impl Format {
+    /// The format table: this format's codec.
+    pub fn codec(self) -> &'static dyn Codec {
+        match self {
+            Format::OpenAiChat => &openai_chat::ChatCompletions,
+            Format::OpenAiResponses => &openai_responses::Responses,
+            Format::Anthropic => &anthropic::Messages,
+        }
+    }
+}
