@@ -17,6 +17,7 @@
 //! limit while Redis is down), and it replays the settlements Redis missed.
 
 mod layout;
+mod queue;
 pub mod rate;
 mod shared;
 pub mod spend;
@@ -30,8 +31,9 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, RedisResult, Script};
 
 pub use layout::Layout;
+pub use queue::Settlement;
 pub use shared::FleetState;
-pub use spend::{Refused, Settlement};
+pub use spend::Refused;
 
 use crate::config::server::{RedisConfig, WhenRedisDown};
 use crate::metrics::{FleetView, RedisSeries};
@@ -109,7 +111,7 @@ pub struct Fleet {
     pub when_down: WhenRedisDown,
     pub stats: RedisSeries,
     hold_seq: AtomicU64,
-    pending: Mutex<spend::Pending>,
+    pending: Mutex<queue::Pending>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -217,7 +219,7 @@ impl Fleet {
             when_down: config.when_down,
             stats: RedisSeries::default(),
             hold_seq: AtomicU64::new(0),
-            pending: Mutex::new(spend::Pending::default()),
+            pending: Mutex::new(queue::Pending::default()),
         });
         let first = Arc::clone(&fleet);
         let (tx, rx) = std::sync::mpsc::channel();

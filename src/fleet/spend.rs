@@ -6,12 +6,12 @@
 //! too slow) waits in a bounded queue and is replayed when it answers again; the settlement
 //! marker makes a replay of one that did land bill nothing twice.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
 
+use super::queue::Settlement;
 use super::{lock, lua, Fleet, Op, Unavailable};
 use crate::limits::Charge;
 use crate::metering::ledger::{LedgerError, ReportRow};
@@ -41,35 +41,6 @@ pub enum Refused {
     Hour { committed: Usd },
     /// The per-minute limit `rate[index]` refuses the request for `wait`.
     Rate { index: usize, wait: Duration },
-}
-
-/// One served request to bill in the shared ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settlement {
-    pub key_id: Box<str>,
-    /// The request's hold id ([`Fleet::hold_id`], also for a request that needed no hold):
-    /// it names the settlement marker, so a replay bills once.
-    pub hold: Box<str>,
-    /// What the hold reserved in Redis; none when nothing was held there.
-    pub held: Option<Usd>,
-    pub at_unix: u64,
-    pub lane: Box<str>,
-    pub model: Box<str>,
-    pub input_tokens: u64,
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost: Usd,
-    /// Never bill the month past this (free and credit-only plans).
-    pub hard_cap: Option<Usd>,
-}
-
-/// Settlements waiting for Redis, and the accounts this gateway has listed in the month's
-/// usage index (listed once per gateway and month, not per request).
-#[derive(Default)]
-pub(super) struct Pending {
-    queue: VecDeque<Settlement>,
-    indexed: HashSet<Box<str>>,
-    indexed_month: Option<Month>,
 }
 
 impl Fleet {

@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use crate::config::server::RequestLimits;
 use crate::errors::{ErrorKind, FluxError};
 
-use super::Stop;
+use super::ctx::Stop;
 
 /// The smallest buffer a body starts with, and the most a declared length can pre-reserve.
 const FIRST_BUFFER: usize = 16 * 1024;

@@ -30,7 +30,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::admin::Admin;
-use super::{body, respond, Stop};
+use super::ctx::Stop;
+use super::{body, respond};
 use crate::config::{KeyStatus, KeysFile};
 use crate::console::{self, views, Signed};
 use crate::errors::{ErrorKind, FluxError};

@@ -21,7 +21,6 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Gateway;
 use crate::access_log::AccessLine;
 use crate::errors::{ErrorKind, FluxError};
 use crate::state::AppState;
@@ -77,13 +76,16 @@ fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'st
 /// request id, the error shape or an access-log line. The guard wraps each accepted stream:
 /// it arms a deadline at a request's first byte (`limits.header_timeout_ms`) and answers 408
 /// when it passes, and it replaces Pingora's own error answer with the gateway's.
-pub struct Edge {
-    proxy: Arc<pingora::proxy::HttpProxy<Gateway>>,
+///
+/// Generic over the HTTP app it guards (the gateway's `HttpProxy`), so the guard knows nothing
+/// of the pipeline behind it.
+pub struct Edge<A> {
+    proxy: Arc<A>,
     state: Arc<AppState>,
 }
 
-impl Edge {
-    pub fn new(proxy: pingora::proxy::HttpProxy<Gateway>, state: Arc<AppState>) -> Self {
+impl<A> Edge<A> {
+    pub fn new(proxy: A, state: Arc<AppState>) -> Self {
         Edge {
             proxy: Arc::new(proxy),
             state,
@@ -99,7 +101,7 @@ impl Edge {
 }
 
 #[async_trait]
-impl ServerApp for Edge {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,

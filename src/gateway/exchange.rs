@@ -29,8 +29,8 @@ use crate::wire::ir::{Billed, Request, StreamMeta};
 use crate::wire::transcode::{self, Plan, StreamTranscoder};
 use crate::wire::{self, Format};
 
+use super::ctx::{RequestCtx, Stop};
 use super::respond::{self, Served};
-use super::{RequestCtx, Stop};
 
 /// The exchange, on the heap. Its state (an attempt's connection, the timers, the response
 /// being read) is large, and a future is copied whole each time it moves: inline, it made

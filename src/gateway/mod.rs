@@ -14,6 +14,7 @@
 pub mod admin;
 mod body;
 mod console;
+mod ctx;
 mod edge;
 mod exchange;
 mod respond;
@@ -35,12 +36,12 @@ use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
-use crate::routing::{LaneId, ModelId, Requested, RouteTable, AUTO_MODEL};
+use crate::routing::{Requested, AUTO_MODEL};
 use crate::state::AppState;
 use crate::units::clock::{self, unix_now};
-use crate::upstream::Provider;
 use crate::wire::{transcode, Format};
 
+pub use ctx::{RequestCtx, Stop};
 pub use edge::Edge;
 
 pub struct Gateway {
@@ -51,95 +52,6 @@ impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         body::configure(&state.config.limits);
         Gateway { state }
-    }
-}
-
-/// Per-request facts, filled in as the pipeline goes; `logging()` writes them out. Names
-/// from the configuration are indices into the routing snapshot the request used, not copies.
-pub struct RequestCtx {
-    pub id: headers::RequestId,
-    started: Instant,
-    _in_flight: crate::metrics::InFlight,
-    endpoint: Option<&'static str>,
-    account: Option<Arc<Account>>,
-    /// The model id the client sent, bounded for the log.
-    original_model: Option<String>,
-    /// The routing snapshot that served the request, and what it chose.
-    routes: Option<Arc<RouteTable>>,
-    lane: Option<LaneId>,
-    rule: Option<usize>,
-    /// The classifier's probability for the lane, when it chose.
-    probability: Option<f32>,
-    served: Option<ModelId>,
-    provider: Option<Arc<Provider>>,
-    routed: Option<bool>,
-    status: u16,
-    error_code: Option<&'static str>,
-    attempts: u32,
-    /// Each failed attempt's provider and reason.
-    failed: Vec<(Arc<Provider>, &'static str)>,
-    request_bytes: usize,
-    upstream_ttfb: Option<Duration>,
-    /// Time spent waiting on providers: every attempt to its response header, and reading
-    /// the body or the stream. The rest of the request's time is the gateway's own.
-    upstream_time: Duration,
-    stream: bool,
-    /// The client's format, and the provider's when it differs (translated).
-    client_format: Option<Format>,
-    provider_format: Option<Format>,
-    /// Top-level fields dropped because the provider's format has no place for them.
-    dropped_fields: usize,
-    /// For a 405: the methods the path does answer.
-    allow: Option<&'static str>,
-    /// What the provider reported, and what was billed for it.
-    usage: Option<crate::units::Usage>,
-    cost: Option<crate::units::Usd>,
-}
-
-impl RequestCtx {
-    /// An attempt at `provider` failed for `reason` (a fixed label); counted and kept for
-    /// the log.
-    fn attempt_failed(
-        &mut self,
-        metrics: &crate::metrics::Metrics,
-        provider: &Arc<Provider>,
-        reason: &'static str,
-    ) {
-        metrics.upstream_error(&provider.name, reason);
-        if self.failed.len() < crate::access_log::MAX_FAILED_ATTEMPTS {
-            self.failed.push((provider.clone(), reason));
-        }
-    }
-
-    /// The response comes from `model` at `provider`.
-    fn serve(&mut self, model: ModelId, provider: &Arc<Provider>) {
-        self.served = Some(model);
-        self.provider = Some(provider.clone());
-    }
-
-    /// The response that seemed to come is not used after all.
-    fn unserve(&mut self) {
-        self.served = None;
-        self.provider = None;
-        self.routed = None;
-    }
-}
-
-/// Why the pipeline stopped early: an answer for the client, or a broken downstream.
-pub enum Stop {
-    Reply(FluxError),
-    Broken(Box<pingora::Error>),
-}
-
-impl From<FluxError> for Stop {
-    fn from(e: FluxError) -> Self {
-        Stop::Reply(e)
-    }
-}
-
-impl From<Box<pingora::Error>> for Stop {
-    fn from(e: Box<pingora::Error>) -> Self {
-        Stop::Broken(e)
     }
 }
 
