@@ -10,7 +10,7 @@ use crate::units::{Month, Usd};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
     pub key_id: Box<str>,
-    /// The request's hold id ([`Fleet::hold_id`], also for a request that needed no hold):
+    /// The request's hold id ([`Fleet::hold_id`](super::Fleet::hold_id), also for a request that needed no hold):
     /// it names the settlement marker, so a replay bills once.
     pub hold: Box<str>,
     /// What the hold reserved in Redis; none when nothing was held there.

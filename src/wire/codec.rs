@@ -1,4 +1,5 @@
-//! The format table: one [`Codec`] per wire format, found by [`Format::codec`].
+//! The codec trait: one [`Codec`] per wire format, found by [`Format::codec`] (the table, in
+//! `wire/mod.rs`, above the format folders; this file names none of them).
 //!
 //! A codec is everything the gateway needs to know about one format: its paths and auth
 //! header, its error shape, request / response / stream to and from the [IR](super::ir), and
@@ -7,6 +8,10 @@
 //! is its folder (implementing [`Codec`]) plus a variant of [`Format`] (listed in
 //! [`Format::ALL`]) and its line in [`Format::codec`].
 //!
+//! [`Format`]: super::Format
+//! [`Format::ALL`]: super::Format::ALL
+//! [`Format::codec`]: super::Format::codec
+//!
 //! The trait is object-safe and the table holds `&'static dyn Codec`: a request picks its
 //! two codecs at run time from the client's path and the provider's config, so static
 //! generics would only move the `match` into every caller. A stream's decoder and encoder are
@@ -14,23 +19,14 @@
 //! parse each event costs anyway.
 
 use bytes::BytesMut;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::format::{AuthHeader, ErrorShape};
 use super::ir::{Request, Response, StreamEvent, StreamMeta};
 use super::sse::Event;
-use super::transcode::UsageProbe;
-use super::{anthropic, openai_chat, openai_responses, AuthHeader, Format};
 use crate::errors::FluxError;
 use crate::units::Usd;
-
-/// How a format's client SDKs read an error body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorShape {
-    /// `{"error":{"message","type","code"}}` (both OpenAI formats).
-    OpenAi,
-    /// `{"type":"error","error":{"type","message","code"},"request_id"}`.
-    Anthropic,
-}
 
 /// One wire format, implemented once in its folder.
 pub trait Codec: Sync {
@@ -79,13 +75,16 @@ pub trait StreamEncode: Send {
     fn fail(&mut self, message: &str, out: &mut BytesMut);
 }
 
-impl Format {
-    /// The format table: this format's codec.
-    pub fn codec(self) -> &'static dyn Codec {
-        match self {
-            Format::OpenAiChat => &openai_chat::ChatCompletions,
-            Format::OpenAiResponses => &openai_responses::Responses,
-            Format::Anthropic => &anthropic::Messages,
-        }
-    }
+/// The members of an event the cost logic looks at, each raw (`null` reads as absent): what
+/// a [`Codec::final_usage`](crate::wire::codec::Codec::final_usage) reads.
+#[derive(Deserialize)]
+pub struct UsageProbe<'a> {
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub choices: Option<&'a RawValue>,
 }

@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use serde_json::value::RawValue;
 
-use super::Format;
+use super::format::Format;
 use crate::units::{Usage, Usd};
 
 /// A parsed client request.

@@ -1,6 +1,7 @@
 //! The one format boundary. Everything that knows what a wire format looks like lives here:
-//! [`Format`] and the format table ([`codec`]: one [`Codec`](codec::Codec) per format, with
-//! its paths, auth header, error shape, request / response / stream parts), the internal
+//! [`Format`] ([`mod@format`], a leaf), the codec trait ([`codec`]: a format's paths, auth
+//! header, error shape, request / response / stream parts) and the table mapping each format
+//! to its codec ([`Format::codec`], here, above the folders that implement it), the internal
 //! representation ([`ir`]), one folder per format implementing its codec, the SSE codec
 //! ([`sse`]) and the (client format, provider format) plan with its stream transcoder
 //! ([`transcode`]).
@@ -10,6 +11,7 @@
 
 pub mod anthropic;
 pub mod codec;
+pub mod format;
 pub mod ir;
 pub mod json;
 pub mod openai_chat;
@@ -17,36 +19,11 @@ pub mod openai_responses;
 pub mod sse;
 pub mod transcode;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::errors::FluxError;
-use codec::ErrorShape;
-
-/// A wire format, as a client speaks it and as a provider is configured with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-pub enum Format {
-    /// OpenAI Chat Completions (`format: openai` in the config).
-    #[serde(rename = "openai")]
-    OpenAiChat,
-    /// OpenAI Responses (`format: openai_responses`).
-    #[serde(rename = "openai_responses")]
-    OpenAiResponses,
-    /// Anthropic Messages (`format: anthropic`).
-    #[serde(rename = "anthropic")]
-    Anthropic,
-}
-
-/// How a provider of a format expects its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthHeader {
-    /// `Authorization: Bearer <key>`
-    Bearer,
-    /// `x-api-key: <key>` (with `anthropic-version`)
-    XApiKey,
-}
-
-/// The `anthropic-version` sent to Anthropic-format providers when the client sent none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+use codec::Codec;
+pub use format::{AuthHeader, ErrorShape, Format, ANTHROPIC_VERSION};
 
 impl Format {
     pub const ALL: [Format; 3] = [
@@ -157,6 +134,17 @@ pub fn translate_error(
     serde_json::to_vec(&value)
         .expect("a JSON value always serializes")
         .into()
+}
+
+impl Format {
+    /// The format table: this format's codec.
+    pub fn codec(self) -> &'static dyn Codec {
+        match self {
+            Format::OpenAiChat => &openai_chat::ChatCompletions,
+            Format::OpenAiResponses => &openai_responses::Responses,
+            Format::Anthropic => &anthropic::Messages,
+        }
+    }
 }
 
 #[cfg(test)]

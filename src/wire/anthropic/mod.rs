@@ -12,10 +12,9 @@ pub use stream::{StreamDecoder, StreamEncoder};
 
 use serde_json::value::RawValue;
 
-use super::codec::{Codec, ErrorShape, StreamDecode, StreamEncode};
+use super::codec::{Codec, StreamDecode, StreamEncode, UsageProbe};
+use super::format::{AuthHeader, ErrorShape};
 use super::sse::Event;
-use super::transcode::UsageProbe;
-use super::AuthHeader;
 use crate::units::Usd;
 
 /// The Anthropic Messages codec (`format: anthropic`).

@@ -8,11 +8,11 @@ use serde_json::value::RawValue;
 
 use super::schema::{block_out, empty_object, non_null, str_of, BlockIn, BlockOut, SourceIn, Str};
 use crate::errors::{ErrorKind, FluxError};
+use crate::wire::format::Format;
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,
 };
 use crate::wire::json::{self, bad, shown};
-use crate::wire::Format;
 
 /// Top-level members read into IR fields (besides `model` and `messages`).
 const KNOWN: [&str; 11] = [

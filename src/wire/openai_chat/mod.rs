@@ -13,11 +13,10 @@ pub use stream::{StreamDecoder, StreamEncoder};
 use bytes::BytesMut;
 use serde_json::value::RawValue;
 
-use super::codec::{Codec, ErrorShape, StreamDecode, StreamEncode};
+use super::codec::{Codec, StreamDecode, StreamEncode, UsageProbe};
+use super::format::{AuthHeader, ErrorShape};
 use super::ir::{Request, Response, StreamEvent, StreamMeta};
 use super::sse::Event;
-use super::transcode::UsageProbe;
-use super::AuthHeader;
 use crate::errors::FluxError;
 use crate::units::Usd;
 

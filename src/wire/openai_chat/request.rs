@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::errors::{ErrorKind, FluxError};
+use crate::wire::format::Format;
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,
 };
 use crate::wire::json::{self, bad, is_null};
-use crate::wire::Format;
 
 use super::schema::{tool_calls_out, ToolCallOut};
 

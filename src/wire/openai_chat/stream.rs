@@ -977,8 +977,8 @@ mod tests {
 
     #[test]
     fn passthrough_relays_bytes_and_meters_usage() {
+        use crate::wire::format::Format;
         use crate::wire::transcode::StreamTranscoder;
-        use crate::wire::Format;
         let input = fixture("stream_tools_parallel.sse");
         let mut t = StreamTranscoder::new(Format::OpenAiChat, Format::OpenAiChat, meta(true));
         let mut out = BytesMut::new();

@@ -8,11 +8,11 @@ use serde_json::value::RawValue;
 
 use super::schema::{join, opt_str, reasoning_text, RawItem, RawPart, Str};
 use crate::errors::{ErrorKind, FluxError};
+use crate::wire::format::Format;
 use crate::wire::ir::{
     Arguments, Block, Effort, Image, Message, Reasoning, Request, Role, Tool, ToolChoice,
 };
 use crate::wire::json::{self, bad, shown};
-use crate::wire::Format;
 
 /// Parse and validate a client request of this format. Malformed input is a 400
 /// (`invalid_request`; `empty_prompt` when there is no content at all).

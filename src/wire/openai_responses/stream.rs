@@ -16,9 +16,10 @@ use super::schema::{
     RawResponse, ResponseObject, Status, Str, SummaryPart, TextPart,
 };
 use crate::units::{Usage, Usd};
+use crate::wire::format::Format;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
-use crate::wire::{transcode, Format};
+use crate::wire::transcode;
 
 // ---------------------------------------------------------------------------------------
 // Decoding
@@ -1118,9 +1119,9 @@ impl StreamEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::format::Format;
     use crate::wire::sse::SseParser;
     use crate::wire::transcode::StreamTranscoder;
-    use crate::wire::Format;
 
     fn fixture(name: &str) -> String {
         let path = format!(

@@ -5,12 +5,13 @@
 use std::borrow::Cow;
 
 use bytes::BytesMut;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::wire::codec::UsageProbe;
+use crate::wire::format::Format;
 use crate::wire::ir::Billed;
+use crate::wire::json;
 use crate::wire::sse::{self, Frame};
-use crate::wire::{json, Format};
 
 /// The comment that ends a billed stream: `: x-flux-cost-usd=… input_tokens=…`, ignored by
 /// every SSE parser and readable by a person.
@@ -62,20 +63,6 @@ pub(super) fn write_data(out: &mut BytesMut, name: Option<&str>, data: &str) {
         out.extend_from_slice(b"\n");
     }
     out.extend_from_slice(b"\n");
-}
-
-/// The members of an event the cost logic looks at, each raw (`null` reads as absent): what
-/// a [`Codec::final_usage`](crate::wire::codec::Codec::final_usage) reads.
-#[derive(Deserialize)]
-pub struct UsageProbe<'a> {
-    #[serde(rename = "type", borrow, default)]
-    pub kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub usage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub response: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub choices: Option<&'a RawValue>,
 }
 
 /// A Chat chunk that is only there for its usage: `usage` set and `choices` empty or absent.

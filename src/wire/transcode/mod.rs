@@ -21,12 +21,12 @@ mod cost;
 mod passthrough;
 mod stream;
 
-pub use cost::{with_cost, UsageProbe};
+pub use cost::with_cost;
 pub use passthrough::passthrough_body;
 pub use stream::{StreamFault, StreamTranscoder};
 
+use super::format::Format;
 use super::ir::{Request, Response};
-use super::Format;
 use crate::errors::FluxError;
 use crate::units::Usage;
 

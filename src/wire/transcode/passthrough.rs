@@ -4,8 +4,9 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::wire::format::Format;
 use crate::wire::ir::Request;
-use crate::wire::{json, Format};
+use crate::wire::json;
 
 /// The client's body for a same-format provider: `model` replaced, and for a Chat stream
 /// without `stream_options.include_usage: true`, that option set so the provider reports

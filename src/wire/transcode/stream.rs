@@ -6,9 +6,9 @@ use bytes::BytesMut;
 use super::{cost, plan, Plan};
 use crate::units::Usage;
 use crate::wire::codec::{StreamDecode, StreamEncode};
+use crate::wire::format::Format;
 use crate::wire::ir::{Billed, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{EventTooLarge, Frame, SseParser};
-use crate::wire::Format;
 
 /// Why a stream could not be relayed to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]

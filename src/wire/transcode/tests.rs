@@ -4,9 +4,9 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::cost::UsageProbe as Probe;
 use super::*;
 use crate::units::{Rates, Usd};
+use crate::wire::codec::UsageProbe as Probe;
 use crate::wire::ir::{Billed, StreamMeta};
 
 fn fixture(format: Format, name: &str) -> String {
