@@ -11,6 +11,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::broadcast;
 
+use crate::errors::{Error, Fault};
 use crate::gateway::{Edge, Gateway};
 use crate::state::{AppState, Reloader};
 
@@ -26,7 +27,7 @@ pub struct RunOptions {
 /// daemonization forks inside `run`, when the ledger writer, the access-log writer and the
 /// Redis runtime already run, and a fork keeps only the thread that called it: the gateway
 /// would serve without them (and hang on Redis). Writes the pid file; returns in the child.
-pub fn daemonize(settings: &crate::config::server::PingoraSettings) -> Result<(), String> {
+pub fn daemonize(settings: &crate::config::server::PingoraSettings) -> Result<(), Error> {
     let pid_file = std::path::Path::new(&settings.pid_file);
     // The old process of an upgrade still holds its pid file's lock: move it aside, as
     // Pingora does, so the new one can take the path.
@@ -46,7 +47,7 @@ pub fn daemonize(settings: &crate::config::server::PingoraSettings) -> Result<()
     match outcome {
         daemonix::Outcome::Parent(Ok(_)) => std::process::exit(0),
         daemonix::Outcome::Parent(Err(e)) | daemonix::Outcome::Child(Err(e)) => {
-            Err(format!("cannot go to the background: {e}"))
+            Err(Error::new(Fault::Io, "cannot go to the background").because(e))
         }
         daemonix::Outcome::Child(Ok(_)) => Ok(()),
     }

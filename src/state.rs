@@ -94,7 +94,7 @@ impl AppState {
         let fleet = match &config.redis {
             Some(redis) => Some(
                 crate::fleet::Fleet::connect(redis, true)
-                    .map_err(|e| ConfigError::new(Path::new("redis"), "redis", e))?,
+                    .map_err(|e| ConfigError::new(Path::new("redis"), "redis", e.to_string()))?,
             ),
             None => None,
         };

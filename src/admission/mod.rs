@@ -18,10 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::auth::{Account, Terms};
+use crate::errors::Error;
 use crate::errors::{ErrorKind, FluxError};
 use crate::limits::{Charges, Limits, RateStore};
 use crate::metering::budget::{Budget, Hold, SpendStore, Standing};
-use crate::metering::ledger::{Ledger, LedgerError, ReportRow};
+use crate::metering::ledger::{Ledger, ReportRow};
 use crate::routing::{Route, RouteTable};
 use crate::units::Month;
 use crate::units::{worst_case, Usd};
@@ -78,11 +79,7 @@ impl SpendStore for InProcess {
         Ok(self.spend.standing(key_id, now))
     }
 
-    async fn report(
-        &self,
-        month: Month,
-        key_id: Option<String>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
+    async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error> {
         self.spend.report(month, key_id).await
     }
 

@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use fluxrouter::auth;
 use fluxrouter::config::{KeyStatus, KeysFile, ServerConfig};
+use fluxrouter::errors::{Context, Error, Fault};
 use fluxrouter::state;
 use fluxrouter::units::clock::unix_now;
 
@@ -44,10 +45,10 @@ pub fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     let plans: Vec<&str> = config.plans.keys().map(String::as_str).collect();
     // Every change is checked as the gateway will load it, so it never writes a file the
     // gateway refuses.
-    let edit = |change: &dyn Fn(&mut KeysFile) -> Result<String, String>| {
+    let edit = |change: &dyn Fn(&mut KeysFile) -> Result<String, Error>| {
         KeysFile::edit(path, |f| {
             let out = change(f)?;
-            state::keys_table(&config, f).map_err(|e| e.to_string())?;
+            state::keys_table(&config, f).context(Fault::Invalid, "the gateway would refuse it")?;
             Ok(out)
         })
     };

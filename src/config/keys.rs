@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::errors::{Context, Error, Fault};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -99,28 +100,29 @@ impl KeysFile {
     /// other's changes. Nothing is written when `change` fails.
     pub fn edit<T>(
         path: &Path,
-        change: impl FnOnce(&mut KeysFile) -> Result<T, String>,
-    ) -> Result<T, String> {
-        let _lock = lock(path).map_err(|e| format!("{}: cannot lock: {e}", path.display()))?;
-        let mut file = KeysFile::load(path).map_err(|e| e.to_string())?;
+        change: impl FnOnce(&mut KeysFile) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let _lock =
+            lock(path).with_context(Fault::Io, || format!("{}: cannot lock", path.display()))?;
+        let mut file = KeysFile::load(path).context(Fault::Invalid, "the keys file as it is")?;
         let out = change(&mut file)?;
         file.save(path)
-            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+            .with_context(Fault::Io, || format!("{}: cannot write", path.display()))?;
         Ok(out)
     }
 
     /// The record named `name_or_id` (its name or its `key_…` id).
-    pub fn find_mut(&mut self, name_or_id: &str) -> Result<&mut KeyRecord, String> {
+    pub fn find_mut(&mut self, name_or_id: &str) -> Result<&mut KeyRecord, Error> {
         self.keys
             .iter_mut()
             .find(|k| k.name == name_or_id || k.id == name_or_id)
-            .ok_or_else(|| format!("no key named '{name_or_id}'"))
+            .ok_or_else(|| Error::new(Fault::NotFound, format!("no key named '{name_or_id}'")))
     }
 
     /// Add a record for a new key on `plan` (one of `plans`); the name must be new.
-    pub fn add(&mut self, record: KeyRecord, plans: &[&str]) -> Result<(), String> {
+    pub fn add(&mut self, record: KeyRecord, plans: &[&str]) -> Result<(), Error> {
         if !plans.contains(&record.plan.as_str()) {
-            return Err(format!("unknown plan '{}' (plans: {plans:?})", record.plan));
+            return Err(unknown_plan(&record.plan, plans));
         }
         if record.name.is_empty()
             || record.name.len() > 128
@@ -130,23 +132,26 @@ impl KeysFile {
                 .any(|c| c.is_control() || is_format_char(c))
             || record.name.trim() != record.name
         {
-            return Err(
+            return Err(Error::new(
+                Fault::Invalid,
                 "a key's name is 1 to 128 characters, without control or format characters \
-                 (such as bidirectional overrides or zero-width spaces) or surrounding spaces"
-                    .into(),
-            );
+                 (such as bidirectional overrides or zero-width spaces) or surrounding spaces",
+            ));
         }
         if self.keys.iter().any(|k| k.name == record.name) {
-            return Err(format!("a key named '{}' already exists", record.name));
+            return Err(Error::new(
+                Fault::Conflict,
+                format!("a key named '{}' already exists", record.name),
+            ));
         }
         self.keys.push(record);
         Ok(())
     }
 
     /// Move the key to another of `plans`.
-    pub fn set_plan(&mut self, name_or_id: &str, plan: &str, plans: &[&str]) -> Result<(), String> {
+    pub fn set_plan(&mut self, name_or_id: &str, plan: &str, plans: &[&str]) -> Result<(), Error> {
         if !plans.contains(&plan) {
-            return Err(format!("unknown plan '{plan}' (plans: {plans:?})"));
+            return Err(unknown_plan(plan, plans));
         }
         self.find_mut(name_or_id)?.plan = plan.to_string();
         Ok(())
@@ -154,17 +159,24 @@ impl KeysFile {
 
     /// Activate, suspend or revoke. A revoked key stays revoked: it was given out and may
     /// be known to others, so only a new key brings its owner back.
-    pub fn set_status(&mut self, name_or_id: &str, status: KeyStatus) -> Result<(), String> {
+    pub fn set_status(&mut self, name_or_id: &str, status: KeyStatus) -> Result<(), Error> {
         let record = self.find_mut(name_or_id)?;
         if record.status == KeyStatus::Revoked && status != KeyStatus::Revoked {
-            return Err(format!(
-                "'{}' is revoked for good; create a new key",
-                record.name
+            return Err(Error::new(
+                Fault::Conflict,
+                format!("'{}' is revoked for good; create a new key", record.name),
             ));
         }
         record.status = status;
         Ok(())
     }
+}
+
+fn unknown_plan(plan: &str, plans: &[&str]) -> Error {
+    Error::new(
+        Fault::Invalid,
+        format!("unknown plan '{plan}' (plans: {plans:?})"),
+    )
 }
 
 /// Whether `c` is a format character (Unicode general category Cf): invisible characters
@@ -231,9 +243,11 @@ mod tests {
         let plans = ["free", "payg"];
         KeysFile::edit(&path, |f| f.add(record("alice", "free"), &plans)).unwrap();
         let e = KeysFile::edit(&path, |f| f.add(record("alice", "payg"), &plans)).unwrap_err();
-        assert!(e.contains("already exists"), "{e}");
+        assert_eq!(e.fault(), Fault::Conflict);
+        assert!(e.to_string().contains("already exists"), "{e}");
         let e = KeysFile::edit(&path, |f| f.add(record("bob", "gold"), &plans)).unwrap_err();
-        assert!(e.contains("unknown plan 'gold'"), "{e}");
+        assert_eq!(e.fault(), Fault::Invalid);
+        assert!(e.to_string().contains("unknown plan 'gold'"), "{e}");
         for bad in [
             "",
             "tab\there",
@@ -249,8 +263,11 @@ mod tests {
             "tag\u{e0041}",
         ] {
             let e = KeysFile::edit(&path, |f| f.add(record(bad, "free"), &plans)).unwrap_err();
-            assert!(e.contains("1 to 128 characters"), "{bad:?}: {e}");
-            assert!(e.contains("format characters"), "{bad:?}: {e}");
+            assert!(
+                e.to_string().contains("1 to 128 characters"),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().contains("format characters"), "{bad:?}: {e}");
         }
         // Letters of any script, emoji and marks are names like any other.
         for good in ["équipe-ü", "نور", "团队", "chef 👩", "e\u{301}"] {
@@ -265,9 +282,10 @@ mod tests {
         KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Active)).unwrap();
         KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Revoked)).unwrap();
         let e = KeysFile::edit(&path, |f| f.set_status("alice", KeyStatus::Active)).unwrap_err();
-        assert!(e.contains("revoked for good"), "{e}");
+        assert!(e.to_string().contains("revoked for good"), "{e}");
         let e = KeysFile::edit(&path, |f| f.set_plan("nobody", "payg", &plans)).unwrap_err();
-        assert!(e.contains("no key named 'nobody'"), "{e}");
+        assert_eq!(e.fault(), Fault::NotFound);
+        assert!(e.to_string().contains("no key named 'nobody'"), "{e}");
         // A failed edit writes nothing.
         assert_eq!(KeysFile::load(&path).unwrap().keys.len(), 6);
     }

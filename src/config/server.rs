@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::errors::{Context, Error, Fault};
 use crate::units::Usd;
 use crate::wire::Format;
 
@@ -514,8 +515,8 @@ pub struct BaseUrl {
 }
 
 impl TryFrom<String> for BaseUrl {
-    type Error = String;
-    fn try_from(url: String) -> Result<Self, String> {
+    type Error = Error;
+    fn try_from(url: String) -> Result<Self, Error> {
         BaseUrl::parse(&url)
     }
 }
@@ -532,24 +533,29 @@ impl From<BaseUrl> for String {
 }
 
 impl BaseUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let invalid = |why: String| Error::new(Fault::Invalid, why);
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+            .with_context(Fault::Invalid, || format!("'{url}' is not a URL"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("'{url}' must start with http:// or https://")),
+            _ => {
+                return Err(invalid(format!(
+                    "'{url}' must start with http:// or https://"
+                )))
+            }
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("'{url}' has no host"))?
+            .ok_or_else(|| invalid(format!("'{url}' has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         if uri.query().is_some() {
-            return Err(format!("'{url}' must not have a query string"));
+            return Err(invalid(format!("'{url}' must not have a query string")));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path().trim_end_matches('/').to_string();

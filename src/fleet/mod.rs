@@ -36,6 +36,7 @@ pub use shared::FleetState;
 pub use spend::Refused;
 
 use crate::config::server::{RedisConfig, WhenRedisDown};
+use crate::errors::{Context, Error, Fault};
 use crate::metrics::{FleetView, RedisSeries};
 
 /// Redis could not answer in time (or at all): the caller applies the down policy.
@@ -132,21 +133,29 @@ impl Fleet {
     /// policy until it answers) and start the probe. The first contact is awaited, bounded by
     /// `connect_timeout_ms`, so a reachable Redis is in use from the first request.
     /// `member`: a gateway, counted in the fleet (not `fluxrouter usage` reading it).
-    pub fn connect(config: &RedisConfig, member: bool) -> Result<Arc<Fleet>, String> {
+    pub fn connect(config: &RedisConfig, member: bool) -> Result<Arc<Fleet>, Error> {
         let url = config
             .resolve_url(&|var| std::env::var(var).ok())
             .ok_or_else(|| {
-                format!(
-                    "redis: no URL ({} is not set)",
-                    config.url_env.as_deref().unwrap_or("url_env")
+                Error::new(
+                    Fault::Invalid,
+                    format!(
+                        "redis: no URL ({} is not set)",
+                        config.url_env.as_deref().unwrap_or("url_env")
+                    ),
                 )
             })?;
         // The client's own error would quote the URL, and with it any password.
-        let bad_url = "redis: the URL does not parse (redis[s]://[user:password@]host:port[/db])";
+        let bad_url = || {
+            Error::new(
+                Fault::Invalid,
+                "redis: the URL does not parse (redis[s]://[user:password@]host:port[/db])",
+            )
+        };
         let client = match &config.tls_ca_file {
             Some(ca) => {
                 let root_cert = std::fs::read(ca)
-                    .map_err(|e| format!("redis.tls_ca_file {}: {e}", ca.display()))?;
+                    .with_context(Fault::Io, || format!("redis.tls_ca_file {}", ca.display()))?;
                 pingora::tls::install_default_crypto_provider();
                 let certs = redis::TlsCertificates {
                     client_tls: None,
@@ -154,9 +163,13 @@ impl Fleet {
                 };
                 redis::Client::build_with_tls(url.as_str(), certs).map_err(|e| {
                     if e.kind() == redis::ErrorKind::InvalidClientConfig {
-                        bad_url.to_string()
+                        bad_url()
                     } else {
-                        format!("redis.tls_ca_file {}: {e}", ca.display())
+                        Error::new(
+                            Fault::Invalid,
+                            format!("redis.tls_ca_file {}", ca.display()),
+                        )
+                        .because(e)
                     }
                 })?
             }
@@ -164,7 +177,7 @@ impl Fleet {
                 if url.starts_with("rediss:") {
                     pingora::tls::install_default_crypto_provider();
                 }
-                redis::Client::open(url.as_str()).map_err(|_| bad_url)?
+                redis::Client::open(url.as_str()).map_err(|_| bad_url())?
             }
         };
         let manager = redis::aio::ConnectionManagerConfig::new()
@@ -184,7 +197,11 @@ impl Fleet {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = tx.send(Err(format!("redis: cannot start its runtime: {e}")));
+                        let _ = tx.send(Err(Error::new(
+                            Fault::Io,
+                            "redis: cannot start its runtime",
+                        )
+                        .because(e)));
                         return;
                     }
                 };
@@ -194,16 +211,16 @@ impl Fleet {
                             ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
                         })
                         .collect();
-                    let conns = conns.map_err(|e| format!("redis: {e}"));
+                    let conns = conns.context(Fault::Unavailable, "redis");
                     let _ = tx.send(conns.map(|c| (tokio::runtime::Handle::current(), c)));
                     // The runtime lives as long as the process: its thread parks here.
                     std::future::pending::<()>().await
                 });
             })
-            .map_err(|e| format!("redis: cannot start its thread: {e}"))?;
+            .context(Fault::Io, "redis: cannot start its thread")?;
         let (handle, conns) = rx
             .recv()
-            .map_err(|_| "redis: its thread stopped".to_string())??;
+            .map_err(|_| Error::new(Fault::Unavailable, "redis: its thread stopped"))??;
         let fleet = Arc::new(Fleet {
             handle,
             conns: conns.into_boxed_slice(),

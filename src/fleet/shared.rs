@@ -16,13 +16,14 @@ use super::{Fleet, Refused, Settlement, Unavailable};
 use crate::admission::SharedState;
 use crate::auth::Account;
 use crate::config::server::{MoneyWhenDown, RatesWhenDown};
+use crate::errors::Error;
 use crate::errors::{ErrorKind, FluxError};
 use crate::limits::{Charges, Limits, RateStore};
 use crate::metering::budget::{
     cap_error, check_on_hold, hourly_error, monthly_caps, Budget, Hold, Holds, SpendStore,
     Standing, Ticket,
 };
-use crate::metering::ledger::{Entry, Ledger, LedgerError, ReportRow};
+use crate::metering::ledger::{Entry, Ledger, ReportRow};
 use crate::units::Month;
 use crate::units::Usd;
 
@@ -181,11 +182,7 @@ impl SpendStore for FleetState {
     }
 
     /// The fleet's usage, from Redis.
-    async fn report(
-        &self,
-        month: Month,
-        key_id: Option<String>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
+    async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error> {
         self.fleet.report(month, key_id.as_deref()).await
     }
 

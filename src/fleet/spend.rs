@@ -13,8 +13,9 @@ use redis::Script;
 
 use super::queue::Settlement;
 use super::{lock, lua, Fleet, Op, Unavailable};
+use crate::errors::{Error, Fault};
 use crate::limits::Charge;
-use crate::metering::ledger::{LedgerError, ReportRow};
+use crate::metering::ledger::ReportRow;
 use crate::units::{hour_of, Month, Usd};
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::RESERVE));
@@ -179,8 +180,13 @@ impl Fleet {
         &self,
         month: Month,
         key_id: Option<&str>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
-        let unavailable = || LedgerError("the shared ledger (Redis) is unreachable".into());
+    ) -> Result<Vec<ReportRow>, Error> {
+        let unavailable = || {
+            Error::new(
+                Fault::Unavailable,
+                "the shared ledger (Redis) is unreachable",
+            )
+        };
         let ids: Vec<String> = match key_id {
             Some(k) => vec![k.to_string()],
             None => {

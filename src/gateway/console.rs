@@ -34,7 +34,7 @@ use super::ctx::Stop;
 use super::{body, respond};
 use crate::config::{KeyStatus, KeysFile};
 use crate::console::{self, views, Signed};
-use crate::errors::{ErrorKind, FluxError};
+use crate::errors::{Context, Error, ErrorKind, Fault, FluxError};
 use crate::metering::ledger::LedgerReader;
 use crate::units::clock::unix_now;
 use crate::units::{Month, Usd};
@@ -324,7 +324,7 @@ impl Admin {
     /// serves keys (a new file with one key would log everyone else out).
     async fn edit_keys(
         &self,
-        change: impl FnOnce(&mut KeysFile, &[&str]) -> Result<(), String> + Send + 'static,
+        change: impl FnOnce(&mut KeysFile, &[&str]) -> Result<(), Error> + Send + 'static,
     ) -> Result<(), Stop> {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
@@ -334,18 +334,27 @@ impl Admin {
             let serving = state.keys.load().len();
             KeysFile::edit(path, |f| {
                 if f.keys.is_empty() && serving > 0 {
-                    return Err(format!(
-                        "{} lists no keys while the gateway serves {serving}: it is missing \
-                         or empty; restore it before changing keys",
-                        path.display()
+                    return Err(Error::new(
+                        Fault::Conflict,
+                        format!(
+                            "{} lists no keys while the gateway serves {serving}: it is \
+                             missing or empty; restore it before changing keys",
+                            path.display()
+                        ),
                     ));
                 }
                 change(f, &plans)?;
                 crate::state::keys_table(config, f)
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .context(Fault::Invalid, "the gateway would refuse it")
             })
-            .map_err(bad)?;
+            .map_err(|e| match e.fault() {
+                // The operator's input: said back as a 400.
+                Fault::Invalid | Fault::NotFound | Fault::Conflict | Fault::TooLarge => {
+                    bad(e.to_string())
+                }
+                _ => FluxError::new(ErrorKind::Internal, format!("the keys file: {e}")),
+            })?;
             state.reload_keys_now().map(drop).map_err(|e| {
                 FluxError::new(
                     ErrorKind::Internal,

@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 
 use crate::config::server::TrafficConfig;
 use crate::config::Capability;
-use crate::errors::{ErrorKind, FluxError};
+use crate::errors::{Error, ErrorKind, Fault, FluxError};
 use crate::headers;
 use crate::metering::budget::Hold;
 use crate::metering::ledger::Entry;
@@ -665,18 +665,21 @@ impl Bill<'_> {
     }
 }
 
-async fn read_all(upstream: &mut HttpSession, limit: usize) -> Result<Bytes, String> {
+async fn read_all(upstream: &mut HttpSession, limit: usize) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     loop {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
-                    return Err(format!("response over {limit} bytes"));
+                    return Err(Error::new(
+                        Fault::TooLarge,
+                        format!("response over {limit} bytes"),
+                    ));
                 }
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Error::new(Fault::Io, "reading the body").because(e)),
         }
     }
 }

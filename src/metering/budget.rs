@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::ledger::{Entry, Ledger, LedgerError, ReportRow};
+use super::ledger::{Entry, Ledger, ReportRow};
 use crate::auth::Account;
+use crate::errors::{Context, Error, Fault};
 use crate::errors::{ErrorKind, FluxError};
 use crate::units::{Month, Usd};
 
@@ -37,11 +38,7 @@ pub trait SpendStore: Send + Sync {
     async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError>;
 
     /// A month's usage by key, lane and model, as far as this store sees it.
-    async fn report(
-        &self,
-        month: Month,
-        key_id: Option<String>,
-    ) -> Result<Vec<ReportRow>, LedgerError>;
+    async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error>;
 
     /// Release this process's holds past their expiry. Returns how many.
     fn sweep(&self, now: u64) -> usize;
@@ -194,14 +191,14 @@ impl Budget {
         &self,
         month: Month,
         key_id: Option<String>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
+    ) -> Result<Vec<ReportRow>, Error> {
         let ledger = self.inner.ledger.clone();
         tokio::task::spawn_blocking(move || {
             ledger.flush()?;
             ledger.report(month, key_id.as_deref())
         })
         .await
-        .map_err(|e| LedgerError(format!("ledger task: {e}")))?
+        .context(Fault::Unavailable, "ledger task")?
     }
 
     /// Release holds whose owner never settled nor dropped them. Returns how many.
@@ -254,11 +251,7 @@ impl SpendStore for Budget {
         Ok(Budget::standing(self, key_id, now))
     }
 
-    async fn report(
-        &self,
-        month: Month,
-        key_id: Option<String>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
+    async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error> {
         Budget::report(self, month, key_id).await
     }
 
@@ -475,7 +468,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::config::server::PlanConfig;
-    use crate::metering::ledger::{LedgerError, ReportRow, Spend};
+    use crate::errors::Error;
+    use crate::metering::ledger::{ReportRow, Spend};
 
     /// Spend kept in memory, as the embedded ledger keeps it for reads.
     #[derive(Default)]
@@ -499,13 +493,13 @@ mod tests {
                 .unwrap_or_default();
             Spend { month, hour: month }
         }
-        fn report(&self, _: Month, _: Option<&str>) -> Result<Vec<ReportRow>, LedgerError> {
+        fn report(&self, _: Month, _: Option<&str>) -> Result<Vec<ReportRow>, Error> {
             Ok(Vec::new())
         }
-        fn flush(&self) -> Result<(), LedgerError> {
+        fn flush(&self) -> Result<(), Error> {
             Ok(())
         }
-        fn close(&self) -> Result<(), LedgerError> {
+        fn close(&self) -> Result<(), Error> {
             Ok(())
         }
     }

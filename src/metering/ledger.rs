@@ -15,7 +15,7 @@
 //! ```no_run
 //! # use fluxrouter::metering::ledger::*;
 //! # use fluxrouter::units::{Usage, Usd};
-//! # fn wire(config: &fluxrouter::config::ServerConfig) -> Result<(), LedgerError> {
+//! # fn wire(config: &fluxrouter::config::ServerConfig) -> Result<(), Error> {
 //! let ledger: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(EmbeddedLedger::open(
 //!     &config.ledger.path,
 //!     LedgerOptions::from_config(&config.ledger),
@@ -37,10 +37,9 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
 use serde::Serialize;
 
+pub use crate::errors::Error;
 use crate::units::{Month, Usage, Usd};
 
 pub use embedded::{EmbeddedLedger, LedgerOptions, LedgerStats};
@@ -114,24 +113,6 @@ pub struct ReportRow {
     pub cost: Usd,
 }
 
-/// Why the ledger could not do something.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerError(pub String);
-
-impl fmt::Display for LedgerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for LedgerError {}
-
-impl From<rusqlite::Error> for LedgerError {
-    fn from(e: rusqlite::Error) -> Self {
-        LedgerError(format!("ledger database: {e}"))
-    }
-}
-
 /// The spend ledger. Implementations are shared by every request thread.
 pub trait Ledger: Send + Sync {
     /// Count a served request. Never blocks on I/O: the cost is in [`Ledger::spend`] as soon
@@ -145,12 +126,12 @@ pub trait Ledger: Send + Sync {
     /// A month's usage by key, lane and model (only `key_id`'s rows when given), sorted.
     /// Reads storage: call it off the request threads (admin endpoint, CLI). It shows what has
     /// been committed, which trails [`Ledger::record`] by at most one flush interval.
-    fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, LedgerError>;
+    fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, Error>;
 
     /// Block until everything recorded before this call is durable (shutdown, tests).
-    fn flush(&self) -> Result<(), LedgerError>;
+    fn flush(&self) -> Result<(), Error>;
 
     /// Flush, then stop the background writer. Call it once the server has stopped serving:
     /// a graceful stop then loses nothing. Later records are counted in memory only.
-    fn close(&self) -> Result<(), LedgerError>;
+    fn close(&self) -> Result<(), Error>;
 }

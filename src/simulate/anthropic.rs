@@ -10,25 +10,44 @@ use super::model::{
     halves, json_bytes, named_event, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
-pub fn parse(body: &Value) -> Result<SimInput, String> {
+pub fn parse(body: &Value) -> Result<SimInput, Error> {
     let object = body
         .as_object()
-        .ok_or("request body must be a JSON object")?;
+        .ok_or_else(|| Error::new(Fault::Invalid, "request body must be a JSON object"))?;
     let messages = match object.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(Value::Array(_)) => return Err("messages: at least one message is required".into()),
-        Some(_) => return Err("messages: Input should be a valid list".into()),
-        None => return Err("messages: Field required".into()),
+        Some(Value::Array(_)) => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "messages: at least one message is required",
+            ))
+        }
+        Some(_) => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "messages: Input should be a valid list",
+            ))
+        }
+        None => return Err(Error::new(Fault::Invalid, "messages: Field required")),
     };
     // Required by the real API: a gateway translating into this format must set it.
     let max_tokens = match object.get("max_tokens") {
-        Some(Value::Number(number)) => number
-            .as_u64()
-            .ok_or("max_tokens: Input should be a valid integer")?,
-        Some(_) => return Err("max_tokens: Input should be a valid integer".into()),
-        None => return Err("max_tokens: Field required".into()),
+        Some(Value::Number(number)) => number.as_u64().ok_or_else(|| {
+            Error::new(
+                Fault::Invalid,
+                "max_tokens: Input should be a valid integer",
+            )
+        })?,
+        Some(_) => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "max_tokens: Input should be a valid integer",
+            ))
+        }
+        None => return Err(Error::new(Fault::Invalid, "max_tokens: Field required")),
     };
 
     let mut count = PromptCount::default();
@@ -437,7 +456,10 @@ mod tests {
         assert!(parse(&ok).is_ok());
         let mut missing = ok.clone();
         missing.as_object_mut().unwrap().remove("max_tokens");
-        assert_eq!(parse(&missing).unwrap_err(), "max_tokens: Field required");
+        assert_eq!(
+            parse(&missing).unwrap_err().to_string(),
+            "max_tokens: Field required"
+        );
         assert!(parse(&json!({"model": "m", "max_tokens": 10, "messages": []})).is_err());
         assert!(parse(&json!({"model": "m", "max_tokens": 10})).is_err());
         assert!(parse(&json!({"model": "m", "max_tokens": "10", "messages": []})).is_err());

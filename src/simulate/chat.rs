@@ -11,17 +11,25 @@ use super::model::{
     asks_for_cache, json_bytes, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
-pub fn parse(body: &Value) -> Result<SimInput, String> {
+pub fn parse(body: &Value) -> Result<SimInput, Error> {
     let object = body
         .as_object()
-        .ok_or("request body must be a JSON object")?;
+        .ok_or_else(|| Error::new(Fault::Invalid, "request body must be a JSON object"))?;
     let messages = match object.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(Value::Array(_)) => return Err("'messages' must not be empty".into()),
-        Some(_) => return Err("'messages' must be an array".into()),
-        None => return Err("missing required parameter: 'messages'".into()),
+        Some(Value::Array(_)) => {
+            return Err(Error::new(Fault::Invalid, "'messages' must not be empty"))
+        }
+        Some(_) => return Err(Error::new(Fault::Invalid, "'messages' must be an array")),
+        None => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "missing required parameter: 'messages'",
+            ))
+        }
     };
 
     let mut count = PromptCount::default();

@@ -63,6 +63,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::errors::{Error, Fault};
 use body::{Disconnect, SimBody, StreamItem};
 use mode::{mode_in_path, mode_in_text, SimMode};
 use model::{Envelope, Reply, SimInput};
@@ -283,7 +284,7 @@ impl Simulator {
 
         let input = match &parsed {
             Some(json) => api.parse(json),
-            None => Err("request body is not valid JSON".to_owned()),
+            None => Err(Error::new(Fault::Invalid, "request body is not valid JSON")),
         };
         let mode = match mode_in_path(head.uri.path()) {
             Some(name) => match SimMode::parse(name) {
@@ -314,7 +315,7 @@ impl Simulator {
                 return Ok(api.error_response(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
-                    &message,
+                    &message.to_string(),
                 ));
             }
         };
@@ -526,7 +527,7 @@ impl Api {
         }
     }
 
-    fn parse(self, body: &Value) -> Result<SimInput, String> {
+    fn parse(self, body: &Value) -> Result<SimInput, Error> {
         match self {
             Api::Chat => chat::parse(body),
             Api::Responses => responses::parse(body),

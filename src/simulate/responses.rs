@@ -12,12 +12,13 @@ use super::model::{
     halves, json_bytes, named_event, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     Thinking, ToolCall, ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
-pub fn parse(body: &Value) -> Result<SimInput, String> {
+pub fn parse(body: &Value) -> Result<SimInput, Error> {
     let object = body
         .as_object()
-        .ok_or("request body must be a JSON object")?;
+        .ok_or_else(|| Error::new(Fault::Invalid, "request body must be a JSON object"))?;
 
     let mut count = PromptCount::default();
     // Tokens of the system prompt: `instructions` and system/developer messages.
@@ -37,7 +38,12 @@ pub fn parse(body: &Value) -> Result<SimInput, String> {
                 system_tokens += PromptCount::message_tokens(bytes);
             }
         }
-        Some(_) => return Err("'instructions' must be a string or an array of items".into()),
+        Some(_) => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "'instructions' must be a string or an array of items",
+            ))
+        }
     }
 
     let mut last_user_text = None;
@@ -67,8 +73,18 @@ pub fn parse(body: &Value) -> Result<SimInput, String> {
                 .then_some(text);
             }
         }
-        Some(_) => return Err("'input' must be a string or an array of items".into()),
-        None => return Err("missing required parameter: 'input'".into()),
+        Some(_) => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "'input' must be a string or an array of items",
+            ))
+        }
+        None => {
+            return Err(Error::new(
+                Fault::Invalid,
+                "missing required parameter: 'input'",
+            ))
+        }
     }
 
     // A prompt cache key lets the (simulated) provider reuse the system prompt.

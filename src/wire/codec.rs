@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use super::format::{AuthHeader, ErrorShape};
 use super::ir::{Request, Response, StreamEvent, StreamMeta};
 use super::sse::Event;
+use crate::errors::Error;
 use crate::errors::FluxError;
 use crate::units::Usd;
 
@@ -44,7 +45,7 @@ pub trait Codec: Sync {
     /// The body for a provider of this format, for its model id `model`.
     fn encode_request(&self, req: &Request<'_>, model: &str, stream: bool) -> Vec<u8>;
     /// A provider's non-streamed success body.
-    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, String>;
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, Error>;
     /// A non-streamed body for a client of this format.
     fn encode_response(&self, resp: &Response<'_>) -> Vec<u8>;
     /// Reads a provider's stream of this format, one SSE event at a time.
@@ -61,7 +62,7 @@ pub trait Codec: Sync {
 /// A provider's stream, decoded into IR stream events.
 pub trait StreamDecode: Send {
     /// One event with data (comments and keep-alives never reach a decoder).
-    fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String>;
+    fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), Error>;
     /// The provider ended its stream: whatever the decoder still holds.
     fn finish(&mut self, out: &mut Vec<StreamEvent>);
 }

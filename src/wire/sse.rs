@@ -31,6 +31,8 @@ impl std::fmt::Display for EventTooLarge {
     }
 }
 
+impl std::error::Error for EventTooLarge {}
+
 /// One complete event as it was received, boundary included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame(pub Bytes);

@@ -23,8 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::store::{Batch, Group, QueuedEntry, Store, Tally};
-use super::{Entry, Ledger, LedgerError, LedgerReader, ReportRow, Spend};
+use super::{Entry, Ledger, LedgerReader, ReportRow, Spend};
 use crate::config::server::LedgerConfig;
+use crate::errors::{Context, Error, Fault};
 use crate::units::clock::unix_now;
 use crate::units::{hour_of, Month, Usd};
 
@@ -152,7 +153,7 @@ struct Control {
     requested: u64,
     served: u64,
     /// The last cycle's commit error.
-    last_error: Option<LedgerError>,
+    last_error: Option<Arc<Error>>,
     wake: bool,
     stop: bool,
     stopped: bool,
@@ -378,7 +379,7 @@ impl Shared {
 
     /// Set the recent months and hours of every key to the file's totals plus what this
     /// process has recorded and not yet committed.
-    fn reload(&self, store: &Store, now_unix: u64) -> Result<(), LedgerError> {
+    fn reload(&self, store: &Store, now_unix: u64) -> Result<(), Error> {
         let from_month = Month::of(now_unix).prev();
         let from_hour = hour_of(now_unix).saturating_sub(HOURS_IN_MEMORY as u64 - 1);
         let loaded = store.load(from_month, from_hour)?;
@@ -430,7 +431,7 @@ impl Shared {
     }
 
     /// One writer cycle: commit what is pending, follow other processes' commits.
-    fn cycle(&self, store: &mut Store) -> Result<(), LedgerError> {
+    fn cycle(&self, store: &mut Store) -> Result<(), Error> {
         let batch = self.take_batch();
         let mut result = Ok(());
         if !batch.groups.is_empty() {
@@ -525,7 +526,7 @@ fn writer(shared: Arc<Shared>, mut store: Store) {
         {
             let mut c = lock(&shared.control);
             c.served = generation;
-            c.last_error = result.err();
+            c.last_error = result.err().map(Arc::new);
         }
         shared.signal.notify_all();
         if stop {
@@ -543,7 +544,7 @@ pub struct EmbeddedLedger {
 
 impl EmbeddedLedger {
     /// Open (or create) the file, load the current totals, start the writer thread.
-    pub fn open(path: &Path, options: LedgerOptions) -> Result<EmbeddedLedger, LedgerError> {
+    pub fn open(path: &Path, options: LedgerOptions) -> Result<EmbeddedLedger, Error> {
         let store = Store::open(path, options.keep_entries, options.busy_timeout)?;
         let shared = Arc::new(Shared::new(options));
         shared.reload(&store, (options.clock)())?;
@@ -552,7 +553,7 @@ impl EmbeddedLedger {
             std::thread::Builder::new()
                 .name("ledger-writer".into())
                 .spawn(move || writer(shared, store))
-                .map_err(|e| LedgerError(format!("cannot start the ledger writer: {e}")))?
+                .context(Fault::Io, "cannot start the ledger writer")?
         };
         Ok(EmbeddedLedger {
             shared,
@@ -580,11 +581,11 @@ impl EmbeddedLedger {
     }
 
     /// Ask the writer for a cycle and wait for it; `stop` makes it the last one.
-    fn sync(&self, stop: bool) -> Result<(), LedgerError> {
+    fn sync(&self, stop: bool) -> Result<(), Error> {
         let s = &self.shared;
         let mut c = lock(&s.control);
         if c.stopped || c.stop {
-            return Err(LedgerError("the ledger is closed".into()));
+            return Err(Error::new(Fault::Unavailable, "the ledger is closed"));
         }
         c.requested += 1;
         c.stop = stop;
@@ -594,10 +595,12 @@ impl EmbeddedLedger {
             c = s.signal.wait(c).unwrap_or_else(|p| p.into_inner());
         }
         if c.served < generation {
-            return Err(LedgerError("the ledger writer stopped".into()));
+            return Err(Error::new(Fault::Unavailable, "the ledger writer stopped"));
         }
         match &c.last_error {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(
+                Error::new(Fault::Database, "the ledger's last commit failed").because(e.clone()),
+            ),
             None => Ok(()),
         }
     }
@@ -612,27 +615,27 @@ impl Ledger for EmbeddedLedger {
         self.shared.spend(key_id, now_unix)
     }
 
-    fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, LedgerError> {
+    fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, Error> {
         let mut reader = lock(&self.shared.reader);
         if reader.is_none() {
             *reader = Some(LedgerReader::open(&self.path)?);
         }
         match reader.as_ref() {
             Some(r) => r.report(month, key_id),
-            None => Err(LedgerError("no ledger reader".into())),
+            None => Err(Error::new(Fault::Unavailable, "no ledger reader")),
         }
     }
 
-    fn flush(&self) -> Result<(), LedgerError> {
+    fn flush(&self) -> Result<(), Error> {
         self.sync(false)
     }
 
-    fn close(&self) -> Result<(), LedgerError> {
+    fn close(&self) -> Result<(), Error> {
         let result = self.sync(true);
         self.shared.closed.store(true, Ordering::Relaxed);
         if let Some(handle) = lock(&self.writer).take() {
             if handle.join().is_err() {
-                return Err(LedgerError("the ledger writer panicked".into()));
+                return Err(Error::new(Fault::Unavailable, "the ledger writer panicked"));
             }
         }
         result

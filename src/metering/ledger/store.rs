@@ -18,7 +18,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::{LedgerError, Month, ReportRow};
+use super::{Month, ReportRow};
+use crate::errors::{Context, Error, Fault};
 use crate::units::{day_string, Usd};
 
 /// The schema this code writes (`PRAGMA user_version`).
@@ -169,33 +170,36 @@ impl Store {
     /// Open or create the file: WAL (readers in other processes never block the writer, nor
     /// it them) and `synchronous=NORMAL` (a commit is a write to the WAL, not an fsync: safe
     /// from a process crash; the last commits can be lost to a power cut).
-    pub fn open(
-        path: &Path,
-        keep_entries: u64,
-        busy_timeout: Duration,
-    ) -> Result<Store, LedgerError> {
+    pub fn open(path: &Path, keep_entries: u64, busy_timeout: Duration) -> Result<Store, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| LedgerError(format!("cannot create {}: {e}", dir.display())))?;
+                .with_context(Fault::Io, || format!("cannot create {}", dir.display()))?;
         }
-        let mut conn = Connection::open(path)
-            .map_err(|e| LedgerError(format!("cannot open ledger {}: {e}", path.display())))?;
+        let mut conn = Connection::open(path).with_context(Fault::Database, || {
+            format!("cannot open ledger {}", path.display())
+        })?;
         conn.busy_timeout(busy_timeout)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(LedgerError(format!(
-                "ledger {}: cannot use WAL mode (got {mode})",
-                path.display()
-            )));
+            return Err(Error::new(
+                Fault::Database,
+                format!(
+                    "ledger {}: cannot use WAL mode (got {mode})",
+                    path.display()
+                ),
+            ));
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(LedgerError(format!(
-                "ledger {} has schema {version}, newer than this fluxrouter ({SCHEMA_VERSION})",
-                path.display()
-            )));
+            return Err(Error::new(
+                Fault::Database,
+                format!(
+                    "ledger {} has schema {version}, newer than this fluxrouter ({SCHEMA_VERSION})",
+                    path.display()
+                ),
+            ));
         }
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -230,12 +234,12 @@ impl Store {
     ///
     /// No other connection of this process may hold the old file open (the cached report
     /// reader): leaving WAL mode needs the file to itself.
-    pub fn recreate(&mut self) -> Result<(), LedgerError> {
+    pub fn recreate(&mut self) -> Result<(), Error> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            LedgerError(format!(
-                "cannot recreate {} ({what}): {e}",
-                self.path.display()
-            ))
+            Error::new(
+                Fault::Database,
+                format!("cannot recreate {} ({what}): {e}", self.path.display()),
+            )
         };
         // First leave WAL for an in-memory journal: that folds the WAL into the unlinked file
         // and removes the `-wal` and `-shm` names, and from then on this connection touches no
@@ -273,7 +277,7 @@ impl Store {
     }
 
     /// Add a batch's groups to the aggregates, in one transaction.
-    pub fn commit_totals(&mut self, groups: &[(Box<str>, Vec<Group>)]) -> Result<(), LedgerError> {
+    pub fn commit_totals(&mut self, groups: &[(Box<str>, Vec<Group>)]) -> Result<(), Error> {
         let mut months: HashMap<(Month, &str), Tally> = HashMap::new();
         let mut hours: HashMap<(u64, &str), Tally> = HashMap::new();
         let mut days: HashMap<(u64, &str), Tally> = HashMap::new();
@@ -357,7 +361,7 @@ impl Store {
 
     /// Append requests to `entries` and drop the oldest rows past the bound, in one
     /// transaction of its own: the totals are durable first, whatever the detail costs.
-    pub fn commit_entries(&mut self, entries: &[QueuedEntry]) -> Result<(), LedgerError> {
+    pub fn commit_entries(&mut self, entries: &[QueuedEntry]) -> Result<(), Error> {
         if self.keep_entries == 0 || entries.is_empty() {
             return Ok(());
         }
@@ -392,7 +396,7 @@ impl Store {
     }
 
     /// Whether another connection (another process) committed since the last call.
-    pub fn others_wrote(&mut self) -> Result<bool, LedgerError> {
+    pub fn others_wrote(&mut self) -> Result<bool, Error> {
         let v: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -402,7 +406,7 @@ impl Store {
     }
 
     /// Committed totals of the months from `from_month` and the hours from `from_hour`.
-    pub fn load(&self, from_month: Month, from_hour: u64) -> Result<Loaded, LedgerError> {
+    pub fn load(&self, from_month: Month, from_hour: u64) -> Result<Loaded, Error> {
         let mut loaded = Loaded::default();
         let mut st = self
             .conn
@@ -440,7 +444,7 @@ impl Store {
     }
 
     /// Once per hour, drop the hourly rows older than [`HOURS_KEPT`].
-    pub fn prune(&mut self, now_hour: u64) -> Result<(), LedgerError> {
+    pub fn prune(&mut self, now_hour: u64) -> Result<(), Error> {
         if now_hour == self.pruned_hour {
             return Ok(());
         }
@@ -485,35 +489,39 @@ pub struct LedgerReader {
 }
 
 impl LedgerReader {
-    pub fn open(path: &Path) -> Result<LedgerReader, LedgerError> {
+    pub fn open(path: &Path) -> Result<LedgerReader, Error> {
         if !path.exists() {
-            return Err(LedgerError(format!(
-                "no ledger at {} (the gateway creates it when it starts)",
-                path.display()
-            )));
+            return Err(Error::new(
+                Fault::Database,
+                format!(
+                    "no ledger at {} (the gateway creates it when it starts)",
+                    path.display()
+                ),
+            ));
         }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| LedgerError(format!("cannot open ledger {}: {e}", path.display())))?;
+        .with_context(Fault::Database, || {
+            format!("cannot open ledger {}", path.display())
+        })?;
         conn.busy_timeout(READ_BUSY_TIMEOUT)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != SCHEMA_VERSION {
-            return Err(LedgerError(format!(
-                "{} is not a ledger this fluxrouter reads (schema {version})",
-                path.display()
-            )));
+            return Err(Error::new(
+                Fault::Database,
+                format!(
+                    "{} is not a ledger this fluxrouter reads (schema {version})",
+                    path.display()
+                ),
+            ));
         }
         Ok(LedgerReader { conn })
     }
 
     /// A month's rows by key, lane and model (one key's when given), sorted.
-    pub fn report(
-        &self,
-        month: Month,
-        key_id: Option<&str>,
-    ) -> Result<Vec<ReportRow>, LedgerError> {
+    pub fn report(&self, month: Month, key_id: Option<&str>) -> Result<Vec<ReportRow>, Error> {
         let mut st = self.conn.prepare_cached(
             "SELECT key_id, lane, model, requests, input_tokens, cached_input_tokens,
                output_tokens, cost
@@ -537,7 +545,7 @@ impl LedgerReader {
 
     /// A month's requests and spend by UTC day (one key's when given), oldest first; days
     /// without requests are left out. Kept for as long as the file is.
-    pub fn days(&self, month: Month, key_id: Option<&str>) -> Result<Vec<DayRow>, LedgerError> {
+    pub fn days(&self, month: Month, key_id: Option<&str>) -> Result<Vec<DayRow>, Error> {
         let mut st = self.conn.prepare_cached(
             "SELECT day, SUM(requests), SUM(cost) FROM key_day
              WHERE day >= ?1 AND day < ?2 AND (?3 IS NULL OR key_id = ?3)
@@ -561,12 +569,7 @@ impl LedgerReader {
     }
 
     /// A key's committed spend in a month and in an hour (as the gateway would load it).
-    pub fn spend(
-        &self,
-        key_id: &str,
-        month: Month,
-        hour: u64,
-    ) -> Result<super::Spend, LedgerError> {
+    pub fn spend(&self, key_id: &str, month: Month, hour: u64) -> Result<super::Spend, Error> {
         let month_cost: Option<i64> = self
             .conn
             .query_row(
@@ -590,7 +593,7 @@ impl LedgerReader {
     }
 
     /// The months that have usage, newest first.
-    pub fn months(&self) -> Result<Vec<Month>, LedgerError> {
+    pub fn months(&self) -> Result<Vec<Month>, Error> {
         let mut st = self
             .conn
             .prepare_cached("SELECT DISTINCT month FROM key_month ORDER BY month DESC")?;
@@ -605,7 +608,7 @@ impl LedgerReader {
     }
 
     /// The most recent requests (one key's when given), newest first.
-    pub fn recent(&self, key_id: Option<&str>, limit: usize) -> Result<Vec<EntryRow>, LedgerError> {
+    pub fn recent(&self, key_id: Option<&str>, limit: usize) -> Result<Vec<EntryRow>, Error> {
         let mut st = self.conn.prepare_cached(
             "SELECT at, key_id, lane, model, request_id, input_tokens, cached_input_tokens,
                output_tokens, cost

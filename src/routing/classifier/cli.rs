@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::eval::Tally;
 use super::features::{Hashed, Sink};
+use crate::errors::{Context, Error, Fault};
 use crate::routing::{Requested, Route, RouteTable};
 use crate::wire::ir::Request;
 use crate::wire::transcode::parse_request;
@@ -36,14 +37,14 @@ pub fn format_of(body: &serde_json::Value) -> Format {
 }
 
 /// flux-auto's route for one parsed request, every lane of the table allowed.
-pub fn decide(routes: &RouteTable, request: &Request<'_>) -> Result<Route, String> {
+pub fn decide(routes: &RouteTable, request: &Request<'_>) -> Result<Route, Error> {
     let mut features = crate::routing::features(request);
     routes.detect_cues(&crate::routing::last_user_text(request), &mut features);
     routes.classify(request, &mut features);
     let all: Vec<String> = routes.lanes().iter().map(|l| l.name.clone()).collect();
     routes
         .route(Requested::Auto, &features, all.as_slice())
-        .map_err(|e| e.message.to_string())
+        .map_err(|e| Error::new(Fault::Invalid, e.message))
 }
 
 /// Features by name, with their hashes.
@@ -56,11 +57,11 @@ impl Sink for Named {
 }
 
 /// The lane, each lane's score, the features that weighed most, and the deciding rule.
-pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
+pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, Error> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_slice(body).context(Fault::Invalid, "not JSON")?;
     let format = format_of(&value);
-    let request = parse_request(format, body).map_err(|e| e.message.to_string())?;
+    let request = parse_request(format, body).map_err(|e| Error::new(Fault::Invalid, e.message))?;
     let started = std::time::Instant::now();
     let route = decide(routes, &request)?;
     let took = started.elapsed();
@@ -142,12 +143,13 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, String> {
 
 /// One labelled line: `{"lane": ..., "request": {...}}` (also `label`/`expected` and
 /// `body`), or a request body with a `lane` field beside its own.
-pub fn labelled(line: &str) -> Result<(String, Vec<u8>), String> {
-    let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+pub fn labelled(line: &str) -> Result<(String, Vec<u8>), Error> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).context(Fault::Invalid, "not JSON")?;
     let label = ["lane", "label", "expected"]
         .iter()
         .find_map(|k| v.get(*k).and_then(|l| l.as_str()).map(str::to_string))
-        .ok_or("no lane (or label) field")?;
+        .ok_or_else(|| Error::new(Fault::Invalid, "no lane (or label) field"))?;
     let body = match ["request", "body"].iter().find_map(|k| v.get(*k)) {
         Some(b) => b.clone(),
         None => {
@@ -172,9 +174,9 @@ pub fn evaluate(routes: &RouteTable, jsonl: &str) -> (Tally, Vec<String>) {
         }
         let scored = labelled(line).and_then(|(label, body)| {
             let value: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            let request =
-                parse_request(format_of(&value), &body).map_err(|e| e.message.to_string())?;
+                serde_json::from_slice(&body).context(Fault::Invalid, "not JSON")?;
+            let request = parse_request(format_of(&value), &body)
+                .map_err(|e| Error::new(Fault::Invalid, e.message))?;
             let route = decide(routes, &request)?;
             Ok((label, routes.lane(route.lane).name.clone()))
         });

@@ -12,6 +12,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::features::{extract, group, slot, Hashed, Sink, GROUPS};
+use crate::errors::{Context, Error, Fault};
 use crate::wire::ir::Request;
 
 pub const FORMAT: &str = "fluxrouter-lane-classifier";
@@ -106,45 +107,64 @@ impl Classifier {
         }
     }
 
-    pub fn parse(text: &[u8]) -> Result<Self, String> {
-        let f: File = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &[u8]) -> Result<Self, Error> {
+        let f: File =
+            serde_json::from_slice(text).context(Fault::Malformed, "not a classifier file")?;
         if f.format != FORMAT || f.version != VERSION {
-            return Err(format!(
-                "not a {FORMAT} file of version {VERSION} (format {:?}, version {})",
-                f.format, f.version
+            return Err(Error::new(
+                Fault::Malformed,
+                format!(
+                    "not a {FORMAT} file of version {VERSION} (format {:?}, version {})",
+                    f.format, f.version
+                ),
             ));
         }
         let n = f.lanes.len();
         if !(2..=MAX_LANES).contains(&n) {
-            return Err(format!("lanes: 2 to {MAX_LANES} lanes, not {n}"));
+            return Err(Error::new(
+                Fault::Malformed,
+                format!("lanes: 2 to {MAX_LANES} lanes, not {n}"),
+            ));
         }
         if !f.buckets.is_power_of_two() || !(1 << 8..=1 << 24).contains(&f.buckets) {
-            return Err("buckets: a power of two from 256 to 16777216".into());
+            return Err(Error::new(
+                Fault::Malformed,
+                "buckets: a power of two from 256 to 16777216",
+            ));
         }
         if f.bias.len() != n || f.bias.iter().any(|b| !b.is_finite()) {
-            return Err("bias: one finite number per lane".into());
+            return Err(Error::new(
+                Fault::Malformed,
+                "bias: one finite number per lane",
+            ));
         }
         if !(0.0..=0.5).contains(&f.margin)
             || !(0.0..=1.0).contains(&f.guard)
             || !f.scale.is_finite()
             || f.scale <= 0.0
         {
-            return Err("margin must be within 0..0.5, guard within 0..1, scale positive".into());
+            return Err(Error::new(
+                Fault::Malformed,
+                "margin must be within 0..0.5, guard within 0..1, scale positive",
+            ));
         }
         let gz = base64::engine::general_purpose::STANDARD
             .decode(f.weights.as_bytes())
-            .map_err(|e| format!("weights: {e}"))?;
+            .context(Fault::Malformed, "weights")?;
         let want = f.buckets as usize * n * 2;
         let mut raw = Vec::with_capacity(want);
         // Bounded by the declared shape: a file cannot inflate past what it says it holds.
         flate2::read::GzDecoder::new(&gz[..])
             .take(want as u64 + 1)
             .read_to_end(&mut raw)
-            .map_err(|e| format!("weights: {e}"))?;
+            .context(Fault::Malformed, "weights")?;
         if raw.len() != want {
-            return Err(format!(
-                "weights: {} bytes where buckets × lanes × 2 = {want}",
-                raw.len()
+            return Err(Error::new(
+                Fault::Malformed,
+                format!(
+                    "weights: {} bytes where buckets × lanes × 2 = {want}",
+                    raw.len()
+                ),
             ));
         }
         let weights = raw
@@ -470,7 +490,7 @@ mod tests {
             let keep = v[field].clone();
             v[field] = bad;
             let err = Classifier::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-            assert!(err.contains(why), "{field}: {err}");
+            assert!(err.to_string().contains(why), "{field}: {err}");
             v[field] = keep;
         }
         assert!(Classifier::parse(b"{").is_err());

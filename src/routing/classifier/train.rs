@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::eval::{nominal_price, Tally};
 use super::features::Hashed;
 use super::model::{choose, softmax, Classifier, Policy, Provenance};
+use crate::errors::{Context, Error, Fault};
 use crate::wire::transcode::parse_request;
 use crate::wire::Format;
 
@@ -63,10 +64,10 @@ impl Default for Options {
 
 /// Read `dir/requests/*.jsonl` with `dir/docs/*.txt` expanded. Returns the examples and the
 /// SHA-256 of the expanded corpus.
-pub fn load_corpus(dir: &Path, buckets: u32) -> Result<(Vec<Example>, String), String> {
+pub fn load_corpus(dir: &Path, buckets: u32) -> Result<(Vec<Example>, String), Error> {
     let requests = dir.join("requests");
     let mut files: Vec<_> = std::fs::read_dir(&requests)
-        .map_err(|e| format!("{}: {e}", requests.display()))?
+        .with_context(Fault::Io, || requests.display().to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
@@ -75,30 +76,35 @@ pub fn load_corpus(dir: &Path, buckets: u32) -> Result<(Vec<Example>, String), S
     let mut examples = Vec::new();
     let mut ids = BTreeSet::new();
     for file in files {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(Fault::Io, || file.display().to_string())?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let at = || format!("{}:{}", file.display(), n + 1);
-            let line =
-                expand_docs(line, &dir.join("docs")).map_err(|e| format!("{}: {e}", at()))?;
+            let line = expand_docs(line, &dir.join("docs")).with_context(Fault::Invalid, at)?;
             digest.update(line.as_bytes());
             digest.update(b"\n");
             let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| format!("{}: {e}", at()))?;
+                serde_json::from_str(&line).with_context(Fault::Invalid, at)?;
             let field = |k: &str| v[k].as_str().map(str::to_string);
             let (Some(id), Some(lane), Some(topic)) = (field("id"), field("lane"), field("topic"))
             else {
-                return Err(format!("{}: needs id, lane and topic", at()));
+                return Err(Error::new(
+                    Fault::Invalid,
+                    format!("{}: needs id, lane and topic", at()),
+                ));
             };
             if !ids.insert(id.clone()) {
-                return Err(format!("{}: id {id} used twice", at()));
+                return Err(Error::new(
+                    Fault::Invalid,
+                    format!("{}: id {id} used twice", at()),
+                ));
             }
             let raw = serde_json::to_vec(&v["request"]).expect("a JSON value");
             let req = parse_request(Format::OpenAiChat, &raw)
-                .map_err(|e| format!("{}: {}", at(), e.message))?;
+                .map_err(|e| Error::new(Fault::Invalid, format!("{}: {}", at(), e.message)))?;
             let images = crate::routing::features(&req).images;
             examples.push(Example {
                 id,
@@ -110,25 +116,30 @@ pub fn load_corpus(dir: &Path, buckets: u32) -> Result<(Vec<Example>, String), S
         }
     }
     if examples.is_empty() {
-        return Err(format!("no requests in {}", requests.display()));
+        return Err(Error::new(
+            Fault::Invalid,
+            format!("no requests in {}", requests.display()),
+        ));
     }
     Ok((examples, hex::encode(digest.finalize())))
 }
 
 /// `<<doc:NAME>>` replaced by the JSON-escaped text of `docs/NAME.txt`.
-fn expand_docs(line: &str, docs: &Path) -> Result<String, String> {
+fn expand_docs(line: &str, docs: &Path) -> Result<String, Error> {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(start) = rest.find("<<doc:") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 6..];
-        let end = after.find(">>").ok_or("an unclosed <<doc:")?;
+        let end = after
+            .find(">>")
+            .ok_or_else(|| Error::new(Fault::Invalid, "an unclosed <<doc:"))?;
         let name = &after[..end];
         if name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(format!("bad doc name {name:?}"));
+            return Err(Error::new(Fault::Invalid, format!("bad doc name {name:?}")));
         }
         let text = std::fs::read_to_string(docs.join(format!("{name}.txt")))
-            .map_err(|e| format!("doc {name}: {e}"))?;
+            .with_context(Fault::Invalid, || format!("doc {name}"))?;
         let quoted = serde_json::to_string(&text).expect("a string");
         out.push_str(&quoted[1..quoted.len() - 1]);
         rest = &after[end + 2..];

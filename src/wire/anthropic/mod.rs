@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use super::codec::{Codec, StreamDecode, StreamEncode, UsageProbe};
 use super::format::{AuthHeader, ErrorShape};
 use super::sse::Event;
+use crate::errors::Error;
 use crate::units::Usd;
 
 /// The Anthropic Messages codec (`format: anthropic`).
@@ -50,7 +51,7 @@ impl Codec for Messages {
     ) -> Vec<u8> {
         encode_request(req, model, stream)
     }
-    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, String> {
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, Error> {
         decode_response(body)
     }
     fn encode_response(&self, resp: &crate::wire::ir::Response<'_>) -> Vec<u8> {
@@ -76,7 +77,7 @@ impl StreamDecode for StreamDecoder {
         &mut self,
         event: &Event<'_>,
         out: &mut Vec<crate::wire::ir::StreamEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         StreamDecoder::decode(self, event, out)
     }
     fn finish(&mut self, out: &mut Vec<crate::wire::ir::StreamEvent>) {

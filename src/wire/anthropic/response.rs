@@ -7,6 +7,7 @@ use super::schema::{
     block_out, empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id,
     BlockIn, BlockOut, Str, UsageOut, WireUsage,
 };
+use crate::errors::{Context, Error, Fault};
 use crate::wire::ir::{Arguments, Block, Response, StopReason};
 
 #[derive(Deserialize)]
@@ -28,19 +29,30 @@ struct MessageIn<'a> {
 }
 
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
-pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
+pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
     let m: MessageIn =
-        serde_json::from_slice(body).map_err(|e| format!("not an Anthropic message: {e}"))?;
+        serde_json::from_slice(body).context(Fault::Malformed, "not an Anthropic message")?;
     match m.kind.as_ref().map(|k| k.0.as_ref()) {
         Some("message") | None => {}
         Some("error") => {
             let detail = m.error.map_or("", |e| e.get());
-            return Err(format!("the provider answered with an error: {detail}"));
+            return Err(Error::new(
+                Fault::Malformed,
+                format!("the provider answered with an error: {detail}"),
+            ));
         }
-        Some(other) => return Err(format!("not an Anthropic message: type '{other}'")),
+        Some(other) => {
+            return Err(Error::new(
+                Fault::Malformed,
+                format!("not an Anthropic message: type '{other}'"),
+            ))
+        }
     }
     let Some(list) = m.content else {
-        return Err("not an Anthropic message: no 'content'".into());
+        return Err(Error::new(
+            Fault::Malformed,
+            "not an Anthropic message: no 'content'",
+        ));
     };
     let mut content = Vec::with_capacity(list.len());
     for raw in list {
@@ -203,6 +215,7 @@ mod tests {
         assert!(
             decode_response(br#"{"type":"error","error":{"type":"overloaded_error"}}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("overloaded_error")
         );
         assert!(decode_response(br#"{"type":"message","id":"x"}"#).is_err());

@@ -18,6 +18,7 @@ use super::schema::{
     empty_object, message_id, non_null, stop_from_wire, stop_to_wire, str_of, tool_id, BlockIn,
     Str, UsageOut, WireUsage,
 };
+use crate::errors::{Error, Fault};
 use crate::units::{Usage, Usd};
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
 use crate::wire::sse::{self, Event};
@@ -101,7 +102,7 @@ impl StreamDecoder {
 
     /// Decode one SSE event into zero or more IR events. Unknown events are skipped; the
     /// error is for data that cannot be parsed at all.
-    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
         let data = event.data.as_ref();
         let e: EventIn = match serde_json::from_str(data) {
             Ok(e) => e,
@@ -109,7 +110,7 @@ impl StreamDecoder {
                 // JSON of an unexpected shape is skipped; only non-JSON is an error.
                 return match serde_json::from_str::<&RawValue>(data) {
                     Ok(_) => Ok(()),
-                    Err(_) => Err(format!("not JSON: {err}")),
+                    Err(_) => Err(Error::new(Fault::Malformed, "not JSON").because(err)),
                 };
             }
         };

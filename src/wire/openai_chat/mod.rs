@@ -17,6 +17,7 @@ use super::codec::{Codec, StreamDecode, StreamEncode, UsageProbe};
 use super::format::{AuthHeader, ErrorShape};
 use super::ir::{Request, Response, StreamEvent, StreamMeta};
 use super::sse::Event;
+use crate::errors::Error;
 use crate::errors::FluxError;
 use crate::units::Usd;
 
@@ -45,7 +46,7 @@ impl Codec for ChatCompletions {
     fn encode_request(&self, req: &Request<'_>, model: &str, stream: bool) -> Vec<u8> {
         encode_request(req, model, stream)
     }
-    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, String> {
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, Error> {
         decode_response(body)
     }
     fn encode_response(&self, resp: &Response<'_>) -> Vec<u8> {
@@ -64,7 +65,7 @@ impl Codec for ChatCompletions {
 }
 
 impl StreamDecode for StreamDecoder {
-    fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
         StreamDecoder::decode(self, event, out)
     }
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {

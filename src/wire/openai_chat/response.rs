@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use super::schema::{
     chat_id, finish_reason, stop_reason, tool_calls_out, ToolCallOut, UsageIn, UsageOut,
 };
+use crate::errors::{Context, Error, Fault};
 use crate::wire::ir::{Arguments, Block, Response, StopReason};
 
 #[derive(Deserialize)]
@@ -68,11 +69,14 @@ struct FunctionIn<'a> {
 }
 
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
-pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
+pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
     let c: CompletionIn =
-        serde_json::from_slice(body).map_err(|e| format!("not a chat.completion: {e}"))?;
+        serde_json::from_slice(body).context(Fault::Malformed, "not a chat.completion")?;
     if let Some(error) = c.error.filter(|e| e.get() != "null") {
-        return Err(format!("the provider sent an error: {}", error.get()));
+        return Err(Error::new(
+            Fault::Malformed,
+            format!("the provider sent an error: {}", error.get()),
+        ));
     }
     let mut choices = c.choices.unwrap_or_default();
     // With n > 1 only the first choice is translated.
@@ -298,6 +302,7 @@ mod tests {
         assert!(decode_response(b"<html>").is_err());
         assert!(decode_response(br#"{"error":{"message":"boom"}}"#)
             .unwrap_err()
+            .to_string()
             .contains("boom"));
         assert!(decode_response(br#"{"choices":"x"}"#).is_err());
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::schema::{chat_id, finish_reason, stop_reason, UsageIn, UsageOut};
+use crate::errors::{Error, Fault};
 use crate::units::Usage;
 use crate::units::Usd;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
@@ -114,7 +115,7 @@ impl StreamDecoder {
 
     /// Decode one SSE event into zero or more IR events. Unknown events are skipped; the
     /// error is for data that cannot be parsed at all.
-    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
         let data = event.data.trim();
         if data.is_empty() || data == "[DONE]" {
             return Ok(());
@@ -123,7 +124,7 @@ impl StreamDecoder {
             Ok(c) => c,
             // JSON of another shape is an event this decoder does not know: skip it.
             Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() => return Ok(()),
-            Err(e) => return Err(format!("chat chunk is not JSON: {e}")),
+            Err(e) => return Err(Error::new(Fault::Malformed, "chat chunk is not JSON").because(e)),
         };
         if let Some(error) = chunk.error.filter(|e| e.get() != "null") {
             let message = match error.get().starts_with('{') {

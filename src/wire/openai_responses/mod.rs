@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use super::codec::{Codec, StreamDecode, StreamEncode, UsageProbe};
 use super::format::{AuthHeader, ErrorShape};
 use super::sse::Event;
+use crate::errors::Error;
 use crate::units::Usd;
 
 /// The OpenAI Responses codec (`format: openai_responses`).
@@ -50,7 +51,7 @@ impl Codec for Responses {
     ) -> Vec<u8> {
         encode_request(req, model, stream)
     }
-    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, String> {
+    fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, Error> {
         decode_response(body)
     }
     fn encode_response(&self, resp: &crate::wire::ir::Response<'_>) -> Vec<u8> {
@@ -80,7 +81,7 @@ impl StreamDecode for StreamDecoder {
         &mut self,
         event: &Event<'_>,
         out: &mut Vec<crate::wire::ir::StreamEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         StreamDecoder::decode(self, event, out)
     }
     fn finish(&mut self, out: &mut Vec<crate::wire::ir::StreamEvent>) {

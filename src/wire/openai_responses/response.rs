@@ -6,19 +6,25 @@ use super::schema::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     RawResponse, ResponseObject, Status,
 };
+use crate::errors::{Context, Error, Fault};
 use crate::wire::ir::{Arguments, Block, Response};
 
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
-pub fn decode_response(body: &[u8]) -> Result<Response<'_>, String> {
+pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
     if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err("the provider's Responses body is not a JSON object".to_string());
+        return Err(Error::new(
+            Fault::Malformed,
+            "the provider's Responses body is not a JSON object",
+        ));
     }
-    let raw: RawResponse<'_> = serde_json::from_slice(body)
-        .map_err(|e| format!("the provider's Responses body is not a response object: {e}"))?;
+    let raw: RawResponse<'_> = serde_json::from_slice(body).context(
+        Fault::Malformed,
+        "the provider's Responses body is not a response object",
+    )?;
     if raw.status() == Some("failed") {
-        return Err(format!(
-            "the provider's response failed: {}",
-            raw.error_message()
+        return Err(Error::new(
+            Fault::Malformed,
+            format!("the provider's response failed: {}", raw.error_message()),
         ));
     }
     let mut content = Vec::new();
@@ -239,7 +245,10 @@ mod tests {
         );
         let failed =
             br#"{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"boom"}}"#;
-        assert!(decode_response(failed).unwrap_err().contains("boom"));
+        assert!(decode_response(failed)
+            .unwrap_err()
+            .to_string()
+            .contains("boom"));
         assert!(decode_response(b"[]").is_err());
         assert!(decode_response(b"{").is_err());
         // Unknown items and odd fields are skipped, not errors.

@@ -15,6 +15,7 @@ use super::schema::{
     id_base, item_id, opt_str, reasoning_text, response_id, OutItem, Outcome, RawItem, RawPart,
     RawResponse, ResponseObject, Status, Str, SummaryPart, TextPart,
 };
+use crate::errors::{Context, Error, Fault};
 use crate::units::{Usage, Usd};
 use crate::wire::format::Format;
 use crate::wire::ir::{BlockStart, Delta, StopReason, StreamEvent, StreamMeta};
@@ -116,7 +117,7 @@ impl StreamDecoder {
 
     /// Decode one SSE event into zero or more IR events. Unknown events are skipped; the
     /// error is for data that cannot be parsed at all.
-    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    pub fn decode(&mut self, event: &Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
         let data = event.data.trim();
         if data == "[DONE]" || data.is_empty() {
             return Ok(());
@@ -125,11 +126,13 @@ impl StreamDecoder {
             // JSON that is not an event object is skipped; anything else is not JSON.
             return match serde_json::from_str::<serde::de::IgnoredAny>(data) {
                 Ok(_) => Ok(()),
-                Err(e) => Err(format!("a Responses stream event is not JSON: {e}")),
+                Err(e) => Err(
+                    Error::new(Fault::Malformed, "a Responses stream event is not JSON").because(e),
+                ),
             };
         }
         let ev: RawEvent<'_> = serde_json::from_str(data)
-            .map_err(|e| format!("a Responses stream event is not JSON: {e}"))?;
+            .context(Fault::Malformed, "a Responses stream event is not JSON")?;
         let kind = opt_str(ev.kind).or_else(|| event.name.map(Cow::Borrowed));
         let Some(kind) = kind else { return Ok(()) };
         match kind.as_ref() {

@@ -23,10 +23,11 @@ mod stream;
 
 pub use cost::with_cost;
 pub use passthrough::passthrough_body;
-pub use stream::{StreamFault, StreamTranscoder};
+pub use stream::StreamTranscoder;
 
 use super::format::Format;
 use super::ir::{Request, Response};
+use crate::errors::Error;
 use crate::errors::FluxError;
 use crate::units::Usage;
 
@@ -65,7 +66,7 @@ pub fn encode_request(provider: Format, req: &Request<'_>, model: &str) -> Vec<u
     }
 }
 
-pub fn decode_response(format: Format, body: &[u8]) -> Result<Response<'_>, String> {
+pub fn decode_response(format: Format, body: &[u8]) -> Result<Response<'_>, Error> {
     format.codec().decode_response(body)
 }
 
@@ -79,7 +80,7 @@ pub fn translate_response(
     client: Format,
     provider: Format,
     body: bytes::Bytes,
-) -> Result<(bytes::Bytes, Usage), String> {
+) -> Result<(bytes::Bytes, Usage), Error> {
     let resp = decode_response(provider, &body)?;
     let usage = resp.usage;
     if plan(client, provider) == Plan::Passthrough {

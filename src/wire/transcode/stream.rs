@@ -4,29 +4,12 @@
 use bytes::BytesMut;
 
 use super::{cost, plan, Plan};
+use crate::errors::{Context, Error, Fault};
 use crate::units::Usage;
 use crate::wire::codec::{StreamDecode, StreamEncode};
 use crate::wire::format::Format;
 use crate::wire::ir::{Billed, Delta, StopReason, StreamEvent, StreamMeta};
-use crate::wire::sse::{EventTooLarge, Frame, SseParser};
-
-/// Why a stream could not be relayed to its end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamFault {
-    /// The provider sent an event over the size limit.
-    TooLarge(EventTooLarge),
-    /// The provider sent data its format's decoder cannot read.
-    Undecodable(String),
-}
-
-impl std::fmt::Display for StreamFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StreamFault::TooLarge(e) => e.fmt(f),
-            StreamFault::Undecodable(e) => write!(f, "undecodable stream event: {e}"),
-        }
-    }
-}
+use crate::wire::sse::{Frame, SseParser};
 
 /// One per streamed request: provider SSE bytes in, client SSE bytes out.
 ///
@@ -99,18 +82,22 @@ impl StreamTranscoder {
 
     /// Feed bytes from the provider; whatever the client should receive now is appended to
     /// `out`. After an error the stream must be ended with [`StreamTranscoder::fail`].
-    pub fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), StreamFault> {
+    pub fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), Error> {
         self.parser.push(chunk);
-        while let Some(frame) = self.parser.next_frame().map_err(StreamFault::TooLarge)? {
+        while let Some(frame) = self
+            .parser
+            .next_frame()
+            .context(Fault::TooLarge, "a stream event")?
+        {
             self.frame(frame, out)?;
         }
         Ok(())
     }
 
-    fn frame(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), StreamFault> {
+    fn frame(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), Error> {
         if self.encoder.is_some() {
             decode(&mut *self.decoder, &frame, &mut self.events)
-                .map_err(StreamFault::Undecodable)?;
+                .context(Fault::Malformed, "undecodable stream event")?;
             self.drain_events(out);
             return Ok(());
         }
@@ -118,7 +105,7 @@ impl StreamTranscoder {
         // it (usage, a stop, an error); anything else the client may judge.
         if let Err(e) = decode(&mut *self.decoder, &frame, &mut self.events) {
             if carries_state(&frame.0) {
-                return Err(StreamFault::Undecodable(e));
+                return Err(Error::new(Fault::Malformed, "undecodable stream event").because(e));
             }
             self.events.clear();
         }
@@ -209,7 +196,7 @@ impl StreamTranscoder {
     /// The provider ended its stream normally: take in a last unterminated event and what
     /// the decoder still holds. [`StreamTranscoder::usage`] is then final; what carries the
     /// cost is written by [`StreamTranscoder::close`].
-    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), StreamFault> {
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), Error> {
         if self.done {
             return Ok(());
         }
@@ -317,7 +304,7 @@ fn decode(
     decoder: &mut dyn StreamDecode,
     frame: &Frame,
     out: &mut Vec<StreamEvent>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let event = frame.event();
     if event.data.is_empty() {
         return Ok(()); // a comment or keep-alive

@@ -3,6 +3,13 @@
 //! A [`FluxError`] knows its HTTP status, its stable `code`, whether a retry can help, and its
 //! `type` name in both wire shapes; [`crate::wire::Format::error_body`] renders it for the
 //! client's format. Nothing here knows Pingora.
+//!
+//! Failures that are not answers to a client (configuration, stores, a provider's bytes, the
+//! command line) are an [`Error`] with a cause chain, in [`internal`].
+
+mod internal;
+
+pub use internal::{Context, Error, Fault, Result};
 
 use std::borrow::Cow;
 use std::fmt;
