@@ -226,14 +226,25 @@ async fn the_console_shows_spend_and_traffic_and_manages_keys_like_the_cli() {
     let r = flux.chat(&ping("no-such-model")).await;
     assert_eq!(r.status(), 400);
 
-    let o = console.get("/console/api/overview").await;
+    // A request is counted in `logging()`, just after its answer is written: the 400's
+    // count may land a moment after the client has read it.
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let o = loop {
+        let o = console.get("/console/api/overview").await;
+        if count(&o["traffic"], "errors") > count(&before, "errors")
+            || std::time::Instant::now() > deadline
+        {
+            break o;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let spend = &o["spend"];
     assert_eq!(spend["requests"], 3, "{o}");
     assert_eq!(spend["by_key"][0]["key_name"], "main");
     assert_eq!(spend["by_lane"][0]["lane"], "express");
     assert_eq!(spend["days"].as_array().unwrap().len(), 1, "{o}");
     assert_eq!(spend["days"][0]["requests"], 3);
-    let count = |v: &Value, k: &str| v[k].as_u64().unwrap();
     assert_eq!(
         count(&o["traffic"], "requests"),
         count(&before, "requests") + 4,

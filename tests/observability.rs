@@ -104,7 +104,9 @@ async fn the_main_series_count_what_was_served() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 
-    let text = flux.metrics().await;
+    let text = flux
+        .metrics_when(|t| t.contains(r#"flux_limit_rejections_total{kind="rate"}"#))
+        .await;
     let ok = r#"flux_requests_total{endpoint="chat_completions",lane="express",model="flux-pinned-alpha",provider="sim",status="200"}"#;
     // 2 + 1 streamed + the limited key's successes.
     let limited_ok = statuses.iter().filter(|s| **s == 200).count() as f64;

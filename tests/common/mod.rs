@@ -476,6 +476,20 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
         r.text().await.unwrap()
     }
 
+    /// The metrics page once `ready` holds for it (bounded by 5 s; the last page otherwise):
+    /// a request is counted in `logging()`, just after its answer is written, so the count
+    /// of the request a test just read may land a moment later.
+    pub async fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.metrics().await;
+            if ready(&text) || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Poll until a key created after start authenticates (the file watcher swapped it in).
     pub async fn wait_for_key(&self, key: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
