@@ -235,6 +235,7 @@ fn metering(c: &mut Criterion) {
             let entry = Entry::from_usage(
                 1_800_000_000,
                 &account.key_id,
+                &account.account_id,
                 "daily",
                 "flux-pinned-x",
                 "req_1",

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 
+use crate::config::keys::own_account_id;
 use crate::config::server::PlanConfig;
-use crate::config::{ConfigError, KeyRecord, KeyStatus, KeysFile};
+use crate::config::{AccountRecord, ConfigError, KeyRecord, KeyStatus, KeysFile};
 use crate::errors::{ErrorKind, FluxError};
 use crate::units::Usd;
 
@@ -19,11 +20,15 @@ pub const KEY_PREFIX: &str = "sk-";
 /// a vendor's prefixed key (`sk-ant-`, `sk-proj-`, …).
 const KEY_RANDOM_LEN: usize = 40;
 
-/// What an authenticated request is allowed to do, shared by the requests of one key.
+/// What an authenticated request is allowed to do, shared by the requests of one key: its
+/// account's terms (spend, holds and limits count per account) and the key's own limits.
 #[derive(Debug, Clone)]
 pub struct Account {
     pub key_id: String,
     pub key_name: String,
+    /// The account the key belongs to (`acct_…`): the subject of spend, holds and caps.
+    pub account_id: String,
+    pub account_name: String,
     pub plan: String,
     /// The plan's lanes, copied here so the hot path needs no second lookup.
     pub lanes: Vec<String>,
@@ -33,8 +38,10 @@ pub struct Account {
     pub on_hold: bool,
     /// The account's own ceiling, which replaces the plan's.
     pub ceiling: Option<Usd>,
-    /// Operator restriction to these model ids.
+    /// Operator restriction to these model ids (the account's and the key's, both apply).
     pub models: Option<Vec<String>>,
+    /// The key's own monthly spend limit, within the account's.
+    pub key_limit: Option<Usd>,
     status: KeyStatus,
     expires_at: Option<u64>,
 }
@@ -106,6 +113,24 @@ impl KeyTable {
         plans: &dyn Fn(&str) -> Option<Arc<Terms>>,
     ) -> Result<Self, ConfigError> {
         let mut by_hash = HashMap::with_capacity(file.keys.len());
+        let mut accounts: HashMap<&str, &AccountRecord> = HashMap::new();
+        let mut account_names = std::collections::HashSet::new();
+        for (i, a) in file.accounts.iter().enumerate() {
+            let field = |f: &str| format!("accounts[{i}].{f}");
+            if plans(&a.plan).is_none() {
+                return Err(ConfigError::new(
+                    path,
+                    field("plan"),
+                    format!("unknown plan '{}'", a.plan),
+                ));
+            }
+            if accounts.insert(a.id.as_str(), a).is_some() {
+                return Err(ConfigError::new(path, field("id"), "listed twice"));
+            }
+            if !account_names.insert(a.name.as_str()) {
+                return Err(ConfigError::new(path, field("name"), "used twice"));
+            }
+        }
         for (i, k) in file.keys.iter().enumerate() {
             let field = |f: &str| format!("keys[{i}].{f}");
             let mut digest = [0u8; 32];
@@ -116,26 +141,76 @@ impl KeyTable {
                     "must be 64 hex digits",
                 ));
             }
-            let Some(terms) = plans(&k.plan) else {
+            // The account's terms: a named account's, or the key's own fields.
+            let own;
+            let owner = match &k.account {
+                Some(id) => {
+                    let Some(a) = accounts.get(id.as_str()) else {
+                        return Err(ConfigError::new(
+                            path,
+                            field("account"),
+                            format!("no account '{id}' in accounts"),
+                        ));
+                    };
+                    if !k.plan.is_empty()
+                        || k.payment_method
+                        || k.on_hold
+                        || k.ceiling_usd.is_some()
+                    {
+                        return Err(ConfigError::new(
+                            path,
+                            field("plan"),
+                            "a key of an account takes its plan, payment method, hold and \
+                             ceiling from the account: set them there",
+                        ));
+                    }
+                    *a
+                }
+                None => {
+                    own = AccountRecord {
+                        id: own_account_id(&k.id),
+                        name: k.name.clone(),
+                        plan: k.plan.clone(),
+                        payment_method: k.payment_method,
+                        on_hold: k.on_hold,
+                        ceiling_usd: k.ceiling_usd,
+                        models: None,
+                        created_at: k.created_at,
+                    };
+                    &own
+                }
+            };
+            let Some(terms) = plans(&owner.plan) else {
                 return Err(ConfigError::new(
                     path,
                     field("plan"),
-                    format!("unknown plan '{}'", k.plan),
+                    format!("unknown plan '{}'", owner.plan),
                 ));
             };
             let account = Account {
                 key_id: k.id.clone(),
                 key_name: k.name.clone(),
-                plan: k.plan.clone(),
+                account_id: owner.id.clone(),
+                account_name: owner.name.clone(),
+                plan: owner.plan.clone(),
                 lanes: terms.lanes.clone(),
                 terms,
-                payment_method: k.payment_method,
-                on_hold: k.on_hold,
-                ceiling: k.ceiling_usd,
-                models: k.models.clone(),
+                payment_method: owner.payment_method,
+                on_hold: owner.on_hold,
+                ceiling: owner.ceiling_usd,
+                models: both_restrictions(owner.models.as_deref(), k.models.as_deref()),
+                key_limit: k.monthly_limit_usd,
                 status: k.status,
                 expires_at: k.expires_at,
             };
+            // Spend is kept under both ids: they must never name the same thing.
+            if accounts.contains_key(k.id.as_str()) {
+                return Err(ConfigError::new(
+                    path,
+                    field("id"),
+                    "an account has the same id: ids name one thing",
+                ));
+            }
             if by_hash.insert(digest, Arc::new(account)).is_some() {
                 return Err(ConfigError::new(
                     path,
@@ -222,6 +297,16 @@ impl KeyTable {
     }
 }
 
+/// The model ids a key may use when its account and the key itself may each restrict them:
+/// those both allow.
+fn both_restrictions(account: Option<&[String]>, key: Option<&[String]>) -> Option<Vec<String>> {
+    match (account, key) {
+        (None, None) => None,
+        (Some(only), None) | (None, Some(only)) => Some(only.to_vec()),
+        (Some(a), Some(k)) => Some(k.iter().filter(|m| a.contains(m)).cloned().collect()),
+    }
+}
+
 fn unauthorized(message: impl Into<std::borrow::Cow<'static, str>>) -> FluxError {
     FluxError::new(ErrorKind::InvalidApiKey, message)
 }
@@ -270,6 +355,23 @@ pub fn presented_key<'a>(
     })
 }
 
+/// A new account's record (`acct_` + 12 random alphanumerics).
+pub fn new_account(name: &str, plan: &str, now: u64) -> AccountRecord {
+    AccountRecord {
+        id: format!(
+            "acct_{}",
+            Alphanumeric.sample_string(&mut rand::rngs::OsRng, 12)
+        ),
+        name: name.to_string(),
+        plan: plan.to_string(),
+        payment_method: false,
+        on_hold: false,
+        ceiling_usd: None,
+        models: None,
+        created_at: now,
+    }
+}
+
 /// A new key and the record that stores only its hash.
 pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
     let mut rng = rand::rngs::OsRng;
@@ -280,6 +382,7 @@ pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
     let record = KeyRecord {
         id: format!("key_{}", Alphanumeric.sample_string(&mut rng, 12)),
         name: name.to_string(),
+        account: None,
         plan: plan.to_string(),
         sha256: hex::encode(Sha256::digest(key.as_bytes())),
         status: KeyStatus::Active,
@@ -289,6 +392,7 @@ pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
         on_hold: false,
         ceiling_usd: None,
         models: None,
+        monthly_limit_usd: None,
     };
     (key, record)
 }
@@ -306,7 +410,15 @@ mod tests {
                 }))
             })
         };
-        KeyTable::compile(Path::new("keys.yaml"), &KeysFile { keys: records }, &plans).unwrap()
+        KeyTable::compile(
+            Path::new("keys.yaml"),
+            &KeysFile {
+                keys: records,
+                ..KeysFile::default()
+            },
+            &plans,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -363,6 +475,7 @@ mod tests {
             Path::new("k"),
             &KeysFile {
                 keys: vec![r.clone()],
+                ..KeysFile::default()
             },
             &plans,
         )
@@ -370,8 +483,96 @@ mod tests {
         assert_eq!(e.field, "keys[0].plan");
         r.plan = "free".into();
         r.sha256 = "xyz".into();
-        let e = KeyTable::compile(Path::new("k"), &KeysFile { keys: vec![r] }, &plans).unwrap_err();
+        let e = KeyTable::compile(
+            Path::new("k"),
+            &KeysFile {
+                keys: vec![r],
+                ..KeysFile::default()
+            },
+            &plans,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "keys[0].sha256");
+    }
+
+    fn team(plan: &str) -> AccountRecord {
+        AccountRecord {
+            id: "acct_team".into(),
+            name: "team".into(),
+            plan: plan.into(),
+            payment_method: true,
+            on_hold: false,
+            ceiling_usd: Some("5".parse().unwrap()),
+            models: Some(vec!["flux-fast".into(), "flux-auto".into()]),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn keys_of_an_account_take_its_terms_and_add_their_own_limits() {
+        let (k1, mut r1) = new_key("ci", "", 0);
+        let (k2, mut r2) = new_key("laptop", "", 0);
+        let (k3, r3) = new_key("solo", "free", 0);
+        r1.account = Some("acct_team".into());
+        r2.account = Some("acct_team".into());
+        r2.monthly_limit_usd = Some("1".parse().unwrap());
+        r2.models = Some(vec!["flux-fast".into(), "flux-reasoning".into()]);
+        let file = KeysFile {
+            accounts: vec![team("free")],
+            keys: vec![r1, r2, r3.clone()],
+        };
+        let plans = |p: &str| (p == "free").then(|| Arc::new(Terms::default()));
+        let t = KeyTable::compile(Path::new("k"), &file, &plans).unwrap();
+        let a1 = t.authenticate(Some(&k1), 1).unwrap();
+        let a2 = t.authenticate(Some(&k2), 1).unwrap();
+        assert_eq!(
+            (a1.account_id.as_str(), a2.account_id.as_str()),
+            ("acct_team", "acct_team")
+        );
+        assert_eq!(a1.account_name, "team");
+        assert!(a2.payment_method && a2.ceiling == Some("5".parse().unwrap()));
+        assert_eq!(a1.key_limit, None);
+        assert_eq!(a2.key_limit, Some("1".parse().unwrap()));
+        // Both restrictions apply: only what the account and the key allow.
+        assert_eq!(a2.models.as_deref(), Some(&["flux-fast".to_string()][..]));
+        // A key without an account is one of its own, as before accounts.
+        let a3 = t.authenticate(Some(&k3), 1).unwrap();
+        assert_eq!(a3.account_id, format!("acct_{}", &r3.id[4..]));
+        assert_eq!(a3.account_name, "solo");
+    }
+
+    #[test]
+    fn an_account_file_with_a_dangling_or_doubled_name_is_refused() {
+        let plans = |p: &str| (p == "free").then(|| Arc::new(Terms::default()));
+        let (_, mut orphan) = new_key("a", "", 0);
+        orphan.account = Some("acct_nobody".into());
+        let (_, mut with_plan) = new_key("b", "free", 0);
+        with_plan.account = Some("acct_team".into());
+        let (_, mut clash) = new_key("c", "free", 0);
+        clash.id = "acct_team".into();
+        let cases = [
+            (vec![team("free")], orphan, "keys[0].account"),
+            (vec![team("free")], with_plan, "keys[0].plan"),
+            (
+                vec![team("gold")],
+                new_key("d", "free", 0).1,
+                "accounts[0].plan",
+            ),
+            (
+                vec![team("free"), team("free")],
+                new_key("e", "free", 0).1,
+                "accounts[1].id",
+            ),
+            (vec![team("free")], clash, "keys[0].id"),
+        ];
+        for (accounts, key, field) in cases {
+            let file = KeysFile {
+                accounts,
+                keys: vec![key],
+            };
+            let e = KeyTable::compile(Path::new("k"), &file, &plans).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 
     #[test]

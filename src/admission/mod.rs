@@ -18,8 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::auth::{Account, Terms};
-use crate::errors::Error;
-use crate::errors::{ErrorKind, FluxError};
+use crate::errors::{Error, ErrorKind, FluxError};
 use crate::limits::{Charges, Limits, RateStore};
 use crate::metering::budget::{Budget, Hold, SpendStore, Standing};
 use crate::metering::ledger::{Ledger, ReportRow};
@@ -75,8 +74,8 @@ impl SpendStore for InProcess {
         self.spend.reserve(account, amount, now)
     }
 
-    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
-        Ok(self.spend.standing(key_id, now))
+    async fn standing(&self, account: &Account, now: u64) -> Result<Standing, FluxError> {
+        Ok(self.spend.standing(account, now))
     }
 
     async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error> {

@@ -51,7 +51,11 @@ pub fn demo(listen: SocketAddr) -> CliResult {
     config.ledger.path = dir.join("ledger.sqlite");
     let (key, mut record) = auth::new_key("demo", "payg", unix_now());
     record.payment_method = true;
-    KeysFile { keys: vec![record] }.save(&config.keys_file)?;
+    KeysFile {
+        keys: vec![record],
+        ..KeysFile::default()
+    }
+    .save(&config.keys_file)?;
 
     println!(
         "FluxRouter demo: simulated provider on http://{sim}, files in {}",

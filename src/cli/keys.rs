@@ -16,12 +16,26 @@ use super::CliResult;
 
 #[derive(Subcommand)]
 pub enum KeysAction {
-    /// Create a key; it is printed once and never stored.
+    /// Create a key; it is printed once and never stored. With `--plan` the key is an
+    /// account of its own; with `--account` it joins that account (`keys account`).
     New {
-        #[arg(long)]
-        plan: String,
+        #[arg(long, required_unless_present = "account", conflicts_with = "account")]
+        plan: Option<String>,
         #[arg(long)]
         name: String,
+        /// The account (`acct_…` id or name) the key belongs to.
+        #[arg(long)]
+        account: Option<String>,
+        /// The key's own monthly spend limit in USD, within its account's.
+        #[arg(long)]
+        monthly_limit: Option<fluxrouter::units::Usd>,
+    },
+    /// Create an account that owns keys (`keys new --account`); prints its id.
+    Account {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        plan: String,
     },
     /// Revoke a key by name or id, for good.
     Revoke { name: String },
@@ -60,14 +74,41 @@ pub fn keys(config_path: &Path, action: KeysAction) -> CliResult {
     };
     // What is printed once the running gateway has the change (or none runs).
     let done: String = match action {
-        KeysAction::New { plan, name } => {
-            let (key, record) = auth::new_key(&name, &plan, unix_now());
+        KeysAction::New {
+            plan,
+            name,
+            account,
+            monthly_limit,
+        } => {
+            let (key, mut record) =
+                auth::new_key(&name, plan.as_deref().unwrap_or_default(), unix_now());
+            record.monthly_limit_usd = monthly_limit;
             let id = record.id.clone();
-            edit(&|f| f.add(record.clone(), &plans).map(|()| String::new()))?;
+            let owner = edit(&|f| {
+                let mut record = record.clone();
+                if let Some(account) = &account {
+                    let found = f.find_account(account)?;
+                    record.account = Some(found.id.clone());
+                }
+                let owner = record.account_id();
+                f.add(record, &plans)?;
+                Ok(owner)
+            })?;
             let confirmed = confirm_keys_loaded(&config);
-            eprintln!("created {id} ({name}, plan {plan}); the key is shown once:");
+            eprintln!("created {id} ({name}, account {owner}); the key is shown once:");
             println!("{key}");
             return confirmed;
+        }
+        KeysAction::Account { name, plan } => {
+            let account = auth::new_account(&name, &plan, unix_now());
+            let id = account.id.clone();
+            edit(&|f| {
+                f.add_account(account.clone(), &plans)
+                    .map(|()| String::new())
+            })?;
+            eprintln!("created account {id} ({name}, plan {plan})");
+            println!("{id}");
+            return confirm_keys_loaded(&config);
         }
         KeysAction::Revoke { name } => {
             format!("revoked {} ({name})", status(&name, KeyStatus::Revoked)?)
@@ -89,8 +130,16 @@ pub fn keys(config_path: &Path, action: KeysAction) -> CliResult {
             format!("{id} ({name}) is now on plan {plan}")
         }
         KeysAction::List => {
-            for k in &KeysFile::load(path)?.keys {
-                println!("{}\t{}\t{}\t{:?}", k.id, k.name, k.plan, k.status);
+            let file = KeysFile::load(path)?;
+            for a in &file.accounts {
+                println!("{}\t{}\t{}\taccount", a.id, a.name, a.plan);
+            }
+            for k in &file.keys {
+                let plan = match &k.account {
+                    Some(account) => account.as_str(),
+                    None => k.plan.as_str(),
+                };
+                println!("{}\t{}\t{}\t{:?}", k.id, k.name, plan, k.status);
             }
             return Ok(());
         }

@@ -11,8 +11,36 @@ use crate::errors::{Context, Error, Fault};
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
+    /// Accounts that own several keys. A key that names no account is an account of its
+    /// own (the keys file before accounts existed): see [`KeyRecord::account`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountRecord>,
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
+}
+
+/// An account: the money terms its keys share. Spend, holds, the monthly caps and the hourly
+/// limit count per account, whichever of its keys a request came with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRecord {
+    /// Public identifier (`acct_…`), what keys name in `account`.
+    pub id: String,
+    /// The owner's label, unique among accounts.
+    pub name: String,
+    pub plan: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub payment_method: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_hold: bool,
+    /// The account's own monthly spend ceiling, instead of its plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_usd: Option<crate::units::Usd>,
+    /// Model ids every key of the account is restricted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -22,6 +50,14 @@ pub struct KeyRecord {
     pub id: String,
     /// Operator-chosen label, unique.
     pub name: String,
+    /// The account (`acct_…` id) the key belongs to. Absent: the key is an account of its
+    /// own, with id `acct_` + the key id's random part, whose terms are the fields below
+    /// (`plan`, `payment_method`, `on_hold`, `ceiling_usd`, `models`); a key of a named
+    /// account leaves those to the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The plan of a key that is its own account (empty for a key of a named account).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub plan: String,
     /// Lowercase hex SHA-256 of the full `sk-…` key.
     pub sha256: String,
@@ -45,6 +81,27 @@ pub struct KeyRecord {
     /// get 403 model_not_allowed. Absent: whatever the plan allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
+    /// This key's own monthly spend limit, within its account's: past it the key gets 402
+    /// `key_spend_limit_reached` while the account's other keys go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_limit_usd: Option<crate::units::Usd>,
+}
+
+impl KeyRecord {
+    /// The id of the account this key belongs to: the named one, or its own.
+    pub fn account_id(&self) -> String {
+        match &self.account {
+            Some(account) => account.clone(),
+            None => own_account_id(&self.id),
+        }
+    }
+}
+
+/// The account id of a key that is an account of its own: `acct_` + the random part of the
+/// key id. Fixed by the key id, so the ledger can carry a key's spend over to its account
+/// when it upgrades (see `metering::ledger`).
+pub fn own_account_id(key_id: &str) -> String {
+    format!("acct_{}", key_id.strip_prefix("key_").unwrap_or(key_id))
 }
 
 fn is_false(b: &bool) -> bool {
@@ -119,25 +176,43 @@ impl KeysFile {
             .ok_or_else(|| Error::new(Fault::NotFound, format!("no key named '{name_or_id}'")))
     }
 
-    /// Add a record for a new key on `plan` (one of `plans`); the name must be new.
-    pub fn add(&mut self, record: KeyRecord, plans: &[&str]) -> Result<(), Error> {
-        if !plans.contains(&record.plan.as_str()) {
-            return Err(unknown_plan(&record.plan, plans));
+    /// The account named `name_or_id` (its name or its `acct_…` id).
+    pub fn find_account(&self, name_or_id: &str) -> Result<&AccountRecord, Error> {
+        self.accounts
+            .iter()
+            .find(|a| a.name == name_or_id || a.id == name_or_id)
+            .ok_or_else(|| Error::new(Fault::NotFound, format!("no account named '{name_or_id}'")))
+    }
+
+    /// Add an account on `plan` (one of `plans`); its name must be new.
+    pub fn add_account(&mut self, account: AccountRecord, plans: &[&str]) -> Result<(), Error> {
+        if !plans.contains(&account.plan.as_str()) {
+            return Err(unknown_plan(&account.plan, plans));
         }
-        if record.name.is_empty()
-            || record.name.len() > 128
-            || record
-                .name
-                .chars()
-                .any(|c| c.is_control() || is_format_char(c))
-            || record.name.trim() != record.name
-        {
+        check_name(&account.name)?;
+        if self.accounts.iter().any(|a| a.name == account.name) {
             return Err(Error::new(
-                Fault::Invalid,
-                "a key's name is 1 to 128 characters, without control or format characters \
-                 (such as bidirectional overrides or zero-width spaces) or surrounding spaces",
+                Fault::Conflict,
+                format!("an account named '{}' already exists", account.name),
             ));
         }
+        self.accounts.push(account);
+        Ok(())
+    }
+
+    /// Add a record for a new key on `plan` (one of `plans`); the name must be new.
+    pub fn add(&mut self, record: KeyRecord, plans: &[&str]) -> Result<(), Error> {
+        match &record.account {
+            Some(id) if !self.accounts.iter().any(|a| a.id == *id) => {
+                return Err(Error::new(Fault::NotFound, format!("no account '{id}'")));
+            }
+            Some(_) => {}
+            None if !plans.contains(&record.plan.as_str()) => {
+                return Err(unknown_plan(&record.plan, plans));
+            }
+            None => {}
+        }
+        check_name(&record.name)?;
         if self.keys.iter().any(|k| k.name == record.name) {
             return Err(Error::new(
                 Fault::Conflict,
@@ -153,7 +228,15 @@ impl KeysFile {
         if !plans.contains(&plan) {
             return Err(unknown_plan(plan, plans));
         }
-        self.find_mut(name_or_id)?.plan = plan.to_string();
+        // A key of a named account: the account's plan is what changes.
+        let record = self.find_mut(name_or_id)?;
+        match record.account.clone() {
+            None => record.plan = plan.to_string(),
+            Some(id) => match self.accounts.iter_mut().find(|a| a.id == id) {
+                Some(account) => account.plan = plan.to_string(),
+                None => return Err(Error::new(Fault::NotFound, format!("no account '{id}'"))),
+            },
+        }
         Ok(())
     }
 
@@ -170,6 +253,22 @@ impl KeysFile {
         record.status = status;
         Ok(())
     }
+}
+
+/// A name shown to people (the console, `keys list`, reports) must look like what it is.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > 128
+        || name.chars().any(|c| c.is_control() || is_format_char(c))
+        || name.trim() != name
+    {
+        return Err(Error::new(
+            Fault::Invalid,
+            "a name is 1 to 128 characters, without control or format characters (such as \
+             bidirectional overrides or zero-width spaces) or surrounding spaces",
+        ));
+    }
+    Ok(())
 }
 
 fn unknown_plan(plan: &str, plans: &[&str]) -> Error {

@@ -11,7 +11,7 @@ pub mod server;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use keys::{KeyRecord, KeyStatus, KeysFile};
+pub use keys::{AccountRecord, KeyRecord, KeyStatus, KeysFile};
 pub use lanes::{Capability, LanesFile};
 pub use server::ServerConfig;
 

@@ -38,6 +38,8 @@ pub enum ErrorKind {
     SpendCeilingReached,
     /// 402: the hourly safety limit is reached (with `retry_after`).
     HourlyLimitReached,
+    /// 402: this key's own monthly spend limit is reached (the account's other keys go on).
+    KeySpendLimitReached,
     /// 402: premium routing needs a payment method on file.
     PaymentMethodRequired,
     /// 402: the account is on hold for payment review.
@@ -106,6 +108,7 @@ impl ErrorKind {
             | ErrorKind::FreeAllowanceExhausted
             | ErrorKind::SpendCeilingReached
             | ErrorKind::HourlyLimitReached
+            | ErrorKind::KeySpendLimitReached
             | ErrorKind::PaymentMethodRequired
             | ErrorKind::PremiumUnavailable
             | ErrorKind::AccountOnHold => 402,
@@ -140,6 +143,7 @@ impl ErrorKind {
             ErrorKind::FreeAllowanceExhausted => "free_allowance_exhausted",
             ErrorKind::SpendCeilingReached => "spend_ceiling_reached",
             ErrorKind::HourlyLimitReached => "hourly_limit_reached",
+            ErrorKind::KeySpendLimitReached => "key_spend_limit_reached",
             ErrorKind::PaymentMethodRequired => "payment_method_required",
             ErrorKind::AccountOnHold => "account_on_hold",
             ErrorKind::EndpointNotServed => "endpoint_not_served",

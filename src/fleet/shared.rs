@@ -167,12 +167,14 @@ impl SpendStore for FleetState {
         self.reserve_with(account, amount, now, None).await
     }
 
-    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
-        match self.fleet.standing(key_id, now).await {
+    /// The fleet keeps spend per key for now: a key's standing is its own.
+    async fn standing(&self, account: &Account, now: u64) -> Result<Standing, FluxError> {
+        match self.fleet.standing(&account.key_id, now).await {
             Ok([month, hour, reserved]) => Ok(Standing {
                 month,
                 hour,
                 reserved,
+                key_month: month,
             }),
             Err(Unavailable) => Err(FluxError::ledger_unavailable(
                 self.fleet.when_down.retry_after_seconds,

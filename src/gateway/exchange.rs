@@ -652,6 +652,7 @@ impl Bill<'_> {
         let entry = Entry::from_usage(
             unix_now(),
             ctx.account.as_deref().map_or("", |a| a.key_id.as_str()),
+            ctx.account.as_deref().map_or("", |a| a.account_id.as_str()),
             self.lane,
             model_id,
             &ctx.id,

@@ -546,12 +546,7 @@ impl Gateway {
         account: &Account,
     ) -> Result<(), Stop> {
         let now = unix_now();
-        let standing = self
-            .state
-            .admission
-            .spend()
-            .standing(&account.key_id, now)
-            .await?;
+        let standing = self.state.admission.spend().standing(account, now).await?;
         let body = serde_json::to_vec(&crate::metering::usage_view(account, &standing, now))
             .expect("JSON value");
         ctx.status = 200;

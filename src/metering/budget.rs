@@ -35,7 +35,7 @@ pub trait SpendStore: Send + Sync {
     async fn reserve(&self, account: &Account, amount: Usd, now: u64) -> Result<Hold, FluxError>;
 
     /// Where an account stands: settled spend this month and hour, and outstanding holds.
-    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError>;
+    async fn standing(&self, account: &Account, now: u64) -> Result<Standing, FluxError>;
 
     /// A month's usage by key, lane and model, as far as this store sees it.
     async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error>;
@@ -93,6 +93,11 @@ pub enum Ticket {
 pub struct Hold {
     holds: Arc<dyn Holds>,
     key_id: String,
+    /// The account whose caps the hold counts against (the key's id where a store keeps
+    /// spend per key).
+    account_id: String,
+    /// The key's own monthly limit, a hard cap on its spend.
+    key_limit: Option<Usd>,
     ticket: Ticket,
     amount: Usd,
     /// The hard cap a settlement may not push the month's spend over (free and
@@ -107,6 +112,8 @@ pub struct Standing {
     pub month: Usd,
     pub hour: Usd,
     pub reserved: Usd,
+    /// The calling key's share of `month`.
+    pub key_month: Usd,
 }
 
 impl Budget {
@@ -136,8 +143,20 @@ impl Budget {
         check_on_hold(account)?;
         let terms = &account.terms;
         let mut by_key = lock(&self.inner.by_key);
-        let spend = self.inner.ledger.spend(&account.key_id, now);
-        let entry = by_key.entry(account.key_id.clone()).or_default();
+        // The key's own limit: its spend and holds, whatever its sibling keys spend.
+        if let Some(limit) = account.key_limit {
+            let spent = self.inner.ledger.spend(&account.key_id, now).month;
+            let held = by_key
+                .get(account.key_id.as_str())
+                .map_or(Usd::ZERO, |k| k.reserved);
+            let committed = spent.saturating_add(held);
+            if committed.saturating_add(amount) > limit {
+                return Err(key_limit_error(limit, amount, committed));
+            }
+        }
+        // The account's caps: every key's spend and holds.
+        let spend = self.inner.ledger.spend(&account.account_id, now);
+        let entry = by_key.entry(account.account_id.clone()).or_default();
         let committed = spend.month.saturating_add(entry.reserved);
         let after = committed.saturating_add(amount);
         let caps = monthly_caps(account);
@@ -161,27 +180,35 @@ impl Budget {
             .inner
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let expires = now.saturating_add(self.inner.ttl_secs);
         entry.reserved = entry.reserved.saturating_add(amount);
-        entry
-            .holds
-            .insert(id, (amount, now.saturating_add(self.inner.ttl_secs)));
+        entry.holds.insert(id, (amount, expires));
+        if account.key_limit.is_some() {
+            let key = by_key.entry(account.key_id.clone()).or_default();
+            key.reserved = key.reserved.saturating_add(amount);
+            key.holds.insert(id, (amount, expires));
+        }
         Ok(Hold::new(
             self.inner.clone(),
             &account.key_id,
             Ticket::Here(id),
             amount,
             hard_cap,
-        ))
+        )
+        .of_account(&account.account_id, account.key_limit))
     }
 
-    /// Where an account stands in this process.
-    pub fn standing(&self, key_id: &str, now: u64) -> Standing {
+    /// Where an account stands in this process (every key's spend and holds).
+    pub fn standing(&self, account: &Account, now: u64) -> Standing {
         let by_key = lock(&self.inner.by_key);
-        let spend = self.inner.ledger.spend(key_id, now);
+        let spend = self.inner.ledger.spend(&account.account_id, now);
         Standing {
             month: spend.month,
             hour: spend.hour,
-            reserved: by_key.get(key_id).map_or(Usd::ZERO, |k| k.reserved),
+            reserved: by_key
+                .get(account.account_id.as_str())
+                .map_or(Usd::ZERO, |k| k.reserved),
+            key_month: self.inner.ledger.spend(&account.key_id, now).month,
         }
     }
 
@@ -247,8 +274,8 @@ impl SpendStore for Budget {
         Budget::reserve(self, account, amount, now)
     }
 
-    async fn standing(&self, key_id: &str, now: u64) -> Result<Standing, FluxError> {
-        Ok(Budget::standing(self, key_id, now))
+    async fn standing(&self, account: &Account, now: u64) -> Result<Standing, FluxError> {
+        Ok(Budget::standing(self, account, now))
     }
 
     async fn report(&self, month: Month, key_id: Option<String>) -> Result<Vec<ReportRow>, Error> {
@@ -269,10 +296,16 @@ impl Inner {
     /// release the hold, in one critical section.
     fn settle_here(&self, hold: &Hold, mut entry: Entry<'_>) -> Usd {
         let mut by_key = lock(&self.by_key);
-        if let Some(cap) = hold.hard_cap {
-            let spent = self.ledger.spend(&hold.key_id, entry.at_unix).month;
+        // The hard caps: the account's (free and credit-only plans) and the key's own.
+        let caps = [
+            (hold.hard_cap, hold.account_id.as_str()),
+            (hold.key_limit, hold.key_id.as_str()),
+        ];
+        for (cap, subject) in caps {
+            let Some(cap) = cap else { continue };
+            let spent = self.ledger.spend(subject, entry.at_unix).month;
             let others = by_key
-                .get(&hold.key_id)
+                .get(subject)
                 .map_or(Usd::ZERO, |k| k.reserved.saturating_sub(hold.amount));
             let room = cap.saturating_sub(spent.saturating_add(others));
             if entry.cost > room {
@@ -288,14 +321,14 @@ impl Inner {
         let billed = entry.cost;
         self.ledger.record(&entry);
         if let Ticket::Here(id) = hold.ticket {
-            release(&mut by_key, &hold.key_id, id);
+            release(&mut by_key, hold, id);
         }
         billed
     }
 
     fn release_here(&self, hold: &Hold) {
         if let Ticket::Here(id) = hold.ticket {
-            release(&mut lock(&self.by_key), &hold.key_id, id);
+            release(&mut lock(&self.by_key), hold, id);
         }
     }
 }
@@ -321,6 +354,19 @@ pub fn check_on_hold(account: &Account) -> Result<(), FluxError> {
         ));
     }
     Ok(())
+}
+
+/// 402 `key_spend_limit_reached`: the key's own monthly limit would be passed.
+pub fn key_limit_error(limit: Usd, amount: Usd, committed: Usd) -> FluxError {
+    let left = limit.saturating_sub(committed);
+    FluxError::new(
+        ErrorKind::KeySpendLimitReached,
+        format!(
+            "This key's monthly spend limit of ${limit} is reached (${left} left, this request \
+             may cost up to ${amount}). The account's other keys are not affected: raise this \
+             key's limit or use another key."
+        ),
+    )
 }
 
 /// The refusal of a request that would pass a monthly cap.
@@ -389,11 +435,21 @@ impl Hold {
         Hold {
             holds,
             key_id: key_id.to_string(),
+            account_id: key_id.to_string(),
+            key_limit: None,
             ticket,
             amount,
             hard_cap,
             done: false,
         }
+    }
+
+    /// The hold of a key of `account_id`, with the key's own limit if it has one: this
+    /// process keeps it under both.
+    pub fn of_account(mut self, account_id: &str, key_limit: Option<Usd>) -> Hold {
+        self.account_id = account_id.to_string();
+        self.key_limit = key_limit;
+        self
     }
 
     /// The same hold, settled and released through `holds` instead (a store that keeps
@@ -447,14 +503,18 @@ impl Drop for Hold {
     }
 }
 
-fn release(by_key: &mut HashMap<String, KeyHolds>, key_id: &str, id: u64) {
-    if let Some(k) = by_key.get_mut(key_id) {
-        // Already gone if the sweep released it.
-        if let Some((amount, _)) = k.holds.remove(&id) {
-            k.reserved = k.reserved.saturating_sub(amount);
-        }
-        if k.holds.is_empty() {
-            by_key.remove(key_id);
+/// Release hold `id` of `hold`'s account, and of its key when the key has a limit.
+fn release(by_key: &mut HashMap<String, KeyHolds>, hold: &Hold, id: u64) {
+    let key = hold.key_limit.is_some().then_some(hold.key_id.as_str());
+    for subject in std::iter::once(hold.account_id.as_str()).chain(key) {
+        if let Some(k) = by_key.get_mut(subject) {
+            // Already gone if the sweep released it.
+            if let Some((amount, _)) = k.holds.remove(&id) {
+                k.reserved = k.reserved.saturating_sub(amount);
+            }
+            if k.holds.is_empty() {
+                by_key.remove(subject);
+            }
         }
     }
 }
@@ -480,8 +540,10 @@ mod tests {
     impl Ledger for MemoryLedger {
         fn record(&self, entry: &Entry<'_>) {
             let mut m = self.month.lock().unwrap();
-            let v = m.entry(entry.key_id.to_string()).or_default();
-            *v = v.saturating_add(entry.cost);
+            for subject in [entry.key_id, entry.account_id] {
+                let v = m.entry(subject.to_string()).or_default();
+                *v = v.saturating_add(entry.cost);
+            }
         }
         fn spend(&self, key_id: &str, _now: u64) -> Spend {
             let month = self
@@ -529,10 +591,11 @@ mod tests {
         table.account_by_id(&id).unwrap().as_ref().clone()
     }
 
-    fn entry(key: &str, cost: Usd) -> Entry<'_> {
+    fn entry(account: &Account, cost: Usd) -> Entry<'_> {
         Entry {
             at_unix: 0,
-            key_id: key,
+            key_id: &account.key_id,
+            account_id: &account.account_id,
             cost,
             ..Entry::default()
         }
@@ -558,7 +621,7 @@ mod tests {
                     // Worst case 1 cent, real cost 0.7 cents.
                     match budget.reserve(&a, usd("0.01"), 0) {
                         Ok(hold) => {
-                            settle(hold, entry(&a.key_id, usd("0.007")));
+                            settle(hold, entry(&a, usd("0.007")));
                             1
                         }
                         Err(e) => {
@@ -570,11 +633,108 @@ mod tests {
             })
             .collect();
         let served: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let spent = budget.standing(&a.key_id, 0);
+        let spent = budget.standing(&a, 0);
         assert!(served >= 5, "{served}");
         assert!(spent.month <= usd("0.05"), "{spent:?}");
         assert_eq!(spent.month, usd("0.007").times(served as u64));
         assert_eq!(spent.reserved, Usd::ZERO);
+    }
+
+    /// Three keys of one account, the third with its own limit.
+    fn three_keys(terms: PlanConfig, third_limit: Option<Usd>) -> Vec<Account> {
+        let mut file = crate::config::KeysFile::default();
+        file.accounts.push(crate::config::AccountRecord {
+            id: "acct_team".into(),
+            name: "team".into(),
+            plan: "p".into(),
+            payment_method: false,
+            on_hold: false,
+            ceiling_usd: None,
+            models: None,
+            created_at: 0,
+        });
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let (_, mut record) = crate::auth::new_key(name, "", 0);
+            record.account = Some("acct_team".into());
+            record.monthly_limit_usd = if i == 2 { third_limit } else { None };
+            file.keys.push(record);
+        }
+        let terms = Arc::new(crate::auth::Terms::compile(&terms));
+        let table =
+            crate::auth::KeyTable::compile(std::path::Path::new("keys.yaml"), &file, &|_| {
+                Some(terms.clone())
+            })
+            .unwrap();
+        ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let id = table.id_of(n).unwrap();
+                table.account_by_id(&id).unwrap().as_ref().clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_keys_of_one_account_share_its_allowance_under_concurrency() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let keys = Arc::new(three_keys(free("0.05"), None));
+        assert!(keys.iter().all(|k| k.account_id == "acct_team"));
+        let handles: Vec<_> = (0..96)
+            .map(|i| {
+                let (budget, keys) = (budget.clone(), keys.clone());
+                std::thread::spawn(move || {
+                    let a = &keys[i % 3];
+                    match budget.reserve(a, usd("0.01"), 0) {
+                        Ok(hold) => {
+                            settle(hold, entry(a, usd("0.007")));
+                            1
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code(), "free_allowance_exhausted");
+                            0
+                        }
+                    }
+                })
+            })
+            .collect();
+        let served: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        // The account's allowance, not three of them.
+        let spent = budget.standing(&keys[0], 0);
+        assert!(spent.month <= usd("0.05"), "{spent:?}");
+        assert_eq!(spent.month, usd("0.007").times(served));
+        assert_eq!(
+            budget.standing(&keys[1], 0),
+            spent,
+            "one standing for every key"
+        );
+    }
+
+    #[test]
+    fn a_key_limit_stops_that_key_and_its_siblings_go_on() {
+        let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
+        let payg = PlanConfig {
+            lanes: vec!["express".into()],
+            ceiling_usd: Some(usd("10")),
+            overage: true,
+            ..PlanConfig::default()
+        };
+        let keys = three_keys(payg, Some(usd("0.02")));
+        let limited = &keys[2];
+        let hold = budget.reserve(limited, usd("0.015"), 0).unwrap();
+        // Its hold counts against the key's limit at once.
+        let e = budget.reserve(limited, usd("0.01"), 0).unwrap_err();
+        assert_eq!((e.status(), e.code()), (402, "key_spend_limit_reached"));
+        // The provider counted more than the worst case: the key pays at most its limit.
+        assert_eq!(settle(hold, entry(limited, usd("0.05"))), usd("0.02"));
+        let e = budget.reserve(limited, usd("0.001"), 0).unwrap_err();
+        assert_eq!(e.code(), "key_spend_limit_reached");
+        assert!(e.message.contains("other keys"), "{}", e.message);
+        // A sibling without a limit of its own spends on.
+        let hold = budget.reserve(&keys[0], usd("1"), 0).unwrap();
+        settle(hold, entry(&keys[0], usd("0.5")));
+        assert_eq!(budget.standing(&keys[1], 0).month, usd("0.52"));
+        assert_eq!(budget.reserved("acct_team"), Usd::ZERO);
+        assert_eq!(budget.reserved(&limited.key_id), Usd::ZERO);
     }
 
     #[test]
@@ -582,10 +742,10 @@ mod tests {
         let budget = Budget::new(Arc::new(MemoryLedger::default()), 60);
         let a = account(free("0.05"));
         let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
-        assert_eq!(budget.reserved(&a.key_id), usd("0.04"));
+        assert_eq!(budget.reserved(&a.account_id), usd("0.04"));
         assert!(budget.reserve(&a, usd("0.02"), 1_000).is_err(), "held");
         drop(hold);
-        assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
+        assert_eq!(budget.reserved(&a.account_id), Usd::ZERO);
 
         // An owner that never comes back (a leaked task): the sweep frees it at expiry.
         let hold = budget.reserve(&a, usd("0.04"), 1_000).unwrap();
@@ -593,7 +753,7 @@ mod tests {
         assert_eq!(budget.sweep(1_059), 0, "not expired yet");
         assert!(budget.reserve(&a, usd("0.02"), 1_059).is_err());
         assert_eq!(budget.sweep(1_060), 1);
-        assert_eq!(budget.reserved(&a.key_id), Usd::ZERO);
+        assert_eq!(budget.reserved(&a.account_id), Usd::ZERO);
         assert!(budget.reserve(&a, usd("0.02"), 1_060).is_ok());
     }
 
@@ -603,8 +763,8 @@ mod tests {
         let a = account(free("0.05"));
         let hold = budget.reserve(&a, usd("0.04"), 0).unwrap();
         // The provider counted more than the worst case: the key pays at most its cap.
-        assert_eq!(settle(hold, entry(&a.key_id, usd("0.09"))), usd("0.05"));
-        assert_eq!(budget.standing(&a.key_id, 0).month, usd("0.05"));
+        assert_eq!(settle(hold, entry(&a, usd("0.09"))), usd("0.05"));
+        assert_eq!(budget.standing(&a, 0).month, usd("0.05"));
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! // Once the response is done and its usage known.
 //! let usage = Usage { input: 1200, cached_input: 1000, output: 80, ..Usage::default() };
 //! ledger.record(&Entry::from_usage(
-//!     1_775_000_000, "key_abc", "fast", "gpt-x", "req_1", &usage, Usd(42),
+//!     1_775_000_000, "key_abc", "acct_abc", "fast", "gpt-x", "req_1", &usage, Usd(42),
 //! ));
 //! // After the server has stopped serving (Pingora's `run` returned).
 //! ledger.close()?;
@@ -53,6 +53,8 @@ pub struct Entry<'a> {
     pub at_unix: u64,
     /// The key's public id (`key_…`), never the key.
     pub key_id: &'a str,
+    /// The account the key belongs to (`acct_…`): its totals count every key's spend.
+    pub account_id: &'a str,
     pub lane: &'a str,
     /// The provider model that served the request.
     pub model: &'a str,
@@ -69,9 +71,11 @@ pub struct Entry<'a> {
 
 impl<'a> Entry<'a> {
     /// An entry whose token counts come from a request's [`Usage`].
+    #[allow(clippy::too_many_arguments)]
     pub fn from_usage(
         at_unix: u64,
         key_id: &'a str,
+        account_id: &'a str,
         lane: &'a str,
         model: &'a str,
         request_id: &'a str,
@@ -81,6 +85,7 @@ impl<'a> Entry<'a> {
         Entry {
             at_unix,
             key_id,
+            account_id,
             lane,
             model,
             request_id,

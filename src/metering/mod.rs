@@ -26,7 +26,15 @@ pub fn usage_view(
     let hour_start = now - now % 3600;
     serde_json::json!({
         "object": "usage",
-        "key": {"id": account.key_id, "name": account.key_name},
+        "key": {
+            "id": account.key_id,
+            "name": account.key_name,
+            "month_usd": standing.key_month,
+            "monthly_limit_usd": account.key_limit,
+            "remaining_usd": account
+                .key_limit
+                .map(|l| l.saturating_sub(standing.key_month)),
+        },
         "plan": account.plan,
         "month": month.to_string(),
         "spend": {
@@ -54,6 +62,11 @@ pub fn usage_view(
         "credit_remaining_usd": terms.monthly_credit_usd.map(|c| c.saturating_sub(committed)),
         "hour_resets_at": hour_start + 3600,
         "month_resets_at": month.next().start_unix(),
-        "account": {"payment_method": account.payment_method, "on_hold": account.on_hold},
+        "account": {
+            "id": account.account_id,
+            "name": account.account_name,
+            "payment_method": account.payment_method,
+            "on_hold": account.on_hold,
+        },
     })
 }

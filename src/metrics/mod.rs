@@ -190,6 +190,7 @@ pub fn limit_kind(code: &str) -> Option<&'static str> {
         "input_too_long" => "input_tokens",
         "monthly_credit_exhausted" | "free_allowance_exhausted" => "credit",
         "spend_ceiling_reached" => "spend_ceiling",
+        "key_spend_limit_reached" => "key_spend_limit",
         "hourly_limit_reached" => "hourly_spend",
         "account_on_hold" => "account_on_hold",
         "overloaded" => "concurrency",

@@ -66,6 +66,8 @@ impl fmt::Display for BadAmount {
     }
 }
 
+impl std::error::Error for BadAmount {}
+
 impl FromStr for Usd {
     type Err = BadAmount;
 

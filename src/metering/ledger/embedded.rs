@@ -95,12 +95,14 @@ pub struct LedgerStats {
     pub recreated: u64,
 }
 
-/// A key's in-memory totals and its requests not yet handed to the writer.
+/// A key's (or an account's) in-memory totals and its requests not yet handed to the writer.
+/// An account's pending groups have no lane or model: it has totals, not usage rows.
 #[derive(Debug, Default)]
 struct KeyState {
     months: Vec<(Month, u64)>,
     hours: Vec<(u64, u64)>,
     pending: Vec<Group>,
+    account: bool,
 }
 
 /// Add to a bucket, keeping at most `keep` of the newest buckets.
@@ -295,6 +297,36 @@ impl Shared {
                 }
             }
         }
+        // The account's totals: the same bump under its own id, in its own shard.
+        if !e.account_id.is_empty() && e.account_id != e.key_id {
+            let mut guard = lock(&self.shards[shard_of(e.account_id)]);
+            let Shard { keys, dirty, .. } = &mut *guard;
+            if !keys.contains_key(e.account_id) {
+                keys.insert(e.account_id.into(), KeyState::default());
+            }
+            if let Some(ks) = keys.get_mut(e.account_id) {
+                ks.account = true;
+                bump(&mut ks.months, month, tally.cost, MONTHS_IN_MEMORY);
+                bump(&mut ks.hours, hour, tally.cost, HOURS_IN_MEMORY);
+                if ks.pending.is_empty() {
+                    dirty.push(e.account_id.into());
+                }
+                let totals = Tally {
+                    requests: 1,
+                    cost: tally.cost,
+                    ..Tally::default()
+                };
+                match ks.pending.iter_mut().find(|g| g.hour == hour) {
+                    Some(g) => g.tally.add(&totals),
+                    None => ks.pending.push(Group {
+                        lane: "".into(),
+                        model: "".into(),
+                        hour,
+                        tally: totals,
+                    }),
+                }
+            }
+        }
         let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         if queued >= WAKE_WRITER_AT && !self.wake_sent.swap(true, Ordering::Relaxed) {
             lock(&self.control).wake = true;
@@ -332,7 +364,10 @@ impl Shared {
             for key in dirty.drain(..) {
                 if let Some(ks) = keys.get_mut(&key) {
                     let groups = std::mem::take(&mut ks.pending);
-                    if !groups.is_empty() {
+                    if groups.is_empty() {
+                    } else if ks.account {
+                        batch.accounts.push((key, groups));
+                    } else {
                         batch.groups.push((key, groups));
                     }
                 }
@@ -348,10 +383,13 @@ impl Shared {
 
     /// Put back a batch that could not be committed: its spend is retried with the next one.
     fn restore(&self, batch: Batch) {
-        for (key, groups) in batch.groups {
+        let accounts = batch.accounts.into_iter().map(|a| (a, true));
+        for ((key, groups), account) in batch.groups.into_iter().map(|k| (k, false)).chain(accounts)
+        {
             let mut guard = lock(&self.shards[shard_of(&key)]);
             let Shard { keys, dirty, .. } = &mut *guard;
             let ks = keys.entry(key.clone()).or_default();
+            ks.account |= account;
             if ks.pending.is_empty() {
                 dirty.push(key);
             }
@@ -434,9 +472,9 @@ impl Shared {
     fn cycle(&self, store: &mut Store) -> Result<(), Error> {
         let batch = self.take_batch();
         let mut result = Ok(());
-        if !batch.groups.is_empty() {
+        if !batch.groups.is_empty() || !batch.accounts.is_empty() {
             let started = Instant::now();
-            match store.commit_totals(&batch.groups) {
+            match store.commit_totals(&batch.groups, &batch.accounts) {
                 Ok(()) => {
                     self.batches.fetch_add(1, Ordering::Relaxed);
                     self.committed_requests

@@ -23,7 +23,8 @@ use crate::errors::{Context, Error, Fault};
 use crate::units::{day_string, Usd};
 
 /// The schema this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added the `account_*` tables (accounts that own keys).
+const SCHEMA_VERSION: i64 = 2;
 /// Hourly rows older than this are deleted (8 days: a week of hourly history).
 pub(super) const HOURS_KEPT: u64 = 8 * 24;
 /// How long a reader waits for a lock (only a WAL checkpoint or recovery takes one).
@@ -62,6 +63,27 @@ CREATE TABLE IF NOT EXISTS usage_month (
     output_tokens INTEGER NOT NULL,
     cost INTEGER NOT NULL,
     PRIMARY KEY (month, key_id, lane, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_month (
+    month TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    PRIMARY KEY (month, account_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_hour (
+    hour INTEGER NOT NULL,
+    account_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    PRIMARY KEY (hour, account_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_day (
+    day INTEGER NOT NULL,
+    account_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    PRIMARY KEY (day, account_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
@@ -121,6 +143,8 @@ pub(super) struct QueuedEntry {
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     pub groups: Vec<(Box<str>, Vec<Group>)>,
+    /// Accounts' totals (their groups have no lane or model).
+    pub accounts: Vec<(Box<str>, Vec<Group>)>,
     pub entries: Vec<QueuedEntry>,
 }
 
@@ -202,6 +226,21 @@ impl Store {
             ));
         }
         tx.execute_batch(SCHEMA)?;
+        if version == 1 {
+            // Before accounts each key was its own account: it becomes the account
+            // `acct_<the key id's random part>` (as a keys file without accounts reads), and
+            // that account's totals start from the key's, so the month's spend carries over.
+            for (table, column) in [("month", "month"), ("hour", "hour"), ("day", "day")] {
+                tx.execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO account_{table} ({column}, account_id, requests, cost)
+                         SELECT {column}, 'acct_' || substr(key_id, 5), requests, cost
+                         FROM key_{table} WHERE key_id LIKE 'key\\_%' ESCAPE '\\'"
+                    ),
+                    [],
+                )?;
+            }
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -277,7 +316,11 @@ impl Store {
     }
 
     /// Add a batch's groups to the aggregates, in one transaction.
-    pub fn commit_totals(&mut self, groups: &[(Box<str>, Vec<Group>)]) -> Result<(), Error> {
+    pub fn commit_totals(
+        &mut self,
+        groups: &[(Box<str>, Vec<Group>)],
+        accounts: &[(Box<str>, Vec<Group>)],
+    ) -> Result<(), Error> {
         let mut months: HashMap<(Month, &str), Tally> = HashMap::new();
         let mut hours: HashMap<(u64, &str), Tally> = HashMap::new();
         let mut days: HashMap<(u64, &str), Tally> = HashMap::new();
@@ -325,6 +368,58 @@ impl Store {
                     st.execute(params![
                         sql_int(bucket * secs),
                         key,
+                        sql_int(t.requests),
+                        sql_int(t.cost)
+                    ])?;
+                }
+            }
+            // Accounts: month, hour and day totals, the same upserts.
+            let mut account_months: HashMap<(Month, &str), Tally> = HashMap::new();
+            let mut account_hours: HashMap<(u64, &str), Tally> = HashMap::new();
+            let mut account_days: HashMap<(u64, &str), Tally> = HashMap::new();
+            for (account, groups) in accounts {
+                for g in groups {
+                    let month = month_of_hour(g.hour);
+                    account_months
+                        .entry((month, account))
+                        .or_default()
+                        .add(&g.tally);
+                    account_hours
+                        .entry((g.hour, account))
+                        .or_default()
+                        .add(&g.tally);
+                    account_days
+                        .entry((g.hour / 24, account))
+                        .or_default()
+                        .add(&g.tally);
+                }
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO account_month (month, account_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (month, account_id) DO UPDATE SET
+                   requests = requests + excluded.requests, cost = cost + excluded.cost",
+            )?;
+            for ((month, account), t) in &account_months {
+                st.execute(params![
+                    month.to_string(),
+                    account,
+                    sql_int(t.requests),
+                    sql_int(t.cost)
+                ])?;
+            }
+            for (table, column, rows, secs) in [
+                ("account_hour", "hour", &account_hours, 3600),
+                ("account_day", "day", &account_days, 86_400),
+            ] {
+                let mut st = tx.prepare_cached(&format!(
+                    "INSERT INTO {table} ({column}, account_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT ({column}, account_id) DO UPDATE SET
+                       requests = requests + excluded.requests, cost = cost + excluded.cost"
+                ))?;
+                for ((bucket, account), t) in rows {
+                    st.execute(params![
+                        sql_int(bucket * secs),
+                        account,
                         sql_int(t.requests),
                         sql_int(t.cost)
                     ])?;
@@ -440,6 +535,43 @@ impl Store {
                 .hours
                 .push((key.into(), from_sql_int(hour) / 3600, from_sql_int(cost)));
         }
+        // Accounts' totals, under their own ids (`acct_…`, never a key's).
+        let mut st = self.conn.prepare_cached(
+            "SELECT account_id, month, cost FROM account_month WHERE month >= ?1",
+        )?;
+        let rows = st.query_map([from_month.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (account, month, cost) = row?;
+            if let Ok(month) = month.parse::<Month>() {
+                loaded
+                    .months
+                    .push((account.into(), month, from_sql_int(cost)));
+            }
+        }
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT account_id, hour, cost FROM account_hour WHERE hour >= ?1")?;
+        let rows = st.query_map([sql_int(from_hour * 3600)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (account, hour, cost) = row?;
+            loaded.hours.push((
+                account.into(),
+                from_sql_int(hour) / 3600,
+                from_sql_int(cost),
+            ));
+        }
         Ok(loaded)
     }
 
@@ -449,10 +581,12 @@ impl Store {
             return Ok(());
         }
         let oldest = now_hour.saturating_sub(HOURS_KEPT);
-        self.conn.execute(
-            "DELETE FROM key_hour WHERE hour < ?1",
-            [sql_int(oldest * 3600)],
-        )?;
+        for table in ["key_hour", "account_hour"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE hour < ?1"),
+                [sql_int(oldest * 3600)],
+            )?;
+        }
         self.pruned_hour = now_hour;
         Ok(())
     }

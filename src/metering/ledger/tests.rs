@@ -30,6 +30,7 @@ fn entry<'a>(at: u64, key: &'a str, lane: &'a str, model: &'a str, cost: u64) ->
     Entry {
         at_unix: at,
         key_id: key,
+        account_id: "",
         lane,
         model,
         request_id: "req",
@@ -135,6 +136,75 @@ fn a_restart_reloads_the_committed_totals() {
     let april = ledger.report(month("2024-04"), Some("key_a")).unwrap();
     assert_eq!(april.len(), 1);
     assert_eq!((april[0].requests, april[0].cost.0), (3, 150));
+}
+
+#[test]
+fn an_account_counts_every_key_s_spend_and_keeps_it_over_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.sqlite");
+    let of = |key, cost, at| Entry {
+        account_id: "acct_team",
+        ..entry(at, key, "fast", "m1", cost)
+    };
+    {
+        let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+        ledger.record(&of("key_a", 20, APRIL_2024 + 10));
+        ledger.record(&of("key_b", 30, APRIL_2024 + 20));
+        ledger.record(&of("key_c", 5, APRIL_2024 - 10)); // March
+        assert_eq!(ledger.spend("acct_team", APRIL_2024 + 60).month.0, 50);
+        assert_eq!(ledger.spend("key_a", APRIL_2024 + 60).month.0, 20);
+    }
+    let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+    assert_eq!(ledger.spend("acct_team", APRIL_2024 + 60).month.0, 50);
+    assert_eq!(ledger.spend("acct_team", APRIL_2024 + 60).hour.0, 50);
+    assert_eq!(ledger.spend("acct_team", APRIL_2024 - 60).month.0, 5);
+    assert_eq!(ledger.spend("key_b", APRIL_2024 + 60).month.0, 30);
+    // Reports stay per key: the account's totals are not a key of their own.
+    let april = ledger.report(month("2024-04"), None).unwrap();
+    let mut keys: Vec<_> = april.iter().map(|r| r.key_id.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["key_a", "key_b"]);
+}
+
+/// A ledger written before accounts (schema 1): on open each key's totals become its own
+/// account's (`acct_` + the key id's random part), so the month's spend carries over.
+#[test]
+fn a_ledger_from_before_accounts_carries_each_key_s_spend_to_its_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.sqlite");
+    {
+        let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+        ledger.record(&entry(APRIL_2024 + 10, "key_old1", "fast", "m1", 70));
+        ledger.record(&entry(APRIL_2024 + 20, "key_old2", "fast", "m1", 3));
+        ledger.close().unwrap();
+    }
+    {
+        // Back to what a schema-1 gateway left: no account tables, version 1.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE account_month; DROP TABLE account_hour; DROP TABLE account_day;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+    assert_eq!(ledger.spend("acct_old1", APRIL_2024 + 60).month.0, 70);
+    assert_eq!(ledger.spend("acct_old1", APRIL_2024 + 60).hour.0, 70);
+    assert_eq!(ledger.spend("acct_old2", APRIL_2024 + 60).month.0, 3);
+    assert_eq!(ledger.spend("key_old1", APRIL_2024 + 60).month.0, 70);
+    // New spend of the key adds to its account's carried-over total.
+    ledger.record(&Entry {
+        account_id: "acct_old1",
+        ..entry(APRIL_2024 + 30, "key_old1", "fast", "m1", 5)
+    });
+    ledger.close().unwrap();
+    let ledger = EmbeddedLedger::open(&path, options(clock_april_2024)).unwrap();
+    assert_eq!(ledger.spend("acct_old1", APRIL_2024 + 60).month.0, 75);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
 }
 
 /// The file deleted while the ledger runs (with its WAL and shared-memory files, as `rm
@@ -457,6 +527,7 @@ fn sigkill_child() {
             ledger.record(&Entry {
                 at_unix: unix_micros() / 1_000_000,
                 key_id: "key_kill",
+                account_id: "acct_kill",
                 lane: "fast",
                 model: "m",
                 request_id: "req_0123456789abcdef",
@@ -586,6 +657,7 @@ fn measure_write_rate(keep_entries: u64) {
                         ledger.record(&Entry {
                             at_unix: now,
                             key_id: &keys[(n % 200) as usize],
+                            account_id: "",
                             lane: "fast",
                             model: models[(n % 3) as usize],
                             request_id: "req_0123456789abcdef",
