@@ -4,38 +4,35 @@
 //! (no shared lock word is written, so readers on many cores do not contend). Applying one
 //! change is O(1): the row replaces one entry in each map; nothing is rebuilt or cloned.
 //!
-//! Writers (one [`Change`] at a time) also keep, under a mutex readers never take, a key-id
-//! table (a change names a deleted key by id) and each account's keys (admin pages). Both
-//! hold the same `Arc<IndexedKey>` as the digest map, so they cost a pointer and a control
-//! byte per key.
-//!
-//! Memory is kept small for a million keys: strings are `Box<str>` (no spare capacity), an
-//! account id is one `Arc<str>` shared by the account and all its keys, and a model list is
-//! allocated only when set.
+//! Nothing else is kept per key: a key deleted is named by id and digest in its change, and
+//! admin pages (a key by id, an account's keys, last use) read the store, which has indexes
+//! for them. Memory is kept small for a million keys: strings are `Box<str>` (no spare
+//! capacity), an account id is one `Arc<str>` shared by the account and its keys, limits
+//! are packed into plain integers, and a model list is allocated only when set.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use std::sync::Arc;
 
 use super::model::{AccountRow, Change, KeyKind, KeyRow, KeyStatus};
 use crate::units::Usd;
 
-/// A key as the request path needs it.
+/// A key as the request path needs it: 80 bytes (96 with its `Arc`) plus its id and name.
+/// Its digest is the map's key; its creation time and last use are read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedKey {
     pub id: Box<str>,
     /// Shared with the account's entry.
     pub account_id: Arc<str>,
     pub name: Box<str>,
-    pub sha256: [u8; 32],
     pub kind: KeyKind,
     pub status: KeyStatus,
     /// Unix seconds; 0: never (no key expires at the epoch). See [`IndexedKey::expires_at`].
     expires_at: u64,
-    pub created_at: u64,
-    pub monthly_limit_usd: Option<Usd>,
-    pub models: Option<Box<[Box<str>]>>,
+    /// Pico-dollars; `u64::MAX`: none. See [`IndexedKey::monthly_limit_usd`].
+    monthly_limit: u64,
+    /// Boxed twice so that a key without a restriction (most) spends 8 bytes on it, not 16.
+    #[allow(clippy::box_collection)]
+    models: Option<Box<Box<[Box<str>]>>>,
 }
 
 impl IndexedKey {
@@ -44,18 +41,26 @@ impl IndexedKey {
             id: row.id.as_str().into(),
             account_id,
             name: row.name.as_str().into(),
-            sha256: row.sha256,
             kind: row.kind,
             status: row.status,
             expires_at: row.expires_at.unwrap_or(0),
-            created_at: row.created_at,
-            monthly_limit_usd: row.monthly_limit_usd,
-            models: boxed_models(row.models.as_deref()),
+            monthly_limit: row.monthly_limit_usd.map_or(u64::MAX, Usd::picos),
+            models: boxed_models(row.models.as_deref()).map(Box::new),
         }
     }
 
     pub fn expires_at(&self) -> Option<u64> {
         (self.expires_at != 0).then_some(self.expires_at)
+    }
+
+    /// The key's own monthly spend limit, within its account's ceiling.
+    pub fn monthly_limit_usd(&self) -> Option<Usd> {
+        (self.monthly_limit != u64::MAX).then_some(Usd(self.monthly_limit))
+    }
+
+    /// The key's own model restriction, within its account's.
+    pub fn models(&self) -> Option<&[Box<str>]> {
+        self.models.as_deref().map(|m| &**m)
     }
 
     /// Whether the key may be used at `now` (Unix seconds): active and not expired.
@@ -69,23 +74,6 @@ impl IndexedKey {
             return Err(Refusal::Expired);
         }
         Ok(())
-    }
-
-    /// The row this entry came from (`last_used_at` is not kept in the index).
-    pub fn to_row(&self) -> KeyRow {
-        KeyRow {
-            id: self.id.to_string(),
-            account_id: self.account_id.to_string(),
-            name: self.name.to_string(),
-            sha256: self.sha256,
-            kind: self.kind,
-            status: self.status,
-            expires_at: self.expires_at(),
-            created_at: self.created_at,
-            monthly_limit_usd: self.monthly_limit_usd,
-            models: unboxed_models(self.models.as_deref()),
-            last_used_at: None,
-        }
     }
 }
 
@@ -196,82 +184,10 @@ impl Hasher for DigestHasher {
     fn write_usize(&mut self, _len: usize) {}
 }
 
-/// What writers keep beside the lock-free maps.
-#[derive(Default)]
-struct Side {
-    hasher: DefaultHashBuilder,
-    /// Every key, by id.
-    by_id: HashTable<Arc<IndexedKey>>,
-    /// Each account's keys, by key id.
-    by_account: HashMap<Arc<str>, HashTable<Arc<IndexedKey>>>,
-}
-
-impl Side {
-    fn hash_id(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id)
-    }
-
-    fn find(&self, id: &str) -> Option<&Arc<IndexedKey>> {
-        self.by_id.find(self.hash_id(id), |k| &*k.id == id)
-    }
-
-    /// Put `key` in place of the key with its id (if any); returns the one it replaced.
-    fn put(&mut self, key: Arc<IndexedKey>) -> Option<Arc<IndexedKey>> {
-        let hash = self.hash_id(&key.id);
-        let hasher = self.hasher;
-        let rehash = move |k: &Arc<IndexedKey>| hasher.hash_one(&*k.id);
-        let old = match self.by_id.find_mut(hash, |k| k.id == key.id) {
-            Some(slot) => Some(std::mem::replace(slot, key.clone())),
-            None => {
-                self.by_id.insert_unique(hash, key.clone(), rehash);
-                None
-            }
-        };
-        if let Some(old) = &old {
-            if old.account_id != key.account_id {
-                self.remove_from_account(old);
-            }
-        }
-        let keys = self.by_account.entry(key.account_id.clone()).or_default();
-        match keys.find_mut(hash, |k| k.id == key.id) {
-            Some(slot) => *slot = key,
-            None => {
-                keys.insert_unique(hash, key, rehash);
-            }
-        }
-        old
-    }
-
-    fn remove(&mut self, id: &str) -> Option<Arc<IndexedKey>> {
-        let hash = self.hash_id(id);
-        let old = self
-            .by_id
-            .find_entry(hash, |k| &*k.id == id)
-            .ok()?
-            .remove()
-            .0;
-        self.remove_from_account(&old);
-        Some(old)
-    }
-
-    fn remove_from_account(&mut self, key: &IndexedKey) {
-        let hash = self.hash_id(&key.id);
-        if let Some(keys) = self.by_account.get_mut(&key.account_id) {
-            if let Ok(entry) = keys.find_entry(hash, |k| k.id == key.id) {
-                entry.remove();
-            }
-            if keys.is_empty() {
-                self.by_account.remove(&key.account_id);
-            }
-        }
-    }
-}
-
 /// The hot-path table: key digest to key, account id to account.
 pub struct KeyIndex {
     by_digest: papaya::HashMap<[u8; 32], Arc<IndexedKey>, DigestHash>,
     accounts: papaya::HashMap<Arc<str>, Arc<IndexedAccount>>,
-    side: Mutex<Side>,
 }
 
 impl Default for KeyIndex {
@@ -296,11 +212,6 @@ impl KeyIndex {
         KeyIndex {
             by_digest: papaya::HashMap::with_capacity_and_hasher(keys, DigestHash),
             accounts: papaya::HashMap::with_capacity(accounts),
-            side: Mutex::new(Side {
-                by_id: HashTable::with_capacity(keys),
-                by_account: HashMap::with_capacity(accounts),
-                ..Side::default()
-            }),
         }
     }
 
@@ -314,11 +225,6 @@ impl KeyIndex {
             index.put_key(k);
         }
         index
-    }
-
-    fn side(&self) -> MutexGuard<'_, Side> {
-        // A panic while the mutex was held leaves at worst one entry stale; keep serving.
-        self.side.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The key with this digest and its account. No lock is taken.
@@ -342,31 +248,6 @@ impl KeyIndex {
         self.accounts.pin().get(id).cloned()
     }
 
-    /// The key with this id (writers' side table: takes the writers' mutex briefly).
-    pub fn key(&self, id: &str) -> Option<Arc<IndexedKey>> {
-        self.side().find(id).cloned()
-    }
-
-    /// The keys of an account, by name.
-    pub fn keys_of(&self, account_id: &str) -> Vec<Arc<IndexedKey>> {
-        let mut keys: Vec<_> = self
-            .side()
-            .by_account
-            .get(account_id)
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default();
-        keys.sort_by(|a, b| a.name.cmp(&b.name));
-        keys
-    }
-
-    /// How many keys the account has.
-    pub fn key_count(&self, account_id: &str) -> usize {
-        self.side()
-            .by_account
-            .get(account_id)
-            .map_or(0, |t| t.len())
-    }
-
     /// Every account (an unordered snapshot).
     pub fn accounts(&self) -> Vec<Arc<IndexedAccount>> {
         self.accounts.pin().values().cloned().collect()
@@ -385,7 +266,8 @@ impl KeyIndex {
         self.accounts.len()
     }
 
-    /// Apply one written row. O(1): one entry of each map changes.
+    /// Apply one written row. O(1): one entry of one map changes. (A key's digest never
+    /// changes: the store refuses it, so a key row replaces the entry under its digest.)
     pub fn apply(&self, change: &Change) {
         match change {
             Change::Account(row) => self.put_account(row),
@@ -393,52 +275,33 @@ impl KeyIndex {
             Change::AccountDeleted(id) => {
                 self.accounts.pin().remove(id.as_str());
             }
-            Change::KeyDeleted(id) => {
-                let removed = self.side().remove(id);
-                if let Some(old) = removed {
-                    self.remove_digest_of(&old);
+            Change::KeyDeleted { id, sha256 } => {
+                let map = self.by_digest.pin();
+                if map.get(sha256).is_some_and(|k| *k.id == **id) {
+                    map.remove(sha256);
                 }
             }
         }
     }
 
-    /// Remove `old`'s digest entry, unless another key now holds that digest.
-    fn remove_digest_of(&self, old: &IndexedKey) {
-        let map = self.by_digest.pin();
-        if map.get(&old.sha256).is_some_and(|k| k.id == old.id) {
-            map.remove(&old.sha256);
-        }
-    }
-
     fn put_account(&self, row: &AccountRow) {
+        let map = self.accounts.pin();
         // Keep the id's allocation that the account's keys already share.
-        let id = self.shared_account_id(&row.id);
-        self.accounts
-            .pin()
-            .insert(id.clone(), Arc::new(IndexedAccount::from_row(row, id)));
+        let id = match map.get_key_value(row.id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(row.id.as_str()),
+        };
+        map.insert(id.clone(), Arc::new(IndexedAccount::from_row(row, id)));
     }
 
     fn put_key(&self, row: &KeyRow) {
-        let account_id = self.shared_account_id(&row.account_id);
+        // The account's shared id; a new one when the account is not (yet) known (its
+        // keys then keep their own copy).
+        let account_id = match self.accounts.pin().get_key_value(row.account_id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(row.account_id.as_str()),
+        };
         let key = Arc::new(IndexedKey::from_row(row, account_id));
-        let mut side = self.side();
-        // The digest entry goes in first: the key authenticates once `apply` returns.
-        self.by_digest.pin().insert(key.sha256, key.clone());
-        if let Some(old) = side.put(key.clone()) {
-            if old.sha256 != key.sha256 {
-                self.remove_digest_of(&old);
-            }
-        }
-    }
-
-    /// The account's shared id, or a new one when the account is not (yet) known.
-    fn shared_account_id(&self, id: &str) -> Arc<str> {
-        if let Some((id, _)) = self.accounts.pin().get_key_value(id) {
-            return id.clone();
-        }
-        if let Some((id, _)) = self.side().by_account.get_key_value(id) {
-            return id.clone();
-        }
-        Arc::from(id)
+        self.by_digest.pin().insert(row.sha256, key);
     }
 }

@@ -134,13 +134,14 @@ impl Directory {
         self.index.load().account(id)
     }
 
-    pub fn key(&self, id: &str) -> Option<Arc<IndexedKey>> {
-        self.index.load().key(id)
+    /// The key with this id, read from the store (admin pages: with its last use).
+    pub fn key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        self.inner().store.key(id)
     }
 
-    /// An account's keys, by name.
-    pub fn keys_of(&self, account_id: &str) -> Vec<Arc<IndexedKey>> {
-        self.index.load().keys_of(account_id)
+    /// An account's keys by name, read from the store (admin pages: with their last use).
+    pub fn keys_of(&self, account_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        self.inner().store.keys_of(account_id)
     }
 
     /// The account named `name`, read from the store.
@@ -282,9 +283,8 @@ impl Directory {
 
     /// Delete a key's row (revoking keeps it, for reports; this forgets it).
     pub fn delete_key(&self, id: &str) -> Result<(), StoreError> {
-        let change = Change::KeyDeleted(id.to_string());
         let mut inner = self.inner();
-        let seq = inner.store.write(&change)?;
+        let (change, seq) = inner.store.delete_key(id)?;
         self.applied(&mut inner, seq, &change);
         Ok(())
     }

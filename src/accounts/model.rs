@@ -102,8 +102,12 @@ pub enum Change {
     Key(KeyRow),
     /// The account with this id was deleted.
     AccountDeleted(String),
-    /// The key with this id was deleted.
-    KeyDeleted(String),
+    /// The key with this id and digest was deleted (the digest, because the index is keyed
+    /// by it and the row is gone).
+    KeyDeleted {
+        id: String,
+        sha256: [u8; 32],
+    },
 }
 
 /// A new account id: `acct_` and 12 alphanumerics.

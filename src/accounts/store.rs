@@ -31,6 +31,7 @@ const ENTITY_KEY: i64 = 1;
 const ENTITY_IMPORT: i64 = 2;
 
 // `UNIQUE (account_id, name)` is also the index on `account_id` (its leading column).
+// `changes.sha256` is set when a key is deleted: readers' indexes are keyed by it.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id TEXT PRIMARY KEY NOT NULL,
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     entity INTEGER NOT NULL,
     id TEXT NOT NULL,
+    sha256 BLOB,
     at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS feed_state (
@@ -368,8 +370,20 @@ impl Store {
         key_row(&self.conn, id)
     }
 
+    /// An account's keys, by name (with their last use, which the index does not keep).
+    pub fn keys_of(&self, account_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE account_id = ?1 ORDER BY name"
+        ))?;
+        let rows = st
+            .query_map([account_id], key_from)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Write one change as it is (an upsert or a delete) and its feed entry, in one
-    /// transaction. A key's account must exist; an account with keys cannot be deleted.
+    /// transaction. A key's account must exist and its digest cannot change; an account with
+    /// keys cannot be deleted; a deleted key's digest is taken from its row.
     pub fn write(&mut self, change: &Change) -> Result<Cursor, StoreError> {
         let tx = self
             .conn
@@ -377,7 +391,7 @@ impl Store {
         let seq = match change {
             Change::Account(a) => {
                 upsert_account(&tx, a, true)?;
-                record(&tx, ENTITY_ACCOUNT, &a.id)?
+                record(&tx, ENTITY_ACCOUNT, &a.id, None)?
             }
             Change::Key(k) => {
                 let account = account_row(&tx, &k.account_id)?.ok_or_else(|| {
@@ -386,8 +400,14 @@ impl Store {
                 if let Some(p) = k.limits_problem(&account) {
                     return Err(StoreError::Invalid(p));
                 }
+                if key_row(&tx, &k.id)?.is_some_and(|old| old.sha256 != k.sha256) {
+                    return Err(StoreError::Invalid(format!(
+                        "key '{}' cannot take another secret; create a new key",
+                        k.name
+                    )));
+                }
                 upsert_key(&tx, k, true)?;
-                record(&tx, ENTITY_KEY, &k.id)?
+                record(&tx, ENTITY_KEY, &k.id, None)?
             }
             Change::AccountDeleted(id) => {
                 let keys: i64 = tx.query_row(
@@ -403,17 +423,26 @@ impl Store {
                 if tx.execute("DELETE FROM accounts WHERE id = ?1", [id])? == 0 {
                     return Err(StoreError::NotFound(format!("no account with id '{id}'")));
                 }
-                record(&tx, ENTITY_ACCOUNT, id)?
+                record(&tx, ENTITY_ACCOUNT, id, None)?
             }
-            Change::KeyDeleted(id) => {
-                if tx.execute("DELETE FROM keys WHERE id = ?1", [id])? == 0 {
-                    return Err(StoreError::NotFound(format!("no key with id '{id}'")));
-                }
-                record(&tx, ENTITY_KEY, id)?
-            }
+            Change::KeyDeleted { id, .. } => delete_key(&tx, id)?.1,
         };
         tx.commit()?;
         Ok(seq)
+    }
+
+    /// Delete a key's row: the change to apply (with the digest it had) and its cursor.
+    pub fn delete_key(&mut self, id: &str) -> Result<(Change, Cursor), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (sha256, seq) = delete_key(&tx, id)?;
+        tx.commit()?;
+        let change = Change::KeyDeleted {
+            id: id.to_string(),
+            sha256,
+        };
+        Ok((change, seq))
     }
 
     /// Add a new account (its id and name must be new).
@@ -422,7 +451,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         upsert_account(&tx, a, false)?;
-        let seq = record(&tx, ENTITY_ACCOUNT, &a.id)?;
+        let seq = record(&tx, ENTITY_ACCOUNT, &a.id, None)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -439,7 +468,7 @@ impl Store {
             return Err(StoreError::Invalid(p));
         }
         upsert_key(&tx, k, false)?;
-        let seq = record(&tx, ENTITY_KEY, &k.id)?;
+        let seq = record(&tx, ENTITY_KEY, &k.id, None)?;
         tx.commit()?;
         Ok(seq)
     }
@@ -459,7 +488,7 @@ impl Store {
         edit(&mut row)?;
         row.id = id.to_string();
         upsert_account(&tx, &row, true)?;
-        let seq = record(&tx, ENTITY_ACCOUNT, id)?;
+        let seq = record(&tx, ENTITY_ACCOUNT, id, None)?;
         tx.commit()?;
         Ok((row, seq))
     }
@@ -487,7 +516,7 @@ impl Store {
             }
         }
         upsert_key(&tx, &row, true)?;
-        let seq = record(&tx, ENTITY_KEY, id)?;
+        let seq = record(&tx, ENTITY_KEY, id, None)?;
         tx.commit()?;
         Ok((row, seq))
     }
@@ -505,14 +534,18 @@ impl Store {
         let mut changes = Vec::new();
         if cursor < head {
             // Each row once, at the place of its latest change.
+            // (SQLite takes a bare column, `sha256`, from the row holding the max.)
             let mut st = tx.prepare_cached(
-                "SELECT entity, id, max(seq) AS last FROM changes WHERE seq > ?1
+                "SELECT entity, id, max(seq) AS last, sha256 FROM changes WHERE seq > ?1
                  GROUP BY entity, id ORDER BY last",
             )?;
-            let named: Vec<(i64, String)> = st
-                .query_map([sql_time(cursor)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            type Named = (i64, String, Option<Vec<u8>>);
+            let named: Vec<Named> = st
+                .query_map([sql_time(cursor)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(3)?))
+                })?
                 .collect::<Result<_, _>>()?;
-            for (entity, id) in named {
+            for (entity, id, sha256) in named {
                 let change = match entity {
                     ENTITY_ACCOUNT => match account_row(&tx, &id)? {
                         Some(a) => Change::Account(a),
@@ -520,7 +553,12 @@ impl Store {
                     },
                     ENTITY_KEY => match key_row(&tx, &id)? {
                         Some(k) => Change::Key(k),
-                        None => Change::KeyDeleted(id),
+                        None => match sha256.and_then(|d| <[u8; 32]>::try_from(d).ok()) {
+                            Some(sha256) => Change::KeyDeleted { id, sha256 },
+                            // Deleted without its digest recorded (not by this code):
+                            // only a reload can drop it from an index.
+                            None => return Ok(Feed::Reload),
+                        },
                     },
                     _ => return Ok(Feed::Reload),
                 };
@@ -572,7 +610,7 @@ impl Store {
         for k in keys {
             upsert_key(&tx, k, false)?;
         }
-        let seq = record(&tx, ENTITY_IMPORT, "")?;
+        let seq = record(&tx, ENTITY_IMPORT, "", None)?;
         tx.execute("UPDATE feed_state SET pruned_through = ?1", [sql_time(seq)])?;
         tx.commit()?;
         Ok(seq)
@@ -610,10 +648,34 @@ fn head(conn: &Connection) -> Result<Cursor, StoreError> {
     Ok(from_sql_u64(seq).unwrap_or(0))
 }
 
-fn record(conn: &Connection, entity: i64, id: &str) -> Result<Cursor, StoreError> {
-    conn.prepare_cached("INSERT INTO changes (entity, id, at) VALUES (?1, ?2, ?3)")?
-        .execute(params![entity, id, sql_time(clock::unix_now())])?;
+fn record(
+    conn: &Connection,
+    entity: i64,
+    id: &str,
+    sha256: Option<&[u8; 32]>,
+) -> Result<Cursor, StoreError> {
+    conn.prepare_cached("INSERT INTO changes (entity, id, sha256, at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            entity,
+            id,
+            sha256.map(|d| &d[..]),
+            sql_time(clock::unix_now())
+        ])?;
     Ok(from_sql_u64(Some(conn.last_insert_rowid())).unwrap_or(0))
+}
+
+/// Delete a key's row and record it: the digest it had, and the change's cursor.
+fn delete_key(conn: &Connection, id: &str) -> Result<([u8; 32], Cursor), StoreError> {
+    let sha: Option<Vec<u8>> = conn
+        .prepare_cached("DELETE FROM keys WHERE id = ?1 RETURNING sha256")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let sha256: [u8; 32] = sha
+        .ok_or_else(|| StoreError::NotFound(format!("no key with id '{id}'")))?
+        .try_into()
+        .map_err(|_| StoreError::Invalid(format!("key '{id}' had a malformed digest")))?;
+    let seq = record(conn, ENTITY_KEY, id, Some(&sha256))?;
+    Ok((sha256, seq))
 }
 
 fn account_row(conn: &Connection, id: &str) -> Result<Option<AccountRow>, StoreError> {

@@ -33,7 +33,7 @@ fn a_created_key_authenticates_at_once_and_only_its_hash_is_stored() {
     let (key, account) = d.authenticate(&secret, NOW).unwrap();
     assert_eq!((&*key.id, &*account.name), (row.id.as_str(), "acme"));
     assert_eq!(&*key.account_id, acct.id.as_str());
-    assert_eq!(d.lookup(&digest_of(&secret)).unwrap().0.to_row(), row);
+    assert_eq!(d.lookup(&digest_of(&secret)).unwrap().0.id, key.id);
     assert_eq!(
         d.authenticate("sk-nothing", NOW).unwrap_err(),
         Refusal::Unknown
@@ -49,7 +49,7 @@ fn a_created_key_authenticates_at_once_and_only_its_hash_is_stored() {
     // And a new process finds it.
     let again = Directory::open(&path).unwrap();
     assert!(again.authenticate(&secret, NOW).is_ok());
-    assert_eq!(again.keys_of(&acct.id).len(), 1);
+    assert_eq!(again.keys_of(&acct.id).unwrap(), [row]);
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn a_reader_behind_the_pruned_feed_reloads_and_converges() {
     extra.sha256 = new_secret().1;
     store.import(&[], &[extra.clone()]).unwrap();
     assert_eq!(b.refresh().unwrap(), Refreshed::Reloaded);
-    assert!(b.key(&extra.id).is_some());
+    assert!(b.lookup(&extra.sha256).is_some());
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn key_limits_must_fit_within_the_account() {
         .create_key(&acct.id, "ok", KeyKind::Inference, limits(5, &["claude"]))
         .unwrap();
     assert_eq!(
-        d.key(&k.id).unwrap().models.as_deref().map(|m| m.len()),
+        d.lookup(&k.sha256).unwrap().0.models().map(|m| m.len()),
         Some(1)
     );
     for (usd, models) in [(11, &["claude"][..]), (5, &["o3"][..])] {
@@ -257,18 +257,25 @@ fn deleted_rows_leave_the_index_here_and_elsewhere() {
         .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
         .unwrap();
     b.refresh().unwrap();
-    assert_eq!(b.keys_of(&acct.id).len(), 1);
+    assert_eq!(b.keys_of(&acct.id).unwrap().len(), 1);
+    // A key's digest never changes (indexes are keyed by it).
+    let mut store = Store::open(&path).unwrap();
+    let r = store.write(&Change::Key(KeyRow {
+        sha256: [9; 32],
+        ..k.clone()
+    }));
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
 
     a.delete_key(&k.id).unwrap();
     assert_eq!(a.authenticate(&secret, NOW).unwrap_err(), Refusal::Unknown);
-    assert!(a.key(&k.id).is_none() && a.keys_of(&acct.id).is_empty());
+    assert!(a.key(&k.id).unwrap().is_none() && a.keys_of(&acct.id).unwrap().is_empty());
     assert_eq!(a.index().len(), 0);
     a.delete_account(&acct.id).unwrap();
     assert!(a.account(&acct.id).is_none());
 
     assert_eq!(b.refresh().unwrap(), Refreshed::Applied(2));
     assert_eq!(b.authenticate(&secret, NOW).unwrap_err(), Refusal::Unknown);
-    assert!(b.key(&k.id).is_none() && b.account(&acct.id).is_none());
+    assert!(b.lookup(&k.sha256).is_none() && b.account(&acct.id).is_none());
     assert_eq!((b.index().len(), b.index().account_count()), (0, 0));
     assert!(matches!(a.delete_key(&k.id), Err(StoreError::NotFound(_))));
 }
@@ -303,15 +310,13 @@ fn the_index_applies_changes_in_place() {
     index.apply(&Change::Key(key("key_1", "b", 1)));
     assert!(index.lookup(&[1; 32]).is_none());
     index.apply(&Change::Account(acct.clone()));
-    let (k, a) = index.lookup(&[1; 32]).unwrap();
-    assert!(Arc::ptr_eq(&k.account_id, &a.id));
+    assert!(index.lookup(&[1; 32]).is_some());
     index.apply(&Change::Key(key("key_2", "a", 2)));
-    let names: Vec<_> = index
-        .keys_of(&acct.id)
-        .iter()
-        .map(|k| k.name.to_string())
-        .collect();
-    assert_eq!(names, ["a", "b"]);
+    let (k, a) = index.lookup(&[2; 32]).unwrap();
+    assert!(
+        Arc::ptr_eq(&k.account_id, &a.id),
+        "keys share the account's id"
+    );
     // A changed account keeps the id its keys share.
     index.apply(&Change::Account(AccountRow {
         on_hold: true,
@@ -319,14 +324,32 @@ fn the_index_applies_changes_in_place() {
     }));
     let (k, a) = index.lookup(&[2; 32]).unwrap();
     assert!(a.on_hold && Arc::ptr_eq(&k.account_id, &a.id));
-    // A row whose digest changed leaves no entry under the old digest.
-    index.apply(&Change::Key(key("key_2", "a", 3)));
-    assert!(index.lookup(&[2; 32]).is_none() && index.lookup(&[3; 32]).is_some());
+    // A changed key replaces its entry.
+    index.apply(&Change::Key(KeyRow {
+        status: KeyStatus::Suspended,
+        monthly_limit_usd: Some(Usd(7)),
+        ..key("key_2", "a", 2)
+    }));
+    let (k, _) = index.lookup(&[2; 32]).unwrap();
+    assert_eq!(
+        (k.status, k.monthly_limit_usd()),
+        (KeyStatus::Suspended, Some(Usd(7)))
+    );
     assert_eq!(index.len(), 2);
-    index.apply(&Change::KeyDeleted("key_1".into()));
-    index.apply(&Change::KeyDeleted("key_nope".into()));
+    // A delete removes the entry only if the digest is still that key's.
+    index.apply(&Change::KeyDeleted {
+        id: "key_other".into(),
+        sha256: [1; 32],
+    });
+    assert_eq!(index.len(), 2);
+    index.apply(&Change::KeyDeleted {
+        id: "key_1".into(),
+        sha256: [1; 32],
+    });
+    assert!(index.lookup(&[1; 32]).is_none());
     assert_eq!(index.len(), 1);
-    assert_eq!(index.key_count(&acct.id), 1);
+    index.apply(&Change::AccountDeleted(acct.id.clone()));
+    assert!(index.lookup(&[2; 32]).is_none() && index.account_count() == 0);
 }
 
 #[test]
