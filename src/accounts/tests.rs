@@ -375,3 +375,27 @@ fn last_use_is_written_in_batches_and_is_not_a_change() {
         ("renamed", Some(50))
     );
 }
+
+#[tokio::test]
+async fn the_refresher_applies_what_other_processes_write() {
+    let (_tmp, path) = dir();
+    let a = Directory::open(&path).unwrap();
+    let b = Arc::new(Directory::open(&path).unwrap());
+    let task = b
+        .clone()
+        .spawn_refresher(std::time::Duration::from_millis(10));
+    let acct = account(&a, "acme");
+    let (secret, _) = a
+        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..200 {
+        if b.authenticate(&secret, NOW).is_ok() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    task.abort();
+    assert!(seen, "b never saw the key a created");
+}
