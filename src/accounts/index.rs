@@ -1,17 +1,21 @@
 //! [`KeyIndex`]: the hot-path table, key digest to key and account.
 //!
-//! Lookups by digest take no lock: both maps are `papaya` maps, whose reads are lock-free
-//! (no shared lock word is written, so readers on many cores do not contend). Applying one
-//! change is O(1): the row replaces one entry in each map; nothing is rebuilt or cloned.
+//! A lookup takes no lock: the digest map is a `papaya` map, whose reads are lock-free (no
+//! shared lock word is written, so readers on many cores do not contend), and a key points
+//! at its account's [`AccountSlot`], read through `arc-swap`. Applying one change is O(1):
+//! a key row replaces one map entry, an account row swaps its slot's content (however many
+//! keys it has); nothing is rebuilt or cloned.
 //!
 //! Nothing else is kept per key: a key deleted is named by id and digest in its change, and
 //! admin pages (a key by id, an account's keys, last use) read the store, which has indexes
 //! for them. Memory is kept small for a million keys: strings are `Box<str>` (no spare
-//! capacity), an account id is one `Arc<str>` shared by the account and its keys, limits
-//! are packed into plain integers, and a model list is allocated only when set.
+//! capacity), limits are packed into plain integers, and a model list is allocated only
+//! when set.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use super::model::{AccountRow, Change, KeyKind, KeyRow, KeyStatus};
 use crate::units::Usd;
@@ -21,8 +25,8 @@ use crate::units::Usd;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedKey {
     pub id: Box<str>,
-    /// Shared with the account's entry.
-    pub account_id: Arc<str>,
+    /// The account's slot, shared with the account's map entry and its other keys.
+    account: Arc<AccountSlot>,
     pub name: Box<str>,
     pub kind: KeyKind,
     pub status: KeyStatus,
@@ -36,10 +40,10 @@ pub struct IndexedKey {
 }
 
 impl IndexedKey {
-    fn from_row(row: &KeyRow, account_id: Arc<str>) -> IndexedKey {
+    fn from_row(row: &KeyRow, account: Arc<AccountSlot>) -> IndexedKey {
         IndexedKey {
             id: row.id.as_str().into(),
-            account_id,
+            account,
             name: row.name.as_str().into(),
             kind: row.kind,
             status: row.status,
@@ -47,6 +51,10 @@ impl IndexedKey {
             monthly_limit: row.monthly_limit_usd.map_or(u64::MAX, Usd::picos),
             models: boxed_models(row.models.as_deref()).map(Box::new),
         }
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.account.id
     }
 
     pub fn expires_at(&self) -> Option<u64> {
@@ -76,6 +84,29 @@ impl IndexedKey {
         Ok(())
     }
 }
+
+/// An account's place in the index, shared by the account's map entry and all its keys: a
+/// lookup goes from the key to its account without a second map lookup, and a change to the
+/// account swaps the slot's content (O(1), whatever its number of keys).
+pub struct AccountSlot {
+    id: Arc<str>,
+    /// `None` until the account's row arrives (a key may come first), and once it is deleted.
+    current: ArcSwapOption<IndexedAccount>,
+}
+
+impl std::fmt::Debug for AccountSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSlot").field("id", &self.id).finish()
+    }
+}
+
+impl PartialEq for AccountSlot {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for AccountSlot {}
 
 /// An account as the request path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +218,7 @@ impl Hasher for DigestHasher {
 /// The hot-path table: key digest to key, account id to account.
 pub struct KeyIndex {
     by_digest: papaya::HashMap<[u8; 32], Arc<IndexedKey>, DigestHash>,
-    accounts: papaya::HashMap<Arc<str>, Arc<IndexedAccount>>,
+    accounts: papaya::HashMap<Arc<str>, Arc<AccountSlot>>,
 }
 
 impl Default for KeyIndex {
@@ -230,7 +261,7 @@ impl KeyIndex {
     /// The key with this digest and its account. No lock is taken.
     pub fn lookup(&self, sha256: &[u8; 32]) -> Option<Found> {
         let key = self.by_digest.pin().get(sha256)?.clone();
-        let account = self.accounts.pin().get(&*key.account_id)?.clone();
+        let account = key.account.current.load_full()?;
         Some((key, account))
     }
 
@@ -245,12 +276,13 @@ impl KeyIndex {
     }
 
     pub fn account(&self, id: &str) -> Option<Arc<IndexedAccount>> {
-        self.accounts.pin().get(id).cloned()
+        self.accounts.pin().get(id)?.current.load_full()
     }
 
     /// Every account (an unordered snapshot).
     pub fn accounts(&self) -> Vec<Arc<IndexedAccount>> {
-        self.accounts.pin().values().cloned().collect()
+        let map = self.accounts.pin();
+        map.values().filter_map(|s| s.current.load_full()).collect()
     }
 
     /// Number of keys.
@@ -263,7 +295,8 @@ impl KeyIndex {
     }
 
     pub fn account_count(&self) -> usize {
-        self.accounts.len()
+        let map = self.accounts.pin();
+        map.values().filter(|s| s.current.load().is_some()).count()
     }
 
     /// Apply one written row. O(1): one entry of one map changes. (A key's digest never
@@ -273,7 +306,9 @@ impl KeyIndex {
             Change::Account(row) => self.put_account(row),
             Change::Key(row) => self.put_key(row),
             Change::AccountDeleted(id) => {
-                self.accounts.pin().remove(id.as_str());
+                if let Some(slot) = self.accounts.pin().remove(id.as_str()) {
+                    slot.current.store(None);
+                }
             }
             Change::KeyDeleted { id, sha256 } => {
                 let map = self.by_digest.pin();
@@ -284,24 +319,28 @@ impl KeyIndex {
         }
     }
 
-    fn put_account(&self, row: &AccountRow) {
+    /// The account's slot, made (empty) when the account is not known yet.
+    fn slot(&self, id: &str) -> Arc<AccountSlot> {
         let map = self.accounts.pin();
-        // Keep the id's allocation that the account's keys already share.
-        let id = match map.get_key_value(row.id.as_str()) {
-            Some((id, _)) => id.clone(),
-            None => Arc::from(row.id.as_str()),
-        };
-        map.insert(id.clone(), Arc::new(IndexedAccount::from_row(row, id)));
+        if let Some(slot) = map.get(id) {
+            return slot.clone();
+        }
+        let id: Arc<str> = Arc::from(id);
+        let slot = Arc::new(AccountSlot {
+            id: id.clone(),
+            current: ArcSwapOption::empty(),
+        });
+        map.get_or_insert(id, slot).clone()
+    }
+
+    fn put_account(&self, row: &AccountRow) {
+        let slot = self.slot(&row.id);
+        let account = IndexedAccount::from_row(row, slot.id.clone());
+        slot.current.store(Some(Arc::new(account)));
     }
 
     fn put_key(&self, row: &KeyRow) {
-        // The account's shared id; a new one when the account is not (yet) known (its
-        // keys then keep their own copy).
-        let account_id = match self.accounts.pin().get_key_value(row.account_id.as_str()) {
-            Some((id, _)) => id.clone(),
-            None => Arc::from(row.account_id.as_str()),
-        };
-        let key = Arc::new(IndexedKey::from_row(row, account_id));
+        let key = Arc::new(IndexedKey::from_row(row, self.slot(&row.account_id)));
         self.by_digest.pin().insert(row.sha256, key);
     }
 }

@@ -32,7 +32,7 @@ fn a_created_key_authenticates_at_once_and_only_its_hash_is_stored() {
     assert!(row.id.starts_with("key_") && row.id.len() == 16);
     let (key, account) = d.authenticate(&secret, NOW).unwrap();
     assert_eq!((&*key.id, &*account.name), (row.id.as_str(), "acme"));
-    assert_eq!(&*key.account_id, acct.id.as_str());
+    assert_eq!(key.account_id(), acct.id.as_str());
     assert_eq!(d.lookup(&digest_of(&secret)).unwrap().0.id, key.id);
     assert_eq!(
         d.authenticate("sk-nothing", NOW).unwrap_err(),
@@ -313,17 +313,14 @@ fn the_index_applies_changes_in_place() {
     assert!(index.lookup(&[1; 32]).is_some());
     index.apply(&Change::Key(key("key_2", "a", 2)));
     let (k, a) = index.lookup(&[2; 32]).unwrap();
-    assert!(
-        Arc::ptr_eq(&k.account_id, &a.id),
-        "keys share the account's id"
-    );
+    assert!(k.account_id() == &*a.id, "keys share the account's id");
     // A changed account keeps the id its keys share.
     index.apply(&Change::Account(AccountRow {
         on_hold: true,
         ..acct.clone()
     }));
     let (k, a) = index.lookup(&[2; 32]).unwrap();
-    assert!(a.on_hold && Arc::ptr_eq(&k.account_id, &a.id));
+    assert!(a.on_hold && k.account_id() == &*a.id);
     // A changed key replaces its entry.
     index.apply(&Change::Key(KeyRow {
         status: KeyStatus::Suspended,
