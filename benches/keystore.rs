@@ -233,7 +233,32 @@ fn measure(path: &Path, keys: usize) {
     );
     drop((secrets, index));
 
-    // Create and revoke, one at a time.
+    // Create and revoke, one at a time, with the WAL checkpointed in the background as
+    // `Directory::spawn_refresher` does.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                dir.checkpoint().unwrap();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        writes(&dir, &mut rng, path, &mut row);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+
+    println!("\n| {keys} keys | measured |\n| --- | --- |");
+    for (what, value) in table {
+        println!("| {what} | {value} |");
+    }
+}
+
+fn writes(
+    dir: &Directory,
+    rng: &mut rand::rngs::StdRng,
+    path: &Path,
+    row: &mut impl FnMut(&str, String),
+) {
     let accounts: Vec<String> = dir
         .index()
         .accounts()
@@ -244,7 +269,7 @@ fn measure(path: &Path, keys: usize) {
     let mut created = Vec::with_capacity(OPS);
     let mut lat = Vec::with_capacity(OPS);
     for i in 0..OPS {
-        let account = accounts.choose(&mut rng).unwrap();
+        let account = accounts.choose(rng).unwrap();
         let t = Instant::now();
         let (secret, key) = dir
             .create_key(
@@ -303,7 +328,7 @@ fn measure(path: &Path, keys: usize) {
     let mut n = 0usize;
     let mut worst = Duration::ZERO;
     while t.elapsed() < SUSTAIN {
-        let account = accounts.choose(&mut rng).unwrap();
+        let account = accounts.choose(rng).unwrap();
         let one = Instant::now();
         dir.create_key(
             account,
@@ -323,11 +348,6 @@ fn measure(path: &Path, keys: usize) {
             worst.as_secs_f64() * 1e3
         ),
     );
-
-    println!("\n| {keys} keys | measured |\n| --- | --- |");
-    for (what, value) in table {
-        println!("| {what} | {value} |");
-    }
 }
 
 fn main() {

@@ -77,6 +77,8 @@ struct Inner {
 /// Writes and refreshes are serialized (one store connection); lookups never wait for them.
 pub struct Directory {
     inner: Mutex<Inner>,
+    /// A second connection, for checkpoints outside the writers' lock.
+    checkpointer: Mutex<Store>,
     /// Replaced whole only by a reload; single changes are applied in place.
     index: ArcSwap<KeyIndex>,
 }
@@ -107,6 +109,7 @@ impl Directory {
         let (index, cursor) = load_index(&mut store)?;
         Ok(Directory {
             inner: Mutex::new(Inner { store, cursor }),
+            checkpointer: Mutex::new(Store::open(path)?),
             index: ArcSwap::from_pointee(index),
         })
     }
@@ -330,13 +333,21 @@ impl Directory {
         self.inner().store.prune_changes(keep)
     }
 
+    /// Copy the WAL into the database file (in the background: [`Directory::spawn_refresher`]
+    /// does it every second), so that writes do not pay for it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let store = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        store.checkpoint()
+    }
+
     /// Record keys' last use, in one transaction (see [`Store::touch_last_used`]).
     pub fn touch_last_used(&self, uses: &[(String, u64)]) -> Result<(), StoreError> {
         self.inner().store.touch_last_used(uses)
     }
 
-    /// Refresh every `every` (about 250 ms) on the blocking pool, and prune the feed to
-    /// [`FEED_KEEP`] about once a minute, until the task is aborted. Failures are logged and
+    /// Refresh every `every` (about 250 ms) on the blocking pool, checkpoint the WAL about
+    /// once a second and prune the feed to [`FEED_KEEP`] about once a minute, until the task
+    /// is aborted. Failures are logged and
     /// retried on the next tick.
     pub fn spawn_refresher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -344,14 +355,19 @@ impl Directory {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let prune_every =
                 (Duration::from_secs(60).as_millis() / every.as_millis().max(1)).max(1) as u64;
+            let checkpoint_every = (1000 / every.as_millis().max(1)).max(1) as u64;
             let mut ticks = 0u64;
             loop {
                 tick.tick().await;
                 ticks += 1;
                 let dir = self.clone();
                 let prune = ticks.is_multiple_of(prune_every);
+                let checkpoint = ticks.is_multiple_of(checkpoint_every);
                 let done = tokio::task::spawn_blocking(move || {
                     dir.refresh()?;
+                    if checkpoint {
+                        dir.checkpoint()?;
+                    }
                     if prune {
                         dir.prune_feed(FEED_KEEP)?;
                     }
