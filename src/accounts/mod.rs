@@ -171,9 +171,7 @@ impl Directory {
     /// Create an account. Its name must be new.
     pub fn create_account(&self, new: NewAccount) -> Result<AccountRow, StoreError> {
         check_name("an account's", &new.name)?;
-        if new.plan.trim().is_empty() {
-            return Err(StoreError::Invalid("an account needs a plan".into()));
-        }
+        check_plan(&new.plan)?;
         check_models(new.models.as_deref())?;
         let row = AccountRow {
             id: new_account_id(),
@@ -201,6 +199,7 @@ impl Directory {
         let (row, seq) = inner.store.update_account(id, |row| {
             edit(row);
             check_name("an account's", &row.name)?;
+            check_plan(&row.plan)?;
             check_models(row.models.as_deref())
         })?;
         self.applied(&mut inner, seq, &Change::Account(row.clone()));
@@ -389,6 +388,13 @@ fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
         Some(p) => Err(StoreError::Invalid(p)),
         None => Ok(()),
     }
+}
+
+fn check_plan(plan: &str) -> Result<(), StoreError> {
+    if plan.trim().is_empty() {
+        return Err(StoreError::Invalid("an account needs a plan".into()));
+    }
+    Ok(())
 }
 
 fn check_models(models: Option<&[String]>) -> Result<(), StoreError> {

@@ -195,6 +195,8 @@ fn names_are_unique_and_refusals_say_which() {
     let r = d.update_account(&other.id, |a| a.name = "acme".into());
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(&*d.account(&other.id).unwrap().name, "other");
+    let r = d.update_account(&other.id, |a| a.plan.clear());
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     // Revoked stays revoked; an account with keys cannot be deleted.
     let (_, k) = d
         .create_key(&acme.id, "gone", KeyKind::Inference, KeyLimits::default())
