@@ -9,6 +9,7 @@
 //! [`errors`] and [`headers`]. [`simulate`] is a built-in provider for demos and tests.
 
 pub mod access_log;
+pub mod accounts;
 pub mod admission;
 pub mod auth;
 pub mod config;

@@ -1,0 +1,405 @@
+//! Accounts and their keys, kept in an embedded database and served from memory.
+//!
+//! - [`model`]: the stored rows ([`AccountRow`], [`KeyRow`]) and the [`Change`] one write
+//!   makes;
+//! - [`store`]: the SQLite file, the source of truth, with its change feed;
+//! - [`index`]: [`KeyIndex`], the table the request path reads (digest to key and account,
+//!   no lock);
+//! - [`Directory`] here ties them: every change is written to the file and applied to this
+//!   process's index at once (a key authenticates the moment it is returned), and
+//!   [`Directory::refresh`] applies what other processes wrote, from the feed.
+//!
+//! Plain types, no Pingora: the gateway and the admin surfaces call into it.
+
+pub mod index;
+pub mod model;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use index::{Found, IndexedAccount, IndexedKey, KeyIndex, Refusal};
+pub use model::{
+    digest_of, new_account_id, new_key_id, new_secret, AccountRow, Change, Cursor, KeyKind, KeyRow,
+    KeyStatus,
+};
+pub use store::{Feed, Store, StoreError};
+
+use crate::units::{clock, Usd};
+
+/// Feed entries kept by [`Directory::prune_feed`] by default: at 1,000 writes a second, 100 s
+/// of changes, far more than a reader refreshing every 250 ms falls behind.
+pub const FEED_KEEP: u64 = 100_000;
+
+/// What a new account starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewAccount {
+    pub name: String,
+    pub plan: String,
+    pub payment_method: bool,
+    pub on_hold: bool,
+    pub ceiling_usd: Option<Usd>,
+    pub models: Option<Vec<String>>,
+}
+
+/// A key's own limits, within its account's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub expires_at: Option<u64>,
+    pub monthly_limit_usd: Option<Usd>,
+    pub models: Option<Vec<String>>,
+}
+
+/// What [`Directory::refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Nothing was written since the last refresh.
+    Unchanged,
+    /// This many rows were applied from the feed.
+    Applied(usize),
+    /// The feed no longer reached back to this process's cursor: everything was reloaded.
+    Reloaded,
+}
+
+struct Inner {
+    store: Store,
+    /// The last change this process's index reflects.
+    cursor: Cursor,
+}
+
+/// The account directory of one process: the store and the index loaded from it.
+///
+/// Writes and refreshes are serialized (one store connection); lookups never wait for them.
+pub struct Directory {
+    inner: Mutex<Inner>,
+    /// A second connection, for checkpoints outside the writers' lock.
+    checkpointer: Mutex<Store>,
+    /// Replaced whole only by a reload; single changes are applied in place.
+    index: ArcSwap<KeyIndex>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("index", &*self.index.load())
+            .finish()
+    }
+}
+
+/// Every row of the store in a new index; and the cursor of that snapshot.
+fn load_index(store: &mut Store) -> Result<(KeyIndex, Cursor), StoreError> {
+    let mut index = KeyIndex::default();
+    let cursor = store.scan(
+        &mut index,
+        |index, accounts, keys| *index = KeyIndex::with_capacity(keys, accounts),
+        |index, change| index.apply(&change),
+    )?;
+    Ok((index, cursor))
+}
+
+impl Directory {
+    /// Open (or create) the accounts file at `path` and load every row.
+    pub fn open(path: &Path) -> Result<Directory, StoreError> {
+        let mut store = Store::open(path)?;
+        let (index, cursor) = load_index(&mut store)?;
+        Ok(Directory {
+            inner: Mutex::new(Inner { store, cursor }),
+            checkpointer: Mutex::new(Store::open(path)?),
+            index: ArcSwap::from_pointee(index),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index as it is now (a reload may replace it later: hold it for one request only).
+    pub fn index(&self) -> arc_swap::Guard<Arc<KeyIndex>> {
+        self.index.load()
+    }
+
+    /// The key with this digest and its account.
+    pub fn lookup(&self, sha256: &[u8; 32]) -> Option<Found> {
+        self.index.load().lookup(sha256)
+    }
+
+    /// A presented secret's key and account, if it is known, active and not expired.
+    pub fn authenticate(&self, secret: &str, now: u64) -> Result<Found, Refusal> {
+        self.index.load().authenticate(secret, now)
+    }
+
+    pub fn account(&self, id: &str) -> Option<Arc<IndexedAccount>> {
+        self.index.load().account(id)
+    }
+
+    /// The key with this id, read from the store (admin pages: with its last use).
+    pub fn key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        self.inner().store.key(id)
+    }
+
+    /// An account's keys by name, read from the store (admin pages: with their last use).
+    pub fn keys_of(&self, account_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        self.inner().store.keys_of(account_id)
+    }
+
+    /// The account named `name`, read from the store.
+    pub fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
+        self.inner().store.account_by_name(name)
+    }
+
+    /// The last change this process has applied.
+    pub fn cursor(&self) -> Cursor {
+        self.inner().cursor
+    }
+
+    /// Apply a change this process wrote (at `seq`) to its own index, under the lock the
+    /// write was made with, so this process's index follows its writes in order.
+    fn applied(&self, inner: &mut Inner, seq: Cursor, change: &Change) {
+        self.index.load().apply(change);
+        // With nothing of other processes in between, the feed has nothing new for us up to
+        // `seq`; otherwise the next refresh reads it (and this row again, harmlessly).
+        if seq == inner.cursor + 1 {
+            inner.cursor = seq;
+        }
+    }
+
+    /// Create an account. Its name must be new.
+    pub fn create_account(&self, new: NewAccount) -> Result<AccountRow, StoreError> {
+        check_name("an account's", &new.name)?;
+        check_plan(&new.plan)?;
+        check_models(new.models.as_deref())?;
+        let row = AccountRow {
+            id: new_account_id(),
+            name: new.name,
+            plan: new.plan,
+            payment_method: new.payment_method,
+            on_hold: new.on_hold,
+            ceiling_usd: new.ceiling_usd,
+            models: new.models,
+            created_at: clock::unix_now(),
+        };
+        let mut inner = self.inner();
+        let seq = inner.store.insert_account(&row)?;
+        self.applied(&mut inner, seq, &Change::Account(row.clone()));
+        Ok(row)
+    }
+
+    /// Change an account's terms (`edit` gets the stored row; its id stays).
+    pub fn update_account(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut AccountRow),
+    ) -> Result<AccountRow, StoreError> {
+        let mut inner = self.inner();
+        let (row, seq) = inner.store.update_account(id, |row| {
+            edit(row);
+            check_name("an account's", &row.name)?;
+            check_plan(&row.plan)?;
+            check_models(row.models.as_deref())
+        })?;
+        self.applied(&mut inner, seq, &Change::Account(row.clone()));
+        Ok(row)
+    }
+
+    /// Delete an account that has no keys left.
+    pub fn delete_account(&self, id: &str) -> Result<(), StoreError> {
+        let change = Change::AccountDeleted(id.to_string());
+        let mut inner = self.inner();
+        let seq = inner.store.write(&change)?;
+        self.applied(&mut inner, seq, &change);
+        Ok(())
+    }
+
+    /// Create a key for an account: the secret (shown once, never stored) and its row. The
+    /// key authenticates as soon as this returns. Its name must be new within the account
+    /// and its limits within the account's.
+    pub fn create_key(
+        &self,
+        account_id: &str,
+        name: &str,
+        kind: KeyKind,
+        limits: KeyLimits,
+    ) -> Result<(String, KeyRow), StoreError> {
+        check_name("a key's", name)?;
+        check_models(limits.models.as_deref())?;
+        let (secret, sha256) = new_secret();
+        let row = KeyRow {
+            id: new_key_id(),
+            account_id: account_id.to_string(),
+            name: name.to_string(),
+            sha256,
+            kind,
+            status: KeyStatus::Active,
+            expires_at: limits.expires_at,
+            created_at: clock::unix_now(),
+            monthly_limit_usd: limits.monthly_limit_usd,
+            models: limits.models,
+            last_used_at: None,
+        };
+        let mut inner = self.inner();
+        let seq = inner.store.insert_key(&row)?;
+        self.applied(&mut inner, seq, &Change::Key(row.clone()));
+        Ok((secret, row))
+    }
+
+    /// Change a key (name, expiry, limits, status: `edit` gets the stored row; its id,
+    /// account and digest stay). A revoked key stays revoked.
+    pub fn update_key(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut KeyRow),
+    ) -> Result<KeyRow, StoreError> {
+        let mut inner = self.inner();
+        let (row, seq) = inner.store.update_key(id, |row| {
+            let was = row.status;
+            edit(row);
+            check_name("a key's", &row.name)?;
+            check_models(row.models.as_deref())?;
+            if was == KeyStatus::Revoked && row.status != KeyStatus::Revoked {
+                return Err(StoreError::Conflict(format!(
+                    "key '{}' is revoked for good; create a new key",
+                    row.name
+                )));
+            }
+            Ok(())
+        })?;
+        self.applied(&mut inner, seq, &Change::Key(row.clone()));
+        Ok(row)
+    }
+
+    /// Activate, suspend or revoke a key. A revoked key stays revoked: it was given out and
+    /// may be known to others, so only a new key brings its owner back.
+    pub fn set_key_status(&self, id: &str, status: KeyStatus) -> Result<KeyRow, StoreError> {
+        self.update_key(id, |row| row.status = status)
+    }
+
+    /// Revoke a key, at once in this process.
+    pub fn revoke_key(&self, id: &str) -> Result<KeyRow, StoreError> {
+        self.set_key_status(id, KeyStatus::Revoked)
+    }
+
+    /// Delete a key's row (revoking keeps it, for reports; this forgets it).
+    pub fn delete_key(&self, id: &str) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        let (change, seq) = inner.store.delete_key(id)?;
+        self.applied(&mut inner, seq, &change);
+        Ok(())
+    }
+
+    /// Apply what other processes wrote since the last refresh: nothing when the feed's head
+    /// has not moved (one cheap query), the rows it names otherwise, everything when it no
+    /// longer reaches back to this process's cursor.
+    pub fn refresh(&self) -> Result<Refreshed, StoreError> {
+        let mut inner = self.inner();
+        if inner.store.head()? == inner.cursor {
+            return Ok(Refreshed::Unchanged);
+        }
+        let cursor = inner.cursor;
+        match inner.store.changes_since(cursor)? {
+            Feed::Changes { changes, cursor } => {
+                let index = self.index.load();
+                for change in &changes {
+                    index.apply(change);
+                }
+                inner.cursor = cursor;
+                Ok(Refreshed::Applied(changes.len()))
+            }
+            Feed::Reload => {
+                let (index, cursor) = load_index(&mut inner.store)?;
+                self.index.store(Arc::new(index));
+                inner.cursor = cursor;
+                Ok(Refreshed::Reloaded)
+            }
+        }
+    }
+
+    /// Reload everything from the store, replacing the index.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        let (index, cursor) = load_index(&mut inner.store)?;
+        self.index.store(Arc::new(index));
+        inner.cursor = cursor;
+        Ok(())
+    }
+
+    /// Drop feed entries but the newest `keep` ([`FEED_KEEP`] is a good bound).
+    pub fn prune_feed(&self, keep: u64) -> Result<u64, StoreError> {
+        self.inner().store.prune_changes(keep)
+    }
+
+    /// Copy the WAL into the database file (in the background: [`Directory::spawn_refresher`]
+    /// does it every second), so that writes do not pay for it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let store = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        store.checkpoint()
+    }
+
+    /// Record keys' last use, in one transaction (see [`Store::touch_last_used`]).
+    pub fn touch_last_used(&self, uses: &[(String, u64)]) -> Result<(), StoreError> {
+        self.inner().store.touch_last_used(uses)
+    }
+
+    /// Refresh every `every` (about 250 ms) on the blocking pool, checkpoint the WAL about
+    /// once a second and prune the feed to [`FEED_KEEP`] about once a minute, until the task
+    /// is aborted. Failures are logged and
+    /// retried on the next tick.
+    pub fn spawn_refresher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let prune_every =
+                (Duration::from_secs(60).as_millis() / every.as_millis().max(1)).max(1) as u64;
+            let checkpoint_every = (1000 / every.as_millis().max(1)).max(1) as u64;
+            let mut ticks = 0u64;
+            loop {
+                tick.tick().await;
+                ticks += 1;
+                let dir = self.clone();
+                let prune = ticks.is_multiple_of(prune_every);
+                let checkpoint = ticks.is_multiple_of(checkpoint_every);
+                let done = tokio::task::spawn_blocking(move || {
+                    dir.refresh()?;
+                    if checkpoint {
+                        dir.checkpoint()?;
+                    }
+                    if prune {
+                        dir.prune_feed(FEED_KEEP)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::warn!("accounts: refresh failed: {e}"),
+                    Err(e) => log::warn!("accounts: refresh task failed: {e}"),
+                }
+            }
+        })
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    match model::name_problem(what, name) {
+        Some(p) => Err(StoreError::Invalid(p)),
+        None => Ok(()),
+    }
+}
+
+fn check_plan(plan: &str) -> Result<(), StoreError> {
+    if plan.trim().is_empty() {
+        return Err(StoreError::Invalid("an account needs a plan".into()));
+    }
+    Ok(())
+}
+
+fn check_models(models: Option<&[String]>) -> Result<(), StoreError> {
+    match model::models_problem(models) {
+        Some(p) => Err(StoreError::Invalid(p)),
+        None => Ok(()),
+    }
+}
