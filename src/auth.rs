@@ -99,6 +99,9 @@ impl Terms {
     }
 }
 
+/// A second source of keys, by digest: `None` when it does not know the key.
+pub type StoreLookup<'a> = dyn Fn(&[u8; 32]) -> Option<Result<Arc<Account>, FluxError>> + 'a;
+
 /// The compiled keys file: SHA-256 digest to account.
 #[derive(Debug, Default)]
 pub struct KeyTable {
@@ -257,6 +260,17 @@ impl KeyTable {
         presented: Option<&str>,
         now: u64,
     ) -> Result<Arc<Account>, FluxError> {
+        self.authenticate_or(presented, now, &|_| None)
+    }
+
+    /// [`KeyTable::authenticate`], with `store` asked for a key this table does not hold (by
+    /// its digest; the key store's keys are served beside the keys file's).
+    pub fn authenticate_or(
+        &self,
+        presented: Option<&str>,
+        now: u64,
+        store: &StoreLookup<'_>,
+    ) -> Result<Arc<Account>, FluxError> {
         let key = presented.ok_or_else(|| {
             unauthorized("Missing API key. Send your Flux key as 'Authorization: Bearer sk-...'.")
         })?;
@@ -273,10 +287,10 @@ impl KeyTable {
             ));
         }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let account = self
-            .by_hash
-            .get(&digest)
-            .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+        let Some(account) = self.by_hash.get(&digest) else {
+            return store(&digest)
+                .unwrap_or_else(|| Err(unauthorized("Incorrect API key provided.")));
+        };
         match account.status {
             KeyStatus::Active => {}
             KeyStatus::Revoked => {
@@ -295,6 +309,55 @@ impl KeyTable {
         }
         Ok(account.clone())
     }
+}
+
+/// The principal of a key found in the key store, for a request at `now`: refused as the
+/// keys file's keys are (revoked, suspended, expired), and a management key may manage its
+/// account's keys but never make a generation request. `plans` gives a plan's compiled terms.
+pub fn from_store(
+    found: &crate::accounts::Found,
+    plans: &dyn Fn(&str) -> Option<Arc<Terms>>,
+    now: u64,
+) -> Result<Arc<Account>, FluxError> {
+    let (key, account) = found;
+    key.usable_at(now).map_err(|r| unauthorized(r.message()))?;
+    if key.kind == crate::accounts::KeyKind::Management {
+        return Err(unauthorized(
+            "This is a management key: it manages its account's keys and cannot make \
+             generation requests. Use one of the account's API keys.",
+        ));
+    }
+    let Some(terms) = plans(&account.plan) else {
+        log::error!(
+            "key store: account {} is on plan '{}', which the configuration does not have",
+            account.id,
+            account.plan
+        );
+        return Err(unauthorized(
+            "This key's account is on a plan the gateway does not offer. Ask your operator.",
+        ));
+    };
+    let owned = |models: Option<&[Box<str>]>| {
+        models.map(|m| m.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let account_models = owned(account.models.as_deref());
+    let key_models = owned(key.models());
+    Ok(Arc::new(Account {
+        key_id: key.id.to_string(),
+        key_name: key.name.to_string(),
+        account_id: account.id.to_string(),
+        account_name: account.name.to_string(),
+        plan: account.plan.to_string(),
+        lanes: terms.lanes.clone(),
+        terms,
+        payment_method: account.payment_method,
+        on_hold: account.on_hold,
+        ceiling: account.ceiling_usd,
+        models: both_restrictions(account_models.as_deref(), key_models.as_deref()),
+        key_limit: key.monthly_limit_usd(),
+        status: KeyStatus::Active,
+        expires_at: key.expires_at(),
+    }))
 }
 
 /// The model ids a key may use when its account and the key itself may each restrict them:

@@ -55,6 +55,12 @@ struct Cli {
 enum Command {
     /// Validate the server configuration, lanes.yaml and the keys file; non-zero exit on a problem.
     Check,
+    /// Manage accounts and their keys in the key store (one row per change, served by a
+    /// running gateway within a quarter of a second).
+    Accounts {
+        #[command(subcommand)]
+        action: cli::accounts::AccountsAction,
+    },
     /// Manage client keys (only their SHA-256 is stored).
     Keys {
         #[command(subcommand)]
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check) => cli::check::check(&cli.config),
+        Some(Command::Accounts { action }) => cli::accounts::accounts(&cli.config, action),
         Some(Command::Keys { action }) => cli::keys::keys(&cli.config, action),
         Some(Command::Usage {
             key,

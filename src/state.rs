@@ -53,6 +53,11 @@ pub struct AppState {
     pub ledger: Arc<EmbeddedLedger>,
     /// Fleet mode: what the gateways share through Redis.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The key store: accounts and keys created one row at a time, served beside the keys
+    /// file's; other processes' changes arrive through its feed ([`AppState::follow_key_store`]).
+    pub directory: Arc<crate::accounts::Directory>,
+    /// Each plan's compiled terms, for the key store's accounts.
+    pub plan_terms: std::collections::HashMap<String, Arc<Terms>>,
     /// When lanes.yaml and the keys file were last (re)loaded, unix seconds.
     pub lanes_loaded_at: std::sync::atomic::AtomicU64,
     pub keys_loaded_at: std::sync::atomic::AtomicU64,
@@ -98,6 +103,10 @@ impl AppState {
             ),
             None => None,
         };
+        let store_path = config.key_store_path();
+        let directory = crate::accounts::Directory::open(&store_path)
+            .map_err(|e| ConfigError::new(&store_path, "key_store", e.to_string()))?;
+        let plan_terms = compile_plans(&config);
         let ttl = config.ledger.hold_ttl_seconds;
         let ledger = Arc::new(ledger);
         let budget = Budget::new(ledger.clone(), ttl);
@@ -116,6 +125,8 @@ impl AppState {
             }),
             keys_writes: Writes::default(),
             fleet,
+            directory: Arc::new(directory),
+            plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),
@@ -128,6 +139,27 @@ impl AppState {
             config,
         };
         Ok((state, warnings))
+    }
+
+    /// Check a presented key against the keys file's table, then the key store's.
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        now: u64,
+    ) -> Result<Arc<crate::auth::Account>, crate::errors::FluxError> {
+        let plans = |plan: &str| self.plan_terms.get(plan).cloned();
+        self.keys.load().authenticate_or(presented, now, &|digest| {
+            let found = self.directory.lookup(digest)?;
+            Some(crate::auth::from_store(&found, &plans, now))
+        })
+    }
+
+    /// Follow the key store's feed: what `fluxrouter accounts` (or another gateway on the
+    /// same file) wrote is served within a quarter of a second.
+    pub fn follow_key_store(&self) -> tokio::task::JoinHandle<()> {
+        self.directory
+            .clone()
+            .spawn_refresher(Duration::from_millis(250))
     }
 
     /// Re-read lanes.yaml and swap it in if valid.
@@ -509,13 +541,17 @@ fn compile_keys(config: &ServerConfig, bytes: &[u8]) -> Result<KeyTable, ConfigE
 
 /// Check a keys file against the configured plans and compile it.
 pub fn keys_table(config: &ServerConfig, file: &KeysFile) -> Result<KeyTable, ConfigError> {
-    // Each plan compiled once, its terms shared by the accounts on it.
-    let plans: std::collections::HashMap<&str, Arc<Terms>> = config
+    let plans = compile_plans(config);
+    KeyTable::compile(&config.keys_file, file, &|plan| plans.get(plan).cloned())
+}
+
+/// Each plan compiled once, its terms shared by the accounts on it.
+fn compile_plans(config: &ServerConfig) -> std::collections::HashMap<String, Arc<Terms>> {
+    config
         .plans
         .iter()
-        .map(|(name, plan)| (name.as_str(), Arc::new(Terms::compile(plan))))
-        .collect();
-    KeyTable::compile(&config.keys_file, file, &|plan| plans.get(plan).cloned())
+        .map(|(name, plan)| (name.clone(), Arc::new(Terms::compile(plan))))
+        .collect()
 }
 
 /// Watches lanes.yaml and the keys file (and SIGHUP) and swaps the tables on change.
@@ -556,6 +592,9 @@ fn file_digest(path: &Path) -> Option<[u8; 32]> {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Stopped with this task: the feed needs no goodbye.
+        let follower = self.state.follow_key_store();
+        let _stop_following = AbortOnDrop(follower);
         let changed = Arc::new(Notify::new());
         // Watch the folders, not the files: editors and `keys new` replace files by rename,
         // which a watch on the old inode would miss.
@@ -632,6 +671,15 @@ impl BackgroundService for Reloader {
 
 /// How often provider host names are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl Reloader {
     async fn refresh_addresses(&self) {

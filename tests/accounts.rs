@@ -181,3 +181,152 @@ async fn a_key_file_from_before_accounts_still_serves_and_each_key_is_its_own_ac
     assert_eq!(v["spend"]["month_usd"], v["key"]["month_usd"], "{v}");
     assert!(usd(&v["spend"]["month_usd"]) > Usd::ZERO, "{v}");
 }
+
+/// Run `fluxrouter accounts ...`; its stdout, trimmed.
+fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
+    let mut all = vec!["accounts"];
+    all.extend_from_slice(args);
+    let out = flux.cli(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Poll `GET /v1/models` with `key` until it answers `status`; how long that took.
+async fn until_status(flux: &Flux, key: &str, status: u16) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let r = flux.get("/v1/models", key).await;
+        if r.status().as_u16() == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "still {} after 5 s",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_made_in_the_key_store_serves_at_once_and_a_revoked_one_stops_at_once() {
+    let flux = Flux::start().await;
+    let account = accounts_cli(&flux, &["new", "--name", "acme", "--plan", "payg"]);
+    assert!(account.starts_with("acct_"), "{account}");
+    let key = accounts_cli(&flux, &["key", "--account", "acme", "--name", "ci"]);
+    assert!(key.starts_with("sk-") && key.len() == 43, "{key}");
+    // The gateway follows the store's feed every 250 ms: no reload, no file rewrite.
+    let took = until_status(&flux, &key, 200).await;
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    let r = flux.chat_with_key(&ping("flux-fast"), &key).await;
+    assert_eq!(r.status(), 200);
+    let v = usage(&flux, &key).await;
+    assert_eq!(v["account"]["id"], account.as_str(), "{v}");
+    assert_eq!(v["account"]["name"], "acme", "{v}");
+    assert!(usd(&v["spend"]["month_usd"]) > Usd::ZERO, "{v}");
+
+    let listed = accounts_cli(&flux, &["list"]);
+    assert!(listed.contains("acme") && listed.contains("ci"), "{listed}");
+    assert!(!listed.contains(&key[3..]), "a key is never listed");
+    let key_id = v["key"]["id"].as_str().unwrap().to_string();
+    accounts_cli(&flux, &["revoke", &key_id]);
+    let took = until_status(&flux, &key, 401).await;
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    let r = flux.chat_with_key(&ping("flux-fast"), &key).await;
+    let message = expect_openai_error(r, 401, "invalid_api_key").await;
+    assert!(message.contains("revoked"), "{message}");
+
+    // An account put on hold by a billing system: its keys get 402 at once.
+    let other = accounts_cli(&flux, &["key", "--account", "acme", "--name", "server"]);
+    until_status(&flux, &other, 200).await;
+    accounts_cli(&flux, &["set", "acme", "--on-hold", "true"]);
+    let started = std::time::Instant::now();
+    loop {
+        let r = flux.chat_with_key(&ping("flux-fast"), &other).await;
+        if r.status() == 402 {
+            expect_openai_error(r, 402, "account_on_hold").await;
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_management_key_cannot_make_a_generation_request() {
+    let flux = Flux::start().await;
+    accounts_cli(&flux, &["new", "--name", "owner", "--plan", "payg"]);
+    let manager = accounts_cli(
+        &flux,
+        &[
+            "key",
+            "--account",
+            "owner",
+            "--name",
+            "admin",
+            "--management",
+        ],
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let r = flux.chat_with_key(&ping("flux-fast"), &manager).await;
+        let status = r.status().as_u16();
+        let message = expect_openai_error(r, 401, "invalid_api_key").await;
+        if message.contains("management key") {
+            break;
+        }
+        // Not yet served: still unknown to the gateway.
+        assert_eq!(status, 401);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{message}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn importing_the_keys_file_keeps_every_key_working_and_its_month_s_spend() {
+    let flux = Flux::start().await;
+    assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
+    let before = usage(&flux, &flux.key).await;
+    let spent = usd(&before["spend"]["month_usd"]);
+    assert!(spent > Usd::ZERO, "{before}");
+
+    let out = accounts_cli(&flux, &["import"]);
+    assert!(out.contains("imported"), "{out}");
+    // Importing twice adds nothing.
+    let again = accounts_cli(&flux, &["import"]);
+    assert!(again.contains("imported 0 accounts and 0 keys"), "{again}");
+
+    // The keys file stops listing the key (the operator moved to the store): it is served
+    // from the store, as the same account, with the month's spend it had.
+    let keys_file = flux.config.parent().unwrap().join("keys.yaml");
+    let text = std::fs::read_to_string(&keys_file).unwrap();
+    let key_id = before["key"]["id"].as_str().unwrap();
+    assert!(text.contains(key_id), "{text}");
+    let out = flux.cli(&["keys", "new", "--plan", "payg", "--name", "another"]);
+    assert!(out.status.success());
+    let mut file: Value =
+        serde_norway::from_str(&std::fs::read_to_string(&keys_file).unwrap()).unwrap();
+    file["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["id"] != key_id);
+    std::fs::write(&keys_file, serde_norway::to_string(&file).unwrap()).unwrap();
+    let r = flux
+        .admin_post("/admin/v1/keys/reload", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v = usage(&flux, &flux.key).await;
+    assert_eq!(v["account"]["id"], before["account"]["id"], "{v}");
+    assert_eq!(usd(&v["spend"]["month_usd"]), spent, "{v}");
+    let r = flux.chat(&ping("flux-fast")).await;
+    assert_eq!(r.status(), 200);
+    let v = usage(&flux, &flux.key).await;
+    assert!(usd(&v["spend"]["month_usd"]) > spent, "{v}");
+}

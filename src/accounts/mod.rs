@@ -283,6 +283,16 @@ impl Directory {
         self.set_key_status(id, KeyStatus::Revoked)
     }
 
+    /// Write many rows at once (the keys file's, on migration), then load the index anew;
+    /// other processes reload on their next refresh.
+    pub fn import(&self, accounts: &[AccountRow], keys: &[KeyRow]) -> Result<(), StoreError> {
+        if accounts.is_empty() && keys.is_empty() {
+            return Ok(());
+        }
+        self.inner().store.import(accounts, keys)?;
+        self.reload()
+    }
+
     /// Delete a key's row (revoking keeps it, for reports; this forgets it).
     pub fn delete_key(&self, id: &str) -> Result<(), StoreError> {
         let mut inner = self.inner();

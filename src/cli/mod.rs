@@ -3,6 +3,7 @@
 //! library stays free of terminal output, and programs that link it (tests, benches) never
 //! carry a command line.
 
+pub mod accounts;
 pub mod check;
 pub mod demo;
 pub mod keys;

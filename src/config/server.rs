@@ -21,8 +21,14 @@ pub struct ServerConfig {
     pub server: PingoraSettings,
     #[serde(default)]
     pub limits: RequestLimits,
-    /// The keys file (hashes only), relative to this file.
+    /// The keys file (hashes only), relative to this file: the declarative source of keys,
+    /// for small and config-managed deployments.
     pub keys_file: PathBuf,
+    /// The key store (SQLite), relative to this file: accounts and keys created one row at a
+    /// time (`fluxrouter accounts`), served beside the keys file's. Absent:
+    /// `accounts.sqlite` beside the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_store: Option<PathBuf>,
     /// The lanes file, relative to this file.
     pub lanes_file: PathBuf,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -588,6 +594,13 @@ impl BaseUrl {
 }
 
 impl ServerConfig {
+    /// The key store's file (resolved at load).
+    pub fn key_store_path(&self) -> PathBuf {
+        self.key_store
+            .clone()
+            .unwrap_or_else(|| self.ledger.path.with_file_name("accounts.sqlite"))
+    }
+
     /// Parse and validate. Relative file paths are resolved against the config file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -601,6 +614,10 @@ impl ServerConfig {
         config.keys_file = base.join(&config.keys_file);
         config.lanes_file = base.join(&config.lanes_file);
         config.ledger.path = base.join(&config.ledger.path);
+        config.key_store = Some(match &config.key_store {
+            Some(path) => base.join(path),
+            None => config.ledger.path.with_file_name("accounts.sqlite"),
+        });
         if let Some(ca) = config.redis.as_mut().and_then(|r| r.tls_ca_file.as_mut()) {
             *ca = base.join(&*ca);
         }

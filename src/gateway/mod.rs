@@ -435,7 +435,7 @@ impl Gateway {
             ));
         }
         let now = unix_now();
-        self.state.keys.load().authenticate(presented, now)
+        self.state.authenticate(presented, now)
     }
 
     async fn list_models(

@@ -461,6 +461,14 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, 
     }
 
     /// GET an admin endpoint with a token.
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.post(format!("{}{path}", self.admin_base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
     pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self.client.get(format!("{}{path}", self.admin_base));
         if let Some(t) = token {
