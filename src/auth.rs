@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 
 use crate::config::keys::own_account_id;
@@ -15,10 +14,7 @@ use crate::config::{AccountRecord, ConfigError, KeyRecord, KeyStatus, KeysFile};
 use crate::errors::{ErrorKind, FluxError};
 use crate::units::Usd;
 
-pub const KEY_PREFIX: &str = "sk-";
-/// Random part of a key: 40 alphanumerics, about 238 bits. No `-`, so a key never looks like
-/// a vendor's prefixed key (`sk-ant-`, `sk-proj-`, …).
-const KEY_RANDOM_LEN: usize = 40;
+pub use crate::accounts::model::KEY_PREFIX;
 
 /// What an authenticated request is allowed to do, shared by the requests of one key: its
 /// account's terms (spend, holds and limits count per account) and the key's own limits.
@@ -421,10 +417,7 @@ pub fn presented_key<'a>(
 /// A new account's record (`acct_` + 12 random alphanumerics).
 pub fn new_account(name: &str, plan: &str, now: u64) -> AccountRecord {
     AccountRecord {
-        id: format!(
-            "acct_{}",
-            Alphanumeric.sample_string(&mut rand::rngs::OsRng, 12)
-        ),
+        id: crate::accounts::new_account_id(),
         name: name.to_string(),
         plan: plan.to_string(),
         payment_method: false,
@@ -437,17 +430,14 @@ pub fn new_account(name: &str, plan: &str, now: u64) -> AccountRecord {
 
 /// A new key and the record that stores only its hash.
 pub fn new_key(name: &str, plan: &str, now: u64) -> (String, KeyRecord) {
-    let mut rng = rand::rngs::OsRng;
-    let key = format!(
-        "{KEY_PREFIX}{}",
-        Alphanumeric.sample_string(&mut rng, KEY_RANDOM_LEN)
-    );
+    // One generator for the keys file and the key store.
+    let (key, digest) = crate::accounts::new_secret();
     let record = KeyRecord {
-        id: format!("key_{}", Alphanumeric.sample_string(&mut rng, 12)),
+        id: crate::accounts::new_key_id(),
         name: name.to_string(),
         account: None,
         plan: plan.to_string(),
-        sha256: hex::encode(Sha256::digest(key.as_bytes())),
+        sha256: hex::encode(digest),
         status: KeyStatus::Active,
         expires_at: None,
         created_at: now,

@@ -8,7 +8,6 @@
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 
-use crate::auth::KEY_PREFIX;
 pub use crate::config::KeyStatus;
 use crate::units::Usd;
 
@@ -17,8 +16,10 @@ pub type Cursor = u64;
 
 /// Random characters after the `acct_` / `key_` prefix of an id.
 const ID_RANDOM_LEN: usize = 12;
-/// Random part of a secret: 40 alphanumerics (about 238 bits), the same as `auth::new_key`
-/// (whose length constant is private to it).
+/// Every Flux key starts so.
+pub const KEY_PREFIX: &str = "sk-";
+/// Random part of a secret: 40 alphanumerics, about 238 bits. No `-`, so a key never looks
+/// like a vendor's prefixed key (`sk-ant-`, `sk-proj-`, …).
 const SECRET_RANDOM_LEN: usize = 40;
 /// Longest name of an account or a key, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -143,7 +144,9 @@ pub fn name_problem(what: &str, name: &str) -> Option<String> {
     let bad = name.is_empty()
         || name.len() > MAX_NAME_LEN
         || name.trim() != name
-        || name.chars().any(|c| c.is_control() || is_format_char(c));
+        || name
+            .chars()
+            .any(|c| c.is_control() || crate::config::keys::is_format_char(c));
     bad.then(|| {
         format!(
             "{what} name must be 1 to {MAX_NAME_LEN} bytes, without control or format \
@@ -186,35 +189,4 @@ impl KeyRow {
         }
         None
     }
-}
-
-/// Whether `c` is a format character (Unicode general category Cf). A copy of the keys
-/// file's private rule (`config::keys`), which this module may not change; the two should
-/// become one function.
-fn is_format_char(c: char) -> bool {
-    const CF: &[(u32, u32)] = &[
-        (0x00AD, 0x00AD),
-        (0x0600, 0x0605),
-        (0x061C, 0x061C),
-        (0x06DD, 0x06DD),
-        (0x070F, 0x070F),
-        (0x0890, 0x0891),
-        (0x08E2, 0x08E2),
-        (0x180E, 0x180E),
-        (0x200B, 0x200F),
-        (0x202A, 0x202E),
-        (0x2060, 0x2064),
-        (0x2066, 0x206F),
-        (0xFEFF, 0xFEFF),
-        (0xFFF9, 0xFFFB),
-        (0x110BD, 0x110BD),
-        (0x110CD, 0x110CD),
-        (0x13430, 0x1343F),
-        (0x1BCA0, 0x1BCA3),
-        (0x1D173, 0x1D17A),
-        (0xE0001, 0xE0001),
-        (0xE0020, 0xE007F),
-    ];
-    let c = u32::from(c);
-    CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
 }

@@ -285,7 +285,7 @@ fn unknown_plan(plan: &str, plans: &[&str]) -> Error {
 ///
 /// The ranges are every Cf code point of Unicode 15.1 (DerivedGeneralCategory.txt); no
 /// crate in the dependency tree exposes the general category.
-fn is_format_char(c: char) -> bool {
+pub fn is_format_char(c: char) -> bool {
     const CF: &[(u32, u32)] = &[
         (0x00AD, 0x00AD),   // soft hyphen
         (0x0600, 0x0605),   // Arabic number signs
