@@ -1294,6 +1294,43 @@ async fn the_other_down_policies_serve_money_and_refuse_rates() {
     }
 }
 
+#[tokio::test]
+async fn served_while_redis_is_down_an_account_s_keys_are_billed_to_the_account_when_it_returns() {
+    let mut redis = Redis::start();
+    let config = format!(
+        "redis: {{ url: \"{}\", command_timeout_ms: 500, probe_interval_ms: 200, \
+         when_down: {{ money: serve }} }}\n",
+        redis.url()
+    );
+    let nodes = fleet_of(2, &config, TEST_LANES).await;
+    new_account(&nodes[0], "team", "tiny");
+    let first = key_of(&nodes, "team", "first", None).await;
+    let second = key_of(&nodes, "team", "second", Some("0.04")).await;
+    let body = ping("flux-pinned-alpha");
+    let mut billed = Usd::ZERO;
+    let r = nodes[0].chat_with_key(&body, &first).await;
+    assert_eq!(r.status(), 200);
+    billed = billed.saturating_add(cost_of(&r).unwrap());
+
+    redis.stop();
+    // `serve`: each gateway checks the account (and the key's limit) against its own record,
+    // and queues the settlements, which name the account, for Redis.
+    let mut second_billed = Usd::ZERO;
+    for node in &nodes {
+        let r = node.chat_with_key(&body, &second).await;
+        assert_eq!(r.status(), 200, "{}", node.log());
+        let cost = cost_of(&r).unwrap();
+        billed = billed.saturating_add(cost);
+        second_billed = second_billed.saturating_add(cost);
+    }
+    redis.spawn();
+    // Replayed to the account: either key reads the account's whole spend.
+    settled(&nodes[1], &first, billed).await;
+    settled(&nodes[0], &second, billed).await;
+    let v = usage(&nodes[1], &second).await;
+    assert_eq!(usd(&v["key"]["month_usd"]), second_billed, "{v}");
+}
+
 /// Kills a background gateway when the test ends, however it ends.
 struct Daemon(u32);
 
