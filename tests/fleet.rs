@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use fluxrouter::fleet::Payer;
 use fluxrouter::units::Usd;
 use serde_json::{json, Value};
 
@@ -679,8 +680,20 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
     let now = 1_800_000_000;
     let month = fluxrouter::units::Month::of(now);
     let spent = Usd(10_000 * fluxrouter::units::PICOS_PER_USD + 1);
+    // Accounts named as a keys file names them (neither is a key of its own account, so no
+    // carry-over from before accounts is involved).
+    let k = Payer {
+        account_id: "acct_k",
+        key_id: "key_k1",
+        key_limit: None,
+    };
+    let r = Payer {
+        account_id: "acct_r",
+        key_id: "key_r1",
+        key_limit: None,
+    };
     let _: () = redis::cmd("SET")
-        .arg(format!("x:{{k}}:m:{month}"))
+        .arg(format!("x:{{acct_k}}:m:{month}"))
         .arg(spent.0)
         .query(&mut redis.conn())
         .unwrap();
@@ -688,12 +701,12 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
     let cap = Usd(spent.0 + 1);
     let one = Usd(1);
     let held = fleet
-        .reserve("k", one, &[cap], None, 60, now, &[])
+        .reserve(k, one, &[cap], None, 60, now, &[])
         .await
         .unwrap();
     assert!(held.is_ok(), "{held:?}");
     let refused = fleet
-        .reserve("k", one, &[cap], None, 60, now, &[])
+        .reserve(k, one, &[cap], None, 60, now, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -703,12 +716,13 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
             committed: Usd(spent.0 + 1)
         })
     );
-    let [m, _, reserved] = fleet.standing("k", now).await.unwrap();
-    assert_eq!((m, reserved), (spent, one));
+    let [m, _, reserved, key_month] = fleet.standing(k, now).await.unwrap();
+    assert_eq!((m, reserved, key_month), (spent, one, Usd::ZERO));
     // Settling bills to the pico-dollar, past 2^53.
     let billed = fleet
         .settle(fluxrouter::fleet::Settlement {
-            key_id: "k".into(),
+            account_id: "acct_k".into(),
+            key_id: "key_k1".into(),
             hold: held.unwrap(),
             held: Some(one),
             at_unix: now,
@@ -719,11 +733,12 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
             output_tokens: 1,
             cost: Usd(3),
             hard_cap: Some(cap),
+            key_limit: None,
         })
         .await;
     assert_eq!(billed, one, "capped at the one pico-dollar left");
-    let [m, _, reserved] = fleet.standing("k", now).await.unwrap();
-    assert_eq!((m, reserved), (cap, Usd::ZERO));
+    let [m, _, reserved, key_month] = fleet.standing(k, now).await.unwrap();
+    assert_eq!((m, reserved, key_month), (cap, Usd::ZERO, one));
 
     // A rate limit and a reservation in one script: the second request of a 1-per-minute
     // key is refused by the rate, and takes no hold.
@@ -734,12 +749,12 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
     }];
     let dollar = Usd(fluxrouter::units::PICOS_PER_USD);
     let first = fleet
-        .reserve("r", one, &[dollar], None, 60, now, &rpm1)
+        .reserve(r, one, &[dollar], None, 60, now, &rpm1)
         .await
         .unwrap();
     assert!(first.is_ok(), "{first:?}");
     match fleet
-        .reserve("r", one, &[dollar], None, 60, now, &rpm1)
+        .reserve(r, one, &[dollar], None, 60, now, &rpm1)
         .await
         .unwrap()
     {
@@ -751,26 +766,381 @@ async fn money_stays_exact_past_what_a_lua_number_holds() {
         }
         other => panic!("{other:?}"),
     }
-    let [_, _, reserved] = fleet.standing("r", now).await.unwrap();
+    let [_, _, reserved, _] = fleet.standing(r, now).await.unwrap();
     assert_eq!(reserved, one, "only the admitted request holds");
 
     // A failed request's hold is released (in the background), and only once.
     let id = first.unwrap();
-    fleet.release_in_background("r", &id, one);
-    fleet.release_in_background("r", &id, one);
+    fleet.release_in_background(r, &id, one);
+    fleet.release_in_background(r, &id, one);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fleet.standing("r", now).await.unwrap()[2] != Usd::ZERO {
+    while fleet.standing(r, now).await.unwrap()[2] != Usd::ZERO {
         assert!(Instant::now() < deadline, "never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let held = fleet
-        .reserve("r", one, &[dollar], None, 60, now, &[])
+        .reserve(r, one, &[dollar], None, 60, now, &[])
         .await
         .unwrap();
     assert!(held.is_ok());
-    fleet.release_in_background("r", &id, one); // the old hold again: nothing to release
+    fleet.release_in_background(r, &id, one); // the old hold again: nothing to release
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fleet.standing("r", now).await.unwrap()[2], one);
+    assert_eq!(fleet.standing(r, now).await.unwrap()[2], one);
+}
+
+#[tokio::test]
+async fn redis_counts_per_account_a_key_limit_holds_and_a_key_from_before_accounts_keeps_its_month()
+{
+    let redis = Redis::start();
+    let config = fluxrouter::config::server::RedisConfig {
+        url: Some(redis.url()),
+        key_prefix: "u:".into(),
+        ..Default::default()
+    };
+    let fleet = fluxrouter::fleet::Fleet::connect(&config, true).unwrap();
+    assert!(fleet.is_up());
+    let now = 1_800_000_000;
+    let (month, hour) = (fluxrouter::units::Month::of(now), now / 3600);
+    let cents = |n: u64| Usd(n * fluxrouter::units::PICOS_PER_USD / 100);
+    let dollar = cents(100);
+    let set = |key: String, value: Usd, ttl: u64| {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value.0)
+            .arg("EX")
+            .arg(ttl)
+            .query(&mut redis.conn())
+            .unwrap();
+    };
+
+    // A fleet from before accounts kept this key's month and hour under its key id; the key
+    // is now its own account, acct_ + its id's random part.
+    set(format!("u:{{key_old1}}:m:{month}"), cents(3), 86_400);
+    set(format!("u:{{key_old1}}:h:{hour}"), cents(1), 3_000);
+    let own = Payer {
+        account_id: "acct_old1",
+        key_id: "key_old1",
+        key_limit: None,
+    };
+    assert!(own.carries_over());
+    // The first reserve carries the month over: $0.03 spent, so $0.02 fits a $0.05 cap and
+    // one cent more does not.
+    let held = fleet
+        .reserve(own, cents(2), &[cents(5)], Some(dollar), 60, now, &[])
+        .await
+        .unwrap()
+        .expect("fits");
+    let refused = fleet
+        .reserve(own, cents(1), &[cents(5)], Some(dollar), 60, now, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(fluxrouter::fleet::Refused::Cap {
+            index: 0,
+            committed: cents(5)
+        })
+    );
+    // And the hour, each with the key's remaining lifetime.
+    assert_eq!(
+        fleet.standing(own, now).await.unwrap(),
+        [cents(3), cents(1), cents(2), cents(3)]
+    );
+    let ttl = |key: String| -> i64 { redis::cmd("TTL").arg(key).query(&mut redis.conn()).unwrap() };
+    let carried = ttl(format!("u:{{acct_old1}}:m:{month}"));
+    assert!(carried > 86_000 && carried <= 86_400, "{carried}");
+    let carried = ttl(format!("u:{{acct_old1}}:h:{hour}"));
+    assert!(carried > 2_900 && carried <= 3_000, "{carried}");
+    // Settling adds to the account and to the key; nothing is carried twice.
+    let settle = |p: Payer<'_>, hold: Box<str>, held: Option<Usd>, cost: Usd| {
+        fluxrouter::fleet::Settlement {
+            account_id: p.account_id.into(),
+            key_id: p.key_id.into(),
+            hold,
+            held,
+            at_unix: now,
+            lane: "fast".into(),
+            model: "m".into(),
+            input_tokens: 1,
+            cached_input_tokens: 0,
+            output_tokens: 1,
+            cost,
+            hard_cap: Some(cents(5)),
+            key_limit: p.key_limit,
+        }
+    };
+    let billed = fleet
+        .settle(settle(own, held, Some(cents(2)), cents(1)))
+        .await;
+    assert_eq!(billed, cents(1));
+    assert_eq!(
+        fleet.standing(own, now).await.unwrap(),
+        [cents(4), cents(2), Usd::ZERO, cents(4)]
+    );
+    // A key of a named account carries nothing over, whatever is under its key id.
+    set(format!("u:{{key_moved1}}:m:{month}"), cents(7), 86_400);
+    let moved = Payer {
+        account_id: "acct_team",
+        key_id: "key_moved1",
+        key_limit: None,
+    };
+    assert!(!moved.carries_over());
+    assert_eq!(
+        fleet.standing(moved, now).await.unwrap(),
+        [Usd::ZERO, Usd::ZERO, Usd::ZERO, cents(7)]
+    );
+
+    // Two keys of one account, the second with a limit of its own: its holds count against
+    // its limit and the account's caps; its sibling is not held back by its limit.
+    let free_hand = Payer {
+        account_id: "acct_team",
+        key_id: "key_a1",
+        key_limit: None,
+    };
+    let limited = Payer {
+        account_id: "acct_team",
+        key_id: "key_b1",
+        key_limit: Some(cents(2)),
+    };
+    let held = fleet
+        .reserve(limited, cents(2), &[dollar], None, 60, now, &[])
+        .await
+        .unwrap()
+        .expect("fits its limit");
+    assert_eq!(
+        fleet
+            .reserve(limited, cents(1), &[dollar], None, 60, now, &[])
+            .await
+            .unwrap(),
+        Err(fluxrouter::fleet::Refused::Key {
+            committed: cents(2)
+        })
+    );
+    let sibling = fleet
+        .reserve(free_hand, cents(1), &[dollar], None, 60, now, &[])
+        .await
+        .unwrap()
+        .expect("a sibling spends on");
+    assert_eq!(fleet.standing(free_hand, now).await.unwrap()[2], cents(3));
+    // The provider counted more than the worst case: the key pays at most its limit.
+    let billed = fleet
+        .settle(settle(limited, held, Some(cents(2)), cents(5)))
+        .await;
+    assert_eq!(billed, cents(2));
+    assert_eq!(
+        fleet.standing(limited, now).await.unwrap(),
+        [cents(2), cents(2), cents(1), cents(2)]
+    );
+    assert!(fleet
+        .reserve(limited, Usd(1), &[dollar], None, 60, now, &[])
+        .await
+        .unwrap()
+        .is_err());
+    // A release frees the account's hold (and a limited key's).
+    fleet.release_in_background(free_hand, &sibling, cents(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.standing(free_hand, now).await.unwrap()[2] != Usd::ZERO {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hold = fleet
+        .reserve(
+            Payer {
+                key_limit: Some(cents(3)),
+                ..limited
+            },
+            cents(1),
+            &[dollar],
+            None,
+            60,
+            now,
+            &[],
+        )
+        .await
+        .unwrap()
+        .expect("a raised limit");
+    let raised = Payer {
+        key_limit: Some(cents(3)),
+        ..limited
+    };
+    fleet.release_in_background(raised, &hold, cents(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let key_reserved: Option<String> = redis::cmd("GET")
+            .arg("u:{key_b1}:reserved")
+            .query(&mut redis.conn())
+            .unwrap();
+        if key_reserved.is_none() && fleet.standing(raised, now).await.unwrap()[2] == Usd::ZERO {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never released: {key_reserved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Create an account with the CLI (in the keys file every node reads); returns its id.
+fn new_account(node: &Flux, name: &str, plan: &str) -> String {
+    let out = node.cli(&["keys", "account", "--name", name, "--plan", plan]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.starts_with("acct_"), "{id}");
+    id
+}
+
+/// A key of `account` that every node accepts.
+async fn key_of(nodes: &[Flux], account: &str, name: &str, limit: Option<&str>) -> String {
+    let mut args = vec!["keys", "new", "--account", account, "--name", name];
+    if let Some(limit) = limit {
+        args.extend(["--monthly-limit", limit]);
+    }
+    let out = nodes[0].cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    for n in nodes {
+        n.wait_for_key(&key).await;
+    }
+    key
+}
+
+async fn usage(node: &Flux, key: &str) -> Value {
+    let r = node.get("/v1/usage", key).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn two_gateways_hold_three_keys_of_one_account_to_its_one_allowance() {
+    let redis = Redis::start();
+    let nodes = fleet_of(2, &fleet_config(&redis, ""), TEST_LANES).await;
+    // "tiny": a free allowance of $0.05 a month, for the account.
+    let account = new_account(&nodes[0], "team", "tiny");
+    let mut keys = Vec::new();
+    for name in ["ci", "laptop", "server"] {
+        keys.push(key_of(&nodes, "team", name, None).await);
+    }
+    // About 3,100 input tokens, $0.003 at the express lane's $1 per million: about 15 fit,
+    // 150 are sent at once over three keys and two gateways.
+    let text = "internationalization ".repeat(600);
+    let body = json!({"model": "flux-fast", "messages": [{"role": "user", "content": text}]});
+    let results = futures_util::future::join_all((0..150).map(|i| {
+        let (node, key, body) = (&nodes[i % 2], &keys[i % 3], &body);
+        async move {
+            let r = node.chat_with_key(body, key).await;
+            let (status, cost) = (r.status().as_u16(), cost_of(&r));
+            (status, cost, r.text().await.unwrap())
+        }
+    }))
+    .await;
+    let (mut served, mut billed) = (0, Usd::ZERO);
+    for (status, cost, text) in &results {
+        match status {
+            200 => {
+                served += 1;
+                billed = billed.saturating_add(cost.expect("a served request says its cost"));
+            }
+            402 => assert!(text.contains("free_allowance_exhausted"), "{text}"),
+            _ => panic!("only 200 and 402 expected, got {status}: {text}"),
+        }
+    }
+    eprintln!(
+        "150 concurrent, 3 keys of one account, 2 gateways: served {served}, billed ${billed}"
+    );
+    assert!(served >= 5, "{served}");
+    // Per key (three allowances) about 45 would fit: the account's one allowance stops it.
+    assert!(served <= 20, "{served} served: more than one allowance");
+    assert!(billed <= "0.05".parse().unwrap(), "settled ${billed}");
+    // Every key on every gateway reads the account's one standing; the shares add up to it.
+    for node in &nodes {
+        for key in &keys {
+            settled(node, key, billed).await;
+        }
+    }
+    let mut shares = Usd::ZERO;
+    for key in &keys {
+        let v = usage(&nodes[1], key).await;
+        assert_eq!(v["account"]["id"], account.as_str(), "{v}");
+        shares = shares.saturating_add(usd(&v["key"]["month_usd"]));
+    }
+    assert_eq!(shares, billed);
+    if billed.saturating_add("0.0001".parse().unwrap()) > "0.05".parse().unwrap() {
+        for node in &nodes {
+            let r = node.chat_with_key(&ping("flux-fast"), &keys[2]).await;
+            expect_openai_error(r, 402, "free_allowance_exhausted").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_over_its_own_limit_is_refused_by_every_gateway_while_its_sibling_goes_on() {
+    let redis = Redis::start();
+    let nodes = fleet_of(2, &fleet_config(&redis, ""), TEST_LANES).await;
+    new_account(&nodes[0], "shop", "payg");
+    let limited = key_of(&nodes, "shop", "intern", Some("0.001")).await;
+    let free_hand = key_of(&nodes, "shop", "lead", None).await;
+
+    // Each costs a few hundred-thousandths of a dollar and holds at most $0.0003 while it
+    // runs: the key's limit stops it after a few dozen, sent through both gateways in turn.
+    let body = json!({"model": "flux-fast", "max_tokens": 64,
+                      "messages": [{"role": "user", "content": "ping"}]});
+    let (mut statuses, mut limited_billed) = (vec![], Usd::ZERO);
+    for i in 0..100 {
+        let r = nodes[i % 2].chat_with_key(&body, &limited).await;
+        let status = r.status().as_u16();
+        statuses.push(status);
+        if status == 402 {
+            let message = expect_openai_error(r, 402, "key_spend_limit_reached").await;
+            assert!(message.contains("other keys"), "{message}");
+            break;
+        }
+        assert_eq!(status, 200);
+        limited_billed = limited_billed.saturating_add(cost_of(&r).unwrap());
+    }
+    assert!(statuses.len() > 3, "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&402), "{statuses:?}");
+    assert!(
+        limited_billed <= "0.001".parse().unwrap(),
+        "${limited_billed}"
+    );
+    // Through either gateway: the key stays refused, its sibling is served.
+    let mut sibling_billed = Usd::ZERO;
+    for node in &nodes {
+        let r = node.chat_with_key(&body, &limited).await;
+        expect_openai_error(r, 402, "key_spend_limit_reached").await;
+        let r = node.chat_with_key(&body, &free_hand).await;
+        assert_eq!(r.status(), 200);
+        sibling_billed = sibling_billed.saturating_add(cost_of(&r).unwrap());
+    }
+    let before = limited_billed.saturating_add(sibling_billed);
+    settled(&nodes[1], &limited, before).await;
+    // What gateway A serves the sibling shows in the account's spend through gateway B.
+    let mut on_a = Usd::ZERO;
+    for _ in 0..3 {
+        let r = nodes[0].chat_with_key(&body, &free_hand).await;
+        assert_eq!(r.status(), 200);
+        on_a = on_a.saturating_add(cost_of(&r).unwrap());
+    }
+    assert!(on_a > Usd::ZERO);
+    settled(&nodes[1], &limited, before.saturating_add(on_a)).await;
+    let v = usage(&nodes[1], &free_hand).await;
+    assert_eq!(
+        usd(&v["key"]["month_usd"]),
+        sibling_billed.saturating_add(on_a),
+        "{v}"
+    );
+    let v = usage(&nodes[1], &limited).await;
+    assert_eq!(usd(&v["key"]["month_usd"]), limited_billed, "{v}");
+    assert_eq!(v["key"]["monthly_limit_usd"], "0.001", "{v}");
 }
 
 #[tokio::test]
@@ -922,6 +1292,43 @@ async fn the_other_down_policies_serve_money_and_refuse_rates() {
         assert!(Instant::now() < deadline, "{}", nodes[1].log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn served_while_redis_is_down_an_account_s_keys_are_billed_to_the_account_when_it_returns() {
+    let mut redis = Redis::start();
+    let config = format!(
+        "redis: {{ url: \"{}\", command_timeout_ms: 500, probe_interval_ms: 200, \
+         when_down: {{ money: serve }} }}\n",
+        redis.url()
+    );
+    let nodes = fleet_of(2, &config, TEST_LANES).await;
+    new_account(&nodes[0], "team", "tiny");
+    let first = key_of(&nodes, "team", "first", None).await;
+    let second = key_of(&nodes, "team", "second", Some("0.04")).await;
+    let body = ping("flux-pinned-alpha");
+    let mut billed = Usd::ZERO;
+    let r = nodes[0].chat_with_key(&body, &first).await;
+    assert_eq!(r.status(), 200);
+    billed = billed.saturating_add(cost_of(&r).unwrap());
+
+    redis.stop();
+    // `serve`: each gateway checks the account (and the key's limit) against its own record,
+    // and queues the settlements, which name the account, for Redis.
+    let mut second_billed = Usd::ZERO;
+    for node in &nodes {
+        let r = node.chat_with_key(&body, &second).await;
+        assert_eq!(r.status(), 200, "{}", node.log());
+        let cost = cost_of(&r).unwrap();
+        billed = billed.saturating_add(cost);
+        second_billed = second_billed.saturating_add(cost);
+    }
+    redis.spawn();
+    // Replayed to the account: either key reads the account's whole spend.
+    settled(&nodes[1], &first, billed).await;
+    settled(&nodes[0], &second, billed).await;
+    let v = usage(&nodes[1], &second).await;
+    assert_eq!(usd(&v["key"]["month_usd"]), second_billed, "{v}");
 }
 
 /// Kills a background gateway when the test ends, however it ends.

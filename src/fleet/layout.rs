@@ -1,21 +1,30 @@
 //! Where things live in Redis.
 //!
-//! Every key of one account carries the account's key id as its hash tag
-//! (`flux:{key_abc}:…`): Redis Cluster puts them in one slot, so a script touching several of
-//! them runs there unchanged. Fleet-wide keys (the gateways' heartbeats, the index of
-//! accounts with usage in a month) are single keys used by single commands.
+//! An account's totals and holds live under its account id (`flux:{acct_abc}:…`); what is a
+//! key's own (its share of the month, its usage rows, its per-minute limits, the holds of a
+//! key with a monthly limit of its own, settlement markers) under its key id
+//! (`flux:{key_abc}:…`). The id is the hash tag, so each one's keys share a slot; a script
+//! for one request touches its account's and its key's, so on Redis Cluster the two would
+//! have to share a slot (they do not: FluxRouter speaks to one endpoint, not a Cluster).
+//! Fleet-wide keys (the gateways' heartbeats, the index of keys with usage in a month) are
+//! single keys used by single commands.
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P{id}:m:YYYY-MM` | integer | settled spend in the month, pico-dollars |
-//! | `P{id}:h:N` | integer | settled spend in clock hour N (unix hours), 2 h TTL |
+//! | `P{id}:m:YYYY-MM` | integer | settled spend in the month, pico-dollars (account; key: its share) |
+//! | `P{id}:h:N` | integer | settled spend in clock hour N (unix hours), 2 h TTL (account) |
 //! | `P{id}:holds` | sorted set | `holdid\|amount` by the unix millisecond it expires (server clock) |
 //! | `P{id}:reserved` | integer | sum of the holds |
-//! | `P{id}:settled:HOLD` | string | what a settlement billed, kept 10 min (replays bill once) |
-//! | `P{id}:usage:YYYY-MM` | hash | `lane⇥model⇥{n,i,c,o,$}` → requests, tokens, pico-dollars |
-//! | `P{id}:rate` | hash | per-minute limit → GCRA arrival time (µs, server clock) |
+//! | `P{id}:settled:HOLD` | string | what a settlement billed, kept 10 min (replays bill once) (key) |
+//! | `P{id}:usage:YYYY-MM` | hash | `lane⇥model⇥{n,i,c,o,$}` → requests, tokens, pico-dollars (key) |
+//! | `P{id}:rate` | hash | per-minute limit → GCRA arrival time (µs, server clock) (key) |
 //! | `Pnodes` | sorted set | gateway id by last heartbeat (ms) |
 //! | `Pusage-keys:YYYY-MM` | set | key ids with usage in the month |
+//!
+//! Before accounts every key was its own account and its month and hour were under its key
+//! id (`P{key_abc}:m:…`, `P{key_abc}:h:N`). Such a key is now the account `acct_abc`; the
+//! scripts carry its totals over to the account the first time they meet it (see `carry` in
+//! `lua/lib.lua`), so an upgrade keeps the month's spend.
 
 use crate::units::Month;
 
@@ -31,36 +40,36 @@ impl Layout {
         }
     }
 
-    fn account(&self, key_id: &str, what: std::fmt::Arguments<'_>) -> String {
-        format!("{}{{{key_id}}}:{what}", self.prefix)
+    fn account(&self, id: &str, what: std::fmt::Arguments<'_>) -> String {
+        format!("{}{{{id}}}:{what}", self.prefix)
     }
 
-    pub fn month(&self, key_id: &str, month: Month) -> String {
-        self.account(key_id, format_args!("m:{month}"))
+    pub fn month(&self, id: &str, month: Month) -> String {
+        self.account(id, format_args!("m:{month}"))
     }
 
-    pub fn hour(&self, key_id: &str, hour: u64) -> String {
-        self.account(key_id, format_args!("h:{hour}"))
+    pub fn hour(&self, id: &str, hour: u64) -> String {
+        self.account(id, format_args!("h:{hour}"))
     }
 
-    pub fn holds(&self, key_id: &str) -> String {
-        self.account(key_id, format_args!("holds"))
+    pub fn holds(&self, id: &str) -> String {
+        self.account(id, format_args!("holds"))
     }
 
-    pub fn reserved(&self, key_id: &str) -> String {
-        self.account(key_id, format_args!("reserved"))
+    pub fn reserved(&self, id: &str) -> String {
+        self.account(id, format_args!("reserved"))
     }
 
-    pub fn settled(&self, key_id: &str, hold: &str) -> String {
-        self.account(key_id, format_args!("settled:{hold}"))
+    pub fn settled(&self, id: &str, hold: &str) -> String {
+        self.account(id, format_args!("settled:{hold}"))
     }
 
-    pub fn usage(&self, key_id: &str, month: Month) -> String {
-        self.account(key_id, format_args!("usage:{month}"))
+    pub fn usage(&self, id: &str, month: Month) -> String {
+        self.account(id, format_args!("usage:{month}"))
     }
 
-    pub fn rate(&self, key_id: &str) -> String {
-        self.account(key_id, format_args!("rate"))
+    pub fn rate(&self, id: &str) -> String {
+        self.account(id, format_args!("rate"))
     }
 
     pub fn nodes(&self) -> String {

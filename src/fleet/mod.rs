@@ -4,8 +4,9 @@
 //! Every decision that must hold across the fleet is one Lua script run atomically on the
 //! server ([`lua`]): reserve a worst case only if it fits under every limit of the account,
 //! settle to the real cost, release, admit against per-minute limits (GCRA on the server's
-//! clock). An account's keys share one hash tag, so the scripts run unchanged on Redis
-//! Cluster; see [`Layout`].
+//! clock). Spend, holds and caps count per account, as on a single gateway; a key keeps its
+//! share of the month, its usage and, when it has one, its own limit's holds; see
+//! [`Layout`].
 //!
 //! Redis is reached from a runtime of its own (one thread, `flux-redis`): the client's
 //! connection drivers and reconnects live there, whatever runtime a request runs on, and a
@@ -33,7 +34,7 @@ use redis::{FromRedisValue, RedisResult, Script};
 pub use layout::Layout;
 pub use queue::Settlement;
 pub use shared::FleetState;
-pub use spend::Refused;
+pub use spend::{Payer, Refused};
 
 use crate::config::server::{RedisConfig, WhenRedisDown};
 use crate::errors::{Context, Error, Fault};

@@ -9,6 +9,9 @@ use crate::units::{Month, Usd};
 /// One served request to bill in the shared ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
+    /// The account billed: its month and hour, and its hard cap.
+    pub account_id: Box<str>,
+    /// The key the request came with: its share of the month and its usage rows.
     pub key_id: Box<str>,
     /// The request's hold id ([`Fleet::hold_id`](super::Fleet::hold_id), also for a request that needed no hold):
     /// it names the settlement marker, so a replay bills once.
@@ -22,8 +25,22 @@ pub struct Settlement {
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub cost: Usd,
-    /// Never bill the month past this (free and credit-only plans).
+    /// Never bill the account's month past this (free and credit-only plans).
     pub hard_cap: Option<Usd>,
+    /// The key's own monthly limit: never bill the key's month past it. The hold is under
+    /// the key too when there is one.
+    pub key_limit: Option<Usd>,
+}
+
+impl Settlement {
+    /// Whose spend it is.
+    pub fn payer(&self) -> super::spend::Payer<'_> {
+        super::spend::Payer {
+            account_id: &self.account_id,
+            key_id: &self.key_id,
+            key_limit: self.key_limit,
+        }
+    }
 }
 
 /// Settlements waiting for Redis, and the accounts this gateway has listed in the month's

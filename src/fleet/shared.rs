@@ -3,7 +3,9 @@
 //!
 //! [`FleetState`] implements admission's [`SharedState`] (and the two stores it is made of):
 //! a request's rate check and reservation are one script, one round trip ([`Fleet::reserve`]
-//! with the charges); an account without any spend limit makes only the rate's. Redis down,
+//! with the charges); an account without any spend limit, with a key without a limit of its
+//! own, makes only the rate's. Spend, holds and caps count per account (the account's
+//! totals in Redis), a key's own limit against the key's month and holds. Redis down,
 //! the configured policy ([`crate::config::server::WhenRedisDown`]) applies: refuse, or fall
 //! back to this gateway's own store (its share of each rate limit, its own holds), whose
 //! settlements the fleet bills too once Redis answers.
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Fleet, Refused, Settlement, Unavailable};
+use super::{Fleet, Payer, Refused, Settlement, Unavailable};
 use crate::admission::SharedState;
 use crate::auth::Account;
 use crate::config::server::{MoneyWhenDown, RatesWhenDown};
@@ -20,8 +22,8 @@ use crate::errors::Error;
 use crate::errors::{ErrorKind, FluxError};
 use crate::limits::{Charges, Limits, RateStore};
 use crate::metering::budget::{
-    cap_error, check_on_hold, hourly_error, monthly_caps, Budget, Hold, Holds, SpendStore,
-    Standing, Ticket,
+    cap_error, check_on_hold, hourly_error, key_limit_error, monthly_caps, Budget, Hold, Holds,
+    SpendStore, Standing, Ticket,
 };
 use crate::metering::ledger::{Entry, Ledger, ReportRow};
 use crate::units::Month;
@@ -84,8 +86,11 @@ impl FleetState {
         let hourly = account.terms.hourly_limit_usd;
         let hard_cap = caps.iter().map(|(c, _)| *c).min();
         let holds: Arc<dyn Holds> = self.holds.clone();
-        let hold = |ticket| Hold::new(holds, &account.key_id, ticket, amount, hard_cap);
-        if caps.is_empty() && hourly.is_none() {
+        let hold = |ticket| {
+            Hold::new(holds, &account.key_id, ticket, amount, hard_cap)
+                .of_account(&account.account_id, account.key_limit)
+        };
+        if caps.is_empty() && hourly.is_none() && account.key_limit.is_none() {
             if let Some(charges) = rate {
                 self.check(&account.key_id, charges).await?;
             }
@@ -100,7 +105,7 @@ impl FleetState {
         let answer = self
             .fleet
             .reserve(
-                &account.key_id,
+                Payer::of(account),
                 amount,
                 &cap_amounts,
                 hourly,
@@ -120,6 +125,11 @@ impl FleetState {
                     .unwrap_or((Usd::ZERO, ErrorKind::SpendCeilingReached));
                 Err(cap_error(kind, cap, amount, committed))
             }
+            Ok(Err(Refused::Key { committed })) => Err(key_limit_error(
+                account.key_limit.unwrap_or_default(),
+                amount,
+                committed,
+            )),
             Ok(Err(Refused::Hour { .. })) => Err(hourly_error(hourly.unwrap_or_default(), now)),
             Ok(Err(Refused::Rate { index, wait })) => Err(match rate {
                 Some(c) => c.refused(index, wait),
@@ -167,14 +177,14 @@ impl SpendStore for FleetState {
         self.reserve_with(account, amount, now, None).await
     }
 
-    /// The fleet keeps spend per key for now: a key's standing is its own.
+    /// The account's standing, and the calling key's share of its month.
     async fn standing(&self, account: &Account, now: u64) -> Result<Standing, FluxError> {
-        match self.fleet.standing(&account.key_id, now).await {
-            Ok([month, hour, reserved]) => Ok(Standing {
+        match self.fleet.standing(Payer::of(account), now).await {
+            Ok([month, hour, reserved, key_month]) => Ok(Standing {
                 month,
                 hour,
                 reserved,
-                key_month: month,
+                key_month,
             }),
             Err(Unavailable) => Err(FluxError::ledger_unavailable(
                 self.fleet.when_down.retry_after_seconds,
@@ -222,6 +232,7 @@ impl FleetHolds {
         entry: &Entry<'_>,
     ) -> Settlement {
         Settlement {
+            account_id: hold.account_id().into(),
             key_id: hold.key_id().into(),
             hold: id,
             held,
@@ -233,6 +244,7 @@ impl FleetHolds {
             output_tokens: entry.output_tokens,
             cost: entry.cost,
             hard_cap: hold.hard_cap(),
+            key_limit: hold.key_limit(),
         }
     }
 }
@@ -256,11 +268,13 @@ impl Holds for FleetHolds {
             Ticket::Shared { id, held } => (id.clone(), held.then_some(hold.amount())),
         };
         let settlement = self.settlement(hold, id, held, &entry);
-        // Under a hard cap the script may bill less than the cost, but only past the hold:
+        // Under a hard cap (the account's, or the key's own limit) the script may bill less
+        // than the cost, but only past the hold:
         // other settlements never eat into a hold (each is capped to the room left outside
         // the others' holds), so a cost within it is billed in full. Only a provider that
         // counted more than the worst case makes the request wait for what is billed.
-        let billed = if hold.hard_cap().is_some() && entry.cost > hold.amount() {
+        let capped = hold.hard_cap().is_some() || hold.key_limit().is_some();
+        let billed = if capped && entry.cost > hold.amount() {
             self.fleet.settle(settlement).await
         } else {
             self.fleet.settle_in_background(settlement);
@@ -274,10 +288,15 @@ impl Holds for FleetHolds {
     fn release(&self, hold: &Hold) {
         match hold.ticket() {
             Ticket::Here(_) => self.local.release_here(hold),
-            Ticket::Shared { id, held: true } => {
-                self.fleet
-                    .release_in_background(hold.key_id(), id, hold.amount())
-            }
+            Ticket::Shared { id, held: true } => self.fleet.release_in_background(
+                Payer {
+                    account_id: hold.account_id(),
+                    key_id: hold.key_id(),
+                    key_limit: hold.key_limit(),
+                },
+                id,
+                hold.amount(),
+            ),
             Ticket::Shared { held: false, .. } => {}
         }
     }

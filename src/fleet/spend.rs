@@ -12,7 +12,8 @@ use std::time::Duration;
 use redis::Script;
 
 use super::queue::Settlement;
-use super::{lock, lua, Fleet, Op, Unavailable};
+use super::{lock, lua, Fleet, Layout, Op, Unavailable};
+use crate::config::keys::own_account_id;
 use crate::errors::{Error, Fault};
 use crate::limits::Charge;
 use crate::metering::ledger::ReportRow;
@@ -32,9 +33,62 @@ const KEEP_DAYS_AFTER_MONTH: u64 = 400;
 /// only the gateway's own ledger still has them.
 const MAX_PENDING: usize = 100_000;
 
+/// Whose spend a script is about: the account (its caps, hourly limit and holds, its month
+/// and hour) and the key the request came with (its share of the month, its usage rows, and
+/// its own monthly limit, if it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payer<'a> {
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    /// The key's own monthly limit: its holds are then kept under the key too.
+    pub key_limit: Option<Usd>,
+}
+
+impl<'a> Payer<'a> {
+    /// The payer of a request made with `account`'s key.
+    pub fn of(account: &'a crate::auth::Account) -> Payer<'a> {
+        Payer {
+            account_id: &account.account_id,
+            key_id: &account.key_id,
+            key_limit: account.key_limit,
+        }
+    }
+
+    /// Whether the account is a key that was its own account before accounts (`acct_` + the
+    /// key id's random part): the fleet then kept its totals under the key id, and the
+    /// scripts carry them over to the account (see `carry` in `lua/lib.lua`).
+    pub fn carries_over(&self) -> bool {
+        self.account_id == own_account_id(self.key_id)
+    }
+
+    fn carry_flag(&self) -> String {
+        if self.carries_over() { "1" } else { "" }.to_string()
+    }
+
+    /// The account's month and hour spend, holds and reserved total, then the key's: the
+    /// first keys of the reserve, settle and standing scripts.
+    fn keys(&self, l: &Layout, now: u64) -> Vec<String> {
+        let (month, hour) = (Month::of(now), hour_of(now));
+        let (a, k) = (self.account_id, self.key_id);
+        vec![
+            l.month(a, month),
+            l.hour(a, hour),
+            l.holds(a),
+            l.reserved(a),
+            l.month(k, month),
+            l.hour(k, hour),
+            l.holds(k),
+            l.reserved(k),
+        ]
+    }
+}
+
 /// Why the shared ledger refused a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// The key's own monthly limit would be passed; `committed` is the key's month spend
+    /// plus its holds.
+    Key { committed: Usd },
     /// The monthly cap at this index (in the order given) would be passed; `committed` is
     /// the month's spend plus the holds outstanding.
     Cap { index: usize, committed: Usd },
@@ -45,13 +99,14 @@ pub enum Refused {
 }
 
 impl Fleet {
-    /// Reserve `amount` for `key_id` if it fits under every cap and the hourly limit, after
-    /// admitting the request against `rate` (its per-minute limits, none for a plan without):
-    /// one round trip either way. `Ok(Ok(hold id))` when held.
+    /// Reserve `amount` for `payer` if it fits under every cap and the hourly limit of the
+    /// account (and the key's own limit), after admitting the request against `rate` (its
+    /// per-minute limits, none for a plan without): one round trip either way.
+    /// `Ok(Ok(hold id))` when held.
     #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
-        key_id: &str,
+        payer: Payer<'_>,
         amount: Usd,
         caps: &[Usd],
         hourly: Option<Usd>,
@@ -61,15 +116,10 @@ impl Fleet {
     ) -> Result<Result<Box<str>, Refused>, Unavailable> {
         let l = &self.layout;
         let hold = self.hold_id();
-        let mut keys = vec![
-            l.month(key_id, Month::of(now)),
-            l.hour(key_id, hour_of(now)),
-            l.holds(key_id),
-            l.reserved(key_id),
-        ];
-        let mut args = Vec::with_capacity(5 + caps.len() + 3 * rate.len());
+        let mut keys = payer.keys(l, now);
+        let mut args = Vec::with_capacity(7 + caps.len() + 3 * rate.len());
         if !rate.is_empty() {
-            keys.push(l.rate(key_id));
+            keys.push(l.rate(payer.key_id));
             args.push((3 * rate.len()).to_string());
             super::rate::push_charges(&mut args, rate);
         }
@@ -78,6 +128,8 @@ impl Fleet {
             hold.to_string(),
             hold_ttl_secs.to_string(),
             hourly.map_or(String::new(), |h| h.0.to_string()),
+            payer.key_limit.map_or(String::new(), |k| k.0.to_string()),
+            payer.carry_flag(),
         ]);
         args.extend(caps.iter().map(|c| c.0.to_string()));
         let script = if rate.is_empty() { &RESERVE } else { &ADMIT };
@@ -97,6 +149,9 @@ impl Fleet {
                     .unwrap_or(1)
                     .saturating_sub(1),
                 committed: amount_at(2),
+            }),
+            Some("key") => Err(Refused::Key {
+                committed: amount_at(1),
             }),
             Some("hour") => Err(Refused::Hour {
                 committed: amount_at(1),
@@ -125,10 +180,11 @@ impl Fleet {
                 return billed;
             }
         }
-        // Under a hard cap, the room past the hold may be gone by the time of the replay;
-        // the hold itself stays billable (no settlement eats into another's hold). So a cost
-        // past it is billed at the hold, and the amount returned is the amount replayed.
-        if let (Some(_), Some(held)) = (s.hard_cap, s.held) {
+        // Under a hard cap (or a key's limit), the room past the hold may be gone by the time
+        // of the replay; the hold itself stays billable (no settlement eats into another's
+        // hold). So a cost past it is billed at the hold, and the amount returned is the
+        // amount replayed.
+        if let (true, Some(held)) = (s.hard_cap.is_some() || s.key_limit.is_some(), s.held) {
             s.cost = s.cost.min(held);
         }
         let cost = s.cost;
@@ -144,10 +200,14 @@ impl Fleet {
         });
     }
 
-    /// Release a hold of `amount` without waiting. If Redis does not take it, it expires.
-    pub fn release_in_background(self: &Arc<Self>, key_id: &str, hold: &str, amount: Usd) {
+    /// Release a hold of `amount` (the account's, and the key's when it has a limit) without
+    /// waiting. If Redis does not take it, it expires.
+    pub fn release_in_background(self: &Arc<Self>, payer: Payer<'_>, hold: &str, amount: Usd) {
         let l = &self.layout;
-        let keys = vec![l.holds(key_id), l.reserved(key_id)];
+        let mut keys = vec![l.holds(payer.account_id), l.reserved(payer.account_id)];
+        if payer.key_limit.is_some() {
+            keys.extend([l.holds(payer.key_id), l.reserved(payer.key_id)]);
+        }
         let args = vec![format!("{hold}|{}", amount.0)];
         let fleet = Arc::clone(self);
         self.handle.spawn(async move {
@@ -155,23 +215,20 @@ impl Fleet {
         });
     }
 
-    /// What `key_id` spent this month and hour, and holds outstanding.
-    pub async fn standing(&self, key_id: &str, now: u64) -> Result<[Usd; 3], Unavailable> {
-        let l = &self.layout;
-        let keys = vec![
-            l.month(key_id, Month::of(now)),
-            l.hour(key_id, hour_of(now)),
-            l.holds(key_id),
-            l.reserved(key_id),
-        ];
-        let answer: Vec<String> = self.script(Op::Standing, &STANDING, keys, vec![]).await?;
+    /// What `payer`'s account spent this month and hour, its holds outstanding, and the
+    /// key's own spend this month.
+    pub async fn standing(&self, payer: Payer<'_>, now: u64) -> Result<[Usd; 4], Unavailable> {
+        let mut keys = payer.keys(&self.layout, now);
+        keys.truncate(6);
+        let args = vec![payer.carry_flag()];
+        let answer: Vec<String> = self.script(Op::Standing, &STANDING, keys, args).await?;
         let at = |i: usize| {
             answer
                 .get(i)
                 .and_then(|s| s.parse().ok())
                 .map_or(Usd::ZERO, Usd)
         };
-        Ok([at(0), at(1), at(2)])
+        Ok([at(0), at(1), at(2), at(3)])
     }
 
     /// A month's usage by key, lane and model (only `key_id`'s when given), sorted, from the
@@ -224,19 +281,16 @@ impl Fleet {
         let l = &self.layout;
         let month = Month::of(s.at_unix);
         let hold = &s.hold;
-        let keys = vec![
-            l.month(&s.key_id, month),
-            l.hour(&s.key_id, hour_of(s.at_unix)),
-            l.holds(&s.key_id),
-            l.reserved(&s.key_id),
-            l.settled(&s.key_id, hold),
-            l.usage(&s.key_id, month),
-        ];
+        let payer = s.payer();
+        let mut keys = payer.keys(l, s.at_unix);
+        keys.extend([l.settled(&s.key_id, hold), l.usage(&s.key_id, month)]);
         let args = vec![
             s.held
                 .map_or(String::new(), |amount| format!("{hold}|{}", amount.0)),
             s.cost.0.to_string(),
             s.hard_cap.map_or(String::new(), |c| c.0.to_string()),
+            s.key_limit.map_or(String::new(), |c| c.0.to_string()),
+            payer.carry_flag(),
             format!("{}\t{}", s.lane, s.model),
             s.input_tokens.to_string(),
             s.cached_input_tokens.to_string(),
@@ -371,6 +425,27 @@ fn usage_rows(key_id: &str, fields: &[(String, u64)]) -> Vec<ReportRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_key_that_is_its_own_account_carries_its_totals_over() {
+        let payer = |account_id, key_id| Payer {
+            account_id,
+            key_id,
+            key_limit: None,
+        };
+        assert!(payer("acct_Ab3x9", "key_Ab3x9").carries_over());
+        assert!(!payer("acct_team", "key_Ab3x9").carries_over());
+        assert!(!payer("acct_Ab3x", "key_Ab3x9").carries_over());
+        // The account's totals and the key's are distinct Redis keys, even for a key that is
+        // its own account (settle adds to both).
+        let l = Layout::new("flux:");
+        let keys = payer("acct_Ab3x9", "key_Ab3x9").keys(&l, 1_800_000_000);
+        assert_eq!(keys.len(), 8);
+        assert_eq!(keys[0], "flux:{acct_Ab3x9}:m:2027-01");
+        assert_eq!(keys[4], "flux:{key_Ab3x9}:m:2027-01");
+        let unique: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len());
+    }
 
     #[test]
     fn usage_hash_fields_become_report_rows() {

@@ -93,8 +93,7 @@ pub enum Ticket {
 pub struct Hold {
     holds: Arc<dyn Holds>,
     key_id: String,
-    /// The account whose caps the hold counts against (the key's id where a store keeps
-    /// spend per key).
+    /// The account whose caps the hold counts against.
     account_id: String,
     /// The key's own monthly limit, a hard cap on its spend.
     key_limit: Option<Usd>,
@@ -465,6 +464,16 @@ impl Hold {
 
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// The account whose caps the hold counts against.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// The key's own monthly limit, if it has one (the hold counts against it too).
+    pub fn key_limit(&self) -> Option<Usd> {
+        self.key_limit
     }
 
     pub fn ticket(&self) -> &Ticket {

@@ -104,22 +104,64 @@ local function gcra(key, args, first, last)
   return nil, now_ms
 end
 
--- Reserve a worst case if it fits under every limit of the account.
--- keys[1..4]: month spend, hour spend, holds, reserved total. args[a..]: amount, hold id,
--- hold lifetime (s), hourly limit ('' for none), then the monthly caps in the order the
--- gateway checks them. `now`: the server's time in ms.
--- Returns {'ok'}, {'cap', index of the cap, committed}, or {'hour', hour spend + reserved}.
+-- Before accounts, every key was an account of its own and the fleet kept its month and hour
+-- under the key's id. Such a key is now the account `acct_` + its id's random part, whose
+-- totals live under the account's id. The first script that meets the account (reserve,
+-- settle or standing, called with the carry flag only for such an account) copies a total
+-- the account does not have yet but the key has, with the key's remaining lifetime: the
+-- month's spend carries over to the account. From then on settle adds to both, so the
+-- account's total exists and nothing is copied again. It runs inside the script that reads
+-- the totals, so it is atomic: two gateways cannot both carry it, and no request is checked
+-- against the empty total in between.
+-- keys[1], keys[2]: the account's month and hour spend; keys[5], keys[6]: the key's.
+local function carry(keys)
+  for i = 1, 2 do
+    if redis.call('EXISTS', keys[i]) == 0 then
+      local legacy = redis.call('GET', keys[i + 4])
+      if legacy then
+        local ttl = redis.call('PTTL', keys[i + 4])
+        if ttl > 0 then
+          redis.call('SET', keys[i], legacy, 'PX', ttl)
+        else
+          redis.call('SET', keys[i], legacy)
+        end
+      end
+    end
+  end
+end
+
+-- Reserve a worst case if it fits under every limit of the account, and under the key's own
+-- monthly limit when it has one.
+-- keys[1..4]: the account's month spend, hour spend, holds, reserved total; keys[5..8]: the
+-- key's month spend, hour spend (read only by the carry-over), holds, reserved total.
+-- args[a..]: amount, hold id, hold lifetime (s), hourly limit ('' for none), the key's
+-- monthly limit ('' for none), '1' to carry a pre-account key's totals over (else ''), then
+-- the monthly caps in the order the gateway checks them. `now`: the server's time in ms.
+-- Returns {'ok'}, {'key', the key's committed}, {'cap', index of the cap, committed}, or
+-- {'hour', hour spend + reserved}. The key's limit is checked first, as on a single gateway.
+-- The hold goes under the account, and under the key too when it has a limit.
 local function reserve(keys, args, a, now)
+  if args[a + 5] == '1' then carry(keys) end
+  local amount = big(args[a])
+  local limit = args[a + 4]
+  local refused = nil
+  local key_reserved, key_swept = nil, false
+  if limit ~= '' then
+    local k = redis.call('MGET', keys[8], keys[5])
+    key_reserved, key_swept = sweep(keys[7], big(k[1]), now)
+    local key_committed = add(big(k[2]), key_reserved)
+    if gt(add(key_committed, amount), big(limit)) then refused = {'key', str(key_committed)} end
+  end
   local state = redis.call('MGET', keys[4], keys[1], keys[2])
   local reserved, swept = sweep(keys[3], big(state[1]), now)
-  local amount = big(args[a])
-  local committed = add(big(state[2]), reserved)
-  local after = add(committed, amount)
-  local refused = nil
-  for i = a + 4, #args do
-    if gt(after, big(args[i])) then
-      refused = {'cap', tostring(i - a - 3), str(committed)}
-      break
+  if not refused then
+    local committed = add(big(state[2]), reserved)
+    local after = add(committed, amount)
+    for i = a + 6, #args do
+      if gt(after, big(args[i])) then
+        refused = {'cap', tostring(i - a - 5), str(committed)}
+        break
+      end
     end
   end
   if not refused and args[a + 3] ~= '' then
@@ -128,13 +170,20 @@ local function reserve(keys, args, a, now)
   end
   if refused then
     if swept then put_reserved(keys[4], reserved, nil) end
+    if key_swept then put_reserved(keys[8], key_reserved, nil) end
     return refused
   end
   local ttl = tonumber(args[a + 2])
-  redis.call('ZADD', keys[3], now + ttl * 1000, args[a + 1] .. '|' .. args[a])
+  local member = args[a + 1] .. '|' .. args[a]
+  redis.call('ZADD', keys[3], now + ttl * 1000, member)
   -- Every hold has the same lifetime, so the newest expires last: the bookkeeping lives a
   -- minute longer, then goes with it.
   redis.call('EXPIRE', keys[3], ttl + 60)
   put_reserved(keys[4], add(reserved, amount), ttl + 60)
+  if limit ~= '' then
+    redis.call('ZADD', keys[7], now + ttl * 1000, member)
+    redis.call('EXPIRE', keys[7], ttl + 60)
+    put_reserved(keys[8], add(key_reserved, amount), ttl + 60)
+  end
   return {'ok'}
 end
