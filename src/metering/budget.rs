@@ -711,11 +711,14 @@ mod tests {
         let spent = budget.standing(&keys[0], 0);
         assert!(spent.month <= usd("0.05"), "{spent:?}");
         assert_eq!(spent.month, usd("0.007").times(served));
+        let other = budget.standing(&keys[1], 0);
         assert_eq!(
-            budget.standing(&keys[1], 0),
-            spent,
+            (other.month, other.hour, other.reserved),
+            (spent.month, spent.hour, spent.reserved),
             "one standing for every key"
         );
+        let shares = keys.iter().map(|k| budget.standing(k, 0).key_month);
+        assert_eq!(shares.fold(Usd::ZERO, Usd::saturating_add), spent.month);
     }
 
     #[test]

@@ -364,11 +364,10 @@ impl Shared {
             for key in dirty.drain(..) {
                 if let Some(ks) = keys.get_mut(&key) {
                     let groups = std::mem::take(&mut ks.pending);
-                    if groups.is_empty() {
-                    } else if ks.account {
-                        batch.accounts.push((key, groups));
-                    } else {
-                        batch.groups.push((key, groups));
+                    match (groups.is_empty(), ks.account) {
+                        (true, _) => {}
+                        (false, true) => batch.accounts.push((key, groups)),
+                        (false, false) => batch.groups.push((key, groups)),
                     }
                 }
             }
