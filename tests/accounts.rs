@@ -195,6 +195,20 @@ fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The same, without the admin token: the command cannot ask the gateway to load its
+/// change, so the gateway has it only from following the store's feed.
+fn accounts_cli_unconfirmed(flux: &Flux, args: &[&str]) -> String {
+    let mut all = vec!["accounts"];
+    all.extend_from_slice(args);
+    let out = cli_at(&flux.config, &all, None);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Poll `GET /v1/models` with `key` until it answers `status`; how long that took.
 async fn until_status(flux: &Flux, key: &str, status: u16) -> std::time::Duration {
     let started = std::time::Instant::now();
@@ -217,7 +231,7 @@ async fn a_key_made_in_the_key_store_serves_at_once_and_a_revoked_one_stops_at_o
     let flux = Flux::start().await;
     let account = accounts_cli(&flux, &["new", "--name", "acme", "--plan", "payg"]);
     assert!(account.starts_with("acct_"), "{account}");
-    let key = accounts_cli(&flux, &["key", "--account", "acme", "--name", "ci"]);
+    let key = accounts_cli_unconfirmed(&flux, &["key", "--account", "acme", "--name", "ci"]);
     assert!(key.starts_with("sk-") && key.len() == 43, "{key}");
     // The gateway follows the store's feed every 250 ms: no reload, no file rewrite.
     let took = until_status(&flux, &key, 200).await;
@@ -233,7 +247,7 @@ async fn a_key_made_in_the_key_store_serves_at_once_and_a_revoked_one_stops_at_o
     assert!(listed.contains("acme") && listed.contains("ci"), "{listed}");
     assert!(!listed.contains(&key[3..]), "a key is never listed");
     let key_id = v["key"]["id"].as_str().unwrap().to_string();
-    accounts_cli(&flux, &["revoke", &key_id]);
+    accounts_cli_unconfirmed(&flux, &["revoke", &key_id]);
     let took = until_status(&flux, &key, 401).await;
     assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     let r = flux.chat_with_key(&ping("flux-fast"), &key).await;
@@ -243,7 +257,14 @@ async fn a_key_made_in_the_key_store_serves_at_once_and_a_revoked_one_stops_at_o
     // An account put on hold by a billing system: its keys get 402 at once.
     let other = accounts_cli(&flux, &["key", "--account", "acme", "--name", "server"]);
     until_status(&flux, &other, 200).await;
+    // Told to the gateway before the command returns (with the admin token).
     accounts_cli(&flux, &["set", "acme", "--on-hold", "true"]);
+    let r = flux.chat_with_key(&ping("flux-fast"), &other).await;
+    expect_openai_error(r, 402, "account_on_hold").await;
+    accounts_cli(&flux, &["set", "acme", "--on-hold", "false"]);
+    let r = flux.chat_with_key(&ping("flux-fast"), &other).await;
+    assert_eq!(r.status(), 200);
+    accounts_cli_unconfirmed(&flux, &["set", "acme", "--on-hold", "true"]);
     let started = std::time::Instant::now();
     loop {
         let r = flux.chat_with_key(&ping("flux-fast"), &other).await;

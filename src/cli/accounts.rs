@@ -207,6 +207,8 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
                     );
                 }
             }
+            // Reads only: nothing for the gateway to load.
+            return Ok(());
         }
         AccountsAction::Import => {
             let file = KeysFile::load(&config.keys_file)?;
@@ -234,7 +236,9 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
             );
         }
     }
-    Ok(())
+    // In effect when the command returns: the running gateway is asked to follow the store
+    // now (it would within a quarter of a second anyway).
+    super::keys::confirm_keys_loaded(&config)
 }
 
 /// The keys file as the key store's rows: its accounts, and each key without one as an

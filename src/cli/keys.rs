@@ -153,12 +153,12 @@ pub fn keys(config_path: &Path, action: KeysAction) -> CliResult {
 const KEYS_RELOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Wait until the gateway this configuration describes has loaded the keys file as it is
-/// now: it is asked through its admin listener (`POST /admin/v1/keys/reload`, with the admin
-/// token from the environment), so that a new key works, and a revoked one is refused, the
-/// moment the command returns. When no gateway runs, or it cannot be asked, says so on
+/// now, and the key store's latest changes: it is asked through its admin listener (`POST
+/// /admin/v1/keys/reload`, with the admin token from the environment), so that a new key
+/// works, and a revoked one is refused, the moment the command returns. When no gateway runs, or it cannot be asked, says so on
 /// stderr (its file watcher loads the change within a second); an error when the gateway
 /// answers but has not loaded it.
-fn confirm_keys_loaded(config: &ServerConfig) -> CliResult {
+pub(super) fn confirm_keys_loaded(config: &ServerConfig) -> CliResult {
     let Some(admin) = &config.admin else {
         eprintln!(
             "note: no admin listener is configured, so a running gateway cannot be asked to \

@@ -223,15 +223,22 @@ impl Admin {
     /// for a writer that has it open: a blocking thread).
     async fn reload_keys(&self) -> Result<serde_json::Value, FluxError> {
         let state = self.state.clone();
-        let reload = tokio::task::spawn_blocking(move || state.reload_keys_now())
-            .await
-            .map_err(|e| FluxError::new(ErrorKind::Internal, format!("keys task: {e}")))?
-            .map_err(|e| {
-                FluxError::new(
-                    ErrorKind::Internal,
-                    format!("{e}; the gateway keeps its previous keys table"),
-                )
-            })?;
+        let reload = tokio::task::spawn_blocking(move || {
+            // The key store first: what `fluxrouter accounts` just wrote is served when this
+            // answers, whatever the keys file's state.
+            if let Err(e) = state.directory.refresh() {
+                log::warn!("key store: refresh failed: {e}");
+            }
+            state.reload_keys_now()
+        })
+        .await
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("keys task: {e}")))?
+        .map_err(|e| {
+            FluxError::new(
+                ErrorKind::Internal,
+                format!("{e}; the gateway keeps its previous keys table"),
+            )
+        })?;
         Ok(json!({
             "object": "keys_reload",
             "keys": self.state.keys.load().len(),
