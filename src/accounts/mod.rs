@@ -81,6 +81,22 @@ pub struct Directory {
     checkpointer: Mutex<Store>,
     /// Replaced whole only by a reload; single changes are applied in place.
     index: ArcSwap<KeyIndex>,
+    /// The database file: its and its WAL's size and mtime tell a refresh whether anyone
+    /// wrote, without a read (an idle gateway must not keep reading its files).
+    path: std::path::PathBuf,
+    seen: Mutex<Option<FilesSeen>>,
+    /// Whether there are writes the checkpointer has not copied into the file yet.
+    unchecked: std::sync::atomic::AtomicBool,
+}
+
+/// Size and modification time of the database file and its WAL.
+type FilesSeen = [(u64, Option<std::time::SystemTime>); 2];
+
+fn files_seen(path: &Path) -> FilesSeen {
+    let of = |p: &Path| std::fs::metadata(p).map_or((0, None), |m| (m.len(), m.modified().ok()));
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [of(path), of(Path::new(&wal))]
 }
 
 impl std::fmt::Debug for Directory {
@@ -111,6 +127,11 @@ impl Directory {
             inner: Mutex::new(Inner { store, cursor }),
             checkpointer: Mutex::new(Store::open(path)?),
             index: ArcSwap::from_pointee(index),
+            path: path.to_path_buf(),
+            seen: Mutex::new(None),
+            // The writers (CLI, other gateways) checkpoint their own writes when they close;
+            // this process checkpoints what it writes itself.
+            unchecked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -160,6 +181,8 @@ impl Directory {
     /// Apply a change this process wrote (at `seq`) to its own index, under the lock the
     /// write was made with, so this process's index follows its writes in order.
     fn applied(&self, inner: &mut Inner, seq: Cursor, change: &Change) {
+        self.unchecked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.index.load().apply(change);
         // With nothing of other processes in between, the feed has nothing new for us up to
         // `seq`; otherwise the next refresh reads it (and this row again, harmlessly).
@@ -305,10 +328,23 @@ impl Directory {
     /// has not moved (one cheap query), the rows it names otherwise, everything when it no
     /// longer reaches back to this process's cursor.
     pub fn refresh(&self) -> Result<Refreshed, StoreError> {
+        // Nobody wrote since the last look (same sizes and mtimes): no query at all. Taken
+        // before the query, so a write that lands during it is seen next time.
+        let now_seen = files_seen(&self.path);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.as_ref() == Some(&now_seen) {
+                return Ok(Refreshed::Unchanged);
+            }
+            *seen = Some(now_seen);
+        }
         let mut inner = self.inner();
         if inner.store.head()? == inner.cursor {
             return Ok(Refreshed::Unchanged);
         }
+        // Others wrote: copy their WAL frames into the file on the next checkpoint.
+        self.unchecked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let cursor = inner.cursor;
         match inner.store.changes_since(cursor)? {
             Feed::Changes { changes, cursor } => {
@@ -345,6 +381,13 @@ impl Directory {
     /// Copy the WAL into the database file (in the background: [`Directory::spawn_refresher`]
     /// does it every second), so that writes do not pay for it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        // Only after writes: a checkpoint of an unchanged WAL still reads it.
+        if !self
+            .unchecked
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
         let store = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
         store.checkpoint()
     }
