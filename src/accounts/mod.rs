@@ -84,10 +84,13 @@ pub struct Directory {
     /// The database file: its and its WAL's size and mtime tell a refresh whether anyone
     /// wrote, without a read (an idle gateway must not keep reading its files).
     path: std::path::PathBuf,
-    seen: Mutex<Option<FilesSeen>>,
+    seen: Mutex<Option<(FilesSeen, std::time::Instant)>>,
     /// Whether there are writes the checkpointer has not copied into the file yet.
     unchecked: std::sync::atomic::AtomicBool,
 }
+
+/// Longest time a refresh trusts the files' sizes and times alone.
+const FULL_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Size and modification time of the database file and its WAL.
 type FilesSeen = [(u64, Option<std::time::SystemTime>); 2];
@@ -330,13 +333,18 @@ impl Directory {
     pub fn refresh(&self) -> Result<Refreshed, StoreError> {
         // Nobody wrote since the last look (same sizes and mtimes): no query at all. Taken
         // before the query, so a write that lands during it is seen next time.
+        // File times are coarse (a few ms): two writes in one tick that leave the WAL's size
+        // as it was would look like none, so the feed is also read every few seconds.
         let now_seen = files_seen(&self.path);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.as_ref() == Some(&now_seen) {
-                return Ok(Refreshed::Unchanged);
+            let now = std::time::Instant::now();
+            if let Some((files, at)) = seen.as_ref() {
+                if *files == now_seen && now.duration_since(*at) < FULL_CHECK_EVERY {
+                    return Ok(Refreshed::Unchanged);
+                }
             }
-            *seen = Some(now_seen);
+            *seen = Some((now_seen, now));
         }
         let mut inner = self.inner();
         if inner.store.head()? == inner.cursor {
