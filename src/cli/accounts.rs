@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-use fluxrouter::accounts::{AccountRow, KeyLimits};
+use fluxrouter::accounts::{AccountEdit, AccountRow, KeyLimits};
 use fluxrouter::accounts::{Directory, KeyKind, KeyRow, KeyStatus, NewAccount};
 use fluxrouter::config::{KeysFile, ServerConfig};
 use fluxrouter::errors::{Error, Fault};
@@ -132,20 +132,16 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
                 Some("none") => Some(None),
                 Some(amount) => Some(Some(amount.parse::<Usd>()?)),
             };
-            let row = directory.update_account(&id, |row| {
-                if let Some(plan) = plan {
-                    row.plan = plan;
-                }
-                if let Some(on) = payment_method {
-                    row.payment_method = on;
-                }
-                if let Some(on) = on_hold {
-                    row.on_hold = on;
-                }
-                if let Some(ceiling) = ceiling {
-                    row.ceiling_usd = ceiling;
-                }
-            })?;
+            let row = directory.edit_account(
+                &id,
+                AccountEdit {
+                    plan,
+                    payment_method,
+                    on_hold,
+                    ceiling_usd: ceiling,
+                    models: None,
+                },
+            )?;
             println!(
                 "{} ({}): plan {}, payment method {}, on hold {}, ceiling {}",
                 row.id,
