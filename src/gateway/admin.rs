@@ -10,6 +10,9 @@
 //! `fluxrouter keys` returns only once its change is in effect. A keys file that cannot be
 //! loaded: 500 `internal_error` with the reason (the previous table stays).
 //!
+//! `/admin/v1/accounts…` and `POST /admin/v1/keys/{id}/revoke`: the accounts API for
+//! operators and billing systems (`super::manage`).
+//!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
 //!
 //! Wrong tokens (admin, metrics, console sign-in) are counted per source address: past
