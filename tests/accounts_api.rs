@@ -850,3 +850,70 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "method_not_allowed",
     );
 }
+
+#[tokio::test]
+async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
+    let flux = Flux::start().await;
+    let (status, account) = admin(
+        &flux,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "listed", "plan": "payg", "payment_method": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let keys = format!(
+        "/admin/v1/accounts/{}/keys",
+        account["id"].as_str().unwrap()
+    );
+    let (_, key) = admin(
+        &flux,
+        Method::POST,
+        &keys,
+        Some(json!({"name": "app", "monthly_limit_usd": "5"})),
+    )
+    .await;
+    let secret = key["key"].as_str().unwrap();
+    assert_eq!(chat_status(&flux, secret).await, 200);
+
+    let url = format!("{}/console/api/accounts", flux.admin_base);
+    let r = flux.client.get(&url).send().await.unwrap();
+    expect_openai_error(r, 403, "admin_forbidden").await;
+    let r = flux
+        .client
+        .post(format!("{}/console/api/session", flux.admin_base))
+        .json(&json!({"token": ADMIN_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = header(&r, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = flux
+        .client
+        .get(&url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&secret[3..]), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let listed = v["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "listed")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(listed["payment_method"], true, "{listed}");
+    assert_eq!(listed["keys"][0]["name"], "app", "{listed}");
+    assert_eq!(listed["keys"][0]["requests"], 1, "{listed}");
+    assert!(usd(&listed["spend_usd"]) > Some(Usd::ZERO), "{listed}");
+    assert_eq!(
+        v["total"].as_u64(),
+        Some(v["accounts"].as_array().unwrap().len() as u64)
+    );
+}
