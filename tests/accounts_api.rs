@@ -917,3 +917,29 @@ async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
         Some(v["accounts"].as_array().unwrap().len() as u64)
     );
 }
+
+#[tokio::test]
+async fn the_cli_rotates_a_key_as_the_api_does() {
+    let flux = Flux::start().await;
+    let (_, manager) = account_with_manager(&flux, "clirot", "payg").await;
+    let (_, made) = call(
+        &flux,
+        Method::POST,
+        "/v1/keys",
+        &manager,
+        Some(json!({"name": "batch"})),
+    )
+    .await;
+    let (old, id) = (made["key"].as_str().unwrap(), made["id"].as_str().unwrap());
+    let new = accounts_cli(&flux, &["rotate", id, "--grace-seconds", "600"]);
+    assert!(new.starts_with("sk-") && new != old, "{new}");
+    // Written by another process: served once the gateway follows the feed.
+    let started = Instant::now();
+    while chat_status(&flux, &new).await != 200 {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat_status(&flux, old).await, 200, "within its grace");
+    let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
+    assert!(listed.to_string().contains("batch (rotated"), "{listed}");
+}

@@ -58,6 +58,14 @@ pub enum AccountsAction {
         #[arg(long)]
         management: bool,
     },
+    /// Replace a key by a new one (same name, kind and limits; printed once); the old key
+    /// keeps working for the grace period, then expires (no grace: revoked at once).
+    Rotate {
+        key: String,
+        /// Seconds the old key keeps working (at most 30 days).
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+    },
     /// Revoke a key by id, for good.
     Revoke { key: String },
     /// Suspend a key by id (`resume` undoes it).
@@ -175,6 +183,18 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
                 row.id, row.name, owner.name
             );
             println!("{secret}");
+        }
+        AccountsAction::Rotate { key, grace_seconds } => {
+            let r =
+                directory.rotate_key(&key, grace_seconds, fluxrouter::units::clock::unix_now())?;
+            eprintln!(
+                "rotated {} into {} ({}); the old key works until {}; the new key is shown once:",
+                r.old.id,
+                r.key.id,
+                r.key.name,
+                r.old.expires_at.unwrap_or_default()
+            );
+            println!("{}", r.secret);
         }
         AccountsAction::Revoke { key } => {
             let row = directory.set_key_status(&key, KeyStatus::Revoked)?;
