@@ -248,6 +248,9 @@ async fn an_owner_manages_the_account_s_keys_and_a_made_or_disabled_key_counts_a
         400,
         "invalid_request",
     );
+    let past = json!({"name": "old", "expires_at": 1});
+    let answer = call(&flux, Method::POST, "/v1/keys", &manager, Some(past)).await;
+    assert_error(&answer, 400, "invalid_request");
 
     // The key that manages cannot lock its account out through itself.
     let (_, mine) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;

@@ -103,6 +103,14 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A new key's expiry must be ahead (Unix seconds).
+fn check_expiry(expires_at: Option<u64>) -> Result<(), FluxError> {
+    match expires_at {
+        Some(t) if t <= unix_now() => Err(bad("expires_at must be in the future (Unix seconds)")),
+        _ => Ok(()),
+    }
+}
+
 fn method_not_allowed(path: &str, allowed: &str) -> FluxError {
     FluxError::new(
         ErrorKind::MethodNotAllowed,
@@ -182,6 +190,7 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         }
         (&M::POST, ["keys"]) => {
             let new: NewKey = json_body(session).await?;
+            check_expiry(new.expires_at)?;
             let account = manager.account_id.clone();
             let limits = KeyLimits {
                 expires_at: new.expires_at,
@@ -588,6 +597,7 @@ pub async fn operator(state: &Arc<AppState>, session: &mut Session, path: &str) 
         (_, ["accounts", _]) => Err(method_not_allowed(&path, "GET and PATCH").into()),
         (&M::POST, ["accounts", id, "keys"]) => {
             let new: AdminNewKey = json_body(session).await?;
+            check_expiry(new.expires_at)?;
             let kind = match new.kind.as_deref() {
                 None => KeyKind::Inference,
                 Some(k) => {
