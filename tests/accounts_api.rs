@@ -946,3 +946,54 @@ async fn the_cli_rotates_a_key_as_the_api_does() {
     let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
     assert!(listed.to_string().contains("batch (rotated"), "{listed}");
 }
+
+#[tokio::test]
+async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
+    let flux = Flux::start().await;
+    let (_, account) = admin(
+        &flux,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "<b>shop</b>", "plan": "payg"})),
+    )
+    .await;
+    let keys = format!(
+        "/admin/v1/accounts/{}/keys",
+        account["id"].as_str().unwrap()
+    );
+    let (_, key) = admin(
+        &flux,
+        Method::POST,
+        &keys,
+        Some(json!({"name": "storefront"})),
+    )
+    .await;
+    assert_eq!(chat_status(&flux, key["key"].as_str().unwrap()).await, 200);
+
+    let b = common::browser::Browser::start().await;
+    b.goto(&format!("{}/console", flux.admin_base)).await;
+    b.wait_for("return document.body.dataset.ready === 'true'", "the page")
+        .await;
+    b.type_into("#token", ADMIN_TOKEN).await;
+    b.click("#signin-button").await;
+    b.wait_for(
+        "return !document.getElementById('app').hidden && document.body.dataset.ready === 'true'",
+        "the console",
+    )
+    .await;
+    b.click("#nav-accounts").await;
+    assert_eq!(b.text("#app-error").await, "");
+    let table = b.text("#accounts-table").await;
+    for shown in ["<b>shop</b>", "storefront", "inference", "active", "payg"] {
+        assert!(table.contains(shown), "{shown}: {table}");
+    }
+    assert_eq!(
+        b.run("return document.querySelectorAll('#accounts-table b b').length")
+            .await,
+        0,
+        "names are text"
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    b.screenshot(&dir.join("accounts.png")).await;
+}
