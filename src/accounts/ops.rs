@@ -11,6 +11,10 @@ use crate::units::Usd;
 /// The longest grace period a rotated key may keep working: 30 days.
 pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
 
+/// Keys an account owner may hold through the management API (revoked and expired ones
+/// count until deleted): the store and every listing stay bounded whatever a script does.
+pub const MAX_KEYS_PER_ACCOUNT: usize = 1_000;
+
 /// Changes to an account's terms; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountEdit {
@@ -78,6 +82,25 @@ impl Directory {
     /// Change an account's terms field by field.
     pub fn edit_account(&self, id: &str, edit: AccountEdit) -> Result<AccountRow, StoreError> {
         self.update_account(id, |row| edit.apply(row))
+    }
+
+    /// [`Directory::create_key`], refused (409) when the account already has `max_keys`.
+    pub fn create_key_within(
+        &self,
+        account_id: &str,
+        name: &str,
+        kind: super::KeyKind,
+        limits: KeyLimits,
+        max_keys: usize,
+    ) -> Result<(String, KeyRow), StoreError> {
+        let held = self.keys_of(account_id)?.len();
+        if held >= max_keys {
+            return Err(StoreError::Conflict(format!(
+                "the account has {held} keys, the most it may hold; delete keys it no longer \
+                 uses"
+            )));
+        }
+        self.create_key(account_id, name, kind, limits)
     }
 
     /// Replace a key with a new one of the same name, kind and limits. The old key keeps
@@ -210,6 +233,27 @@ mod tests {
             d.rotate_key(&again.old.id, 10, now),
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn an_account_holds_at_most_max_keys_through_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Directory::open(&dir.path().join("accounts.db")).unwrap();
+        let a = d
+            .create_account(NewAccount {
+                name: "acme".into(),
+                plan: "payg".into(),
+                ..NewAccount::default()
+            })
+            .unwrap();
+        let make = |name: &str| {
+            d.create_key_within(&a.id, name, KeyKind::Inference, KeyLimits::default(), 2)
+        };
+        make("a").unwrap();
+        let (_, b) = make("b").unwrap();
+        assert!(matches!(make("c"), Err(StoreError::Conflict(_))));
+        d.delete_key(&b.id).unwrap();
+        make("c").unwrap();
     }
 
     #[test]

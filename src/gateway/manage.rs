@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-use crate::accounts::ops::{account_json, ceiling_problem, key_json};
+use crate::accounts::ops::{account_json, ceiling_problem, key_json, MAX_KEYS_PER_ACCOUNT};
 use crate::accounts::{
     AccountEdit, AccountRow, Directory, KeyKind, KeyLimits, KeyRow, KeyStatus, NewAccount,
     StoreError,
@@ -198,7 +198,13 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
                 models: new.models,
             };
             let (secret, row) = blocking(state, move |d| {
-                d.create_key(&account, &new.name, KeyKind::Inference, limits)
+                d.create_key_within(
+                    &account,
+                    &new.name,
+                    KeyKind::Inference,
+                    limits,
+                    MAX_KEYS_PER_ACCOUNT,
+                )
             })
             .await?;
             let mut v = key_json(&row, unix_now());
