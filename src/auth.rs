@@ -356,6 +356,36 @@ pub fn from_store(
     }))
 }
 
+/// The principal of the management API: a management key of the key store and its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manager {
+    pub key_id: String,
+    pub account_id: String,
+}
+
+/// A key store key presented to the management API: a usable management key is its
+/// account's manager; a usable inference key gets 403 (it may generate, not manage).
+pub fn manager_from_store(found: &crate::accounts::Found, now: u64) -> Result<Manager, FluxError> {
+    let (key, account) = found;
+    key.usable_at(now).map_err(|r| unauthorized(r.message()))?;
+    if key.kind != crate::accounts::KeyKind::Management {
+        return Err(inference_key_on_management());
+    }
+    Ok(Manager {
+        key_id: key.id.to_string(),
+        account_id: account.id.to_string(),
+    })
+}
+
+/// 403: an inference key on the management API.
+pub fn inference_key_on_management() -> FluxError {
+    FluxError::new(
+        ErrorKind::ManagementKeyRequired,
+        "This is an API key for model requests: the management API (/v1/keys, /v1/account) \
+         needs one of the account's management keys.",
+    )
+}
+
 /// The model ids a key may use when its account and the key itself may each restrict them:
 /// those both allow.
 fn both_restrictions(account: Option<&[String]>, key: Option<&[String]>) -> Option<Vec<String>> {

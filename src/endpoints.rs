@@ -11,6 +11,9 @@ pub enum Endpoint {
     Models,
     /// `GET /v1/usage`: the caller's own plan, spend and limits.
     Usage,
+    /// The management API, for an account's management key: `/v1/keys[/{id}[/rotate]]`,
+    /// `/v1/account[/usage]` (each path checks its own methods).
+    Manage,
     AnthropicMessages,
     AnthropicCountTokens,
     Healthz,
@@ -37,6 +40,8 @@ impl Endpoint {
             "/healthz" => Endpoint::Healthz,
             "/" => Endpoint::Root,
             "/anthropic/api/hello" => Endpoint::AnthropicHello,
+            "/v1/keys" | "/v1/account" => Endpoint::Manage,
+            p if p.starts_with("/v1/keys/") || p.starts_with("/v1/account/") => Endpoint::Manage,
             _ => return None,
         })
     }
@@ -46,6 +51,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => "GET, HEAD",
             Endpoint::Models | Endpoint::Usage => "GET",
+            Endpoint::Manage => "GET, POST, PATCH, DELETE",
             _ => "POST",
         }
     }
@@ -56,6 +62,13 @@ impl Endpoint {
                 method == http::Method::GET || method == http::Method::HEAD
             }
             Endpoint::Models | Endpoint::Usage => method == http::Method::GET,
+            Endpoint::Manage => [
+                http::Method::GET,
+                http::Method::POST,
+                http::Method::PATCH,
+                http::Method::DELETE,
+            ]
+            .contains(method),
             _ => method == http::Method::POST,
         }
     }
@@ -68,9 +81,11 @@ impl Endpoint {
             Endpoint::AnthropicMessages
             | Endpoint::AnthropicCountTokens
             | Endpoint::AnthropicHello => Format::Anthropic,
-            Endpoint::Models | Endpoint::Usage | Endpoint::Healthz | Endpoint::Root => {
-                Format::OpenAiChat
-            }
+            Endpoint::Models
+            | Endpoint::Usage
+            | Endpoint::Manage
+            | Endpoint::Healthz
+            | Endpoint::Root => Format::OpenAiChat,
         }
     }
 
@@ -81,6 +96,7 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::Models => "models",
             Endpoint::Usage => "usage",
+            Endpoint::Manage => "manage",
             Endpoint::AnthropicMessages => "anthropic_messages",
             Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
             Endpoint::Healthz => "healthz",
@@ -92,7 +108,8 @@ impl Endpoint {
 
 const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
-GET /v1/usage, POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens.";
+GET /v1/usage, POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens; \
+with a management key, /v1/keys and /v1/account.";
 
 /// The format whose error body the client on this path reads.
 pub fn format_for(path: &str) -> Format {

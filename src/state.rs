@@ -154,6 +154,23 @@ impl AppState {
         })
     }
 
+    /// The management API's principal: a management key of the key store. An inference key
+    /// that would authenticate (key store or keys file) gets 403; anything else the 401 a
+    /// generation request would get.
+    pub fn authenticate_manager(
+        &self,
+        presented: Option<&str>,
+        now: u64,
+    ) -> Result<crate::auth::Manager, crate::errors::FluxError> {
+        if let Some(found) =
+            presented.and_then(|p| self.directory.lookup(&crate::accounts::digest_of(p)))
+        {
+            return crate::auth::manager_from_store(&found, now);
+        }
+        self.authenticate(presented, now)?;
+        Err(crate::auth::inference_key_on_management())
+    }
+
     /// Follow the key store's feed: what `fluxrouter accounts` (or another gateway on the
     /// same file) wrote is served within a quarter of a second.
     pub fn follow_key_store(&self) -> tokio::task::JoinHandle<()> {

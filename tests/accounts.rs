@@ -343,6 +343,10 @@ async fn importing_the_keys_file_keeps_every_key_working_and_its_month_s_spend()
         .admin_post("/admin/v1/keys/reload", Some(ADMIN_TOKEN))
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The import was written by another process: the gateway serves it once it follows the
+    // store's feed (every 250 ms), which the steps above may outrun.
+    let took = until_status(&flux, &flux.key, 200).await;
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     let v = usage(&flux, &flux.key).await;
     assert_eq!(v["account"]["id"], before["account"]["id"], "{v}");
     assert_eq!(usd(&v["spend"]["month_usd"]), spent, "{v}");

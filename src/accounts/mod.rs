@@ -7,12 +7,15 @@
 //!   no lock);
 //! - [`Directory`] here ties them: every change is written to the file and applied to this
 //!   process's index at once (a key authenticates the moment it is returned), and
-//!   [`Directory::refresh`] applies what other processes wrote, from the feed.
+//!   [`Directory::refresh`] applies what other processes wrote, from the feed;
+//! - [`ops`]: what the operator CLI, the admin API and the owners' management API share
+//!   (account edits, key rotation, the JSON of a row).
 //!
 //! Plain types, no Pingora: the gateway and the admin surfaces call into it.
 
 pub mod index;
 pub mod model;
+pub mod ops;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -28,6 +31,7 @@ pub use model::{
     digest_of, new_account_id, new_key_id, new_secret, AccountRow, Change, Cursor, KeyKind, KeyRow,
     KeyStatus,
 };
+pub use ops::{AccountEdit, Rotated, MAX_ROTATION_GRACE_SECS};
 pub use store::{Feed, Store, StoreError};
 
 use crate::units::{clock, Usd};

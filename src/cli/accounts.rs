@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-use fluxrouter::accounts::{AccountRow, KeyLimits};
+use fluxrouter::accounts::{AccountEdit, AccountRow, KeyLimits};
 use fluxrouter::accounts::{Directory, KeyKind, KeyRow, KeyStatus, NewAccount};
 use fluxrouter::config::{KeysFile, ServerConfig};
 use fluxrouter::errors::{Error, Fault};
@@ -57,6 +57,14 @@ pub enum AccountsAction {
         /// requests.
         #[arg(long)]
         management: bool,
+    },
+    /// Replace a key by a new one (same name, kind and limits; printed once); the old key
+    /// keeps working for the grace period, then expires (no grace: revoked at once).
+    Rotate {
+        key: String,
+        /// Seconds the old key keeps working (at most 30 days).
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
     },
     /// Revoke a key by id, for good.
     Revoke { key: String },
@@ -132,20 +140,16 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
                 Some("none") => Some(None),
                 Some(amount) => Some(Some(amount.parse::<Usd>()?)),
             };
-            let row = directory.update_account(&id, |row| {
-                if let Some(plan) = plan {
-                    row.plan = plan;
-                }
-                if let Some(on) = payment_method {
-                    row.payment_method = on;
-                }
-                if let Some(on) = on_hold {
-                    row.on_hold = on;
-                }
-                if let Some(ceiling) = ceiling {
-                    row.ceiling_usd = ceiling;
-                }
-            })?;
+            let row = directory.edit_account(
+                &id,
+                AccountEdit {
+                    plan,
+                    payment_method,
+                    on_hold,
+                    ceiling_usd: ceiling,
+                    models: None,
+                },
+            )?;
             println!(
                 "{} ({}): plan {}, payment method {}, on hold {}, ceiling {}",
                 row.id,
@@ -179,6 +183,18 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
                 row.id, row.name, owner.name
             );
             println!("{secret}");
+        }
+        AccountsAction::Rotate { key, grace_seconds } => {
+            let r =
+                directory.rotate_key(&key, grace_seconds, fluxrouter::units::clock::unix_now())?;
+            eprintln!(
+                "rotated {} into {} ({}); the old key works until {}; the new key is shown once:",
+                r.old.id,
+                r.key.id,
+                r.key.name,
+                r.old.expires_at.unwrap_or_default()
+            );
+            println!("{}", r.secret);
         }
         AccountsAction::Revoke { key } => {
             let row = directory.set_key_status(&key, KeyStatus::Revoked)?;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use crate::accounts::ops::{account_json, key_json};
+use crate::accounts::{AccountRow, KeyRow};
 use crate::config::KeysFile;
 use crate::metering::ledger::{DayRow, ReportRow};
 use crate::metrics::Minute;
@@ -84,6 +86,48 @@ pub fn keys(file: &KeysFile, spend: &HashMap<&str, (u64, Usd)>, plans: &[&str]) 
         })
         .collect();
     json!({"plans": plans, "keys": keys})
+}
+
+/// One account of the key store as the console shows it: its terms (with its plan's
+/// ceiling) and its keys with this month's requests and spend. Never a secret.
+pub struct AccountView {
+    pub row: AccountRow,
+    pub plan_ceiling: Option<Usd>,
+    pub keys: Vec<KeyRow>,
+}
+
+/// The key store's accounts (the first `shown` of `total` by name) with their keys' spend.
+pub fn accounts(
+    accounts: &[AccountView],
+    total: usize,
+    spend: &HashMap<&str, (u64, Usd)>,
+    now: u64,
+) -> Value {
+    let data: Vec<Value> = accounts
+        .iter()
+        .map(|a| {
+            let mut account = account_json(&a.row, a.plan_ceiling);
+            let mut sum = Sum::default();
+            let keys: Vec<Value> = a
+                .keys
+                .iter()
+                .map(|k| {
+                    let (requests, cost) = spend.get(k.id.as_str()).copied().unwrap_or_default();
+                    sum.requests += requests;
+                    sum.cost = sum.cost.saturating_add(cost);
+                    let mut v = key_json(k, now);
+                    v["requests"] = json!(requests);
+                    v["spend_usd"] = json!(cost);
+                    v
+                })
+                .collect();
+            account["keys"] = json!(keys);
+            account["requests"] = json!(sum.requests);
+            account["spend_usd"] = json!(sum.cost);
+            account
+        })
+        .collect();
+    json!({"total": total, "accounts": data})
 }
 
 /// The lanes and models loaded, and when the files were.

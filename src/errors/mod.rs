@@ -48,6 +48,12 @@ pub enum ErrorKind {
     AdminForbidden,
     /// 403: `GET /metrics` without the metrics token.
     MetricsForbidden,
+    /// 403: the management API (`/v1/keys`, `/v1/account`) with an inference key.
+    ManagementKeyRequired,
+    /// 404: no such key or account (or one of another account: nothing says which).
+    NotFound,
+    /// 409: the change clashes with what is stored (a name taken, a revoked key).
+    Conflict,
     /// 403: a path the gateway does not serve (with a diagnosis of the likely mistake).
     EndpointNotServed,
     /// 405: a served path with the wrong method.
@@ -102,7 +108,10 @@ impl ErrorKind {
             ErrorKind::ModelNotAllowed
             | ErrorKind::EndpointNotServed
             | ErrorKind::AdminForbidden
-            | ErrorKind::MetricsForbidden => 403,
+            | ErrorKind::MetricsForbidden
+            | ErrorKind::ManagementKeyRequired => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
             ErrorKind::PlanModelNotIncluded
             | ErrorKind::CreditExhausted
             | ErrorKind::FreeAllowanceExhausted
@@ -149,6 +158,9 @@ impl ErrorKind {
             ErrorKind::EndpointNotServed => "endpoint_not_served",
             ErrorKind::AdminForbidden => "admin_forbidden",
             ErrorKind::MetricsForbidden => "metrics_forbidden",
+            ErrorKind::ManagementKeyRequired => "management_key_required",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::WebSocketNotServed => "websocket_not_served",
             ErrorKind::RequestTimeout => "request_timeout",
@@ -204,7 +216,7 @@ impl ErrorKind {
 /// OpenAI `error.type` for a status.
 pub fn openai_type(status: u16) -> &'static str {
     match status {
-        400 | 401 | 404 | 405 | 408 | 413 | 415 | 422 | 426 => "invalid_request_error",
+        400 | 401 | 404 | 405 | 408 | 409 | 413 | 415 | 422 | 426 => "invalid_request_error",
         402 => "billing_error",
         403 => "permission_error",
         429 => "rate_limit_error",
@@ -293,6 +305,9 @@ mod tests {
             (ErrorKind::ModelNotFound, 400, false),
             (ErrorKind::ModelNotAllowed, 403, false),
             (ErrorKind::EndpointNotServed, 403, false),
+            (ErrorKind::ManagementKeyRequired, 403, false),
+            (ErrorKind::NotFound, 404, false),
+            (ErrorKind::Conflict, 409, false),
             (ErrorKind::WebSocketNotServed, 426, false),
             (ErrorKind::PayloadTooLarge, 413, false),
             (ErrorKind::InputTooLong, 413, false),

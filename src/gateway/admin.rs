@@ -10,6 +10,9 @@
 //! `fluxrouter keys` returns only once its change is in effect. A keys file that cannot be
 //! loaded: 500 `internal_error` with the reason (the previous table stays).
 //!
+//! `/admin/v1/accounts…` and `POST /admin/v1/keys/{id}/revoke`: the accounts API for
+//! operators and billing systems (`super::manage`).
+//!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
 //!
 //! Wrong tokens (admin, metrics, console sign-in) are counted per source address: past
@@ -324,7 +327,22 @@ impl ProxyHttp for Admin {
                 .map(|()| true);
         }
         let method = session.req_header().method.clone();
-        let answer = match self.authorized(session, self.token_digest) {
+        let authorized = self.authorized(session, self.token_digest);
+        if authorized == Ok(true) && super::manage::is_operator_path(&path) {
+            return match super::manage::operator(&self.state, session, &path).await {
+                Ok((status, value)) => {
+                    let body = serde_json::to_vec(&value).expect("JSON value");
+                    let h = respond::header(status, id)?;
+                    respond::send_body(session, h, "application/json", Bytes::from(body)).await
+                }
+                Err(super::Stop::Reply(err)) => {
+                    respond::send_error(session, id, Format::OpenAiChat, &err, None).await
+                }
+                Err(super::Stop::Broken(e)) => Err(e),
+            }
+            .map(|()| true);
+        }
+        let answer = match authorized {
             Err(limited) => Err(limited),
             Ok(false) => Err(FluxError::new(
                 ErrorKind::AdminForbidden,
@@ -339,13 +357,15 @@ impl ProxyHttp for Admin {
             )),
             Ok(true) if method != http::Method::GET => Err(FluxError::new(
                 ErrorKind::MethodNotAllowed,
-                "Admin endpoints accept GET only (and POST /admin/v1/keys/reload).",
+                "Admin endpoints accept GET only (and POST /admin/v1/keys/reload and the \
+                 accounts API).",
             )),
             Ok(true) if path == "/admin/v1/usage" => self.usage(query.as_deref()).await,
             Ok(true) => Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
                 "The admin listener serves GET /admin/v1/usage, POST /admin/v1/keys/reload, \
-                 GET /metrics and the console (GET /console).",
+                 the accounts API (/admin/v1/accounts), GET /metrics and the console (GET \
+                 /console).",
             )),
         };
         match answer {

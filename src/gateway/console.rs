@@ -11,6 +11,7 @@
 //! | `GET /console/api/keys` | keys with plan, status and spend this month |
 //! | `POST /console/api/keys` | create a key `{"name","plan"}`: the key is in this answer only |
 //! | `POST /console/api/keys/action` | `{"id","action": revoke \| suspend \| resume \| plan, "plan"}` |
+//! | `GET /console/api/accounts` | the key store's accounts (the first [`ACCOUNTS_SHOWN`] by name) with their keys and this month's spend; read-only |
 //!
 //! Everything but the page and sign-in needs the session cookie; every change also needs the
 //! session's token in `X-CSRF-Token`. Otherwise: 403 `admin_forbidden`, in the error shape of
@@ -43,6 +44,8 @@ use crate::wire::Format;
 /// A sign-in or change body is small; anything bigger is refused unread.
 const MAX_BODY: usize = 64 * 1024;
 const CSRF_HEADER: &str = "x-csrf-token";
+/// Accounts the console lists at most (each costs a read of its keys).
+pub const ACCOUNTS_SHOWN: usize = 200;
 
 /// What a console request answers.
 enum Reply {
@@ -165,11 +168,12 @@ impl Admin {
             }
             (&Method::GET, "/console/api/overview") => self.overview(query, now).await,
             (&Method::GET, "/console/api/keys") => self.keys(now).await,
+            (&Method::GET, "/console/api/accounts") => self.accounts(now).await,
             (&Method::POST, "/console/api/keys") => self.create_key(session, now).await,
             (&Method::POST, "/console/api/keys/action") => self.key_action(session).await,
             _ => Err(FluxError::new(
                 ErrorKind::EndpointNotServed,
-                "The console serves GET /console and /console/api/{session,overview,keys}.",
+                "The console serves GET /console and /console/api/{session,overview,keys,accounts}.",
             )
             .into()),
         }
@@ -252,6 +256,41 @@ impl Admin {
         }
         let plans: Vec<&str> = self.state.config.plans.keys().map(String::as_str).collect();
         Ok(Reply::Json(views::keys(&file, &spend, &plans), None))
+    }
+
+    async fn accounts(&self, now: u64) -> Result<Reply, Stop> {
+        let rows = self.month_rows(Month::of(now)).await?;
+        let mut spend: HashMap<&str, (u64, Usd)> = HashMap::new();
+        for r in &rows {
+            let s = spend.entry(r.key_id.as_str()).or_default();
+            s.0 += r.requests;
+            s.1 = s.1.saturating_add(r.cost);
+        }
+        let mut accounts = self.state.directory.index().accounts();
+        let total = accounts.len();
+        accounts.sort_by(|a, b| a.name.cmp(&b.name));
+        accounts.truncate(ACCOUNTS_SHOWN);
+        let state = self.state.clone();
+        let views = tokio::task::spawn_blocking(move || {
+            accounts
+                .iter()
+                .map(|a| {
+                    let row = a.to_row();
+                    Ok(views::AccountView {
+                        plan_ceiling: state.plan_terms.get(&row.plan).and_then(|t| t.ceiling_usd),
+                        keys: state.directory.keys_of(&row.id)?,
+                        row,
+                    })
+                })
+                .collect::<Result<Vec<_>, crate::accounts::StoreError>>()
+        })
+        .await
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("key store task: {e}")))?
+        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("key store: {e}")))?;
+        Ok(Reply::Json(
+            views::accounts(&views, total, &spend, now),
+            None,
+        ))
     }
 
     async fn month_rows(

@@ -17,6 +17,7 @@ mod console;
 mod ctx;
 mod edge;
 mod exchange;
+mod manage;
 mod respond;
 
 use std::sync::atomic::Ordering;
@@ -398,6 +399,15 @@ impl Gateway {
             respond::send_body(session, h, "text/plain", Bytes::from_static(text)).await?;
             return Ok(());
         }
+        if endpoint == Endpoint::Manage {
+            // A management key, never a generation key: its own authentication.
+            let (status, value) = manage::owner(&self.state, session, path).await?;
+            ctx.status = status;
+            let body = serde_json::to_vec(&value).expect("JSON value");
+            let h = respond::header(status, &ctx.id)?;
+            respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
+            return Ok(());
+        }
         let account = self.authenticate(session, endpoint)?;
         ctx.account = Some(account.clone());
         match endpoint {
@@ -408,7 +418,7 @@ impl Gateway {
                     .await
             }
             Endpoint::AnthropicCountTokens => self.count_tokens(session, ctx).await,
-            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => {
+            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello | Endpoint::Manage => {
                 unreachable!("answered above")
             }
         }
