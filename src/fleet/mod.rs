@@ -18,6 +18,7 @@
 //! limit while Redis is down), and it replays the settlements Redis missed.
 
 mod layout;
+mod payer;
 mod queue;
 pub mod rate;
 mod shared;
@@ -32,9 +33,10 @@ use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, RedisResult, Script};
 
 pub use layout::Layout;
+pub use payer::Payer;
 pub use queue::Settlement;
 pub use shared::FleetState;
-pub use spend::{Payer, Refused};
+pub use spend::Refused;
 
 use crate::config::server::{RedisConfig, WhenRedisDown};
 use crate::errors::{Context, Error, Fault};

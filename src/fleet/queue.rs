@@ -34,8 +34,8 @@ pub struct Settlement {
 
 impl Settlement {
     /// Whose spend it is.
-    pub fn payer(&self) -> super::spend::Payer<'_> {
-        super::spend::Payer {
+    pub fn payer(&self) -> super::payer::Payer<'_> {
+        super::payer::Payer {
             account_id: &self.account_id,
             key_id: &self.key_id,
             key_limit: self.key_limit,

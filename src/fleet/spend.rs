@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::payer::Payer;
 use super::queue::Settlement;
-use super::{lock, lua, Fleet, Layout, Op, Unavailable};
-use crate::config::keys::own_account_id;
+use super::{lock, lua, Fleet, Op, Unavailable};
 use crate::errors::{Error, Fault};
 use crate::limits::Charge;
 use crate::metering::ledger::ReportRow;
-use crate::units::{hour_of, Month, Usd};
+use crate::units::{Month, Usd};
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| lua::script(lua::RESERVE));
 static ADMIT: LazyLock<Script> = LazyLock::new(|| lua::script(lua::ADMIT));
@@ -32,56 +32,6 @@ const KEEP_DAYS_AFTER_MONTH: u64 = 400;
 /// Settlements kept for replay at most (about 200 bytes each); past it the oldest go, and
 /// only the gateway's own ledger still has them.
 const MAX_PENDING: usize = 100_000;
-
-/// Whose spend a script is about: the account (its caps, hourly limit and holds, its month
-/// and hour) and the key the request came with (its share of the month, its usage rows, and
-/// its own monthly limit, if it has one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Payer<'a> {
-    pub account_id: &'a str,
-    pub key_id: &'a str,
-    /// The key's own monthly limit: its holds are then kept under the key too.
-    pub key_limit: Option<Usd>,
-}
-
-impl<'a> Payer<'a> {
-    /// The payer of a request made with `account`'s key.
-    pub fn of(account: &'a crate::auth::Account) -> Payer<'a> {
-        Payer {
-            account_id: &account.account_id,
-            key_id: &account.key_id,
-            key_limit: account.key_limit,
-        }
-    }
-
-    /// Whether the account is a key that was its own account before accounts (`acct_` + the
-    /// key id's random part): the fleet then kept its totals under the key id, and the
-    /// scripts carry them over to the account (see `carry` in `lua/lib.lua`).
-    pub fn carries_over(&self) -> bool {
-        self.account_id == own_account_id(self.key_id)
-    }
-
-    fn carry_flag(&self) -> String {
-        if self.carries_over() { "1" } else { "" }.to_string()
-    }
-
-    /// The account's month and hour spend, holds and reserved total, then the key's: the
-    /// first keys of the reserve, settle and standing scripts.
-    fn keys(&self, l: &Layout, now: u64) -> Vec<String> {
-        let (month, hour) = (Month::of(now), hour_of(now));
-        let (a, k) = (self.account_id, self.key_id);
-        vec![
-            l.month(a, month),
-            l.hour(a, hour),
-            l.holds(a),
-            l.reserved(a),
-            l.month(k, month),
-            l.hour(k, hour),
-            l.holds(k),
-            l.reserved(k),
-        ]
-    }
-}
 
 /// Why the shared ledger refused a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,6 +375,7 @@ fn usage_rows(key_id: &str, fields: &[(String, u64)]) -> Vec<ReportRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::Layout;
 
     #[test]
     fn only_a_key_that_is_its_own_account_carries_its_totals_over() {
