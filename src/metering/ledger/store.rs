@@ -99,6 +99,69 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 ";
 
+/// A batch's month, hour and day totals per subject (a key or an account).
+#[derive(Default)]
+struct Totals<'a> {
+    months: HashMap<(Month, &'a str), Tally>,
+    hours: HashMap<(u64, &'a str), Tally>,
+    days: HashMap<(u64, &'a str), Tally>,
+}
+
+impl<'a> Totals<'a> {
+    fn of(groups: &'a [(Box<str>, Vec<Group>)]) -> Totals<'a> {
+        let mut t = Totals::default();
+        for (subject, groups) in groups {
+            for g in groups {
+                let subject: &str = subject;
+                t.months
+                    .entry((month_of_hour(g.hour), subject))
+                    .or_default()
+                    .add(&g.tally);
+                t.hours.entry((g.hour, subject)).or_default().add(&g.tally);
+                t.days
+                    .entry((g.hour / 24, subject))
+                    .or_default()
+                    .add(&g.tally);
+            }
+        }
+        t
+    }
+
+    /// Upsert into `{kind}_month`, `{kind}_hour` and `{kind}_day` (keyed by `{kind}_id`).
+    fn write(&self, tx: &rusqlite::Transaction<'_>, kind: &str) -> Result<(), Error> {
+        let upsert = |table: &str, column: &str| {
+            format!(
+                "INSERT INTO {kind}_{table} ({column}, {kind}_id, requests, cost)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT ({column}, {kind}_id) DO UPDATE SET
+                   requests = requests + excluded.requests, cost = cost + excluded.cost"
+            )
+        };
+        let mut st = tx.prepare_cached(&upsert("month", "month"))?;
+        for ((month, subject), t) in &self.months {
+            st.execute(params![
+                month.to_string(),
+                subject,
+                sql_int(t.requests),
+                sql_int(t.cost)
+            ])?;
+        }
+        // Hourly and daily totals: the same upsert, on time buckets in unix seconds.
+        for (table, rows, secs) in [("hour", &self.hours, 3600), ("day", &self.days, 86_400)] {
+            let mut st = tx.prepare_cached(&upsert(table, table))?;
+            for ((bucket, subject), t) in rows {
+                st.execute(params![
+                    sql_int(bucket * secs),
+                    subject,
+                    sql_int(t.requests),
+                    sql_int(t.cost)
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Counts summed over requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Tally {
@@ -321,18 +384,13 @@ impl Store {
         groups: &[(Box<str>, Vec<Group>)],
         accounts: &[(Box<str>, Vec<Group>)],
     ) -> Result<(), Error> {
-        let mut months: HashMap<(Month, &str), Tally> = HashMap::new();
-        let mut hours: HashMap<(u64, &str), Tally> = HashMap::new();
-        let mut days: HashMap<(u64, &str), Tally> = HashMap::new();
+        let key_totals = Totals::of(groups);
+        let account_totals = Totals::of(accounts);
         let mut usage: HashMap<(Month, &str, &str, &str), Tally> = HashMap::new();
         for (key, groups) in groups {
             for g in groups {
-                let month = month_of_hour(g.hour);
-                months.entry((month, key)).or_default().add(&g.tally);
-                hours.entry((g.hour, key)).or_default().add(&g.tally);
-                days.entry((g.hour / 24, key)).or_default().add(&g.tally);
                 usage
-                    .entry((month, key, &g.lane, &g.model))
+                    .entry((month_of_hour(g.hour), key, &g.lane, &g.model))
                     .or_default()
                     .add(&g.tally);
             }
@@ -341,90 +399,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO key_month (month, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (month, key_id) DO UPDATE SET
-                   requests = requests + excluded.requests, cost = cost + excluded.cost",
-            )?;
-            for ((month, key), t) in &months {
-                st.execute(params![
-                    month.to_string(),
-                    key,
-                    sql_int(t.requests),
-                    sql_int(t.cost)
-                ])?;
-            }
-            // Hourly and daily totals: the same upsert, on time buckets in unix seconds.
-            for (table, column, rows, secs) in [
-                ("key_hour", "hour", &hours, 3600),
-                ("key_day", "day", &days, 86_400),
-            ] {
-                let mut st = tx.prepare_cached(&format!(
-                    "INSERT INTO {table} ({column}, key_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT ({column}, key_id) DO UPDATE SET
-                       requests = requests + excluded.requests, cost = cost + excluded.cost"
-                ))?;
-                for ((bucket, key), t) in rows {
-                    st.execute(params![
-                        sql_int(bucket * secs),
-                        key,
-                        sql_int(t.requests),
-                        sql_int(t.cost)
-                    ])?;
-                }
-            }
-            // Accounts: month, hour and day totals, the same upserts.
-            let mut account_months: HashMap<(Month, &str), Tally> = HashMap::new();
-            let mut account_hours: HashMap<(u64, &str), Tally> = HashMap::new();
-            let mut account_days: HashMap<(u64, &str), Tally> = HashMap::new();
-            for (account, groups) in accounts {
-                for g in groups {
-                    let month = month_of_hour(g.hour);
-                    account_months
-                        .entry((month, account))
-                        .or_default()
-                        .add(&g.tally);
-                    account_hours
-                        .entry((g.hour, account))
-                        .or_default()
-                        .add(&g.tally);
-                    account_days
-                        .entry((g.hour / 24, account))
-                        .or_default()
-                        .add(&g.tally);
-                }
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO account_month (month, account_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (month, account_id) DO UPDATE SET
-                   requests = requests + excluded.requests, cost = cost + excluded.cost",
-            )?;
-            for ((month, account), t) in &account_months {
-                st.execute(params![
-                    month.to_string(),
-                    account,
-                    sql_int(t.requests),
-                    sql_int(t.cost)
-                ])?;
-            }
-            for (table, column, rows, secs) in [
-                ("account_hour", "hour", &account_hours, 3600),
-                ("account_day", "day", &account_days, 86_400),
-            ] {
-                let mut st = tx.prepare_cached(&format!(
-                    "INSERT INTO {table} ({column}, account_id, requests, cost) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT ({column}, account_id) DO UPDATE SET
-                       requests = requests + excluded.requests, cost = cost + excluded.cost"
-                ))?;
-                for ((bucket, account), t) in rows {
-                    st.execute(params![
-                        sql_int(bucket * secs),
-                        account,
-                        sql_int(t.requests),
-                        sql_int(t.cost)
-                    ])?;
-                }
-            }
+            key_totals.write(&tx, "key")?;
+            account_totals.write(&tx, "account")?;
             let mut st = tx.prepare_cached(
                 "INSERT INTO usage_month (month, key_id, lane, model, requests, input_tokens,
                    cached_input_tokens, output_tokens, cost)
