@@ -2,11 +2,10 @@
 
 use std::net::SocketAddr;
 
-use fluxrouter::auth;
+use fluxrouter::accounts::{Directory, KeyKind, KeyLimits, NewAccount};
 use fluxrouter::config::server::BaseUrl;
-use fluxrouter::config::{KeysFile, ServerConfig};
+use fluxrouter::config::ServerConfig;
 use fluxrouter::server::RunOptions;
-use fluxrouter::units::clock::unix_now;
 
 use super::CliResult;
 
@@ -18,7 +17,8 @@ const DEMO_LANES: &str = include_str!("../../lanes.yaml");
 const DEMO_CLASSIFIER: &[u8] = include_bytes!("../../flux-auto.classifier.json");
 
 /// The embedded default: shipped lanes and plans, every provider pointed at an in-process
-/// simulated provider, and a new key on the pay-as-you-go plan.
+/// simulated provider, and a new account on the pay-as-you-go plan with one key, in the key
+/// store.
 pub fn demo(listen: SocketAddr) -> CliResult {
     // The operator console's token, in the environment as a real deployment keeps it; set
     // before any thread starts (the simulator's is the first).
@@ -49,13 +49,22 @@ pub fn demo(listen: SocketAddr) -> CliResult {
         metrics_token_env: DEMO_ADMIN_TOKEN_ENV.into(),
     });
     config.ledger.path = dir.join("ledger.sqlite");
-    let (key, mut record) = auth::new_key("demo", "payg", unix_now());
-    record.payment_method = true;
-    KeysFile {
-        keys: vec![record],
-        ..KeysFile::default()
-    }
-    .save(&config.keys_file)?;
+    config.key_store = Some(dir.join("accounts.sqlite"));
+    // The demo account and its key live in the key store, as a new deployment's do.
+    let store = Directory::open(&config.key_store_path())?;
+    let account = store.create_account(NewAccount {
+        name: "demo".into(),
+        plan: "payg".into(),
+        payment_method: true,
+        ..NewAccount::default()
+    })?;
+    let (key, _) = store.create_key(
+        &account.id,
+        "demo",
+        KeyKind::Inference,
+        KeyLimits::default(),
+    )?;
+    drop(store);
 
     println!(
         "FluxRouter demo: simulated provider on http://{sim}, files in {}",
