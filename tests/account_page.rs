@@ -427,6 +427,27 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
     until_status(&flux, &rotated, 200).await;
     b.click("#new-key-done").await;
 
+    // Rename the new key, then delete it (the page asks with a second click).
+    b.run(&format!(
+        "{row}.querySelector('.in-name').value = 'renamed'; {row}.querySelector('.act-rename').click()"
+    ))
+    .await;
+    let renamed = row_of("renamed");
+    b.wait_for(&format!("return !!{renamed}"), "the renamed row")
+        .await;
+    b.run(&format!("{renamed}.querySelector('.act-delete').click()"))
+        .await;
+    assert_eq!(
+        b.run(&format!("return !!{renamed}")).await,
+        true,
+        "one click only asks"
+    );
+    b.run(&format!("{renamed}.querySelector('.act-delete').click()"))
+        .await;
+    b.wait_for(&format!("return !{renamed}"), "the row gone")
+        .await;
+    until_status(&flux, &rotated, 401).await;
+
     // The account's ceiling.
     b.type_into("#ceiling-input", "12.5").await;
     b.click("#ceiling-button").await;
