@@ -14,6 +14,9 @@ pub enum Endpoint {
     /// The management API, for an account's management key: `/v1/keys[/{id}[/rotate]]`,
     /// `/v1/account[/usage]` (each path checks its own methods).
     Manage,
+    /// The account owner's page: `/account` and its JSON API `/account/api/…`, signed in
+    /// with a management key (`gateway::account`).
+    Account,
     AnthropicMessages,
     AnthropicCountTokens,
     Healthz,
@@ -41,6 +44,8 @@ impl Endpoint {
             "/" => Endpoint::Root,
             "/anthropic/api/hello" => Endpoint::AnthropicHello,
             "/v1/keys" | "/v1/account" => Endpoint::Manage,
+            "/account" => Endpoint::Account,
+            p if p.starts_with("/account/") => Endpoint::Account,
             p if p.starts_with("/v1/keys/") || p.starts_with("/v1/account/") => Endpoint::Manage,
             _ => return None,
         })
@@ -51,7 +56,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello => "GET, HEAD",
             Endpoint::Models | Endpoint::Usage => "GET",
-            Endpoint::Manage => "GET, POST, PATCH, DELETE",
+            Endpoint::Manage | Endpoint::Account => "GET, POST, PATCH, DELETE",
             _ => "POST",
         }
     }
@@ -62,7 +67,7 @@ impl Endpoint {
                 method == http::Method::GET || method == http::Method::HEAD
             }
             Endpoint::Models | Endpoint::Usage => method == http::Method::GET,
-            Endpoint::Manage => [
+            Endpoint::Manage | Endpoint::Account => [
                 http::Method::GET,
                 http::Method::POST,
                 http::Method::PATCH,
@@ -84,6 +89,7 @@ impl Endpoint {
             Endpoint::Models
             | Endpoint::Usage
             | Endpoint::Manage
+            | Endpoint::Account
             | Endpoint::Healthz
             | Endpoint::Root => Format::OpenAiChat,
         }
@@ -97,6 +103,7 @@ impl Endpoint {
             Endpoint::Models => "models",
             Endpoint::Usage => "usage",
             Endpoint::Manage => "manage",
+            Endpoint::Account => "account",
             Endpoint::AnthropicMessages => "anthropic_messages",
             Endpoint::AnthropicCountTokens => "anthropic_count_tokens",
             Endpoint::Healthz => "healthz",

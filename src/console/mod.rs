@@ -23,14 +23,25 @@ pub const PAGE: &str = include_str!("page.html");
 /// The page's `Content-Security-Policy`: its own script and style are allowed by their
 /// SHA-256, nothing else inline, so markup injected into the page (a handler attribute, a
 /// script or style element) does not run.
-pub static CSP: LazyLock<String> = LazyLock::new(|| {
+pub static CSP: LazyLock<String> = LazyLock::new(|| csp_of(PAGE));
+
+/// The account owner's page on the client listener (`gateway::account`), built the same way.
+pub const ACCOUNT_PAGE: &str = include_str!("account.html");
+/// Its `Content-Security-Policy`.
+pub static ACCOUNT_CSP: LazyLock<String> = LazyLock::new(|| csp_of(ACCOUNT_PAGE));
+/// The owner's page's session cookie: its own name and path, so the two pages' sessions
+/// never meet (they may share a host).
+pub const ACCOUNT_COOKIE: &str = "flux_account";
+
+/// A page's policy: its own script and style by hash, nothing else.
+fn csp_of(page: &str) -> String {
     format!(
         "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
          img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        source_hash(inline(PAGE, "script")),
-        source_hash(inline(PAGE, "style")),
+        source_hash(inline(page, "script")),
+        source_hash(inline(page, "style")),
     )
-});
+}
 
 /// The text of the page's one `<tag>` element (attributes none).
 fn inline<'a>(page: &'a str, tag: &str) -> &'a str {
@@ -59,6 +70,9 @@ const MAX_SESSIONS: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
     pub csrf: String,
+    /// Who signed in, when a session is someone's (the owner's page: the SHA-256 of the
+    /// management key, checked again on every request); `None` for the console.
+    pub subject: Option<[u8; 32]>,
     /// Unix seconds.
     pub expires_at: u64,
 }
@@ -93,8 +107,14 @@ impl Sessions {
 
     /// Open a session: its id (for the cookie only) and what the page needs.
     pub fn open(&self, now: u64) -> (String, Signed) {
+        self.open_for(now, None)
+    }
+
+    /// Open a session for `subject` (see [`Signed::subject`]).
+    pub fn open_for(&self, now: u64, subject: Option<[u8; 32]>) -> (String, Signed) {
         let id = random_hex();
         let signed = Signed {
+            subject,
             csrf: random_hex(),
             expires_at: now + self.ttl_secs,
         };
@@ -139,10 +159,15 @@ impl Sessions {
 
 /// The session id in a `Cookie` header, if any.
 pub fn session_id(cookie_header: Option<&[u8]>) -> Option<&str> {
+    session_id_named(cookie_header, COOKIE)
+}
+
+/// The id in the cookie `name` of a `Cookie` header, if any.
+pub fn session_id_named<'a>(cookie_header: Option<&'a [u8]>, name: &str) -> Option<&'a str> {
     let text = std::str::from_utf8(cookie_header?).ok()?;
     text.split(';')
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -150,8 +175,13 @@ pub fn session_id(cookie_header: Option<&[u8]>) -> Option<&str> {
 /// The `Set-Cookie` value of a new session. `Secure` when the page is served over TLS (a
 /// terminating proxy says so with `X-Forwarded-Proto: https`).
 pub fn set_cookie(id: &str, max_age: u64, secure: bool) -> String {
+    set_cookie_named(COOKIE, "/console", id, max_age, secure)
+}
+
+/// The same for the cookie `name` sent only under `path`.
+pub fn set_cookie_named(name: &str, path: &str, id: &str, max_age: u64, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; Path=/console; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        "{name}={id}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -203,16 +233,26 @@ mod tests {
 
     #[test]
     fn the_csp_allows_the_pages_own_script_and_style_and_nothing_inline() {
-        let csp = CSP.as_str();
-        assert!(!csp.contains("unsafe"), "{csp}");
         // One script and one style element, both hashed; no handler attributes in the markup
-        // (a handler would need 'unsafe-inline'), no style attributes.
-        for tag in ["script", "style"] {
-            assert_eq!(PAGE.matches(&format!("<{tag}")).count(), 1, "{tag}");
-            assert!(csp.contains(&source_hash(inline(PAGE, tag))), "{csp}");
+        // (a handler would need 'unsafe-inline'), no style attributes: both pages.
+        for (page, csp) in [(PAGE, CSP.as_str()), (ACCOUNT_PAGE, ACCOUNT_CSP.as_str())] {
+            assert!(!csp.contains("unsafe"), "{csp}");
+            page_is_hashed_and_has_no_inline_handlers(page, csp);
         }
-        let markup = PAGE.replace(inline(PAGE, "script"), "");
-        let markup = markup.replace(inline(PAGE, "style"), "");
+        // The hash of a known text, as browsers compute it.
+        assert_eq!(
+            source_hash("alert(1)"),
+            "sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI="
+        );
+    }
+
+    fn page_is_hashed_and_has_no_inline_handlers(page: &str, csp: &str) {
+        for tag in ["script", "style"] {
+            assert_eq!(page.matches(&format!("<{tag}")).count(), 1, "{tag}");
+            assert!(csp.contains(&source_hash(inline(page, tag))), "{csp}");
+        }
+        let markup = page.replace(inline(page, "script"), "");
+        let markup = markup.replace(inline(page, "style"), "");
         let lower = markup.to_ascii_lowercase();
         for (i, _) in lower.match_indices(" on") {
             let name: String = lower[i + 3..]
@@ -224,12 +264,7 @@ mod tests {
                 "an inline handler: on{name}"
             );
         }
-        assert!(!PAGE.contains("style="), "a style attribute");
-        // The hash of a known text, as browsers compute it.
-        assert_eq!(
-            source_hash("alert(1)"),
-            "sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI="
-        );
+        assert!(!page.contains("style="), "a style attribute");
     }
 
     #[test]

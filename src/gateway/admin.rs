@@ -89,12 +89,21 @@ impl Failures {
         if token.is_empty() {
             return Ok(false);
         }
-        let from = from.map(|ip| match ip.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (!0u128 << 64))),
-            v4 => v4,
-        });
         // Counted before the comparison, so concurrent guesses cannot all slip under the
-        // limit; taken back when the token is right or not compared.
+        // limit; taken back when the token is right.
+        self.count(from)?;
+        let right = matches(token, expected);
+        if right {
+            self.forgive(from);
+        }
+        Ok(right)
+    }
+
+    /// Count one token presented from `from`, before it is compared: Err (429) once `from`
+    /// has presented [`FAILED_TOKENS_PER_MINUTE`] wrong tokens this minute (the token must
+    /// then not be compared; nothing is counted).
+    pub fn count(&self, from: Option<IpAddr>) -> Result<(), FluxError> {
+        let from = block(from);
         if self.rate.observe(&from, 1) > FAILED_TOKENS_PER_MINUTE {
             self.rate.observe(&from, -1);
             let secs = FAILURE_WINDOW.as_secs();
@@ -107,12 +116,21 @@ impl Failures {
             )
             .retry_after(secs));
         }
-        let right = matches(token, expected);
-        if right {
-            self.rate.observe(&from, -1);
-        }
-        Ok(right)
+        Ok(())
     }
+
+    /// Take back a [`Failures::count`]: the token was right.
+    pub fn forgive(&self, from: Option<IpAddr>) {
+        self.rate.observe(&block(from), -1);
+    }
+}
+
+/// The address a count is kept under: an IPv6 address as its /64.
+fn block(from: Option<IpAddr>) -> Option<IpAddr> {
+    from.map(|ip| match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (!0u128 << 64))),
+        v4 => v4,
+    })
 }
 
 impl Default for Failures {
@@ -335,10 +353,10 @@ impl ProxyHttp for Admin {
                     let h = respond::header(status, id)?;
                     respond::send_body(session, h, "application/json", Bytes::from(body)).await
                 }
-                Err(super::Stop::Reply(err)) => {
+                Err(super::ctx::Stop::Reply(err)) => {
                     respond::send_error(session, id, Format::OpenAiChat, &err, None).await
                 }
-                Err(super::Stop::Broken(e)) => Err(e),
+                Err(super::ctx::Stop::Broken(e)) => Err(e),
             }
             .map(|()| true);
         }

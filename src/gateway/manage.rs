@@ -177,6 +177,18 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         false,
     );
     let manager = state.authenticate_manager(presented, unix_now())?;
+    owner_as(state, session, &manager, path).await
+}
+
+/// The management API for `manager`, however it was authenticated (a Bearer key here, the
+/// owner's page's session in `super::account`): `path` is one of `/v1/keys…` or
+/// `/v1/account…`.
+pub async fn owner_as(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    manager: &Manager,
+    path: &str,
+) -> Answer {
     let method = session.req_header().method.clone();
     let path = path.strip_suffix('/').unwrap_or(path).to_string();
     let parts: Vec<&str> = path.split('/').skip(2).collect();
@@ -213,12 +225,12 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         }
         (_, ["keys"]) => Err(method_not_allowed(&path, "GET and POST").into()),
         (&M::GET, ["keys", id]) => {
-            let row = owned_key(state, &manager, id).await?;
+            let row = owned_key(state, manager, id).await?;
             Ok((200, key_json(&row, unix_now())))
         }
         (&M::PATCH, ["keys", id]) => {
             let patch: KeyPatch = json_body(session).await?;
-            let row = owned_key(state, &manager, id).await?;
+            let row = owned_key(state, manager, id).await?;
             if patch.disabled == Some(true) && row.id == manager.key_id {
                 return Err(itself("disable").into());
             }
@@ -253,7 +265,7 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
             Ok((200, key_json(&row, unix_now())))
         }
         (&M::DELETE, ["keys", id]) => {
-            let row = owned_key(state, &manager, id).await?;
+            let row = owned_key(state, manager, id).await?;
             if row.id == manager.key_id {
                 return Err(itself("delete").into());
             }
@@ -264,7 +276,7 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         (_, ["keys", _]) => Err(method_not_allowed(&path, "GET, PATCH and DELETE").into()),
         (&M::POST, ["keys", id, "rotate"]) => {
             let rotate: Rotate = json_body(session).await?;
-            let row = owned_key(state, &manager, id).await?;
+            let row = owned_key(state, manager, id).await?;
             let id = row.id.clone();
             let now = unix_now();
             let r = blocking(state, move |d| d.rotate_key(&id, rotate.grace_seconds, now)).await?;
@@ -275,12 +287,12 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         }
         (_, ["keys", _, "rotate"]) => Err(method_not_allowed(&path, "POST").into()),
         (&M::GET, ["account"]) => {
-            let row = own_account(state, &manager)?;
+            let row = own_account(state, manager)?;
             Ok((200, account_json(&row, plan_ceiling(state, &row.plan))))
         }
         (&M::PATCH, ["account"]) => {
             let patch: OwnerAccountPatch = json_body(session).await?;
-            let row = own_account(state, &manager)?;
+            let row = own_account(state, manager)?;
             let plan_ceiling = plan_ceiling(state, &row.plan);
             let Some(ceiling) = patch.ceiling_usd else {
                 return Ok((200, account_json(&row, plan_ceiling)));
@@ -299,7 +311,7 @@ pub async fn owner(state: &Arc<AppState>, session: &mut Session, path: &str) -> 
         (_, ["account"]) => Err(method_not_allowed(&path, "GET and PATCH").into()),
         (&M::GET, ["account", "usage"]) => {
             let query = session.req_header().uri.query().map(str::to_string);
-            Ok((200, usage(state, &manager, query.as_deref()).await?))
+            Ok((200, usage(state, manager, query.as_deref()).await?))
         }
         (_, ["account", "usage"]) => Err(method_not_allowed(&path, "GET").into()),
         _ => Err(FluxError::new(

@@ -11,6 +11,7 @@
 //!   -> upstream exchange with fallbacks (502), translating when the provider's format differs
 //!   -> response or stream -> log
 
+mod account;
 pub mod admin;
 mod body;
 mod console;
@@ -47,12 +48,17 @@ pub use edge::Edge;
 
 pub struct Gateway {
     state: Arc<AppState>,
+    /// The account owner's page: its sessions and wrong keys.
+    owner_page: account::OwnerPage,
 }
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         body::configure(&state.config.limits);
-        Gateway { state }
+        Gateway {
+            owner_page: account::OwnerPage::new(state.clone()),
+            state,
+        }
     }
 }
 
@@ -408,6 +414,11 @@ impl Gateway {
             respond::send_body(session, h, "application/json", Bytes::from(body)).await?;
             return Ok(());
         }
+        if endpoint == Endpoint::Account {
+            // The owner's page: a session signed in with a management key.
+            ctx.status = self.owner_page.serve(session, &ctx.id, path).await?;
+            return Ok(());
+        }
         let account = self.authenticate(session, endpoint)?;
         ctx.account = Some(account.clone());
         match endpoint {
@@ -418,7 +429,11 @@ impl Gateway {
                     .await
             }
             Endpoint::AnthropicCountTokens => self.count_tokens(session, ctx).await,
-            Endpoint::Healthz | Endpoint::Root | Endpoint::AnthropicHello | Endpoint::Manage => {
+            Endpoint::Healthz
+            | Endpoint::Root
+            | Endpoint::AnthropicHello
+            | Endpoint::Manage
+            | Endpoint::Account => {
                 unreachable!("answered above")
             }
         }
