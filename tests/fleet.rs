@@ -268,12 +268,6 @@ fn cost_of(r: &reqwest::Response) -> Option<Usd> {
         .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
-async fn standing(node: &Flux, key: &str) -> Value {
-    let r = node.get("/v1/usage", key).await;
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["spend"].clone()
-}
-
 fn usd(v: &Value) -> Usd {
     v.as_str().unwrap().parse().unwrap()
 }
