@@ -1477,3 +1477,139 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
         untrusting.log()
     );
 }
+
+/// A request on a gateway's admin listener with the admin token: status and JSON body.
+async fn admin(
+    node: &Flux,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = node
+        .client
+        .request(method, format!("{}{path}", node.admin_base))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn chat_status(node: &Flux, key: &str) -> u16 {
+    node.chat_with_key(&ping("flux-fast"), key)
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Wait until `node` answers `key` with `status`; how long that took (at most a second).
+async fn within_a_second(node: &Flux, key: &str, status: u16, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = chat_status(node, key).await;
+        if now == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: still {now} after a second: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_within_a_second() {
+    use reqwest::Method;
+    let mut redis = Redis::start();
+    let config = fleet_config(&redis, "");
+    let nodes = fleet_of(2, &config, TEST_LANES).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // An account and a key made through A's admin API serve on B.
+    let (status, account) = admin(
+        a,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "shop", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_str().unwrap().to_string();
+    let keys = format!("/admin/v1/accounts/{id}/keys");
+    let (status, web) = admin(a, Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    assert_eq!(status, 201, "{web}");
+    let web_secret = web["key"].as_str().unwrap().to_string();
+    let took = within_a_second(b, &web_secret, 200, "a key made through A, on B").await;
+    eprintln!("a key made through gateway A served by B after {took:?}");
+    let (status, app) = admin(a, Method::POST, &keys, Some(json!({"name": "app"}))).await;
+    assert_eq!(status, 201, "{app}");
+    let app_secret = app["key"].as_str().unwrap().to_string();
+    within_a_second(b, &app_secret, 200, "a second key on B").await;
+
+    // Revoked through B: refused on A.
+    let revoke = format!("/admin/v1/keys/{}/revoke", web["id"].as_str().unwrap());
+    let (status, v) = admin(b, Method::POST, &revoke, None).await;
+    assert_eq!(status, 200, "{v}");
+    let took = within_a_second(a, &web_secret, 401, "a key revoked through B, on A").await;
+    eprintln!("a key revoked through gateway B refused by A after {took:?}");
+
+    // Put on hold through A: 402 on B.
+    let (status, v) = admin(
+        a,
+        Method::PATCH,
+        &format!("/admin/v1/accounts/{id}"),
+        Some(json!({"on_hold": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let took = within_a_second(b, &app_secret, 402, "an account held through A, on B").await;
+    eprintln!("an account held through gateway A refused by B after {took:?}");
+
+    // A key of another account, made through B's admin API, then a gateway started after all
+    // of it: it knows every write from its first request.
+    let (status, other) = admin(
+        b,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "lab", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let (status, lab) = admin(
+        b,
+        Method::POST,
+        &format!("/admin/v1/accounts/{}/keys", other["id"].as_str().unwrap()),
+        Some(json!({"name": "lab"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{lab}");
+    let lab_secret = lab["key"].as_str().unwrap().to_string();
+    let c = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &config,
+        keys_from: Some(a),
+        ..Custom::default()
+    })
+    .await;
+    assert_eq!(chat_status(&c, &lab_secret).await, 200, "{}", c.log());
+    assert_eq!(chat_status(&c, &web_secret).await, 401, "revoked");
+    assert_eq!(chat_status(&c, &app_secret).await, 402, "on hold");
+    let (_, listed) = admin(&c, Method::GET, "/admin/v1/accounts", None).await;
+    assert!(listed.to_string().contains("\"lab\""), "{listed}");
+
+    // Redis down: what is loaded keeps authenticating; a write is refused with a 503.
+    redis.stop();
+    let (status, v) = admin(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "ledger_unavailable", "{v}");
+    let r = c.get("/v1/models", &lab_secret).await;
+    assert_eq!(r.status(), 200);
+}
