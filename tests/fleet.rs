@@ -1613,3 +1613,67 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     let r = c.get("/v1/models", &lab_secret).await;
     assert_eq!(r.status(), 200);
 }
+
+/// Start-up with a large fleet key store: `cargo test --test fleet --release --
+/// --ignored a_gateway_loads_100k --nocapture` prints how long the load took.
+#[tokio::test]
+#[ignore]
+async fn a_gateway_loads_100k_keys_of_the_fleet_s_store_at_start() {
+    let keys_n: usize = std::env::var("FLUX_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // 1,000 accounts of 100 keys each.
+    let mut pipe = redis::pipe();
+    for a in 0..1000 {
+        let account = json!({"id": format!("acct_{a:08}"), "name": format!("a{a}"),
+            "plan": "payg", "payment_method": false, "on_hold": false, "ceiling": null,
+            "models": null, "created_at": 1});
+        pipe.cmd("HSET")
+            .arg("t:{accounts}:rows:a")
+            .arg(format!("acct_{a:08}"))
+            .arg(account.to_string())
+            .ignore();
+    }
+    pipe.exec(&mut conn).unwrap();
+    let (secret, digest) = fluxrouter::accounts::new_secret();
+    for chunk in 0..keys_n / 1000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let sha = if i == 0 {
+                digest
+            } else {
+                fluxrouter::accounts::digest_of(&format!("k{i}"))
+            };
+            let row = json!({"id": format!("key_{i:012}"), "account_id": format!("acct_{:08}", i % 1000),
+                "name": format!("k{i}"), "sha256": hex::encode(sha), "kind": "inference",
+                "status": "active", "expires_at": null, "created_at": 1, "monthly_limit": null,
+                "models": null});
+            pipe.cmd("HSET")
+                .arg("t:{accounts}:rows:k")
+                .arg(format!("key_{i:012}"))
+                .arg(row.to_string())
+                .ignore();
+        }
+        pipe.exec(&mut conn).unwrap();
+    }
+    let started = Instant::now();
+    let node = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, ""),
+        ..Custom::default()
+    })
+    .await;
+    eprintln!("gateway ready {:?} after its start", started.elapsed());
+    let line = node.log_containing("loaded the fleet's key store").await;
+    eprintln!(
+        "{}",
+        line.lines()
+            .find(|l| l.contains("loaded the fleet"))
+            .unwrap_or("")
+    );
+    assert_eq!(chat_status(&node, &secret).await, 200);
+}

@@ -309,6 +309,7 @@ async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, 
     let keys = scan(fleet, fleet.layout.key_store("rows:k"))
         .await
         .map_err(|_| ())?;
+    let read = started.elapsed();
     let parse = |text: &String| serde_json::from_str::<Value>(text).ok();
     let accounts: Vec<AccountRow> = accounts
         .iter()
@@ -319,6 +320,7 @@ async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, 
         .filter_map(|t| parse(t).as_ref().and_then(key_from))
         .collect();
     let (na, nk) = (accounts.len(), keys.len());
+    let parsed = started.elapsed();
     let dir = directory.clone();
     match tokio::task::spawn_blocking(move || dir.replace_all(&accounts, &keys)).await {
         Ok(Ok(())) => {}
@@ -329,8 +331,11 @@ async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, 
         Err(_) => return Err(()),
     }
     log::info!(
-        "accounts: loaded the fleet's key store ({na} accounts, {nk} keys) in {:?}",
-        started.elapsed()
+        "accounts: loaded the fleet's key store ({na} accounts, {nk} keys) in {:?} (read \
+         {read:?}, parsed {:?}, stored and indexed {:?})",
+        started.elapsed(),
+        parsed - read,
+        started.elapsed() - parsed
     );
     Ok(from)
 }
