@@ -1605,11 +1605,28 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     let (_, listed) = admin(&c, Method::GET, "/admin/v1/accounts", None).await;
     assert!(listed.to_string().contains("\"lab\""), "{listed}");
 
+    // The CLI on B's host writes through Redis too: A serves its key.
+    let cli = |args: &[&str]| {
+        let out = b.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    cli(&["accounts", "new", "--name", "ops", "--plan", "payg"]);
+    let ops = cli(&["accounts", "key", "--account", "ops", "--name", "ci"]);
+    let took = within_a_second(a, &ops, 200, "a key made with the CLI on B's host, on A").await;
+    eprintln!("a key made with the CLI beside gateway B served by A after {took:?}");
+
     // Redis down: what is loaded keeps authenticating; a write is refused with a 503.
     redis.stop();
     let (status, v) = admin(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "ledger_unavailable", "{v}");
+    let out = b.cli(&["accounts", "new", "--name", "late", "--plan", "payg"]);
+    assert!(!out.status.success(), "the CLI refuses too");
     let r = c.get("/v1/models", &lab_secret).await;
     assert_eq!(r.status(), 200);
 }
