@@ -1694,3 +1694,54 @@ async fn a_gateway_loads_100k_keys_of_the_fleet_s_store_at_start() {
     );
     assert_eq!(chat_status(&node, &secret).await, 200);
 }
+
+#[tokio::test]
+async fn turning_fleet_mode_on_copies_the_first_gateway_s_key_store_into_redis() {
+    use reqwest::Method;
+    // A single gateway's key store, with an account and a key made through its admin API.
+    let mut single = Flux::start().await;
+    let (status, account) = admin(
+        &single,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "old", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let (status, key) = admin(
+        &single,
+        Method::POST,
+        &format!(
+            "/admin/v1/accounts/{}/keys",
+            account["id"].as_str().unwrap()
+        ),
+        Some(json!({"name": "old"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["key"].as_str().unwrap().to_string();
+    let store = single.dir.path().join("accounts.sqlite");
+    assert!(store.exists(), "{}", store.display());
+    // Stopped (its folder, with the store, stays until `single` is dropped).
+    single.signal("TERM");
+    single.wait_exit(Duration::from_secs(30)).await;
+
+    // The fleet's first gateway runs on that store: the other, on a store of its own, serves
+    // the key too.
+    let redis = Redis::start();
+    let first = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, &format!("key_store: \"{}\"", store.display())),
+        ..Custom::default()
+    })
+    .await;
+    let second = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, ""),
+        keys_from: Some(&first),
+        ..Custom::default()
+    })
+    .await;
+    assert_eq!(chat_status(&first, &secret).await, 200, "{}", first.log());
+    assert_eq!(chat_status(&second, &secret).await, 200, "{}", second.log());
+}
