@@ -8,6 +8,9 @@
 //! - [`Directory`] here ties them: every change is written to the file and applied to this
 //!   process's index at once (a key authenticates the moment it is returned), and
 //!   [`Directory::refresh`] applies what other processes wrote, from the feed;
+//! - in fleet mode a [`Replication`] (the fleet's Redis store, `crate::fleet`'s
+//!   `share_key_store`) gets every write after this process's store and index, and the
+//!   other gateways' writes come back through [`Directory::apply_remote`];
 //! - [`ops`]: what the operator CLI, the admin API and the owners' management API share
 //!   (account edits, key rotation, the JSON of a row).
 //!
