@@ -104,8 +104,14 @@ impl AppState {
             None => None,
         };
         let store_path = config.key_store_path();
-        let directory = crate::accounts::Directory::open(&store_path)
-            .map_err(|e| ConfigError::new(&store_path, "key_store", e.to_string()))?;
+        let directory = Arc::new(
+            crate::accounts::Directory::open(&store_path)
+                .map_err(|e| ConfigError::new(&store_path, "key_store", e.to_string()))?,
+        );
+        // Fleet mode: the key store is the fleet's (Redis), this file its local copy.
+        if let Some(fleet) = &fleet {
+            crate::fleet::share_key_store(fleet, &directory, true);
+        }
         let plan_terms = compile_plans(&config);
         let ttl = config.ledger.hold_ttl_seconds;
         let ledger = Arc::new(ledger);
@@ -125,7 +131,7 @@ impl AppState {
             }),
             keys_writes: Writes::default(),
             fleet,
-            directory: Arc::new(directory),
+            directory,
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,

@@ -1473,3 +1473,271 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
         untrusting.log()
     );
 }
+
+/// A request on a gateway's admin listener with the admin token: status and JSON body.
+async fn admin(
+    node: &Flux,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = node
+        .client
+        .request(method, format!("{}{path}", node.admin_base))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn chat_status(node: &Flux, key: &str) -> u16 {
+    node.chat_with_key(&ping("flux-fast"), key)
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Wait until `node` answers `key` with `status`; how long that took (at most a second).
+async fn within_a_second(node: &Flux, key: &str, status: u16, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = chat_status(node, key).await;
+        if now == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: still {now} after a second: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_within_a_second() {
+    use reqwest::Method;
+    let mut redis = Redis::start();
+    let config = fleet_config(&redis, "");
+    let nodes = fleet_of(2, &config, TEST_LANES).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // An account and a key made through A's admin API serve on B.
+    let (status, account) = admin(
+        a,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "shop", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_str().unwrap().to_string();
+    let keys = format!("/admin/v1/accounts/{id}/keys");
+    let (status, web) = admin(a, Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    assert_eq!(status, 201, "{web}");
+    let web_secret = web["key"].as_str().unwrap().to_string();
+    let took = within_a_second(b, &web_secret, 200, "a key made through A, on B").await;
+    eprintln!("a key made through gateway A served by B after {took:?}");
+    let (status, app) = admin(a, Method::POST, &keys, Some(json!({"name": "app"}))).await;
+    assert_eq!(status, 201, "{app}");
+    let app_secret = app["key"].as_str().unwrap().to_string();
+    within_a_second(b, &app_secret, 200, "a second key on B").await;
+
+    // Revoked through B: refused on A.
+    let revoke = format!("/admin/v1/keys/{}/revoke", web["id"].as_str().unwrap());
+    let (status, v) = admin(b, Method::POST, &revoke, None).await;
+    assert_eq!(status, 200, "{v}");
+    let took = within_a_second(a, &web_secret, 401, "a key revoked through B, on A").await;
+    eprintln!("a key revoked through gateway B refused by A after {took:?}");
+
+    // Put on hold through A: 402 on B.
+    let (status, v) = admin(
+        a,
+        Method::PATCH,
+        &format!("/admin/v1/accounts/{id}"),
+        Some(json!({"on_hold": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let took = within_a_second(b, &app_secret, 402, "an account held through A, on B").await;
+    eprintln!("an account held through gateway A refused by B after {took:?}");
+
+    // A key of another account, made through B's admin API, then a gateway started after all
+    // of it: it knows every write from its first request.
+    let (status, other) = admin(
+        b,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "lab", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let (status, lab) = admin(
+        b,
+        Method::POST,
+        &format!("/admin/v1/accounts/{}/keys", other["id"].as_str().unwrap()),
+        Some(json!({"name": "lab"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{lab}");
+    let lab_secret = lab["key"].as_str().unwrap().to_string();
+    let c = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &config,
+        keys_from: Some(a),
+        ..Custom::default()
+    })
+    .await;
+    assert_eq!(chat_status(&c, &lab_secret).await, 200, "{}", c.log());
+    assert_eq!(chat_status(&c, &web_secret).await, 401, "revoked");
+    assert_eq!(chat_status(&c, &app_secret).await, 402, "on hold");
+    let (_, listed) = admin(&c, Method::GET, "/admin/v1/accounts", None).await;
+    assert!(listed.to_string().contains("\"lab\""), "{listed}");
+
+    // The CLI on B's host writes through Redis too: A serves its key.
+    let cli = |args: &[&str]| {
+        let out = b.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    cli(&["accounts", "new", "--name", "ops", "--plan", "payg"]);
+    let ops = cli(&["accounts", "key", "--account", "ops", "--name", "ci"]);
+    let took = within_a_second(a, &ops, 200, "a key made with the CLI on B's host, on A").await;
+    eprintln!("a key made with the CLI beside gateway B served by A after {took:?}");
+
+    // Redis down: what is loaded keeps authenticating; a write is refused with a 503.
+    redis.stop();
+    let (status, v) = admin(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "ledger_unavailable", "{v}");
+    let out = b.cli(&["accounts", "new", "--name", "late", "--plan", "payg"]);
+    assert!(!out.status.success(), "the CLI refuses too");
+    let r = c.get("/v1/models", &lab_secret).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Start-up with a large fleet key store: `cargo test --test fleet --release --
+/// --ignored a_gateway_loads_100k --nocapture` prints how long the load took.
+#[tokio::test]
+#[ignore]
+async fn a_gateway_loads_100k_keys_of_the_fleet_s_store_at_start() {
+    let keys_n: usize = std::env::var("FLUX_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // 1,000 accounts of 100 keys each.
+    let mut pipe = redis::pipe();
+    for a in 0..1000 {
+        let account = json!({"id": format!("acct_{a:08}"), "name": format!("a{a}"),
+            "plan": "payg", "payment_method": false, "on_hold": false, "ceiling": null,
+            "models": null, "created_at": 1});
+        pipe.cmd("HSET")
+            .arg("t:{accounts}:rows:a")
+            .arg(format!("acct_{a:08}"))
+            .arg(account.to_string())
+            .ignore();
+    }
+    pipe.exec(&mut conn).unwrap();
+    let (secret, digest) = fluxrouter::accounts::new_secret();
+    for chunk in 0..keys_n / 1000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let sha = if i == 0 {
+                digest
+            } else {
+                fluxrouter::accounts::digest_of(&format!("k{i}"))
+            };
+            let row = json!({"id": format!("key_{i:012}"), "account_id": format!("acct_{:08}", i % 1000),
+                "name": format!("k{i}"), "sha256": hex::encode(sha), "kind": "inference",
+                "status": "active", "expires_at": null, "created_at": 1, "monthly_limit": null,
+                "models": null});
+            pipe.cmd("HSET")
+                .arg("t:{accounts}:rows:k")
+                .arg(format!("key_{i:012}"))
+                .arg(row.to_string())
+                .ignore();
+        }
+        pipe.exec(&mut conn).unwrap();
+    }
+    let started = Instant::now();
+    let node = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, ""),
+        ..Custom::default()
+    })
+    .await;
+    eprintln!("gateway ready {:?} after its start", started.elapsed());
+    let line = node.log_containing("loaded the fleet's key store").await;
+    eprintln!(
+        "{}",
+        line.lines()
+            .find(|l| l.contains("loaded the fleet"))
+            .unwrap_or("")
+    );
+    assert_eq!(chat_status(&node, &secret).await, 200);
+}
+
+#[tokio::test]
+async fn turning_fleet_mode_on_copies_the_first_gateway_s_key_store_into_redis() {
+    use reqwest::Method;
+    // A single gateway's key store, with an account and a key made through its admin API.
+    let mut single = Flux::start().await;
+    let (status, account) = admin(
+        &single,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "old", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let (status, key) = admin(
+        &single,
+        Method::POST,
+        &format!(
+            "/admin/v1/accounts/{}/keys",
+            account["id"].as_str().unwrap()
+        ),
+        Some(json!({"name": "old"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["key"].as_str().unwrap().to_string();
+    let store = single.dir.path().join("accounts.sqlite");
+    assert!(store.exists(), "{}", store.display());
+    // Stopped (its folder, with the store, stays until `single` is dropped).
+    single.signal("TERM");
+    single.wait_exit(Duration::from_secs(30)).await;
+
+    // The fleet's first gateway runs on that store: the other, on a store of its own, serves
+    // the key too.
+    let redis = Redis::start();
+    let first = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, &format!("key_store: \"{}\"", store.display())),
+        ..Custom::default()
+    })
+    .await;
+    let second = Flux::start_custom(&Custom {
+        lanes: TEST_LANES,
+        extra_config: &fleet_config(&redis, ""),
+        keys_from: Some(&first),
+        ..Custom::default()
+    })
+    .await;
+    assert_eq!(chat_status(&first, &secret).await, 200, "{}", first.log());
+    assert_eq!(chat_status(&second, &secret).await, 200, "{}", second.log());
+}

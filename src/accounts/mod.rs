@@ -8,6 +8,9 @@
 //! - [`Directory`] here ties them: every change is written to the file and applied to this
 //!   process's index at once (a key authenticates the moment it is returned), and
 //!   [`Directory::refresh`] applies what other processes wrote, from the feed;
+//! - in fleet mode a [`Replication`] (the fleet's Redis store, `crate::fleet`'s
+//!   `share_key_store`) gets every write after this process's store and index, and the
+//!   other gateways' writes come back through [`Directory::apply_remote`];
 //! - [`ops`]: what the operator CLI, the admin API and the owners' management API share
 //!   (account edits, key rotation, the JSON of a row).
 //!
@@ -39,6 +42,16 @@ use crate::units::{clock, Usd};
 /// Feed entries kept by [`Directory::prune_feed`] by default: at 1,000 writes a second, 100 s
 /// of changes, far more than a reader refreshing every 250 ms falls behind.
 pub const FEED_KEEP: u64 = 100_000;
+
+/// Where a fleet's directory sends its writes (the fleet's shared key store, Redis), so
+/// that every gateway applies them: [`Directory::replicate_to`]. A single gateway has none.
+pub trait Replication: Send + Sync {
+    /// Whether a write can be shared now; when not, writes are refused before anything is
+    /// changed ([`StoreError::Unavailable`]).
+    fn ready(&self) -> bool;
+    /// Share one change this process made (already in its own store and index).
+    fn publish(&self, change: &Change) -> Result<(), StoreError>;
+}
 
 /// What a new account starts with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +104,8 @@ pub struct Directory {
     seen: Mutex<Option<(FilesSeen, std::time::Instant)>>,
     /// Whether there are writes the checkpointer has not copied into the file yet.
     unchecked: std::sync::atomic::AtomicBool,
+    /// Fleet mode: where every write is shared.
+    replication: std::sync::OnceLock<Arc<dyn Replication>>,
 }
 
 /// Longest time a refresh trusts the files' sizes and times alone.
@@ -139,7 +154,81 @@ impl Directory {
             // The writers (CLI, other gateways) checkpoint their own writes when they close;
             // this process checkpoints what it writes itself.
             unchecked: std::sync::atomic::AtomicBool::new(false),
+            replication: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Share every write from now on through `to` (fleet mode; set once).
+    pub fn replicate_to(&self, to: Arc<dyn Replication>) {
+        let _ = self.replication.set(to);
+    }
+
+    /// Whether writes are shared with a fleet.
+    pub fn replicated(&self) -> bool {
+        self.replication.get().is_some()
+    }
+
+    /// Refuse a write up front when the fleet's store cannot take it.
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.replication.get() {
+            Some(r) if !r.ready() => Err(StoreError::Unavailable(
+                "the fleet's shared key store (Redis) is unreachable; nothing was changed".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn publish(&self, change: &Change) -> Result<(), StoreError> {
+        match self.replication.get() {
+            Some(r) => r.publish(change),
+            None => Ok(()),
+        }
+    }
+
+    /// Apply a change another gateway made (from the fleet's stream): to this process's
+    /// store, the fleet's local copy, and to its index. A row the local copy refuses (it
+    /// lags the fleet) still goes to the index, which must follow the fleet; the next full
+    /// load puts the copy right.
+    pub fn apply_remote(&self, change: &Change) {
+        let mut inner = self.inner();
+        let written = match change {
+            Change::KeyDeleted { id, .. } => inner.store.delete_key(id).map(|(_, seq)| seq),
+            other => inner.store.write(other),
+        };
+        match written {
+            Ok(seq) => self.applied(&mut inner, seq, change),
+            Err(StoreError::NotFound(_))
+                if matches!(
+                    change,
+                    Change::KeyDeleted { .. } | Change::AccountDeleted(_)
+                ) =>
+            {
+                self.index.load().apply(change)
+            }
+            Err(e) => {
+                log::warn!("accounts: a fleet change does not fit the local copy: {e}");
+                self.index.load().apply(change)
+            }
+        }
+    }
+
+    /// Make the store and the index hold exactly these rows (the fleet's, at start or after
+    /// Redis was unreachable).
+    pub fn replace_all(&self, accounts: &[AccountRow], keys: &[KeyRow]) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner.store.replace_all(accounts, keys)?;
+        self.unchecked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (index, cursor) = load_index(&mut inner.store)?;
+        self.index.store(Arc::new(index));
+        inner.cursor = cursor;
+        Ok(())
+    }
+
+    /// Every row of the store (to seed a fleet's shared store).
+    pub fn rows(&self) -> Result<(Vec<AccountRow>, Vec<KeyRow>), StoreError> {
+        let (accounts, keys, _) = self.inner().store.load_all()?;
+        Ok((accounts, keys))
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -213,9 +302,12 @@ impl Directory {
             models: new.models,
             created_at: clock::unix_now(),
         };
+        self.writable()?;
         let mut inner = self.inner();
         let seq = inner.store.insert_account(&row)?;
-        self.applied(&mut inner, seq, &Change::Account(row.clone()));
+        let change = Change::Account(row.clone());
+        self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok(row)
     }
 
@@ -225,6 +317,7 @@ impl Directory {
         id: &str,
         edit: impl FnOnce(&mut AccountRow),
     ) -> Result<AccountRow, StoreError> {
+        self.writable()?;
         let mut inner = self.inner();
         let (row, seq) = inner.store.update_account(id, |row| {
             edit(row);
@@ -232,16 +325,20 @@ impl Directory {
             check_plan(&row.plan)?;
             check_models(row.models.as_deref())
         })?;
-        self.applied(&mut inner, seq, &Change::Account(row.clone()));
+        let change = Change::Account(row.clone());
+        self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok(row)
     }
 
     /// Delete an account that has no keys left.
     pub fn delete_account(&self, id: &str) -> Result<(), StoreError> {
+        self.writable()?;
         let change = Change::AccountDeleted(id.to_string());
         let mut inner = self.inner();
         let seq = inner.store.write(&change)?;
         self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok(())
     }
 
@@ -271,9 +368,12 @@ impl Directory {
             models: limits.models,
             last_used_at: None,
         };
+        self.writable()?;
         let mut inner = self.inner();
         let seq = inner.store.insert_key(&row)?;
-        self.applied(&mut inner, seq, &Change::Key(row.clone()));
+        let change = Change::Key(row.clone());
+        self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok((secret, row))
     }
 
@@ -284,6 +384,7 @@ impl Directory {
         id: &str,
         edit: impl FnOnce(&mut KeyRow),
     ) -> Result<KeyRow, StoreError> {
+        self.writable()?;
         let mut inner = self.inner();
         let (row, seq) = inner.store.update_key(id, |row| {
             let was = row.status;
@@ -298,7 +399,9 @@ impl Directory {
             }
             Ok(())
         })?;
-        self.applied(&mut inner, seq, &Change::Key(row.clone()));
+        let change = Change::Key(row.clone());
+        self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok(row)
     }
 
@@ -319,15 +422,25 @@ impl Directory {
         if accounts.is_empty() && keys.is_empty() {
             return Ok(());
         }
+        self.writable()?;
         self.inner().store.import(accounts, keys)?;
-        self.reload()
+        self.reload()?;
+        for a in accounts {
+            self.publish(&Change::Account(a.clone()))?;
+        }
+        for k in keys {
+            self.publish(&Change::Key(k.clone()))?;
+        }
+        Ok(())
     }
 
     /// Delete a key's row (revoking keeps it, for reports; this forgets it).
     pub fn delete_key(&self, id: &str) -> Result<(), StoreError> {
+        self.writable()?;
         let mut inner = self.inner();
         let (change, seq) = inner.store.delete_key(id)?;
         self.applied(&mut inner, seq, &change);
+        self.publish(&change)?;
         Ok(())
     }
 

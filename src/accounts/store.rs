@@ -91,6 +91,9 @@ pub enum StoreError {
     Conflict(String),
     /// The request itself is wrong: a bad name, limits outside the account's.
     Invalid(String),
+    /// The fleet's shared key store (Redis) cannot take the write now: nothing was changed
+    /// for the fleet; retry.
+    Unavailable(String),
     /// The database failed (or holds something this code cannot read).
     Sqlite {
         context: String,
@@ -105,9 +108,10 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) => {
-                f.write_str(m)
-            }
+            StoreError::NotFound(m)
+            | StoreError::Conflict(m)
+            | StoreError::Invalid(m)
+            | StoreError::Unavailable(m) => f.write_str(m),
             StoreError::Sqlite { context, source } => write!(f, "{context}: {source}"),
             StoreError::Io { context, source } => write!(f, "{context}: {source}"),
         }
@@ -615,6 +619,48 @@ impl Store {
         }
         for k in keys {
             upsert_key(&tx, k, false)?;
+        }
+        let seq = record(&tx, ENTITY_IMPORT, "", None)?;
+        tx.execute("UPDATE feed_state SET pruned_through = ?1", [sql_time(seq)])?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Make the store hold exactly these rows (the fleet's, read from Redis), in one
+    /// transaction: rows not among them are deleted, the others written as given (a key's
+    /// last use kept). Readers of the feed are told to reload.
+    pub fn replace_all(
+        &mut self,
+        accounts: &[AccountRow],
+        keys: &[KeyRow],
+    ) -> Result<Cursor, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut used = std::collections::HashMap::new();
+        {
+            let mut st = tx.prepare("SELECT id, last_used_at FROM keys")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let at: Option<i64> = r.get(1)?;
+                if let Some(at) = at {
+                    used.insert(r.get::<_, String>(0)?, at);
+                }
+            }
+        }
+        tx.execute("DELETE FROM keys", [])?;
+        tx.execute("DELETE FROM accounts", [])?;
+        for a in accounts {
+            upsert_account(&tx, a, true)?;
+        }
+        for k in keys {
+            upsert_key(&tx, k, true)?;
+        }
+        {
+            let mut st = tx.prepare("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
+            for (id, at) in &used {
+                st.execute(params![id, at])?;
+            }
         }
         let seq = record(&tx, ENTITY_IMPORT, "", None)?;
         tx.execute("UPDATE feed_state SET pruned_through = ?1", [sql_time(seq)])?;

@@ -94,7 +94,16 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
             ))
         }
     };
-    let directory = Directory::open(&config.key_store_path())?;
+    let directory = std::sync::Arc::new(Directory::open(&config.key_store_path())?);
+    // Fleet mode: read the fleet's rows first and write through Redis, as a gateway does.
+    let _fleet = match &config.redis {
+        Some(redis) => {
+            let fleet = fluxrouter::fleet::Fleet::connect(redis, false)?;
+            fluxrouter::fleet::share_key_store(&fleet, &directory, true);
+            Some(fleet)
+        }
+        None => None,
+    };
     let account_of = |name_or_id: &str| -> Result<AccountRow, Box<dyn std::error::Error>> {
         if let Some(a) = directory.account(name_or_id) {
             return Ok(a.to_row());

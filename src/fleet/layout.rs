@@ -20,6 +20,10 @@
 //! | `P{id}:rate` | hash | per-minute limit → GCRA arrival time (µs, server clock) (key) |
 //! | `Pnodes` | sorted set | gateway id by last heartbeat (ms) |
 //! | `Pusage-keys:YYYY-MM` | set | key ids with usage in the month |
+//! | `P{accounts}:rows:a` | hash | account id → the account's row (JSON): the fleet's key store |
+//! | `P{accounts}:rows:k` | hash | key id → the key's row (JSON) |
+//! | `P{accounts}:feed` | stream | one entry per write (`c`: the change, `n`: the gateway), ~100,000 kept |
+//! | `P{accounts}:seeded` | string | set by the gateway that copied its SQLite key store in, once |
 //!
 //! Before accounts every key was its own account and its month and hour were under its key
 //! id (`P{key_abc}:m:…`, `P{key_abc}:h:N`). Such a key is now the account `acct_abc`; the
@@ -74,6 +78,12 @@ impl Layout {
 
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
+    }
+
+    /// The fleet's key store: `what` is `rows:a`, `rows:k`, `feed` or `seeded` (one hash
+    /// tag, so a write's row and its feed entry share a slot).
+    pub fn key_store(&self, what: &str) -> String {
+        format!("{}{{accounts}}:{what}", self.prefix)
     }
 
     pub fn usage_index(&self, month: Month) -> String {

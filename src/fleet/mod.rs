@@ -17,6 +17,7 @@
 //! heartbeat that tells the fleet how many gateways are alive (a node's share of a rate
 //! limit while Redis is down), and it replays the settlements Redis missed.
 
+mod keystore;
 mod layout;
 mod payer;
 mod queue;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, RedisResult, Script};
 
+pub use keystore::{share_key_store, KEY_STORE_FEED_KEEP};
 pub use layout::Layout;
 pub use payer::Payer;
 pub use queue::Settlement;

@@ -52,6 +52,10 @@ fn store_error(e: StoreError) -> FluxError {
         StoreError::NotFound(m) => FluxError::new(ErrorKind::NotFound, m),
         StoreError::Conflict(m) => FluxError::new(ErrorKind::Conflict, m),
         StoreError::Invalid(m) => bad(m),
+        StoreError::Unavailable(m) => {
+            log::warn!("accounts API: {m}");
+            FluxError::ledger_unavailable(1, "accounts and keys")
+        }
         other => {
             log::error!("accounts API: {other}");
             FluxError::new(
