@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::Method;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -79,18 +79,7 @@ impl OwnerPage {
             Reply::Page => 200,
             Reply::Json(status, ..) => *status,
         };
-        let mut h = respond::header(status, id)?;
-        for (name, value) in [
-            ("cache-control", "no-store"),
-            ("x-frame-options", "DENY"),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "no-referrer"),
-        ] {
-            h.insert_header(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            )?;
-        }
+        let mut h = respond::page_header(status, id)?;
         match reply {
             Reply::Page => {
                 h.insert_header(

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::Method;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -83,18 +83,7 @@ impl Admin {
             }
             Err(Stop::Broken(e)) => return Err(e),
         };
-        let mut h = respond::header(200, id)?;
-        for (name, value) in [
-            ("cache-control", "no-store"),
-            ("x-frame-options", "DENY"),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "no-referrer"),
-        ] {
-            h.insert_header(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            )?;
-        }
+        let mut h = respond::page_header(200, id)?;
         match reply {
             Reply::Page => {
                 h.insert_header(

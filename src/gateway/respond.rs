@@ -57,6 +57,24 @@ pub fn header(status: u16, request_id: &str) -> pingora::Result<Head> {
     Ok(Head(parts))
 }
 
+/// The header of a signed-in page's answer (the operator console, the owner's page) or of its
+/// JSON API: never cached, never framed, no sniffing, no referrer.
+pub fn page_header(status: u16, request_id: &str) -> pingora::Result<Head> {
+    let mut h = header(status, request_id)?;
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        h.insert_header(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )?;
+    }
+    Ok(h)
+}
+
 /// What served a request, for the X-Flux-* headers and the access log.
 pub struct Served<'a> {
     pub routes: &'a RouteTable,
