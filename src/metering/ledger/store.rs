@@ -479,74 +479,44 @@ impl Store {
     /// Committed totals of the months from `from_month` and the hours from `from_hour`.
     pub fn load(&self, from_month: Month, from_hour: u64) -> Result<Loaded, Error> {
         let mut loaded = Loaded::default();
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT key_id, month, cost FROM key_month WHERE month >= ?1")?;
-        let rows = st.query_map([from_month.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (key, month, cost) = row?;
-            if let Ok(month) = month.parse::<Month>() {
-                loaded.months.push((key.into(), month, from_sql_int(cost)));
+        // Keys' totals and accounts' totals (under their own `acct_…` ids, never a key's).
+        for kind in ["key", "account"] {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {kind}_id, month, cost FROM {kind}_month WHERE month >= ?1"
+            ))?;
+            let rows = st.query_map([from_month.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (subject, month, cost) = row?;
+                if let Ok(month) = month.parse::<Month>() {
+                    loaded
+                        .months
+                        .push((subject.into(), month, from_sql_int(cost)));
+                }
             }
-        }
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT key_id, hour, cost FROM key_hour WHERE hour >= ?1")?;
-        let rows = st.query_map([sql_int(from_hour * 3600)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (key, hour, cost) = row?;
-            loaded
-                .hours
-                .push((key.into(), from_sql_int(hour) / 3600, from_sql_int(cost)));
-        }
-        // Accounts' totals, under their own ids (`acct_…`, never a key's).
-        let mut st = self.conn.prepare_cached(
-            "SELECT account_id, month, cost FROM account_month WHERE month >= ?1",
-        )?;
-        let rows = st.query_map([from_month.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (account, month, cost) = row?;
-            if let Ok(month) = month.parse::<Month>() {
-                loaded
-                    .months
-                    .push((account.into(), month, from_sql_int(cost)));
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {kind}_id, hour, cost FROM {kind}_hour WHERE hour >= ?1"
+            ))?;
+            let rows = st.query_map([sql_int(from_hour * 3600)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (subject, hour, cost) = row?;
+                loaded.hours.push((
+                    subject.into(),
+                    from_sql_int(hour) / 3600,
+                    from_sql_int(cost),
+                ));
             }
-        }
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT account_id, hour, cost FROM account_hour WHERE hour >= ?1")?;
-        let rows = st.query_map([sql_int(from_hour * 3600)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (account, hour, cost) = row?;
-            loaded.hours.push((
-                account.into(),
-                from_sql_int(hour) / 3600,
-                from_sql_int(cost),
-            ));
         }
         Ok(loaded)
     }
