@@ -1674,7 +1674,7 @@ async fn a_gateway_loads_100k_keys_of_the_fleet_s_store_at_start() {
         pipe.exec(&mut conn).unwrap();
     }
     let started = Instant::now();
-    let node = Flux::start_custom(&Custom {
+    let mut node = Flux::start_custom(&Custom {
         lanes: TEST_LANES,
         extra_config: &fleet_config(&redis, ""),
         ..Custom::default()
@@ -1686,6 +1686,21 @@ async fn a_gateway_loads_100k_keys_of_the_fleet_s_store_at_start() {
         "{}",
         line.lines()
             .find(|l| l.contains("loaded the fleet"))
+            .unwrap_or("")
+    );
+    assert_eq!(chat_status(&node, &secret).await, 200);
+    // A restart resumes from the local copy.
+    let started = Instant::now();
+    node.kill9_and_restart().await;
+    eprintln!(
+        "restarted gateway ready {:?} after its start",
+        started.elapsed()
+    );
+    let line = node.log_containing("resumed the fleet's key store").await;
+    eprintln!(
+        "{}",
+        line.lines()
+            .find(|l| l.contains("resumed the fleet"))
             .unwrap_or("")
     );
     assert_eq!(chat_status(&node, &secret).await, 200);
@@ -1740,4 +1755,119 @@ async fn turning_fleet_mode_on_copies_the_first_gateway_s_key_store_into_redis()
     .await;
     assert_eq!(chat_status(&first, &secret).await, 200, "{}", first.log());
     assert_eq!(chat_status(&second, &secret).await, 200, "{}", second.log());
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_resumes_from_its_copy_and_drops_what_the_fleet_lacks() {
+    use fluxrouter::accounts::{Directory, KeyKind, KeyLimits, NewAccount};
+    use reqwest::Method;
+    let redis = Redis::start();
+    let config = fleet_config(&redis, "");
+    let mut nodes = fleet_of(2, &config, TEST_LANES).await;
+    let key_of = |v: &Value| v["key"].as_str().unwrap().to_string();
+    let (status, account) = admin(
+        &nodes[0],
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "shop", "plan": "payg"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    let keys = format!(
+        "/admin/v1/accounts/{}/keys",
+        account["id"].as_str().unwrap()
+    );
+    let (_, web) = admin(&nodes[0], Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    let (_, app) = admin(&nodes[0], Method::POST, &keys, Some(json!({"name": "app"}))).await;
+    within_a_second(&nodes[1], &key_of(&web), 200, "web on B").await;
+    within_a_second(&nodes[1], &key_of(&app), 200, "app on B").await;
+
+    // B is killed; through A one key is revoked and another made meanwhile.
+    unsafe_kill(nodes[1].pid(), "KILL");
+    let revoke = format!("/admin/v1/keys/{}/revoke", web["id"].as_str().unwrap());
+    assert_eq!(admin(&nodes[0], Method::POST, &revoke, None).await.0, 200);
+    let (status, late) = admin(
+        &nodes[0],
+        Method::POST,
+        &keys,
+        Some(json!({"name": "late"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{late}");
+    // And B's copy holds rows the fleet's store lacks, as a crash between a local write and
+    // its publication would leave them.
+    let store = fluxrouter::config::ServerConfig::load(&nodes[1].config)
+        .unwrap()
+        .key_store_path();
+    let local = Directory::open(&store).unwrap();
+    let ghost_account = local
+        .create_account(NewAccount {
+            name: "ghost".into(),
+            plan: "payg".into(),
+            ..NewAccount::default()
+        })
+        .unwrap();
+    let (ghost, _) = local
+        .create_key(
+            &ghost_account.id,
+            "ghost",
+            KeyKind::Inference,
+            KeyLimits::default(),
+        )
+        .unwrap();
+    drop(local);
+
+    // B resumes from its copy (no full load) and knows all of it from its first request.
+    nodes[1].kill9_and_restart().await;
+    let b = &nodes[1];
+    let log = b.log_containing("resumed the fleet's key store").await;
+    assert_eq!(
+        log.matches("loaded the fleet's key store").count(),
+        1,
+        "only B's first start loads every row: {log}"
+    );
+    assert_eq!(chat_status(b, &key_of(&late)).await, 200, "{}", b.log());
+    assert_eq!(
+        chat_status(b, &key_of(&web)).await,
+        401,
+        "revoked while B was down"
+    );
+    assert_eq!(chat_status(b, &key_of(&app)).await, 200);
+    assert_eq!(
+        chat_status(b, &ghost).await,
+        401,
+        "a row the fleet lacks is dropped"
+    );
+    let (_, listed) = admin(b, Method::GET, "/admin/v1/accounts", None).await;
+    assert!(!listed.to_string().contains("ghost"), "{listed}");
+
+    // The fleet's stream trimmed past B's mark while B is down: B loads every row again.
+    unsafe_kill(nodes[1].pid(), "KILL");
+    let (_, later) = admin(
+        &nodes[0],
+        Method::POST,
+        &keys,
+        Some(json!({"name": "later"})),
+    )
+    .await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("t:{accounts}:feed")
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    nodes[1].kill9_and_restart().await;
+    let b = &nodes[1];
+    let log = b.log();
+    assert_eq!(
+        log.matches("loaded the fleet's key store").count(),
+        2,
+        "a stream that lost changes after the mark is not trusted: {log}"
+    );
+    assert_eq!(chat_status(b, &key_of(&later)).await, 200);
+    assert_eq!(chat_status(b, &key_of(&web)).await, 401);
 }

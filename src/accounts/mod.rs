@@ -35,7 +35,7 @@ pub use model::{
     KeyStatus,
 };
 pub use ops::{AccountEdit, Rotated, MAX_ROTATION_GRACE_SECS};
-pub use store::{Feed, Store, StoreError};
+pub use store::{Feed, Named, ReplicaMark, Store, StoreError};
 
 use crate::units::{clock, Usd};
 
@@ -178,36 +178,75 @@ impl Directory {
         }
     }
 
-    fn publish(&self, change: &Change) -> Result<(), StoreError> {
-        match self.replication.get() {
-            Some(r) => r.publish(change),
-            None => Ok(()),
+    /// Share a change this process has written (under the writers' lock, so the fleet's
+    /// stream has this process's writes in its order). When the fleet's store did not take
+    /// it, the local copy holds a row the fleet may not: the replica's mark is forgotten,
+    /// so that the next start loads the fleet's store whole instead of resuming.
+    fn publish(&self, inner: &mut Inner, change: &Change) -> Result<(), StoreError> {
+        let Some(r) = self.replication.get() else {
+            return Ok(());
+        };
+        let sent = r.publish(change);
+        if sent.is_err() {
+            if let Err(e) = inner.store.forget_replica_mark() {
+                log::warn!("accounts: cannot forget the fleet replica's mark: {e}");
+            }
         }
+        sent
+    }
+
+    /// The fleet replica's mark kept in the local copy ([`ReplicaMark`]).
+    pub fn replica_mark(&self) -> Result<Option<ReplicaMark>, StoreError> {
+        self.inner().store.replica_mark()
+    }
+
+    /// Record that the local copy holds the fleet's stream up to `position` (and that every
+    /// local change so far is in the fleet's store: writes hold the same lock from their
+    /// local commit to their publication).
+    pub fn mark_replica(&self, epoch: &str, position: &str) -> Result<(), StoreError> {
+        self.inner().store.set_replica_mark(epoch, position)
+    }
+
+    /// Forget the fleet replica's mark.
+    pub fn forget_replica(&self) -> Result<(), StoreError> {
+        self.inner().store.forget_replica_mark()
+    }
+
+    /// Rows the local feed names after `cursor` ([`Store::named_since`]).
+    pub fn named_since(&self, cursor: Cursor) -> Result<Option<Vec<Named>>, StoreError> {
+        self.inner().store.named_since(cursor)
     }
 
     /// Apply a change another gateway made (from the fleet's stream): to this process's
     /// store, the fleet's local copy, and to its index. A row the local copy refuses (it
     /// lags the fleet) still goes to the index, which must follow the fleet; the next full
     /// load puts the copy right.
-    pub fn apply_remote(&self, change: &Change) {
+    ///
+    /// Returns whether the local copy took it (a deletion of a row it lacks counts).
+    pub fn apply_remote(&self, change: &Change) -> bool {
         let mut inner = self.inner();
         let written = match change {
             Change::KeyDeleted { id, .. } => inner.store.delete_key(id).map(|(_, seq)| seq),
             other => inner.store.write(other),
         };
         match written {
-            Ok(seq) => self.applied(&mut inner, seq, change),
+            Ok(seq) => {
+                self.applied(&mut inner, seq, change);
+                true
+            }
             Err(StoreError::NotFound(_))
                 if matches!(
                     change,
                     Change::KeyDeleted { .. } | Change::AccountDeleted(_)
                 ) =>
             {
-                self.index.load().apply(change)
+                self.index.load().apply(change);
+                true
             }
             Err(e) => {
                 log::warn!("accounts: a fleet change does not fit the local copy: {e}");
-                self.index.load().apply(change)
+                self.index.load().apply(change);
+                false
             }
         }
     }
@@ -307,7 +346,7 @@ impl Directory {
         let seq = inner.store.insert_account(&row)?;
         let change = Change::Account(row.clone());
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok(row)
     }
 
@@ -327,7 +366,7 @@ impl Directory {
         })?;
         let change = Change::Account(row.clone());
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok(row)
     }
 
@@ -338,7 +377,7 @@ impl Directory {
         let mut inner = self.inner();
         let seq = inner.store.write(&change)?;
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok(())
     }
 
@@ -373,7 +412,7 @@ impl Directory {
         let seq = inner.store.insert_key(&row)?;
         let change = Change::Key(row.clone());
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok((secret, row))
     }
 
@@ -401,7 +440,7 @@ impl Directory {
         })?;
         let change = Change::Key(row.clone());
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok(row)
     }
 
@@ -423,13 +462,16 @@ impl Directory {
             return Ok(());
         }
         self.writable()?;
-        self.inner().store.import(accounts, keys)?;
-        self.reload()?;
+        let mut inner = self.inner();
+        inner.store.import(accounts, keys)?;
+        let (index, cursor) = load_index(&mut inner.store)?;
+        self.index.store(Arc::new(index));
+        inner.cursor = cursor;
         for a in accounts {
-            self.publish(&Change::Account(a.clone()))?;
+            self.publish(&mut inner, &Change::Account(a.clone()))?;
         }
         for k in keys {
-            self.publish(&Change::Key(k.clone()))?;
+            self.publish(&mut inner, &Change::Key(k.clone()))?;
         }
         Ok(())
     }
@@ -440,7 +482,7 @@ impl Directory {
         let mut inner = self.inner();
         let (change, seq) = inner.store.delete_key(id)?;
         self.applied(&mut inner, seq, &change);
-        self.publish(&change)?;
+        self.publish(&mut inner, &change)?;
         Ok(())
     }
 

@@ -74,12 +74,40 @@ CREATE TABLE IF NOT EXISTS feed_state (
     pruned_through INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO feed_state (one, pruned_through) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS replica (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    epoch TEXT NOT NULL,
+    position TEXT NOT NULL,
+    local_seq INTEGER NOT NULL
+);
 ";
 
 const ACCOUNT_COLUMNS: &str =
     "id, name, plan, payment_method, on_hold, ceiling, models, created_at";
 const KEY_COLUMNS: &str = "id, account_id, name, sha256, kind, status, expires_at, created_at, \
      monthly_limit, models, last_used_at";
+
+/// How far a fleet gateway's local copy is known to follow the fleet's shared store: every
+/// change of the fleet's stream up to `position` is in it, and every local change up to
+/// `local_seq` is in the fleet's store. Set after a full load and after each batch read
+/// from the stream; forgotten when a write could not be shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaMark {
+    /// Which fleet store (a value made when the fleet's store was first seeded): a store
+    /// emptied and seeded again has another, and its stream positions mean nothing here.
+    pub epoch: String,
+    /// The fleet stream's entry id.
+    pub position: String,
+    /// The local feed's sequence number at the time.
+    pub local_seq: Cursor,
+}
+
+/// A row named by the local feed: an account's or a key's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    Account(String),
+    Key(String),
+}
 
 /// Why a directory operation failed.
 #[derive(Debug)]
@@ -666,6 +694,70 @@ impl Store {
         tx.execute("UPDATE feed_state SET pruned_through = ?1", [sql_time(seq)])?;
         tx.commit()?;
         Ok(seq)
+    }
+
+    /// The fleet replica's mark, if one is kept.
+    pub fn replica_mark(&self) -> Result<Option<ReplicaMark>, StoreError> {
+        let mark = self
+            .conn
+            .query_row("SELECT epoch, position, local_seq FROM replica", [], |r| {
+                Ok(ReplicaMark {
+                    epoch: r.get(0)?,
+                    position: r.get(1)?,
+                    local_seq: from_sql_u64(Some(r.get(2)?)).unwrap_or(0),
+                })
+            })
+            .optional()?;
+        Ok(mark)
+    }
+
+    /// Keep the fleet replica's mark: the local feed's head is taken as `local_seq`.
+    pub fn set_replica_mark(&mut self, epoch: &str, position: &str) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq = head(&tx)?;
+        tx.execute(
+            "INSERT INTO replica (one, epoch, position, local_seq) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (one) DO UPDATE SET epoch = ?1, position = ?2, local_seq = ?3",
+            params![epoch, position, sql_time(seq)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget the fleet replica's mark: the next start loads the fleet's store whole.
+    pub fn forget_replica_mark(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM replica", [])?;
+        Ok(())
+    }
+
+    /// Every row the local feed names after `cursor` (each once), or `None` when the feed
+    /// no longer reaches back that far or names an import (every row may have changed).
+    pub fn named_since(&mut self, cursor: Cursor) -> Result<Option<Vec<Named>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let pruned: i64 =
+            tx.query_row("SELECT pruned_through FROM feed_state", [], |r| r.get(0))?;
+        if cursor < from_sql_u64(Some(pruned)).unwrap_or(0) {
+            return Ok(None);
+        }
+        let mut st = tx.prepare(
+            "SELECT DISTINCT entity, id FROM changes WHERE seq > ?1 ORDER BY entity, id",
+        )?;
+        let rows: Vec<(i64, String)> = st
+            .query_map([sql_time(cursor)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        tx.commit()?;
+        let mut named = Vec::with_capacity(rows.len());
+        for (entity, id) in rows {
+            named.push(match entity {
+                ENTITY_ACCOUNT => Named::Account(id),
+                ENTITY_KEY => Named::Key(id),
+                _ => return Ok(None),
+            });
+        }
+        Ok(Some(named))
     }
 
     /// Copy the WAL into the file without waiting for anyone (`PASSIVE`): on a connection of

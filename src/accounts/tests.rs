@@ -398,3 +398,60 @@ async fn the_refresher_applies_what_other_processes_write() {
     task.abort();
     assert!(seen, "b never saw the key a created");
 }
+
+/// A fleet store that takes nothing.
+struct Refusing;
+
+impl Replication for Refusing {
+    fn ready(&self) -> bool {
+        true
+    }
+    fn publish(&self, _: &Change) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+}
+
+#[test]
+fn the_replica_mark_names_what_changed_since_and_a_write_the_fleet_refused_forgets_it() {
+    let (_tmp, path) = dir();
+    let d = Directory::open(&path).unwrap();
+    assert_eq!(d.replica_mark().unwrap(), None);
+    let acct = account(&d, "acme");
+    d.mark_replica("epoch-1", "170-0").unwrap();
+    let mark = d.replica_mark().unwrap().unwrap();
+    assert_eq!((&*mark.epoch, &*mark.position), ("epoch-1", "170-0"));
+    assert_eq!(d.named_since(mark.local_seq).unwrap(), Some(vec![]));
+
+    // Rows written after the mark are named once each.
+    let (_, key) = d
+        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+        .unwrap();
+    d.update_key(&key.id, |k| k.name = "build".into()).unwrap();
+    assert_eq!(
+        d.named_since(mark.local_seq).unwrap(),
+        Some(vec![Named::Key(key.id.clone())])
+    );
+    // Across a reopen too.
+    drop(d);
+    let d = Directory::open(&path).unwrap();
+    assert_eq!(d.replica_mark().unwrap(), Some(mark.clone()));
+
+    // A write the fleet's store did not take leaves the copy unmarked.
+    d.replicate_to(Arc::new(Refusing));
+    assert!(d
+        .create_account(NewAccount {
+            name: "lost".into(),
+            plan: "payg".into(),
+            ..NewAccount::default()
+        })
+        .is_err());
+    assert_eq!(d.replica_mark().unwrap(), None);
+
+    // A feed pruned past the mark names nothing: only a full load will do.
+    d.forget_replica().unwrap();
+    for i in 0..5 {
+        account(&Directory::open(&path).unwrap(), &format!("a{i}"));
+    }
+    d.prune_feed(1).unwrap();
+    assert_eq!(d.named_since(mark.local_seq).unwrap(), None);
+}

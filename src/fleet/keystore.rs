@@ -8,12 +8,16 @@
 //! names and limits as on a single gateway; the write goes to Redis right after, under the
 //! same lock, so the stream has this gateway's writes in its order ([`Shared`]).
 //!
-//! Every gateway loads all rows at start (HSCAN in pages) into its copy and index, then
-//! reads the stream every [`POLL`] from where the load began, applying the other gateways'
-//! changes ([`Directory::apply_remote`]): a change made through any gateway is served by
-//! all within about a tenth of a second. A read that fails (Redis down, slow, restarted)
-//! makes the gateway load everything again once Redis answers: only then could the stream
-//! have been trimmed past it, or a write of its own have failed half-way.
+//! A gateway reads the stream every [`POLL`], applying the other gateways' changes
+//! ([`Directory::apply_remote`]): a change made through any gateway is served by all within
+//! about a tenth of a second. After each batch it marks in its copy how far the copy follows
+//! the stream ([`crate::accounts::ReplicaMark`]). At start (and when Redis answers again
+//! after a failed read) it resumes from that mark when it can: the mark is for this fleet
+//! store (its epoch), the stream still holds every change after it, and the few rows the
+//! local feed changed since are read again from Redis ([`resume`]); a restart then costs
+//! opening the local copy, not reading a million rows. Otherwise (a new gateway, a stream
+//! trimmed past the mark, a write of its own the fleet's store did not take) it loads every
+//! row (HSCAN in pages) into its copy and index ([`load`]).
 //!
 //! While Redis is down the keys already loaded keep working from the index; writes are
 //! refused before anything changes ([`StoreError::Unavailable`], a 503 to API callers).
@@ -29,7 +33,9 @@ use redis::Script;
 use serde_json::{json, Value};
 
 use super::{Fleet, Op};
-use crate::accounts::{AccountRow, Change, Directory, KeyKind, KeyRow, Replication, StoreError};
+use crate::accounts::{
+    AccountRow, Change, Directory, KeyKind, KeyRow, Named, Replication, StoreError,
+};
 use crate::units::Usd;
 
 /// Stream entries kept (approximately: `MAXLEN ~`).
@@ -226,27 +232,35 @@ async fn scan(fleet: &Fleet, key: String) -> Result<Vec<String>, super::Unavaila
     }
 }
 
-/// Copy this gateway's rows into an empty fleet store, once for the fleet.
-async fn seed(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<(), super::Unavailable> {
+/// Copy this gateway's rows into an empty fleet store, once for the fleet. Returns the
+/// fleet store's epoch: the `seeded` marker's value, made by the gateway that seeded it (a
+/// node name and a random part), so that a store emptied and seeded again has another.
+async fn seed(
+    fleet: &Arc<Fleet>,
+    directory: &Arc<Directory>,
+) -> Result<String, super::Unavailable> {
     let marker = fleet.layout.key_store("seeded");
-    let node = fleet.node.to_string();
-    let first: Option<String> = fleet
+    let made = format!("{}:{:016x}", fleet.node, rand::random::<u64>());
+    let (first, epoch): (Option<String>, String) = fleet
         .run(Op::Report, move |mut conn| async move {
-            redis::cmd("SET")
-                .arg(marker)
-                .arg(node)
+            redis::pipe()
+                .cmd("SET")
+                .arg(&marker)
+                .arg(made)
                 .arg("NX")
+                .cmd("GET")
+                .arg(&marker)
                 .query_async(&mut conn)
                 .await
         })
         .await?;
     if first.is_none() {
-        return Ok(());
+        return Ok(epoch);
     }
     let dir = directory.clone();
     let Ok(Ok((accounts, keys))) = tokio::task::spawn_blocking(move || dir.rows()).await else {
         log::warn!("accounts: cannot read the local key store to seed the fleet's");
-        return Ok(());
+        return Ok(epoch);
     };
     let l = &fleet.layout;
     let rows: Vec<(String, String, String)> = accounts
@@ -279,14 +293,13 @@ async fn seed(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<(), supe
     if n > 0 {
         log::info!("accounts: copied {n} rows of this gateway's key store into the fleet's");
     }
-    Ok(())
+    Ok(epoch)
 }
 
 /// Load every row of the fleet's store into this gateway's copy and index; returns the
 /// stream position to follow from (taken before the rows are read: a change made while
 /// they are is applied again, harmlessly).
-async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, ()> {
-    seed(fleet, directory).await.map_err(|_| ())?;
+async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>, epoch: &str) -> Result<String, ()> {
     let started = Instant::now();
     let feed = fleet.layout.key_store("feed");
     let last: Vec<(String, Vec<String>)> = fleet
@@ -321,8 +334,12 @@ async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, 
         .collect();
     let (na, nk) = (accounts.len(), keys.len());
     let parsed = started.elapsed();
-    let dir = directory.clone();
-    match tokio::task::spawn_blocking(move || dir.replace_all(&accounts, &keys)).await {
+    let (dir, mark) = (directory.clone(), (epoch.to_string(), from.clone()));
+    let replaced = tokio::task::spawn_blocking(move || {
+        dir.replace_all(&accounts, &keys)?;
+        dir.mark_replica(&mark.0, &mark.1)
+    });
+    match replaced.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             log::warn!("accounts: cannot load the fleet's key store: {e}");
@@ -340,6 +357,209 @@ async fn load(fleet: &Arc<Fleet>, directory: &Arc<Directory>) -> Result<String, 
     Ok(from)
 }
 
+/// A stream entry id (`ms-seq`) as numbers, to compare.
+fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// What the fleet's stream still holds, from `XINFO STREAM`.
+#[derive(Debug, PartialEq, Eq)]
+struct FeedSpan {
+    /// The oldest entry kept (`None`: empty).
+    first: Option<(u64, u64)>,
+    /// The newest id ever given out.
+    last: (u64, u64),
+    /// Whether every entry ever added is still there (nothing trimmed).
+    whole: bool,
+}
+
+impl FeedSpan {
+    /// A stream with nothing in it, taken to have never had anything.
+    const NOTHING: FeedSpan = FeedSpan {
+        first: None,
+        last: (0, 0),
+        whole: true,
+    };
+
+    /// Whether following from `at` misses nothing: `at` is no later than the newest id (a
+    /// stream that went back in time is another stream), and the entries after it are all
+    /// kept (`at` itself or something older is still there, or nothing was ever trimmed).
+    fn reaches(&self, at: (u64, u64)) -> bool {
+        at <= self.last && (self.whole || self.first.is_some_and(|f| f <= at))
+    }
+}
+
+/// Read what the fleet's stream spans (an absent stream spans nothing, from `0-0`).
+async fn feed_span(fleet: &Arc<Fleet>) -> Result<FeedSpan, super::Unavailable> {
+    let feed = fleet.layout.key_store("feed");
+    let f = feed.clone();
+    let length: u64 = fleet
+        .run(Op::Report, move |mut conn| async move {
+            redis::cmd("XLEN").arg(f).query_async(&mut conn).await
+        })
+        .await?;
+    if length == 0 {
+        // Absent, or emptied (not by this code): only a copy marked at `0-0` follows it.
+        return Ok(FeedSpan::NOTHING);
+    }
+    let info: std::collections::HashMap<String, redis::Value> = fleet
+        .run(Op::Report, move |mut conn| async move {
+            redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(feed)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    let text = |name: &str| {
+        info.get(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+    };
+    let number = |name: &str| {
+        info.get(name)
+            .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+    };
+    Ok(FeedSpan {
+        first: text("recorded-first-entry-id").and_then(|t| entry_id(&t)),
+        last: text("last-generated-id")
+            .and_then(|t| entry_id(&t))
+            .unwrap_or_default(),
+        whole: number("entries-added").is_some_and(|added| added == length),
+    })
+}
+
+/// Resume from the local copy instead of loading every row: when the copy was marked for
+/// this fleet store ([`crate::accounts::ReplicaMark`]) and the stream still holds every
+/// change since the mark. The rows the local feed names since the mark are read again from
+/// the fleet's store and written over the copy (so a write of this host's own that a crash
+/// kept from the fleet's store does not outlive it); the stream's changes since the mark
+/// are read next by [`follow`]. Returns where to follow from, or `None` when only a full
+/// load will do.
+async fn resume(
+    fleet: &Arc<Fleet>,
+    directory: &Arc<Directory>,
+    epoch: &str,
+) -> Result<Option<String>, ()> {
+    let started = Instant::now();
+    let dir = directory.clone();
+    let mark = match tokio::task::spawn_blocking(move || dir.replica_mark()).await {
+        Ok(Ok(Some(mark))) if mark.epoch == epoch => mark,
+        _ => return Ok(None),
+    };
+    let Some(at) = entry_id(&mark.position) else {
+        return Ok(None);
+    };
+    let span = feed_span(fleet).await.map_err(|_| ())?;
+    if !span.reaches(at) {
+        log::info!(
+            "accounts: the fleet's stream no longer reaches back to this copy's mark ({}): \
+             loading the fleet's key store whole",
+            mark.position
+        );
+        return Ok(None);
+    }
+    let dir = directory.clone();
+    let since = mark.local_seq;
+    let named = match tokio::task::spawn_blocking(move || dir.named_since(since)).await {
+        Ok(Ok(Some(named))) => named,
+        _ => return Ok(None),
+    };
+    let (accounts, keys): (Vec<&Named>, Vec<&Named>) =
+        named.iter().partition(|n| matches!(n, Named::Account(_)));
+    let ids = |named: &[&Named]| -> Vec<String> {
+        named
+            .iter()
+            .map(|n| match n {
+                Named::Account(id) | Named::Key(id) => id.clone(),
+            })
+            .collect()
+    };
+    let rows = |table: &'static str, ids: Vec<String>| {
+        let key = fleet.layout.key_store(table);
+        async move {
+            if ids.is_empty() {
+                return Ok((ids, Vec::new()));
+            }
+            let query = ids.clone();
+            let found: Vec<Option<String>> = fleet
+                .run(Op::Report, move |mut conn| async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(query)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            Ok::<_, super::Unavailable>((ids, found))
+        }
+    };
+    let (account_ids, account_rows) = rows("rows:a", ids(&accounts)).await.map_err(|_| ())?;
+    let (key_ids, key_rows) = rows("rows:k", ids(&keys)).await.map_err(|_| ())?;
+    let parse = |text: &str| serde_json::from_str::<Value>(text).ok();
+    let mut changes = Vec::with_capacity(named.len());
+    for (id, row) in account_ids.into_iter().zip(account_rows) {
+        match row {
+            None => changes.push(Change::AccountDeleted(id)),
+            Some(t) => changes.extend(
+                parse(&t)
+                    .as_ref()
+                    .and_then(account_from)
+                    .map(Change::Account),
+            ),
+        }
+    }
+    let dir = directory.clone();
+    let fixed = tokio::task::spawn_blocking(move || {
+        for (id, row) in key_ids.into_iter().zip(key_rows) {
+            match row {
+                // The local row's digest names it in the index.
+                None => match dir.key(&id) {
+                    Ok(Some(local)) => changes.push(Change::KeyDeleted {
+                        id,
+                        sha256: local.sha256,
+                    }),
+                    Ok(None) => {}
+                    Err(_) => return false,
+                },
+                Some(t) => changes.extend(parse(&t).as_ref().and_then(key_from).map(Change::Key)),
+            }
+        }
+        // Keys are deleted before their account; accounts written before their keys.
+        changes.sort_by_key(|c| match c {
+            Change::Account(_) => 0,
+            Change::Key(_) | Change::KeyDeleted { .. } => 1,
+            Change::AccountDeleted(_) => 2,
+        });
+        changes.iter().all(|c| dir.apply_remote(c))
+    });
+    if !matches!(fixed.await, Ok(true)) {
+        return Ok(None);
+    }
+    log::info!(
+        "accounts: resumed the fleet's key store from this host's copy at {} in {:?} ({} rows \
+         read again); following its changes from there",
+        mark.position,
+        started.elapsed(),
+        named.len()
+    );
+    Ok(Some(mark.position))
+}
+
+/// Where to follow the fleet's stream from, once Redis answers: resumed from the local copy
+/// when it can be ([`resume`]), else after a full [`load`]. Seeds an empty fleet store first.
+async fn start(
+    fleet: &Arc<Fleet>,
+    directory: &Arc<Directory>,
+    epoch: &mut String,
+) -> Result<String, ()> {
+    *epoch = seed(fleet, directory).await.map_err(|_| ())?;
+    if let Some(at) = resume(fleet, directory, epoch).await? {
+        return Ok(at);
+    }
+    load(fleet, directory, epoch).await
+}
+
 /// Follow the fleet's key store until the fleet is gone: load, then read the stream.
 async fn follow(
     fleet: Weak<Fleet>,
@@ -347,12 +567,13 @@ async fn follow(
     mut first: Option<std::sync::mpsc::Sender<()>>,
 ) {
     let mut from: Option<String> = None;
+    let mut epoch = String::new();
     loop {
         let Some(fleet) = fleet.upgrade() else { return };
         match from.clone() {
             None => {
                 if fleet.is_up() {
-                    if let Ok(at) = load(&fleet, &directory).await {
+                    if let Ok(at) = start(&fleet, &directory, &mut epoch).await {
                         from = Some(at);
                         if let Some(tx) = first.take() {
                             let _ = tx.send(());
@@ -363,11 +584,12 @@ async fn follow(
             }
             Some(at) => {
                 let feed = fleet.layout.key_store("feed");
+                let after = format!("({at}");
                 let read: Result<Vec<(String, Vec<String>)>, _> = fleet
                     .run(Op::Report, move |mut conn| async move {
                         redis::cmd("XRANGE")
                             .arg(feed)
-                            .arg(format!("({at}"))
+                            .arg(after)
                             .arg("+")
                             .arg("COUNT")
                             .arg(PAGE)
@@ -403,11 +625,20 @@ async fn follow(
                                     .flatten()
                             })
                             .collect();
-                        if !changes.is_empty() {
-                            let dir = directory.clone();
+                        if let Some(position) = from.clone().filter(|p| *p != at) {
+                            // Mark how far the local copy follows, so that a restart resumes
+                            // from here; a change the copy refused leaves it to a full load.
+                            let (dir, epoch) = (directory.clone(), epoch.clone());
                             let _ = tokio::task::spawn_blocking(move || {
-                                for c in &changes {
-                                    dir.apply_remote(c);
+                                let took =
+                                    changes.iter().fold(true, |ok, c| dir.apply_remote(c) && ok);
+                                let marked = if took {
+                                    dir.mark_replica(&epoch, &position)
+                                } else {
+                                    dir.forget_replica()
+                                };
+                                if let Err(e) = marked {
+                                    log::warn!("accounts: cannot mark the fleet replica: {e}");
                                 }
                             })
                             .await;
@@ -484,5 +715,35 @@ mod tests {
         ] {
             assert_eq!(change_from(&change_to(&c).to_string()), Some(c));
         }
+    }
+
+    #[test]
+    fn a_copy_resumes_only_when_the_stream_holds_every_change_after_its_mark() {
+        assert_eq!(entry_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
+        assert_eq!(entry_id("nonsense"), None);
+        let trimmed = FeedSpan {
+            first: Some((100, 0)),
+            last: (200, 5),
+            whole: false,
+        };
+        assert!(trimmed.reaches((100, 0)), "the mark's own entry is kept");
+        assert!(trimmed.reaches((150, 2)));
+        assert!(trimmed.reaches((200, 5)), "nothing written since the mark");
+        assert!(
+            !trimmed.reaches((99, 9)),
+            "entries after the mark may be gone"
+        );
+        assert!(
+            !trimmed.reaches((200, 6)),
+            "a mark past the stream: another stream"
+        );
+        let whole = FeedSpan {
+            whole: true,
+            ..trimmed
+        };
+        assert!(whole.reaches((0, 0)), "nothing was ever trimmed");
+        let empty = FeedSpan::NOTHING;
+        assert!(empty.reaches((0, 0)));
+        assert!(!empty.reaches((5, 0)));
     }
 }
