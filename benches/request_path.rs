@@ -5,7 +5,8 @@
 //! - translation of a ~50 KB request each way between formats (parse + encode);
 //! - a non-streamed response translated each way;
 //! - one stream event through the transcoder, for passthrough and each translated pair;
-//! - cost and ledger settlement; recording a request's metrics, and a scrape.
+//! - cost and ledger settlement; recording a request's metrics, and a scrape;
+//! - the client's address (direct, and behind trusted proxies) and the per-address checks.
 //!
 //! `cargo bench --bench request_path` (`-- --quick` for a fast pass).
 
@@ -286,11 +287,62 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
+fn addresses(c: &mut Criterion) {
+    use fluxrouter::address_limits::AddressLimits;
+    use fluxrouter::client_addr::{client_addr, ForwardedHeader, TrustedProxies};
+    use std::net::IpAddr;
+    let peer: IpAddr = "203.0.113.9".parse().unwrap();
+    let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+    let xff: &[u8] = b"198.51.100.7, 10.1.2.3, 10.4.5.6";
+    let none = TrustedProxies::default();
+    let trusted = TrustedProxies::new(
+        vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ],
+        ForwardedHeader::XForwardedFor,
+    );
+    c.bench_function("address/client address, no trusted proxies", |b| {
+        b.iter(|| black_box(client_addr(black_box(peer), [xff], [], &none)))
+    });
+    c.bench_function(
+        "address/client address, three hops behind trusted proxies",
+        |b| b.iter(|| black_box(client_addr(black_box(proxy), [xff], [], &trusted))),
+    );
+    let limits = AddressLimits::new(fluxrouter::config::PerAddressLimits {
+        requests_per_second: u32::MAX / 64,
+        failed_auth_per_minute: u32::MAX / 64,
+        connections: 256,
+    });
+    let mut n = 0u32;
+    c.bench_function("address/requests per second, distinct addresses", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            black_box(limits.request(IpAddr::from(n.to_be_bytes())))
+        })
+    });
+    c.bench_function("address/a failed authentication counted", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            black_box(limits.failed_auth(IpAddr::from(n.to_be_bytes())))
+        })
+    });
+    c.bench_function("address/a connection opened and closed", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            drop(black_box(
+                limits.connect(IpAddr::from(n.to_be_bytes()), false),
+            ))
+        })
+    });
+}
+
 criterion_group!(
     benches,
     request_path,
     responses_and_streams,
     metering,
-    metrics
+    metrics,
+    addresses
 );
 criterion_main!(benches);

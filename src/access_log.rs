@@ -60,6 +60,9 @@ pub struct AccessLine<'a> {
     pub id: &'a str,
     #[serde(serialize_with = "bounded_str")]
     pub method: &'a str,
+    /// The client's address: the socket's peer, or behind a trusted proxy the address its
+    /// forwarding header names (`crate::client_addr`).
+    pub client_ip: Option<std::net::IpAddr>,
     #[serde(serialize_with = "bounded_opt")]
     pub endpoint: Option<&'a str>,
     #[serde(serialize_with = "bounded_opt")]
@@ -142,6 +145,7 @@ impl<'a> AccessLine<'a> {
             ts,
             id,
             method,
+            client_ip: None,
             endpoint: None,
             key_id: None,
             key_name: None,
@@ -370,6 +374,7 @@ mod tests {
             ts: 1.5,
             id: "req_1",
             method: "POST",
+            client_ip: Some("2001:db8::7".parse().unwrap()),
             endpoint: Some("chat_completions"),
             key_id: Some("key_x"),
             key_name: Some("team-a"),
@@ -412,6 +417,7 @@ mod tests {
                 let v: serde_json::Value =
                     serde_json::from_str(text.lines().next().unwrap()).unwrap();
                 assert_eq!(v["id"], "req_1");
+                assert_eq!(v["client_ip"], "2001:db8::7");
                 assert_eq!(v["lane"], "express");
                 assert_eq!(v["key_name"], "team-a");
                 assert_eq!(v["failed_attempts"][0]["reason"], "timeout");
@@ -445,6 +451,7 @@ mod tests {
             ts: 1.0,
             id: &huge,
             method: &huge,
+            client_ip: None,
             endpoint: Some(&huge),
             key_id: Some(&huge),
             key_name: Some(&huge),

@@ -10,8 +10,10 @@
 
 pub mod access_log;
 pub mod accounts;
+pub mod address_limits;
 pub mod admission;
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod console;
 pub mod endpoints;

@@ -70,6 +70,11 @@ pub struct AppState {
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The proxies whose forwarding header names the client (`trusted_proxies`).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// What one client address may do before authenticating (`limits.per_address`), shared
+    /// by the client and admin listeners.
+    pub address_limits: crate::address_limits::AddressLimits,
 }
 
 impl AppState {
@@ -123,6 +128,11 @@ impl AppState {
         let admission = Admission::new(shared, config.limits.max_model_id_bytes);
         let now = unix_now();
         let state = AppState {
+            trusted_proxies: crate::client_addr::TrustedProxies::new(
+                config.trusted_proxies.clone(),
+                config.forwarded_header,
+            ),
+            address_limits: crate::address_limits::AddressLimits::new(config.limits.per_address),
             lanes_loaded_at: now.into(),
             keys_loaded_at: now.into(),
             keys_source: Mutex::new(KeysSource {

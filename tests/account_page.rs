@@ -284,7 +284,8 @@ async fn the_page_needs_a_management_key_a_session_and_its_csrf_token() {
     // Wrong keys are limited per address, as wrong admin tokens are: past the limit even
     // the right key is not compared.
     let mut limited = false;
-    for _ in 0..12 {
+    // Past limits.per_address.failed_auth_per_minute (20 by default).
+    for _ in 0..22 {
         let r = session_with(&flux, "sk-flux-guess", false).await;
         if r.status() == 429 {
             limited = true;

@@ -4,6 +4,7 @@
 //! sees is the compiled form built from these types (see [`crate::routing::RouteTable`] and
 //! [`crate::auth::KeyTable`]). Errors name the file, the field and the reason.
 
+pub mod address;
 pub mod keys;
 pub mod lanes;
 pub mod server;
@@ -11,6 +12,7 @@ pub mod server;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use address::PerAddressLimits;
 pub use keys::{AccountRecord, KeyRecord, KeyStatus, KeysFile};
 pub use lanes::{Capability, LanesFile};
 pub use server::ServerConfig;

@@ -17,6 +17,13 @@ pub struct ServerConfig {
     /// Plaintext HTTP listeners.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Proxies (address blocks) whose forwarding header names the client; from any other
+    /// peer the header is ignored (README "Client addresses and abuse limits").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239).
+    #[serde(default)]
+    pub forwarded_header: crate::client_addr::ForwardedHeader,
     #[serde(default)]
     pub server: PingoraSettings,
     #[serde(default)]
@@ -407,6 +414,8 @@ pub struct RequestLimits {
     /// How long an idle keep-alive connection (and a new one that has sent nothing) stays
     /// open; 0 turns keep-alive off.
     pub keepalive_timeout_seconds: u64,
+    /// What one client address may do before authenticating.
+    pub per_address: super::PerAddressLimits,
 }
 
 impl Default for RequestLimits {
@@ -420,6 +429,7 @@ impl Default for RequestLimits {
             max_body_bytes_in_flight: 256 * 1024 * 1024,
             header_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
+            per_address: super::PerAddressLimits::default(),
         }
     }
 }
@@ -656,6 +666,9 @@ impl ServerConfig {
                  sent to the provider), or no body of the largest size could be received"
                     .into(),
             );
+        }
+        if let Some((field, reason)) = l.per_address.invalid() {
+            return err(format!("limits.per_address.{field}"), reason);
         }
         if self.providers.is_empty() {
             return err("providers".into(), "at least one provider is needed".into());

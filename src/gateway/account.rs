@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ctx::Stop;
-use super::{admin, body, manage, respond};
+use super::{body, manage, respond};
 use crate::console::{self, Signed};
 use crate::errors::{ErrorKind, FluxError};
 use crate::state::AppState;
@@ -53,8 +53,6 @@ enum Reply {
 pub struct OwnerPage {
     state: Arc<AppState>,
     sessions: console::Sessions,
-    /// Wrong management keys presented at sign-in, by source address.
-    failures: admin::Failures,
 }
 
 impl OwnerPage {
@@ -62,7 +60,6 @@ impl OwnerPage {
         OwnerPage {
             state,
             sessions: console::Sessions::new(SESSION_SECS),
-            failures: admin::Failures::new(),
         }
     }
 
@@ -203,18 +200,25 @@ impl OwnerPage {
         if key.is_empty() {
             return Err(forbidden("Sign in with a management key.").into());
         }
-        let from = admin::source(session);
-        // Counted before the key is looked up, taken back when it is a management key.
-        self.failures.count(from)?;
-        let manager = match self.state.authenticate_manager(Some(key), now) {
-            Ok(m) => m,
-            Err(e) => {
+        let from = super::client::client_ip(&self.state, session);
+        // Counted before the key is looked up, taken back when it is a management key; past
+        // the address's limit it is not looked up at all.
+        let mut found = None;
+        super::client::check_secret(&self.state, from, key, "wrong keys", || {
+            found = Some(self.state.authenticate_manager(Some(key), now));
+            matches!(found, Some(Ok(_)))
+        })?;
+        let manager = match found {
+            Some(Ok(m)) => m,
+            other => {
                 // Slow down guessing; the key itself is long and random.
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                return Err(e.into());
+                return Err(other
+                    .and_then(Result::err)
+                    .unwrap_or_else(|| forbidden("Sign in with a management key."))
+                    .into());
             }
         };
-        self.failures.forgive(from);
         let digest = crate::accounts::digest_of(key);
         let (cookie, signed) = self.sessions.open_for(now, Some(digest));
         let set = cookie_for(&cookie, self.sessions.ttl_secs(), secure);

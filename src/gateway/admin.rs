@@ -15,13 +15,13 @@
 //!
 //! `/console`: the operator console (`super::console`), signed in with the same token.
 //!
-//! Wrong tokens (admin, metrics, console sign-in) are counted per source address: past
-//! [`FAILED_TOKENS_PER_MINUTE`] in a minute, that address gets 429 `rate_limited` with
-//! `Retry-After` and its tokens are not even compared, the right one included.
+//! Wrong tokens (admin, metrics, console sign-in) are counted per client address, with the
+//! client listener's failed keys (`limits.per_address.failed_auth_per_minute`): past it
+//! that address gets 429 `rate_limited` with `Retry-After` and its tokens are not even
+//! compared, the right one included.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,8 +48,6 @@ pub struct Admin {
     token_digest: Option<[u8; 32]>,
     /// SHA-256 of the metrics token, the only one that reads `GET /metrics`.
     metrics_token_digest: Option<[u8; 32]>,
-    /// Wrong tokens by source address.
-    failures: Failures,
 }
 
 /// Whether `token` is the one whose digest is `expected` (none configured: nothing is).
@@ -58,90 +56,24 @@ fn matches(token: &str, expected: Option<[u8; 32]>) -> bool {
     !token.is_empty() && expected == Some(digest)
 }
 
-/// Wrong tokens one source address may present in a minute.
-pub const FAILED_TOKENS_PER_MINUTE: isize = 10;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Wrong tokens counted by source address, in a count-min sketch (`pingora-limits`): its
-/// memory is fixed (4 × 4096 counters a window) however many addresses there are, and a
-/// collision can only over-count. An IPv6 address counts as its /64, the block one client
-/// gets.
-pub struct Failures {
-    rate: pingora_limits::rate::Rate,
+/// The address a request came from: the client's, behind a trusted proxy (none on a Unix
+/// socket).
+pub(super) fn source(state: &AppState, session: &Session) -> Option<IpAddr> {
+    super::client::client_ip(state, session)
 }
 
-impl Failures {
-    pub fn new() -> Self {
-        Failures {
-            rate: pingora_limits::rate::Rate::new_with_estimator_config(FAILURE_WINDOW, 4, 4096),
-        }
-    }
-
-    /// Whether `token` is the one whose digest is `expected`, presented from `from`. Err (429)
-    /// once `from` has presented [`FAILED_TOKENS_PER_MINUTE`] wrong tokens this minute: the
-    /// token is then not compared. A missing token is no guess and is not counted.
-    pub fn check(
-        &self,
-        from: Option<IpAddr>,
-        token: &str,
-        expected: Option<[u8; 32]>,
-    ) -> Result<bool, FluxError> {
-        if token.is_empty() {
-            return Ok(false);
-        }
-        // Counted before the comparison, so concurrent guesses cannot all slip under the
-        // limit; taken back when the token is right.
-        self.count(from)?;
-        let right = matches(token, expected);
-        if right {
-            self.forgive(from);
-        }
-        Ok(right)
-    }
-
-    /// Count one token presented from `from`, before it is compared: Err (429) once `from`
-    /// has presented [`FAILED_TOKENS_PER_MINUTE`] wrong tokens this minute (the token must
-    /// then not be compared; nothing is counted).
-    pub fn count(&self, from: Option<IpAddr>) -> Result<(), FluxError> {
-        let from = block(from);
-        if self.rate.observe(&from, 1) > FAILED_TOKENS_PER_MINUTE {
-            self.rate.observe(&from, -1);
-            let secs = FAILURE_WINDOW.as_secs();
-            return Err(FluxError::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "Too many wrong tokens from this address (at most \
-                     {FAILED_TOKENS_PER_MINUTE} a minute). Retry after {secs} s."
-                ),
-            )
-            .retry_after(secs));
-        }
-        Ok(())
-    }
-
-    /// Take back a [`Failures::count`]: the token was right.
-    pub fn forgive(&self, from: Option<IpAddr>) {
-        self.rate.observe(&block(from), -1);
-    }
-}
-
-/// The address a count is kept under: an IPv6 address as its /64.
-fn block(from: Option<IpAddr>) -> Option<IpAddr> {
-    from.map(|ip| match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (!0u128 << 64))),
-        v4 => v4,
+/// Whether `token` is the one whose digest is `expected`, presented from `from`; Err (429)
+/// once `from` is past its failed authentications this minute (`limits.per_address`): the
+/// token is then not compared, the right one included.
+fn check_token(
+    state: &AppState,
+    from: Option<IpAddr>,
+    token: &str,
+    expected: Option<[u8; 32]>,
+) -> Result<bool, FluxError> {
+    super::client::check_secret(state, from, token, "wrong tokens", || {
+        matches(token, expected)
     })
-}
-
-impl Default for Failures {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The address a request came from (none on a Unix socket).
-pub(super) fn source(session: &Session) -> Option<IpAddr> {
-    Some(session.client_addr()?.as_inet()?.ip())
 }
 
 fn digest(token: Option<String>) -> Option<[u8; 32]> {
@@ -157,8 +89,12 @@ impl Admin {
     /// Whether `token`, presented at sign-in, is the admin token (compared by digest); Err
     /// (429) when its address has presented too many wrong tokens.
     pub(super) fn is_admin_token(&self, session: &Session, token: &str) -> Result<bool, FluxError> {
-        self.failures
-            .check(source(session), token, self.token_digest)
+        check_token(
+            &self.state,
+            source(&self.state, session),
+            token,
+            self.token_digest,
+        )
     }
 
     pub fn new(state: Arc<AppState>, token: Option<String>, metrics_token: Option<String>) -> Self {
@@ -167,7 +103,6 @@ impl Admin {
             sessions: crate::console::Sessions::new(CONSOLE_SESSION_SECS),
             token_digest: digest(token),
             metrics_token_digest: digest(metrics_token),
-            failures: Failures::new(),
         }
     }
 
@@ -183,8 +118,8 @@ impl Admin {
             None,
             false,
         );
-        self.failures
-            .check(source(session), presented.unwrap_or_default(), expected)
+        let from = source(&self.state, session);
+        check_token(&self.state, from, presented.unwrap_or_default(), expected)
     }
 
     /// The report reads the ledger file (after committing what is queued, so it includes
@@ -410,43 +345,5 @@ impl ProxyHttp for Admin {
 
     fn suppress_error_log(&self, _: &Session, _: &String, _: &pingora::Error) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrong_tokens_are_limited_per_address_and_right_ones_do_not_count() {
-        let expected = Some(Sha256::digest(b"right").into());
-        let f = Failures::new();
-        let a: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
-        let b: Option<IpAddr> = Some("192.0.2.2".parse().unwrap());
-        // Right tokens are not failures, however many.
-        for _ in 0..50 {
-            assert_eq!(f.check(a, "right", expected), Ok(true));
-        }
-        for _ in 0..FAILED_TOKENS_PER_MINUTE {
-            assert_eq!(f.check(a, "wrong", expected), Ok(false));
-        }
-        // Past the limit: 429 with Retry-After, and even the right token is not compared.
-        for token in ["wrong", "right"] {
-            let e = f.check(a, token, expected).unwrap_err();
-            assert_eq!((e.status(), e.code()), (429, "rate_limited"));
-            assert_eq!(e.retry_after, Some(60));
-        }
-        // Another address is not affected; a missing token is no guess.
-        assert_eq!(f.check(b, "right", expected), Ok(true));
-        assert_eq!(f.check(b, "wrong", expected), Ok(false));
-        assert_eq!(f.check(a, "", expected), Ok(false));
-        // An IPv6 client counts as its /64; an IPv4-mapped address as the IPv4 one.
-        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        for _ in 0..FAILED_TOKENS_PER_MINUTE {
-            assert_eq!(f.check(v6("2001:db8::1"), "wrong", expected), Ok(false));
-        }
-        assert!(f.check(v6("2001:db8::ffff:2"), "right", expected).is_err());
-        assert_eq!(f.check(v6("2001:db8:0:1::1"), "right", expected), Ok(true));
-        assert!(f.check(v6("::ffff:192.0.2.1"), "right", expected).is_err());
     }
 }

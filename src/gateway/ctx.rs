@@ -18,6 +18,8 @@ pub struct RequestCtx {
     pub id: headers::RequestId,
     pub(super) started: Instant,
     pub(super) _in_flight: crate::metrics::InFlight,
+    /// The client's address (`super::client::client_ip`), found once, in the first phase.
+    pub(super) client_ip: Option<std::net::IpAddr>,
     pub(super) endpoint: Option<&'static str>,
     pub(super) account: Option<Arc<Account>>,
     /// The model id the client sent, bounded for the log.

@@ -1,9 +1,12 @@
 //! The connection guard: the gateway's HTTP/1 service wraps each accepted stream with a
 //! header deadline and a keep-alive idle timeout, and answers in the gateway's own shape where
-//! Pingora would answer for it (a header it cannot read, a method it refuses).
+//! Pingora would answer for it (a header it cannot read, a method it refuses). It also counts
+//! each address's open connections (`limits.per_address.connections`, `crate::address_limits`)
+//! and closes a connection past it as soon as it is accepted.
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,15 +60,30 @@ pub(super) fn header_received() {
 
 /// An access-log line for a request the gateway answered at the connection level (a header
 /// Pingora could not read, or one that did not arrive in time): no `ProxyHttp` phase ran.
-fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'static str) {
+fn log_refused(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    id: &str,
+    method: &str,
+    status: u16,
+    code: &'static str,
+) {
     let log = &state.access_log;
     if !log.enabled() {
         return;
     }
     log.record(&AccessLine {
         error: Some(code),
+        client_ip: peer,
         ..AccessLine::bare(clock::unix_secs_millis(), id, method, status)
     });
+}
+
+/// The accepted stream's peer (none on a Unix socket). A PROXY-protocol layer that rewrites
+/// the socket digest's peer is seen here too.
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    Some(digest.peer_addr()?.as_inet()?.ip().to_canonical())
 }
 
 /// The gateway's HTTP/1 service: Pingora's proxy app behind a per-connection guard.
@@ -107,6 +125,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = peer_ip(&stream);
+        // Connections per address (`limits.per_address.connections`): the slot is held until
+        // this connection ends. Trusted proxies are exempt: theirs carry many clients.
+        let _slot = match peer {
+            Some(ip) => {
+                let limits = &self.state.address_limits;
+                match limits.connect(ip, self.state.trusted_proxies.trusts(ip)) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        // Closed before a byte is read: a request costs more than the answer.
+                        self.state.metrics.address_refused(refusal.reason());
+                        limits.warn_refused_connection(ip);
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         let conn = Arc::new(ConnState::default());
         let header_timeout = Duration::from_millis(self.state.config.limits.header_timeout_ms);
         let stream: Stream = Box::new(Guarded::new(
@@ -114,6 +150,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             conn.clone(),
             header_timeout,
             self.state.clone(),
+            peer,
         ));
         let keepalive = self.keepalive();
         let serve = async {
@@ -159,6 +196,8 @@ struct Guarded {
     /// The gateway's answer replacing Pingora's, and how much of it is written.
     reply: Option<(Vec<u8>, usize)>,
     state: Arc<AppState>,
+    /// The connection's peer, for the log lines of requests refused here.
+    peer: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -176,8 +215,10 @@ impl Guarded {
         conn: Arc<ConnState>,
         header_timeout: Duration,
         state: Arc<AppState>,
+        peer: Option<IpAddr>,
     ) -> Self {
         Guarded {
+            peer,
             inner,
             conn,
             header_timeout,
@@ -253,7 +294,7 @@ impl Guarded {
         ));
         let mut out = out.into_bytes();
         out.extend_from_slice(&body);
-        log_refused(&self.state, &id, &method, status, err.code());
+        log_refused(&self.state, self.peer, &id, &method, status, err.code());
         out
     }
 

@@ -4,7 +4,9 @@
 //! the body, routes, and performs the upstream exchange itself, because Pingora's proxy path
 //! cannot carry bodies over 64 KiB nor hold the response header back (NOTES-pingora).
 //!
-//! accept -> request id -> path (403) -> auth (401) -> body (413/415)
+//! accept (connections per address: closed past it) -> request id -> client address
+//!   -> requests per second per address (429) -> path (403)
+//!   -> auth (401; 429 past the address's failed authentications) -> body (413/415)
 //!   -> parse the client's format into the IR (400)
 //!   -> admission: model id bound (400), conversation limit (429), then features and route
 //!      (400/403/413/502), requests / tokens per minute (429/413), spend reservation (402)
@@ -14,6 +16,7 @@
 mod account;
 pub mod admin;
 mod body;
+mod client;
 mod console;
 mod ctx;
 mod edge;
@@ -71,6 +74,7 @@ impl ProxyHttp for Gateway {
             id: headers::RequestId::new(),
             started: Instant::now(),
             _in_flight: crate::metrics::InFlight::begin(),
+            client_ip: None,
             endpoint: None,
             account: None,
             original_model: None,
@@ -101,10 +105,11 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         // The header is in: its deadline stops, and answers are the gateway's from here.
         edge::header_received();
+        ctx.client_ip = client::client_ip(&self.state, session);
         // Pingora has decided from the request whether its connection stays open: not for
         // `Connection: close`, an HTTP/1.0 request without `Connection: keep-alive`, nor one
         // with both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1). A connection it
@@ -152,6 +157,12 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(Duration::from_millis(body_timeout)));
         let path = session.req_header().uri.path().to_string();
         let format = endpoints::format_for(&path);
+        if let Err(err) = client::admit(&self.state, ctx.client_ip) {
+            ctx.status = err.status();
+            ctx.error_code = Some(err.code());
+            respond::send_error(session, &ctx.id, format, &err, None).await?;
+            return Ok(true);
+        }
         if ambiguous_length(session) {
             // A proxy in front that framed the body by its length would read what follows it
             // as another request (request smuggling): refused, and the connection closed.
@@ -291,6 +302,7 @@ impl ProxyHttp for Gateway {
             ts: clock::unix_secs_millis(),
             id: &ctx.id,
             method: session.req_header().method.as_str(),
+            client_ip: ctx.client_ip,
             endpoint: ctx.endpoint,
             key_id: ctx.account.as_deref().map(|a| a.key_id.as_str()),
             key_name: ctx.account.as_deref().map(|a| a.key_name.as_str()),
@@ -407,7 +419,14 @@ impl Gateway {
         }
         if endpoint == Endpoint::Manage {
             // A management key, never a generation key: its own authentication.
-            let (status, value) = manage::owner(&self.state, session, path).await?;
+            let (status, value) = match manage::owner(&self.state, session, path).await {
+                Ok(answer) => answer,
+                Err(Stop::Reply(err)) => {
+                    let ip = ctx.client_ip;
+                    return Err(client::auth_failed(&self.state, session, ip, err).into());
+                }
+                Err(broken) => return Err(broken),
+            };
             ctx.status = status;
             let body = serde_json::to_vec(&value).expect("JSON value");
             let h = respond::header(status, &ctx.id)?;
@@ -419,7 +438,9 @@ impl Gateway {
             ctx.status = self.owner_page.serve(session, &ctx.id, path).await?;
             return Ok(());
         }
-        let account = self.authenticate(session, endpoint)?;
+        let account = self
+            .authenticate(session, endpoint)
+            .map_err(|err| client::auth_failed(&self.state, session, ctx.client_ip, err))?;
         ctx.account = Some(account.clone());
         match endpoint {
             Endpoint::Models => self.list_models(session, ctx, &account).await,

@@ -177,6 +177,8 @@ pub struct Metrics {
     pub(crate) upstream_errors: Family<Pair, Counter>,
     pub(crate) upstream_skips: Family<Pair, Counter>,
     pub(crate) reloads: Family<(&'static str, &'static str), Counter>,
+    /// Requests and connections refused by a per-address limit, by reason.
+    pub(crate) address_refusals: Family<&'static str, Counter>,
     /// The last hour, minute by minute (the operator console's traffic view).
     pub recent: Recent,
 }
@@ -280,6 +282,12 @@ impl Metrics {
     pub fn upstream_skipped(&self, provider: &str, reason: Reason) {
         self.upstream_skips
             .with(&PairRef(provider, reason), PairRef::own, |c| c.add(1));
+    }
+
+    /// A per-address limit refused a request or a connection: `failed_auth`,
+    /// `requests_per_second` or `connections`.
+    pub fn address_refused(&self, reason: &'static str) {
+        self.address_refusals.with(&reason, |k| *k, |c| c.add(1));
     }
 
     /// A reload of `file` (`lanes` or `keys`) ended with `outcome` (`success` or `failure`).

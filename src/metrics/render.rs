@@ -309,6 +309,16 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         );
     }
 
+    o.head(
+        "flux_address_refusals_total",
+        "counter",
+        "Requests and connections refused by a per-address limit before authentication, by \
+         reason (failed_auth, requests_per_second, connections).",
+    );
+    for (reason, c) in m.address_refusals.sorted() {
+        o.counter("flux_address_refusals_total", &[("reason", reason)], &c);
+    }
+
     for (name, help, value) in [
         (
             "flux_requests_in_flight",
@@ -469,6 +479,7 @@ impl Metrics {
             + self.upstream_errors.overflow()
             + self.upstream_skips.overflow()
             + self.reloads.overflow()
+            + self.address_refusals.overflow()
     }
 }
 

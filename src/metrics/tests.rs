@@ -104,6 +104,9 @@ fn upstream_breaker_reload_and_live_gauges() {
     m.upstream_skipped("sim", "breaker_open");
     m.reload("lanes", "success");
     m.reload("keys", "failure");
+    m.address_refused("connections");
+    m.address_refused("failed_auth");
+    m.address_refused("failed_auth");
     let live = Live {
         requests_in_flight: 2,
         upstream_in_flight: 1,
@@ -149,6 +152,8 @@ fn upstream_breaker_reload_and_live_gauges() {
         ),
         (r#"flux_reloads_total{file="lanes",outcome="success"}"#, 1.0),
         (r#"flux_reloads_total{file="keys",outcome="failure"}"#, 1.0),
+        (r#"flux_address_refusals_total{reason="failed_auth"}"#, 2.0),
+        (r#"flux_address_refusals_total{reason="connections"}"#, 1.0),
         ("flux_requests_in_flight", 2.0),
         ("flux_request_body_bytes_in_flight", 4096.0),
     ] {
