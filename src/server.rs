@@ -81,7 +81,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     proxy.server_options = Some(options);
     let mut gateway = Service::new("fluxrouter".to_string(), Edge::new(proxy, state.clone()));
     for addr in &state.config.listen {
-        gateway.add_tcp(&addr.to_string());
+        gateway.add_tcp(&addr.address.to_string());
     }
     server.add_service(gateway);
     if let Some(admin) = &state.config.admin {
@@ -111,7 +111,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
             "fluxrouter-admin",
         );
         for addr in &admin.listen {
-            service.add_tcp(&addr.to_string());
+            service.add_tcp(&addr.address.to_string());
         }
         server.add_service(service);
     }

@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod lanes;
+pub mod listener;
 pub mod server;
 
 use std::fmt;
