@@ -411,6 +411,12 @@ pub struct RequestLimits {
     /// How long an idle keep-alive connection (and a new one that has sent nothing) stays
     /// open; 0 turns keep-alive off.
     pub keepalive_timeout_seconds: u64,
+    /// HTTP/2 (TLS listeners by ALPN, h2c listeners): streams one connection may have open
+    /// at once; a client opening more has them refused.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: the largest request header block (decoded) a client may send; one larger is
+    /// refused (the HTTP/1.1 parser's own bound is 1 MiB).
+    pub h2_max_header_list_bytes: u32,
 }
 
 impl Default for RequestLimits {
@@ -424,6 +430,8 @@ impl Default for RequestLimits {
             max_body_bytes_in_flight: 256 * 1024 * 1024,
             header_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 64 * 1024,
         }
     }
 }
@@ -656,6 +664,8 @@ impl ServerConfig {
             || l.max_model_id_bytes == 0
             || l.body_deadline_ms == 0
             || l.header_timeout_ms == 0
+            || l.h2_max_concurrent_streams == 0
+            || l.h2_max_header_list_bytes == 0
         {
             return err("limits".into(), "limits must be positive".into());
         }

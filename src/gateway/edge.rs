@@ -1,6 +1,11 @@
 //! The connection guard: the gateway's HTTP/1 service wraps each accepted stream with a
 //! header deadline and a keep-alive idle timeout, and answers in the gateway's own shape where
 //! Pingora would answer for it (a header it cannot read, a method it refuses).
+//!
+//! Before HTTP, the listener's plan ([`ListenerPlan`]) runs: a PROXY protocol header read
+//! (its client address becomes the peer Pingora reports), the TLS handshake under its own
+//! deadline, and the choice of HTTP/2 (ALPN `h2`, or h2c's preface) served by Pingora's own
+//! HTTP/2 loop, or HTTP/1.1 served here.
 
 use std::future::Future;
 use std::io;
@@ -13,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::ALPN;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -23,8 +30,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::access_log::AccessLine;
 use crate::errors::{ErrorKind, FluxError};
+use crate::listener::{proxy_protocol, ListenerPlan};
 use crate::state::AppState;
 use crate::units::clock;
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes of a request's start kept to name its method and path when Pingora refuses it.
 const HEAD_KEPT: usize = 512;
@@ -82,14 +93,86 @@ fn log_refused(state: &AppState, id: &str, method: &str, status: u16, code: &'st
 pub struct Edge<A> {
     proxy: Arc<A>,
     state: Arc<AppState>,
+    plan: Arc<ListenerPlan>,
 }
 
 impl<A> Edge<A> {
-    pub fn new(proxy: A, state: Arc<AppState>) -> Self {
+    pub fn new(proxy: A, state: Arc<AppState>, plan: Arc<ListenerPlan>) -> Self {
         Edge {
             proxy: Arc::new(proxy),
             state,
+            plan,
         }
+    }
+
+    /// The PROXY header and the TLS handshake, each under its deadline; `None`: the
+    /// connection is closed (logged at debug: scanners and health checks make these).
+    async fn before_http(&self, mut stream: Stream) -> Option<Stream> {
+        if self.plan.proxy_protocol {
+            let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
+            let header = match tokio::time::timeout(
+                deadline,
+                proxy_protocol::read_header(&mut stream),
+            )
+            .await
+            {
+                Ok(Ok(header)) => header,
+                Ok(Err(e)) => {
+                    log::debug!("closed a connection without a PROXY header: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    log::debug!("closed a connection whose PROXY header did not arrive");
+                    return None;
+                }
+            };
+            if let Some(source) = header.source {
+                // What `client_addr()` reports from now on; the local side stays the socket's.
+                let digest = SocketDigest::from_raw_fd(stream.id());
+                let _ = digest.peer_addr.set(Some(source.into()));
+                stream.set_socket_digest(digest);
+            }
+        }
+        if let Some(tls) = &self.plan.tls {
+            // The listener hands over its TCP stream boxed; the handshake wants it by type.
+            let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+                log::error!("a TLS listener accepted a stream that is not TCP");
+                return None;
+            };
+            // Plaintext sent here fails the handshake at its first bytes (not a TLS record),
+            // and the connection closes at once.
+            stream =
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*tcp))
+                    .await
+                {
+                    Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                    Ok(Err(e)) => {
+                        log::debug!("TLS handshake failed: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        log::debug!("TLS handshake did not finish in time");
+                        return None;
+                    }
+                };
+        }
+        Some(stream)
+    }
+
+    /// Whether the connection speaks HTTP/2: ALPN said so, or h2c's preface starts it.
+    async fn speaks_h2(&self, stream: &mut Stream) -> bool {
+        if self.plan.tls.is_some() {
+            return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        }
+        if !self.plan.h2c {
+            return false;
+        }
+        let mut preface = [0u8; H2_PREFACE.len()];
+        let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        matches!(
+            tokio::time::timeout(deadline, stream.try_peek(&mut preface)).await,
+            Ok(Ok(true))
+        ) && preface == *H2_PREFACE
     }
 
     fn keepalive(&self) -> Option<u64> {
@@ -107,6 +190,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let mut stream = if self.plan.is_plain() {
+            stream
+        } else {
+            self.before_http(stream).await?
+        };
+        if !self.plan.is_plain() && self.speaks_h2(&mut stream).await {
+            // Pingora's HTTP/2 loop (each stream a task; GOAWAY on shutdown), with the
+            // proxy's h2 settings (streams per connection, header size).
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
         let conn = Arc::new(ConnState::default());
         let header_timeout = Duration::from_millis(self.state.config.limits.header_timeout_ms);
         let stream: Stream = Box::new(Guarded::new(
@@ -416,7 +509,17 @@ impl UniqueID for Guarded {
     }
 }
 
-impl Ssl for Guarded {}
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for Guarded {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
