@@ -499,6 +499,18 @@ async fn h2c_with_prior_knowledge_on_a_plaintext_listener() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    // Even a request shorter than HTTP/2's 24-byte preface is told apart at its first byte
+    // and answered (well before the 10 s header deadline).
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        closed && got.starts_with(b"HTTP/1."),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     // The plaintext listener without h2c does not speak HTTP/2.
     assert!(h2
         .get(format!("{}/healthz", flux.base))

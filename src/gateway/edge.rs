@@ -26,7 +26,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::access_log::AccessLine;
 use crate::errors::{ErrorKind, FluxError};
@@ -159,20 +159,38 @@ impl<A> Edge<A> {
         Some(stream)
     }
 
-    /// Whether the connection speaks HTTP/2: ALPN said so, or h2c's preface starts it.
-    async fn speaks_h2(&self, stream: &mut Stream) -> bool {
+    /// Whether the connection speaks HTTP/2: ALPN said so, or h2c's preface starts it. The
+    /// bytes read to tell are put back for whichever protocol reads next.
+    async fn speaks_h2(&self, stream: Stream) -> Option<(Stream, bool)> {
         if self.plan.tls.is_some() {
-            return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            return Some((stream, h2));
         }
         if !self.plan.h2c {
-            return false;
+            return Some((stream, false));
         }
-        let mut preface = [0u8; H2_PREFACE.len()];
-        let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
-        matches!(
-            tokio::time::timeout(deadline, stream.try_peek(&mut preface)).await,
-            Ok(Ok(true))
-        ) && preface == *H2_PREFACE
+        let Ok(mut tcp) = stream.into_any().downcast::<L4Stream>() else {
+            log::error!("an h2c listener accepted a stream that is not TCP");
+            return None;
+        };
+        // Read no more than the preface, and stop at the first byte that differs from it:
+        // an HTTP/1.1 request is told at once, however short (Pingora's own peek waits for
+        // 24 bytes). `read` is cancel-safe: nothing is lost when the deadline cuts it.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let mut got = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; H2_PREFACE.len()];
+        while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
+            let want = H2_PREFACE.len() - got.len();
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf[..want])).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                // Closed, failed or silent: the HTTP/1.1 path ends it in its own way.
+                _ => break,
+            }
+        }
+        tcp.rewind(&got);
+        let h2 = got.as_slice() == H2_PREFACE;
+        Some((tcp as Stream, h2))
     }
 
     fn keepalive(&self) -> Option<u64> {
@@ -190,16 +208,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut stream = if self.plan.is_plain() {
+        let stream = if self.plan.is_plain() {
             stream
         } else {
-            self.before_http(stream).await?
+            let stream = self.before_http(stream).await?;
+            let (stream, h2) = self.speaks_h2(stream).await?;
+            if h2 {
+                // Pingora's HTTP/2 loop (each stream a task; GOAWAY on shutdown), with the
+                // proxy's h2 settings (streams per connection, header size).
+                return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            }
+            stream
         };
-        if !self.plan.is_plain() && self.speaks_h2(&mut stream).await {
-            // Pingora's HTTP/2 loop (each stream a task; GOAWAY on shutdown), with the
-            // proxy's h2 settings (streams per connection, header size).
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
         let conn = Arc::new(ConnState::default());
         let header_timeout = Duration::from_millis(self.state.config.limits.header_timeout_ms);
         let stream: Stream = Box::new(Guarded::new(
