@@ -87,6 +87,15 @@ fn load_plan(
     Ok(plan)
 }
 
+/// An HTTP/2 connection with no stream open is closed after the keep-alive timeout, as an
+/// idle HTTP/1.1 one is (Pingora keeps it forever by default).
+fn h2_idle_timeout(limits: &crate::config::server::RequestLimits) -> Option<std::time::Duration> {
+    match limits.keepalive_timeout_seconds {
+        0 => None,
+        s => Some(std::time::Duration::from_secs(s)),
+    }
+}
+
 /// HTTP/2's per-connection bounds from the limits.
 fn h2_options(limits: &crate::config::server::RequestLimits) -> H2Options {
     let mut options = default_h2_options();
@@ -136,6 +145,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
         options.allow_connect_method_proxying = true;
         // Pingora's HTTP/2 loop peeks for the h2c preface only with this on.
         options.h2c = plan.h2c;
+        options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
         proxy.server_options = Some(options);
         proxy.h2_options = Some(h2_options(&state.config.limits));
         let name = match i {
@@ -192,6 +202,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
                 let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
                 let mut options = HttpServerOptions::default();
                 options.h2c = plan.h2c;
+                options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
                 proxy.server_options = Some(options);
                 proxy.h2_options = Some(h2_options(&state.config.limits));
                 let mut service =

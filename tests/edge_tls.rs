@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -772,4 +773,86 @@ async fn check_validates_pairs_names_and_expiry() {
         out.contains("`api.test` is covered by both `api` and `again`"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_keepalive_timeout() {
+    let port = free_port();
+    let listen = format!("{{address: \"127.0.0.1:{port}\", h2c: true}}");
+    let flux = Flux::start_custom(&Custom {
+        extra_listen: &listen,
+        extra_limits: "keepalive_timeout_seconds: 1",
+        ..Custom::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut c = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/healthz"))
+        .body(())
+        .unwrap();
+    let (resp, _) = c.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // Left idle, the server ends the connection (the driver returns); bounded at 15 s.
+    let ended = tokio::time::timeout(Duration::from_secs(15), driver).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept open");
+    drop(c);
+    assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_proxy_header_comes_before_the_tls_handshake() {
+    let ca = Ca::new();
+    let (cert, key) = ca.issue(&["api.test"]);
+    let port = free_port();
+    let admin_listen = format!(
+        "{{address: \"127.0.0.1:{port}\", proxy_protocol: true, \
+         tls: {{certificate: api.pem, key: api.key}}}}"
+    );
+    let files: Vec<(&str, &[u8])> = vec![("api.pem", cert.as_bytes()), ("api.key", key.as_bytes())];
+    let _flux = Flux::start_custom(&Custom {
+        extra_admin_listen: &admin_listen,
+        files: &files,
+        ..Custom::default()
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    // One wrong token from an address named by PROXY v2, over TLS: `from` is what is counted.
+    let attempt = |ip: [u8; 4]| {
+        let connector = connector.clone();
+        async move {
+            let mut tcp = TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .unwrap();
+            tcp.write_all(&proxy_v2(ip, 1234)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(
+                b"GET /admin/v1/usage HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer not-the-admin-token-at-all-0123456789\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+            status_of(&got)
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(attempt([203, 0, 113, 50]).await, 403);
+    }
+    assert_eq!(attempt([203, 0, 113, 50]).await, 429);
+    assert_eq!(attempt([203, 0, 113, 51]).await, 403);
 }
