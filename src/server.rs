@@ -359,6 +359,7 @@ impl BackgroundService for DrainSignal {
                 ) => {
                     log::info!("draining: responses now close their connections");
                     self.state.draining.store(true, Ordering::Release);
+                    self.state.drain.send_replace(true);
                     return;
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

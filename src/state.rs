@@ -70,6 +70,9 @@ pub struct AppState {
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The same moment, for whoever waits for it: HTTP/2 connections send GOAWAY then (they
+    /// have no `Connection: close`), so their clients move to the new process early too.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -134,6 +137,7 @@ impl AppState {
             directory,
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
+            drain: tokio::sync::watch::Sender::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),
             admission,

@@ -856,3 +856,95 @@ async fn a_proxy_header_comes_before_the_tls_handshake() {
     assert_eq!(attempt([203, 0, 113, 50]).await, 429);
     assert_eq!(attempt([203, 0, 113, 51]).await, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_under_tls_load_over_http1_and_http2_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let ca = Ca::new();
+    let (mut flux, addr) = start_tls(&ca, "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_gone = Arc::new(AtomicBool::new(false));
+    let served_after = Arc::new(AtomicU32::new(0));
+    let retried = Arc::new(AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        // Half over HTTP/1.1, half over HTTP/2 (many requests on one connection).
+        let mut builder = tls_client(&ca, &[("api.test", addr)]);
+        if i % 2 == 0 {
+            builder = builder.http1_only();
+        }
+        let i = i as usize;
+        let client = builder.build().unwrap();
+        let url = format!("https://api.test:{}/v1/chat/completions", addr.port());
+        let key = flux.key.clone();
+        let (stop, old_gone, served_after) = (stop.clone(), old_gone.clone(), served_after.clone());
+        let retried = retried.clone();
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let send = || {
+                    client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&ping("flux-fast"))
+                        .send()
+                };
+                let mut answer = send().await;
+                // hyper cancels a request it had queued on an HTTP/2 connection that then
+                // closed (after the old process's GOAWAY) without writing it: the gateway
+                // never saw it, and SDKs retry such connection errors (the OpenAI SDKs twice).
+                // So does this client; anything the gateway received and failed still counts.
+                let mut canceled = 0;
+                while matches!(&answer, Err(e) if format!("{e:?}").contains("Canceled")) {
+                    canceled += 1;
+                    assert!(canceled <= 3, "canceled {canceled} times: {answer:?}");
+                    answer = send().await;
+                }
+                retried.fetch_add(canceled, Ordering::Relaxed);
+                match answer {
+                    Ok(r) if r.status() == 200 => {
+                        if old_gone.load(Ordering::Relaxed) {
+                            served_after.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(r) => failures.push(format!("h{}: status {}", 1 + i % 2, r.status())),
+                    Err(e) => failures.push(format!("h{}: {e:?}", 1 + i % 2)),
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = flux.spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
+    flux.signal("QUIT");
+    let exit = flux
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the old process exits");
+    assert!(exit.success(), "{exit:?}");
+    old_gone.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        served_after.load(Ordering::Relaxed) > 0,
+        "the new process served after the old one left"
+    );
+    eprintln!(
+        "HTTP/2 requests canceled unsent by the client and retried: {}",
+        retried.load(Ordering::Relaxed)
+    );
+}

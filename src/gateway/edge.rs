@@ -193,6 +193,30 @@ impl<A> Edge<A> {
         Some((tcp as Stream, h2))
     }
 
+    /// Pingora's HTTP/2 loop (each stream a task), with the proxy's h2 settings (streams per
+    /// connection, header size, idle timeout). It sends GOAWAY when its shutdown watch fires;
+    /// the watch given fires at the start of a drain (upgrade or termination) as well as at
+    /// shutdown, so HTTP/2 clients leave early, as `Connection: close` moves HTTP/1.1 ones.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let mut drain = self.state.drain.subscribe();
+        let (leave, leave_watch) =
+            tokio::sync::watch::channel(*shutdown.borrow() || *drain.borrow());
+        let mut shut = shutdown.clone();
+        let relay = tokio::spawn(async move {
+            tokio::select! {
+                _ = shut.wait_for(|s| *s) => {}
+                _ = drain.wait_for(|d| *d) => {}
+            }
+            let _ = leave.send(true);
+        });
+        let served = ServerApp::process_new(&self.proxy, stream, &leave_watch).await;
+        relay.abort();
+        served
+    }
+
     fn keepalive(&self) -> Option<u64> {
         match self.state.config.limits.keepalive_timeout_seconds {
             0 => None,
@@ -214,9 +238,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             let stream = self.before_http(stream).await?;
             let (stream, h2) = self.speaks_h2(stream).await?;
             if h2 {
-                // Pingora's HTTP/2 loop (each stream a task; GOAWAY on shutdown), with the
-                // proxy's h2 settings (streams per connection, header size).
-                return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+                return self.serve_h2(stream, shutdown).await;
             }
             stream
         };
