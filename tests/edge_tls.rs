@@ -803,6 +803,47 @@ async fn an_idle_http2_connection_is_closed_after_the_keepalive_timeout() {
     assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
 }
 
+/// A TLS client trusting only `ca` and offering `alpn`, for raw bytes over TLS.
+fn raw_tls(ca: &Ca, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn a_tls_client_that_chose_h2_and_stays_silent_is_closed_at_the_header_deadline() {
+    let ca = Ca::new();
+    let (flux, addr) = start_tls(&ca, "header_timeout_ms: 1000").await;
+    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = raw_tls(&ca, &[b"h2"]).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // Nothing sent: closed once the deadline passes (bounded at 15 s here).
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a silent h2 connection was kept");
+    // The gateway answers HTTP/2 clients that do speak.
+    let client = tls_client(&ca, &[("api.test", addr)]).build().unwrap();
+    let r = chat(
+        &client,
+        &format!("https://api.test:{}", addr.port()),
+        &flux.key,
+        &ping("flux-fast"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+}
+
 #[tokio::test]
 async fn a_proxy_header_comes_before_the_tls_handshake() {
     let ca = Ca::new();
@@ -819,17 +860,7 @@ async fn a_proxy_header_comes_before_the_tls_handshake() {
         ..Custom::default()
     })
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = raw_tls(&ca, &[]);
     // One wrong token from an address named by PROXY v2, over TLS: `from` is what is counted.
     let attempt = |ip: [u8; 4]| {
         let connector = connector.clone();

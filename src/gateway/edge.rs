@@ -193,6 +193,27 @@ impl<A> Edge<A> {
         Some((tcp as Stream, h2))
     }
 
+    /// Wait for HTTP/2's preface on a TLS connection that chose `h2`, within the header
+    /// deadline (Pingora's HTTP/2 handshake waits forever: a client could finish TLS and
+    /// hold the connection in silence). h2c's preface was read before, under the same
+    /// deadline. `None`: silent, closed or not HTTP/2; the connection is closed.
+    async fn preface_in_time(&self, mut stream: Stream) -> Option<Stream> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let mut got = vec![0u8; H2_PREFACE.len()];
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut got)).await {
+            Ok(Ok(_)) if got.as_slice() == H2_PREFACE => Some(Box::new(Replayed {
+                inner: stream,
+                replay: got,
+                at: 0,
+            })),
+            _ => {
+                log::debug!("closed a TLS connection that chose h2 and sent no preface in time");
+                None
+            }
+        }
+    }
+
     /// Pingora's HTTP/2 loop (each stream a task), with the proxy's h2 settings (streams per
     /// connection, header size, idle timeout). It sends GOAWAY when its shutdown watch fires;
     /// the watch given fires at the start of a drain (upgrade or termination) as well as at
@@ -238,6 +259,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             let stream = self.before_http(stream).await?;
             let (stream, h2) = self.speaks_h2(stream).await?;
             if h2 {
+                let stream = match self.plan.tls {
+                    Some(_) => self.preface_in_time(stream).await?,
+                    None => stream,
+                };
                 return self.serve_h2(stream, shutdown).await;
             }
             stream
@@ -545,50 +570,120 @@ impl Shutdown for Guarded {
     }
 }
 
-impl UniqueID for Guarded {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
+/// The digests and identity of a wrapped stream are its inner stream's.
+macro_rules! forward_digests {
+    ($wrapper:ty) => {
+        impl UniqueID for $wrapper {
+            fn id(&self) -> UniqueIDType {
+                self.inner.id()
+            }
+        }
+
+        impl Ssl for $wrapper {
+            fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+                self.inner.get_ssl()
+            }
+            fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+                self.inner.get_ssl_digest()
+            }
+            fn selected_alpn_proto(&self) -> Option<ALPN> {
+                self.inner.selected_alpn_proto()
+            }
+        }
+
+        impl GetTimingDigest for $wrapper {
+            fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+                self.inner.get_timing_digest()
+            }
+            fn get_read_pending_time(&self) -> Duration {
+                self.inner.get_read_pending_time()
+            }
+            fn get_write_pending_time(&self) -> Duration {
+                self.inner.get_write_pending_time()
+            }
+        }
+
+        impl GetProxyDigest for $wrapper {
+            fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+                self.inner.get_proxy_digest()
+            }
+        }
+
+        impl GetSocketDigest for $wrapper {
+            fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+                self.inner.get_socket_digest()
+            }
+            fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+                self.inner.set_socket_digest(socket_digest)
+            }
+        }
+    };
+}
+
+forward_digests!(Guarded);
+forward_digests!(Replayed);
+
+/// A TLS stream whose first bytes (HTTP/2's preface, read to bound the wait for it) were
+/// taken: they are read again first.
+#[derive(Debug)]
+struct Replayed {
+    inner: Stream,
+    replay: Vec<u8>,
+    at: usize,
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.at);
+            buf.put_slice(&this.replay[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl Ssl for Guarded {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
+impl AsyncWrite for Replayed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
-}
-
-impl GetTimingDigest for Guarded {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Guarded {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
-impl GetSocketDigest for Guarded {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.inner.set_socket_digest(socket_digest)
+#[async_trait]
+impl Shutdown for Replayed {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
     }
 }
+
+#[async_trait]
+impl Peek for Replayed {}
 
 #[async_trait]
 impl Peek for Guarded {
