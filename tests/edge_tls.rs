@@ -979,3 +979,116 @@ async fn a_binary_upgrade_under_tls_load_over_http1_and_http2_fails_no_request()
         retried.load(Ordering::Relaxed)
     );
 }
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Write `frames` (one buffer) until `limit` bytes went out or the server stops taking
+/// them: closed, or not reading for 5 s. Returns the bytes written and whether it closed.
+async fn flood(stream: &mut TcpStream, chunk: &[u8], limit: usize) -> (usize, bool) {
+    let mut sent = 0;
+    while sent < limit {
+        match tokio::time::timeout(Duration::from_secs(5), stream.write_all(chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => return (sent, true),
+            Err(_) => return (sent, false),
+        }
+    }
+    (sent, false)
+}
+
+#[tokio::test]
+async fn http2_continuation_settings_and_ping_floods_stay_bounded() {
+    let port = free_port();
+    let listen = format!("{{address: \"127.0.0.1:{port}\", h2c: true}}");
+    let flux = Flux::start_custom(&Custom {
+        extra_listen: &listen,
+        ..Custom::default()
+    })
+    .await;
+    let addr = format!("127.0.0.1:{port}");
+    let start = |extra: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            hello.extend_from_slice(&frame(0x4, 0, 0, &[])); // SETTINGS
+            hello.extend_from_slice(&extra);
+            s.write_all(&hello).await.unwrap();
+            s
+        }
+    };
+    let before_kb = flux.memory_kb("VmRSS");
+
+    // CONTINUATION flood (CVE-2024-27316): a header block that never ends.
+    // :method GET, :scheme http, :path /, then CONTINUATION frames of 16 KB literals.
+    let headers = frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]);
+    let mut literal = vec![0x00, 0x01, b'x', 0x7f];
+    // value length 16000 as HPACK integer with a 7-bit prefix: 127 + 15873
+    let mut rest = 16_000 - 127;
+    while rest >= 128 {
+        literal.push((rest % 128 + 128) as u8);
+        rest /= 128;
+    }
+    literal.push(rest as u8);
+    literal.extend(std::iter::repeat_n(b'a', 16_000));
+    let continuation = frame(0x9, 0, 1, &literal);
+    let mut s = start(headers).await;
+    let (sent, closed) = flood(&mut s, &continuation, 64 * 1024 * 1024).await;
+    eprintln!("CONTINUATION flood: {sent} bytes taken, closed: {closed}");
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "the server read a 64 MB header block"
+    );
+
+    // SETTINGS and PING floods: each asks for an answer the client never reads.
+    for (name, f) in [
+        ("SETTINGS", frame(0x4, 0, 0, &[])),
+        ("PING", frame(0x6, 0, 0, &[0; 8])),
+    ] {
+        let burst: Vec<u8> = f.repeat(1000);
+        let mut s = start(Vec::new()).await;
+        let (sent, closed) = flood(&mut s, &burst, 32 * 1024 * 1024).await;
+        eprintln!("{name} flood: {sent} bytes taken, closed: {closed}");
+        drop(s);
+    }
+
+    // Many idle streams: open the allowed number with no body and leave them.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let Ok(mut c) = client.clone().ready().await else {
+            break;
+        };
+        let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {}", flux.key))
+            .body(())
+            .unwrap();
+        match c.send_request(req, false) {
+            Ok(pair) => idle.push(pair),
+            Err(_) => break,
+        }
+    }
+    eprintln!("{} idle streams open", idle.len());
+
+    // The gateway answers, and its memory stayed bounded.
+    assert_eq!(flux.chat(&ping("flux-fast")).await.status(), 200);
+    let after_kb = flux.memory_kb("VmRSS");
+    eprintln!("RSS {before_kb} kB before the floods, {after_kb} kB after");
+    assert!(
+        after_kb < before_kb + 64 * 1024,
+        "memory grew by {} kB",
+        after_kb - before_kb
+    );
+    drop(idle);
+    driver.abort();
+}
