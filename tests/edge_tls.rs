@@ -1092,3 +1092,107 @@ async fn http2_continuation_settings_and_ping_floods_stay_bounded() {
     drop(idle);
     driver.abort();
 }
+
+#[tokio::test]
+async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
+    let lanes = TEST_LANES.replacen(
+        "models:\n",
+        "models:\n  flux-pinned-h2-hang: { upstream: hang-upstream, provider: sim_hang, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }\n  flux-pinned-h2-drip: { upstream: drip-upstream, provider: sim_drip, lane: express, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }\n",
+        1,
+    );
+    let port = free_port();
+    let listen = format!("{{address: \"127.0.0.1:{port}\", h2c: true}}");
+    let flux = Flux::start_custom(&Custom {
+        lanes: &lanes,
+        extra_listen: &listen,
+        extra_providers:
+            "  sim_drip: { format: openai, base_url: \"http://{sim}/_sim/slow=1500/v1\" }\n",
+        ..Custom::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    for stream in [false, true] {
+        let mut c = client.clone().ready().await.unwrap();
+        let body = json!({"model": "flux-pinned-h2-hang", "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+        let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {}", flux.key))
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        send.send_data(bytes::Bytes::from(body), true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while flux.sim.hanging().await != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the provider never got the request"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // RST_STREAM(CANCEL): the client leaves this stream; the connection stays.
+        send.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while flux.sim.hanging().await != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the provider still works for a reset stream (stream={stream})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The same connection serves on.
+    let mut c = client.clone().ready().await.unwrap();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/healthz"))
+        .body(())
+        .unwrap();
+    let (resp, _) = c.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let log = flux.log_containing("\"error\":\"client_closed\"").await;
+    assert!(log.contains("\"status\":499"), "{log}");
+
+    // Reset mid-stream, after the first event: the stream is billed for what was used.
+    let mut c = client.clone().ready().await.unwrap();
+    let body = json!({"model": "flux-pinned-h2-drip", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {}", flux.key))
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(())
+        .unwrap();
+    let (resp, mut send) = c.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from(body), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-flux-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut events = resp.into_body();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("data:") {
+        let chunk = events.data().await.expect("a first event").unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    send.send_reset(h2::Reason::CANCEL);
+    drop(events);
+    let needle = format!("\"id\":\"{id}\"");
+    let log = flux.log_containing(&needle).await;
+    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+    let line: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["error"], "client_closed", "{line}");
+    assert!(line["cost_usd"].is_string(), "{line}");
+    // Far shorter than the whole stream (a dozen events 1.5 s apart).
+    assert!(line["duration_ms"].as_f64().unwrap() < 4000.0, "{line}");
+    driver.abort();
+}
