@@ -123,10 +123,22 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
-
+    // Certificates are loaded before Pingora takes the sockets over from an old process (an
+    // upgrade): a pair that does not load stops this process while the old one still serves.
     let now = crate::units::clock::unix_now() as i64;
     let mut watched = Vec::new();
+    let mut client_plans = Vec::new();
+    for group in kinds(&state.config.listen) {
+        let plan = load_plan(group[0], &mut watched, now)?;
+        client_plans.push((group, plan));
+    }
+    let mut admin_plans = Vec::new();
+    for group in state.config.admin.iter().flat_map(|a| kinds(&a.listen)) {
+        let plan = load_plan(group[0], &mut watched, now)?;
+        admin_plans.push((group, plan));
+    }
+    server.bootstrap();
+
     crate::listener::set_hsts(
         &state
             .config
@@ -135,8 +147,8 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
             .chain(state.config.admin.iter().flat_map(|a| a.listen.iter()))
             .collect::<Vec<_>>(),
     );
-    for (i, group) in kinds(&state.config.listen).into_iter().enumerate() {
-        let plan = Arc::new(load_plan(group[0], &mut watched, now)?);
+    for (i, (group, plan)) in client_plans.into_iter().enumerate() {
+        let plan = Arc::new(plan);
         let mut proxy =
             pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
         let mut options = HttpServerOptions::default();
@@ -179,7 +191,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
                 admin.metrics_token_env
             );
         }
-        for (i, group) in kinds(&admin.listen).into_iter().enumerate() {
+        for (i, (group, plan)) in admin_plans.into_iter().enumerate() {
             let name = match i {
                 0 => "fluxrouter-admin".to_string(),
                 i => format!("fluxrouter-admin-{i}"),
@@ -189,7 +201,6 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
                 token.clone(),
                 metrics_token.clone(),
             );
-            let plan = load_plan(group[0], &mut watched, now)?;
             if plan.is_plain() {
                 // Plaintext HTTP/1.1 as it always was: Pingora's own loop.
                 let mut service =

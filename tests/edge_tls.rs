@@ -756,6 +756,33 @@ async fn check_validates_pairs_names_and_expiry() {
     let (ok, out) = check("{certificate: api.pem, key: wrong.key}");
     assert!(!ok, "{out}");
     assert!(out.contains("does not match"), "{out}");
+    // Serving that configuration stops at start, with the reason, before taking any socket.
+    let mut gateway = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(dir.path().join("fluxrouter.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gateway.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = gateway.kill();
+            panic!("a gateway with a mismatched pair kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = gateway.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!status.success());
+    assert!(
+        text.contains("listener 127.0.0.1:9443: certificate `api`: the key does not match"),
+        "{text}"
+    );
     let (ok, out) = check(
         "{certificate: api.pem, key: api.key}, {name: soon, certificate: soon.pem, key: soon.key}",
     );
