@@ -832,13 +832,22 @@ async fn an_idle_http2_connection_is_closed_after_the_keepalive_timeout() {
 
 /// A TLS client trusting only `ca` and offering `alpn`, for raw bytes over TLS.
 fn raw_tls(ca: &Ca, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    raw_tls_versions(ca, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// The same, speaking only `versions`.
+fn raw_tls_versions(
+    ca: &Ca,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
         roots.add(der.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -1222,4 +1231,35 @@ async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
     // Far shorter than the whole stream (a dozen events 1.5 s apart).
     assert!(line["duration_ms"].as_f64().unwrap() < 4000.0, "{line}");
     driver.abort();
+}
+
+#[tokio::test]
+async fn sessions_resume_over_tls_1_2_and_1_3() {
+    let ca = Ca::new();
+    let (_flux, addr) = start_tls(&ca, "").await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        // One client config: its session store carries the ticket or id to the next handshake.
+        let connector = raw_tls_versions(&ca, &[b"http/1.1"], &[version]);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+            assert_eq!(status_of(&got), 200);
+            kinds.push(tls.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{version:?}"
+        );
+    }
 }
