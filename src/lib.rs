@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod headers;
 pub mod limits;
+pub mod listener;
 pub mod metering;
 pub mod metrics;
 pub mod routing;

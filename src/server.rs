@@ -11,9 +11,12 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::broadcast;
 
+use crate::config::server::Listener;
 use crate::errors::{Error, Fault};
 use crate::gateway::{Edge, Gateway};
+use crate::listener::ListenerPlan;
 use crate::state::{AppState, Reloader};
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 
 /// Process-level switches, passed through to Pingora.
 #[derive(Debug, Default, Clone, Copy)]
@@ -53,8 +56,57 @@ pub fn daemonize(settings: &crate::config::server::PingoraSettings) -> Result<()
     }
 }
 
-/// Start serving; returns after a graceful shutdown.
-pub fn run(state: Arc<AppState>, options: RunOptions) {
+/// Listeners that differ only in their address, together: each group is one service (one
+/// runtime), so plaintext listeners share one as they always did.
+fn kinds(listeners: &[Listener]) -> Vec<Vec<&Listener>> {
+    let mut groups: Vec<Vec<&Listener>> = Vec::new();
+    for l in listeners {
+        match groups.iter_mut().find(|g| g[0].same_kind(l)) {
+            Some(g) => g.push(l),
+            None => groups.push(vec![l]),
+        }
+    }
+    groups
+}
+
+/// A group's plan, its certificates loaded; their files join the watcher's list.
+fn load_plan(
+    listener: &Listener,
+    watched: &mut Vec<crate::listener::certs::WatchedPair>,
+    now: i64,
+) -> Result<ListenerPlan, Error> {
+    let plan = ListenerPlan::load(listener, now).map_err(|e| {
+        Error::new(
+            Fault::Invalid,
+            format!("listener {}: {e}", listener.address),
+        )
+    })?;
+    if let Some(tls) = &plan.tls {
+        watched.extend(tls.watched());
+    }
+    Ok(plan)
+}
+
+/// An HTTP/2 connection with no stream open is closed after the keep-alive timeout, as an
+/// idle HTTP/1.1 one is (Pingora keeps it forever by default).
+fn h2_idle_timeout(limits: &crate::config::server::RequestLimits) -> Option<std::time::Duration> {
+    match limits.keepalive_timeout_seconds {
+        0 => None,
+        s => Some(std::time::Duration::from_secs(s)),
+    }
+}
+
+/// HTTP/2's per-connection bounds from the limits.
+fn h2_options(limits: &crate::config::server::RequestLimits) -> H2Options {
+    let mut options = default_h2_options();
+    options.max_concurrent_streams(limits.h2_max_concurrent_streams);
+    options.max_header_list_size(limits.h2_max_header_list_bytes);
+    options
+}
+
+/// Start serving; returns after a graceful shutdown. Fails before serving when a listener's
+/// certificates cannot be loaded.
+pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
     let settings = &state.config.server;
     let conf = ServerConf {
         threads: settings.threads,
@@ -71,19 +123,53 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Certificates are loaded before Pingora takes the sockets over from an old process (an
+    // upgrade): a pair that does not load stops this process while the old one still serves.
+    let now = crate::units::clock::unix_now() as i64;
+    let mut watched = Vec::new();
+    let mut client_plans = Vec::new();
+    for group in kinds(&state.config.listen) {
+        let plan = load_plan(group[0], &mut watched, now)?;
+        client_plans.push((group, plan));
+    }
+    let mut admin_plans = Vec::new();
+    for group in state.config.admin.iter().flat_map(|a| kinds(&a.listen)) {
+        let plan = load_plan(group[0], &mut watched, now)?;
+        admin_plans.push((group, plan));
+    }
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
-    let mut options = HttpServerOptions::default();
-    // CONNECT reaches the gateway, which refuses it in its own shape (Pingora would answer a
-    // bare 405).
-    options.allow_connect_method_proxying = true;
-    proxy.server_options = Some(options);
-    let mut gateway = Service::new("fluxrouter".to_string(), Edge::new(proxy, state.clone()));
-    for addr in &state.config.listen {
-        gateway.add_tcp(&addr.to_string());
+    crate::listener::set_hsts(
+        &state
+            .config
+            .listen
+            .iter()
+            .chain(state.config.admin.iter().flat_map(|a| a.listen.iter()))
+            .collect::<Vec<_>>(),
+    );
+    for (i, (group, plan)) in client_plans.into_iter().enumerate() {
+        let plan = Arc::new(plan);
+        let mut proxy =
+            pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+        let mut options = HttpServerOptions::default();
+        // CONNECT reaches the gateway, which refuses it in its own shape (Pingora would
+        // answer a bare 405).
+        options.allow_connect_method_proxying = true;
+        // Pingora's HTTP/2 loop peeks for the h2c preface only with this on.
+        options.h2c = plan.h2c;
+        options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
+        proxy.server_options = Some(options);
+        proxy.h2_options = Some(h2_options(&state.config.limits));
+        let name = match i {
+            0 => "fluxrouter".to_string(),
+            i => format!("fluxrouter-{i}"),
+        };
+        let mut gateway = Service::new(name, Edge::new(proxy, state.clone(), plan));
+        for l in group {
+            gateway.add_tcp(&l.address.to_string());
+        }
+        server.add_service(gateway);
     }
-    server.add_service(gateway);
     if let Some(admin) = &state.config.admin {
         // Checked when the state was loaded; should it fail now, nothing is let in.
         let (token, metrics_token) =
@@ -105,16 +191,57 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
                 admin.metrics_token_env
             );
         }
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            crate::gateway::admin::Admin::new(state.clone(), token, metrics_token),
-            "fluxrouter-admin",
-        );
-        for addr in &admin.listen {
-            service.add_tcp(&addr.to_string());
+        for (i, (group, plan)) in admin_plans.into_iter().enumerate() {
+            let name = match i {
+                0 => "fluxrouter-admin".to_string(),
+                i => format!("fluxrouter-admin-{i}"),
+            };
+            let app = crate::gateway::admin::Admin::new(
+                state.clone(),
+                token.clone(),
+                metrics_token.clone(),
+            );
+            if plan.is_plain() {
+                // Plaintext HTTP/1.1 as it always was: Pingora's own loop.
+                let mut service =
+                    pingora::proxy::http_proxy_service_with_name(&server.configuration, app, &name);
+                for l in group {
+                    service.add_tcp(&l.address.to_string());
+                }
+                server.add_service(service);
+            } else {
+                let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
+                let mut options = HttpServerOptions::default();
+                options.h2c = plan.h2c;
+                options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
+                proxy.server_options = Some(options);
+                proxy.h2_options = Some(h2_options(&state.config.limits));
+                let mut service =
+                    Service::new(name, Edge::new(proxy, state.clone(), Arc::new(plan)));
+                for l in group {
+                    service.add_tcp(&l.address.to_string());
+                }
+                server.add_service(service);
+            }
         }
-        server.add_service(service);
     }
+    for pair in &watched {
+        if let Some(served) = pair.served() {
+            state
+                .metrics
+                .certificate_served(&served.name, served.not_after);
+        }
+    }
+    let metrics_state = state.clone();
+    server.add_service(background_service(
+        "certificate-watcher",
+        crate::listener::CertificateWatcher::new(
+            watched,
+            Box::new(move |name, not_after| {
+                metrics_state.metrics.certificate_served(name, not_after)
+            }),
+        ),
+    ));
     server.add_service(background_service(
         "hold-sweeper",
         HoldSweeper {
@@ -157,6 +284,7 @@ pub fn run(state: Arc<AppState>, options: RunOptions) {
     if let Err(e) = state.admission.spend().ledger().close() {
         log::error!("ledger: final flush failed: {e}");
     }
+    Ok(())
 }
 
 /// SIGUSR1 reopens the access-log file at its path: logrotate moves the file away, then
@@ -242,6 +370,7 @@ impl BackgroundService for DrainSignal {
                 ) => {
                     log::info!("draining: responses now close their connections");
                     self.state.draining.store(true, Ordering::Release);
+                    self.state.drain.send_replace(true);
                     return;
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

@@ -75,6 +75,9 @@ pub struct AppState {
     /// What one client address may do before authenticating (`limits.per_address`), shared
     /// by the client and admin listeners.
     pub address_limits: crate::address_limits::AddressLimits,
+    /// The same moment, for whoever waits for it: HTTP/2 connections send GOAWAY then (they
+    /// have no `Connection: close`), so their clients move to the new process early too.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -144,6 +147,7 @@ impl AppState {
             directory,
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
+            drain: tokio::sync::watch::Sender::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),
             admission,

@@ -31,7 +31,7 @@ pub fn demo(listen: SocketAddr) -> CliResult {
     std::fs::write(&lanes, DEMO_LANES)?;
     std::fs::write(dir.join("flux-auto.classifier.json"), DEMO_CLASSIFIER)?;
     let mut config = ServerConfig::from_yaml(&dir.join("fluxrouter.yaml"), DEMO_CONFIG)?;
-    config.listen = vec![listen];
+    config.listen = vec![fluxrouter::config::server::Listener::plain(listen)];
     config.lanes_file = lanes;
     config.keys_file = dir.join("keys.yaml");
     config.server.pid_file = dir.join("fluxrouter.pid").display().to_string();
@@ -44,7 +44,7 @@ pub fn demo(listen: SocketAddr) -> CliResult {
     // file so every lane, premium included, can be tried.
     let admin = SocketAddr::new(listen.ip(), listen.port().checked_add(1).unwrap_or(8081));
     config.admin = Some(fluxrouter::config::server::AdminConfig {
-        listen: vec![admin],
+        listen: vec![fluxrouter::config::server::Listener::plain(admin)],
         token_env: DEMO_ADMIN_TOKEN_ENV.into(),
         metrics_token_env: DEMO_ADMIN_TOKEN_ENV.into(),
     });

@@ -167,7 +167,14 @@ pub(super) fn confirm_keys_loaded(config: &ServerConfig) -> CliResult {
         return Ok(());
     };
     let token = std::env::var(&admin.token_env).unwrap_or_default();
-    let Some(&listen) = admin.listen.first() else {
+    // Asked in plaintext HTTP/1.1: a TLS or PROXY-protocol admin listener is left to the
+    // file watcher.
+    let Some(listen) = admin
+        .listen
+        .iter()
+        .find(|l| l.tls.is_none() && !l.proxy_protocol)
+        .map(|l| l.address)
+    else {
         return Ok(());
     };
     if token.is_empty() {

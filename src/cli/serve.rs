@@ -28,8 +28,13 @@ pub fn start(config: ServerConfig, mut options: RunOptions) -> CliResult {
     log::info!(
         "FluxRouter {} listening on {:?}",
         env!("CARGO_PKG_VERSION"),
-        state.config.listen
+        state
+            .config
+            .listen
+            .iter()
+            .map(|l| l.address)
+            .collect::<Vec<_>>()
     );
-    server::run(Arc::new(state), options);
+    server::run(Arc::new(state), options)?;
     Ok(())
 }

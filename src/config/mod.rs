@@ -7,6 +7,7 @@
 pub mod address;
 pub mod keys;
 pub mod lanes;
+pub mod listener;
 pub mod server;
 
 use std::fmt;

@@ -1,11 +1,11 @@
 //! `conf/fluxrouter.yaml`: listeners, Pingora settings, providers, plans, file locations.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::listener::{CertificatePair, HstsConfig, Listener, PairChoice, TlsConfig};
 use super::ConfigError;
 use crate::errors::{Context, Error, Fault};
 use crate::units::Usd;
@@ -14,9 +14,10 @@ use crate::wire::Format;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Plaintext HTTP listeners.
+    /// The client listeners: bare addresses (plaintext HTTP/1.1) or `{address, tls, h2c,
+    /// proxy_protocol}` (see [`Listener`]).
     #[serde(default = "default_listen")]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     /// Proxies (address blocks) whose forwarding header names the client; from any other
     /// peer the header is ignored (README "Client addresses and abuse limits").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,8 +226,9 @@ impl Default for LedgerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where the admin endpoints listen (keep it private: loopback or an internal address).
-    pub listen: Vec<SocketAddr>,
+    /// Where the admin endpoints listen (keep it private: loopback or an internal address);
+    /// entries have the client listeners' shape.
+    pub listen: Vec<Listener>,
     /// The environment variable holding the admin token (never the token itself).
     pub token_env: String,
     /// The environment variable holding the token that reads `GET /metrics` (Prometheus).
@@ -356,8 +358,10 @@ impl AccessLogConfig {
     }
 }
 
-fn default_listen() -> Vec<SocketAddr> {
-    vec!["127.0.0.1:8080".parse().expect("literal address")]
+fn default_listen() -> Vec<Listener> {
+    vec![Listener::plain(
+        "127.0.0.1:8080".parse().expect("literal address"),
+    )]
 }
 
 /// The subset of Pingora's `ServerConf` an operator needs; the rest keeps Pingora's defaults.
@@ -416,6 +420,12 @@ pub struct RequestLimits {
     pub keepalive_timeout_seconds: u64,
     /// What one client address may do before authenticating.
     pub per_address: super::PerAddressLimits,
+    /// HTTP/2 (TLS listeners by ALPN, h2c listeners): streams one connection may have open
+    /// at once; a client opening more has them refused.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: the largest request header block (decoded) a client may send; one larger is
+    /// refused (the HTTP/1.1 parser's own bound is 1 MiB).
+    pub h2_max_header_list_bytes: u32,
 }
 
 impl Default for RequestLimits {
@@ -430,6 +440,8 @@ impl Default for RequestLimits {
             header_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
             per_address: super::PerAddressLimits::default(),
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 64 * 1024,
         }
     }
 }
@@ -628,6 +640,12 @@ impl ServerConfig {
             Some(path) => base.join(path),
             None => config.ledger.path.with_file_name("accounts.sqlite"),
         });
+        for l in config.listen.iter_mut() {
+            l.resolve_paths(base);
+        }
+        for l in config.admin.iter_mut().flat_map(|a| a.listen.iter_mut()) {
+            l.resolve_paths(base);
+        }
         if let Some(ca) = config.redis.as_mut().and_then(|r| r.tls_ca_file.as_mut()) {
             *ca = base.join(&*ca);
         }
@@ -643,8 +661,8 @@ impl ServerConfig {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |field: String, reason: String| Err(ConfigError::new(path, field, reason));
-        if self.listen.is_empty() {
-            return err("listen".into(), "at least one listener is needed".into());
+        if let Err((field, reason)) = super::listener::validate_all(&self.listen, "listen") {
+            return err(field, reason);
         }
         if self.server.threads == 0 {
             return err("server.threads".into(), "must be at least 1".into());
@@ -656,6 +674,8 @@ impl ServerConfig {
             || l.max_model_id_bytes == 0
             || l.body_deadline_ms == 0
             || l.header_timeout_ms == 0
+            || l.h2_max_concurrent_streams == 0
+            || l.h2_max_header_list_bytes == 0
         {
             return err("limits".into(), "limits must be positive".into());
         }
@@ -757,16 +777,22 @@ impl ServerConfig {
             }
         }
         if let Some(admin) = &self.admin {
-            if admin.listen.is_empty() {
-                return err(
-                    "admin.listen".into(),
-                    "at least one address is needed".into(),
-                );
+            if let Err((field, reason)) =
+                super::listener::validate_all(&admin.listen, "admin.listen")
+            {
+                return err(field, reason);
             }
-            if let Some(clash) = admin.listen.iter().find(|a| self.listen.contains(a)) {
+            if let Some(clash) = admin
+                .listen
+                .iter()
+                .find(|a| self.listen.iter().any(|l| l.address == a.address))
+            {
                 return err(
                     "admin.listen".into(),
-                    format!("{clash} is also a client listener; the admin listener needs its own"),
+                    format!(
+                        "{} is also a client listener; the admin listener needs its own",
+                        clash.address
+                    ),
                 );
             }
             for (field, var) in [
@@ -874,7 +900,7 @@ mod tests {
     #[test]
     fn admin_and_metrics_tokens_shorter_than_32_characters_are_refused() {
         let admin = AdminConfig {
-            listen: vec!["127.0.0.1:9".parse().unwrap()],
+            listen: vec![Listener::plain("127.0.0.1:9".parse().unwrap())],
             token_env: "ADMIN".into(),
             metrics_token_env: "METRICS".into(),
         };
@@ -916,7 +942,10 @@ plans:
     #[test]
     fn minimal_config_gets_defaults_and_resolved_paths() {
         let c = ServerConfig::from_yaml(Path::new("/etc/flux/conf/f.yaml"), MINIMAL).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![Listener::plain("127.0.0.1:8080".parse().unwrap())]
+        );
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(c.keys_file, Path::new("/etc/flux/conf/keys.yaml"));
         assert_eq!(c.lanes_file, Path::new("/etc/flux/conf/../lanes.yaml"));

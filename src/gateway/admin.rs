@@ -268,6 +268,9 @@ impl ProxyHttp for Admin {
         session: &mut Session,
         id: &mut String,
     ) -> pingora::Result<bool> {
+        // Behind the connection guard (a TLS or PROXY-protocol admin listener): what is
+        // written from here on is this answer, not a refused header.
+        super::edge::header_received();
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
         if path == "/metrics" {

@@ -30,6 +30,9 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 struct Policy {
     budget: usize,
     deadline: Duration,
+    /// The longest wait for the next piece of a body. HTTP/1 applies it in Pingora's reads
+    /// (`set_read_timeout`); Pingora's HTTP/2 reads ignore that, so it is applied here.
+    read_timeout: Duration,
 }
 
 static POLICY: OnceLock<Policy> = OnceLock::new();
@@ -43,6 +46,7 @@ impl From<&RequestLimits> for Policy {
         Policy {
             budget: l.max_body_bytes_in_flight,
             deadline: Duration::from_millis(l.body_deadline_ms),
+            read_timeout: Duration::from_millis(l.body_read_timeout_ms),
         }
     }
 }
@@ -149,6 +153,25 @@ fn grow(
     charge.resize(buf.capacity().saturating_mul(COPIES), usize::MAX)
 }
 
+/// The body's next piece; over HTTP/2 with the per-read timeout HTTP/1 has from Pingora
+/// (the same error, so the same 408).
+async fn next_piece(
+    session: &mut Session,
+    h2: bool,
+    read_timeout: Duration,
+) -> pingora::Result<Option<Bytes>> {
+    if !h2 {
+        return session.read_request_body().await;
+    }
+    match tokio::time::timeout(read_timeout, session.read_request_body()).await {
+        Ok(piece) => piece,
+        Err(_) => Err(pingora::Error::explain(
+            pingora::ErrorType::ReadTimedout,
+            "the next piece of an HTTP/2 request body did not arrive in time",
+        )),
+    }
+}
+
 /// Read the whole body, refusing anything over `limit` bytes (before or after decoding).
 /// On refusal the rest stays unread; Pingora drains it before reusing the connection.
 ///
@@ -187,10 +210,10 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
     let ceiling = declared.unwrap_or(limit);
     let first = declared.unwrap_or(FIRST_BUFFER).clamp(1, MAX_FIRST_BUFFER);
     grow(&mut buf, &mut charge, first, ceiling, policy.budget)?;
+    let h2 = session.is_http2();
     let receive = async {
         // Marked downstream, so a framing error answers 400 rather than 500.
-        while let Some(chunk) = session
-            .read_request_body()
+        while let Some(chunk) = next_piece(session, h2, policy.read_timeout)
             .await
             .map_err(|e| e.into_down())?
         {

@@ -1,8 +1,13 @@
 //! The connection guard: the gateway's HTTP/1 service wraps each accepted stream with a
 //! header deadline and a keep-alive idle timeout, and answers in the gateway's own shape where
-//! Pingora would answer for it (a header it cannot read, a method it refuses). It also counts
-//! each address's open connections (`limits.per_address.connections`, `crate::address_limits`)
-//! and closes a connection past it as soon as it is accepted.
+//! Pingora would answer for it (a header it cannot read, a method it refuses).
+//!
+//! Before HTTP, the listener's plan ([`ListenerPlan`]) runs: a PROXY protocol header read
+//! (its client address becomes the peer Pingora reports), the count of that address's open
+//! connections (`limits.per_address.connections`, `crate::address_limits`: a connection
+//! past it is closed at once), the TLS handshake under its own deadline, and the choice of
+//! HTTP/2 (ALPN `h2`, or h2c's preface) served by Pingora's own HTTP/2 loop, or HTTP/1.1
+//! served here.
 
 use std::future::Future;
 use std::io;
@@ -16,18 +21,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::ALPN;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::access_log::AccessLine;
 use crate::errors::{ErrorKind, FluxError};
+use crate::listener::{proxy_protocol, ListenerPlan};
 use crate::state::AppState;
 use crate::units::clock;
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes of a request's start kept to name its method and path when Pingora refuses it.
 const HEAD_KEPT: usize = 512;
@@ -100,14 +111,155 @@ fn peer_ip(stream: &Stream) -> Option<IpAddr> {
 pub struct Edge<A> {
     proxy: Arc<A>,
     state: Arc<AppState>,
+    plan: Arc<ListenerPlan>,
 }
 
 impl<A> Edge<A> {
-    pub fn new(proxy: A, state: Arc<AppState>) -> Self {
+    pub fn new(proxy: A, state: Arc<AppState>, plan: Arc<ListenerPlan>) -> Self {
         Edge {
             proxy: Arc::new(proxy),
             state,
+            plan,
         }
+    }
+
+    /// The PROXY header, under the header deadline; `None`: the connection is closed (logged
+    /// at debug: scanners and health checks make these).
+    async fn read_proxy_header(&self, mut stream: Stream) -> Option<Stream> {
+        {
+            let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
+            let header = match tokio::time::timeout(
+                deadline,
+                proxy_protocol::read_header(&mut stream),
+            )
+            .await
+            {
+                Ok(Ok(header)) => header,
+                Ok(Err(e)) => {
+                    log::debug!("closed a connection without a PROXY header: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    log::debug!("closed a connection whose PROXY header did not arrive");
+                    return None;
+                }
+            };
+            if let Some(source) = header.source {
+                // What `client_addr()` reports from now on; the local side stays the socket's.
+                let digest = SocketDigest::from_raw_fd(stream.id());
+                let _ = digest.peer_addr.set(Some(source.into()));
+                stream.set_socket_digest(digest);
+            }
+        }
+        Some(stream)
+    }
+
+    /// The TLS handshake on a TLS listener, under its deadline; `None`: the connection is
+    /// closed (logged at debug).
+    async fn handshake(&self, mut stream: Stream) -> Option<Stream> {
+        if let Some(tls) = &self.plan.tls {
+            // The listener hands over its TCP stream boxed; the handshake wants it by type.
+            let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+                log::error!("a TLS listener accepted a stream that is not TCP");
+                return None;
+            };
+            // Plaintext sent here fails the handshake at its first bytes (not a TLS record),
+            // and the connection closes at once.
+            stream =
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*tcp))
+                    .await
+                {
+                    Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                    Ok(Err(e)) => {
+                        log::debug!("TLS handshake failed: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        log::debug!("TLS handshake did not finish in time");
+                        return None;
+                    }
+                };
+        }
+        Some(stream)
+    }
+
+    /// Whether the connection speaks HTTP/2: ALPN said so, or h2c's preface starts it. The
+    /// bytes read to tell are put back for whichever protocol reads next.
+    async fn speaks_h2(&self, stream: Stream) -> Option<(Stream, bool)> {
+        if self.plan.tls.is_some() {
+            let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            return Some((stream, h2));
+        }
+        if !self.plan.h2c {
+            return Some((stream, false));
+        }
+        let Ok(mut tcp) = stream.into_any().downcast::<L4Stream>() else {
+            log::error!("an h2c listener accepted a stream that is not TCP");
+            return None;
+        };
+        // Read no more than the preface, and stop at the first byte that differs from it:
+        // an HTTP/1.1 request is told at once, however short (Pingora's own peek waits for
+        // 24 bytes). `read` is cancel-safe: nothing is lost when the deadline cuts it.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let mut got = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; H2_PREFACE.len()];
+        while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
+            let want = H2_PREFACE.len() - got.len();
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf[..want])).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                // Closed, failed or silent: the HTTP/1.1 path ends it in its own way.
+                _ => break,
+            }
+        }
+        tcp.rewind(&got);
+        let h2 = got.as_slice() == H2_PREFACE;
+        Some((tcp as Stream, h2))
+    }
+
+    /// Wait for HTTP/2's preface on a TLS connection that chose `h2`, within the header
+    /// deadline (Pingora's HTTP/2 handshake waits forever: a client could finish TLS and
+    /// hold the connection in silence). h2c's preface was read before, under the same
+    /// deadline. `None`: silent, closed or not HTTP/2; the connection is closed.
+    async fn preface_in_time(&self, mut stream: Stream) -> Option<Stream> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let mut got = vec![0u8; H2_PREFACE.len()];
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut got)).await {
+            Ok(Ok(_)) if got.as_slice() == H2_PREFACE => Some(Box::new(Replayed {
+                inner: stream,
+                replay: got,
+                at: 0,
+            })),
+            _ => {
+                log::debug!("closed a TLS connection that chose h2 and sent no preface in time");
+                None
+            }
+        }
+    }
+
+    /// Pingora's HTTP/2 loop (each stream a task), with the proxy's h2 settings (streams per
+    /// connection, header size, idle timeout). It sends GOAWAY when its shutdown watch fires;
+    /// the watch given fires at the start of a drain (upgrade or termination) as well as at
+    /// shutdown, so HTTP/2 clients leave early, as `Connection: close` moves HTTP/1.1 ones.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let mut drain = self.state.drain.subscribe();
+        let (leave, leave_watch) =
+            tokio::sync::watch::channel(*shutdown.borrow() || *drain.borrow());
+        let mut shut = shutdown.clone();
+        let relay = tokio::spawn(async move {
+            tokio::select! {
+                _ = shut.wait_for(|s| *s) => {}
+                _ = drain.wait_for(|d| *d) => {}
+            }
+            let _ = leave.send(true);
+        });
+        let served = ServerApp::process_new(&self.proxy, stream, &leave_watch).await;
+        relay.abort();
+        served
     }
 
     fn keepalive(&self) -> Option<u64> {
@@ -125,6 +277,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The PROXY header first: it names the peer the limits below count.
+        let stream = match self.plan.proxy_protocol {
+            true => self.read_proxy_header(stream).await?,
+            false => stream,
+        };
         let peer = peer_ip(&stream);
         // Connections per address (`limits.per_address.connections`): the slot is held until
         // this connection ends. Trusted proxies are exempt: theirs carry many clients.
@@ -134,7 +291,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
                 match limits.connect(ip, self.state.trusted_proxies.trusts(ip)) {
                     Ok(slot) => slot,
                     Err(refusal) => {
-                        // Closed before a byte is read: a request costs more than the answer.
+                        // Closed before a byte is read (or a handshake made): a request costs
+                        // more than the answer.
                         self.state.metrics.address_refused(refusal.reason());
                         limits.warn_refused_connection(ip);
                         return None;
@@ -142,6 +300,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
                 }
             }
             None => None,
+        };
+        let stream = if self.plan.is_plain() {
+            stream
+        } else {
+            let stream = self.handshake(stream).await?;
+            let (stream, h2) = self.speaks_h2(stream).await?;
+            if h2 {
+                let stream = match self.plan.tls {
+                    Some(_) => self.preface_in_time(stream).await?,
+                    None => stream,
+                };
+                return self.serve_h2(stream, shutdown).await;
+            }
+            stream
         };
         let conn = Arc::new(ConnState::default());
         let header_timeout = Duration::from_millis(self.state.config.limits.header_timeout_ms);
@@ -451,40 +623,120 @@ impl Shutdown for Guarded {
     }
 }
 
-impl UniqueID for Guarded {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
+/// The digests and identity of a wrapped stream are its inner stream's.
+macro_rules! forward_digests {
+    ($wrapper:ty) => {
+        impl UniqueID for $wrapper {
+            fn id(&self) -> UniqueIDType {
+                self.inner.id()
+            }
+        }
+
+        impl Ssl for $wrapper {
+            fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+                self.inner.get_ssl()
+            }
+            fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+                self.inner.get_ssl_digest()
+            }
+            fn selected_alpn_proto(&self) -> Option<ALPN> {
+                self.inner.selected_alpn_proto()
+            }
+        }
+
+        impl GetTimingDigest for $wrapper {
+            fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+                self.inner.get_timing_digest()
+            }
+            fn get_read_pending_time(&self) -> Duration {
+                self.inner.get_read_pending_time()
+            }
+            fn get_write_pending_time(&self) -> Duration {
+                self.inner.get_write_pending_time()
+            }
+        }
+
+        impl GetProxyDigest for $wrapper {
+            fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+                self.inner.get_proxy_digest()
+            }
+        }
+
+        impl GetSocketDigest for $wrapper {
+            fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+                self.inner.get_socket_digest()
+            }
+            fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+                self.inner.set_socket_digest(socket_digest)
+            }
+        }
+    };
+}
+
+forward_digests!(Guarded);
+forward_digests!(Replayed);
+
+/// A TLS stream whose first bytes (HTTP/2's preface, read to bound the wait for it) were
+/// taken: they are read again first.
+#[derive(Debug)]
+struct Replayed {
+    inner: Stream,
+    replay: Vec<u8>,
+    at: usize,
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.at);
+            buf.put_slice(&this.replay[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl Ssl for Guarded {}
+impl AsyncWrite for Replayed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
-impl GetTimingDigest for Guarded {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
+#[async_trait]
+impl Shutdown for Replayed {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
     }
 }
 
-impl GetProxyDigest for Guarded {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for Guarded {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.inner.set_socket_digest(socket_digest)
-    }
-}
+#[async_trait]
+impl Peek for Replayed {}
 
 #[async_trait]
 impl Peek for Guarded {

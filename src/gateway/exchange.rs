@@ -790,9 +790,7 @@ async fn relay(
         http::HeaderName::from_static("x-accel-buffering"),
         HeaderValue::from_static("no"),
     )?;
-    session
-        .write_response_header(h.into_response(), false)
-        .await?;
+    respond::write_head(session, h, false).await?;
     loop {
         // A client that leaves mid-stream, even during a pause between events, stops the
         // upstream at once (the connection is dropped, not pooled); what was used is billed.

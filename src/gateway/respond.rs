@@ -125,6 +125,23 @@ impl Served<'_> {
     }
 }
 
+/// Write a response header, with HSTS on a TLS listener that sets it.
+pub async fn write_head(session: &mut Session, mut h: Head, end: bool) -> pingora::Result<()> {
+    if let Some(value) = hsts(session) {
+        h.0.headers
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, value);
+    }
+    session.write_response_header(h.into_response(), end).await
+}
+
+/// The listener's HSTS value, if the connection is TLS and the listener sets one.
+fn hsts(session: &Session) -> Option<HeaderValue> {
+    let digest = session.digest()?;
+    digest.ssl_digest.as_ref()?;
+    let local = digest.socket_digest.as_ref()?.local_addr()?.as_inet()?;
+    crate::listener::hsts_for(*local)
+}
+
 /// Write a complete body with its length.
 pub async fn send_body(
     session: &mut Session,
@@ -142,9 +159,7 @@ pub async fn send_body(
     };
     h.insert_header(http::header::CONTENT_TYPE, content_type)?;
     h.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-    session
-        .write_response_header(h.into_response(), body.is_empty())
-        .await?;
+    write_head(session, h, body.is_empty()).await?;
     if !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }

@@ -181,6 +181,9 @@ pub struct Metrics {
     pub(crate) address_refusals: Family<&'static str, Counter>,
     /// The last hour, minute by minute (the operator console's traffic view).
     pub recent: Recent,
+    /// Each TLS certificate served and when it expires (unix seconds): written at start and
+    /// on renewal, read by a scrape.
+    pub(crate) certificates: arc_swap::ArcSwap<Vec<(Box<str>, i64)>>,
 }
 
 /// The error codes that mean a limit refused the request, and the kind each counts as.
@@ -291,6 +294,20 @@ impl Metrics {
     }
 
     /// A reload of `file` (`lanes` or `keys`) ended with `outcome` (`success` or `failure`).
+    /// A TLS certificate now served (at start, or renewed), and its expiry.
+    pub fn certificate_served(&self, name: &str, not_after: i64) {
+        self.certificates.rcu(|current| {
+            let mut next: Vec<(Box<str>, i64)> = current
+                .iter()
+                .filter(|(n, _)| &**n != name)
+                .cloned()
+                .collect();
+            next.push((name.into(), not_after));
+            next.sort();
+            next
+        });
+    }
+
     pub fn reload(&self, file: &'static str, outcome: &'static str) {
         self.reloads.with(&(file, outcome), |k| *k, |c| c.add(1));
     }

@@ -319,6 +319,22 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         o.counter("flux_address_refusals_total", &[("reason", reason)], &c);
     }
 
+    let certificates = m.certificates.load();
+    if !certificates.is_empty() {
+        o.head(
+            "flux_tls_certificate_expiry_seconds",
+            "gauge",
+            "When each TLS certificate served expires (unix seconds; alert on it minus time()).",
+        );
+        for (name, not_after) in certificates.iter() {
+            o.sample(
+                "flux_tls_certificate_expiry_seconds",
+                &[("certificate", name)],
+                not_after,
+            );
+        }
+    }
+
     for (name, help, value) in [
         (
             "flux_requests_in_flight",

@@ -180,6 +180,11 @@ pub struct Custom<'a> {
     /// Another gateway whose keys file (and main key) this one uses: a fleet's nodes share
     /// their keys.
     pub keys_from: Option<&'a Flux>,
+    /// More `listen:` entries after the plaintext one the harness uses (a YAML flow-sequence
+    /// fragment, e.g. `{address: "127.0.0.1:9443", tls: {certificate: a.pem, key: a.key}}`).
+    pub extra_listen: &'a str,
+    /// More `admin.listen:` entries, likewise.
+    pub extra_admin_listen: &'a str,
 }
 
 impl Default for Custom<'_> {
@@ -193,6 +198,8 @@ impl Default for Custom<'_> {
             extra_limits: "",
             files: &[],
             keys_from: None,
+            extra_listen: "",
+            extra_admin_listen: "",
         }
     }
 }
@@ -287,7 +294,17 @@ impl Flux {
             extra_limits,
             files,
             keys_from,
+            extra_listen,
+            extra_admin_listen,
         } = *custom;
+        let extra_listen = match extra_listen {
+            "" => String::new(),
+            more => format!(", {more}"),
+        };
+        let extra_admin_listen = match extra_admin_listen {
+            "" => String::new(),
+            more => format!(", {more}"),
+        };
         let keys_file = match keys_from {
             Some(f) => f.dir.path().join("keys.yaml").display().to_string(),
             None => "keys.yaml".to_string(),
@@ -311,7 +328,7 @@ impl Flux {
         };
         let config = format!(
             r#"
-listen: ["127.0.0.1:{port}"]
+listen: ["127.0.0.1:{port}"{extra_listen}]
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1, pid_file: "{d}/pid", upgrade_sock: "{d}/upgrade.sock" }}
 limits: {{ {body_timeout}{extra_limits} }}
 keys_file: "{keys_file}"
@@ -344,7 +361,7 @@ plans:
   chatty: {{ lanes: [express, formats], max_messages: 4 }}
   short_input: {{ lanes: [express, formats], max_input_tokens: 1000 }}
   express_only: {{ lanes: [express] }}
-admin: {{ listen: ["127.0.0.1:{admin_port}"], token_env: FLUX_TEST_ADMIN_TOKEN, metrics_token_env: FLUX_TEST_METRICS_TOKEN }}
+admin: {{ listen: ["127.0.0.1:{admin_port}"{extra_admin_listen}], token_env: FLUX_TEST_ADMIN_TOKEN, metrics_token_env: FLUX_TEST_METRICS_TOKEN }}
 {extra_config}
 "#
         );
