@@ -419,7 +419,7 @@ async fn another_account_s_keys_are_404_on_every_endpoint_and_nothing_changes() 
 }
 
 #[tokio::test]
-async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
+async fn a_rotated_key_works_through_its_grace_period_then_is_revoked() {
     let flux = Flux::start().await;
     let (_, manager) = account_with_manager(&flux, "rotator", "payg").await;
     let (_, made) = call(
@@ -461,13 +461,15 @@ async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
     assert_eq!(rotated["name"], "server");
     assert_eq!(usd(&rotated["monthly_limit_usd"]), dollars("3"));
     assert!(rotated["rotated"]["expires_at"].is_u64(), "{rotated}");
+    assert_eq!(rotated["rotated"]["revoke_at_expiry"], true, "{rotated}");
+    assert_eq!(rotated["rotated"]["status"], "active", "{rotated}");
     assert!(rotated["rotated"].get("key").is_none(), "{rotated}");
     assert_eq!(chat_status(&flux, &new).await, 200);
     assert_eq!(chat_status(&flux, &old).await, 200, "the grace period");
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = flux.chat_with_key(&ping("flux-fast"), &old).await;
     let message = expect_openai_error(r, 401, "invalid_api_key").await;
-    assert!(message.contains("expired"), "{message}");
+    assert!(message.contains("revoked"), "{message}");
     assert_eq!(chat_status(&flux, &new).await, 200);
     let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
     let states: Vec<(&str, &str)> = listed["data"]
@@ -480,8 +482,17 @@ async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
     assert!(
         states
             .iter()
-            .any(|(n, s)| n.starts_with("server (rotated") && *s == "expired"),
+            .any(|(n, s)| n.starts_with("server (rotated") && *s == "revoked"),
         "{states:?}"
+    );
+    // Revoked for good: it cannot be enabled again.
+    let old_id = rotated["rotated"]["id"].as_str().unwrap();
+    let revive = json!({"disabled": false});
+    let path = format!("/v1/keys/{old_id}");
+    assert_error(
+        &call(&flux, Method::PATCH, &path, &manager, Some(revive)).await,
+        409,
+        "conflict",
     );
 }
 
@@ -996,4 +1007,59 @@ async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     b.screenshot(&dir.join("accounts.png")).await;
+}
+
+#[tokio::test]
+async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
+    let flux = Flux::start().await;
+    let (account, manager) = account_with_manager(&flux, "user", "payg").await;
+    let (status, made) = call(
+        &flux,
+        Method::POST,
+        "/v1/keys",
+        &manager,
+        Some(json!({"name": "app"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert!(made["last_used_at"].is_null(), "{made}");
+    let (key, id) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(chat_status(&flux, &key).await, 200);
+    let used = fluxrouter::units::clock::unix_now();
+    // Written in the background every few seconds, not by the request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last_used = loop {
+        let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
+        let mine = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if let Some(t) = mine["last_used_at"].as_u64() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "never shown: {mine}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(last_used.abs_diff(used) <= 60, "{last_used} vs {used}");
+    let (_, shown) = admin(
+        &flux,
+        Method::GET,
+        &format!("/admin/v1/accounts/{account}"),
+        None,
+    )
+    .await;
+    let keys = shown["keys"].as_array().unwrap();
+    let mine = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
+    assert_eq!(mine["last_used_at"], last_used, "{shown}");
+    let listed = accounts_cli(&flux, &["list"]);
+    assert!(
+        listed.contains(&format!("app\tinference\tactive\tlast used {last_used}")),
+        "{listed}"
+    );
 }

@@ -303,6 +303,7 @@ fn the_index_applies_changes_in_place() {
         kind: KeyKind::Inference,
         status: KeyStatus::Active,
         expires_at: None,
+        revoke_at_expiry: false,
         created_at: 1,
         monthly_limit_usd: None,
         models: None,
@@ -397,4 +398,72 @@ async fn the_refresher_applies_what_other_processes_write() {
     }
     task.abort();
     assert!(seen, "b never saw the key a created");
+}
+
+#[test]
+fn a_key_s_use_is_noted_in_memory_and_written_once_a_minute_in_one_batch() {
+    let (_tmp, path) = dir();
+    let d = Directory::open(&path).unwrap();
+    let acct = account(&d, "acme");
+    let (secret, k) = d
+        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+        .unwrap();
+    let head = d.cursor();
+    let (key, _) = d.authenticate(&secret, NOW).unwrap();
+    for t in [NOW, NOW + 1, NOW + 59] {
+        d.record_use(&key, t);
+    }
+    assert_eq!(key.last_used_at(), Some(NOW), "to the minute");
+    assert_eq!(
+        d.key(&k.id).unwrap().unwrap().last_used_at,
+        None,
+        "nothing written yet"
+    );
+    assert_eq!(d.flush_last_used().unwrap(), 1);
+    assert_eq!(d.key(&k.id).unwrap().unwrap().last_used_at, Some(NOW));
+    assert_eq!(d.flush_last_used().unwrap(), 0, "nothing new");
+    // A change to the key keeps the use noted; the next minute's use is written.
+    d.update_key(&k.id, |k| k.name = "renamed".into()).unwrap();
+    let (key, _) = d.authenticate(&secret, NOW).unwrap();
+    assert_eq!(key.last_used_at(), Some(NOW));
+    d.record_use(&key, NOW + 60);
+    assert_eq!(d.flush_last_used().unwrap(), 1);
+    assert_eq!(d.key(&k.id).unwrap().unwrap().last_used_at, Some(NOW + 60));
+    assert_eq!(d.cursor(), head + 1, "last use is not a change");
+    // A new process starts from the stored last use.
+    let other = Directory::open(&path).unwrap();
+    let (key, _) = other.authenticate(&secret, NOW).unwrap();
+    assert_eq!(key.last_used_at(), Some(NOW + 60));
+}
+
+#[test]
+fn a_schema_1_store_is_upgraded_and_keeps_its_keys() {
+    let (_tmp, path) = dir();
+    let secret = {
+        let d = Directory::open(&path).unwrap();
+        let acct = account(&d, "acme");
+        d.create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+            .unwrap()
+            .0
+    };
+    // Made as schema 1 was: no revoke_at_expiry column.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE keys DROP COLUMN revoke_at_expiry; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let d = Directory::open(&path).unwrap();
+    assert!(d.authenticate(&secret, NOW).is_ok());
+    let key_id = d.authenticate(&secret, NOW).unwrap().0.id.to_string();
+    let r = d.rotate_key(&key_id, 60, NOW).unwrap();
+    assert!(d.key(&r.old.id).unwrap().unwrap().revoke_at_expiry);
+}
+
+#[test]
+fn an_indexed_key_stays_small() {
+    // The key table's memory at a million keys (README "Key store benchmark").
+    assert!(
+        std::mem::size_of::<IndexedKey>() <= 80,
+        "{}",
+        std::mem::size_of::<IndexedKey>()
+    );
 }

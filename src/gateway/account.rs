@@ -133,7 +133,11 @@ impl OwnerPage {
         let manager = signed
             .subject
             .and_then(|digest| self.state.directory.lookup(&digest))
-            .and_then(|found| crate::auth::manager_from_store(&found, now).ok());
+            .and_then(|found| {
+                let manager = crate::auth::manager_from_store(&found, now).ok()?;
+                self.state.directory.record_use(&found.0, now);
+                Some(manager)
+            });
         let Some(manager) = manager else {
             if let Some(c) = &cookie {
                 self.sessions.close(c);
