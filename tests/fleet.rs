@@ -1616,6 +1616,30 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     let took = within_a_second(a, &ops, 200, "a key made with the CLI on B's host, on A").await;
     eprintln!("a key made with the CLI beside gateway B served by A after {took:?}");
 
+    // Rotated with the CLI beside B, with a second's grace: A serves the new key at once,
+    // and once the grace is over refuses the old one as revoked, and lists it so.
+    let (_, shown) = admin(a, Method::GET, "/admin/v1/accounts/ops", None).await;
+    let ops_id = shown["keys"][0]["id"].as_str().unwrap().to_string();
+    let rotated = cli(&["accounts", "rotate", &ops_id, "--grace-seconds", "1"]);
+    within_a_second(a, &rotated, 200, "a rotated key's successor, on A").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chat_status(a, &ops).await != 401 {
+        assert!(Instant::now() < deadline, "the rotated key still works on A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = a.chat_with_key(&ping("flux-fast"), &ops).await;
+    let message = expect_openai_error(r, 401, "invalid_api_key").await;
+    assert!(message.contains("revoked"), "{message}");
+    let (_, shown) = admin(a, Method::GET, "/admin/v1/accounts/ops", None).await;
+    let old = shown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == ops_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(old["status"], "revoked", "{shown}");
+
     // Redis down: what is loaded keeps authenticating; a write is refused with a 503.
     redis.stop();
     let (status, v) = admin(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
