@@ -1063,3 +1063,179 @@ async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
         "{listed}"
     );
 }
+
+/// `body` as it is (a key may appear twice), with `headers`: status and JSON body.
+async fn raw(
+    flux: &Flux,
+    url: String,
+    method: Method,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, Value) {
+    let mut req = flux
+        .client
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn assert_duplicate(answer: &(u16, Value), key: &str) {
+    assert_error(answer, 400, "invalid_request");
+    let message = answer.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("'{key}' appears more than once")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() {
+    let flux = Flux::start().await;
+    let (account, manager) = account_with_manager(&flux, "dup", "payg").await;
+    let (_, made) = call(
+        &flux,
+        Method::POST,
+        "/v1/keys",
+        &manager,
+        Some(json!({"name": "app"})),
+    )
+    .await;
+    let key_id = made["id"].as_str().unwrap().to_string();
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(65 * 1024));
+    let bearer = format!("Bearer {manager}");
+    let admin_bearer = format!("Bearer {ADMIN_TOKEN}");
+
+    // The management API, with the account's management key.
+    let owner: [(Method, String, &str, &str); 4] = [
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            r#"{"name":"a","name":"b"}"#,
+            "name",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{key_id}"),
+            r#"{"disabled":true,"name":"n","disabled":false}"#,
+            "disabled",
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key_id}/rotate"),
+            r#"{"grace_seconds":0,"grace_seconds":60}"#,
+            "grace_seconds",
+        ),
+        (
+            Method::PATCH,
+            "/v1/account".into(),
+            r#"{"ceiling_usd":"1","ceiling_usd":null}"#,
+            "ceiling_usd",
+        ),
+    ];
+    for (method, path, body, key) in owner {
+        let url = format!("{}{path}", flux.base);
+        let auth = [("authorization", bearer.as_str())];
+        let answer = raw(&flux, url.clone(), method.clone(), &auth, body.into()).await;
+        assert_duplicate(&answer, key);
+        let answer = raw(&flux, url, method, &auth, big.clone()).await;
+        assert_error(&answer, 413, "payload_too_large");
+    }
+
+    // The operators' accounts API.
+    let operator: [(Method, String, &str, &str); 3] = [
+        (
+            Method::POST,
+            "/admin/v1/accounts".into(),
+            r#"{"name":"twice","plan":"payg","plan":"pro"}"#,
+            "plan",
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/v1/accounts/{account}"),
+            r#"{"on_hold":true,"on_hold":false}"#,
+            "on_hold",
+        ),
+        (
+            Method::POST,
+            format!("/admin/v1/accounts/{account}/keys"),
+            r#"{"name":"k","kind":"inference","kind":"management"}"#,
+            "kind",
+        ),
+    ];
+    for (method, path, body, key) in operator {
+        let url = format!("{}{path}", flux.admin_base);
+        let auth = [("authorization", admin_bearer.as_str())];
+        let answer = raw(&flux, url.clone(), method.clone(), &auth, body.into()).await;
+        assert_duplicate(&answer, key);
+        let answer = raw(&flux, url, method, &auth, big.clone()).await;
+        assert_error(&answer, 413, "payload_too_large");
+    }
+
+    // The owner's page: sign-in, then its JSON API behind the session.
+    let session = format!("{}/account/api/session", flux.base);
+    let twice = format!(r#"{{"key":"{manager}","key":"sk-other"}}"#);
+    let answer = raw(&flux, session.clone(), Method::POST, &[], twice).await;
+    assert_duplicate(&answer, "key");
+    let answer = raw(&flux, session.clone(), Method::POST, &[], big.clone()).await;
+    assert_error(&answer, 413, "payload_too_large");
+    let r = flux
+        .client
+        .post(&session)
+        .json(&json!({ "key": manager }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = header(&r, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signed = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let keys = format!("{}/account/api/keys", flux.base);
+    let answer = raw(
+        &flux,
+        keys.clone(),
+        Method::POST,
+        &signed,
+        r#"{"name":"a","name":"b"}"#.into(),
+    )
+    .await;
+    assert_duplicate(&answer, "name");
+    let answer = raw(&flux, keys, Method::POST, &signed, big.clone()).await;
+    assert_error(&answer, 413, "payload_too_large");
+
+    // Nothing was changed by any of them.
+    let (_, shown) = admin(
+        &flux,
+        Method::GET,
+        &format!("/admin/v1/accounts/{account}"),
+        None,
+    )
+    .await;
+    assert_eq!(shown["on_hold"], false, "{shown}");
+    assert!(shown["ceiling_usd"].is_null(), "{shown}");
+    let names: Vec<&str> = shown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "manager"], "{shown}");
+    let (status, _) = admin(&flux, Method::GET, "/admin/v1/accounts/twice", None).await;
+    assert_eq!(status, 404);
+}

@@ -1624,7 +1624,10 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     within_a_second(a, &rotated, 200, "a rotated key's successor, on A").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while chat_status(a, &ops).await != 401 {
-        assert!(Instant::now() < deadline, "the rotated key still works on A");
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key still works on A"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = a.chat_with_key(&ping("flux-fast"), &ops).await;

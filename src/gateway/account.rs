@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ctx::Stop;
-use super::{admin, body, manage, respond};
+use super::{admin, manage, respond};
 use crate::console::{self, Signed};
 use crate::errors::{ErrorKind, FluxError};
 use crate::state::AppState;
@@ -197,12 +197,11 @@ impl OwnerPage {
         secure: bool,
     ) -> Result<Reply, Stop> {
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct SignIn {
             key: String,
         }
-        let raw = body::read(session, manage::MAX_BODY).await?;
-        let form: SignIn = serde_json::from_slice(&raw)
-            .map_err(|_| FluxError::new(ErrorKind::InvalidRequest, "Send {\"key\": \"…\"}."))?;
+        let form: SignIn = manage::json_body(session).await?;
         let key = form.key.trim();
         if key.is_empty() {
             return Err(forbidden("Sign in with a management key.").into());

@@ -6,7 +6,7 @@
 //! An owner sees only their account: any id of another account's key answers 404 exactly as
 //! an id that does not exist, and nothing is changed. A secret appears only in the answer
 //! that creates it (create, rotate). Bodies are JSON objects of at most [`MAX_BODY`] bytes
-//! with known fields only (400 otherwise).
+//! (413 past it) with known fields only, each once (400 otherwise: [`json_object`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,25 +78,31 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_error)
 }
 
-/// The request's JSON body as `T` (unknown fields and wrong types: 400).
-async fn json_body<T: DeserializeOwned>(session: &mut Session) -> Result<T, Stop> {
+/// The request's JSON body (at most [`MAX_BODY`] bytes: 413 past it) as `T`: see
+/// [`json_object`].
+pub(super) async fn json_body<T: DeserializeOwned>(session: &mut Session) -> Result<T, Stop> {
     let raw = body::read(session, MAX_BODY).await?;
+    Ok(json_object(&raw)?)
+}
+
+/// A body as `T`: a JSON object (an empty body reads as `{}`) whose keys each appear once
+/// (the generation endpoints' detector, [`crate::wire::json::top_level`]: with a key twice,
+/// which value counts would depend on the parser), of known fields with the right types;
+/// 400 otherwise.
+pub(super) fn json_object<T: DeserializeOwned>(raw: &[u8]) -> Result<T, FluxError> {
     let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        &raw
+        raw
     };
-    let shape = || bad("The body must be a JSON object of the documented fields.");
-    // An object only: serde would read a struct from an array too.
-    let value: Value = serde_json::from_slice(raw).map_err(|_| shape())?;
-    if !value.is_object() {
-        return Err(shape().into());
-    }
-    serde_json::from_value(value).map_err(|e| {
+    // An object only (serde would read a struct from an array too), each key once.
+    crate::wire::json::top_level(raw)?;
+    serde_json::from_slice(raw).map_err(|e| {
+        let e = e.to_string();
+        let e = e.split(" at line").next().unwrap_or(&e);
         bad(format!(
-            "The body must be a JSON object of the documented fields: {e}"
+            "The body must be a JSON object of the documented fields: {e}."
         ))
-        .into()
     })
 }
 
