@@ -1239,3 +1239,90 @@ async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() 
     let (status, _) = admin(&flux, Method::GET, "/admin/v1/accounts/twice", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn the_admin_accounts_list_and_an_owner_s_key_list_come_in_pages() {
+    let flux = Flux::start().await;
+    let (_, manager) = account_with_manager(&flux, "pager", "payg").await;
+    for i in 0..4 {
+        let body = json!({"name": format!("k{i}")});
+        assert_eq!(
+            call(&flux, Method::POST, "/v1/keys", &manager, Some(body))
+                .await
+                .0,
+            201
+        );
+    }
+    for i in 0..4 {
+        let body = json!({"name": format!("acct{i}"), "plan": "payg"});
+        let (status, v) = admin(&flux, Method::POST, "/admin/v1/accounts", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+
+    // Walk both listings two at a time: every item once, in id order, then has_more false.
+    let walk = |base: String, count: usize, owner: bool| {
+        let flux = &flux;
+        let manager = manager.clone();
+        async move {
+            let mut ids: Vec<String> = Vec::new();
+            let mut after = String::new();
+            loop {
+                let path = format!("{base}?limit=2&after={after}");
+                let (status, page) = if owner {
+                    call(flux, Method::GET, &path, &manager, None).await
+                } else {
+                    admin(flux, Method::GET, &path, None).await
+                };
+                assert_eq!(status, 200, "{page}");
+                let data = page["data"].as_array().unwrap();
+                assert!(data.len() <= 2, "{page}");
+                ids.extend(data.iter().map(|v| v["id"].as_str().unwrap().to_string()));
+                if page["has_more"] == false {
+                    assert!(page["next"].is_null(), "{page}");
+                    break;
+                }
+                after = page["next"].as_str().unwrap().to_string();
+                assert_eq!(ids.last().unwrap(), &after);
+            }
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(ids, sorted, "in id order, each once");
+            assert_eq!(ids.len(), count, "{ids:?}");
+        }
+    };
+    walk("/v1/keys".into(), 5, true).await; // four keys and the management key
+    walk("/admin/v1/accounts".into(), 5, false).await; // four accounts and "pager"
+
+    // The default page is 100; the most is 1,000.
+    let (_, all) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
+    assert_eq!(
+        (all["data"].as_array().unwrap().len(), &all["has_more"]),
+        (5, &json!(false))
+    );
+    for bad in ["limit=0", "limit=1001", "limit=x", "page=2"] {
+        assert_error(
+            &call(
+                &flux,
+                Method::GET,
+                &format!("/v1/keys?{bad}"),
+                &manager,
+                None,
+            )
+            .await,
+            400,
+            "invalid_request",
+        );
+        assert_error(
+            &admin(
+                &flux,
+                Method::GET,
+                &format!("/admin/v1/accounts?{bad}"),
+                None,
+            )
+            .await,
+            400,
+            "invalid_request",
+        );
+    }
+}

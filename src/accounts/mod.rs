@@ -271,6 +271,16 @@ impl Directory {
         self.inner().store.keys_of(account_id)
     }
 
+    /// A page of an account's keys by id, read from the store: [`Store::keys_page`].
+    pub fn keys_page(
+        &self,
+        account_id: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        self.inner().store.keys_page(account_id, after, limit)
+    }
+
     /// The account named `name`, read from the store.
     pub fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
         self.inner().store.account_by_name(name)

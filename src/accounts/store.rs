@@ -401,6 +401,25 @@ impl Store {
         Ok(rows)
     }
 
+    /// At most `limit` of an account's keys with ids after `after`, by id (a page of a
+    /// listing: the next starts after the last id of this one).
+    pub fn keys_page(
+        &self,
+        account_id: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE account_id = ?1 AND id > ?2 ORDER BY id \
+             LIMIT ?3"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st
+            .query_map(params![account_id, after, limit], key_from)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Write one change as it is (an upsert or a delete) and its feed entry, in one
     /// transaction. A key's account must exist and its digest cannot change; an account with
     /// keys cannot be deleted; a deleted key's digest is taken from its row.

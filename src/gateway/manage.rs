@@ -133,8 +133,74 @@ fn plan_ceiling(state: &AppState, plan: &str) -> Option<Usd> {
     state.plan_terms.get(plan).and_then(|t| t.ceiling_usd)
 }
 
-fn list(data: Vec<Value>) -> Value {
-    json!({"object": "list", "data": data})
+/// Items a listing answers when `limit` is not given, and at most.
+pub const PAGE_DEFAULT: usize = 100;
+pub const PAGE_MAX: usize = 1000;
+
+/// A listing's `?limit=N&after=ID`: at most `limit` items (1 to [`PAGE_MAX`], default
+/// [`PAGE_DEFAULT`]) with ids after `after` (the `next` of the previous page; none: from the
+/// first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Paging {
+    limit: usize,
+    after: String,
+}
+
+impl Paging {
+    fn parse(query: Option<&str>) -> Result<Paging, FluxError> {
+        let mut paging = Paging {
+            limit: PAGE_DEFAULT,
+            after: String::new(),
+        };
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "limit" => {
+                    paging.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=PAGE_MAX).contains(n))
+                        .ok_or_else(|| bad(format!("limit must be 1 to {PAGE_MAX}")))?
+                }
+                // Ids are `acct_`/`key_` and alphanumerics: nothing to percent-decode.
+                "after" => paging.after = v.chars().take(64).collect(),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown parameter '{}' (limit, after)",
+                        k.chars().take(32).collect::<String>()
+                    )))
+                }
+            }
+        }
+        Ok(paging)
+    }
+
+    /// A page of `items` (asked for one more than `limit`, to know whether more follow),
+    /// each item's id by `id_of`, as `{"object": "list", "data", "has_more", "next"}`.
+    fn answer<T>(
+        &self,
+        mut items: Vec<T>,
+        id_of: impl Fn(&T) -> String,
+        show: impl FnMut(&T) -> Value,
+    ) -> Value {
+        let has_more = items.len() > self.limit;
+        items.truncate(self.limit);
+        let next = if has_more {
+            items.last().map(&id_of)
+        } else {
+            None
+        };
+        json!({
+            "object": "list",
+            "data": items.iter().map(show).collect::<Vec<_>>(),
+            "has_more": has_more,
+            "next": next,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -205,10 +271,13 @@ pub async fn owner_as(
     use http::Method as M;
     match (&method, parts.as_slice()) {
         (&M::GET, ["keys"]) => {
+            let paging = Paging::parse(session.req_header().uri.query())?;
             let account = manager.account_id.clone();
-            let keys = blocking(state, move |d| d.keys_of(&account)).await?;
+            let (after, limit) = (paging.after.clone(), paging.limit + 1);
+            let keys = blocking(state, move |d| d.keys_page(&account, &after, limit)).await?;
             let now = unix_now();
-            Ok((200, list(keys.iter().map(|k| key_json(k, now)).collect())))
+            let page = paging.answer(keys, |k| k.id.clone(), |k| key_json(k, now));
+            Ok((200, page))
         }
         (&M::POST, ["keys"]) => {
             let new: NewKey = json_body(session).await?;
@@ -552,10 +621,13 @@ fn known_plan(state: &AppState, plan: &str) -> Result<(), FluxError> {
 async fn account_with_keys(state: &Arc<AppState>, row: &AccountRow) -> Result<Value, FluxError> {
     let id = row.id.clone();
     let keys = blocking(state, move |d| d.keys_of(&id)).await?;
-    let now = unix_now();
+    Ok(account_view(state, row, &keys, unix_now()))
+}
+
+fn account_view(state: &AppState, row: &AccountRow, keys: &[KeyRow], now: u64) -> Value {
     let mut v = account_json(row, plan_ceiling(state, &row.plan));
     v["keys"] = json!(keys.iter().map(|k| key_json(k, now)).collect::<Vec<_>>());
-    Ok(v)
+    v
 }
 
 /// The account with this id (or name).
@@ -577,13 +649,35 @@ pub async fn operator(state: &Arc<AppState>, session: &mut Session, path: &str) 
     use http::Method as M;
     match (&method, parts.as_slice()) {
         (&M::GET, ["accounts"]) => {
-            let mut accounts = state.directory.index().accounts();
-            accounts.sort_by(|a, b| a.name.cmp(&b.name));
-            let mut data = Vec::with_capacity(accounts.len());
-            for a in accounts {
-                data.push(account_with_keys(state, &a.to_row()).await?);
-            }
-            Ok((200, list(data)))
+            let paging = Paging::parse(session.req_header().uri.query())?;
+            let mut accounts: Vec<AccountRow> = state
+                .directory
+                .index()
+                .accounts()
+                .into_iter()
+                .filter(|a| *a.id > *paging.after)
+                .map(|a| a.to_row())
+                .collect();
+            accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            accounts.truncate(paging.limit + 1);
+            // One blocking task for the page's reads of keys, not one per account.
+            let listed = accounts.clone();
+            let keys = blocking(state, move |d| {
+                listed
+                    .iter()
+                    .map(|a| d.keys_of(&a.id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            let now = unix_now();
+            let with_keys: Vec<(AccountRow, Vec<KeyRow>)> =
+                accounts.into_iter().zip(keys).collect();
+            let page = paging.answer(
+                with_keys,
+                |(a, _)| a.id.clone(),
+                |(a, keys)| account_view(state, a, keys, now),
+            );
+            Ok((200, page))
         }
         (&M::POST, ["accounts"]) => {
             let new: AdminNewAccount = json_body(session).await?;
