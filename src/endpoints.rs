@@ -113,10 +113,13 @@ impl Endpoint {
     }
 }
 
+/// Every route of the client listener, for a diagnosis to list (each path in it is
+/// classified by [`Endpoint::from_path`]: a test holds them together).
 const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
 GET /v1/usage, POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens; \
-with a management key, /v1/keys and /v1/account.";
+with a management key, /v1/keys, /v1/keys/{id}, /v1/keys/{id}/rotate, /v1/account and \
+/v1/account/usage; and the account owner's page, GET /account.";
 
 /// The format whose error body the client on this path reads.
 pub fn format_for(path: &str) -> Format {
@@ -160,7 +163,7 @@ pub fn not_served(path: &str) -> FluxError {
         )
     } else if matches!(
         trimmed(path),
-        "/chat/completions" | "/responses" | "/models" | "/completions"
+        "/chat/completions" | "/responses" | "/models" | "/completions" | "/usage" | "/keys"
     ) {
         format!(
             "'{shown}' is missing /v1: set your OpenAI base URL to http(s)://<host>/v1 so \
@@ -219,6 +222,8 @@ mod tests {
             ("/v1/messages", "without /anthropic"),
             ("/anthropic/messages", "missing /v1 after /anthropic"),
             ("/wp-admin", "is not an endpoint"),
+            ("/keys", "missing /v1"),
+            ("/acount", "is not an endpoint"),
         ];
         for (path, expect) in cases {
             let e = not_served(path);
@@ -233,5 +238,27 @@ mod tests {
         assert_eq!(format_for("/chat"), Format::OpenAiChat);
         assert_eq!(format_for("/anthropic/v1/messages"), Format::Anthropic);
         assert_eq!(format_for("/v1/responses"), Format::OpenAiResponses);
+        // A mistyped path to the owner's page is told where the page is.
+        assert!(not_served("/acount").message.contains("GET /account."));
+    }
+
+    #[test]
+    fn every_route_a_diagnosis_lists_is_served() {
+        let listed: Vec<&str> = SERVED
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+            .map(|w| w.trim_end_matches('.'))
+            .filter(|w| w.starts_with('/'))
+            .collect();
+        assert!(listed.len() >= 12, "{listed:?}");
+        for path in listed {
+            let path = path.replace("{id}", "key_abc");
+            assert!(
+                Endpoint::from_path(&path).is_some(),
+                "{path} is listed but not served"
+            );
+        }
+        for served in ["/account", "/v1/keys/key_abc/rotate", "/v1/account/usage"] {
+            assert!(SERVED.contains(served.replace("key_abc", "{id}").as_str()));
+        }
     }
 }
