@@ -36,7 +36,6 @@ use crate::units::clock::unix_now;
 
 /// How long a sign-in lasts.
 pub const SESSION_SECS: u64 = 8 * 3600;
-const CSRF_HEADER: &str = "x-csrf-token";
 const COOKIE_PATH: &str = "/account";
 
 fn forbidden(message: &'static str) -> FluxError {
@@ -147,17 +146,7 @@ impl OwnerPage {
             )
             .into());
         };
-        if method != Method::GET {
-            let presented = session
-                .req_header()
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !console::same(presented, &signed.csrf) {
-                return Err(forbidden("The X-CSRF-Token header is missing or wrong.").into());
-            }
-        }
+        console::check_csrf(&method, &session.req_header().headers, &signed)?;
         match (&method, path) {
             (&Method::GET, "/account/api/session") => {
                 Ok(Reply::Json(200, session_json(&signed, &manager), None))
