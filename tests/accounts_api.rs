@@ -11,41 +11,6 @@ use fluxrouter::units::Usd;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Run `fluxrouter accounts ...`; its stdout, trimmed.
-fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = flux.cli(&all);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// An account made with the CLI and a management key of it, served by the gateway.
-async fn account_with_manager(flux: &Flux, name: &str, plan: &str) -> (String, String) {
-    let id = accounts_cli(flux, &["new", "--name", name, "--plan", plan]);
-    let manager = accounts_cli(
-        flux,
-        &[
-            "key",
-            "--account",
-            name,
-            "--name",
-            "manager",
-            "--management",
-        ],
-    );
-    let started = Instant::now();
-    while call(flux, Method::GET, "/v1/keys", &manager, None).await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(5), "never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (id, manager)
-}
-
 /// A request on the client listener: status and JSON body.
 async fn call(
     flux: &Flux,
@@ -54,51 +19,14 @@ async fn call(
     key: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    send(flux, &flux.base, method, path, Some(key), body).await
+    json_call(flux, &flux.base, method, path, Some(key), body).await
 }
 
-/// A request on the admin listener with the admin token.
-async fn admin(flux: &Flux, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    send(
-        flux,
-        &flux.admin_base,
-        method,
-        path,
-        Some(ADMIN_TOKEN),
-        body,
-    )
-    .await
-}
-
-async fn send(
-    flux: &Flux,
-    base: &str,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = flux.client.request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn chat_status(flux: &Flux, key: &str) -> u16 {
-    flux.chat_with_key(&ping("flux-fast"), key)
-        .await
-        .status()
-        .as_u16()
+/// `POST /v1/keys` with `body`, which must answer 201: the new key (its secret in `key`).
+async fn new_key(flux: &Flux, manager: &str, body: Value) -> Value {
+    let (status, made) = call(flux, Method::POST, "/v1/keys", manager, Some(body)).await;
+    assert_eq!(status, 201, "{made}");
+    made
 }
 
 fn usd(v: &Value) -> Option<Usd> {
@@ -140,12 +68,7 @@ async fn an_owner_manages_the_account_s_keys_and_a_made_or_disabled_key_counts_a
     // Listed and read: never a secret.
     let (status, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = names(&listed["data"]);
     assert_eq!(names, ["ci", "manager"], "{listed}");
     assert!(!listed.to_string().contains(&secret[3..]), "{listed}");
     assert!(listed["data"]
@@ -653,7 +576,7 @@ async fn an_owner_sets_a_ceiling_within_the_plan_s_and_reads_usage_by_key_model_
 #[tokio::test]
 async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     let flux = Flux::start().await;
-    let forbidden = send(
+    let forbidden = json_call(
         &flux,
         &flux.admin_base,
         Method::POST,
@@ -663,7 +586,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     )
     .await;
     assert_error(&forbidden, 403, "admin_forbidden");
-    let unknown_plan = admin(
+    let unknown_plan = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -672,7 +595,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     .await;
     assert_error(&unknown_plan, 400, "invalid_request");
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/accounts",
@@ -683,7 +606,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "invalid_request",
     );
 
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -701,7 +624,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
     assert_eq!(usd(&account["ceiling_usd"]), dollars("20"));
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/accounts",
@@ -714,11 +637,11 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 
     // Keys: an inference key serves at once; a management key manages.
     let keys = format!("/admin/v1/accounts/{id}/keys");
-    let (status, key) = admin(&flux, Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    let (status, key) = admin_call(&flux, Method::POST, &keys, Some(json!({"name": "web"}))).await;
     assert_eq!(status, 201, "{key}");
     let secret = key["key"].as_str().unwrap().to_string();
     assert_eq!(chat_status(&flux, &secret).await, 200);
-    let (status, manager) = admin(
+    let (status, manager) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -740,7 +663,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "{listed}"
     );
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             &keys,
@@ -752,7 +675,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
 
     // Read back, one and all, with keys and never a secret.
-    let (status, one) = admin(
+    let (status, one) = admin_call(
         &flux,
         Method::GET,
         &format!("/admin/v1/accounts/{id}"),
@@ -761,7 +684,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     .await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["keys"].as_array().unwrap().len(), 2, "{one}");
-    let (_, all) = admin(&flux, Method::GET, "/admin/v1/accounts", None).await;
+    let (_, all) = admin_call(&flux, Method::GET, "/admin/v1/accounts", None).await;
     assert!(
         all["data"]
             .as_array()
@@ -776,14 +699,14 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         );
     }
     assert_error(
-        &admin(&flux, Method::GET, "/admin/v1/accounts/acct_missing", None).await,
+        &admin_call(&flux, Method::GET, "/admin/v1/accounts/acct_missing", None).await,
         404,
         "not_found",
     );
 
     // The billing system: a card added; a failed payment holds the account at once; paid.
     let account_path = format!("/admin/v1/accounts/{id}");
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -795,7 +718,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         (200, Some(true)),
         "{v}"
     );
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -805,7 +728,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     assert_eq!((status, v["on_hold"].as_bool()), (200, Some(true)), "{v}");
     let r = flux.chat_with_key(&ping("flux-fast"), &secret).await;
     expect_openai_error(r, 402, "account_on_hold").await;
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -816,7 +739,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     assert!(v["ceiling_usd"].is_null(), "{v}");
     assert_eq!(chat_status(&flux, &secret).await, 200);
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::PATCH,
             &account_path,
@@ -827,7 +750,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "invalid_request",
     );
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::PATCH,
             &account_path,
@@ -840,7 +763,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 
     // Revoked: refused at once, for good.
     let revoke = format!("/admin/v1/keys/{}/revoke", key["id"].as_str().unwrap());
-    let (status, v) = admin(&flux, Method::POST, &revoke, None).await;
+    let (status, v) = admin_call(&flux, Method::POST, &revoke, None).await;
     assert_eq!(
         (status, v["status"].as_str()),
         (200, Some("revoked")),
@@ -848,7 +771,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
     assert_eq!(chat_status(&flux, &secret).await, 401);
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/keys/key_missing/revoke",
@@ -859,7 +782,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "not_found",
     );
     assert_error(
-        &admin(&flux, Method::DELETE, &account_path, None).await,
+        &admin_call(&flux, Method::DELETE, &account_path, None).await,
         405,
         "method_not_allowed",
     );
@@ -868,7 +791,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 #[tokio::test]
 async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
     let flux = Flux::start().await;
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -880,7 +803,7 @@ async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
         "/admin/v1/accounts/{}/keys",
         account["id"].as_str().unwrap()
     );
-    let (_, key) = admin(
+    let (_, key) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -961,7 +884,7 @@ async fn the_cli_rotates_a_key_as_the_api_does() {
 #[tokio::test]
 async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
     let flux = Flux::start().await;
-    let (_, account) = admin(
+    let (_, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -972,7 +895,7 @@ async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
         "/admin/v1/accounts/{}/keys",
         account["id"].as_str().unwrap()
     );
-    let (_, key) = admin(
+    let (_, key) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -1013,15 +936,7 @@ async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
 async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
     let flux = Flux::start().await;
     let (account, manager) = account_with_manager(&flux, "user", "payg").await;
-    let (status, made) = call(
-        &flux,
-        Method::POST,
-        "/v1/keys",
-        &manager,
-        Some(json!({"name": "app"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{made}");
+    let made = new_key(&flux, &manager, json!({"name": "app"})).await;
     assert!(made["last_used_at"].is_null(), "{made}");
     let (key, id) = (
         made["key"].as_str().unwrap().to_string(),
@@ -1033,13 +948,7 @@ async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let last_used = loop {
         let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
-        let mine = listed["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["id"] == id.as_str())
-            .cloned()
-            .unwrap();
+        let mine = with_id(&listed["data"], &id);
         if let Some(t) = mine["last_used_at"].as_u64() {
             break t;
         }
@@ -1047,15 +956,8 @@ async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(last_used.abs_diff(used) <= 60, "{last_used} vs {used}");
-    let (_, shown) = admin(
-        &flux,
-        Method::GET,
-        &format!("/admin/v1/accounts/{account}"),
-        None,
-    )
-    .await;
-    let keys = shown["keys"].as_array().unwrap();
-    let mine = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
+    let shown = admin_account(&flux, &account).await;
+    let mine = with_id(&shown["keys"], &id);
     assert_eq!(mine["last_used_at"], last_used, "{shown}");
     let listed = accounts_cli(&flux, &["list"]);
     assert!(
@@ -1089,29 +991,34 @@ async fn raw(
     )
 }
 
-fn assert_duplicate(answer: &(u16, Value), key: &str) {
-    assert_error(answer, 400, "invalid_request");
+/// At `url`, `twice` (a body with `key` twice) is a 400 that names the key, and a body over
+/// 64 KiB a 413.
+async fn refuses_twice_and_too_large(
+    flux: &Flux,
+    url: String,
+    method: Method,
+    headers: &[(&str, &str)],
+    twice: &str,
+    key: &str,
+) {
+    let answer = raw(flux, url.clone(), method.clone(), headers, twice.into()).await;
+    assert_error(&answer, 400, "invalid_request");
     let message = answer.1["error"]["message"].as_str().unwrap();
     assert!(
         message.contains(&format!("'{key}' appears more than once")),
-        "{message}"
+        "{url}: {message}"
     );
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(65 * 1024));
+    let answer = raw(flux, url, method, headers, big).await;
+    assert_error(&answer, 413, "payload_too_large");
 }
 
 #[tokio::test]
 async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() {
     let flux = Flux::start().await;
     let (account, manager) = account_with_manager(&flux, "dup", "payg").await;
-    let (_, made) = call(
-        &flux,
-        Method::POST,
-        "/v1/keys",
-        &manager,
-        Some(json!({"name": "app"})),
-    )
-    .await;
+    let made = new_key(&flux, &manager, json!({"name": "app"})).await;
     let key_id = made["id"].as_str().unwrap().to_string();
-    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(65 * 1024));
     let bearer = format!("Bearer {manager}");
     let admin_bearer = format!("Bearer {ADMIN_TOKEN}");
 
@@ -1142,13 +1049,10 @@ async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() 
             "ceiling_usd",
         ),
     ];
-    for (method, path, body, key) in owner {
+    let auth = [("authorization", bearer.as_str())];
+    for (method, path, twice, key) in owner {
         let url = format!("{}{path}", flux.base);
-        let auth = [("authorization", bearer.as_str())];
-        let answer = raw(&flux, url.clone(), method.clone(), &auth, body.into()).await;
-        assert_duplicate(&answer, key);
-        let answer = raw(&flux, url, method, &auth, big.clone()).await;
-        assert_error(&answer, 413, "payload_too_large");
+        refuses_twice_and_too_large(&flux, url, method, &auth, twice, key).await;
     }
 
     // The operators' accounts API.
@@ -1172,22 +1076,16 @@ async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() 
             "kind",
         ),
     ];
-    for (method, path, body, key) in operator {
+    let auth = [("authorization", admin_bearer.as_str())];
+    for (method, path, twice, key) in operator {
         let url = format!("{}{path}", flux.admin_base);
-        let auth = [("authorization", admin_bearer.as_str())];
-        let answer = raw(&flux, url.clone(), method.clone(), &auth, body.into()).await;
-        assert_duplicate(&answer, key);
-        let answer = raw(&flux, url, method, &auth, big.clone()).await;
-        assert_error(&answer, 413, "payload_too_large");
+        refuses_twice_and_too_large(&flux, url, method, &auth, twice, key).await;
     }
 
     // The owner's page: sign-in, then its JSON API behind the session.
     let session = format!("{}/account/api/session", flux.base);
     let twice = format!(r#"{{"key":"{manager}","key":"sk-other"}}"#);
-    let answer = raw(&flux, session.clone(), Method::POST, &[], twice).await;
-    assert_duplicate(&answer, "key");
-    let answer = raw(&flux, session.clone(), Method::POST, &[], big.clone()).await;
-    assert_error(&answer, 413, "payload_too_large");
+    refuses_twice_and_too_large(&flux, session.clone(), Method::POST, &[], &twice, "key").await;
     let r = flux
         .client
         .post(&session)
@@ -1207,36 +1105,16 @@ async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() 
         .to_string();
     let signed = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
     let keys = format!("{}/account/api/keys", flux.base);
-    let answer = raw(
-        &flux,
-        keys.clone(),
-        Method::POST,
-        &signed,
-        r#"{"name":"a","name":"b"}"#.into(),
-    )
-    .await;
-    assert_duplicate(&answer, "name");
-    let answer = raw(&flux, keys, Method::POST, &signed, big.clone()).await;
-    assert_error(&answer, 413, "payload_too_large");
+    let twice = r#"{"name":"a","name":"b"}"#;
+    refuses_twice_and_too_large(&flux, keys, Method::POST, &signed, twice, "name").await;
 
     // Nothing was changed by any of them.
-    let (_, shown) = admin(
-        &flux,
-        Method::GET,
-        &format!("/admin/v1/accounts/{account}"),
-        None,
-    )
-    .await;
+    let shown = admin_account(&flux, &account).await;
     assert_eq!(shown["on_hold"], false, "{shown}");
     assert!(shown["ceiling_usd"].is_null(), "{shown}");
-    let names: Vec<&str> = shown["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = names(&shown["keys"]);
     assert_eq!(names, ["app", "manager"], "{shown}");
-    let (status, _) = admin(&flux, Method::GET, "/admin/v1/accounts/twice", None).await;
+    let (status, _) = admin_call(&flux, Method::GET, "/admin/v1/accounts/twice", None).await;
     assert_eq!(status, 404);
 }
 
@@ -1245,17 +1123,11 @@ async fn the_admin_accounts_list_and_an_owner_s_key_list_come_in_pages() {
     let flux = Flux::start().await;
     let (_, manager) = account_with_manager(&flux, "pager", "payg").await;
     for i in 0..4 {
-        let body = json!({"name": format!("k{i}")});
-        assert_eq!(
-            call(&flux, Method::POST, "/v1/keys", &manager, Some(body))
-                .await
-                .0,
-            201
-        );
+        new_key(&flux, &manager, json!({"name": format!("k{i}")})).await;
     }
     for i in 0..4 {
         let body = json!({"name": format!("acct{i}"), "plan": "payg"});
-        let (status, v) = admin(&flux, Method::POST, "/admin/v1/accounts", Some(body)).await;
+        let (status, v) = admin_call(&flux, Method::POST, "/admin/v1/accounts", Some(body)).await;
         assert_eq!(status, 201, "{v}");
     }
 
@@ -1271,7 +1143,7 @@ async fn the_admin_accounts_list_and_an_owner_s_key_list_come_in_pages() {
                 let (status, page) = if owner {
                     call(flux, Method::GET, &path, &manager, None).await
                 } else {
-                    admin(flux, Method::GET, &path, None).await
+                    admin_call(flux, Method::GET, &path, None).await
                 };
                 assert_eq!(status, 200, "{page}");
                 let data = page["data"].as_array().unwrap();
@@ -1301,28 +1173,11 @@ async fn the_admin_accounts_list_and_an_owner_s_key_list_come_in_pages() {
         (5, &json!(false))
     );
     for bad in ["limit=0", "limit=1001", "limit=x", "page=2"] {
-        assert_error(
-            &call(
-                &flux,
-                Method::GET,
-                &format!("/v1/keys?{bad}"),
-                &manager,
-                None,
-            )
-            .await,
-            400,
-            "invalid_request",
-        );
-        assert_error(
-            &admin(
-                &flux,
-                Method::GET,
-                &format!("/admin/v1/accounts?{bad}"),
-                None,
-            )
-            .await,
-            400,
-            "invalid_request",
-        );
+        let owner_path = format!("/v1/keys?{bad}");
+        let owner = call(&flux, Method::GET, &owner_path, &manager, None).await;
+        assert_error(&owner, 400, "invalid_request");
+        let admin_path = format!("/admin/v1/accounts?{bad}");
+        let operator = admin_call(&flux, Method::GET, &admin_path, None).await;
+        assert_error(&operator, 400, "invalid_request");
     }
 }

@@ -19,6 +19,13 @@ fn account(d: &Directory, name: &str) -> AccountRow {
 
 const NOW: u64 = 1_800_000_000;
 
+/// A key "ci" of a new account "acme": its secret and row.
+fn one_key(d: &Directory) -> (String, KeyRow) {
+    let acct = account(d, "acme");
+    d.create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+        .unwrap()
+}
+
 #[test]
 fn a_created_key_authenticates_at_once_and_only_its_hash_is_stored() {
     let (_tmp, path) = dir();
@@ -356,10 +363,7 @@ fn the_index_applies_changes_in_place() {
 fn last_use_is_written_in_batches_and_is_not_a_change() {
     let (_tmp, path) = dir();
     let d = Directory::open(&path).unwrap();
-    let acct = account(&d, "acme");
-    let (_, k) = d
-        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
-        .unwrap();
+    let (_, k) = one_key(&d);
     let head = d.cursor();
     d.touch_last_used(&[(k.id.clone(), 50), ("key_unknown".into(), 60)])
         .unwrap();
@@ -404,10 +408,7 @@ async fn the_refresher_applies_what_other_processes_write() {
 fn a_key_s_use_is_noted_in_memory_and_written_once_a_minute_in_one_batch() {
     let (_tmp, path) = dir();
     let d = Directory::open(&path).unwrap();
-    let acct = account(&d, "acme");
-    let (secret, k) = d
-        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
-        .unwrap();
+    let (secret, k) = one_key(&d);
     let head = d.cursor();
     let (key, _) = d.authenticate(&secret, NOW).unwrap();
     for t in [NOW, NOW + 1, NOW + 59] {
@@ -439,13 +440,7 @@ fn a_key_s_use_is_noted_in_memory_and_written_once_a_minute_in_one_batch() {
 #[test]
 fn a_schema_1_store_is_upgraded_and_keeps_its_keys() {
     let (_tmp, path) = dir();
-    let secret = {
-        let d = Directory::open(&path).unwrap();
-        let acct = account(&d, "acme");
-        d.create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
-            .unwrap()
-            .0
-    };
+    let secret = one_key(&Directory::open(&path).unwrap()).0;
     // Made as schema 1 was: no revoke_at_expiry column.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch("ALTER TABLE keys DROP COLUMN revoke_at_expiry; PRAGMA user_version = 1;")

@@ -24,7 +24,10 @@ const COMMON_STYLE: &str = include_str!("common.css");
 const COMMON_STYLE_MARK: &str = "  /* common.css */\n";
 
 fn with_common_style(page: &str) -> String {
-    assert!(page.contains(COMMON_STYLE_MARK), "a page without its common style");
+    assert!(
+        page.contains(COMMON_STYLE_MARK),
+        "a page without its common style"
+    );
     page.replacen(COMMON_STYLE_MARK, COMMON_STYLE, 1)
 }
 

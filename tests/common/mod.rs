@@ -2,7 +2,10 @@
 //! built-in simulated provider, with its own config, lanes and keys in a temp folder.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod browser;
+
+pub use accounts::*;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
