@@ -302,7 +302,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
     b.screenshot(&shots().join("2-new-key.png")).await;
     b.click("#new-key-done").await;
     assert_eq!(b.text("#new-key-value").await, "", "shown once");
-    until_status(&flux, &key, 200).await;
+    until_chat_status(&flux, &key, 200).await;
     // Reload the page: signed in still (the cookie), and the request is in the usage.
     b.goto(&page).await;
     b.wait_for(
@@ -328,7 +328,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         "disabled",
     )
     .await;
-    until_status(&flux, &key, 401).await;
+    until_chat_status(&flux, &key, 401).await;
     b.run(&format!("{row}.querySelector('.act-toggle').click()"))
         .await;
     b.wait_for(
@@ -336,7 +336,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         "enabled",
     )
     .await;
-    until_status(&flux, &key, 200).await;
+    until_chat_status(&flux, &key, 200).await;
 
     // A monthly limit on the key.
     b.run(&format!(
@@ -361,8 +361,8 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
     .await;
     let rotated = b.text("#new-key-value").await;
     assert_ne!(rotated, key);
-    until_status(&flux, &key, 401).await;
-    until_status(&flux, &rotated, 200).await;
+    until_chat_status(&flux, &key, 401).await;
+    until_chat_status(&flux, &rotated, 200).await;
     b.click("#new-key-done").await;
 
     // Rename the new key, then delete it (the page asks with a second click).
@@ -384,7 +384,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         .await;
     b.wait_for(&format!("return !{renamed}"), "the row gone")
         .await;
-    until_status(&flux, &rotated, 401).await;
+    until_chat_status(&flux, &rotated, 401).await;
 
     // The account's ceiling.
     b.type_into("#ceiling-input", "12.5").await;

@@ -156,13 +156,20 @@ pub async fn chat_status(flux: &Flux, key: &str) -> u16 {
         .as_u16()
 }
 
-/// Poll chat requests with `key` until one answers `status` (at most 5 s); how long that
-/// took.
+/// Poll `GET /v1/models` with `key` (nothing spent) until it answers `status` (at most
+/// 5 s): the key is served, or refused; how long that took.
 pub async fn until_status(flux: &Flux, key: &str, status: u16) -> Duration {
+    let models = async || flux.get("/v1/models", key).await.status().as_u16();
+    until(flux, status, Duration::from_secs(5), "a key", models).await
+}
+
+/// Poll chat requests with `key` (which spend, and see holds and caps) until one answers
+/// `status` (at most 5 s); how long that took.
+pub async fn until_chat_status(flux: &Flux, key: &str, status: u16) -> Duration {
     until_status_within(flux, key, status, Duration::from_secs(5), "a key").await
 }
 
-/// [`until_status`] within `limit`; `what` is said (with the gateway's log) past it.
+/// Poll chat requests with `key` until one answers `status`, within `limit`; `what` is said (with the gateway's log) past it.
 pub async fn until_status_within(
     flux: &Flux,
     key: &str,
@@ -170,9 +177,22 @@ pub async fn until_status_within(
     limit: Duration,
     what: &str,
 ) -> Duration {
+    until(flux, status, limit, what, async || {
+        chat_status(flux, key).await
+    })
+    .await
+}
+
+async fn until(
+    flux: &Flux,
+    status: u16,
+    limit: Duration,
+    what: &str,
+    probe: impl AsyncFn() -> u16,
+) -> Duration {
     let started = Instant::now();
     loop {
-        let now = chat_status(flux, key).await;
+        let now = probe().await;
         if now == status {
             return started.elapsed();
         }
