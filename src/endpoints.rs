@@ -1,5 +1,6 @@
-//! Which endpoint a request path names, and for paths not served, what the caller likely
-//! got wrong (the mistakes from the troubleshooting guide).
+//! Which endpoint a request path names (and the pairs of its query string), and for paths
+//! not served, what the caller likely got wrong (the mistakes from the troubleshooting
+//! guide).
 
 use crate::errors::{ErrorKind, FluxError};
 use crate::wire::Format;
@@ -133,6 +134,17 @@ fn format_for_unknown(path: &str) -> Format {
     } else {
         Format::OpenAiChat
     }
+}
+
+/// A query string's `name=value` pairs, in order (empty ones skipped; a name without `=`
+/// has an empty value). Not percent-decoded: the parameters read from it are months, ids,
+/// names and numbers.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 /// 403 endpoint_not_served, diagnosing the usual base-URL mistakes.

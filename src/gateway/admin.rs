@@ -192,7 +192,7 @@ impl Admin {
     async fn usage(&self, query: Option<&str>) -> Result<serde_json::Value, FluxError> {
         let mut month = Month::of(unix_now());
         let mut key_name = None;
-        for (k, v) in super::query_pairs(query) {
+        for (k, v) in crate::endpoints::query_pairs(query) {
             match k {
                 "month" => {
                     month = v.parse().map_err(|_| {

@@ -177,7 +177,9 @@ impl Admin {
 
     /// This month's spend (or `?month=`), the last hour, the lanes.
     async fn overview(&self, query: Option<&str>, now: u64) -> Result<Reply, Stop> {
-        let month = match super::query_pairs(query).find_map(|(k, v)| (k == "month").then_some(v)) {
+        let month = match crate::endpoints::query_pairs(query)
+            .find_map(|(k, v)| (k == "month").then_some(v))
+        {
             Some(m) => m
                 .parse::<Month>()
                 .map_err(|_| bad("month must look like 2026-11"))?,

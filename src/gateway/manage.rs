@@ -152,7 +152,7 @@ impl Paging {
             limit: PAGE_DEFAULT,
             after: String::new(),
         };
-        for (k, v) in super::query_pairs(query) {
+        for (k, v) in crate::endpoints::query_pairs(query) {
             match k {
                 "limit" => {
                     paging.limit = v
@@ -440,7 +440,7 @@ async fn usage(
 ) -> Result<Value, FluxError> {
     let mut month = Month::of(unix_now());
     let mut by = "key".to_string();
-    for (k, v) in super::query_pairs(query) {
+    for (k, v) in crate::endpoints::query_pairs(query) {
         match k {
             "month" => month = v.parse().map_err(|_| bad("month must look like 2026-11"))?,
             "by" if matches!(v, "key" | "model" | "day") => by = v.to_string(),

@@ -330,17 +330,6 @@ impl ProxyHttp for Gateway {
 /// Whether an HTTP/1 request carried both `Content-Length` and `Transfer-Encoding`. Pingora
 /// removes the length from the parsed header (the encoding wins), so the received header is
 /// looked at, only when an encoding is there (rare: clients send a length).
-/// A query string's `name=value` pairs, in order (empty ones skipped; a name without `=`
-/// has an empty value). Not percent-decoded: the parameters read from it are months, ids,
-/// names and numbers.
-pub(crate) fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-}
-
 fn ambiguous_length(session: &Session) -> bool {
     if !session
         .req_header()

@@ -5,6 +5,8 @@
 pub mod accounts;
 pub mod browser;
 
+// Not every suite uses the accounts helpers.
+#[allow(unused_imports)]
 pub use accounts::*;
 
 use std::net::{SocketAddr, TcpListener};
