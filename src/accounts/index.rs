@@ -22,7 +22,8 @@ use super::model::{AccountRow, Change, KeyKind, KeyRow, KeyStatus};
 use crate::units::Usd;
 
 /// A key as the request path needs it: 80 bytes (96 with its `Arc`) plus its id and name.
-/// Its digest is the map's key; its creation time and last use are read from the store.
+/// Its digest is the map's key; its creation time is read from the store. Its last use is
+/// noted here (in what was padding) and written to the store in batches, which pages read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedKey {
     pub id: Box<str>,
