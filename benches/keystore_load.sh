@@ -38,9 +38,7 @@ case $PROVIDER in nginx | sim) ;; *) echo "PROVIDER must be nginx or sim" >&2; e
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-command -v wrk >/dev/null || apt_install wrk || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-nginx_bin=""
-[ "$PROVIDER" = nginx ] && find_nginx
+load_tools "$PROVIDER"
 
 bash scripts/bootstrap.sh
 log "building the release binary"
@@ -52,19 +50,7 @@ mapfile -t ports < <("${util[@]}" ports 3)
 provider_port=${ports[0]} gw_port=${ports[1]} admin_port=${ports[2]}
 start_provider "$PROVIDER" "$provider_port" "$provider_port"
 
-cat >"$work/lanes.yaml" <<'YAML'
-lanes:
-  express:
-    alias: flux-fast
-    title: Express Lane
-    price: { input_per_mtok: 1.0, cached_input_per_mtok: 0.25, output_per_mtok: 4.0 }
-    default: flux-pinned-bench
-models:
-  flux-pinned-bench: { upstream: gpt-4o-mini, provider: bench, lane: express, context_window: 128000, max_output_tokens: 16384, capabilities: [tools, vision, streaming] }
-auto:
-  rules:
-    - { name: default, lane: express }
-YAML
+one_lane "$work/lanes.yaml"
 config=$work/fluxrouter.yaml
 cat >"$config" <<YAML
 listen: ["127.0.0.1:$gw_port"]
