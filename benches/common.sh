@@ -20,6 +20,28 @@ find_nginx() { # -> nginx_bin (installed with apt-get when missing)
   fi
 }
 
+load_tools() { # provider: wrk, and nginx (-> nginx_bin) for the nginx provider, installed when missing
+  command -v wrk >/dev/null || apt_install wrk || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
+  nginx_bin=""
+  if [ "$1" = nginx ]; then find_nginx; fi
+}
+
+one_lane() { # path: lanes.yaml with one lane (flux-fast) and one model on provider `bench`
+  cat >"$1" <<'YAML'
+lanes:
+  express:
+    alias: flux-fast
+    title: Express Lane
+    price: { input_per_mtok: 1.0, cached_input_per_mtok: 0.25, output_per_mtok: 4.0 }
+    default: flux-pinned-bench
+models:
+  flux-pinned-bench: { upstream: gpt-4o-mini, provider: bench, lane: express, context_window: 128000, max_output_tokens: 16384, capabilities: [tools, vision, streaming] }
+auto:
+  rules:
+    - { name: default, lane: express }
+YAML
+}
+
 work=$(mktemp -d)
 declare -A procs=()
 stop() { # name: the process group started by `start`

@@ -47,19 +47,7 @@ start_provider nginx "$json_port" "$json_port"
 
 # Tokens of 32 characters at least, or the gateways refuse to start.
 export FLUX_ADMIN_TOKEN=bench-admin-token-0123456789abcdef FLUX_METRICS_TOKEN=bench-metrics-token-0123456789abcdef
-cat >"$work/lanes.yaml" <<'YAML'
-lanes:
-  express:
-    alias: flux-fast
-    title: Express Lane
-    price: { input_per_mtok: 1.0, cached_input_per_mtok: 0.25, output_per_mtok: 4.0 }
-    default: flux-pinned-bench
-models:
-  flux-pinned-bench: { upstream: gpt-4o-mini, provider: bench, lane: express, context_window: 128000, max_output_tokens: 16384, capabilities: [tools, vision, streaming] }
-auto:
-  rules:
-    - { name: default, lane: express }
-YAML
+one_lane "$work/lanes.yaml"
 node_config() { # index (0: local, 1-3: fleet) -> path
   local i=$1 dir="$work/node$1" redis=""
   mkdir -p "$dir"

@@ -120,6 +120,7 @@ fn setup(path: &Path, keys: usize) {
                 kind: KeyKind::Inference,
                 status: KeyStatus::Active,
                 expires_at: (i % 10 == 0).then_some(4_000_000_000),
+                revoke_at_expiry: false,
                 created_at: 1_800_000_000,
                 monthly_limit_usd: (i % 10 == 0).then_some(Usd(5 * PICOS_PER_USD)),
                 models: None,

@@ -64,9 +64,7 @@ wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-command -v wrk >/dev/null || apt_install wrk || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
-nginx_bin=""
-[ "$PROVIDER" = nginx ] && find_nginx
+load_tools "$PROVIDER"
 
 bash scripts/bootstrap.sh
 log "building the release binaries"

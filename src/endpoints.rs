@@ -1,5 +1,6 @@
-//! Which endpoint a request path names, and for paths not served, what the caller likely
-//! got wrong (the mistakes from the troubleshooting guide).
+//! Which endpoint a request path names (and the pairs of its query string), and for paths
+//! not served, what the caller likely got wrong (the mistakes from the troubleshooting
+//! guide).
 
 use crate::errors::{ErrorKind, FluxError};
 use crate::wire::Format;
@@ -113,10 +114,13 @@ impl Endpoint {
     }
 }
 
+/// Every route of the client listener, for a diagnosis to list (each path in it is
+/// classified by [`Endpoint::from_path`]: a test holds them together).
 const SERVED: &str =
     "FluxRouter serves POST /v1/chat/completions, POST /v1/responses, GET /v1/models, \
 GET /v1/usage, POST /anthropic/v1/messages and POST /anthropic/v1/messages/count_tokens; \
-with a management key, /v1/keys and /v1/account.";
+with a management key, /v1/keys, /v1/keys/{id}, /v1/keys/{id}/rotate, /v1/account and \
+/v1/account/usage; and the account owner's page, GET /account.";
 
 /// The format whose error body the client on this path reads.
 pub fn format_for(path: &str) -> Format {
@@ -130,6 +134,17 @@ fn format_for_unknown(path: &str) -> Format {
     } else {
         Format::OpenAiChat
     }
+}
+
+/// A query string's `name=value` pairs, in order (empty ones skipped; a name without `=`
+/// has an empty value). Not percent-decoded: the parameters read from it are months, ids,
+/// names and numbers.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 /// 403 endpoint_not_served, diagnosing the usual base-URL mistakes.
@@ -160,7 +175,7 @@ pub fn not_served(path: &str) -> FluxError {
         )
     } else if matches!(
         trimmed(path),
-        "/chat/completions" | "/responses" | "/models" | "/completions"
+        "/chat/completions" | "/responses" | "/models" | "/completions" | "/usage" | "/keys"
     ) {
         format!(
             "'{shown}' is missing /v1: set your OpenAI base URL to http(s)://<host>/v1 so \
@@ -219,6 +234,8 @@ mod tests {
             ("/v1/messages", "without /anthropic"),
             ("/anthropic/messages", "missing /v1 after /anthropic"),
             ("/wp-admin", "is not an endpoint"),
+            ("/keys", "missing /v1"),
+            ("/acount", "is not an endpoint"),
         ];
         for (path, expect) in cases {
             let e = not_served(path);
@@ -233,5 +250,27 @@ mod tests {
         assert_eq!(format_for("/chat"), Format::OpenAiChat);
         assert_eq!(format_for("/anthropic/v1/messages"), Format::Anthropic);
         assert_eq!(format_for("/v1/responses"), Format::OpenAiResponses);
+        // A mistyped path to the owner's page is told where the page is.
+        assert!(not_served("/acount").message.contains("GET /account."));
+    }
+
+    #[test]
+    fn every_route_a_diagnosis_lists_is_served() {
+        let listed: Vec<&str> = SERVED
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+            .map(|w| w.trim_end_matches('.'))
+            .filter(|w| w.starts_with('/'))
+            .collect();
+        assert!(listed.len() >= 12, "{listed:?}");
+        for path in listed {
+            let path = path.replace("{id}", "key_abc");
+            assert!(
+                Endpoint::from_path(&path).is_some(),
+                "{path} is listed but not served"
+            );
+        }
+        for served in ["/account", "/v1/keys/key_abc/rotate", "/v1/account/usage"] {
+            assert!(SERVED.contains(served.replace("key_abc", "{id}").as_str()));
+        }
     }
 }

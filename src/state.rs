@@ -170,7 +170,11 @@ impl AppState {
         let plans = |plan: &str| self.plan_terms.get(plan).cloned();
         self.keys.load().authenticate_or(presented, now, &|digest| {
             let found = self.directory.lookup(digest)?;
-            Some(crate::auth::from_store(&found, &plans, now))
+            let account = crate::auth::from_store(&found, &plans, now);
+            if account.is_ok() {
+                self.directory.record_use(&found.0, now);
+            }
+            Some(account)
         })
     }
 
@@ -185,7 +189,11 @@ impl AppState {
         if let Some(found) =
             presented.and_then(|p| self.directory.lookup(&crate::accounts::digest_of(p)))
         {
-            return crate::auth::manager_from_store(&found, now);
+            let manager = crate::auth::manager_from_store(&found, now);
+            if manager.is_ok() {
+                self.directory.record_use(&found.0, now);
+            }
+            return manager;
         }
         self.authenticate(presented, now)?;
         Err(crate::auth::inference_key_on_management())

@@ -10,50 +10,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Run `fluxrouter accounts ...`; its stdout, trimmed.
-fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = flux.cli(&all);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// An account made with the CLI and a management key of it, served by the gateway.
-async fn account_with_manager(flux: &Flux, name: &str) -> String {
-    accounts_cli(flux, &["new", "--name", name, "--plan", "payg"]);
-    let manager = accounts_cli(
-        flux,
-        &[
-            "key",
-            "--account",
-            name,
-            "--name",
-            "manager",
-            "--management",
-        ],
-    );
-    let started = Instant::now();
-    loop {
-        let r = flux
-            .client
-            .get(format!("{}/v1/keys", flux.base))
-            .bearer_auth(&manager)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            return manager;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `POST /account/api/session` with `key`, behind a TLS proxy when `https`.
 async fn session_with(flux: &Flux, key: &str, https: bool) -> reqwest::Response {
     let mut r = flux
@@ -119,8 +75,8 @@ impl Page<'_> {
 #[tokio::test]
 async fn the_page_needs_a_management_key_a_session_and_its_csrf_token() {
     let flux = Flux::start().await;
-    let alice = account_with_manager(&flux, "alice-corp").await;
-    let bob = account_with_manager(&flux, "bob-corp").await;
+    let (_, alice) = account_with_manager(&flux, "alice-corp", "payg").await;
+    let (_, bob) = account_with_manager(&flux, "bob-corp", "payg").await;
     let url = |path: &str| format!("{}{path}", flux.base);
 
     // The page is static, served without a session, its script allowed by hash only.
@@ -204,12 +160,7 @@ async fn the_page_needs_a_management_key_a_session_and_its_csrf_token() {
         .send(Method::GET, "/account/api/keys", None, None)
         .await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = keys["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = names(&keys["data"]);
     assert!(
         names.contains(&"ci") && !names.contains(&"sneaky"),
         "{names:?}"
@@ -307,23 +258,10 @@ fn row_of(name: &str) -> String {
     )
 }
 
-/// Wait until `key` gets `status` on a chat request.
-async fn until_status(flux: &Flux, key: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = flux.chat_with_key(&ping("flux-fast"), key).await;
-        if r.status() == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {status}: {}", r.status());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() {
     let flux = Flux::start().await;
-    let manager = account_with_manager(&flux, "acme").await;
+    let (_, manager) = account_with_manager(&flux, "acme", "payg").await;
     let b = browser::Browser::start().await;
     let page = format!("{}/account", flux.base);
     b.goto(&page).await;
@@ -365,7 +303,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
     b.screenshot(&shots().join("2-new-key.png")).await;
     b.click("#new-key-done").await;
     assert_eq!(b.text("#new-key-value").await, "", "shown once");
-    until_status(&flux, &key, 200).await;
+    until_chat_status(&flux, &key, 200).await;
     // Reload the page: signed in still (the cookie), and the request is in the usage.
     b.goto(&page).await;
     b.wait_for(
@@ -391,7 +329,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         "disabled",
     )
     .await;
-    until_status(&flux, &key, 401).await;
+    until_chat_status(&flux, &key, 401).await;
     b.run(&format!("{row}.querySelector('.act-toggle').click()"))
         .await;
     b.wait_for(
@@ -399,7 +337,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         "enabled",
     )
     .await;
-    until_status(&flux, &key, 200).await;
+    until_chat_status(&flux, &key, 200).await;
 
     // A monthly limit on the key.
     b.run(&format!(
@@ -424,8 +362,8 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
     .await;
     let rotated = b.text("#new-key-value").await;
     assert_ne!(rotated, key);
-    until_status(&flux, &key, 401).await;
-    until_status(&flux, &rotated, 200).await;
+    until_chat_status(&flux, &key, 401).await;
+    until_chat_status(&flux, &rotated, 200).await;
     b.click("#new-key-done").await;
 
     // Rename the new key, then delete it (the page asks with a second click).
@@ -447,7 +385,7 @@ async fn in_a_real_browser_an_owner_signs_in_and_manages_keys_and_the_ceiling() 
         .await;
     b.wait_for(&format!("return !{renamed}"), "the row gone")
         .await;
-    until_status(&flux, &rotated, 401).await;
+    until_chat_status(&flux, &rotated, 401).await;
 
     // The account's ceiling.
     b.type_into("#ceiling-input", "12.5").await;

@@ -7,19 +7,6 @@ use common::*;
 use fluxrouter::units::Usd;
 use serde_json::{json, Value};
 
-/// Create an account with the CLI; returns its id.
-fn new_account(flux: &Flux, name: &str, plan: &str) -> String {
-    let out = flux.cli(&["keys", "account", "--name", name, "--plan", plan]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(id.starts_with("acct_"), "{id}");
-    id
-}
-
 /// Create a key of `account` with the CLI (usable at once); returns the key.
 fn key_of(flux: &Flux, account: &str, name: &str, limit: Option<&str>) -> String {
     let mut args = vec!["keys", "new", "--account", account, "--name", name];
@@ -49,7 +36,7 @@ fn usd(v: &Value) -> Usd {
 async fn three_keys_of_one_free_account_share_its_allowance_under_200_concurrent_requests() {
     let flux = Flux::start().await;
     // "tiny": a free allowance of $0.05 a month.
-    let account = new_account(&flux, "team", "tiny");
+    let account = new_file_account(&flux, "team", "tiny");
     let keys: Vec<String> = ["ci", "laptop", "server"]
         .iter()
         .map(|name| key_of(&flux, "team", name, None))
@@ -117,7 +104,7 @@ async fn three_keys_of_one_free_account_share_its_allowance_under_200_concurrent
 #[tokio::test]
 async fn a_key_over_its_own_limit_gets_402_while_its_siblings_go_on() {
     let flux = Flux::start().await;
-    new_account(&flux, "shop", "payg");
+    new_file_account(&flux, "shop", "payg");
     let limited = key_of(&flux, "shop", "intern", Some("0.001"));
     let free_hand = key_of(&flux, "shop", "lead", None);
     flux.wait_for_key(&limited).await;
@@ -183,49 +170,6 @@ async fn a_key_file_from_before_accounts_still_serves_and_each_key_is_its_own_ac
 }
 
 /// Run `fluxrouter accounts ...`; its stdout, trimmed.
-fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = flux.cli(&all);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The same, without the admin token: the command cannot ask the gateway to load its
-/// change, so the gateway has it only from following the store's feed.
-fn accounts_cli_unconfirmed(flux: &Flux, args: &[&str]) -> String {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = cli_at(&flux.config, &all, None);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Poll `GET /v1/models` with `key` until it answers `status`; how long that took.
-async fn until_status(flux: &Flux, key: &str, status: u16) -> std::time::Duration {
-    let started = std::time::Instant::now();
-    loop {
-        let r = flux.get("/v1/models", key).await;
-        if r.status().as_u16() == status {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "still {} after 5 s",
-            r.status()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_key_made_in_the_key_store_serves_at_once_and_a_revoked_one_stops_at_once() {
     let flux = Flux::start().await;

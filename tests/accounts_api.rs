@@ -11,41 +11,6 @@ use fluxrouter::units::Usd;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Run `fluxrouter accounts ...`; its stdout, trimmed.
-fn accounts_cli(flux: &Flux, args: &[&str]) -> String {
-    let mut all = vec!["accounts"];
-    all.extend_from_slice(args);
-    let out = flux.cli(&all);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// An account made with the CLI and a management key of it, served by the gateway.
-async fn account_with_manager(flux: &Flux, name: &str, plan: &str) -> (String, String) {
-    let id = accounts_cli(flux, &["new", "--name", name, "--plan", plan]);
-    let manager = accounts_cli(
-        flux,
-        &[
-            "key",
-            "--account",
-            name,
-            "--name",
-            "manager",
-            "--management",
-        ],
-    );
-    let started = Instant::now();
-    while call(flux, Method::GET, "/v1/keys", &manager, None).await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(5), "never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (id, manager)
-}
-
 /// A request on the client listener: status and JSON body.
 async fn call(
     flux: &Flux,
@@ -54,51 +19,14 @@ async fn call(
     key: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    send(flux, &flux.base, method, path, Some(key), body).await
+    json_call(flux, &flux.base, method, path, Some(key), body).await
 }
 
-/// A request on the admin listener with the admin token.
-async fn admin(flux: &Flux, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    send(
-        flux,
-        &flux.admin_base,
-        method,
-        path,
-        Some(ADMIN_TOKEN),
-        body,
-    )
-    .await
-}
-
-async fn send(
-    flux: &Flux,
-    base: &str,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = flux.client.request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn chat_status(flux: &Flux, key: &str) -> u16 {
-    flux.chat_with_key(&ping("flux-fast"), key)
-        .await
-        .status()
-        .as_u16()
+/// `POST /v1/keys` with `body`, which must answer 201: the new key (its secret in `key`).
+async fn new_key(flux: &Flux, manager: &str, body: Value) -> Value {
+    let (status, made) = call(flux, Method::POST, "/v1/keys", manager, Some(body)).await;
+    assert_eq!(status, 201, "{made}");
+    made
 }
 
 fn usd(v: &Value) -> Option<Usd> {
@@ -140,12 +68,7 @@ async fn an_owner_manages_the_account_s_keys_and_a_made_or_disabled_key_counts_a
     // Listed and read: never a secret.
     let (status, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = names(&listed["data"]);
     assert_eq!(names, ["ci", "manager"], "{listed}");
     assert!(!listed.to_string().contains(&secret[3..]), "{listed}");
     assert!(listed["data"]
@@ -419,7 +342,7 @@ async fn another_account_s_keys_are_404_on_every_endpoint_and_nothing_changes() 
 }
 
 #[tokio::test]
-async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
+async fn a_rotated_key_works_through_its_grace_period_then_is_revoked() {
     let flux = Flux::start().await;
     let (_, manager) = account_with_manager(&flux, "rotator", "payg").await;
     let (_, made) = call(
@@ -461,13 +384,15 @@ async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
     assert_eq!(rotated["name"], "server");
     assert_eq!(usd(&rotated["monthly_limit_usd"]), dollars("3"));
     assert!(rotated["rotated"]["expires_at"].is_u64(), "{rotated}");
+    assert_eq!(rotated["rotated"]["revoke_at_expiry"], true, "{rotated}");
+    assert_eq!(rotated["rotated"]["status"], "active", "{rotated}");
     assert!(rotated["rotated"].get("key").is_none(), "{rotated}");
     assert_eq!(chat_status(&flux, &new).await, 200);
     assert_eq!(chat_status(&flux, &old).await, 200, "the grace period");
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = flux.chat_with_key(&ping("flux-fast"), &old).await;
     let message = expect_openai_error(r, 401, "invalid_api_key").await;
-    assert!(message.contains("expired"), "{message}");
+    assert!(message.contains("revoked"), "{message}");
     assert_eq!(chat_status(&flux, &new).await, 200);
     let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
     let states: Vec<(&str, &str)> = listed["data"]
@@ -480,8 +405,17 @@ async fn a_rotated_key_works_through_its_grace_period_then_is_refused() {
     assert!(
         states
             .iter()
-            .any(|(n, s)| n.starts_with("server (rotated") && *s == "expired"),
+            .any(|(n, s)| n.starts_with("server (rotated") && *s == "revoked"),
         "{states:?}"
+    );
+    // Revoked for good: it cannot be enabled again.
+    let old_id = rotated["rotated"]["id"].as_str().unwrap();
+    let revive = json!({"disabled": false});
+    let path = format!("/v1/keys/{old_id}");
+    assert_error(
+        &call(&flux, Method::PATCH, &path, &manager, Some(revive)).await,
+        409,
+        "conflict",
     );
 }
 
@@ -642,7 +576,7 @@ async fn an_owner_sets_a_ceiling_within_the_plan_s_and_reads_usage_by_key_model_
 #[tokio::test]
 async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     let flux = Flux::start().await;
-    let forbidden = send(
+    let forbidden = json_call(
         &flux,
         &flux.admin_base,
         Method::POST,
@@ -652,7 +586,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     )
     .await;
     assert_error(&forbidden, 403, "admin_forbidden");
-    let unknown_plan = admin(
+    let unknown_plan = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -661,7 +595,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     .await;
     assert_error(&unknown_plan, 400, "invalid_request");
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/accounts",
@@ -672,7 +606,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "invalid_request",
     );
 
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -690,7 +624,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
     assert_eq!(usd(&account["ceiling_usd"]), dollars("20"));
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/accounts",
@@ -703,11 +637,11 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 
     // Keys: an inference key serves at once; a management key manages.
     let keys = format!("/admin/v1/accounts/{id}/keys");
-    let (status, key) = admin(&flux, Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    let (status, key) = admin_call(&flux, Method::POST, &keys, Some(json!({"name": "web"}))).await;
     assert_eq!(status, 201, "{key}");
     let secret = key["key"].as_str().unwrap().to_string();
     assert_eq!(chat_status(&flux, &secret).await, 200);
-    let (status, manager) = admin(
+    let (status, manager) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -729,7 +663,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "{listed}"
     );
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             &keys,
@@ -741,7 +675,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
 
     // Read back, one and all, with keys and never a secret.
-    let (status, one) = admin(
+    let (status, one) = admin_call(
         &flux,
         Method::GET,
         &format!("/admin/v1/accounts/{id}"),
@@ -750,7 +684,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     .await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["keys"].as_array().unwrap().len(), 2, "{one}");
-    let (_, all) = admin(&flux, Method::GET, "/admin/v1/accounts", None).await;
+    let (_, all) = admin_call(&flux, Method::GET, "/admin/v1/accounts", None).await;
     assert!(
         all["data"]
             .as_array()
@@ -765,14 +699,14 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         );
     }
     assert_error(
-        &admin(&flux, Method::GET, "/admin/v1/accounts/acct_missing", None).await,
+        &admin_call(&flux, Method::GET, "/admin/v1/accounts/acct_missing", None).await,
         404,
         "not_found",
     );
 
     // The billing system: a card added; a failed payment holds the account at once; paid.
     let account_path = format!("/admin/v1/accounts/{id}");
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -784,7 +718,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         (200, Some(true)),
         "{v}"
     );
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -794,7 +728,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     assert_eq!((status, v["on_hold"].as_bool()), (200, Some(true)), "{v}");
     let r = flux.chat_with_key(&ping("flux-fast"), &secret).await;
     expect_openai_error(r, 402, "account_on_hold").await;
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         &flux,
         Method::PATCH,
         &account_path,
@@ -805,7 +739,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     assert!(v["ceiling_usd"].is_null(), "{v}");
     assert_eq!(chat_status(&flux, &secret).await, 200);
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::PATCH,
             &account_path,
@@ -816,7 +750,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "invalid_request",
     );
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::PATCH,
             &account_path,
@@ -829,7 +763,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 
     // Revoked: refused at once, for good.
     let revoke = format!("/admin/v1/keys/{}/revoke", key["id"].as_str().unwrap());
-    let (status, v) = admin(&flux, Method::POST, &revoke, None).await;
+    let (status, v) = admin_call(&flux, Method::POST, &revoke, None).await;
     assert_eq!(
         (status, v["status"].as_str()),
         (200, Some("revoked")),
@@ -837,7 +771,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
     );
     assert_eq!(chat_status(&flux, &secret).await, 401);
     assert_error(
-        &admin(
+        &admin_call(
             &flux,
             Method::POST,
             "/admin/v1/keys/key_missing/revoke",
@@ -848,7 +782,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
         "not_found",
     );
     assert_error(
-        &admin(&flux, Method::DELETE, &account_path, None).await,
+        &admin_call(&flux, Method::DELETE, &account_path, None).await,
         405,
         "method_not_allowed",
     );
@@ -857,7 +791,7 @@ async fn operators_and_a_billing_system_manage_accounts_on_the_admin_api() {
 #[tokio::test]
 async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
     let flux = Flux::start().await;
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -869,7 +803,7 @@ async fn the_console_lists_accounts_and_their_keys_with_spend_and_no_secret() {
         "/admin/v1/accounts/{}/keys",
         account["id"].as_str().unwrap()
     );
-    let (_, key) = admin(
+    let (_, key) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -950,7 +884,7 @@ async fn the_cli_rotates_a_key_as_the_api_does() {
 #[tokio::test]
 async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
     let flux = Flux::start().await;
-    let (_, account) = admin(
+    let (_, account) = admin_call(
         &flux,
         Method::POST,
         "/admin/v1/accounts",
@@ -961,7 +895,7 @@ async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
         "/admin/v1/accounts/{}/keys",
         account["id"].as_str().unwrap()
     );
-    let (_, key) = admin(
+    let (_, key) = admin_call(
         &flux,
         Method::POST,
         &keys,
@@ -996,4 +930,254 @@ async fn in_a_real_browser_the_accounts_view_shows_accounts_and_keys() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     b.screenshot(&dir.join("accounts.png")).await;
+}
+
+#[tokio::test]
+async fn a_key_s_last_use_shows_in_the_owner_s_and_the_operator_s_listings() {
+    let flux = Flux::start().await;
+    let (account, manager) = account_with_manager(&flux, "user", "payg").await;
+    let made = new_key(&flux, &manager, json!({"name": "app"})).await;
+    assert!(made["last_used_at"].is_null(), "{made}");
+    let (key, id) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(chat_status(&flux, &key).await, 200);
+    let used = fluxrouter::units::clock::unix_now();
+    // Written in the background every few seconds, not by the request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last_used = loop {
+        let (_, listed) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
+        let mine = with_id(&listed["data"], &id);
+        if let Some(t) = mine["last_used_at"].as_u64() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "never shown: {mine}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(last_used.abs_diff(used) <= 60, "{last_used} vs {used}");
+    let shown = admin_account(&flux, &account).await;
+    let mine = with_id(&shown["keys"], &id);
+    assert_eq!(mine["last_used_at"], last_used, "{shown}");
+    let listed = accounts_cli(&flux, &["list"]);
+    assert!(
+        listed.contains(&format!("app\tinference\tactive\tlast used {last_used}")),
+        "{listed}"
+    );
+}
+
+/// `body` as it is (a key may appear twice), with `headers`: status and JSON body.
+async fn raw(
+    flux: &Flux,
+    url: String,
+    method: Method,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, Value) {
+    let mut req = flux
+        .client
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// At `url`, `twice` (a body with `key` twice) is a 400 that names the key, and a body over
+/// 64 KiB a 413.
+async fn refuses_twice_and_too_large(
+    flux: &Flux,
+    url: String,
+    method: Method,
+    headers: &[(&str, &str)],
+    twice: &str,
+    key: &str,
+) {
+    let answer = raw(flux, url.clone(), method.clone(), headers, twice.into()).await;
+    assert_error(&answer, 400, "invalid_request");
+    let message = answer.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("'{key}' appears more than once")),
+        "{url}: {message}"
+    );
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(65 * 1024));
+    let answer = raw(flux, url, method, headers, big).await;
+    assert_error(&answer, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_field_twice_or_a_body_over_64_kib_is_refused_by_every_accounts_api() {
+    let flux = Flux::start().await;
+    let (account, manager) = account_with_manager(&flux, "dup", "payg").await;
+    let made = new_key(&flux, &manager, json!({"name": "app"})).await;
+    let key_id = made["id"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {manager}");
+    let admin_bearer = format!("Bearer {ADMIN_TOKEN}");
+
+    // The management API, with the account's management key.
+    let owner: [(Method, String, &str, &str); 4] = [
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            r#"{"name":"a","name":"b"}"#,
+            "name",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{key_id}"),
+            r#"{"disabled":true,"name":"n","disabled":false}"#,
+            "disabled",
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key_id}/rotate"),
+            r#"{"grace_seconds":0,"grace_seconds":60}"#,
+            "grace_seconds",
+        ),
+        (
+            Method::PATCH,
+            "/v1/account".into(),
+            r#"{"ceiling_usd":"1","ceiling_usd":null}"#,
+            "ceiling_usd",
+        ),
+    ];
+    let auth = [("authorization", bearer.as_str())];
+    for (method, path, twice, key) in owner {
+        let url = format!("{}{path}", flux.base);
+        refuses_twice_and_too_large(&flux, url, method, &auth, twice, key).await;
+    }
+
+    // The operators' accounts API.
+    let operator: [(Method, String, &str, &str); 3] = [
+        (
+            Method::POST,
+            "/admin/v1/accounts".into(),
+            r#"{"name":"twice","plan":"payg","plan":"pro"}"#,
+            "plan",
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/v1/accounts/{account}"),
+            r#"{"on_hold":true,"on_hold":false}"#,
+            "on_hold",
+        ),
+        (
+            Method::POST,
+            format!("/admin/v1/accounts/{account}/keys"),
+            r#"{"name":"k","kind":"inference","kind":"management"}"#,
+            "kind",
+        ),
+    ];
+    let auth = [("authorization", admin_bearer.as_str())];
+    for (method, path, twice, key) in operator {
+        let url = format!("{}{path}", flux.admin_base);
+        refuses_twice_and_too_large(&flux, url, method, &auth, twice, key).await;
+    }
+
+    // The owner's page: sign-in, then its JSON API behind the session.
+    let session = format!("{}/account/api/session", flux.base);
+    let twice = format!(r#"{{"key":"{manager}","key":"sk-other"}}"#);
+    refuses_twice_and_too_large(&flux, session.clone(), Method::POST, &[], &twice, "key").await;
+    let r = flux
+        .client
+        .post(&session)
+        .json(&json!({ "key": manager }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = header(&r, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = r.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signed = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let keys = format!("{}/account/api/keys", flux.base);
+    let twice = r#"{"name":"a","name":"b"}"#;
+    refuses_twice_and_too_large(&flux, keys, Method::POST, &signed, twice, "name").await;
+
+    // Nothing was changed by any of them.
+    let shown = admin_account(&flux, &account).await;
+    assert_eq!(shown["on_hold"], false, "{shown}");
+    assert!(shown["ceiling_usd"].is_null(), "{shown}");
+    let names = names(&shown["keys"]);
+    assert_eq!(names, ["app", "manager"], "{shown}");
+    let (status, _) = admin_call(&flux, Method::GET, "/admin/v1/accounts/twice", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_admin_accounts_list_and_an_owner_s_key_list_come_in_pages() {
+    let flux = Flux::start().await;
+    let (_, manager) = account_with_manager(&flux, "pager", "payg").await;
+    for i in 0..4 {
+        new_key(&flux, &manager, json!({"name": format!("k{i}")})).await;
+    }
+    for i in 0..4 {
+        let body = json!({"name": format!("acct{i}"), "plan": "payg"});
+        let (status, v) = admin_call(&flux, Method::POST, "/admin/v1/accounts", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+
+    // Walk both listings two at a time: every item once, in id order, then has_more false.
+    let walk = |base: String, count: usize, owner: bool| {
+        let flux = &flux;
+        let manager = manager.clone();
+        async move {
+            let mut ids: Vec<String> = Vec::new();
+            let mut after = String::new();
+            loop {
+                let path = format!("{base}?limit=2&after={after}");
+                let (status, page) = if owner {
+                    call(flux, Method::GET, &path, &manager, None).await
+                } else {
+                    admin_call(flux, Method::GET, &path, None).await
+                };
+                assert_eq!(status, 200, "{page}");
+                let data = page["data"].as_array().unwrap();
+                assert!(data.len() <= 2, "{page}");
+                ids.extend(data.iter().map(|v| v["id"].as_str().unwrap().to_string()));
+                if page["has_more"] == false {
+                    assert!(page["next"].is_null(), "{page}");
+                    break;
+                }
+                after = page["next"].as_str().unwrap().to_string();
+                assert_eq!(ids.last().unwrap(), &after);
+            }
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(ids, sorted, "in id order, each once");
+            assert_eq!(ids.len(), count, "{ids:?}");
+        }
+    };
+    walk("/v1/keys".into(), 5, true).await; // four keys and the management key
+    walk("/admin/v1/accounts".into(), 5, false).await; // four accounts and "pager"
+
+    // The default page is 100; the most is 1,000.
+    let (_, all) = call(&flux, Method::GET, "/v1/keys", &manager, None).await;
+    assert_eq!(
+        (all["data"].as_array().unwrap().len(), &all["has_more"]),
+        (5, &json!(false))
+    );
+    for bad in ["limit=0", "limit=1001", "limit=x", "page=2"] {
+        let owner_path = format!("/v1/keys?{bad}");
+        let owner = call(&flux, Method::GET, &owner_path, &manager, None).await;
+        assert_error(&owner, 400, "invalid_request");
+        let admin_path = format!("/admin/v1/accounts?{bad}");
+        let operator = admin_call(&flux, Method::GET, &admin_path, None).await;
+        assert_error(&operator, 400, "invalid_request");
+    }
 }

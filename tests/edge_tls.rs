@@ -643,6 +643,8 @@ async fn the_proxy_protocol_names_the_client_address_and_is_required() {
     let flux = Flux::start_custom(&Custom {
         extra_listen: &listen,
         extra_admin_listen: &admin_listen,
+        // Ten wrong tokens an address, then 429 (limits.per_address).
+        extra_limits: "per_address: { failed_auth_per_minute: 10 }",
         ..Custom::default()
     })
     .await;
@@ -893,6 +895,7 @@ async fn a_proxy_header_comes_before_the_tls_handshake() {
     let _flux = Flux::start_custom(&Custom {
         extra_admin_listen: &admin_listen,
         files: &files,
+        extra_limits: "per_address: { failed_auth_per_minute: 10 }",
         ..Custom::default()
     })
     .await;

@@ -977,19 +977,6 @@ async fn redis_counts_per_account_a_key_limit_holds_and_a_key_from_before_accoun
     }
 }
 
-/// Create an account with the CLI (in the keys file every node reads); returns its id.
-fn new_account(node: &Flux, name: &str, plan: &str) -> String {
-    let out = node.cli(&["keys", "account", "--name", name, "--plan", plan]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(id.starts_with("acct_"), "{id}");
-    id
-}
-
 /// A key of `account` that every node accepts.
 async fn key_of(nodes: &[Flux], account: &str, name: &str, limit: Option<&str>) -> String {
     let mut args = vec!["keys", "new", "--account", account, "--name", name];
@@ -1020,7 +1007,7 @@ async fn two_gateways_hold_three_keys_of_one_account_to_its_one_allowance() {
     let redis = Redis::start();
     let nodes = fleet_of(2, &fleet_config(&redis, ""), TEST_LANES).await;
     // "tiny": a free allowance of $0.05 a month, for the account.
-    let account = new_account(&nodes[0], "team", "tiny");
+    let account = new_file_account(&nodes[0], "team", "tiny");
     let mut keys = Vec::new();
     for name in ["ci", "laptop", "server"] {
         keys.push(key_of(&nodes, "team", name, None).await);
@@ -1081,7 +1068,7 @@ async fn two_gateways_hold_three_keys_of_one_account_to_its_one_allowance() {
 async fn a_key_over_its_own_limit_is_refused_by_every_gateway_while_its_sibling_goes_on() {
     let redis = Redis::start();
     let nodes = fleet_of(2, &fleet_config(&redis, ""), TEST_LANES).await;
-    new_account(&nodes[0], "shop", "payg");
+    new_file_account(&nodes[0], "shop", "payg");
     let limited = key_of(&nodes, "shop", "intern", Some("0.001")).await;
     let free_hand = key_of(&nodes, "shop", "lead", None).await;
 
@@ -1299,7 +1286,7 @@ async fn served_while_redis_is_down_an_account_s_keys_are_billed_to_the_account_
         redis.url()
     );
     let nodes = fleet_of(2, &config, TEST_LANES).await;
-    new_account(&nodes[0], "team", "tiny");
+    new_file_account(&nodes[0], "team", "tiny");
     let first = key_of(&nodes, "team", "first", None).await;
     let second = key_of(&nodes, "team", "second", Some("0.04")).await;
     let body = ping("flux-pinned-alpha");
@@ -1474,51 +1461,9 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     );
 }
 
-/// A request on a gateway's admin listener with the admin token: status and JSON body.
-async fn admin(
-    node: &Flux,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = node
-        .client
-        .request(method, format!("{}{path}", node.admin_base))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn chat_status(node: &Flux, key: &str) -> u16 {
-    node.chat_with_key(&ping("flux-fast"), key)
-        .await
-        .status()
-        .as_u16()
-}
-
 /// Wait until `node` answers `key` with `status`; how long that took (at most a second).
 async fn within_a_second(node: &Flux, key: &str, status: u16, what: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = chat_status(node, key).await;
-        if now == status {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{what}: still {now} after a second: {}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_status_within(node, key, status, Duration::from_secs(1), what).await
 }
 
 #[tokio::test]
@@ -1530,7 +1475,7 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     let (a, b) = (&nodes[0], &nodes[1]);
 
     // An account and a key made through A's admin API serve on B.
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         a,
         Method::POST,
         "/admin/v1/accounts",
@@ -1540,25 +1485,25 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     assert_eq!(status, 201, "{account}");
     let id = account["id"].as_str().unwrap().to_string();
     let keys = format!("/admin/v1/accounts/{id}/keys");
-    let (status, web) = admin(a, Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    let (status, web) = admin_call(a, Method::POST, &keys, Some(json!({"name": "web"}))).await;
     assert_eq!(status, 201, "{web}");
     let web_secret = web["key"].as_str().unwrap().to_string();
     let took = within_a_second(b, &web_secret, 200, "a key made through A, on B").await;
     eprintln!("a key made through gateway A served by B after {took:?}");
-    let (status, app) = admin(a, Method::POST, &keys, Some(json!({"name": "app"}))).await;
+    let (status, app) = admin_call(a, Method::POST, &keys, Some(json!({"name": "app"}))).await;
     assert_eq!(status, 201, "{app}");
     let app_secret = app["key"].as_str().unwrap().to_string();
     within_a_second(b, &app_secret, 200, "a second key on B").await;
 
     // Revoked through B: refused on A.
     let revoke = format!("/admin/v1/keys/{}/revoke", web["id"].as_str().unwrap());
-    let (status, v) = admin(b, Method::POST, &revoke, None).await;
+    let (status, v) = admin_call(b, Method::POST, &revoke, None).await;
     assert_eq!(status, 200, "{v}");
     let took = within_a_second(a, &web_secret, 401, "a key revoked through B, on A").await;
     eprintln!("a key revoked through gateway B refused by A after {took:?}");
 
     // Put on hold through A: 402 on B.
-    let (status, v) = admin(
+    let (status, v) = admin_call(
         a,
         Method::PATCH,
         &format!("/admin/v1/accounts/{id}"),
@@ -1571,7 +1516,7 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
 
     // A key of another account, made through B's admin API, then a gateway started after all
     // of it: it knows every write from its first request.
-    let (status, other) = admin(
+    let (status, other) = admin_call(
         b,
         Method::POST,
         "/admin/v1/accounts",
@@ -1579,7 +1524,7 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     )
     .await;
     assert_eq!(status, 201, "{other}");
-    let (status, lab) = admin(
+    let (status, lab) = admin_call(
         b,
         Method::POST,
         &format!("/admin/v1/accounts/{}/keys", other["id"].as_str().unwrap()),
@@ -1598,7 +1543,7 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     assert_eq!(chat_status(&c, &lab_secret).await, 200, "{}", c.log());
     assert_eq!(chat_status(&c, &web_secret).await, 401, "revoked");
     assert_eq!(chat_status(&c, &app_secret).await, 402, "on hold");
-    let (_, listed) = admin(&c, Method::GET, "/admin/v1/accounts", None).await;
+    let (_, listed) = admin_call(&c, Method::GET, "/admin/v1/accounts", None).await;
     assert!(listed.to_string().contains("\"lab\""), "{listed}");
 
     // The CLI on B's host writes through Redis too: A serves its key.
@@ -1616,9 +1561,33 @@ async fn the_key_store_is_the_fleet_s_a_change_through_any_gateway_holds_on_all_
     let took = within_a_second(a, &ops, 200, "a key made with the CLI on B's host, on A").await;
     eprintln!("a key made with the CLI beside gateway B served by A after {took:?}");
 
+    // Rotated with the CLI beside B, with a second's grace: A serves the new key at once,
+    // and once the grace is over refuses the old one as revoked, and lists it so.
+    let shown = admin_account(a, "ops").await;
+    let ops_id = shown["keys"][0]["id"].as_str().unwrap().to_string();
+    let rotated = cli(&["accounts", "rotate", &ops_id, "--grace-seconds", "1"]);
+    within_a_second(a, &rotated, 200, "a rotated key's successor, on A").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chat_status(a, &ops).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key still works on A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = a.chat_with_key(&ping("flux-fast"), &ops).await;
+    let message = expect_openai_error(r, 401, "invalid_api_key").await;
+    assert!(message.contains("revoked"), "{message}");
+    let shown = admin_account(a, "ops").await;
+    assert_eq!(
+        with_id(&shown["keys"], &ops_id)["status"],
+        "revoked",
+        "{shown}"
+    );
+
     // Redis down: what is loaded keeps authenticating; a write is refused with a 503.
     redis.stop();
-    let (status, v) = admin(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
+    let (status, v) = admin_call(a, Method::POST, &keys, Some(json!({"name": "late"}))).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "ledger_unavailable", "{v}");
     let out = b.cli(&["accounts", "new", "--name", "late", "--plan", "payg"]);
@@ -1711,7 +1680,7 @@ async fn turning_fleet_mode_on_copies_the_first_gateway_s_key_store_into_redis()
     use reqwest::Method;
     // A single gateway's key store, with an account and a key made through its admin API.
     let mut single = Flux::start().await;
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &single,
         Method::POST,
         "/admin/v1/accounts",
@@ -1719,7 +1688,7 @@ async fn turning_fleet_mode_on_copies_the_first_gateway_s_key_store_into_redis()
     )
     .await;
     assert_eq!(status, 201, "{account}");
-    let (status, key) = admin(
+    let (status, key) = admin_call(
         &single,
         Method::POST,
         &format!(
@@ -1765,7 +1734,7 @@ async fn a_restarted_gateway_resumes_from_its_copy_and_drops_what_the_fleet_lack
     let config = fleet_config(&redis, "");
     let mut nodes = fleet_of(2, &config, TEST_LANES).await;
     let key_of = |v: &Value| v["key"].as_str().unwrap().to_string();
-    let (status, account) = admin(
+    let (status, account) = admin_call(
         &nodes[0],
         Method::POST,
         "/admin/v1/accounts",
@@ -1777,16 +1746,19 @@ async fn a_restarted_gateway_resumes_from_its_copy_and_drops_what_the_fleet_lack
         "/admin/v1/accounts/{}/keys",
         account["id"].as_str().unwrap()
     );
-    let (_, web) = admin(&nodes[0], Method::POST, &keys, Some(json!({"name": "web"}))).await;
-    let (_, app) = admin(&nodes[0], Method::POST, &keys, Some(json!({"name": "app"}))).await;
+    let (_, web) = admin_call(&nodes[0], Method::POST, &keys, Some(json!({"name": "web"}))).await;
+    let (_, app) = admin_call(&nodes[0], Method::POST, &keys, Some(json!({"name": "app"}))).await;
     within_a_second(&nodes[1], &key_of(&web), 200, "web on B").await;
     within_a_second(&nodes[1], &key_of(&app), 200, "app on B").await;
 
     // B is killed; through A one key is revoked and another made meanwhile.
     unsafe_kill(nodes[1].pid(), "KILL");
     let revoke = format!("/admin/v1/keys/{}/revoke", web["id"].as_str().unwrap());
-    assert_eq!(admin(&nodes[0], Method::POST, &revoke, None).await.0, 200);
-    let (status, late) = admin(
+    assert_eq!(
+        admin_call(&nodes[0], Method::POST, &revoke, None).await.0,
+        200
+    );
+    let (status, late) = admin_call(
         &nodes[0],
         Method::POST,
         &keys,
@@ -1838,12 +1810,12 @@ async fn a_restarted_gateway_resumes_from_its_copy_and_drops_what_the_fleet_lack
         401,
         "a row the fleet lacks is dropped"
     );
-    let (_, listed) = admin(b, Method::GET, "/admin/v1/accounts", None).await;
+    let (_, listed) = admin_call(b, Method::GET, "/admin/v1/accounts", None).await;
     assert!(!listed.to_string().contains("ghost"), "{listed}");
 
     // The fleet's stream trimmed past B's mark while B is down: B loads every row again.
     unsafe_kill(nodes[1].pid(), "KILL");
-    let (_, later) = admin(
+    let (_, later) = admin_call(
         &nodes[0],
         Method::POST,
         &keys,

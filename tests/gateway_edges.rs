@@ -92,11 +92,18 @@ async fn unserved_paths_get_403_with_a_diagnosis() {
         ("/chat", "no bare /chat"),
         ("/chat/completions", "missing /v1"),
         ("/v1/v1/chat/completions", "doubled /v1"),
+        ("/keys", "missing /v1"),
     ];
     for (path, expect) in cases {
         let r = flux.post(path, &flux.key, &ping("flux-auto")).await;
         let m = expect_openai_error(r, 403, "endpoint_not_served").await;
         assert!(m.contains(expect), "{path}: {m}");
+    }
+    // A mistyped path to the owner's page: the diagnosis names the accounts routes too.
+    let r = flux.get("/acount", &flux.key).await;
+    let m = expect_openai_error(r, 403, "endpoint_not_served").await;
+    for served in ["GET /account.", "/v1/keys/{id}/rotate", "/v1/account/usage"] {
+        assert!(m.contains(served), "{served}: {m}");
     }
     // Anthropic clients with a wrong base URL read the Anthropic error shape.
     for (path, expect) in [

@@ -13,6 +13,7 @@
 //! when set.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -21,7 +22,8 @@ use super::model::{AccountRow, Change, KeyKind, KeyRow, KeyStatus};
 use crate::units::Usd;
 
 /// A key as the request path needs it: 80 bytes (96 with its `Arc`) plus its id and name.
-/// Its digest is the map's key; its creation time and last use are read from the store.
+/// Its digest is the map's key; its creation time is read from the store. Its last use is
+/// noted here (in what was padding) and written to the store in batches, which pages read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedKey {
     pub id: Box<str>,
@@ -32,6 +34,10 @@ pub struct IndexedKey {
     pub status: KeyStatus,
     /// Unix seconds; 0: never (no key expires at the epoch). See [`IndexedKey::expires_at`].
     expires_at: u64,
+    /// At `expires_at` the key is revoked, not expired (a rotation's grace ended).
+    revoke_at_expiry: bool,
+    /// When the key last authenticated a request, to the minute: [`IndexedKey::touch`].
+    last_used: LastUse,
     /// Pico-dollars; `u64::MAX`: none. See [`IndexedKey::monthly_limit_usd`].
     monthly_limit: u64,
     /// Boxed twice so that a key without a restriction (most) spends 8 bytes on it, not 16.
@@ -48,6 +54,8 @@ impl IndexedKey {
             kind: row.kind,
             status: row.status,
             expires_at: row.expires_at.unwrap_or(0),
+            revoke_at_expiry: row.revoke_at_expiry,
+            last_used: LastUse::at(row.last_used_at.unwrap_or(0)),
             monthly_limit: row.monthly_limit_usd.map_or(u64::MAX, Usd::picos),
             models: boxed_models(row.models.as_deref()).map(Box::new),
         }
@@ -79,9 +87,78 @@ impl IndexedKey {
             KeyStatus::Revoked => return Err(Refusal::Revoked),
         }
         if self.expires_at().is_some_and(|t| now >= t) {
-            return Err(Refusal::Expired);
+            return Err(match self.revoke_at_expiry {
+                true => Refusal::Revoked,
+                false => Refusal::Expired,
+            });
         }
         Ok(())
+    }
+
+    /// Note a use at `now` (Unix seconds). True only for the first use in a minute since the
+    /// last one noted, when the caller should queue the key for the next batch of last-use
+    /// writes ([`super::Directory::record_use`]): one atomic read per request otherwise.
+    pub fn touch(&self, now: u64) -> bool {
+        self.last_used.touch(now)
+    }
+
+    /// The last use noted (Unix seconds), if any.
+    pub fn last_used_at(&self) -> Option<u64> {
+        self.last_used.get()
+    }
+}
+
+/// A key's last use in memory: Unix seconds in 32 bits (until 2106), written at most once
+/// a minute per key, whatever its traffic. Not part of the key's identity: equal whatever
+/// it holds.
+#[derive(Default)]
+struct LastUse(AtomicU32);
+
+/// Uses closer together than this are one for last-use purposes.
+const LAST_USE_PRECISION_SECS: u64 = 60;
+
+impl LastUse {
+    fn at(secs: u64) -> LastUse {
+        LastUse(AtomicU32::new(u32::try_from(secs).unwrap_or(u32::MAX)))
+    }
+
+    fn get(&self) -> Option<u64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(u64::from(t)),
+        }
+    }
+
+    fn touch(&self, now: u64) -> bool {
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        let seen = self.0.load(Ordering::Relaxed);
+        // Read-only while recent: a hot key's cache line is not written per request.
+        if u64::from(now.saturating_sub(seen)) < LAST_USE_PRECISION_SECS {
+            return false;
+        }
+        self.0
+            .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Clone for LastUse {
+    fn clone(&self) -> Self {
+        LastUse(AtomicU32::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for LastUse {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LastUse {}
+
+impl std::fmt::Debug for LastUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
     }
 }
 
@@ -340,7 +417,15 @@ impl KeyIndex {
     }
 
     fn put_key(&self, row: &KeyRow) {
-        let key = Arc::new(IndexedKey::from_row(row, self.slot(&row.account_id)));
-        self.by_digest.pin().insert(row.sha256, key);
+        let key = IndexedKey::from_row(row, self.slot(&row.account_id));
+        let map = self.by_digest.pin();
+        // A changed key keeps the use noted in memory (rows from the feed do not carry it).
+        if let Some(old) = map.get(&row.sha256) {
+            if let Some(t) = old.last_used_at() {
+                let t = u32::try_from(t).unwrap_or(u32::MAX);
+                key.last_used.0.fetch_max(t, Ordering::Relaxed);
+            }
+        }
+        map.insert(row.sha256, Arc::new(key));
     }
 }

@@ -106,7 +106,13 @@ pub struct Directory {
     unchecked: std::sync::atomic::AtomicBool,
     /// Fleet mode: where every write is shared.
     replication: std::sync::OnceLock<Arc<dyn Replication>>,
+    /// Keys whose last use changed since the last [`Directory::flush_last_used`]: each key
+    /// at most once a minute ([`IndexedKey::touch`]), so the lock is not taken per request.
+    used: Mutex<Vec<Arc<IndexedKey>>>,
 }
+
+/// How often [`Directory::spawn_refresher`] writes the keys' last uses.
+pub const LAST_USE_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest time a refresh trusts the files' sizes and times alone.
 const FULL_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -155,6 +161,7 @@ impl Directory {
             // this process checkpoints what it writes itself.
             unchecked: std::sync::atomic::AtomicBool::new(false),
             replication: std::sync::OnceLock::new(),
+            used: Mutex::new(Vec::new()),
         })
     }
 
@@ -303,6 +310,16 @@ impl Directory {
         self.inner().store.keys_of(account_id)
     }
 
+    /// A page of an account's keys by id, read from the store: [`Store::keys_page`].
+    pub fn keys_page(
+        &self,
+        account_id: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        self.inner().store.keys_page(account_id, after, limit)
+    }
+
     /// The account named `name`, read from the store.
     pub fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
         self.inner().store.account_by_name(name)
@@ -402,6 +419,7 @@ impl Directory {
             kind,
             status: KeyStatus::Active,
             expires_at: limits.expires_at,
+            revoke_at_expiry: false,
             created_at: clock::unix_now(),
             monthly_limit_usd: limits.monthly_limit_usd,
             models: limits.models,
@@ -417,7 +435,8 @@ impl Directory {
     }
 
     /// Change a key (name, expiry, limits, status: `edit` gets the stored row; its id,
-    /// account and digest stay). A revoked key stays revoked.
+    /// account and digest stay). A revoked key stays revoked (a rotated key past its grace
+    /// is written as revoked on its next change).
     pub fn update_key(
         &self,
         id: &str,
@@ -425,12 +444,16 @@ impl Directory {
     ) -> Result<KeyRow, StoreError> {
         self.writable()?;
         let mut inner = self.inner();
+        let now = clock::unix_now();
         let (row, seq) = inner.store.update_key(id, |row| {
-            let was = row.status;
+            let was_revoked = row.revoked_at(now);
+            if was_revoked {
+                row.status = KeyStatus::Revoked;
+            }
             edit(row);
             check_name("a key's", &row.name)?;
             check_models(row.models.as_deref())?;
-            if was == KeyStatus::Revoked && row.status != KeyStatus::Revoked {
+            if was_revoked && row.status != KeyStatus::Revoked {
                 return Err(StoreError::Conflict(format!(
                     "key '{}' is revoked for good; create a new key",
                     row.name
@@ -564,9 +587,49 @@ impl Directory {
         self.inner().store.touch_last_used(uses)
     }
 
-    /// Refresh every `every` (about 250 ms) on the blocking pool, checkpoint the WAL about
-    /// once a second and prune the feed to [`FEED_KEEP`] about once a minute, until the task
-    /// is aborted. Failures are logged and
+    /// Note that `key` authenticated a request at `now`: an atomic read on the key (a write
+    /// once a minute), and the key queued for the next [`Directory::flush_last_used`] when
+    /// its minute changed. Nothing is written to the store here.
+    pub fn record_use(&self, key: &Arc<IndexedKey>, now: u64) {
+        if key.touch(now) {
+            self.used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key.clone());
+        }
+    }
+
+    /// Write the last uses noted since the previous flush, coalesced, in one transaction
+    /// (the refresher does it every [`LAST_USE_FLUSH_EVERY`]); returns how many keys. They
+    /// go to this process's store only: in fleet mode that is the gateway's local copy, so
+    /// a key's last use shown by a gateway is the last one *it* served (not shared through
+    /// Redis, which would be a write per key per minute for every gateway).
+    pub fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
+        if used.is_empty() {
+            return Ok(0);
+        }
+        let mut latest: std::collections::HashMap<&str, u64> =
+            std::collections::HashMap::with_capacity(used.len());
+        for key in &used {
+            if let Some(t) = key.last_used_at() {
+                let at = latest.entry(&key.id).or_default();
+                *at = (*at).max(t);
+            }
+        }
+        let uses: Vec<(String, u64)> = latest
+            .into_iter()
+            .map(|(id, t)| (id.to_string(), t))
+            .collect();
+        self.touch_last_used(&uses)?;
+        self.unchecked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(uses.len())
+    }
+
+    /// Refresh every `every` (about 250 ms) on the blocking pool, write the keys' last uses
+    /// every [`LAST_USE_FLUSH_EVERY`], checkpoint the WAL about once a second and prune the
+    /// feed to [`FEED_KEEP`] about once a minute, until the task is aborted. Failures are logged and
     /// retried on the next tick.
     pub fn spawn_refresher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -575,6 +638,8 @@ impl Directory {
             let prune_every =
                 (Duration::from_secs(60).as_millis() / every.as_millis().max(1)).max(1) as u64;
             let checkpoint_every = (1000 / every.as_millis().max(1)).max(1) as u64;
+            let flush_every =
+                (LAST_USE_FLUSH_EVERY.as_millis() / every.as_millis().max(1)).max(1) as u64;
             let mut ticks = 0u64;
             loop {
                 tick.tick().await;
@@ -582,8 +647,12 @@ impl Directory {
                 let dir = self.clone();
                 let prune = ticks.is_multiple_of(prune_every);
                 let checkpoint = ticks.is_multiple_of(checkpoint_every);
+                let flush = ticks.is_multiple_of(flush_every);
                 let done = tokio::task::spawn_blocking(move || {
                     dir.refresh()?;
+                    if flush {
+                        dir.flush_last_used()?;
+                    }
                     if checkpoint {
                         dir.checkpoint()?;
                     }

@@ -85,6 +85,10 @@ pub struct KeyRow {
     pub status: KeyStatus,
     /// Unix seconds from which the key no longer works.
     pub expires_at: Option<u64>,
+    /// At `expires_at` the key is revoked rather than expired: the end of a rotation's grace
+    /// period ([`super::Directory::rotate_key`]). It is then refused and listed as revoked,
+    /// and stays so whatever is changed later.
+    pub revoke_at_expiry: bool,
     pub created_at: u64,
     /// This key's own monthly spend limit, within the account's ceiling.
     pub monthly_limit_usd: Option<Usd>,
@@ -169,6 +173,13 @@ pub fn models_problem(models: Option<&[String]>) -> Option<String> {
 }
 
 impl KeyRow {
+    /// Whether the key is revoked at `now` (Unix seconds): revoked, or rotated and past its
+    /// grace period.
+    pub fn revoked_at(&self, now: u64) -> bool {
+        self.status == KeyStatus::Revoked
+            || (self.revoke_at_expiry && self.expires_at.is_some_and(|t| now >= t))
+    }
+
     /// Why this key's own limits do not fit within its account's, or `None`: its models must
     /// be among the account's, and its monthly limit at most the account's ceiling.
     pub fn limits_problem(&self, account: &AccountRow) -> Option<String> {

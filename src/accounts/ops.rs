@@ -48,7 +48,7 @@ impl AccountEdit {
 }
 
 /// A rotation's outcome: the new key's secret (shown once) and row, and the old key as it
-/// is now (renamed, expiring at the end of the grace period, or revoked without one).
+/// is now (renamed, revoked at the end of the grace period, or at once without one).
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub secret: String,
@@ -104,9 +104,10 @@ impl Directory {
     }
 
     /// Replace a key with a new one of the same name, kind and limits. The old key keeps
-    /// working for `grace_secs` (at most [`MAX_ROTATION_GRACE_SECS`]; an earlier expiry of
-    /// its own stays) under a name marking it rotated, then expires; with no grace it is
-    /// revoked at once. A revoked key cannot be rotated.
+    /// working for `grace_secs` (at most [`MAX_ROTATION_GRACE_SECS`]) under a name marking
+    /// it rotated, then is revoked (`expires_at` is the end of the grace, with
+    /// `revoke_at_expiry`); with no grace it is revoked at once. An earlier expiry of its own
+    /// stays, and then it expires as it would have. A revoked key cannot be rotated.
     pub fn rotate_key(&self, id: &str, grace_secs: u64, now: u64) -> Result<Rotated, StoreError> {
         if grace_secs > MAX_ROTATION_GRACE_SECS {
             return Err(StoreError::Invalid(format!(
@@ -116,7 +117,7 @@ impl Directory {
         let before = self
             .key(id)?
             .ok_or_else(|| StoreError::NotFound(format!("no key with id '{id}'")))?;
-        if before.status == KeyStatus::Revoked {
+        if before.revoked_at(now) {
             return Err(StoreError::Conflict(format!(
                 "key '{}' is revoked; create a new key",
                 before.name
@@ -128,7 +129,13 @@ impl Directory {
             if grace_secs == 0 {
                 row.status = KeyStatus::Revoked;
             }
-            row.expires_at = Some(row.expires_at.map_or(until, |t| t.min(until)));
+            match row.expires_at {
+                Some(own) if own <= until => {}
+                _ => {
+                    row.expires_at = Some(until);
+                    row.revoke_at_expiry = true;
+                }
+            }
         })?;
         let limits = KeyLimits {
             expires_at: None,
@@ -148,6 +155,9 @@ impl Directory {
 
 /// A key's state as an API shows it: `active`, `disabled`, `revoked` or `expired`.
 pub fn key_state(row: &KeyRow, now: u64) -> &'static str {
+    if row.revoked_at(now) {
+        return "revoked";
+    }
     match row.status {
         KeyStatus::Revoked => "revoked",
         KeyStatus::Suspended => "disabled",
@@ -168,6 +178,7 @@ pub fn key_json(row: &KeyRow, now: u64) -> Value {
         "status": key_state(row, now),
         "disabled": row.status == KeyStatus::Suspended,
         "expires_at": row.expires_at,
+        "revoke_at_expiry": row.revoke_at_expiry,
         "created_at": row.created_at,
         "last_used_at": row.last_used_at,
         "monthly_limit_usd": row.monthly_limit_usd,
@@ -198,7 +209,7 @@ mod tests {
     use crate::accounts::{KeyKind, NewAccount};
 
     #[test]
-    fn a_rotated_key_keeps_working_for_its_grace_then_expires_and_the_new_one_takes_its_name() {
+    fn a_rotated_key_keeps_working_for_its_grace_then_is_revoked_and_the_new_one_takes_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let d = Directory::open(&dir.path().join("accounts.db")).unwrap();
         let a = d
@@ -222,7 +233,44 @@ mod tests {
         assert_eq!(r.old.expires_at, Some(now + 60));
         assert!(r.old.name.starts_with("ci (rotated key_"), "{}", r.old.name);
         assert!(d.authenticate(&old_secret, now + 59).is_ok());
-        assert!(d.authenticate(&old_secret, now + 60).is_err());
+        assert_eq!(
+            d.authenticate(&old_secret, now + 60).unwrap_err(),
+            crate::accounts::Refusal::Revoked
+        );
+        assert_eq!(key_state(&r.old, now + 59), "active");
+        assert_eq!(key_state(&r.old, now + 60), "revoked");
+        // Past the grace it is revoked for good: not enabled again, not rotated again.
+        let revive = d.update_key(&old.id, |row| row.status = KeyStatus::Active);
+        assert!(matches!(revive, Err(StoreError::Conflict(_))), "{revive:?}");
+        let renamed = d
+            .update_key(&old.id, |row| row.name = "gone".into())
+            .unwrap();
+        assert_eq!(renamed.status, KeyStatus::Revoked, "written as revoked");
+        assert!(matches!(
+            d.rotate_key(&old.id, 10, now + 60),
+            Err(StoreError::Conflict(_))
+        ));
+        // A key expiring before the grace would end still just expires.
+        let (soon_secret, soon) = d
+            .create_key(
+                &a.id,
+                "soon",
+                KeyKind::Inference,
+                KeyLimits {
+                    expires_at: Some(now + 10),
+                    ..KeyLimits::default()
+                },
+            )
+            .unwrap();
+        let r2 = d.rotate_key(&soon.id, 60, now).unwrap();
+        assert_eq!(
+            (r2.old.expires_at, r2.old.revoke_at_expiry),
+            (Some(now + 10), false)
+        );
+        assert_eq!(
+            d.authenticate(&soon_secret, now + 10).unwrap_err(),
+            crate::accounts::Refusal::Expired
+        );
         assert!(d.authenticate(&r.secret, now + 60).is_ok());
         // No grace: revoked at once; past the cap: refused, nothing changed.
         let again = d.rotate_key(&r.key.id, 0, now).unwrap();

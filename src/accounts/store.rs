@@ -21,7 +21,8 @@ use super::model::{AccountRow, Change, Cursor, KeyKind, KeyRow, KeyStatus};
 use crate::units::{clock, Usd};
 
 /// The schema this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `keys.revoke_at_expiry` (a rotated key ends revoked).
+const SCHEMA_VERSION: i64 = 2;
 /// How long a writer waits for another process's write transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `changes.entity` values.
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS keys (
     monthly_limit INTEGER,
     models TEXT,
     last_used_at INTEGER,
+    revoke_at_expiry INTEGER NOT NULL DEFAULT 0,
     UNIQUE (account_id, name)
 );
 CREATE TABLE IF NOT EXISTS changes (
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS replica (
 const ACCOUNT_COLUMNS: &str =
     "id, name, plan, payment_method, on_hold, ceiling, models, created_at";
 const KEY_COLUMNS: &str = "id, account_id, name, sha256, kind, status, expires_at, created_at, \
-     monthly_limit, models, last_used_at";
+     monthly_limit, models, last_used_at, revoke_at_expiry";
 
 /// How far a fleet gateway's local copy is known to follow the fleet's shared store: every
 /// change of the fleet's stream up to `position` is in it, and every local change up to
@@ -273,6 +275,7 @@ fn key_from(r: &Row) -> rusqlite::Result<KeyRow> {
         monthly_limit_usd: from_sql_u64(r.get(8)?).map(Usd),
         models: models_column(r, 9)?,
         last_used_at: from_sql_u64(r.get(10)?),
+        revoke_at_expiry: r.get(11)?,
     })
 }
 
@@ -323,6 +326,13 @@ impl Store {
         }
         tx.execute_batch(SCHEMA)
             .map_err(sqlite("cannot create tables"))?;
+        if version == 1 {
+            // Schema 1's keys table (made before the line above, which left it as it was).
+            tx.execute_batch(
+                "ALTER TABLE keys ADD COLUMN revoke_at_expiry INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(sqlite("cannot upgrade the keys table to schema 2"))?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(Store {
@@ -415,6 +425,25 @@ impl Store {
         ))?;
         let rows = st
             .query_map([account_id], key_from)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// At most `limit` of an account's keys with ids after `after`, by id (a page of a
+    /// listing: the next starts after the last id of this one).
+    pub fn keys_page(
+        &self,
+        account_id: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE account_id = ?1 AND id > ?2 ORDER BY id \
+             LIMIT ?3"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st
+            .query_map(params![account_id, after, limit], key_from)?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -888,13 +917,14 @@ fn upsert_key(conn: &Connection, k: &KeyRow, replace: bool) -> Result<(), StoreE
         " ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id,
            name = excluded.name, sha256 = excluded.sha256, kind = excluded.kind,
            status = excluded.status, expires_at = excluded.expires_at,
+           revoke_at_expiry = excluded.revoke_at_expiry,
            monthly_limit = excluded.monthly_limit, models = excluded.models"
     } else {
         ""
     };
     conn.prepare_cached(&format!(
         "INSERT INTO keys ({KEY_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL) {on_conflict}"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11) {on_conflict}"
     ))?
     .execute(params![
         k.id,
@@ -907,6 +937,7 @@ fn upsert_key(conn: &Connection, k: &KeyRow, replace: bool) -> Result<(), StoreE
         sql_time(k.created_at),
         sql_amount(k.monthly_limit_usd)?,
         sql_models(&k.models),
+        k.revoke_at_expiry,
     ])
     .map_err(|e| {
         conflict(e, |msg| {

@@ -19,6 +19,13 @@ fn account(d: &Directory, name: &str) -> AccountRow {
 
 const NOW: u64 = 1_800_000_000;
 
+/// A key "ci" of a new account "acme": its secret and row.
+fn one_key(d: &Directory) -> (String, KeyRow) {
+    let acct = account(d, "acme");
+    d.create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
+        .unwrap()
+}
+
 #[test]
 fn a_created_key_authenticates_at_once_and_only_its_hash_is_stored() {
     let (_tmp, path) = dir();
@@ -303,6 +310,7 @@ fn the_index_applies_changes_in_place() {
         kind: KeyKind::Inference,
         status: KeyStatus::Active,
         expires_at: None,
+        revoke_at_expiry: false,
         created_at: 1,
         monthly_limit_usd: None,
         models: None,
@@ -355,10 +363,7 @@ fn the_index_applies_changes_in_place() {
 fn last_use_is_written_in_batches_and_is_not_a_change() {
     let (_tmp, path) = dir();
     let d = Directory::open(&path).unwrap();
-    let acct = account(&d, "acme");
-    let (_, k) = d
-        .create_key(&acct.id, "ci", KeyKind::Inference, KeyLimits::default())
-        .unwrap();
+    let (_, k) = one_key(&d);
     let head = d.cursor();
     d.touch_last_used(&[(k.id.clone(), 50), ("key_unknown".into(), 60)])
         .unwrap();
@@ -454,4 +459,63 @@ fn the_replica_mark_names_what_changed_since_and_a_write_the_fleet_refused_forge
     }
     d.prune_feed(1).unwrap();
     assert_eq!(d.named_since(mark.local_seq).unwrap(), None);
+}
+
+#[test]
+fn a_key_s_use_is_noted_in_memory_and_written_once_a_minute_in_one_batch() {
+    let (_tmp, path) = dir();
+    let d = Directory::open(&path).unwrap();
+    let (secret, k) = one_key(&d);
+    let head = d.cursor();
+    let (key, _) = d.authenticate(&secret, NOW).unwrap();
+    for t in [NOW, NOW + 1, NOW + 59] {
+        d.record_use(&key, t);
+    }
+    assert_eq!(key.last_used_at(), Some(NOW), "to the minute");
+    assert_eq!(
+        d.key(&k.id).unwrap().unwrap().last_used_at,
+        None,
+        "nothing written yet"
+    );
+    assert_eq!(d.flush_last_used().unwrap(), 1);
+    assert_eq!(d.key(&k.id).unwrap().unwrap().last_used_at, Some(NOW));
+    assert_eq!(d.flush_last_used().unwrap(), 0, "nothing new");
+    // A change to the key keeps the use noted; the next minute's use is written.
+    d.update_key(&k.id, |k| k.name = "renamed".into()).unwrap();
+    let (key, _) = d.authenticate(&secret, NOW).unwrap();
+    assert_eq!(key.last_used_at(), Some(NOW));
+    d.record_use(&key, NOW + 60);
+    assert_eq!(d.flush_last_used().unwrap(), 1);
+    assert_eq!(d.key(&k.id).unwrap().unwrap().last_used_at, Some(NOW + 60));
+    assert_eq!(d.cursor(), head + 1, "last use is not a change");
+    // A new process starts from the stored last use.
+    let other = Directory::open(&path).unwrap();
+    let (key, _) = other.authenticate(&secret, NOW).unwrap();
+    assert_eq!(key.last_used_at(), Some(NOW + 60));
+}
+
+#[test]
+fn a_schema_1_store_is_upgraded_and_keeps_its_keys() {
+    let (_tmp, path) = dir();
+    let secret = one_key(&Directory::open(&path).unwrap()).0;
+    // Made as schema 1 was: no revoke_at_expiry column.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE keys DROP COLUMN revoke_at_expiry; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let d = Directory::open(&path).unwrap();
+    assert!(d.authenticate(&secret, NOW).is_ok());
+    let key_id = d.authenticate(&secret, NOW).unwrap().0.id.to_string();
+    let r = d.rotate_key(&key_id, 60, NOW).unwrap();
+    assert!(d.key(&r.old.id).unwrap().unwrap().revoke_at_expiry);
+}
+
+#[test]
+fn an_indexed_key_stays_small() {
+    // The key table's memory at a million keys (README "Key store benchmark").
+    assert!(
+        std::mem::size_of::<IndexedKey>() <= 80,
+        "{}",
+        std::mem::size_of::<IndexedKey>()
+    );
 }

@@ -59,7 +59,7 @@ pub enum AccountsAction {
         management: bool,
     },
     /// Replace a key by a new one (same name, kind and limits; printed once); the old key
-    /// keeps working for the grace period, then expires (no grace: revoked at once).
+    /// keeps working for the grace period, then is revoked (no grace: at once).
     Rotate {
         key: String,
         /// Seconds the old key keeps working (at most 30 days).
@@ -72,7 +72,8 @@ pub enum AccountsAction {
     Suspend { key: String },
     /// Let a suspended key work again.
     Resume { key: String },
-    /// Accounts and their keys (ids, names, plans, status; never a key).
+    /// Accounts and their keys (ids, names, plans, status, last use in Unix seconds; never a
+    /// key).
     List,
     /// Copy the keys file into the key store: its accounts, and each key that names none as
     /// an account of its own (`acct_` + its id's random part, as the ledger counts it), with
@@ -197,7 +198,8 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
             let r =
                 directory.rotate_key(&key, grace_seconds, fluxrouter::units::clock::unix_now())?;
             eprintln!(
-                "rotated {} into {} ({}); the old key works until {}; the new key is shown once:",
+                "rotated {} into {} ({}); the old key works until {}, then is revoked; the new \
+                 key is shown once:",
                 r.old.id,
                 r.key.id,
                 r.key.name,
@@ -222,13 +224,17 @@ pub fn accounts(config_path: &Path, action: AccountsAction) -> CliResult {
             accounts.sort_by(|a, b| a.name.cmp(&b.name));
             for a in accounts {
                 println!("{}\t{}\t{}\taccount", a.id, a.name, a.plan);
+                let now = fluxrouter::units::clock::unix_now();
                 for k in directory.keys_of(&a.id)? {
+                    let last_used = k
+                        .last_used_at
+                        .map_or_else(|| "never used".to_string(), |t| format!("last used {t}"));
                     println!(
-                        "  {}\t{}\t{}\t{:?}",
+                        "  {}\t{}\t{}\t{}\t{last_used}",
                         k.id,
                         k.name,
                         k.kind.as_str(),
-                        k.status
+                        fluxrouter::accounts::ops::key_state(&k, now),
                     );
                 }
             }
@@ -313,6 +319,7 @@ fn rows_of(file: &KeysFile) -> Result<(Vec<AccountRow>, Vec<KeyRow>), Error> {
             kind: KeyKind::Inference,
             status: k.status,
             expires_at: k.expires_at,
+            revoke_at_expiry: false,
             created_at: k.created_at,
             monthly_limit_usd: k.monthly_limit_usd,
             // A key of its own account: its restriction went to the account.

@@ -18,17 +18,31 @@ use sha2::{Digest, Sha256};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "flux_console";
+/// The style both pages share (`common.css`), put in place of the `/* common.css */` line
+/// of each page's one `<style>` element (so it stays one element, hashed whole by the CSP).
+const COMMON_STYLE: &str = include_str!("common.css");
+const COMMON_STYLE_MARK: &str = "  /* common.css */\n";
+
+fn with_common_style(page: &str) -> String {
+    assert!(
+        page.contains(COMMON_STYLE_MARK),
+        "a page without its common style"
+    );
+    page.replacen(COMMON_STYLE_MARK, COMMON_STYLE, 1)
+}
+
 /// The page (embedded: no build step, nothing fetched from the internet).
-pub const PAGE: &str = include_str!("page.html");
+pub static PAGE: LazyLock<String> = LazyLock::new(|| with_common_style(include_str!("page.html")));
 /// The page's `Content-Security-Policy`: its own script and style are allowed by their
 /// SHA-256, nothing else inline, so markup injected into the page (a handler attribute, a
 /// script or style element) does not run.
-pub static CSP: LazyLock<String> = LazyLock::new(|| csp_of(PAGE));
+pub static CSP: LazyLock<String> = LazyLock::new(|| csp_of(&PAGE));
 
 /// The account owner's page on the client listener (`gateway::account`), built the same way.
-pub const ACCOUNT_PAGE: &str = include_str!("account.html");
+pub static ACCOUNT_PAGE: LazyLock<String> =
+    LazyLock::new(|| with_common_style(include_str!("account.html")));
 /// Its `Content-Security-Policy`.
-pub static ACCOUNT_CSP: LazyLock<String> = LazyLock::new(|| csp_of(ACCOUNT_PAGE));
+pub static ACCOUNT_CSP: LazyLock<String> = LazyLock::new(|| csp_of(&ACCOUNT_PAGE));
 /// The owner's page's session cookie: its own name and path, so the two pages' sessions
 /// never meet (they may share a host).
 pub const ACCOUNT_COOKIE: &str = "flux_account";
@@ -192,6 +206,33 @@ pub fn clear_cookie(secure: bool) -> String {
 }
 
 /// Equal strings, compared in time that depends only on their length.
+/// The header in which a page sends its session's CSRF token with every change.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Whether a request may go on in `signed`'s session: a read (`GET`) may; a change only with
+/// the session's CSRF token in [`CSRF_HEADER`] (a cross-site form cannot set a header).
+/// Both pages' requests pass here: 403 `admin_forbidden` otherwise.
+pub fn check_csrf(
+    method: &http::Method,
+    headers: &http::HeaderMap,
+    signed: &Signed,
+) -> Result<(), crate::errors::FluxError> {
+    if method == http::Method::GET {
+        return Ok(());
+    }
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if same(presented, &signed.csrf) {
+        return Ok(());
+    }
+    Err(crate::errors::FluxError::new(
+        crate::errors::ErrorKind::AdminForbidden,
+        "The X-CSRF-Token header is missing or wrong.",
+    ))
+}
+
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -235,7 +276,8 @@ mod tests {
     fn the_csp_allows_the_pages_own_script_and_style_and_nothing_inline() {
         // One script and one style element, both hashed; no handler attributes in the markup
         // (a handler would need 'unsafe-inline'), no style attributes: both pages.
-        for (page, csp) in [(PAGE, CSP.as_str()), (ACCOUNT_PAGE, ACCOUNT_CSP.as_str())] {
+        for (page, csp) in [(&PAGE, CSP.as_str()), (&ACCOUNT_PAGE, ACCOUNT_CSP.as_str())] {
+            assert!(page.contains(COMMON_STYLE) && !page.contains("common.css"));
             assert!(!csp.contains("unsafe"), "{csp}");
             page_is_hashed_and_has_no_inline_handlers(page, csp);
         }
@@ -287,6 +329,19 @@ mod tests {
         assert_eq!(session_id(Some(b"flux_console=short")), None);
         assert_eq!(session_id(Some(b"flux_console=zz")), None);
         assert_eq!(session_id(None), None);
+        let signed = Signed {
+            csrf: "t".repeat(64),
+            subject: None,
+            expires_at: 1,
+        };
+        let mut headers = http::HeaderMap::new();
+        assert!(check_csrf(&http::Method::GET, &headers, &signed).is_ok());
+        let e = check_csrf(&http::Method::POST, &headers, &signed).unwrap_err();
+        assert_eq!((e.status(), e.code()), (403, "admin_forbidden"));
+        headers.insert(CSRF_HEADER, "t".repeat(63).parse().unwrap());
+        assert!(check_csrf(&http::Method::DELETE, &headers, &signed).is_err());
+        headers.insert(CSRF_HEADER, "t".repeat(64).parse().unwrap());
+        assert!(check_csrf(&http::Method::PATCH, &headers, &signed).is_ok());
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "abcd"));

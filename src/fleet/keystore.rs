@@ -93,7 +93,8 @@ fn key_to(k: &KeyRow) -> Value {
     json!({
         "id": k.id, "account_id": k.account_id, "name": k.name,
         "sha256": hex::encode(k.sha256), "kind": k.kind.as_str(), "status": k.status,
-        "expires_at": k.expires_at, "created_at": k.created_at,
+        "expires_at": k.expires_at, "revoke_at_expiry": k.revoke_at_expiry,
+        "created_at": k.created_at,
         "monthly_limit": usd(k.monthly_limit_usd), "models": k.models,
     })
 }
@@ -111,6 +112,8 @@ fn key_from(v: &Value) -> Option<KeyRow> {
         kind: KeyKind::parse(v["kind"].as_str()?)?,
         status: serde_json::from_value(v["status"].clone()).ok()?,
         expires_at: v["expires_at"].as_u64(),
+        // Absent in rows written before rotations ended revoked.
+        revoke_at_expiry: v["revoke_at_expiry"].as_bool().unwrap_or(false),
         created_at: v["created_at"].as_u64()?,
         monthly_limit_usd: usd_of(&v["monthly_limit"]),
         models: models_of(&v["models"]),
@@ -699,6 +702,7 @@ mod tests {
             kind: KeyKind::Management,
             status: crate::accounts::KeyStatus::Suspended,
             expires_at: Some(9),
+            revoke_at_expiry: true,
             created_at: 8,
             monthly_limit_usd: None,
             models: None,

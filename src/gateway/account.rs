@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ctx::Stop;
-use super::{body, manage, respond};
+use super::{manage, respond};
 use crate::console::{self, Signed};
 use crate::errors::{ErrorKind, FluxError};
 use crate::state::AppState;
@@ -36,7 +36,6 @@ use crate::units::clock::unix_now;
 
 /// How long a sign-in lasts.
 pub const SESSION_SECS: u64 = 8 * 3600;
-const CSRF_HEADER: &str = "x-csrf-token";
 const COOKIE_PATH: &str = "/account";
 
 fn forbidden(message: &'static str) -> FluxError {
@@ -130,7 +129,11 @@ impl OwnerPage {
         let manager = signed
             .subject
             .and_then(|digest| self.state.directory.lookup(&digest))
-            .and_then(|found| crate::auth::manager_from_store(&found, now).ok());
+            .and_then(|found| {
+                let manager = crate::auth::manager_from_store(&found, now).ok()?;
+                self.state.directory.record_use(&found.0, now);
+                Some(manager)
+            });
         let Some(manager) = manager else {
             if let Some(c) = &cookie {
                 self.sessions.close(c);
@@ -140,17 +143,7 @@ impl OwnerPage {
             )
             .into());
         };
-        if method != Method::GET {
-            let presented = session
-                .req_header()
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !console::same(presented, &signed.csrf) {
-                return Err(forbidden("The X-CSRF-Token header is missing or wrong.").into());
-            }
-        }
+        console::check_csrf(&method, &session.req_header().headers, &signed)?;
         match (&method, path) {
             (&Method::GET, "/account/api/session") => {
                 Ok(Reply::Json(200, session_json(&signed, &manager), None))
@@ -190,12 +183,11 @@ impl OwnerPage {
         secure: bool,
     ) -> Result<Reply, Stop> {
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct SignIn {
             key: String,
         }
-        let raw = body::read(session, manage::MAX_BODY).await?;
-        let form: SignIn = serde_json::from_slice(&raw)
-            .map_err(|_| FluxError::new(ErrorKind::InvalidRequest, "Send {\"key\": \"…\"}."))?;
+        let form: SignIn = manage::json_body(session).await?;
         let key = form.key.trim();
         if key.is_empty() {
             return Err(forbidden("Sign in with a management key.").into());

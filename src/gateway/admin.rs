@@ -127,12 +127,7 @@ impl Admin {
     async fn usage(&self, query: Option<&str>) -> Result<serde_json::Value, FluxError> {
         let mut month = Month::of(unix_now());
         let mut key_name = None;
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        for (k, v) in crate::endpoints::query_pairs(query) {
             match k {
                 "month" => {
                     month = v.parse().map_err(|_| {

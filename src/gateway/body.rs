@@ -121,12 +121,16 @@ fn overloaded() -> FluxError {
 }
 
 fn too_large(limit: usize) -> FluxError {
+    const MIB: usize = 1024 * 1024;
+    let shown = if limit >= MIB {
+        format!("{} MB", limit / MIB)
+    } else {
+        // The accounts APIs' small bodies.
+        format!("{} KiB", limit / 1024)
+    };
     FluxError::new(
         ErrorKind::PayloadTooLarge,
-        format!(
-            "Request payload too large: the limit is {} MB. Compress or remove attachments.",
-            limit / (1024 * 1024)
-        ),
+        format!("Request payload too large: the limit is {shown}. Compress or remove attachments."),
     )
 }
 

@@ -43,7 +43,6 @@ use crate::wire::Format;
 
 /// A sign-in or change body is small; anything bigger is refused unread.
 const MAX_BODY: usize = 64 * 1024;
-const CSRF_HEADER: &str = "x-csrf-token";
 /// Accounts the console lists at most (each costs a read of its keys).
 pub const ACCOUNTS_SHOWN: usize = 200;
 
@@ -133,17 +132,7 @@ impl Admin {
             .ok_or_else(|| {
                 forbidden("Sign in to the console first (POST /console/api/session).")
             })?;
-        if method != Method::GET {
-            let presented = session
-                .req_header()
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !console::same(presented, &signed.csrf) {
-                return Err(forbidden("The X-CSRF-Token header is missing or wrong.").into());
-            }
-        }
+        console::check_csrf(&method, &session.req_header().headers, &signed)?;
         match (&method, path) {
             (&Method::GET, "/console/api/session") => Ok(Reply::Json(session_json(&signed), None)),
             (&Method::DELETE, "/console/api/session") => {
@@ -188,10 +177,8 @@ impl Admin {
 
     /// This month's spend (or `?month=`), the last hour, the lanes.
     async fn overview(&self, query: Option<&str>, now: u64) -> Result<Reply, Stop> {
-        let month = match query
-            .unwrap_or_default()
-            .split('&')
-            .find_map(|p| p.strip_prefix("month="))
+        let month = match crate::endpoints::query_pairs(query)
+            .find_map(|(k, v)| (k == "month").then_some(v))
         {
             Some(m) => m
                 .parse::<Month>()

@@ -6,7 +6,7 @@
 //! An owner sees only their account: any id of another account's key answers 404 exactly as
 //! an id that does not exist, and nothing is changed. A secret appears only in the answer
 //! that creates it (create, rotate). Bodies are JSON objects of at most [`MAX_BODY`] bytes
-//! with known fields only (400 otherwise).
+//! (413 past it) with known fields only, each once (400 otherwise: [`json_object`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,25 +78,31 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_error)
 }
 
-/// The request's JSON body as `T` (unknown fields and wrong types: 400).
-async fn json_body<T: DeserializeOwned>(session: &mut Session) -> Result<T, Stop> {
+/// The request's JSON body (at most [`MAX_BODY`] bytes: 413 past it) as `T`: see
+/// [`json_object`].
+pub(super) async fn json_body<T: DeserializeOwned>(session: &mut Session) -> Result<T, Stop> {
     let raw = body::read(session, MAX_BODY).await?;
+    Ok(json_object(&raw)?)
+}
+
+/// A body as `T`: a JSON object (an empty body reads as `{}`) whose keys each appear once
+/// (the generation endpoints' detector, [`crate::wire::json::top_level`]: with a key twice,
+/// which value counts would depend on the parser), of known fields with the right types;
+/// 400 otherwise.
+pub(super) fn json_object<T: DeserializeOwned>(raw: &[u8]) -> Result<T, FluxError> {
     let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        &raw
+        raw
     };
-    let shape = || bad("The body must be a JSON object of the documented fields.");
-    // An object only: serde would read a struct from an array too.
-    let value: Value = serde_json::from_slice(raw).map_err(|_| shape())?;
-    if !value.is_object() {
-        return Err(shape().into());
-    }
-    serde_json::from_value(value).map_err(|e| {
+    // An object only (serde would read a struct from an array too), each key once.
+    crate::wire::json::top_level(raw)?;
+    serde_json::from_slice(raw).map_err(|e| {
+        let e = e.to_string();
+        let e = e.split(" at line").next().unwrap_or(&e);
         bad(format!(
-            "The body must be a JSON object of the documented fields: {e}"
+            "The body must be a JSON object of the documented fields: {e}."
         ))
-        .into()
     })
 }
 
@@ -127,8 +133,69 @@ fn plan_ceiling(state: &AppState, plan: &str) -> Option<Usd> {
     state.plan_terms.get(plan).and_then(|t| t.ceiling_usd)
 }
 
-fn list(data: Vec<Value>) -> Value {
-    json!({"object": "list", "data": data})
+/// Items a listing answers when `limit` is not given, and at most.
+pub const PAGE_DEFAULT: usize = 100;
+pub const PAGE_MAX: usize = 1000;
+
+/// A listing's `?limit=N&after=ID`: at most `limit` items (1 to [`PAGE_MAX`], default
+/// [`PAGE_DEFAULT`]) with ids after `after` (the `next` of the previous page; none: from the
+/// first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Paging {
+    limit: usize,
+    after: String,
+}
+
+impl Paging {
+    fn parse(query: Option<&str>) -> Result<Paging, FluxError> {
+        let mut paging = Paging {
+            limit: PAGE_DEFAULT,
+            after: String::new(),
+        };
+        for (k, v) in crate::endpoints::query_pairs(query) {
+            match k {
+                "limit" => {
+                    paging.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=PAGE_MAX).contains(n))
+                        .ok_or_else(|| bad(format!("limit must be 1 to {PAGE_MAX}")))?
+                }
+                // Ids are `acct_`/`key_` and alphanumerics: nothing to percent-decode.
+                "after" => paging.after = v.chars().take(64).collect(),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown parameter '{}' (limit, after)",
+                        k.chars().take(32).collect::<String>()
+                    )))
+                }
+            }
+        }
+        Ok(paging)
+    }
+
+    /// A page of `items` (asked for one more than `limit`, to know whether more follow),
+    /// each item's id by `id_of`, as `{"object": "list", "data", "has_more", "next"}`.
+    fn answer<T>(
+        &self,
+        mut items: Vec<T>,
+        id_of: impl Fn(&T) -> String,
+        show: impl FnMut(&T) -> Value,
+    ) -> Value {
+        let has_more = items.len() > self.limit;
+        items.truncate(self.limit);
+        let next = if has_more {
+            items.last().map(&id_of)
+        } else {
+            None
+        };
+        json!({
+            "object": "list",
+            "data": items.iter().map(show).collect::<Vec<_>>(),
+            "has_more": has_more,
+            "next": next,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -199,10 +266,13 @@ pub async fn owner_as(
     use http::Method as M;
     match (&method, parts.as_slice()) {
         (&M::GET, ["keys"]) => {
+            let paging = Paging::parse(session.req_header().uri.query())?;
             let account = manager.account_id.clone();
-            let keys = blocking(state, move |d| d.keys_of(&account)).await?;
+            let (after, limit) = (paging.after.clone(), paging.limit + 1);
+            let keys = blocking(state, move |d| d.keys_page(&account, &after, limit)).await?;
             let now = unix_now();
-            Ok((200, list(keys.iter().map(|k| key_json(k, now)).collect())))
+            let page = paging.answer(keys, |k| k.id.clone(), |k| key_json(k, now));
+            Ok((200, page))
         }
         (&M::POST, ["keys"]) => {
             let new: NewKey = json_body(session).await?;
@@ -370,12 +440,7 @@ async fn usage(
 ) -> Result<Value, FluxError> {
     let mut month = Month::of(unix_now());
     let mut by = "key".to_string();
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in crate::endpoints::query_pairs(query) {
         match k {
             "month" => month = v.parse().map_err(|_| bad("month must look like 2026-11"))?,
             "by" if matches!(v, "key" | "model" | "day") => by = v.to_string(),
@@ -546,10 +611,13 @@ fn known_plan(state: &AppState, plan: &str) -> Result<(), FluxError> {
 async fn account_with_keys(state: &Arc<AppState>, row: &AccountRow) -> Result<Value, FluxError> {
     let id = row.id.clone();
     let keys = blocking(state, move |d| d.keys_of(&id)).await?;
-    let now = unix_now();
+    Ok(account_view(state, row, &keys, unix_now()))
+}
+
+fn account_view(state: &AppState, row: &AccountRow, keys: &[KeyRow], now: u64) -> Value {
     let mut v = account_json(row, plan_ceiling(state, &row.plan));
     v["keys"] = json!(keys.iter().map(|k| key_json(k, now)).collect::<Vec<_>>());
-    Ok(v)
+    v
 }
 
 /// The account with this id (or name).
@@ -571,13 +639,35 @@ pub async fn operator(state: &Arc<AppState>, session: &mut Session, path: &str) 
     use http::Method as M;
     match (&method, parts.as_slice()) {
         (&M::GET, ["accounts"]) => {
-            let mut accounts = state.directory.index().accounts();
-            accounts.sort_by(|a, b| a.name.cmp(&b.name));
-            let mut data = Vec::with_capacity(accounts.len());
-            for a in accounts {
-                data.push(account_with_keys(state, &a.to_row()).await?);
-            }
-            Ok((200, list(data)))
+            let paging = Paging::parse(session.req_header().uri.query())?;
+            let mut accounts: Vec<AccountRow> = state
+                .directory
+                .index()
+                .accounts()
+                .into_iter()
+                .filter(|a| *a.id > *paging.after)
+                .map(|a| a.to_row())
+                .collect();
+            accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            accounts.truncate(paging.limit + 1);
+            // One blocking task for the page's reads of keys, not one per account.
+            let listed = accounts.clone();
+            let keys = blocking(state, move |d| {
+                listed
+                    .iter()
+                    .map(|a| d.keys_of(&a.id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            let now = unix_now();
+            let with_keys: Vec<(AccountRow, Vec<KeyRow>)> =
+                accounts.into_iter().zip(keys).collect();
+            let page = paging.answer(
+                with_keys,
+                |(a, _)| a.id.clone(),
+                |(a, keys)| account_view(state, a, keys, now),
+            );
+            Ok((200, page))
         }
         (&M::POST, ["accounts"]) => {
             let new: AdminNewAccount = json_body(session).await?;

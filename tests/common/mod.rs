@@ -2,7 +2,12 @@
 //! built-in simulated provider, with its own config, lanes and keys in a temp folder.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod browser;
+
+// Not every suite uses the accounts helpers.
+#[allow(unused_imports)]
+pub use accounts::*;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
