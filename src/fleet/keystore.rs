@@ -633,8 +633,11 @@ async fn follow(
                             // from here; a change the copy refused leaves it to a full load.
                             let (dir, epoch) = (directory.clone(), epoch.clone());
                             let _ = tokio::task::spawn_blocking(move || {
-                                let took =
-                                    changes.iter().fold(true, |ok, c| dir.apply_remote(c) && ok);
+                                // Every change is applied, whether or not one before fit.
+                                let mut took = true;
+                                for c in &changes {
+                                    took &= dir.apply_remote(c);
+                                }
                                 let marked = if took {
                                     dir.mark_replica(&epoch, &position)
                                 } else {
