@@ -538,26 +538,73 @@ impl Cell {
         self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
     }
 
+    /// A client not told about the test's CA fails, and nothing reaches the provider: it does
+    /// check the certificate, so the runs that trust the CA show that trusting it works.
+    async fn refused(&mut self, step: &str, run: Run, failed: impl Fn(&Run) -> bool) {
+        let upstream = self.upstream().await;
+        let result =
+            ensure(failed(&run), "the client did not fail without the CA").and_then(|()| {
+                ensure(
+                    upstream.is_empty(),
+                    format!("the provider saw {}", summary(&upstream)),
+                )
+            });
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    /// Codex does not give up on a refused certificate (`request_max_retries = 0`
+    /// notwithstanding, it goes on "Reconnecting... waiting for network"), so its run is cut
+    /// short and judged by what it reported meanwhile.
+    async fn codex_refused(&mut self) {
+        let run = self.codex_run("codex-refused", "say hi", false, 20).await;
+        self.refused("codex without the CA", run, |r| {
+            r.code != Some(0)
+                && r.stdout
+                    .contains("Connection failed: error sending request")
+                && !r.stdout.contains("agent_message")
+        })
+        .await;
+    }
+
+    async fn claude_refused(&mut self) {
+        let run = self
+            .claude_run("claude-refused", "x-api-key", "say hi", false)
+            .await;
+        self.refused("claude without the CA", run, |r| {
+            r.code.is_some_and(|c| c != 0 && c != 124)
+                || serde_json::from_str::<Value>(r.stdout.trim())
+                    .is_ok_and(|v| v["is_error"] == true)
+        })
+        .await;
+    }
+
     // --- Codex CLI --------------------------------------------------------------------------
 
-    async fn codex(&mut self, step: &str, prompt: &str) -> Option<(Run, Vec<Value>)> {
+    /// Run `codex.sh` for at most `timeout_s` (in a TLS cell, told to trust the test's CA
+    /// when `trust_ca`).
+    async fn codex_run(&mut self, step: &str, prompt: &str, trust_ca: bool, timeout_s: u64) -> Run {
         self.flux.sim.clear_requests().await;
         let dir = self.dir(step);
+        let base = format!("{}/v1", self.base);
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/clients/codex.sh"))
             .arg("--base-url")
-            .arg(format!("{}/v1", self.base))
+            .arg(&base)
             .arg("--key")
             .arg(&self.flux.key)
             .arg("--dir")
             .arg(&dir)
             .arg("--timeout")
-            .arg(CLIENT_TIMEOUT_S.to_string());
-        if let Some(ca) = self.ca_file() {
+            .arg(timeout_s.to_string());
+        if let Some(ca) = self.ca_file().filter(|_| trust_ca) {
             cmd.arg("--ca").arg(ca);
         }
         cmd.arg(prompt);
-        let run = run(format!("codex.sh {prompt:?}"), cmd);
+        run(format!("codex.sh {base} {prompt:?}"), cmd)
+    }
+
+    async fn codex(&mut self, step: &str, prompt: &str) -> Option<(Run, Vec<Value>)> {
+        let run = self.codex_run(step, prompt, true, CLIENT_TIMEOUT_S).await;
         if run.code != Some(0) {
             self.record(step, Err(run.describe()));
             return None;
@@ -604,13 +651,17 @@ impl Cell {
 
     // --- Claude Code ------------------------------------------------------------------------
 
-    async fn claude(&mut self, step: &str, auth: &str, prompt: &str) -> Option<(Run, Value)> {
+    /// Run `claude_code.sh` (in a TLS cell, told to trust the test's CA when `trust_ca`;
+    /// without it, with no retries: Claude Code would otherwise retry a refused handshake with
+    /// backoff for minutes).
+    async fn claude_run(&mut self, step: &str, auth: &str, prompt: &str, trust_ca: bool) -> Run {
         self.flux.sim.clear_requests().await;
         let dir = self.dir(step);
+        let base = format!("{}/anthropic", self.base);
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/clients/claude_code.sh"))
             .arg("--base-url")
-            .arg(format!("{}/anthropic", self.base))
+            .arg(&base)
             .arg("--key")
             .arg(&self.flux.key)
             .arg("--auth")
@@ -619,11 +670,24 @@ impl Cell {
             .arg(&dir)
             .arg("--timeout")
             .arg(CLIENT_TIMEOUT_S.to_string());
-        if let Some(ca) = self.ca_file() {
-            cmd.arg("--ca").arg(ca);
+        match self.ca_file() {
+            Some(ca) if trust_ca => {
+                cmd.arg("--ca").arg(ca);
+            }
+            Some(_) => {
+                cmd.args(["--max-retries", "0"]);
+            }
+            None => {}
         }
         cmd.arg(prompt);
-        let run = run(format!("claude_code.sh --auth {auth} {prompt:?}"), cmd);
+        run(
+            format!("claude_code.sh --auth {auth} {base} {prompt:?}"),
+            cmd,
+        )
+    }
+
+    async fn claude(&mut self, step: &str, auth: &str, prompt: &str) -> Option<(Run, Value)> {
+        let run = self.claude_run(step, auth, prompt, true).await;
         let parsed: Option<Value> = serde_json::from_str(run.stdout.trim()).ok();
         match parsed {
             Some(v) if run.code == Some(0) && v["is_error"] == false => Some((run, v)),
@@ -1210,6 +1274,7 @@ async fn codex_cli_over_tls() {
     let mut cell = Cell::start_tls("codex_cli_over_tls", "openai_responses").await;
     cell.codex_plain().await;
     cell.codex_tool().await;
+    cell.codex_refused().await;
     cell.finish();
 }
 
@@ -1218,6 +1283,7 @@ async fn claude_code_over_tls() {
     let mut cell = Cell::start_tls("claude_code_over_tls", "anthropic").await;
     cell.claude_plain().await;
     cell.claude_tool().await;
+    cell.claude_refused().await;
     cell.finish();
 }
 
