@@ -570,10 +570,15 @@ impl Cell {
         let run = self
             .claude_run("claude-refused", "x-api-key", "say hi", false)
             .await;
+        // Claude Code says so: "SSL certificate verification failed (UNABLE_TO_VERIFY_LEAF_…)".
         self.refused("claude without the CA", run, |r| {
-            r.code.is_some_and(|c| c != 0 && c != 124)
-                || serde_json::from_str::<Value>(r.stdout.trim())
-                    .is_ok_and(|v| v["is_error"] == true)
+            r.code != Some(0)
+                && serde_json::from_str::<Value>(r.stdout.trim()).is_ok_and(|v| {
+                    v["is_error"] == true
+                        && v["result"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("certificate verification failed"))
+                })
         })
         .await;
     }
