@@ -13,6 +13,14 @@
 //! `[sim:call NAME {args}]` directive in the prompt; what the gateway sent upstream is checked
 //! from the simulator's recording. The tests fail (they never skip) when the clients are not
 //! installed.
+//!
+//! At the edge (the `*_over_tls` tests and `curl_*`): the same clients reach a TLS listener
+//! whose certificate is signed by a CA made in the test and written to a file, which each client
+//! is told to trust the way a user would (the SDKs' httpx2 `SSL_CERT_FILE`, Codex
+//! `CODEX_CA_CERTIFICATE`, Claude Code `NODE_EXTRA_CA_CERTS`, curl `--cacert`); HTTP/2 is
+//! asked of httpx2 (`http2=True`, by ALPN) and of curl (`--http2` over TLS,
+//! `--http2-prior-knowledge` to an h2c listener). A client that is not told about the CA is
+//! refused, which shows the trust is what makes the others work.
 
 mod common;
 
@@ -21,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Flux;
+use common::{free_port, Ca, Custom, Flux};
 use serde_json::{json, Value};
 
 /// Every lane the harness's plans name, each served by a healthy model on the `sim` provider;
@@ -199,15 +207,29 @@ struct Cell {
     name: &'static str,
     format: &'static str,
     flux: Flux,
+    /// The root URL the clients are given: the plaintext listener, or the TLS one.
+    base: String,
+    /// Set when the gateway also listens with TLS and h2c.
+    edge: Option<Edge>,
     work: tempfile::TempDir,
     failures: Vec<String>,
     passed: Vec<String>,
+}
+
+/// A TLS cell's edge: the CA file its clients trust, and its h2c listener.
+struct Edge {
+    ca_file: PathBuf,
+    h2c_base: String,
 }
 
 impl Cell {
     async fn start(name: &'static str, format: &'static str) -> Cell {
         require_installed();
         let flux = Flux::start_with_sim_format(LANES, format).await;
+        Cell::with_flux(name, format, flux)
+    }
+
+    fn with_flux(name: &'static str, format: &'static str, flux: Flux) -> Cell {
         // Codex refuses to put its helper binaries under /tmp: keep client homes in target/.
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-clients");
         std::fs::create_dir_all(&root).unwrap();
@@ -218,11 +240,46 @@ impl Cell {
         Cell {
             name,
             format,
+            base: flux.base.clone(),
             flux,
+            edge: None,
             work,
             failures: Vec::new(),
             passed: Vec::new(),
         }
+    }
+
+    /// A cell whose gateway also listens with TLS (a certificate for 127.0.0.1 signed by a CA
+    /// made here) and with h2c; the clients are given the TLS listener's URL, and `ca.pem` in
+    /// the cell's folder is the CA they are told to trust.
+    async fn start_tls(name: &'static str, format: &'static str) -> Cell {
+        require_installed();
+        let ca = Ca::new();
+        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        let (tls_port, h2c_port) = (free_port(), free_port());
+        let listen = format!(
+            "{{address: \"127.0.0.1:{tls_port}\", tls: {{certificate: edge.pem, key: edge.key}}}}, \
+             {{address: \"127.0.0.1:{h2c_port}\", h2c: true}}"
+        );
+        let files: [(&str, &[u8]); 2] =
+            [("edge.pem", cert.as_bytes()), ("edge.key", key.as_bytes())];
+        let flux = Flux::start_custom(&Custom {
+            lanes: LANES,
+            sim_format: format,
+            extra_listen: &listen,
+            files: &files,
+            ..Custom::default()
+        })
+        .await;
+        let mut cell = Cell::with_flux(name, format, flux);
+        let ca_file = cell.work.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        cell.base = format!("https://127.0.0.1:{tls_port}");
+        cell.edge = Some(Edge {
+            ca_file,
+            h2c_base: format!("http://127.0.0.1:{h2c_port}"),
+        });
+        cell
     }
 
     fn dir(&self, step: &str) -> PathBuf {
@@ -278,26 +335,14 @@ impl Cell {
 
     // --- the SDKs --------------------------------------------------------------------------
 
+    /// The CA file the clients are told to trust (TLS cells only).
+    fn ca_file(&self) -> Option<&PathBuf> {
+        self.edge.as_ref().map(|e| &e.ca_file)
+    }
+
     /// Run one `sdk.py` scenario; on success returns its JSON line.
     async fn sdk(&mut self, step: &str, args: &[&str]) -> Option<Value> {
-        self.flux.sim.clear_requests().await;
-        let home = self.dir(step);
-        let mut cmd = Command::new("timeout");
-        cmd.arg("--kill-after=5")
-            .arg(CLIENT_TIMEOUT_S.to_string())
-            .arg(python())
-            .arg(repo().join("tests/clients/sdk.py"))
-            .args(args)
-            .arg("--base-url")
-            .arg(&self.flux.base)
-            .arg("--key")
-            .arg(&self.flux.key)
-            // No OPENAI_*/ANTHROPIC_* or proxy settings from the caller's environment.
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &home)
-            .env("LANG", "C.UTF-8");
-        let run = run(format!("sdk.py {}", args.join(" ")), cmd);
+        let run = self.sdk_run(step, args, true).await;
         let line = run.stdout.lines().last().unwrap_or_default();
         let parsed: Option<Value> = serde_json::from_str(line).ok();
         let ok = run.code == Some(0) && parsed.as_ref().is_some_and(|v| v["ok"] == true);
@@ -309,13 +354,41 @@ impl Cell {
         }
     }
 
+    /// Run `sdk.py`, in a TLS cell with `SSL_CERT_FILE` naming the test's CA when `trust_ca`
+    /// (httpx2, the SDKs' HTTP client, reads it as OpenSSL-based clients do).
+    async fn sdk_run(&mut self, step: &str, args: &[&str], trust_ca: bool) -> Run {
+        self.flux.sim.clear_requests().await;
+        let home = self.dir(step);
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=5")
+            .arg(CLIENT_TIMEOUT_S.to_string())
+            .arg(python())
+            .arg(repo().join("tests/clients/sdk.py"))
+            .args(args)
+            .arg("--base-url")
+            .arg(&self.base)
+            .arg("--key")
+            .arg(&self.flux.key)
+            // No OPENAI_*/ANTHROPIC_*, SSL_* or proxy settings from the caller's environment.
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("LANG", "C.UTF-8");
+        if let Some(ca) = self.ca_file().filter(|_| trust_ca) {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        run(format!("sdk.py {}", args.join(" ")), cmd)
+    }
+
     /// A text-only SDK scenario: the simulated reply reaches the client, with Flux headers.
     async fn sdk_text(&mut self, step: &str, args: &[&str]) {
         let Some(out) = self.sdk(step, args).await else {
             return;
         };
         let upstream = self.upstream().await;
-        let result = check_sdk_text(&out).and_then(|()| check_plain_upstream(&upstream));
+        let result = check_sdk_text(&out)
+            .and_then(|()| check_http_version(&out, args))
+            .and_then(|()| check_plain_upstream(&upstream));
         self.record(
             step,
             result.map_err(|e| format!("{e}\nclient printed: {out}")),
@@ -330,6 +403,7 @@ impl Cell {
         };
         let upstream = self.upstream().await;
         let result = check_sdk_text(&out)
+            .and_then(|()| check_http_version(&out, args))
             .and_then(|()| {
                 let text = out["text"].as_str().unwrap_or_default();
                 ensure(
@@ -352,23 +426,190 @@ impl Cell {
         );
     }
 
+    /// httpx2 alone with `http2=True`: a chat completion and the same streamed, both over
+    /// HTTP/2, the stream ending with `[DONE]` and carrying the cost line.
+    async fn httpx_h2(&mut self, step: &str) {
+        let Some(out) = self.sdk(step, &["httpx-h2"]).await else {
+            return;
+        };
+        let upstream = self.upstream().await;
+        let result = check_sdk_text(&out)
+            .and_then(|()| check_http_version(&out, &["--http2"]))
+            .and_then(|()| {
+                let streamed = out["streamed_text"].as_str().unwrap_or_default();
+                ensure(
+                    streamed.contains(REPLY),
+                    format!("the streamed reply did not reach the client: {streamed:?}"),
+                )
+            })
+            .and_then(|()| {
+                let cost = out["cost_line"].as_str().unwrap_or_default();
+                ensure(
+                    cost.starts_with(": x-flux-cost-usd="),
+                    format!("cost line {cost:?}"),
+                )
+            })
+            .and_then(|()| {
+                ensure(
+                    upstream.len() == 2,
+                    format!(
+                        "expected 2 upstream requests, the simulator saw {}",
+                        upstream.len()
+                    ),
+                )
+            });
+        self.record(
+            step,
+            result.map_err(|e| format!("{e}\nclient printed: {out}")),
+        );
+    }
+
+    /// An SDK not told about the test's CA is refused by its own certificate check, and
+    /// nothing reaches the provider.
+    async fn sdk_refused(&mut self, step: &str, args: &[&str]) {
+        let run = self.sdk_run(step, args, false).await;
+        let upstream = self.upstream().await;
+        let result = ensure(
+            run.code == Some(1),
+            "the client succeeded without trusting the CA",
+        )
+        .and_then(|()| {
+            ensure(
+                run.stderr.contains("CERTIFICATE_VERIFY_FAILED"),
+                "the failure is not a certificate verification failure",
+            )
+        })
+        .and_then(|()| {
+            ensure(
+                upstream.is_empty(),
+                format!("the provider saw {}", summary(&upstream)),
+            )
+        });
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    // --- curl ---------------------------------------------------------------------------------
+
+    /// `curl -i` with `args` and a chat completion body; returns the run and, when curl
+    /// succeeded, the response as (status line, headers lower-cased, body).
+    fn curl(&self, step: &str, url: &str, args: &[&str], stream: bool) -> (Run, Option<Curled>) {
+        let body = json!({"model": "flux-fast", "stream": stream,
+                          "messages": [{"role": "user", "content": "say hi"}]});
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-i", "-N", "--max-time"])
+            .arg(CLIENT_TIMEOUT_S.to_string())
+            .args(args)
+            .arg("-H")
+            .arg(format!("authorization: Bearer {}", self.flux.key))
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(body.to_string())
+            .arg(format!("{url}/v1/chat/completions"))
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", self.dir(step));
+        let run = run(format!("curl {} {url}", args.join(" ")), cmd);
+        let curled = (run.code == Some(0))
+            .then(|| Curled::parse(&run.stdout))
+            .flatten();
+        (run, curled)
+    }
+
+    /// A chat completion with curl, not streamed and streamed, over HTTP/2.
+    fn curl_http2(&mut self, what: &str, url: &str, args: &[&str]) {
+        for stream in [false, true] {
+            let step = format!("curl {what}{}", if stream { " (stream)" } else { "" });
+            let (run, curled) = self.curl(&step.replace(' ', "-"), url, args, stream);
+            let result = match curled {
+                None => Err("curl failed or printed no response".to_string()),
+                Some(c) => check_curled(&c, stream),
+            };
+            self.record(
+                &step,
+                result.map_err(|e| format!("{e}\n{}", run.describe())),
+            );
+        }
+    }
+
+    fn curl_refused(&mut self, url: &str) {
+        let step = "curl --http2 without --cacert";
+        let (run, _) = self.curl("curl-refused", url, &["--http2"], false);
+        // 60: "Peer certificate cannot be authenticated with known CA certificates".
+        let result = ensure(run.code == Some(60), "curl did not refuse the certificate");
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    /// A client not told about the test's CA fails, and nothing reaches the provider: it does
+    /// check the certificate, so the runs that trust the CA show that trusting it works.
+    async fn refused(&mut self, step: &str, run: Run, failed: impl Fn(&Run) -> bool) {
+        let upstream = self.upstream().await;
+        let result =
+            ensure(failed(&run), "the client did not fail without the CA").and_then(|()| {
+                ensure(
+                    upstream.is_empty(),
+                    format!("the provider saw {}", summary(&upstream)),
+                )
+            });
+        self.record(step, result.map_err(|e| format!("{e}\n{}", run.describe())));
+    }
+
+    /// Codex does not give up on a refused certificate (`request_max_retries = 0`
+    /// notwithstanding, it goes on "Reconnecting... waiting for network"), so its run is cut
+    /// short and judged by what it reported meanwhile.
+    async fn codex_refused(&mut self) {
+        let run = self.codex_run("codex-refused", "say hi", false, 20).await;
+        self.refused("codex without the CA", run, |r| {
+            r.code != Some(0)
+                && r.stdout
+                    .contains("Connection failed: error sending request")
+                && !r.stdout.contains("agent_message")
+        })
+        .await;
+    }
+
+    async fn claude_refused(&mut self) {
+        let run = self
+            .claude_run("claude-refused", "x-api-key", "say hi", false)
+            .await;
+        // Claude Code says so: "SSL certificate verification failed (UNABLE_TO_VERIFY_LEAF_…)".
+        self.refused("claude without the CA", run, |r| {
+            r.code != Some(0)
+                && serde_json::from_str::<Value>(r.stdout.trim()).is_ok_and(|v| {
+                    v["is_error"] == true
+                        && v["result"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("certificate verification failed"))
+                })
+        })
+        .await;
+    }
+
     // --- Codex CLI --------------------------------------------------------------------------
 
-    async fn codex(&mut self, step: &str, prompt: &str) -> Option<(Run, Vec<Value>)> {
+    /// Run `codex.sh` for at most `timeout_s` (in a TLS cell, told to trust the test's CA
+    /// when `trust_ca`).
+    async fn codex_run(&mut self, step: &str, prompt: &str, trust_ca: bool, timeout_s: u64) -> Run {
         self.flux.sim.clear_requests().await;
         let dir = self.dir(step);
+        let base = format!("{}/v1", self.base);
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/clients/codex.sh"))
             .arg("--base-url")
-            .arg(format!("{}/v1", self.flux.base))
+            .arg(&base)
             .arg("--key")
             .arg(&self.flux.key)
             .arg("--dir")
             .arg(&dir)
             .arg("--timeout")
-            .arg(CLIENT_TIMEOUT_S.to_string())
-            .arg(prompt);
-        let run = run(format!("codex.sh {prompt:?}"), cmd);
+            .arg(timeout_s.to_string());
+        if let Some(ca) = self.ca_file().filter(|_| trust_ca) {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.arg(prompt);
+        run(format!("codex.sh {base} {prompt:?}"), cmd)
+    }
+
+    async fn codex(&mut self, step: &str, prompt: &str) -> Option<(Run, Vec<Value>)> {
+        let run = self.codex_run(step, prompt, true, CLIENT_TIMEOUT_S).await;
         if run.code != Some(0) {
             self.record(step, Err(run.describe()));
             return None;
@@ -415,13 +656,17 @@ impl Cell {
 
     // --- Claude Code ------------------------------------------------------------------------
 
-    async fn claude(&mut self, step: &str, auth: &str, prompt: &str) -> Option<(Run, Value)> {
+    /// Run `claude_code.sh` (in a TLS cell, told to trust the test's CA when `trust_ca`;
+    /// without it, with no retries: Claude Code would otherwise retry a refused handshake with
+    /// backoff for minutes).
+    async fn claude_run(&mut self, step: &str, auth: &str, prompt: &str, trust_ca: bool) -> Run {
         self.flux.sim.clear_requests().await;
         let dir = self.dir(step);
+        let base = format!("{}/anthropic", self.base);
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/clients/claude_code.sh"))
             .arg("--base-url")
-            .arg(format!("{}/anthropic", self.flux.base))
+            .arg(&base)
             .arg("--key")
             .arg(&self.flux.key)
             .arg("--auth")
@@ -429,9 +674,25 @@ impl Cell {
             .arg("--dir")
             .arg(&dir)
             .arg("--timeout")
-            .arg(CLIENT_TIMEOUT_S.to_string())
-            .arg(prompt);
-        let run = run(format!("claude_code.sh --auth {auth} {prompt:?}"), cmd);
+            .arg(CLIENT_TIMEOUT_S.to_string());
+        match self.ca_file() {
+            Some(ca) if trust_ca => {
+                cmd.arg("--ca").arg(ca);
+            }
+            Some(_) => {
+                cmd.args(["--max-retries", "0"]);
+            }
+            None => {}
+        }
+        cmd.arg(prompt);
+        run(
+            format!("claude_code.sh --auth {auth} {base} {prompt:?}"),
+            cmd,
+        )
+    }
+
+    async fn claude(&mut self, step: &str, auth: &str, prompt: &str) -> Option<(Run, Value)> {
+        let run = self.claude_run(step, auth, prompt, true).await;
         let parsed: Option<Value> = serde_json::from_str(run.stdout.trim()).ok();
         match parsed {
             Some(v) if run.code == Some(0) && v["is_error"] == false => Some((run, v)),
@@ -768,6 +1029,123 @@ fn check_claude_result(out: &Value, needle: &str, turns: u64) -> Result<(), Stri
     )
 }
 
+/// What `curl -i` printed: the status line, the headers (names lower-cased) and the body.
+struct Curled {
+    status: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Curled {
+    fn parse(out: &str) -> Option<Curled> {
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let status = lines.next()?.trim().to_string();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Some(Curled {
+            status,
+            headers,
+            body: body.to_string(),
+        })
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/2 answer as curl saw it: `HTTP/2 200`, the X-Flux headers, and the reply (in a
+/// stream: `data:` events ending with `[DONE]`, and the cost line).
+fn check_curled(c: &Curled, stream: bool) -> Result<(), String> {
+    ensure(
+        c.status == "HTTP/2 200",
+        format!("status line {:?}", c.status),
+    )?;
+    let id = c.header("x-flux-request-id");
+    ensure(id.starts_with("req_"), format!("X-Flux-Request-Id {id:?}"))?;
+    let model = c.header("x-flux-model");
+    ensure(
+        model == "flux-pinned-alpha",
+        format!("X-Flux-Model {model:?}"),
+    )?;
+    let lane = c.header("x-flux-lane");
+    ensure(lane == "express", format!("X-Flux-Lane {lane:?}"))?;
+    if !stream {
+        ensure(
+            c.header("content-type") == "application/json",
+            format!("content-type {:?}", c.header("content-type")),
+        )?;
+        let cost = c.header("x-flux-cost-usd");
+        ensure(
+            cost.parse::<f64>().is_ok_and(|v| v > 0.0),
+            format!("X-Flux-Cost-Usd {cost:?}"),
+        )?;
+        let v: Value =
+            serde_json::from_str(&c.body).map_err(|e| format!("body is not JSON ({e})"))?;
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
+        return ensure(text.contains(REPLY), format!("reply {text:?}"));
+    }
+    ensure(
+        c.header("content-type") == "text/event-stream",
+        format!("content-type {:?}", c.header("content-type")),
+    )?;
+    let data: Vec<&str> = c
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    ensure(
+        data.last() == Some(&"[DONE]"),
+        format!("the stream does not end with [DONE]: {:?}", c.body),
+    )?;
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    ensure(
+        data.len() > 3 && text.contains(REPLY),
+        format!("{} events, text {text:?}", data.len()),
+    )?;
+    let cost = c
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(": x-flux-cost-usd="));
+    ensure(
+        cost.and_then(|l| l.split(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0),
+        format!("no cost line in the stream: {:?}", c.body),
+    )
+}
+
+/// Every request of an SDK run came over the HTTP version it should: HTTP/2 with `--http2`
+/// (ALPN over TLS), else HTTP/1.1 (the SDKs' default).
+fn check_http_version(out: &Value, args: &[&str]) -> Result<(), String> {
+    let want = if args.contains(&"--http2") {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
+    for h in out["requests"].as_array().into_iter().flatten() {
+        let got = h["http_version"].as_str().unwrap_or_default();
+        ensure(got == want, format!("served over {got:?}, expected {want}"))?;
+    }
+    Ok(())
+}
+
 // --- the cells -------------------------------------------------------------------------------
 
 async fn openai_python(name: &'static str, format: &'static str) {
@@ -818,6 +1196,99 @@ async fn claude_code(name: &'static str, format: &'static str) {
     let mut cell = Cell::start(name, format).await;
     cell.claude_plain().await;
     cell.claude_tool().await;
+    cell.finish();
+}
+
+// --- the cells at the edge: TLS with a test CA, HTTP/2 ------------------------------------------
+
+async fn openai_python_over_tls() {
+    let mut cell = Cell::start_tls("openai_python_over_tls", "openai").await;
+    cell.sdk_text("chat over TLS", &["chat"]).await;
+    cell.sdk_text("chat stream over TLS", &["chat-stream"])
+        .await;
+    cell.sdk_text("chat over TLS, HTTP/2", &["chat", "--http2"])
+        .await;
+    cell.sdk_text("chat stream over TLS, HTTP/2", &["chat-stream", "--http2"])
+        .await;
+    cell.sdk_text(
+        "responses stream over TLS, HTTP/2",
+        &["responses-stream", "--http2"],
+    )
+    .await;
+    cell.sdk_refused("chat over TLS without the CA", &["chat"])
+        .await;
+    cell.finish();
+}
+
+async fn anthropic_python_over_tls() {
+    let mut cell = Cell::start_tls("anthropic_python_over_tls", "openai").await;
+    cell.sdk_text("messages over TLS", &["messages"]).await;
+    cell.sdk_text("messages stream over TLS", &["messages-stream"])
+        .await;
+    cell.sdk_text(
+        "messages over TLS, HTTP/2 (x-api-key)",
+        &["messages", "--http2", "--auth", "x-api-key"],
+    )
+    .await;
+    cell.sdk_text(
+        "messages stream over TLS, HTTP/2",
+        &["messages-stream", "--http2"],
+    )
+    .await;
+    cell.sdk_refused("messages over TLS without the CA", &["messages"])
+        .await;
+    cell.finish();
+}
+
+#[tokio::test]
+async fn openai_python_over_tls_and_http2() {
+    openai_python_over_tls().await;
+}
+
+#[tokio::test]
+async fn anthropic_python_over_tls_and_http2() {
+    anthropic_python_over_tls().await;
+}
+
+#[tokio::test]
+async fn httpx_with_http2_over_tls() {
+    let mut cell = Cell::start_tls("httpx_with_http2_over_tls", "openai").await;
+    cell.httpx_h2("httpx2 http2=True, plain and streamed").await;
+    cell.finish();
+}
+
+#[tokio::test]
+async fn curl_http2_over_tls_and_h2c_prior_knowledge() {
+    let mut cell = Cell::start_tls("curl_http2_over_tls_and_h2c", "openai").await;
+    let tls = cell.base.clone();
+    let edge = cell.edge.as_ref().unwrap();
+    let ca = edge.ca_file.display().to_string();
+    let h2c = edge.h2c_base.clone();
+    cell.curl_http2("--http2 --cacert", &tls, &["--http2", "--cacert", &ca]);
+    cell.curl_http2(
+        "--http2-prior-knowledge (h2c)",
+        &h2c,
+        &["--http2-prior-knowledge"],
+    );
+    cell.curl_refused(&tls);
+    cell.finish();
+}
+
+#[tokio::test]
+async fn codex_cli_over_tls() {
+    let mut cell = Cell::start_tls("codex_cli_over_tls", "openai_responses").await;
+    cell.codex_plain().await;
+    cell.codex_tool().await;
+    cell.codex_refused().await;
+    cell.finish();
+}
+
+#[tokio::test]
+async fn claude_code_over_tls() {
+    let mut cell = Cell::start_tls("claude_code_over_tls", "anthropic").await;
+    cell.claude_plain().await;
+    cell.claude_tool().await;
+    cell.claude_refused().await;
     cell.finish();
 }
 

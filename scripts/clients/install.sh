@@ -3,7 +3,8 @@
 # .clients/ at the repo root:
 #   .clients/npm/   npm packages @openai/codex and @anthropic-ai/claude-code (with their native
 #                   binaries, which come from the packages' optionalDependencies)
-#   .clients/venv/  a Python venv with the openai and anthropic SDKs
+#   .clients/venv/  a Python venv with the openai and anthropic SDKs, and h2 (which their HTTP
+#                   client, httpx2, needs for http2=True)
 # Idempotent: what is already there at the right version is kept, so a re-run takes a second.
 # Needs node/npm and python3; installs python3-venv with apt when venv cannot be created.
 set -euo pipefail
@@ -14,6 +15,7 @@ CODEX_VERSION=0.169.0
 CLAUDE_VERSION=2.1.330
 OPENAI_PY_VERSION=3.54.0
 ANTHROPIC_PY_VERSION=2.12.0
+H2_PY_VERSION=4.4.1
 
 NPM_DIR="$ROOT/npm"
 VENV="$ROOT/venv"
@@ -53,13 +55,14 @@ fi
 # --- Python SDKs ---------------------------------------------------------------------------
 have_sdks() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
-import openai, anthropic
+import openai, anthropic, h2
 assert openai.__version__ == "$OPENAI_PY_VERSION", openai.__version__
 assert anthropic.__version__ == "$ANTHROPIC_PY_VERSION", anthropic.__version__
+assert h2.__version__ == "$H2_PY_VERSION", h2.__version__
 PY
 }
 if have_sdks; then
-    echo "clients: openai $OPENAI_PY_VERSION and anthropic $ANTHROPIC_PY_VERSION already installed"
+    echo "clients: openai $OPENAI_PY_VERSION, anthropic $ANTHROPIC_PY_VERSION and h2 $H2_PY_VERSION already installed"
 else
     PY="$(command -v python3)" || { echo "clients: python3 not found" >&2; exit 1; }
     if [ ! -x "$VENV/bin/python" ]; then
@@ -75,10 +78,10 @@ else
         fi
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "openai==$OPENAI_PY_VERSION" "anthropic==$ANTHROPIC_PY_VERSION"
+        "openai==$OPENAI_PY_VERSION" "anthropic==$ANTHROPIC_PY_VERSION" "h2==$H2_PY_VERSION"
     have_sdks || { echo "clients: the Python SDKs did not install" >&2; exit 1; }
 fi
 
 echo "clients: codex  $CODEX"
 echo "clients: claude $CLAUDE"
-echo "clients: python $VENV/bin/python (openai $OPENAI_PY_VERSION, anthropic $ANTHROPIC_PY_VERSION)"
+echo "clients: python $VENV/bin/python (openai $OPENAI_PY_VERSION, anthropic $ANTHROPIC_PY_VERSION, h2 $H2_PY_VERSION)"

@@ -2,15 +2,24 @@
 """Drive the real openai-python and anthropic-python SDKs against a FluxRouter gateway.
 
     sdk.py SCENARIO --base-url http://127.0.0.1:PORT --key sk-... [--model flux-auto]
-           [--stream] [--auth bearer|x-api-key]
+           [--stream] [--auth bearer|x-api-key] [--http2]
 
 Scenarios:
+  chat              openai: chat.completions, not streamed
   chat-stream       openai: chat.completions, streamed (with usage)
   chat-tool         openai: chat.completions, a tool call and the follow-up with its result
   responses-stream  openai: responses, streamed
   responses-tool    openai: responses, a function_call and the follow-up with its output
+  messages          anthropic: messages, not streamed
   messages-stream   anthropic: messages, streamed
   messages-tool     anthropic: messages, a tool_use and the follow-up with its tool_result
+  httpx-h2          httpx2 (the SDKs' HTTP client) with http2=True, no SDK: a chat completion,
+                    then the same streamed; each must be served over HTTP/2
+
+Over TLS (an https:// base URL) the clients trust what a user's would: the system roots, or
+the CA file named by SSL_CERT_FILE, which httpx2 reads. With --http2 the SDKs are given an
+`http_client` with http2=True (it needs the `h2` package) and every response must come over
+HTTP/2 (HTTP/2 is only offered over TLS by ALPN: httpx2 does not do h2c).
 
 The tool scenarios stream both turns with --stream. The anthropic scenarios authenticate with
 `api_key=` (which 2.x sends as `Authorization: Bearer`) or, with --auth x-api-key, with only an
@@ -64,8 +73,8 @@ def check(cond, message):
 
 
 def headers_of(raw):
-    """The FluxRouter headers of one raw SDK response, plus its status."""
-    out = {"status": raw.status_code}
+    """The FluxRouter headers of one raw SDK response, plus its status and HTTP version."""
+    out = {"status": raw.status_code, "http_version": raw.http_response.http_version}
     for name in HEADERS:
         value = raw.headers.get(name)
         if value is not None:
@@ -94,6 +103,15 @@ def check_call(call):
 
 # --- OpenAI Chat Completions --------------------------------------------------------------
 
+def http_client_kwargs(opts):
+    """`http_client=` for an SDK when --http2 asks for one (else the SDK's own default)."""
+    if not opts.http2:
+        return {}
+    import httpx2
+
+    return {"http_client": httpx2.Client(http2=True, timeout=TIMEOUT_S)}
+
+
 def openai_client(opts):
     import openai
 
@@ -102,6 +120,7 @@ def openai_client(opts):
         api_key=opts.key,
         max_retries=0,
         timeout=TIMEOUT_S,
+        **http_client_kwargs(opts),
     )
 
 
@@ -143,6 +162,17 @@ def chat_turn(client, opts, messages, tools, stream):
                     slot["arguments"] += tc.function.arguments or ""
     check(finish is not None, "the stream ended without a finish_reason")
     return "".join(text), [calls[i] for i in sorted(calls)], usage, headers
+
+
+def chat(opts):
+    client = openai_client(opts)
+    text, calls, usage, headers = chat_turn(
+        client, opts, [{"role": "user", "content": TEXT_PROMPT}], None, False
+    )
+    check(text, "no text in the answer")
+    check(not calls, "unexpected tool calls %r" % (calls,))
+    check(usage and usage.get("completion_tokens"), "no completion_tokens in %r" % (usage,))
+    return {"text": text, "usage": usage, "requests": [headers]}
 
 
 def chat_stream(opts):
@@ -277,8 +307,11 @@ def anthropic_client(opts):
             default_headers={"x-api-key": opts.key},
             max_retries=0,
             timeout=TIMEOUT_S,
+            **http_client_kwargs(opts),
         )
-    return anthropic.Anthropic(base_url=base, api_key=opts.key, max_retries=0, timeout=TIMEOUT_S)
+    return anthropic.Anthropic(
+        base_url=base, api_key=opts.key, max_retries=0, timeout=TIMEOUT_S, **http_client_kwargs(opts)
+    )
 
 
 def messages_turn(client, opts, messages, tools, stream):
@@ -332,6 +365,17 @@ def messages_turn(client, opts, messages, tools, stream):
     return text, uses, blocks, usage, headers
 
 
+def messages(opts):
+    client = anthropic_client(opts)
+    text, uses, _, usage, headers = messages_turn(
+        client, opts, [{"role": "user", "content": TEXT_PROMPT}], None, False
+    )
+    check(text, "no text in the answer")
+    check(not uses, "unexpected tool_use %r" % (uses,))
+    check(usage.get("output_tokens"), "no output_tokens in the usage: %r" % (usage,))
+    return {"text": text, "usage": usage, "requests": [headers]}
+
+
 def messages_stream(opts):
     client = anthropic_client(opts)
     text, uses, _, usage, headers = messages_turn(
@@ -369,13 +413,67 @@ def messages_tool(opts):
     return {"text": text, "tool_call": call, "usage": usage, "requests": [headers1, headers2]}
 
 
+# --- httpx2 alone, over HTTP/2 -------------------------------------------------------------
+
+def flux_headers(response):
+    out = {"status": response.status_code, "http_version": response.http_version}
+    for name in HEADERS:
+        value = response.headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def httpx_h2(opts):
+    """A chat completion and the same streamed, with httpx2's http2=True and nothing else."""
+    import httpx2
+
+    url = opts.base_url.rstrip("/") + "/v1/chat/completions"
+    auth = {"authorization": "Bearer " + opts.key}
+    body = {"model": opts.model, "messages": [{"role": "user", "content": TEXT_PROMPT}]}
+    with httpx2.Client(http2=True, timeout=TIMEOUT_S) as client:
+        response = client.post(url, headers=auth, json=body)
+        first = flux_headers(response)
+        check(response.status_code == 200, "status %d: %s" % (response.status_code, response.text[:2000]))
+        answer = response.json()
+        text = answer["choices"][0]["message"]["content"] or ""
+        check(text, "no text in %r" % (answer,))
+        events, cost_line = [], None
+        with client.stream("POST", url, headers=auth, json=dict(body, stream=True)) as streamed:
+            second = flux_headers(streamed)
+            check(streamed.status_code == 200, "streamed status %d" % streamed.status_code)
+            check(streamed.headers.get("content-type", "").startswith("text/event-stream"),
+                  "streamed content-type %r" % (streamed.headers.get("content-type"),))
+            for line in streamed.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[len("data: "):])
+                elif line.startswith(":") and "x-flux-cost-usd" in line:
+                    cost_line = line
+    check(events and events[-1] == "[DONE]", "the stream did not end with [DONE]: %r" % (events[-3:],))
+    deltas = []
+    for data in events[:-1]:
+        chunk = json.loads(data)
+        for choice in chunk.get("choices", []):
+            deltas.append((choice.get("delta") or {}).get("content") or "")
+    streamed_text = "".join(deltas)
+    check(streamed_text, "no text streamed in %d events" % len(events))
+    check(cost_line is not None, "no x-flux-cost-usd line in the stream")
+    for headers in (first, second):
+        check(headers["http_version"] == "HTTP/2", "served over %r, not HTTP/2" % (headers["http_version"],))
+    return {"text": text, "streamed_text": streamed_text, "events": len(events),
+            "cost_line": cost_line, "requests": [first, second]}
+
+
 SCENARIOS = {
+    "chat": chat,
     "chat-stream": chat_stream,
     "chat-tool": chat_tool,
     "responses-stream": responses_stream,
     "responses-tool": responses_tool,
+    "messages": messages,
     "messages-stream": messages_stream,
     "messages-tool": messages_tool,
+    "httpx-h2": httpx_h2,
 }
 
 
@@ -387,6 +485,8 @@ def main():
     parser.add_argument("--model", default="flux-auto")
     parser.add_argument("--stream", action="store_true", help="stream the tool scenarios")
     parser.add_argument("--auth", choices=("bearer", "x-api-key"), default="bearer")
+    parser.add_argument("--http2", action="store_true",
+                        help="give the SDK an httpx2 client with http2=True; require HTTP/2")
     opts = parser.parse_args()
     streamed = opts.stream or opts.scenario.endswith("-stream")
     result = {"scenario": opts.scenario, "stream": streamed, "auth": opts.auth}
@@ -395,6 +495,9 @@ def main():
         for headers in result["requests"]:
             check(headers.get("x-flux-request-id"), "no X-Flux-Request-Id: %r" % (headers,))
             check(headers.get("x-flux-model"), "no X-Flux-Model: %r" % (headers,))
+            if opts.http2:
+                check(headers["http_version"] == "HTTP/2",
+                      "served over %r, not HTTP/2" % (headers["http_version"],))
         result["ok"] = True
     except Exception as exc:  # every failure, SDK errors included, becomes one JSON line
         result["ok"] = False

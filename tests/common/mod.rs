@@ -4,10 +4,13 @@
 
 pub mod accounts;
 pub mod browser;
+pub mod tls;
 
 // Not every suite uses the accounts helpers.
 #[allow(unused_imports)]
 pub use accounts::*;
+#[allow(unused_imports)]
+pub use tls::Ca;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
