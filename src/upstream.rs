@@ -575,6 +575,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn http2_peers_offer_h2_by_alpn_over_tls_and_by_prior_knowledge_over_plaintext() {
+        use pingora::upstreams::peer::ALPN;
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let peer = |url: &str, http2: bool| {
+            let base = BaseUrl::parse(url).unwrap();
+            make_peer(addr, &base, &ProviderTimeouts::default(), http2).options
+        };
+        let tls = peer("https://api.example.com/v1", true);
+        assert!(matches!(tls.alpn, ALPN::H2H1), "{:?}", tls.alpn);
+        assert_eq!(tls.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        let h2c = peer("http://127.0.0.1:9/v1", true);
+        assert!(matches!(h2c.alpn, ALPN::H2), "{:?}", h2c.alpn);
+        assert_eq!(h2c.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        for url in ["https://api.example.com/v1", "http://127.0.0.1:9/v1"] {
+            let h1 = peer(url, false);
+            assert!(matches!(h1.alpn, ALPN::H1), "{url}: {:?}", h1.alpn);
+            assert_eq!(h1.max_h2_streams, 1);
+        }
+    }
+
+    #[test]
     fn each_format_gets_its_auth_header_marked_sensitive() {
         let (name, value) = auth_header(Format::OpenAiChat, "k1").unwrap();
         assert_eq!(
