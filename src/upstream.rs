@@ -41,6 +41,8 @@ pub struct Provider {
     /// (`Authorization: Bearer …` or `x-api-key`), marked sensitive so it is never logged.
     auth: Option<(http::HeaderName, http::HeaderValue)>,
     pub timeouts: ProviderTimeouts,
+    /// Whether the peer offers HTTP/2 (`providers.<name>.http2`).
+    pub http2: bool,
     /// Skips the provider at once after repeated failures (see [`breaker`]).
     pub breaker: Breaker,
     /// Requests in flight to this provider, and the cap on them.
@@ -96,11 +98,12 @@ impl Providers {
                 },
                 None => None,
             };
+            let http2 = p.speaks_http2();
             let peer = match (base.host.as_str(), base.port)
                 .to_socket_addrs()
                 .map(|mut a| a.next())
             {
-                Ok(Some(addr)) => Some(Arc::new(make_peer(addr, &base, &p.timeouts))),
+                Ok(Some(addr)) => Some(Arc::new(make_peer(addr, &base, &p.timeouts, http2))),
                 Ok(None) | Err(_) => {
                     warnings.push(format!(
                         "provider {name}: cannot resolve {}; its models will fail over",
@@ -120,6 +123,7 @@ impl Providers {
                 peer: ArcSwapOption::new(peer),
                 auth,
                 timeouts: p.timeouts.clone(),
+                http2,
                 breaker: Breaker::new(
                     config.traffic.breaker_failures,
                     Duration::from_millis(config.traffic.breaker_cooldown_ms),
@@ -258,8 +262,21 @@ pub struct Outgoing<'a> {
     pub anthropic_beta: Option<&'a http::HeaderValue>,
 }
 
-fn make_peer(addr: SocketAddr, base: &BaseUrl, t: &ProviderTimeouts) -> HttpPeer {
+/// Concurrent requests one HTTP/2 connection to a provider carries before another is opened:
+/// RFC 9113's recommended floor for SETTINGS_MAX_CONCURRENT_STREAMS, which providers advertise
+/// (Pingora also keeps under what the provider advertises). Pingora's default is 1, one request
+/// per connection, as with HTTP/1.1.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+fn make_peer(addr: SocketAddr, base: &BaseUrl, t: &ProviderTimeouts, http2: bool) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, base.tls, base.host.clone());
+    if http2 {
+        // Over TLS ALPN offers h2 then http/1.1 and the provider picks; over plaintext there
+        // is no negotiation: a minimum version of 2 is Pingora's h2c with prior knowledge.
+        let min = if base.tls { 1 } else { 2 };
+        peer.options.set_http_version(2, min);
+        peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    }
     let connect = Duration::from_millis(t.connect_ms);
     peer.options.connection_timeout = Some(connect);
     peer.options.total_connection_timeout = Some(connect);
@@ -435,6 +452,10 @@ impl Provider {
                 .await
                 .map_err(|e| failed(e, "connect"))?;
             session.set_read_timeout(Some(Duration::from_millis(self.timeouts.first_byte_ms)));
+            // A provider that stops taking the body (an HTTP/1.1 socket that fills, an HTTP/2
+            // flow-control window never reopened) fails the attempt after `idle_ms`: Pingora's
+            // proxy copies the peer's write timeout into a session, its connector does not.
+            session.set_write_timeout(Some(Duration::from_millis(self.timeouts.idle_ms)));
             let sent = async {
                 session
                     .write_request_header(Box::new(header))
@@ -523,8 +544,12 @@ impl Provider {
         {
             return Ok(None);
         }
-        self.peer
-            .store(Some(Arc::new(make_peer(addr, &self.base, &self.timeouts))));
+        self.peer.store(Some(Arc::new(make_peer(
+            addr,
+            &self.base,
+            &self.timeouts,
+            self.http2,
+        ))));
         Ok(Some(addr))
     }
 }
@@ -548,6 +573,27 @@ fn is_timeout(e: &pingora::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_peers_offer_h2_by_alpn_over_tls_and_by_prior_knowledge_over_plaintext() {
+        use pingora::upstreams::peer::ALPN;
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let peer = |url: &str, http2: bool| {
+            let base = BaseUrl::parse(url).unwrap();
+            make_peer(addr, &base, &ProviderTimeouts::default(), http2).options
+        };
+        let tls = peer("https://api.example.com/v1", true);
+        assert!(matches!(tls.alpn, ALPN::H2H1), "{:?}", tls.alpn);
+        assert_eq!(tls.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        let h2c = peer("http://127.0.0.1:9/v1", true);
+        assert!(matches!(h2c.alpn, ALPN::H2), "{:?}", h2c.alpn);
+        assert_eq!(h2c.max_h2_streams, H2_STREAMS_PER_CONNECTION);
+        for url in ["https://api.example.com/v1", "http://127.0.0.1:9/v1"] {
+            let h1 = peer(url, false);
+            assert!(matches!(h1.alpn, ALPN::H1), "{url}: {:?}", h1.alpn);
+            assert_eq!(h1.max_h2_streams, 1);
+        }
+    }
 
     #[test]
     fn each_format_gets_its_auth_header_marked_sensitive() {

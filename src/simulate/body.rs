@@ -9,11 +9,12 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-/// An error that makes hyper drop the connection without finishing the response.
+/// An error that makes hyper drop the response without finishing it: over HTTP/1.1 the
+/// connection is closed, over HTTP/2 the request's stream is reset (the connection stays).
 ///
-/// Returned by the service it closes the connection before any response byte
-/// (`refuse`, non-streamed `cut`); sent down a stream channel it aborts the
-/// stream without a terminating chunk (streamed `cut`).
+/// Returned by the service it ends the exchange before any response byte (`refuse`,
+/// non-streamed `cut`); sent down a stream channel it aborts the stream without its end
+/// (no terminating chunk, or no END_STREAM: streamed `cut`).
 #[derive(Debug, Clone, Copy)]
 pub struct Disconnect(pub &'static str);
 

@@ -10,8 +10,16 @@
 //! - `POST …/messages` (Anthropic Messages, `anthropic.rs`)
 //! - `GET …/models`, `GET /healthz`
 //! - `GET /_sim/hanging` (`{"hanging": n}`: requests `hang` holds right now)
-//! - `GET /_sim/requests` (the recorded requests: method, path, query, headers, `auth`
-//!   (the credential headers that arrived, with their keys), body), `DELETE /_sim/requests`
+//! - `GET /_sim/requests` (the recorded requests: method, path, query, HTTP `version`
+//!   (`HTTP/1.1` or `HTTP/2.0`), headers, `auth` (the credential headers that arrived, with
+//!   their keys), body), `DELETE /_sim/requests`
+//! - `GET /_sim/connections` (`{"accepted": n, "open": n}`: TCP connections accepted since
+//!   start, and open now), for counting what a gateway opens under load
+//! - `GET /_sim/streams` (`{"cancelled": n}`: event streams whose client went away before
+//!   their end: an HTTP/1.1 connection closed, or an HTTP/2 stream reset)
+//!
+//! Every connection speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c): hyper's auto
+//! builder reads the first bytes and serves the HTTP/2 preface as HTTP/2.
 //!
 //! Each format's parser reduces its request to one [`model::SimInput`]; the shared
 //! [`model::Reply`] answers "Hello from {model}. You said: <first 8 words of the last
@@ -56,9 +64,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -88,6 +96,10 @@ const BACKGROUND_WORKER_THREADS: usize = 2;
 const RECORDING_PATH: &str = "/_sim/requests";
 /// How many requests `hang` holds right now (tests check the gateway let go of them).
 const HANGING_PATH: &str = "/_sim/hanging";
+/// Connections accepted and open (tests count what the gateway opens under load).
+const CONNECTIONS_PATH: &str = "/_sim/connections";
+/// Event streams abandoned by their client.
+const STREAMS_PATH: &str = "/_sim/streams";
 /// The message of an `error-event` stream's error.
 const SIMULATED_STREAM_ERROR: &str = "simulated error in the middle of the stream";
 const MODEL_ID: &str = "sim-model";
@@ -148,6 +160,10 @@ pub fn spawn_background(addr: SocketAddr) -> io::Result<SocketAddr> {
 
 /// Accepts connections forever, serving each on its own task.
 async fn run(simulator: Arc<Simulator>, listener: TcpListener) -> io::Result<()> {
+    // One builder for every connection: HTTP/1.1 with keep-alive, or h2c (prior knowledge).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -164,11 +180,12 @@ async fn run(simulator: Arc<Simulator>, listener: TcpListener) -> io::Result<()>
             log::debug!("simulator could not set TCP_NODELAY for {peer}: {err}");
         }
         let simulator = simulator.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| simulator.clone().handle(request));
-            let connection = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+            let _open = OpenConnection::new(&simulator.connections);
+            let handler = simulator.clone();
+            let service = service_fn(move |request| handler.clone().handle(request));
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             // Simulated disconnects end connections with an error on purpose.
             if let Err(err) = connection.await {
                 log::debug!("simulator connection from {peer} ended: {err}");
@@ -199,6 +216,16 @@ struct Simulator {
     chunk_delay: Duration,
     /// Requests currently held by `hang`, so tests can check none outlives its client.
     hanging: AtomicUsize,
+    connections: Connections,
+    /// Event streams whose client went away before their end.
+    streams_cancelled: Arc<AtomicU64>,
+}
+
+/// TCP connections accepted since start, and open now.
+#[derive(Default)]
+struct Connections {
+    accepted: AtomicU64,
+    open: AtomicU64,
 }
 
 impl Simulator {
@@ -208,6 +235,8 @@ impl Simulator {
             completions: AtomicU64::new(0),
             chunk_delay,
             hanging: AtomicUsize::new(0),
+            connections: Connections::default(),
+            streams_cancelled: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -232,6 +261,20 @@ impl Simulator {
             return Ok(json_response(
                 StatusCode::OK,
                 json!({"hanging": hanging}).to_string(),
+            ));
+        }
+        if path == CONNECTIONS_PATH && method == Method::GET {
+            let connections = json!({
+                "accepted": self.connections.accepted.load(Ordering::SeqCst),
+                "open": self.connections.open.load(Ordering::SeqCst),
+            });
+            return Ok(json_response(StatusCode::OK, connections.to_string()));
+        }
+        if path == STREAMS_PATH && method == Method::GET {
+            let cancelled = self.streams_cancelled.load(Ordering::SeqCst);
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"cancelled": cancelled}).to_string(),
             ));
         }
         if path == RECORDING_PATH && method == Method::DELETE {
@@ -339,7 +382,8 @@ impl Simulator {
         if input.stream {
             let events = api.stream_events(&reply, envelope, &input);
             let (events, cut) = shape_stream(api, events, mode);
-            return Ok(event_stream_response(events, delay, cut));
+            let cancelled = self.streams_cancelled.clone();
+            return Ok(event_stream_response(events, delay, cut, cancelled));
         }
         // A non-streamed answer takes as long as the stream it stands for.
         if !delay.is_zero() {
@@ -402,6 +446,23 @@ impl Simulator {
     }
 }
 
+/// Counts a connection as open for as long as it is served (and as accepted once).
+struct OpenConnection<'a>(&'a Connections);
+
+impl<'a> OpenConnection<'a> {
+    fn new(connections: &'a Connections) -> OpenConnection<'a> {
+        connections.accepted.fetch_add(1, Ordering::SeqCst);
+        connections.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(connections)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counts a request held by `hang` for as long as it is held.
 struct HangingRequest<'a>(&'a AtomicUsize);
 
@@ -449,10 +510,20 @@ fn shape_stream(api: Api, mut events: Vec<Bytes>, mode: Option<SimMode>) -> (Vec
 }
 
 /// A 200 `text/event-stream` response whose events a spawned task feeds in,
-/// `delay` apart; with `cut`, the connection is aborted after the last event.
-fn event_stream_response(events: Vec<Bytes>, delay: Duration, cut: bool) -> Response<SimBody> {
+/// `delay` apart; with `cut`, the connection (HTTP/2: the stream) is aborted after the last
+/// event. A client that leaves first is counted in `cancelled`.
+fn event_stream_response(
+    events: Vec<Bytes>,
+    delay: Duration,
+    cut: bool,
+    cancelled: Arc<AtomicU64>,
+) -> Response<SimBody> {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
-    tokio::spawn(produce_events(sender, events, delay, cut));
+    tokio::spawn(async move {
+        if let Produced::Abandoned = produce_events(sender, events, delay, cut).await {
+            cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     Response::builder()
         .header(CONTENT_TYPE, "text/event-stream")
         .header(CACHE_CONTROL, "no-cache")
@@ -460,18 +531,30 @@ fn event_stream_response(events: Vec<Bytes>, delay: Duration, cut: bool) -> Resp
         .expect("static response parts are valid")
 }
 
+/// How a stream's producer ended.
+enum Produced {
+    /// Every event was handed over (and the `cut` done, if asked).
+    Sent,
+    /// The client went away first: hyper dropped the body.
+    Abandoned,
+}
+
 async fn produce_events(
     sender: mpsc::Sender<StreamItem>,
     events: Vec<Bytes>,
     delay: Duration,
     cut: bool,
-) {
+) -> Produced {
     for (index, event) in events.into_iter().enumerate() {
         if index > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            // A client leaving during the pause is seen at once, not at the next event.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = sender.closed() => return Produced::Abandoned,
+            }
         }
         if sender.send(Ok(event)).await.is_err() {
-            return; // The client went away; hyper dropped the body.
+            return Produced::Abandoned;
         }
     }
     if cut {
@@ -480,13 +563,14 @@ async fn produce_events(
         // runs dry, so wait until every queued event has been taken (all the
         // channel's slots are free again), give it a moment, then abort.
         let Ok(mut permits) = sender.reserve_many(sender.max_capacity()).await else {
-            return;
+            return Produced::Abandoned;
         };
         tokio::time::sleep(CUT_FLUSH_GRACE).await;
         if let Some(permit) = permits.next() {
             permit.send(Err(Disconnect("cut")));
         }
     }
+    Produced::Sent
 }
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<SimBody> {

@@ -1,6 +1,7 @@
 //! An in-memory log of the generation requests the simulator received (every
 //! format), so tests can assert what the gateway actually sent upstream: the
-//! head, every header, the body, and which credential header arrived (`auth`).
+//! head (and the HTTP version it came in), every header, the body, and which credential
+//! header arrived (`auth`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -36,6 +37,8 @@ impl Recorder {
         }
         let entry = json!({
             "method": head.method.as_str(),
+            // How the request arrived: `HTTP/1.1` or `HTTP/2.0` (h2c).
+            "version": format!("{:?}", head.version),
             "auth": credentials(&head.headers),
             "path": head.uri.path(),
             "query": head.uri.query(),
@@ -124,6 +127,7 @@ mod tests {
         let log: Value = serde_json::from_slice(&recorder.to_json()).unwrap();
         let entry = &log[0];
         assert_eq!(entry["method"], "POST");
+        assert_eq!(entry["version"], "HTTP/1.1");
         assert_eq!(entry["path"], "/v1/chat/completions");
         assert_eq!(entry["query"], "x=1");
         assert_eq!(entry["headers"]["authorization"], "Bearer sk-test");
