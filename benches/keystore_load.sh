@@ -17,7 +17,9 @@
 #   WARMUP=3         seconds of wrk before the first row
 #   RATE=1000        key creations per second in the second row
 #   CREATORS=4       threads (keep-alive connections) of the creating process
-#   CONNS=32         wrk connections
+#   CONNS=32         wrk (or oha) connections
+#   REQ_RATE=0       0: wrk sends as fast as it can; N: oha sends N requests a second, with
+#                    latency measured from when each was due (needs oha)
 #   PROVIDER=nginx   nginx: fixed OpenAI answers (apt-get install nginx when missing)
 #                    sim: `fluxrouter simulate`
 # Needs curl, python3 and wrk (installed with apt-get when missing).
@@ -31,6 +33,9 @@ RATE=${RATE:-1000}
 CREATORS=${CREATORS:-4}
 CONNS=${CONNS:-32}
 PROVIDER=${PROVIDER:-nginx}
+REQ_RATE=${REQ_RATE:-0}
+[[ $REQ_RATE =~ ^[0-9]+$ ]] || { echo "REQ_RATE must be a whole number (0: wrk, as fast as it can)" >&2; exit 2; }
+[ "$REQ_RATE" = 0 ] || command -v oha >/dev/null || { echo "REQ_RATE needs oha (cargo install oha --locked)" >&2; exit 2; }
 for n in DURATION WARMUP RATE CREATORS CONNS; do
   [[ ${!n} =~ ^[0-9]+$ ]] && [ "${!n}" -ge 1 ] || { echo "$n must be a whole number, at least 1" >&2; exit 2; }
 done
@@ -74,20 +79,43 @@ admin="http://127.0.0.1:$admin_port"
 account=$(curl -sf -H "Authorization: Bearer $FLUX_BENCH_ADMIN_TOKEN" "$admin/admin/v1/accounts" \
   -d '{"name":"bench","plan":"payg"}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 
+# The served load: wrk as fast as it can (REQ_RATE=0), or oha at a fixed rate (requests a
+# second, latency measured from when each request was due, so a stall is not hidden).
+python3 - "$work/body.json" <<'PY'
+import json, sys
+words = ("the quarterly review covered revenue churn hiring and the roadmap " * 20)[:1000]
+json.dump({"model": "flux-fast", "messages": [{"role": "user", "content": words}]}, open(sys.argv[1], "w"))
+PY
 wrk_for() { # seconds out
+  if [ "$REQ_RATE" -gt 0 ]; then
+    oha --no-tui --output-format json -z "$1"s -q "$REQ_RATE" --latency-correction -c "$CONNS" \
+      -m POST -H "Authorization: Bearer $key" -H "Content-Type: application/json" -D "$work/body.json" \
+      "http://127.0.0.1:$gw_port/v1/chat/completions" >"$2" 2>"$2.err" || true
+    return
+  fi
   KEY=$key MODEL=flux-fast BODY_KB=1 STREAM=0 \
     wrk -t2 -c"$CONNS" -d"$1"s --timeout 10s --latency -s benches/chat.lua \
     "http://127.0.0.1:$gw_port/v1/chat/completions" >"$2" 2>&1 || true
 }
-row() { # label wrk-output creations-json
-  python3 - "$1" "$2" "$3" <<'PY'
+row() { # label load-output creations-json
+  python3 - "$1" "$2" "$3" "$DURATION" <<'PY'
 import json, sys
 sys.path.insert(0, "benches")
 from load_util import parse_wrk, fmt_ms
-label, out, made = sys.argv[1], sys.argv[2], sys.argv[3]
-w = parse_wrk(out)
+label, out, made, duration = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+try:
+    r = json.load(open(out))  # oha
+    codes = r.get("statusCodeDistribution", {})
+    pct = r.get("latencyPercentiles", {})
+    ok = int(codes.get("200", 0))
+    w = {"rps": ok / duration, "p50": float(pct.get("p50") or 0) * 1000,
+         "p99": float(pct.get("p99") or 0) * 1000}
+    errors = sum(int(v) for k, v in codes.items() if k != "200") + sum(
+        int(v) for k, v in r.get("errorDistribution", {}).items() if "deadline" not in k)
+except ValueError:
+    w = parse_wrk(out)
+    errors = w["non2xx"] + w["sockerr"]
 c = json.loads(made) if made else None
-errors = w["non2xx"] + w["sockerr"]
 creations = (f"{c['per_second']:,.0f} ({c['created']:,} made, {c['refused'] + c['failed']} refused or failed)"
              if c else "")
 one = f"{c['p50_ms']} / {c['p99_ms']} / {c['max_ms']} ms" if c else ""
@@ -110,7 +138,8 @@ stored=$(curl -sf -H "Authorization: Bearer $FLUX_BENCH_ADMIN_TOKEN" "$admin/adm
 
 echo "## Key store under load ($(date -u +%Y-%m-%d), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
-echo "| ${DURATION} s of wrk -t2 -c${CONNS}, 1 KiB chat completions | req/s | p50 | p99 | errors | key creations/s (admin API, separate process) | one creation p50 / p99 / max |"
+if [ "$REQ_RATE" -gt 0 ]; then load="oha -c${CONNS} at ${REQ_RATE} req/s"; else load="wrk -t2 -c${CONNS}"; fi
+echo "| ${DURATION} s of $load, 1 KiB chat completions | req/s | p50 | p99 | errors | key creations/s (admin API, separate process) | one creation p50 / p99 / max |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 row "without creations" "$work/without.txt" ""
 row "with ${RATE} creations/s" "$work/with.txt" "$(cat "$work/created.json")"
