@@ -126,13 +126,16 @@ PY
 log "warm-up: ${WARMUP} s"
 wrk_for "$WARMUP" "$work/warmup.txt"
 log "without creations: ${DURATION} s"
+cpu0=$("${util[@]}" ticks "${procs[flux]}")
 wrk_for "$DURATION" "$work/without.txt"
+cpu1=$("${util[@]}" ticks "${procs[flux]}")
 log "with ${RATE} creations a second: ${DURATION} s"
 python3 benches/create_keys.py "$admin" "$account" "$RATE" "$DURATION" "$CREATORS" \
   >"$work/created.json" 2>"$work/created.log" &
 creating=$!
 wrk_for "$DURATION" "$work/with.txt"
 wait "$creating" || { cat "$work/created.log" >&2; exit 1; }
+cpu2=$("${util[@]}" ticks "${procs[flux]}")
 stored=$(curl -sf -H "Authorization: Bearer $FLUX_BENCH_ADMIN_TOKEN" "$admin/admin/v1/accounts/$account" |
   python3 -c 'import json, sys; print(len(json.load(sys.stdin)["keys"]))')
 
@@ -146,3 +149,13 @@ row "with ${RATE} creations/s" "$work/with.txt" "$(cat "$work/created.json")"
 echo
 echo "- provider: $provider_version; the gateway (2 threads), the provider, wrk and the creating process share this machine's cores"
 echo "- keys in the account after the run: $stored"
+hz=$(getconf CLK_TCK)
+python3 - "$cpu0" "$cpu1" "$cpu2" "$hz" "$DURATION" "$work/created.json" <<'PY'
+import json, sys
+c0, c1, c2, hz, d = (float(x) for x in sys.argv[1:6])
+made = json.load(open(sys.argv[6]))
+extra = (c2 - c1 - (c1 - c0)) / hz
+print(f"- the gateway's CPU: {(c1 - c0) / hz:.1f} s without creations, {(c2 - c1) / hz:.1f} s with "
+      f"({extra:+.1f} s, {extra / max(made['created'], 1) * 1e6:+.0f} µs per creation); the creating "
+      f"process's own: {made.get('cpu_s', 0):.1f} s of the {d:.0f} s")
+PY
