@@ -35,7 +35,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (listen, upstream, tls) = match args.as_slice() {
         [listen, upstream] => (listen, upstream, None),
-        [listen, upstream, tls_listen, cert, key] => (listen, upstream, Some((tls_listen, cert, key))),
+        [listen, upstream, tls_listen, cert, key] => {
+            (listen, upstream, Some((tls_listen, cert, key)))
+        }
         _ => {
             eprintln!(
                 "usage: pingora_passthrough LISTEN_ADDR UPSTREAM_ADDR [TLS_LISTEN_ADDR CERT_PEM KEY_PEM]"

@@ -952,30 +952,7 @@ async fn a_binary_upgrade_under_tls_load_over_http1_and_http2_fails_no_request()
             failures
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut new = flux.spawn_upgrade();
-    tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
-    flux.signal("QUIT");
-    let exit = flux
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the old process exits");
-    assert!(exit.success(), "{exit:?}");
-    old_gone.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for w in workers {
-        failures.extend(w.await.unwrap());
-    }
-    let _ = new.kill();
-    let _ = new.wait();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    upgrade_under_load(&mut flux, workers, &old_gone, &stop).await;
     assert!(
         served_after.load(Ordering::Relaxed) > 0,
         "the new process served after the old one left"
@@ -1099,6 +1076,27 @@ async fn http2_continuation_settings_and_ping_floods_stay_bounded() {
     driver.abort();
 }
 
+/// A chat completion on a raw HTTP/2 connection, its whole body sent: the answer to come,
+/// and the stream (to reset it).
+async fn h2_chat(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    port: u16,
+    key: &str,
+    body: &Value,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let mut c = client.clone().ready().await.unwrap();
+    let body = body.to_string();
+    let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(())
+        .unwrap();
+    let (resp, mut send) = c.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from(body), true).unwrap();
+    (resp, send)
+}
+
 #[tokio::test]
 async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
     let lanes = TEST_LANES.replacen(
@@ -1122,18 +1120,9 @@ async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     let driver = tokio::spawn(conn);
     for stream in [false, true] {
-        let mut c = client.clone().ready().await.unwrap();
         let body = json!({"model": "flux-pinned-h2-hang", "stream": stream,
-                          "messages": [{"role": "user", "content": "hi"}]})
-        .to_string();
-        let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .header("authorization", format!("Bearer {}", flux.key))
-            .header("content-type", "application/json")
-            .header("content-length", body.len())
-            .body(())
-            .unwrap();
-        let (resp, mut send) = c.send_request(req, false).unwrap();
-        send.send_data(bytes::Bytes::from(body), true).unwrap();
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let (resp, mut send) = h2_chat(&client, port, &flux.key, &body).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while flux.sim.hanging().await != 1 {
             assert!(
@@ -1165,18 +1154,9 @@ async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
     assert!(log.contains("\"status\":499"), "{log}");
 
     // Reset mid-stream, after the first event: the stream is billed for what was used.
-    let mut c = client.clone().ready().await.unwrap();
     let body = json!({"model": "flux-pinned-h2-drip", "stream": true,
-                      "messages": [{"role": "user", "content": "hi"}]})
-    .to_string();
-    let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .header("authorization", format!("Bearer {}", flux.key))
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .body(())
-        .unwrap();
-    let (resp, mut send) = c.send_request(req, false).unwrap();
-    send.send_data(bytes::Bytes::from(body), true).unwrap();
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let (resp, mut send) = h2_chat(&client, port, &flux.key, &body).await;
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-flux-request-id"]

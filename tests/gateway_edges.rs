@@ -515,31 +515,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
             failures
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut new = flux.spawn_upgrade();
-    tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
-    flux.signal("QUIT");
-    // Pingora keeps the old process serving for 5 s after the hand-over, then drains it.
-    let exit = flux
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the old process exits");
-    assert!(exit.success(), "{exit:?}");
-    old_gone.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for w in workers {
-        failures.extend(w.await.unwrap());
-    }
-    let _ = new.kill();
-    let _ = new.wait();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    upgrade_under_load(&mut flux, workers, &old_gone, &stop).await;
     assert!(
         served_after.load(Ordering::Relaxed) > 0,
         "the new process served after the old one left"

@@ -723,3 +723,41 @@ pub async fn expect_openai_error(r: reqwest::Response, status: u16, code: &str) 
 pub fn ping(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}]})
 }
+
+/// The zero-downtime upgrade under load: with `workers` sending requests (each returns its
+/// failures), start a new process on `flux`'s sockets, stop the old one (SIGQUIT) and wait
+/// for it to exit, let the new one serve for half a second, then stop the workers. Asserts
+/// the old process exited cleanly and no request failed; `old_gone` is set once it is gone.
+pub async fn upgrade_under_load(
+    flux: &mut Flux,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    old_gone: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = flux.spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(700)).await; // the new process waits for the sockets
+    flux.signal("QUIT");
+    // Pingora keeps the old process serving for 5 s after the hand-over, then drains it.
+    let exit = flux
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the old process exits");
+    assert!(exit.success(), "{exit:?}");
+    old_gone.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
