@@ -90,6 +90,26 @@ fn log_refused(
     });
 }
 
+/// `work` within `limit`: `None` when it fails or is late, logged at debug (scanners and
+/// health checks make these all day) naming `what`; the connection is then closed.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, E>>,
+    what: &str,
+) -> Option<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            log::debug!("closed a connection: {what} failed: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!("closed a connection: {what} did not come in time");
+            None
+        }
+    }
+}
+
 /// The accepted stream's peer (none on a Unix socket). A PROXY-protocol layer that rewrites
 /// the socket digest's peer is seen here too.
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
@@ -126,30 +146,18 @@ impl<A> Edge<A> {
     /// The PROXY header, under the header deadline; `None`: the connection is closed (logged
     /// at debug: scanners and health checks make these).
     async fn read_proxy_header(&self, mut stream: Stream) -> Option<Stream> {
-        {
-            let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
-            let header = match tokio::time::timeout(
-                deadline,
-                proxy_protocol::read_header(&mut stream),
-            )
-            .await
-            {
-                Ok(Ok(header)) => header,
-                Ok(Err(e)) => {
-                    log::debug!("closed a connection without a PROXY header: {e}");
-                    return None;
-                }
-                Err(_) => {
-                    log::debug!("closed a connection whose PROXY header did not arrive");
-                    return None;
-                }
-            };
-            if let Some(source) = header.source {
-                // What `client_addr()` reports from now on; the local side stays the socket's.
-                let digest = SocketDigest::from_raw_fd(stream.id());
-                let _ = digest.peer_addr.set(Some(source.into()));
-                stream.set_socket_digest(digest);
-            }
+        let deadline = Duration::from_millis(self.state.config.limits.header_timeout_ms);
+        let header = within(
+            deadline,
+            proxy_protocol::read_header(&mut stream),
+            "a PROXY header",
+        )
+        .await?;
+        if let Some(source) = header.source {
+            // What `client_addr()` reports from now on; the local side stays the socket's.
+            let digest = SocketDigest::from_raw_fd(stream.id());
+            let _ = digest.peer_addr.set(Some(source.into()));
+            stream.set_socket_digest(digest);
         }
         Some(stream)
     }
@@ -165,20 +173,13 @@ impl<A> Edge<A> {
             };
             // Plaintext sent here fails the handshake at its first bytes (not a TLS record),
             // and the connection closes at once.
-            stream =
-                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*tcp))
-                    .await
-                {
-                    Ok(Ok(tls_stream)) => Box::new(tls_stream),
-                    Ok(Err(e)) => {
-                        log::debug!("TLS handshake failed: {e}");
-                        return None;
-                    }
-                    Err(_) => {
-                        log::debug!("TLS handshake did not finish in time");
-                        return None;
-                    }
-                };
+            let tls_stream = within(
+                tls.handshake_timeout,
+                tls.acceptor.tls_handshake(*tcp),
+                "a TLS handshake",
+            )
+            .await?;
+            stream = Box::new(tls_stream);
         }
         Some(stream)
     }
