@@ -577,10 +577,10 @@ async fn follow(
             None => {
                 if fleet.is_up() {
                     if let Ok(at) = start(&fleet, &directory, &mut epoch).await {
+                        // Ready once the stream is read to its end (below): resumed from an
+                        // older mark, the changes since it must be in before this process
+                        // writes, or a late one could undo a write of its own.
                         from = Some(at);
-                        if let Some(tx) = first.take() {
-                            let _ = tx.send(());
-                        }
                         continue;
                     }
                 }
@@ -651,6 +651,9 @@ async fn follow(
                         }
                         if full {
                             continue;
+                        }
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(());
                         }
                     }
                 }
