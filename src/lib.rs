@@ -18,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod endpoints;
 pub mod errors;
+pub mod file_watch;
 pub mod fleet;
 pub mod gateway;
 pub mod headers;

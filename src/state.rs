@@ -28,6 +28,7 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, InProcess, SharedState};
 use crate::auth::{KeyTable, Terms};
 use crate::config::{ConfigError, KeysFile, ServerConfig};
+use crate::file_watch::{FileEvent, FileWatch};
 use crate::limits::Limits;
 use crate::metering::budget::Budget;
 use crate::metering::ledger::{EmbeddedLedger, LedgerOptions};
@@ -641,8 +642,7 @@ impl BackgroundService for Reloader {
         let follower = self.state.follow_key_store();
         let _stop_following = AbortOnDrop(follower);
         let changed = Arc::new(Notify::new());
-        // Watch the folders, not the files: editors and `keys new` replace files by rename,
-        // which a watch on the old inode would miss.
+        // Editors and `keys new` replace files by rename: the watch follows the name.
         let weights_path = || {
             self.state
                 .routes
@@ -651,7 +651,7 @@ impl BackgroundService for Reloader {
                 .map(|c| c.path.clone())
         };
         let mut weights = weights_path().map(|p| Watched::new(&p));
-        let _watcher = match watch_folders(
+        let _watcher = match watch_files(
             self.state.clone(),
             weights.as_ref().map(|w| w.path.clone()),
             changed.clone(),
@@ -744,74 +744,31 @@ impl Reloader {
     }
 }
 
-/// Watch the folders of lanes.yaml, the keys file and the classifier's weights (as named at
-/// start; a weights file moved elsewhere later is reloaded with SIGHUP), and tell the keys
-/// file's writers apart (see [`Writes`]).
-fn watch_folders(
+/// Watch lanes.yaml, the keys file and the classifier's weights (as named at start; a
+/// weights file moved elsewhere later is reloaded with SIGHUP), and tell the keys file's
+/// writers apart (see [`Writes`]).
+fn watch_files(
     state: Arc<AppState>,
     weights: Option<PathBuf>,
     changed: Arc<Notify>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-    use notify::{RecursiveMode, Watcher};
+) -> std::io::Result<FileWatch> {
     let config = &state.config;
-    let watched: Vec<PathBuf> = [config.lanes_file.clone(), config.keys_file.clone()]
+    let files: Vec<PathBuf> = [config.keys_file.clone(), config.lanes_file.clone()]
         .into_iter()
         .chain(weights)
         .collect();
-    let files: Vec<PathBuf> = watched
-        .iter()
-        .filter_map(|p| p.file_name().map(PathBuf::from))
-        .collect();
-    let keys_name = config.keys_file.file_name().map(PathBuf::from);
-    let events = state.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let named = |name: &Path| {
-            event
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| n == name.as_os_str()))
-        };
-        let closed = matches!(
-            event.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-        );
-        if keys_name.as_deref().is_some_and(named) {
-            let writes = &events.keys_writes;
-            match event.kind {
-                _ if closed => writes.closed(),
-                EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
-                    writes.written()
-                }
-                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => writes.replaced(),
-                _ => {}
+    // The keys file is first.
+    FileWatch::start(&files, move |i, event| {
+        if i == 0 {
+            let writes = &state.keys_writes;
+            match event {
+                FileEvent::Written => writes.written(),
+                FileEvent::Closed => writes.closed(),
+                FileEvent::Replaced => writes.replaced(),
             }
         }
-        // Reading a file raises access events; reacting to those would make the reloader's
-        // own reads wake it again, forever. A writer closing the file is not one of them.
-        if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove() || closed) {
-            return;
-        }
-        if files.iter().any(|f| named(f)) {
-            changed.notify_one();
-        }
-    })?;
-    let mut folders: Vec<PathBuf> = Vec::new();
-    for file in &watched {
-        let folder = match file.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !folders.contains(&folder) {
-            if let Err(e) = std::fs::create_dir_all(&folder) {
-                warn!("cannot create {}: {e}", folder.display());
-            }
-            watcher.watch(&folder, RecursiveMode::NonRecursive)?;
-            folders.push(folder);
-        }
-    }
-    Ok(watcher)
+        changed.notify_one();
+    })
 }
 
 #[cfg(test)]
