@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod address_limits;
 pub mod admission;
 pub mod auth;
+pub mod background;
 pub mod client_addr;
 pub mod config;
 pub mod console;

@@ -57,6 +57,8 @@ pub struct AppState {
     /// The key store: accounts and keys created one row at a time, served beside the keys
     /// file's; other processes' changes arrive through its feed ([`AppState::follow_key_store`]).
     pub directory: Arc<crate::accounts::Directory>,
+    /// The low-priority thread the management API's key store operations run on.
+    pub management: crate::background::Worker,
     /// Each plan's compiled terms, for the key store's accounts.
     pub plan_terms: std::collections::HashMap<String, Arc<Terms>>,
     /// When lanes.yaml and the keys file were last (re)loaded, unix seconds.
@@ -146,6 +148,7 @@ impl AppState {
             keys_writes: Writes::default(),
             fleet,
             directory,
+            management: crate::background::Worker::default(),
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
             drain: tokio::sync::watch::Sender::new(false),

@@ -266,6 +266,8 @@ impl ProxyHttp for Admin {
         // Behind the connection guard (a TLS or PROXY-protocol admin listener): what is
         // written from here on is this answer, not a refused header.
         super::edge::header_received();
+        // The admin listener's threads serve only this plane: they yield to the serving ones.
+        crate::background::lower_this_thread();
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
         if path == "/metrics" {

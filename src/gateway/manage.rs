@@ -22,6 +22,7 @@ use crate::accounts::{
     StoreError,
 };
 use crate::auth::Manager;
+use crate::background::NotRun;
 use crate::errors::{ErrorKind, FluxError};
 use crate::metering::ledger::LedgerReader;
 use crate::state::AppState;
@@ -66,16 +67,25 @@ fn store_error(e: StoreError) -> FluxError {
     }
 }
 
-/// Run a store operation on a blocking thread (SQLite).
+/// Run a store operation (SQLite, blocking) on the management thread, which yields to the
+/// serving threads (see [`crate::background`]).
 async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     op: impl FnOnce(&Directory) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, FluxError> {
     let dir = state.directory.clone();
-    tokio::task::spawn_blocking(move || op(&dir))
-        .await
-        .map_err(|e| FluxError::new(ErrorKind::Internal, format!("key store task: {e}")))?
-        .map_err(store_error)
+    match state.management.run(move || op(&dir)).await {
+        Ok(done) => done.map_err(store_error),
+        Err(NotRun::Busy) => Err(FluxError::new(
+            ErrorKind::Overloaded,
+            "The key store has a queue of changes to write; nothing was changed. Retry in a second.",
+        )
+        .retry_after(1)),
+        Err(NotRun::Failed) => Err(FluxError::new(
+            ErrorKind::Internal,
+            "The key store operation failed; retry, and quote the request id if it persists.",
+        )),
+    }
 }
 
 /// The request's JSON body (at most [`MAX_BODY`] bytes: 413 past it) as `T`: see
