@@ -127,9 +127,10 @@ JSON
 fi
 
 # --- ports, provider ------------------------------------------------------------------------
-mapfile -t ports < <("${util[@]}" ports 9)
+mapfile -t ports < <("${util[@]}" ports 11)
 json_port=${ports[0]} sse_port=${ports[1]} ll_port=${ports[2]} pk_port=${ports[3]}
 pt_ports=("${ports[4]}" "${ports[5]}") gw_ports=("${ports[6]}" "${ports[7]}")
+admin_ports=("${ports[9]}" "${ports[10]}")
 
 [ "$PROVIDER" = sim ] && sse_port=$json_port
 start_provider "$PROVIDER" "$json_port" "$sse_port"
@@ -174,14 +175,20 @@ server: { threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 access_log: "$work/flux-access.log"
+admin: { listen: ["127.0.0.1:${admin_ports[$1]}"], token_env: FLUX_BENCH_ADMIN_TOKEN }
 providers:
   bench: { format: openai, base_url: "http://127.0.0.1:$(provider_port "$1")/v1" }
+# Production-like terms: every request is rate-checked (requests and tokens), reserves and
+# settles against credit, ceiling and hourly limit, and is written to the ledger and the
+# access log; the limits are high enough that the benchmark never reaches them.
 plans:
-  payg: { lanes: [express, daily, deep] }
+  payg: { lanes: [express, daily, deep], monthly_credit_usd: 20, overage: true, ceiling_usd: 1000000, hourly_limit_usd: 1000000, requests_per_minute: 100000000, tokens_per_minute: 100000000000 }
 YAML
   echo "$f"
 }
 flux_key=""
+FLUX_BENCH_ADMIN_TOKEN="bench-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+export FLUX_BENCH_ADMIN_TOKEN
 if wants flux-pinned || wants flux-auto; then
   flux_key=$("$bin" --config "$(flux_config 0)" keys new --plan payg --name bench 2>"$work/keys.log") ||
     { cat "$work/keys.log" >&2; exit 1; }

@@ -40,19 +40,32 @@ impl Usd {
     /// For humans and JSON: dollars with up to 12 decimals, trailing zeros dropped but at
     /// least one decimal kept (`0.0000123`, `1.0`).
     pub fn to_decimal(self) -> String {
+        let mut out = String::with_capacity(24);
+        // Writing to a String cannot fail.
+        let _ = self.write_decimal(&mut out);
+        out
+    }
+
+    /// [`Usd::to_decimal`] into `out`, with no allocation of its own (every request writes
+    /// its cost twice: the `X-Flux-Cost-USD` header and the access line).
+    pub fn write_decimal(self, out: &mut impl fmt::Write) -> fmt::Result {
         let whole = self.0 / PICOS_PER_USD;
-        let frac = self.0 % PICOS_PER_USD;
-        let mut frac = format!("{frac:012}");
-        while frac.len() > 1 && frac.ends_with('0') {
-            frac.pop();
+        let mut frac = self.0 % PICOS_PER_USD;
+        let mut digits = [b'0'; MAX_DECIMALS];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
         }
-        format!("{whole}.{frac}")
+        let kept = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+        write!(out, "{whole}.")?;
+        // ASCII digits: always UTF-8.
+        out.write_str(std::str::from_utf8(&digits[..kept]).unwrap_or("0"))
     }
 }
 
 impl fmt::Display for Usd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_decimal())
+        self.write_decimal(f)
     }
 }
 
@@ -153,7 +166,10 @@ mod tests {
             let usd: Usd = text.parse().unwrap();
             assert_eq!(usd.0, picos, "{text}");
             assert_eq!(usd.to_decimal(), shown, "{text}");
+            assert_eq!(usd.to_string(), shown, "{text}");
         }
+        assert_eq!(Usd(u64::MAX).to_decimal(), "18446744.073709551615");
+        assert_eq!(Usd(10).to_decimal(), "0.00000000001");
         for bad in [
             "",
             ".",
