@@ -28,6 +28,9 @@
 #   CONNS="1 32 128"    wrk connections
 #   WRK_TIMEOUT=10      seconds after which wrk counts a request as a timeout
 #   FIRST_CHUNK_N=200   requests for the first-SSE-chunk delay (0 skips it)
+#   STAGES=0            1: build FluxRouter with the `stage-timing` feature and print, after
+#                       the table, the mean wall time per request of each stage (read body,
+#                       parse, auth, route, admit, …) in each FluxRouter cell (src/stages.rs)
 #   LITELLM_VERSION=1.108.7  PORTKEY_VERSION=1.15.2   the peers installed in .bench-peers/
 # Needs curl, python3 (with venv, for LiteLLM), node and npm (for Portkey); wrk and nginx are
 # installed with apt-get when missing.
@@ -45,6 +48,7 @@ BODIES=${BODIES:-1 50}
 CONNS=${CONNS:-1 32 128}
 WRK_TIMEOUT=${WRK_TIMEOUT:-10}
 FIRST_CHUNK_N=${FIRST_CHUNK_N:-200}
+STAGES=${STAGES:-0}
 LITELLM_VERSION=${LITELLM_VERSION:-1.108.7}
 PORTKEY_VERSION=${PORTKEY_VERSION:-1.15.2}
 # Portkey's package asks for @hono/node-server ^1.3.3; from 1.14 on, a Response built from a
@@ -68,7 +72,9 @@ load_tools "$PROVIDER"
 
 bash scripts/bootstrap.sh
 log "building the release binaries"
-cargo build --release --locked --quiet --bin fluxrouter --example pingora_passthrough
+features=()
+[ "$STAGES" = 1 ] && features=(--features stage-timing)
+cargo build --release --locked --quiet --bin fluxrouter --example pingora_passthrough "${features[@]}"
 bin=${CARGO_TARGET_DIR:-target}/release/fluxrouter
 passthrough=${CARGO_TARGET_DIR:-target}/release/examples/pingora_passthrough
 util=(python3 benches/load_util.py)
@@ -175,7 +181,7 @@ server: { threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds
 keys_file: keys.yaml
 lanes_file: lanes.yaml
 access_log: "$work/flux-access.log"
-admin: { listen: ["127.0.0.1:${admin_ports[$1]}"], token_env: FLUX_BENCH_ADMIN_TOKEN }
+admin: { listen: ["127.0.0.1:${admin_ports[$1]}"], token_env: FLUX_BENCH_ADMIN_TOKEN, metrics_token_env: FLUX_BENCH_ADMIN_TOKEN }
 providers:
   bench: { format: openai, base_url: "http://127.0.0.1:$(provider_port "$1")/v1" }
 # Production-like terms: every request is rate-checked (requests and tokens), reserves and
@@ -301,6 +307,7 @@ wrk_run() { # target stream kb conns seconds out
 }
 
 results=$work/results.tsv
+stage_cells=()
 : >"$results"
 mkdir -p "$work/cells"
 run_cell() { # stream kb conns target
@@ -310,7 +317,16 @@ run_cell() { # stream kb conns target
     "${util[@]}" reset-peak "${pids[@]}"
     t0=$("${util[@]}" ticks "${pids[@]}")
   fi
+  local scrape="" stage_file="$work/cells/$1-$2-$3-$4.stages"
+  [ "$STAGES" = 1 ] && [[ $t == flux-* ]] &&
+    scrape=(curl -sf -H "Authorization: Bearer $FLUX_BENCH_ADMIN_TOKEN" "http://127.0.0.1:${admin_ports[$s]}/metrics")
+  [ -z "$scrape" ] || "${scrape[@]}" >"$stage_file.before" || true
   wrk_run "$t" "$s" "$kb" "$c" "$DURATION" "$out"
+  if [ -n "$scrape" ]; then
+    "${util[@]}" settle "${pids[@]}"
+    "${scrape[@]}" >"$stage_file.after" || true
+    stage_cells+=("$(if [ "$s" = 1 ]; then echo stream; else echo json; fi) ${kb} KB c$c $t=$stage_file.before:$stage_file.after")
+  fi
   if [ ${#pids[@]} -gt 0 ]; then
     t1=$("${util[@]}" ticks "${pids[@]}")
     peak=$("${util[@]}" peak-kb "${pids[@]}")
@@ -413,6 +429,12 @@ done
 
 "${util[@]}" table "$results"
 echo
+if [ ${#stage_cells[@]} -gt 0 ]; then
+  echo "Per stage (stage-timing build; wall time, so the waiting stages include the provider and the sockets):"
+  echo
+  "${util[@]}" stage-table "${stage_cells[@]}"
+  echo
+fi
 echo "$idle_line"
 [ -z "$first_chunk_line" ] || echo "$first_chunk_line"
 echo "- × pingora: req/s ÷ the bare passthrough's at the same load. CPU/req: utime+stime of the target's process tree (children included) ÷ requests completed. peak RSS: VmHWM summed over the tree, reset before each cell. errors: wrk's non-2xx plus socket errors (timeouts, resets)."

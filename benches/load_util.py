@@ -234,6 +234,39 @@ def table(path):
               "quantized by the first wave (a longer DURATION measures it better).")
 
 
+def stage_totals(path):
+    """flux_stage_* samples of a /metrics scrape: ({stage: seconds}, requests)."""
+    spent, requests = {}, 0
+    for line in open(path):
+        if line.startswith("flux_stage_seconds_total{"):
+            name = line.split('stage="', 1)[1].split('"', 1)[0]
+            spent[name] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("flux_stage_requests_total "):
+            requests = int(float(line.split()[1]))
+    return spent, requests
+
+
+def stage_table(cells):
+    """Markdown: µs per request in each stage (rows) for each cell (label=before:after)."""
+    columns, order = [], []
+    for cell in cells:
+        label, files = cell.split("=", 1)
+        before, after = files.split(":")
+        (b, nb), (a, na) = stage_totals(before), stage_totals(after)
+        n = na - nb
+        per = {k: (a[k] - b.get(k, 0)) / n * 1e6 for k in a} if n > 0 else {}
+        order = order or list(a)
+        columns.append((label, per, n))
+    print("| stage (µs per request, wall) | " + " | ".join(c[0] for c in columns) + " |")
+    print("|---|" + "--:|" * len(columns))
+    for stage in order:
+        if all(c[1].get(stage, 0) < 0.05 for c in columns):
+            continue
+        print(f"| {stage} | " + " | ".join(f"{c[1].get(stage, 0):.1f}" for c in columns) + " |")
+    print("| **total** | " + " | ".join(f"{sum(c[1].values()):.1f}" for c in columns) + " |")
+    print("| requests counted | " + " | ".join(f"{c[2]:,}" for c in columns) + " |")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "ports":
@@ -250,6 +283,8 @@ def main():
         settle(args)
     elif cmd == "table":
         table(args[0])
+    elif cmd == "stage-table":
+        stage_table(args)
     else:
         sys.exit(__doc__)
 

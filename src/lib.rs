@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod simulate;
+pub mod stages;
 pub mod state;
 pub mod tokens;
 pub mod units;

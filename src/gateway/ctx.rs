@@ -54,6 +54,8 @@ pub struct RequestCtx {
     /// What the provider reported, and what was billed for it.
     pub(super) usage: Option<crate::units::Usage>,
     pub(super) cost: Option<crate::units::Usd>,
+    /// Where the request's time went (empty unless built with `stage-timing`).
+    pub(super) stages: crate::stages::StageClock,
 }
 
 impl RequestCtx {

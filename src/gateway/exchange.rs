@@ -20,6 +20,7 @@ use crate::metering::budget::Hold;
 use crate::metering::ledger::Entry;
 use crate::metrics::Metrics;
 use crate::routing::{ModelId, Route, RouteTable};
+use crate::stages::Stage;
 use crate::state::AppState;
 use crate::units::clock::unix_now;
 use crate::units::{Rates, Usage, Usd};
@@ -137,6 +138,7 @@ async fn exchange(
                 .then_some(anthropic_beta.as_ref())
                 .flatten(),
         };
+        ctx.stages.mark(Stage::BuildUpstream);
         let sent_at = Instant::now();
         // The client may leave while the provider thinks: then the attempt is dropped at once
         // (closing the upstream connection) and no fallback is tried.
@@ -172,6 +174,7 @@ async fn exchange(
             }
         };
         let ttfb = sent_at.elapsed();
+        ctx.stages.mark(Stage::UpstreamHead);
         ctx.upstream_ttfb = Some(ttfb);
         ctx.upstream_time += ttfb;
         state.metrics.first_byte(&provider.name, ttfb);
@@ -228,11 +231,13 @@ async fn exchange(
                 include_usage: request.include_usage,
                 created: unix_now(),
             };
-            return stream(
+            let streamed = stream(
                 session, ctx, provider, state, response, &served, client, meta, &mut bill,
                 &model.id,
             )
             .await;
+            ctx.stages.mark(Stage::Stream);
+            return streamed;
         }
         let mut response = response;
         let limit = state.config.limits.max_response_bytes;
@@ -244,6 +249,7 @@ async fn exchange(
         )
         .await;
         ctx.upstream_time += reading.elapsed();
+        ctx.stages.mark(Stage::UpstreamBody);
         let body = match read {
             Raced::Done(Ok(body)) => body,
             Raced::Done(Err(reason)) => {
@@ -333,6 +339,7 @@ async fn exchange(
                 wire::translate_error(client, provider.format, response.status, &body, &ctx.id);
             (body, "application/json")
         };
+        ctx.stages.mark(Stage::Meter);
         // Whatever else the provider answered (2xx, or a 4xx about the request), it works.
         ticket.verdict(Verdict::Success);
         let mut h = respond::header(response.status, &ctx.id)?;
@@ -341,6 +348,7 @@ async fn exchange(
             // Billed before the answer leaves: a client gone by then still pays for it.
             let cost = bill.settle(ctx, &model.id, &usage).await;
             h.insert_header(headers::COST_USD, cost.to_decimal())?;
+            ctx.stages.mark(Stage::Settle);
         }
         // A provider's 503 says when to come back; the client needs that too.
         let upstream_header = response.session.response_header();
@@ -353,7 +361,9 @@ async fn exchange(
             response.content_type.as_deref().unwrap_or(content_type)
         };
         respond::send_body(session, h, content_type, body).await?;
+        ctx.stages.mark(Stage::WriteResponse);
         response.release(&state.connector).await;
+        ctx.stages.mark(Stage::Release);
         return Ok(());
     }
     if needs_state && tried == 0 {

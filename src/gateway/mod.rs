@@ -42,6 +42,7 @@ use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
 use crate::routing::{Requested, AUTO_MODEL};
+use crate::stages::{Stage, StageClock};
 use crate::state::AppState;
 use crate::units::clock::{self, unix_now};
 use crate::wire::{transcode, Format};
@@ -99,6 +100,7 @@ impl ProxyHttp for Gateway {
             allow: None,
             usage: None,
             cost: None,
+            stages: StageClock::start(),
         }
     }
 
@@ -287,6 +289,8 @@ impl ProxyHttp for Gateway {
         let failed = ctx.status >= 400 || ctx.status < 100 || ctx.error_code.is_some();
         let log = &self.state.access_log;
         if !log.keeps(failed || error.is_some()) {
+            ctx.stages.mark(Stage::Log);
+            ctx.stages.finish();
             return;
         }
         let failed_attempts: Vec<FailedAttempt<'_>> = ctx
@@ -336,6 +340,8 @@ impl ProxyHttp for Gateway {
             duration_ms: ms(duration),
             downstream_error: error.map(|e| e.etype().as_str()),
         });
+        ctx.stages.mark(Stage::Log);
+        ctx.stages.finish();
     }
 }
 
@@ -438,10 +444,12 @@ impl Gateway {
             ctx.status = self.owner_page.serve(session, &ctx.id, path).await?;
             return Ok(());
         }
+        ctx.stages.mark(Stage::Head);
         let account = self
             .authenticate(session, endpoint)
             .map_err(|err| client::auth_failed(&self.state, session, ctx.client_ip, err))?;
         ctx.account = Some(account.clone());
+        ctx.stages.mark(Stage::Auth);
         match endpoint {
             Endpoint::Models => self.list_models(session, ctx, &account).await,
             Endpoint::Usage => self.usage(session, ctx, &account).await,
@@ -525,9 +533,11 @@ impl Gateway {
     ) -> Result<(), Stop> {
         exchange::maintenance(&self.state)?;
         let raw = body::read(session, self.state.config.limits.max_body_bytes).await?;
+        ctx.stages.mark(Stage::ReadBody);
         ctx.request_bytes = raw.len();
         ctx.client_format = Some(client);
         let mut request = transcode::parse_request(client, &raw)?;
+        ctx.stages.mark(Stage::Parse);
         ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
         ctx.stream = request.stream;
         let admission::Admitted { routed, hold } = self
@@ -542,6 +552,7 @@ impl Gateway {
                 |request| self.route(ctx, account, request),
             )
             .await?;
+        ctx.stages.mark(Stage::Admit);
         exchange::run(
             &self.state,
             session,
@@ -577,6 +588,7 @@ impl Gateway {
         ctx.lane = Some(route.lane);
         ctx.rule = route.rule;
         ctx.probability = route.probability;
+        ctx.stages.mark(Stage::Route);
         Ok(admission::Routed {
             routes,
             route,

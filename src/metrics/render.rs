@@ -411,6 +411,7 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         );
         o.sample("process_resident_memory_bytes", &[], p.rss_bytes);
     }
+    crate::stages::render(&mut o.0);
     o.0
 }
 
