@@ -46,6 +46,12 @@ pub trait Codec: Sync {
     fn encode_request(&self, req: &Request<'_>, model: &str, stream: bool) -> Vec<u8>;
     /// A provider's non-streamed success body.
     fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, Error>;
+    /// The usage of a provider's non-streamed success body, refused as
+    /// [`Codec::decode_response`] would refuse the body, with nothing else decoded: what a
+    /// passthrough, which relays the body as it is, needs of it.
+    fn decode_usage(&self, body: &[u8]) -> Result<crate::units::Usage, Error> {
+        self.decode_response(body).map(|r| r.usage)
+    }
     /// A non-streamed body for a client of this format.
     fn encode_response(&self, resp: &Response<'_>) -> Vec<u8>;
     /// Reads a provider's stream of this format, one SSE event at a time.

@@ -54,6 +54,9 @@ impl Codec for Messages {
     fn decode_response<'b>(&self, body: &'b [u8]) -> Result<crate::wire::ir::Response<'b>, Error> {
         decode_response(body)
     }
+    fn decode_usage(&self, body: &[u8]) -> Result<crate::units::Usage, Error> {
+        response::decode_usage(body)
+    }
     fn encode_response(&self, resp: &crate::wire::ir::Response<'_>) -> Vec<u8> {
         encode_response(resp)
     }

@@ -28,14 +28,38 @@ struct MessageIn<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// Decode a provider's successful (2xx) body. The error is a reason for the log.
-pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
-    let m: MessageIn =
+/// What [`decode_usage`] reads of a body: the content is skipped, not decoded.
+#[derive(Deserialize)]
+struct UsageOnly<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(default)]
+    content: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// The usage of a provider's successful (2xx) body, refused as [`decode_response`] refuses
+/// it, without decoding its content blocks.
+pub fn decode_usage(body: &[u8]) -> Result<crate::units::Usage, Error> {
+    let m: UsageOnly =
         serde_json::from_slice(body).context(Fault::Malformed, "not an Anthropic message")?;
-    match m.kind.as_ref().map(|k| k.0.as_ref()) {
+    refuse_non_message(m.kind.as_ref(), m.error, m.content.is_some())?;
+    Ok(m.usage.unwrap_or_default().to_ir())
+}
+
+/// A body that is not a message (an error, another type, no content) is not an answer.
+fn refuse_non_message(
+    kind: Option<&Str<'_>>,
+    error: Option<&RawValue>,
+    has_content: bool,
+) -> Result<(), Error> {
+    match kind.map(|k| k.0.as_ref()) {
         Some("message") | None => {}
         Some("error") => {
-            let detail = m.error.map_or("", |e| e.get());
+            let detail = error.map_or("", |e| e.get());
             return Err(Error::new(
                 Fault::Malformed,
                 format!("the provider answered with an error: {detail}"),
@@ -48,12 +72,21 @@ pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
             ))
         }
     }
-    let Some(list) = m.content else {
+    if !has_content {
         return Err(Error::new(
             Fault::Malformed,
             "not an Anthropic message: no 'content'",
         ));
-    };
+    }
+    Ok(())
+}
+
+/// Decode a provider's successful (2xx) body. The error is a reason for the log.
+pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
+    let m: MessageIn =
+        serde_json::from_slice(body).context(Fault::Malformed, "not an Anthropic message")?;
+    refuse_non_message(m.kind.as_ref(), m.error, m.content.is_some())?;
+    let list = m.content.unwrap_or_default(); // present: checked above
     let mut content = Vec::with_capacity(list.len());
     for raw in list {
         let Ok(b) = serde_json::from_str::<BlockIn>(raw.get()) else {
@@ -207,6 +240,28 @@ mod tests {
         assert!(
             matches!(&r.content[0], Block::RedactedThinking { data } if data.starts_with("EmwK"))
         );
+    }
+
+    #[test]
+    fn the_usage_alone_is_read_as_the_whole_decode_reads_it_and_refused_alike() {
+        for body in [TEXT, TOOLS] {
+            let whole = decode_response(body.as_bytes()).unwrap().usage;
+            assert_ne!(whole, Usage::default());
+            assert_eq!(decode_usage(body.as_bytes()).unwrap(), whole);
+        }
+        for bad in [
+            &b"not json"[..],
+            br#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+            br#"{"type":"message","id":"x","usage":{"input_tokens":3}}"#,
+            br#"{"type":"completion","content":[]}"#,
+        ] {
+            assert!(decode_response(bad).is_err());
+            assert!(
+                decode_usage(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,9 @@ impl Codec for ChatCompletions {
     fn decode_response<'b>(&self, body: &'b [u8]) -> Result<Response<'b>, Error> {
         decode_response(body)
     }
+    fn decode_usage(&self, body: &[u8]) -> Result<crate::units::Usage, Error> {
+        response::decode_usage(body)
+    }
     fn encode_response(&self, resp: &Response<'_>) -> Vec<u8> {
         encode_response(resp)
     }

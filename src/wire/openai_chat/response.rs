@@ -68,16 +68,39 @@ struct FunctionIn<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
+/// What [`decode_usage`] reads of a body: the rest is skipped, not decoded.
+#[derive(Deserialize)]
+struct UsageOnly<'a> {
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// The usage of a provider's successful (2xx) body, refused as [`decode_response`] refuses
+/// it (not a JSON object, or an `error` member), without decoding its choices.
+pub fn decode_usage(body: &[u8]) -> Result<crate::units::Usage, Error> {
+    let c: UsageOnly =
+        serde_json::from_slice(body).context(Fault::Malformed, "not a chat.completion")?;
+    refuse_error(c.error)?;
+    Ok(c.usage.as_ref().map(UsageIn::ir).unwrap_or_default())
+}
+
+fn refuse_error(error: Option<&RawValue>) -> Result<(), Error> {
+    match error.filter(|e| e.get() != "null") {
+        Some(error) => Err(Error::new(
+            Fault::Malformed,
+            format!("the provider sent an error: {}", error.get()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Decode a provider's successful (2xx) body. The error is a reason for the log.
 pub fn decode_response(body: &[u8]) -> Result<Response<'_>, Error> {
     let c: CompletionIn =
         serde_json::from_slice(body).context(Fault::Malformed, "not a chat.completion")?;
-    if let Some(error) = c.error.filter(|e| e.get() != "null") {
-        return Err(Error::new(
-            Fault::Malformed,
-            format!("the provider sent an error: {}", error.get()),
-        ));
-    }
+    refuse_error(c.error)?;
     let mut choices = c.choices.unwrap_or_default();
     // With n > 1 only the first choice is translated.
     let pos = choices.iter().position(|ch| ch.index.unwrap_or(0) == 0);
@@ -223,6 +246,35 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn the_usage_alone_is_read_as_the_whole_decode_reads_it_and_refused_alike() {
+        for name in [
+            "response_text.json",
+            "response_tools.json",
+            "response_reasoning.json",
+        ] {
+            let body = fixture(name);
+            let whole = decode_response(&body).unwrap().usage;
+            assert_ne!(whole, Usage::default(), "{name}");
+            assert_eq!(decode_usage(&body).unwrap(), whole, "{name}");
+        }
+        for bad in [
+            &b"[1]"[..],
+            b"not json",
+            br#"{"error":{"message":"overloaded"},"usage":{"prompt_tokens":1}}"#,
+        ] {
+            assert!(decode_response(bad).is_err());
+            assert!(
+                decode_usage(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // An error member that is null is no error.
+        let fine = br#"{"error":null,"usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+        assert_eq!(decode_usage(fine).unwrap().input, 5);
     }
 
     #[test]

@@ -81,12 +81,13 @@ pub fn translate_response(
     provider: Format,
     body: bytes::Bytes,
 ) -> Result<(bytes::Bytes, Usage), Error> {
-    let resp = decode_response(provider, &body)?;
-    let usage = resp.usage;
     if plan(client, provider) == Plan::Passthrough {
-        drop(resp);
+        // Relayed as it is: only its usage is read.
+        let usage = provider.codec().decode_usage(&body)?;
         return Ok((body, usage));
     }
+    let resp = decode_response(provider, &body)?;
+    let usage = resp.usage;
     Ok((encode_response(client, &resp).into(), usage))
 }
 
