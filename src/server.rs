@@ -201,28 +201,19 @@ pub fn run(state: Arc<AppState>, options: RunOptions) -> Result<(), Error> {
                 token.clone(),
                 metrics_token.clone(),
             );
-            if plan.is_plain() {
-                // Plaintext HTTP/1.1 as it always was: Pingora's own loop.
-                let mut service =
-                    pingora::proxy::http_proxy_service_with_name(&server.configuration, app, &name);
-                for l in group {
-                    service.add_tcp(&l.address.to_string());
-                }
-                server.add_service(service);
-            } else {
-                let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
-                let mut options = HttpServerOptions::default();
-                options.h2c = plan.h2c;
-                options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
-                proxy.server_options = Some(options);
-                proxy.h2_options = Some(h2_options(&state.config.limits));
-                let mut service =
-                    Service::new(name, Edge::new(proxy, state.clone(), Arc::new(plan)));
-                for l in group {
-                    service.add_tcp(&l.address.to_string());
-                }
-                server.add_service(service);
+            // Behind the same guard as the client listeners, plaintext included: connections
+            // per address, the header's deadline, TLS and the PROXY header when configured.
+            let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
+            let mut options = HttpServerOptions::default();
+            options.h2c = plan.h2c;
+            options.h2_idle_timeout = h2_idle_timeout(&state.config.limits);
+            proxy.server_options = Some(options);
+            proxy.h2_options = Some(h2_options(&state.config.limits));
+            let mut service = Service::new(name, Edge::new(proxy, state.clone(), Arc::new(plan)));
+            for l in group {
+                service.add_tcp(&l.address.to_string());
             }
+            server.add_service(service);
         }
     }
     for pair in &watched {

@@ -315,3 +315,55 @@ async fn connections_past_the_limit_are_closed_for_that_address_only() {
     flux.log_containing("over limits.per_address.connections (4); latest from 127.0.0.10")
         .await;
 }
+
+/// Send a request for an admin page without a token on `stream`: the status code, or None
+/// when the listener closed the connection without an answer.
+async fn admin_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    let _ = stream
+        .write_all(b"GET /admin/v1/accounts HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("no answer and no close")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .map(|code| code.parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_admin_listener_keeps_the_same_connection_and_request_limits() {
+    let flux =
+        Flux::start_with_limits("per_address: { connections: 2, requests_per_second: 5 }").await;
+    let addr: SocketAddr = flux
+        .admin_base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect_from("127.0.0.12", addr).await;
+        assert_eq!(admin_on(&mut c).await, Some(403));
+        open.push(c);
+    }
+    // A third connection from the address is closed unanswered; another address is served.
+    let mut third = connect_from("127.0.0.12", addr).await;
+    assert_eq!(admin_on(&mut third).await, None);
+    let mut other = connect_from("127.0.0.13", addr).await;
+    assert_eq!(admin_on(&mut other).await, Some(403));
+    // Requests per second: back to back on one connection, one is refused with a 429.
+    let mut limited = false;
+    for _ in 0..200 {
+        match admin_on(&mut other).await {
+            Some(429) => {
+                limited = true;
+                break;
+            }
+            Some(403) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(limited, "never limited");
+}

@@ -268,6 +268,12 @@ impl ProxyHttp for Admin {
         super::edge::header_received();
         // The admin listener's threads serve only this plane: they yield to the serving ones.
         crate::background::lower_this_thread();
+        // Requests per second from one address (`limits.per_address`), as on the client
+        // listeners.
+        if let Err(err) = super::client::admit(&self.state, source(&self.state, session)) {
+            respond::send_error(session, id, Format::OpenAiChat, &err, None).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
         if path == "/metrics" {

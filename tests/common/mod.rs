@@ -398,6 +398,21 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"{extra_admin_listen}], token_env: FLU
             dir,
         };
         flux.wait_ready().await?;
+        // Each listener is bound by its own service as the server starts: the main one
+        // answering does not mean the others accept yet.
+        let others = [custom.extra_listen, custom.extra_admin_listen].join(" ");
+        let mut addresses = vec![format!("127.0.0.1:{admin_port}")];
+        addresses.extend(others.split("127.0.0.1:").skip(1).filter_map(|rest| {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            (!port.is_empty()).then(|| format!("127.0.0.1:{port}"))
+        }));
+        for address in addresses {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(&address).await.is_err() {
+                assert!(Instant::now() < deadline, "{address} never accepted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok(flux)
     }
 
