@@ -670,13 +670,7 @@ mod tests {
             {"role": "user", "content": "Old question about cats"},
             {"role": "assistant", "content": "ok"},
             {"role": "user", "content": "Prove that 17 is PRIME"}]}));
-        for want in [
-            "w:prove",
-            "w:00",
-            "b:is prime",
-            "b:00 is",
-            "s:turns:2",
-        ] {
+        for want in ["w:prove", "w:00", "b:is prime", "b:00 is", "s:turns:2"] {
             assert!(n.iter().any(|x| x == want), "{want} not in {n:?}");
         }
         assert!(!n.iter().any(|x| x.contains("cats")), "only the last turn");
