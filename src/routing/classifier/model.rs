@@ -2,9 +2,11 @@
 //! hashed binary features, each request's features scaled to unit length.
 //!
 //! The file is JSON: the lanes it chooses among, the hash space, the tie margin, biases, and
-//! the weights as 16-bit integers with one scale (gzip, then base64, lane-interleaved per
-//! feature so one request reads one cache line per feature). It is validated whole at load;
-//! a bad file is refused like a bad lanes.yaml.
+//! the weights as 8-bit integers with one scale (gzip, then base64, lane-interleaved per
+//! bucket). In memory each bucket's lanes are padded to a power of two (3 lanes: 4 bytes,
+//! one aligned load per feature; 2^17 buckets: 512 KB, where version 1's 16-bit 2^18 table
+//! was 1.5 MB). It is validated whole at load; a bad file is refused like a bad lanes.yaml,
+//! and a version 1 file with a message to retrain (its hashes are not today's features').
 
 use std::io::{Read, Write};
 
