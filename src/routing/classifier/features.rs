@@ -538,6 +538,9 @@ fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
         i = next;
         let key = word_key(bytes, start, end);
         sink.feature(w, &norm[start..end], unigram_hash(seed_w, key));
+        // Tagged `wp` and summed in the text's group whichever text it comes from (its hash
+        // seeded by the unigram's tag keeps the ask's and the tool result's apart): giving
+        // them groups of their own measured worse (README, Training).
         if n > pre + 1 {
             let p = word_key(bytes, start, pre_end);
             sink.feature("wp", &norm[start..pre_end], unigram_hash(seed_p, p));
