@@ -23,6 +23,10 @@ pub const ASK_TAIL: usize = 320;
 /// Longest word kept whole (longer runs, a base64 blob or a CJK sentence, are cut).
 const MAX_WORD_CHARS: usize = 32;
 
+/// Characters a word's prefix feature keeps (a crude stem: "proving" and "proved" share
+/// "prove"); only words longer by two or more get one.
+const PREFIX_CHARS: usize = 5;
+
 /// Receives each feature as a tag and a text; the classifier hashes them, `--explain`
 /// also keeps their names.
 pub trait Sink {
@@ -46,17 +50,6 @@ fn fmix(mut z: u64) -> u64 {
     z ^= z >> 33;
     z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     z ^ (z >> 33)
-}
-
-/// A character n-gram's hash from its characters packed in one word (21 bits each, the
-/// top bit marking a bigram): one mix per gram, no bytes hashed.
-fn gram_hash(tag_seed: u64, chars: &[char]) -> u64 {
-    let key = match *chars {
-        [a, b] => (1 << 63) | (u64::from(a) << 21) | u64::from(b),
-        [a, b, c] => (u64::from(a) << 42) | (u64::from(b) << 21) | u64::from(c),
-        _ => 0,
-    };
-    fmix(key ^ tag_seed)
 }
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -182,8 +175,9 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
     let mut norm = String::with_capacity(HEAD_BYTES + TAIL_BYTES + 64);
     let user_chars: usize = last_user.map_or(0, |m| {
         texts(&m.content)
-            .map(|t| t.chars().count().min(1 << 20))
-            .sum()
+            .map(chars_up_to_cap)
+            .sum::<usize>()
+            .min(CHARS_CAP)
     });
     // A paste (a document, a log, a file) says little of the work asked about it (rule 6):
     // its text is read from a narrower window than a turn the user wrote.
@@ -205,17 +199,19 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
     // The ask itself, apart: the words that open and close the turn, where the question
     // sits around a paste. Seen on their own they are not drowned by the pasted text.
     let mut ask = String::with_capacity(ASK_HEAD + ASK_TAIL + 8);
-    let parts: Vec<&str> = last_user
-        .map(|m| texts(&m.content).collect())
-        .unwrap_or_default();
-    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
-        let (opening, closing) = (first_line(first), last_line(last));
-        if std::ptr::eq(opening, closing) || user_chars <= ASK_HEAD + ASK_TAIL {
-            window(opening, ASK_HEAD + ASK_TAIL, 0, &mut ask);
-        } else {
-            window(opening, ASK_HEAD, 0, &mut ask);
-            ask.push_str(" | ");
-            window(closing, 0, ASK_TAIL, &mut ask);
+    if let Some(m) = last_user {
+        let mut parts = texts(&m.content);
+        let first = parts.next();
+        let last = parts.last().or(first);
+        if let (Some(first), Some(last)) = (first, last) {
+            let (opening, closing) = (first_line(first), last_line(last));
+            if std::ptr::eq(opening, closing) || user_chars <= ASK_HEAD + ASK_TAIL {
+                window(opening, ASK_HEAD + ASK_TAIL, 0, &mut ask);
+            } else {
+                window(opening, ASK_HEAD, 0, &mut ask);
+                ask.push_str(" | ");
+                window(closing, 0, ASK_TAIL, &mut ask);
+            }
         }
     }
     words(&ask, "qw", "qb", sink);
@@ -290,6 +286,18 @@ pub fn extract(req: &Request<'_>, sink: &mut impl Sink) {
     bucket(sink, "lines", shape.lines, &[1, 4, 16, 64]);
 }
 
+/// Past this many characters a turn's length changes no feature (the largest bound of
+/// `ask-chars`, plus one): counting stops there, so a 1 MB turn costs what an 8 KB one does.
+const CHARS_CAP: usize = 8001;
+
+/// `t`'s characters, counted up to [`CHARS_CAP`] (a character is at most 4 bytes, so the
+/// first `4 × CHARS_CAP` bytes hold at least that many when the text is longer).
+fn chars_up_to_cap(t: &str) -> usize {
+    let bytes = &t.as_bytes()[..t.len().min(4 * CHARS_CAP)];
+    // Every byte but a UTF-8 continuation byte (0b10xx_xxxx) starts a character.
+    bytes.iter().filter(|&&b| (b as i8) >= -0x40).count()
+}
+
 /// Feature `name:i`, where `i` is the index of the first bound `v` does not exceed (the
 /// number of bounds past them all). Written on the stack: features cost no allocation.
 fn bucket(sink: &mut impl Sink, name: &str, v: u64, bounds: &[u64]) {
@@ -324,9 +332,56 @@ fn window(text: &str, head: usize, tail: usize, out: &mut String) {
     normalize(&text[t..], out);
 }
 
+/// What normalization makes of each ASCII byte: lowercase, digits `0`, whitespace a space
+/// (0 for bytes past ASCII, which never equal it).
+const NORM: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        t[i] = match b {
+            b'A'..=b'Z' => b + 32,
+            b'0'..=b'9' => b'0',
+            // char::is_whitespace's ASCII members.
+            b' ' | b'\t'..=b'\r' => b' ',
+            _ => b,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Lowercase, digits as `0`, whitespace runs as one space. Runs that need no change (most
+/// of a text) are copied whole; other ASCII bytes by the table, other characters decoded.
 fn normalize(text: &str, out: &mut String) {
+    let bytes = text.as_bytes();
     let mut space = out.ends_with(' ');
-    for c in text.chars() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = i;
+        while let Some(&b) = bytes.get(i) {
+            if NORM[b as usize] != b || (b == b' ' && space) {
+                break;
+            }
+            space = b == b' ';
+            i += 1;
+        }
+        // A run starts and ends at an ASCII byte or a leading byte: character boundaries.
+        out.push_str(&text[run..i]);
+        let Some(&b) = bytes.get(i) else { break };
+        if b.is_ascii() {
+            i += 1;
+            match NORM[b as usize] {
+                b' ' if space => {}
+                m => {
+                    out.push(char::from(m));
+                    space = m == b' ';
+                }
+            }
+            continue;
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        i += c.len_utf8();
         if c.is_whitespace() {
             if !space {
                 out.push(' ');
@@ -335,13 +390,7 @@ fn normalize(text: &str, out: &mut String) {
             continue;
         }
         space = false;
-        if c.is_ascii_digit() {
-            out.push('0');
-        } else if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.extend(c.to_lowercase());
-        }
+        out.extend(c.to_lowercase());
     }
 }
 
@@ -355,67 +404,184 @@ fn last_line(t: &str) -> &str {
     t.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(t)
 }
 
-/// Word unigrams and bigrams, and character 2- and 3-grams, of normalized text.
+/// Word unigrams, prefixes and bigrams of normalized text (characters of scripts written
+/// without spaces count as words, so their unigrams and bigrams are character n-grams).
 fn text_features(norm: &str, prefix: &str, sink: &mut impl Sink) {
-    let (w, b, c) = match prefix {
-        "" => ("w", "b", "c"),
-        _ => ("rw", "rb", "rc"),
+    let (w, b) = match prefix {
+        "" => ("w", "b"),
+        _ => ("rw", "rb"),
     };
     words(norm, w, b, sink);
-    chars(norm, c, sink);
 }
 
-fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
-    let mut prev: Option<&str> = None;
-    let mut pair = String::with_capacity(2 * MAX_WORD_CHARS * 4 + 1);
-    for word in norm
-        .split(|ch: char| !ch.is_alphanumeric())
-        .filter(|s| !s.is_empty())
-    {
-        let word = match word.char_indices().nth(MAX_WORD_CHARS) {
-            Some((i, _)) => &word[..i],
-            None => word,
+/// Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar):
+/// each of their characters is a token of its own.
+fn solo(c: char) -> bool {
+    matches!(u32::from(c),
+        0x0E00..=0x0EFF // Thai, Lao
+        | 0x1000..=0x109F // Myanmar
+        | 0x1780..=0x17FF // Khmer
+        | 0x3040..=0x30FF // Hiragana, Katakana
+        | 0x31F0..=0x31FF // Katakana extensions
+        | 0x3400..=0x4DBF // Han, extension A
+        | 0x4E00..=0x9FFF // Han
+        | 0xF900..=0xFAFF // Han compatibility
+        | 0xFF66..=0xFF9F // halfwidth Katakana
+        | 0x20000..=0x3FFFF) // Han, extensions B on
+}
+
+/// The key of the word `buf[start..end]`: what `absorb(K, word)` gives, its bytes folded
+/// eight at a time, read in place. The last partial word is one masked load from `buf`
+/// when `buf` extends past it (copying it out to pad it stalled the load on the copy).
+fn word_key(buf: &[u8], start: usize, end: usize) -> u64 {
+    let load = |p: usize| {
+        buf.get(p..p + 8)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let mut h = K;
+    let mut p = start;
+    while end - p >= 8 {
+        h = (h ^ load(p)).wrapping_mul(K).rotate_left(29);
+        p += 8;
+    }
+    let rest = end - p;
+    let tail = if rest == 0 {
+        0
+    } else if p + 8 <= buf.len() {
+        load(p) & (u64::MAX >> (64 - 8 * rest))
+    } else {
+        let mut w = [0u8; 8];
+        w[..rest].copy_from_slice(&buf[p..end]);
+        u64::from_le_bytes(w)
+    };
+    let last = tail ^ (((end - start) as u64) << 56);
+    (h ^ last).wrapping_mul(K).rotate_left(29)
+}
+
+/// A tag's seed, mixed into each key it tags.
+fn tag_seed(tag: &str) -> u64 {
+    hash(tag, "")
+}
+
+/// One multiply, folded: the high and low halves of a 128-bit product xored (every input
+/// bit reaches the middle bits the bucket is taken from).
+fn fold_mix(x: u64) -> u64 {
+    let m = u128::from(x ^ 0x2d35_8dcc_aa6c_78a5) * u128::from(0x8bb8_4b93_962e_acc9u64);
+    (m >> 64) as u64 ^ m as u64
+}
+
+/// A unigram's hash: its key under its tag's seed.
+fn unigram_hash(seed: u64, key: u64) -> u64 {
+    fold_mix(key ^ seed)
+}
+
+/// A bigram's hash from its two words' keys (order matters: the first is rotated).
+fn bigram_hash(seed: u64, first: u64, second: u64) -> u64 {
+    fold_mix(first.rotate_left(23) ^ second ^ seed)
+}
+
+/// Word classes of bytes: 1 an ASCII letter or digit, 2 past ASCII (decoded), 0 neither.
+const WORD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_alphanumeric() {
+            1
+        } else if b >= 0x80 {
+            2
+        } else {
+            0
         };
-        emit(sink, w, word);
-        if let Some(p) = prev {
-            pair.clear();
-            pair.push_str(p);
-            pair.push(' ');
-            pair.push_str(word);
-            emit(sink, b, &pair);
+        i += 1;
+    }
+    t
+};
+
+/// Word unigrams and bigrams of normalized text, hashed from the bytes in place: a word is
+/// a run of letters and digits (cut at [`MAX_WORD_CHARS`]), a character of a script written
+/// without spaces a word by itself.
+fn words(norm: &str, w: &str, b: &str, sink: &mut impl Sink) {
+    let (seed_w, seed_b, seed_p) = (tag_seed(w), tag_seed(b), tag_seed(w) ^ PREFIX_SEED);
+    let pre = PREFIX_CHARS;
+    let bytes = norm.as_bytes();
+    let mut prev: Option<(usize, u64)> = None;
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        let class = WORD[c as usize];
+        if class == 0 {
+            i += 1;
+            continue;
         }
-        prev = Some(word);
+        let start = i;
+        // The common case, an ASCII word: its extent is its bytes.
+        let mut stop = i;
+        if class == 1 {
+            while bytes.get(stop).is_some_and(|&b| WORD[b as usize] == 1) {
+                stop += 1;
+            }
+        }
+        let (end, n, pre_end, next) = if class == 1 && bytes.get(stop).is_none_or(|&b| b < 0x80) {
+            let n = stop - start;
+            (start + n.min(MAX_WORD_CHARS), n, start + pre.min(n), stop)
+        } else {
+            match scan_word(norm, start) {
+                Some(found) => found,
+                None => {
+                    // Not a word character: skip it.
+                    i += norm[i..].chars().next().map_or(1, char::len_utf8);
+                    continue;
+                }
+            }
+        };
+        i = next;
+        let key = word_key(bytes, start, end);
+        sink.feature(w, &norm[start..end], unigram_hash(seed_w, key));
+        // Tagged `wp` and summed in the text's group whichever text it comes from (its hash
+        // seeded by the unigram's tag keeps the ask's and the tool result's apart): giving
+        // them groups of their own measured worse (README, Training).
+        if n > pre + 1 {
+            let p = word_key(bytes, start, pre_end);
+            sink.feature("wp", &norm[start..pre_end], unigram_hash(seed_p, p));
+        }
+        if let Some((at, first)) = prev {
+            sink.feature(b, &norm[at..end], bigram_hash(seed_b, first, key));
+        }
+        prev = Some((start, key));
     }
 }
 
-fn chars(norm: &str, c: &str, sink: &mut impl Sink) {
-    // Character n-grams carry languages without spaces and morphology across languages.
-    // The last three characters and where they start, in a ring: no buffer, and each gram
-    // hashed from its packed characters in one mix.
-    let seed = hash(c, "");
-    let mut starts = [0usize; 3];
-    let mut last = [' '; 3];
-    let mut seen = 0usize;
-    for (at, ch) in norm.char_indices() {
-        starts[seen % 3] = at;
-        last[seen % 3] = ch;
-        seen += 1;
-        let end = at + ch.len_utf8();
-        for n in 2..=3 {
-            if seen < n {
-                continue;
+const PREFIX_SEED: u64 = 0x5bd1_e995;
+
+/// The word starting at `start` when it holds characters past ASCII: where its kept part
+/// ends ([`MAX_WORD_CHARS`] characters), its characters, where its prefix ends, and where
+/// the scan resumes. `None` when `start` is no word character.
+fn scan_word(norm: &str, start: usize) -> Option<(usize, usize, usize, usize)> {
+    let pre = PREFIX_CHARS;
+    let (mut end, mut n, mut pre_end) = (start, 0usize, start);
+    let mut i = start;
+    for ch in norm[start..].chars() {
+        if !ch.is_alphanumeric() {
+            break;
+        }
+        if solo(ch) {
+            if n == 0 {
+                i += ch.len_utf8();
+                return Some((i, 1, i, i));
             }
-            let mut gram = [' '; 3];
-            for (k, g) in gram[..n].iter_mut().enumerate() {
-                *g = last[(seen - n + k) % 3];
-            }
-            if gram[..n].iter().all(|&g| g == ' ') {
-                continue;
-            }
-            let text = &norm[starts[(seen - n) % 3]..end];
-            sink.feature(c, text, gram_hash(seed, &gram[..n]));
+            break;
+        }
+        i += ch.len_utf8();
+        n += 1;
+        if n <= MAX_WORD_CHARS {
+            end = i;
+        }
+        if n <= pre {
+            pre_end = i;
         }
     }
+    (n > 0).then_some((end, n, pre_end, i))
 }
 
 /// Counts over the normalized ask, per mille of its characters where a rate says more.
@@ -427,26 +593,53 @@ struct Shape {
     lines: u64,
 }
 
+/// Shape classes of bytes: 0 other, 1 code, 2 digit, 3 question mark, 4 math, 5 a UTF-8
+/// continuation byte, 6 a leading byte (the character decoded).
+const SHAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            b'{' | b'}' | b';' | b'(' | b')' | b'[' | b']' | b'<' | b'>' | b'=' | b'_' | b'`' => 1,
+            b'0' => 2,
+            b'?' => 3,
+            b'^' => 4,
+            0x80..=0xBF => 5,
+            0xC0.. => 6,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+};
+
 impl Shape {
+    /// One pass over the bytes by class; characters past ASCII decoded only to match the
+    /// few symbols counted.
     fn of(norm: &str) -> Shape {
-        let (mut chars, mut code, mut digits, mut math, mut questions) = (0u64, 0, 0, 0, 0);
-        for c in norm.chars() {
-            chars += 1;
-            match c {
-                '{' | '}' | ';' | '(' | ')' | '[' | ']' | '<' | '>' | '=' | '_' | '`' => code += 1,
-                '0' => digits += 1,
-                '?' | '？' => questions += 1,
-                '∑' | '∫' | '√' | '≤' | '≥' | '≠' | '∀' | '∃' | '∈' | '⊂' | '→' | '^' | '≡'
-                | 'π' | '∞' | '±' | '×' | '÷' => math += 1,
-                _ => {}
+        let mut counts = [0u64; 7];
+        let bytes = norm.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            let class = SHAPE[b as usize];
+            counts[class as usize] += 1;
+            if class == 6 {
+                match norm[i..].chars().next() {
+                    Some('？') => counts[3] += 1,
+                    Some(
+                        '∑' | '∫' | '√' | '≤' | '≥' | '≠' | '∀' | '∃' | '∈' | '⊂' | '→' | '≡' | 'π'
+                        | '∞' | '±' | '×' | '÷',
+                    ) => counts[4] += 1,
+                    _ => {}
+                }
             }
         }
+        let chars = bytes.len() as u64 - counts[5];
         let rate = |n: u64| (n * 1000).checked_div(chars).unwrap_or(0);
         Shape {
-            code: rate(code),
-            digits: rate(digits),
-            math,
-            questions,
+            code: rate(counts[1]),
+            digits: rate(counts[2]),
+            math: counts[4],
+            questions: counts[3],
             // Line breaks are folded into spaces by normalization; a long ask reads as many.
             lines: chars / 80 + 1,
         }
@@ -480,14 +673,7 @@ mod tests {
             {"role": "user", "content": "Old question about cats"},
             {"role": "assistant", "content": "ok"},
             {"role": "user", "content": "Prove that 17 is PRIME"}]}));
-        for want in [
-            "w:prove",
-            "w:00",
-            "b:is prime",
-            "c:pr",
-            "c:pri",
-            "s:turns:2",
-        ] {
+        for want in ["w:prove", "w:00", "b:is prime", "b:00 is", "s:turns:2"] {
             assert!(n.iter().any(|x| x == want), "{want} not in {n:?}");
         }
         assert!(!n.iter().any(|x| x.contains("cats")), "only the last turn");
@@ -496,11 +682,75 @@ mod tests {
 
     #[test]
     fn languages_without_spaces_get_character_ngrams() {
+        // Han (and kana, Thai...): each character a word, so unigrams and bigrams are
+        // character n-grams; a Latin word beside them stays whole.
         let n = names(&serde_json::json!({"model": "flux-auto", "messages": [
-            {"role": "user", "content": "证明根号二是无理数"}]}));
-        assert!(n.iter().any(|x| x == "c:证明"), "{n:?}");
+            {"role": "user", "content": "证明根号二是无理数 proof"}]}));
+        for want in [
+            "w:证",
+            "b:证明",
+            "b:理数",
+            "w:proof",
+            "b:数 proof",
+            "qb:无理",
+        ] {
+            assert!(n.iter().any(|x| x == want), "{want} not in {n:?}");
+        }
+        assert!(!n.iter().any(|x| x == "w:证明根号二是无理数"), "{n:?}");
+        // Korean is written with spaces: its words stay words.
+        let n = names(&serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": "증명 하세요"}]}));
+        assert!(n.iter().any(|x| x == "w:증명"), "{n:?}");
+    }
 
-        assert!(n.iter().any(|x| x == "c:无理数"), "{n:?}");
+    #[test]
+    fn words_are_cut_and_prefixed_by_characters_not_bytes() {
+        let long = "é".repeat(40);
+        let n = names(&serde_json::json!({"model": "flux-auto", "messages": [
+            {"role": "user", "content": format!("Démontrer {long} go")}]}));
+        assert!(n.iter().any(|x| x == "w:démontrer"), "{n:?}");
+        assert!(n.iter().any(|x| x == "wp:démon"), "{n:?}");
+        assert!(
+            n.iter().any(|x| *x == format!("w:{}", "é".repeat(32))),
+            "{n:?}"
+        );
+        // Too short for a prefix of its own.
+        assert!(!n.iter().any(|x| x.starts_with("wp:go")), "{n:?}");
+    }
+
+    #[test]
+    fn a_word_key_read_in_place_is_the_word_hashed_alone() {
+        let text = b"a bb cccccccc dddddddddddddddd e0123456789xyz!";
+        // Every span, near the buffer's end too (where the last load cannot overread).
+        for start in 0..text.len() {
+            for end in start..=text.len() {
+                assert_eq!(
+                    word_key(text, start, end),
+                    absorb(K, &text[start..end]),
+                    "{start}..{end}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn normalization_lowercases_zeroes_digits_and_folds_whitespace() {
+        let mut out = String::new();
+        normalize("Hello,  WORLD\t\n42 Ünïcode\u{3000}x  ", &mut out);
+        assert_eq!(out, "hello, world 00 ünïcode x ");
+        // A run continues across calls: no double space at the seam.
+        normalize("  Y", &mut out);
+        assert_eq!(out, "hello, world 00 ünïcode x y");
+    }
+
+    #[test]
+    fn the_shape_counts_characters_not_bytes() {
+        let s = Shape::of("f(x) = 0 ≤ √y? 证明？");
+        assert_eq!((s.math, s.questions), (2, 2));
+        // 18 characters: 3 code, 1 digit.
+        assert_eq!(s.code, 3 * 1000 / 18);
+        assert_eq!(s.digits, 1000 / 18);
+        assert_eq!(s.lines, 1);
     }
 
     #[test]

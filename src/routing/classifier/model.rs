@@ -2,9 +2,11 @@
 //! hashed binary features, each request's features scaled to unit length.
 //!
 //! The file is JSON: the lanes it chooses among, the hash space, the tie margin, biases, and
-//! the weights as 16-bit integers with one scale (gzip, then base64, lane-interleaved per
-//! feature so one request reads one cache line per feature). It is validated whole at load;
-//! a bad file is refused like a bad lanes.yaml.
+//! the weights as 8-bit integers with one scale (gzip, then base64, lane-interleaved per
+//! bucket). In memory each bucket's lanes are padded to a power of two (3 lanes: 4 bytes,
+//! one aligned load per feature; 2^17 buckets: 512 KB, where version 1's 16-bit 2^18 table
+//! was 1.5 MB). It is validated whole at load; a bad file is refused like a bad lanes.yaml,
+//! and a version 1 file with a message to retrain (its hashes are not today's features').
 
 use std::io::{Read, Write};
 
@@ -16,7 +18,7 @@ use crate::errors::{Context, Error, Fault};
 use crate::wire::ir::Request;
 
 pub const FORMAT: &str = "fluxrouter-lane-classifier";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Lanes a classifier may choose among.
 pub const MAX_LANES: usize = 8;
 
@@ -44,7 +46,7 @@ struct File {
     bias: Vec<f32>,
     /// Weight = stored integer × scale.
     scale: f32,
-    /// Little-endian i16, `buckets × lanes`, gzip, base64.
+    /// i8, `buckets × lanes`, gzip, base64.
     weights: String,
     trained: Provenance,
 }
@@ -57,8 +59,11 @@ pub struct Classifier {
     pub guard: f32,
     bias: Vec<f32>,
     scale: f32,
-    /// `[feature][lane]`.
-    weights: Vec<i16>,
+    /// Lanes rounded up to a power of two: a bucket's weights are one aligned group of
+    /// `stride` bytes, the padding lanes zero.
+    stride: usize,
+    /// `[bucket][stride]`.
+    weights: Vec<i8>,
     pub trained: Provenance,
 }
 
@@ -76,7 +81,7 @@ impl Scores {
 }
 
 impl Classifier {
-    /// A classifier from trained float weights (`[feature][lane]`), quantized to 16 bits.
+    /// A classifier from trained float weights (`[feature][lane]`), quantized to 8 bits.
     pub fn from_floats(
         lanes: Vec<String>,
         buckets: u32,
@@ -87,22 +92,24 @@ impl Classifier {
     ) -> Self {
         let max = weights.iter().fold(0f32, |m, w| m.max(w.abs()));
         let scale = if max > 0.0 {
-            max / f32::from(i16::MAX)
+            max / f32::from(i8::MAX)
         } else {
             1.0
         };
-        let weights = weights
+        let quantized: Vec<i8> = weights
             .iter()
-            .map(|w| (w / scale).round().clamp(-32767.0, 32767.0) as i16)
+            .map(|w| (w / scale).round().clamp(-127.0, 127.0) as i8)
             .collect();
+        let stride = lanes.len().next_power_of_two();
         Classifier {
+            weights: padded(&quantized, lanes.len(), stride),
             lanes,
             buckets,
             margin,
             guard,
             bias,
             scale,
-            weights,
+            stride,
             trained,
         }
     }
@@ -110,6 +117,13 @@ impl Classifier {
     pub fn parse(text: &[u8]) -> Result<Self, Error> {
         let f: File =
             serde_json::from_slice(text).context(Fault::Malformed, "not a classifier file")?;
+        if f.format == FORMAT && f.version == 1 {
+            return Err(Error::new(
+                Fault::Malformed,
+                "version 1 (16-bit weights over the previous features) no longer matches how \
+                 requests are read: retrain with `fluxrouter route --train training`",
+            ));
+        }
         if f.format != FORMAT || f.version != VERSION {
             return Err(Error::new(
                 Fault::Malformed,
@@ -151,7 +165,7 @@ impl Classifier {
         let gz = base64::engine::general_purpose::STANDARD
             .decode(f.weights.as_bytes())
             .context(Fault::Malformed, "weights")?;
-        let want = f.buckets as usize * n * 2;
+        let want = f.buckets as usize * n;
         let mut raw = Vec::with_capacity(want);
         // Bounded by the declared shape: a file cannot inflate past what it says it holds.
         flate2::read::GzDecoder::new(&gz[..])
@@ -162,33 +176,41 @@ impl Classifier {
             return Err(Error::new(
                 Fault::Malformed,
                 format!(
-                    "weights: {} bytes where buckets × lanes × 2 = {want}",
+                    "weights: {} bytes where buckets × lanes = {want}",
                     raw.len()
                 ),
             ));
         }
-        let weights = raw
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect();
+        if raw.contains(&(i8::MIN as u8)) {
+            return Err(Error::new(
+                Fault::Malformed,
+                "weights: -128 is outside the quantized range (-127 to 127)",
+            ));
+        }
+        let raw: Vec<i8> = raw.into_iter().map(|b| b as i8).collect();
+        let stride = n.next_power_of_two();
         Ok(Classifier {
+            weights: padded(&raw, n, stride),
+            stride,
             lanes: f.lanes,
             buckets: f.buckets,
             margin: f.margin,
             guard: f.guard,
             bias: f.bias,
             scale: f.scale,
-            weights,
             trained: f.trained,
         })
     }
 
     /// The file's bytes: the same classifier always writes the same bytes.
     pub fn to_file(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity(self.weights.len() * 2);
-        for w in &self.weights {
-            raw.extend_from_slice(&w.to_le_bytes());
-        }
+        let n = self.lanes.len();
+        let raw: Vec<u8> = self
+            .weights
+            .chunks_exact(self.stride)
+            .flat_map(|bucket| &bucket[..n])
+            .map(|&w| w as u8)
+            .collect();
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
             .write(Vec::new(), flate2::Compression::best());
@@ -216,7 +238,7 @@ impl Classifier {
         let n = self.lanes.len();
         let mut sums = [0f32; MAX_LANES];
         for (&i, &v) in h.indices.iter().zip(&h.values) {
-            let i = (i & (self.buckets - 1)) as usize * n;
+            let i = (i & (self.buckets - 1)) as usize * self.stride;
             for (s, w) in sums.iter_mut().zip(&self.weights[i..i + n]) {
                 *s += f32::from(*w) * v;
             }
@@ -233,8 +255,10 @@ impl Classifier {
     /// vector, no sort (the request path's form of [`Classifier::scores`]).
     pub fn score_request(&self, request: &Request<'_>) -> Scores {
         let mut s = Scoring {
-            c: self,
-            sums: [[0.0; MAX_LANES]; GROUPS],
+            weights: &self.weights,
+            mask: self.buckets - 1,
+            stride: self.stride,
+            sums: [[0; MAX_LANES]; GROUPS],
             counts: [0; GROUPS],
         };
         extract(request, &mut s);
@@ -249,8 +273,8 @@ impl Classifier {
                 continue;
             }
             let scale = self.scale / (s.counts[g] as f32 * groups).sqrt();
-            for (pl, sum) in p[..n].iter_mut().zip(&s.sums[g]) {
-                *pl += sum * scale;
+            for (pl, &sum) in p[..n].iter_mut().zip(&s.sums[g]) {
+                *pl += sum as f32 * scale;
             }
         }
         softmax(&mut p[..n]);
@@ -259,27 +283,53 @@ impl Classifier {
 
     /// How much feature `k` of the request pushed `lane` (for `--explain`).
     pub fn contribution(&self, h: &Hashed, k: usize, lane: usize) -> f32 {
-        let n = self.lanes.len();
-        let i = (h.indices[k] & (self.buckets - 1)) as usize * n + lane;
+        let i = (h.indices[k] & (self.buckets - 1)) as usize * self.stride + lane;
         f32::from(self.weights[i]) * self.scale * h.values[k]
     }
 }
 
-/// Sums each group's weights as features arrive.
+/// `weights` (`[bucket][lanes]`) with each bucket padded with zeros to `stride` lanes.
+fn padded(weights: &[i8], lanes: usize, stride: usize) -> Vec<i8> {
+    let mut out = vec![0i8; weights.len() / lanes * stride];
+    for (to, from) in out
+        .chunks_exact_mut(stride)
+        .zip(weights.chunks_exact(lanes))
+    {
+        to[..lanes].copy_from_slice(from);
+    }
+    out
+}
+
+/// Sums each group's quantized weights as features arrive, in integers (exact: a request
+/// has far fewer than 2^24 features of at most 127 each).
 struct Scoring<'c> {
-    c: &'c Classifier,
-    sums: [[f32; MAX_LANES]; GROUPS],
+    weights: &'c [i8],
+    mask: u32,
+    stride: usize,
+    sums: [[i32; MAX_LANES]; GROUPS],
     counts: [u32; GROUPS],
 }
 
 impl Sink for Scoring<'_> {
+    #[inline]
     fn feature(&mut self, tag: &str, _text: &str, h: u64) {
-        let c = self.c;
-        let n = c.lanes.len();
         let g = group(tag);
-        let i = slot(h, c.buckets) as usize * n;
-        for (s, w) in self.sums[g].iter_mut().zip(&c.weights[i..i + n]) {
-            *s += f32::from(*w);
+        let i = (slot(h, self.mask + 1) & self.mask) as usize * self.stride;
+        let sums = &mut self.sums[g];
+        // Three or four lanes (the shipped case): one 4-byte load, four adds.
+        if let Some(w) = self
+            .weights
+            .get(i..i + 4)
+            .filter(|_| self.stride == 4)
+            .and_then(|w| <&[i8; 4]>::try_from(w).ok())
+        {
+            for l in 0..4 {
+                sums[l] += i32::from(w[l]);
+            }
+        } else {
+            for (s, &w) in sums.iter_mut().zip(&self.weights[i..i + self.stride]) {
+                *s += i32::from(w);
+            }
         }
         self.counts[g] += 1;
     }
@@ -431,9 +481,16 @@ mod tests {
             }
         }
         softmax(&mut z);
+        // 8-bit weights: within one step (max/127) of the float weights.
         for (a, b) in s.as_slice().iter().zip(z) {
-            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+            assert!((a - b).abs() < 1e-2, "{a} vs {b}");
         }
+        assert_eq!(c.stride, 4);
+        assert_eq!(c.weights.len(), buckets * 4);
+        assert!(
+            c.weights.chunks(4).all(|b| b[3] == 0),
+            "padding lanes are zero"
+        );
     }
 
     #[test]
@@ -494,6 +551,37 @@ mod tests {
             v[field] = keep;
         }
         assert!(Classifier::parse(b"{").is_err());
+        // A version 1 file (16-bit weights over the previous features): refused, saying
+        // what to do.
+        v["version"] = serde_json::json!(1);
+        let err = Classifier::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("retrain"), "{err}");
+        v["version"] = serde_json::json!(VERSION);
+        // -128 has no place in the symmetric range.
+        let mut raw = vec![0u8; 256 * 3];
+        raw[5] = 0x80;
+        let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        v["weights"] = serde_json::json!(
+            base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+        );
+        let err = Classifier::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("-128"), "{err}");
+    }
+
+    #[test]
+    fn quantization_keeps_signs_and_the_largest_weight() {
+        let w = [4.0f32, -4.0, 0.02, -0.3, 0.0, 1.0];
+        let c = Classifier::from_floats(
+            ["a", "b", "c"].map(String::from).to_vec(),
+            2,
+            (0.0, 1.0),
+            vec![0.0; 3],
+            &w,
+            Provenance::default(),
+        );
+        assert_eq!(c.weights, [127, -127, 1, 0, -10, 0, 32, 0]);
+        assert!((c.scale - 4.0 / 127.0).abs() < 1e-7);
     }
 
     #[test]

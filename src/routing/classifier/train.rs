@@ -50,7 +50,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            buckets: 1 << 18,
+            buckets: 1 << 17,
             epochs: 40,
             learning_rate: 0.4,
             l2: 1e-6,
