@@ -581,7 +581,11 @@ impl Gateway {
         let requested = routes.resolve(&request.model)?;
         let mut features = crate::routing::features(request);
         if requested == Requested::Auto {
-            routes.detect_cues(&crate::routing::last_user_text(request), &mut features);
+            // The last turn's text blocks are joined into one string for the cues: not for
+            // nothing when there are none (the shipped lanes.yaml has none).
+            if routes.has_cues() {
+                routes.detect_cues(&crate::routing::last_user_text(request), &mut features);
+            }
             routes.classify(request, &mut features);
         }
         let route = routes.route(requested, &features, account)?;

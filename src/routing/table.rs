@@ -348,6 +348,13 @@ impl RouteTable {
             .map(|c| c.model.score_request(request));
     }
 
+    /// Whether lanes.yaml names any cue (`auto.code_markers`, `auto.reasoning_cues`): without
+    /// one, [`RouteTable::detect_cues`] has nothing to look for, and the text need not be
+    /// gathered for it.
+    pub fn has_cues(&self) -> bool {
+        self.cues.is_some()
+    }
+
     /// Set `code` and `reasoning` from the text of the last user turn.
     pub fn detect_cues(&self, text: &str, features: &mut Features) {
         features.code = false;
