@@ -51,13 +51,7 @@ async fn chat(
 
 /// The access-log line of the request `r` answered.
 async fn log_line(flux: &Flux, r: &reqwest::Response) -> Value {
-    let id = header(r, "x-flux-request-id").to_string();
-    let log = flux.log_containing(&format!("\"id\":\"{id}\"")).await;
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("\"id\":\"{id}\"")))
-        .unwrap();
-    serde_json::from_str(line).unwrap()
+    flux.access_line(header(r, "x-flux-request-id")).await
 }
 
 fn retry_after(r: &reqwest::Response) -> u64 {

@@ -1171,10 +1171,7 @@ async fn an_http2_stream_reset_stops_the_provider_and_bills_what_was_used() {
     }
     send.send_reset(h2::Reason::CANCEL);
     drop(events);
-    let needle = format!("\"id\":\"{id}\"");
-    let log = flux.log_containing(&needle).await;
-    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
-    let line: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    let line = flux.access_line(&id).await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["error"], "client_closed", "{line}");
     assert!(line["cost_usd"].is_string(), "{line}");

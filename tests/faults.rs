@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{header, Custom, Flux, PROVIDER_KEY, TEST_LANES};
+use common::{header, read_to_first_event, Custom, Flux, PROVIDER_KEY, TEST_LANES};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -241,14 +241,6 @@ async fn wait_hanging(flux: &Flux, expected: u64, within: Duration) {
     }
 }
 
-/// The access log line of a request id (lines are written in batches).
-async fn access_line(flux: &Flux, id: &str) -> Value {
-    let needle = format!("\"id\":\"{id}\"");
-    let log = flux.log_containing(&needle).await;
-    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
-    serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap()
-}
-
 #[tokio::test]
 async fn a_client_leaving_while_the_provider_thinks_stops_it_and_tries_no_fallback() {
     let flux = start("").await;
@@ -279,23 +271,10 @@ async fn a_client_leaving_mid_stream_during_a_pause_stops_the_upstream_and_is_bi
     for path in [Path::OpenAi, Path::Anthropic] {
         let mut client = open_request(&flux, path, &path.body("flux-f-drip", "hi", true)).await;
         // Read until the first event has arrived, then leave during the 1.5 s pause.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("data:") {
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&got).to_string();
-        let id = text
-            .lines()
-            .find_map(|l| l.strip_prefix("x-flux-request-id: "))
-            .unwrap()
-            .trim()
-            .to_string();
+        let id = read_to_first_event(&mut client).await;
         let left = Instant::now();
         drop(client);
-        let line = access_line(&flux, &id).await;
+        let line = flux.access_line(&id).await;
         assert!(left.elapsed() < Duration::from_secs(3), "{line}");
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(line["error"], "client_closed", "{line}");

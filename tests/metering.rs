@@ -244,22 +244,6 @@ fn request_with(client: Client, model: &str, stream: bool, text: &str) -> Value 
     }
 }
 
-/// The access-log line of request `id` (lines are written in batches).
-async fn access_line(flux: &Flux, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let log = flux.log();
-        if let Some(line) = log.lines().find(|l| l.starts_with('{') && l.contains(id)) {
-            return serde_json::from_str(line).unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access line for {id}:\n{log}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_client_is_told_what_was_billed_when_a_hard_cap_stops_the_bill() {
     let flux = Flux::start().await;
@@ -325,7 +309,7 @@ async fn a_client_is_told_what_was_billed_when_a_hard_cap_stops_the_bill() {
             let v: Value = flux.get("/v1/usage", &key).await.json().await.unwrap();
             assert_eq!(v["spend"]["month_usd"], told.as_str(), "{cell}: {v}");
             assert_eq!(v["spend"]["reserved_usd"], "0.0", "{cell}: {v}");
-            let line = access_line(&flux, &id).await;
+            let line = flux.access_line(&id).await;
             assert_eq!(line["cost_usd"], told.as_str(), "{cell}: {line}");
             told_total = told_total.saturating_add(told.parse().unwrap());
         }

@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{header, Custom, Flux, TEST_LANES};
+use common::{header, read_to_first_event, Custom, Flux, TEST_LANES};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const H2_LANES: &str = r#"
@@ -279,20 +279,7 @@ async fn a_client_leaving_mid_stream_resets_the_http2_stream_and_is_billed() {
         200
     );
     let mut client = open_request(&flux, &Api::Chat.body("flux-h2-drip", "hi", true)).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data:") {
-        let n = client.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got).to_string();
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-flux-request-id: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = read_to_first_event(&mut client).await;
     drop(client);
     // The provider sees its stream cancelled during the 1.5 s pause, not at its end.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -304,10 +291,7 @@ async fn a_client_leaving_mid_stream_resets_the_http2_stream_and_is_billed() {
         assert!(Instant::now() < deadline, "stream never cancelled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let needle = format!("\"id\":\"{id}\"");
-    let log = flux.log_containing(&needle).await;
-    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
-    let line: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    let line = flux.access_line(&id).await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["error"], "client_closed", "{line}");
     assert!(line["cost_usd"].is_string(), "{line}");

@@ -237,6 +237,25 @@ pub struct Flux {
     child: Child,
 }
 
+/// Read a streamed answer's head from `client` until its first event has arrived; the
+/// request id it carries.
+pub async fn read_to_first_event(client: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data:") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .find_map(|l| l.strip_prefix("x-flux-request-id: "))
+        .expect("a request id")
+        .trim()
+        .to_string()
+}
+
 impl Flux {
     pub async fn start() -> Flux {
         Self::start_with(TEST_LANES).await
@@ -637,6 +656,14 @@ admin: {{ listen: ["127.0.0.1:{admin_port}"{extra_admin_listen}], token_env: FLU
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The access-log line of request `id`, once written.
+    pub async fn access_line(&self, id: &str) -> Value {
+        let needle = format!("\"id\":\"{id}\"");
+        let log = self.log_containing(&needle).await;
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap()
     }
 
     pub fn lanes_path(&self) -> PathBuf {
