@@ -85,6 +85,10 @@ pub struct AccessLine<'a> {
     /// When the classifier chose the lane: its probability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lane_probability: Option<f64>,
+    /// What put the first target first when the lane spreads its traffic: `weighted`,
+    /// `latency`, `cost`, or prompt-cache affinity (`affinity:header|key|prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_choice: Option<&'static str>,
     /// The provider that served the response.
     #[serde(serialize_with = "bounded_opt")]
     pub provider: Option<&'a str>,
@@ -155,6 +159,7 @@ impl<'a> AccessLine<'a> {
             model: None,
             lane: None,
             route_rule: None,
+            target_choice: None,
             lane_probability: None,
             provider: None,
             routed: None,
@@ -384,6 +389,7 @@ mod tests {
             model: Some("flux-pinned-a"),
             lane: Some("express"),
             route_rule: Some("default"),
+            target_choice: Some("weighted"),
             lane_probability: None,
             provider: Some("sim"),
             routed: Some(true),
@@ -461,6 +467,7 @@ mod tests {
             model: Some(&huge),
             lane: Some(&huge),
             route_rule: Some(&huge),
+            target_choice: None,
             lane_probability: Some(0.5),
             provider: Some(&huge),
             routed: None,

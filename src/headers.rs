@@ -21,8 +21,12 @@ pub const ORIGINAL_MODEL: HeaderName = HeaderName::from_static("x-flux-original-
 pub const ROUTED: HeaderName = HeaderName::from_static("x-flux-routed");
 /// The lane that served (and prices) the request.
 pub const LANE: HeaderName = HeaderName::from_static("x-flux-lane");
-/// For flux-auto: the rule that chose the lane (`classifier; p=0.87` when the classifier did).
+/// For flux-auto: the rule that chose the lane (`classifier; p=0.87` when the classifier did);
+/// for a lane that spreads its traffic, what chose the target (`…; target=latency`,
+/// `target=affinity:key`).
 pub const ROUTE_RULE: HeaderName = HeaderName::from_static("x-flux-route-rule");
+/// Request header: the client's name for its conversation, for prompt-cache affinity.
+pub const SESSION: HeaderName = HeaderName::from_static("x-flux-session");
 /// The request's cost in USD (set once metering lands).
 pub const COST_USD: HeaderName = HeaderName::from_static("x-flux-cost-usd");
 /// Tells the OpenAI and Anthropic SDKs (and Claude Code) whether a retry can help.

@@ -223,6 +223,7 @@ impl AppState {
             table.models().len(),
             table.rules().len()
         );
+        table.inherit(&self.routes.load());
         self.routes.store(Arc::new(table));
         self.lanes_loaded_at
             .store(unix_now(), std::sync::atomic::Ordering::Relaxed);

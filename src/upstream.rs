@@ -162,11 +162,11 @@ impl Providers {
         let probe = match provider.breaker.admit() {
             Admission::Pass => false,
             Admission::Probe => true,
-            Admission::Skip(left) => {
+            Admission::Skip { left, throttled } => {
                 if counted {
                     provider.inflight.fetch_sub(1, Ordering::AcqRel);
                 }
-                return Err(Refusal::BreakerOpen(left));
+                return Err(Refusal::BreakerOpen { left, throttled });
             }
         };
         Ok(Ticket {
@@ -289,8 +289,9 @@ fn make_peer(addr: SocketAddr, base: &BaseUrl, t: &ProviderTimeouts, http2: bool
 /// Why a provider was skipped without an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Its breaker is open; it may be tried again after this long.
-    BreakerOpen(Duration),
+    /// Its breaker is open; it may be tried again after this long. `throttled`: ejected for
+    /// a 429, not for failures.
+    BreakerOpen { left: Duration, throttled: bool },
     /// It has `max_concurrent` requests in flight.
     ProviderBusy,
     /// The gateway has `traffic.max_concurrent_upstream` requests in flight.

@@ -377,10 +377,21 @@ async fn a_provider_401_is_the_operators_problem_502_upstream_auth_error() {
 }
 
 #[tokio::test]
-async fn a_provider_429_falls_back_and_passes_through_only_when_nothing_is_left() {
+async fn a_provider_429_ejects_it_for_its_retry_after_and_falls_back_meanwhile() {
     let flux = start("").await;
     for path in [Path::OpenAi, Path::Anthropic] {
         flux.sim.clear_requests().await;
+        // Alone in its lane: the provider's own 429 and its Retry-After (1 s) reach the client.
+        let r = send(&flux, path, "flux-pinned-throttled", "hi").await;
+        assert_eq!(header(&r, "retry-after"), "1");
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-throttled");
+        expect_error(r, path, 429, "rate_limit_exceeded", "rate_limit_error").await;
+        // Ejected for that second: the next request does not reach it, and the client is
+        // told when to come back.
+        let r = send(&flux, path, "flux-pinned-throttled", "hi").await;
+        assert_eq!(header(&r, "retry-after"), "1");
+        expect_error(r, path, 429, "upstream_rate_limited", "rate_limit_error").await;
+        // A lane with a fallback is served by the fallback, without asking the ejected one.
         let r = send(&flux, path, "flux-f-429", "hi").await;
         assert_eq!(r.status(), 200, "{path:?}");
         assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok-c");
@@ -388,12 +399,27 @@ async fn a_provider_429_falls_back_and_passes_through_only_when_nothing_is_left(
             upstream_models(&flux).await,
             ["throttled-upstream", "ok-c-upstream"]
         );
-        // Alone in its lane: the provider's 429 and its Retry-After reach the client.
-        let r = send(&flux, path, "flux-pinned-throttled", "hi").await;
-        assert_eq!(header(&r, "retry-after"), "1");
-        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-throttled");
-        expect_error(r, path, 429, "rate_limit_exceeded", "rate_limit_error").await;
+        // After its Retry-After it is asked again (and 429s again, so the fallback serves).
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        flux.sim.clear_requests().await;
+        let r = send(&flux, path, "flux-f-429", "hi").await;
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-ok-c");
+        assert_eq!(
+            upstream_models(&flux).await,
+            ["throttled-upstream", "ok-c-upstream"]
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
     }
+    let metrics = flux.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"flux_upstream_ejections_total{provider="sim_429",reason="throttled"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"flux_upstream_skipped_total{provider="sim_429",reason="throttled"} 4"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -448,6 +474,13 @@ async fn the_breaker_opens_after_n_failures_skips_at_once_and_probes_after_its_c
         upstream_models(&flux).await,
         ["flaky-upstream", "steady-upstream", "steady-upstream"]
     );
+
+    // A failed probe opens it for twice the cooldown: still skipped after one more cooldown.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    flux.sim.clear_requests().await;
+    let r = send(&flux, Path::OpenAi, "flux-f-flaky", "hi").await;
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-f-steady");
+    assert_eq!(upstream_models(&flux).await, ["steady-upstream"]);
 
     // The next probe succeeds: the breaker closes and the provider serves again.
     tokio::time::sleep(Duration::from_millis(1600)).await;

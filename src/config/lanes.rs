@@ -31,6 +31,53 @@ pub struct LaneConfig {
     /// method on file, and flux-auto does not route such accounts to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub premium: bool,
+    /// How a request picks among the lane's targets (default: `failover`, in order).
+    #[serde(default)]
+    pub strategy: StrategyKind,
+    /// Relative shares for `weighted` (and the weights of prompt-cache affinity), by model
+    /// id; a target not named weighs 1, a weight of 0 takes traffic only as a fallback.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
+    /// `cost`: targets within this many percent of the cheapest share the traffic, so it
+    /// never herds onto one (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_spread_percent: Option<u32>,
+    /// Keep a conversation on the target that holds its prompt cache (default true; only
+    /// strategies that spread traffic move conversations).
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub affinity: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a lane chooses the target of each request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// The first healthy target in order takes every request; the others are fallbacks.
+    #[default]
+    Failover,
+    /// Smooth weighted round robin over `weights`.
+    Weighted,
+    /// The lower of two random targets' expected time to first byte (a peak-EWMA per
+    /// target, per unit of input, times its requests in flight).
+    Latency,
+    /// The cheapest target by `provider_price`, spread over those within
+    /// `cost_spread_percent`.
+    Cost,
+}
+
+impl StrategyKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            StrategyKind::Failover => "failover",
+            StrategyKind::Weighted => "weighted",
+            StrategyKind::Latency => "latency",
+            StrategyKind::Cost => "cost",
+        }
+    }
 }
 
 /// USD per one million tokens, read exactly (never through a float).
@@ -57,6 +104,18 @@ pub struct ModelConfig {
     pub max_output_tokens: u64,
     #[serde(default)]
     pub capabilities: Vec<Capability>,
+    /// What the operator pays the provider for this model (USD per 1M tokens), for lanes
+    /// with `strategy: cost`; customers are always billed at the lane's price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_price: Option<ProviderPrice>,
+}
+
+/// The operator's own cost of a target, per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPrice {
+    pub input_per_mtok: Usd,
+    pub output_per_mtok: Usd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

@@ -84,6 +84,9 @@ pub enum ErrorKind {
     UpstreamAuthError,
     /// 504: no provider answered within the deadlines.
     UpstreamTimeout,
+    /// 429: every provider that could serve asked for room with a 429 and is left alone for
+    /// as long as it asked (with `retry_after`: when the first comes back).
+    UpstreamRateLimited,
     /// 503: the gateway or every provider that could serve is at its concurrency cap, or
     /// request bodies in flight fill the configured memory budget (with `retry_after`).
     Overloaded,
@@ -125,7 +128,9 @@ impl ErrorKind {
             ErrorKind::WebSocketNotServed => 426,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge | ErrorKind::InputTooLong => 413,
-            ErrorKind::RateLimited | ErrorKind::ConversationLimit => 429,
+            ErrorKind::RateLimited
+            | ErrorKind::ConversationLimit
+            | ErrorKind::UpstreamRateLimited => 429,
             ErrorKind::UnsupportedEncoding => 415,
             ErrorKind::NoEligibleTarget
             | ErrorKind::UpstreamError
@@ -173,6 +178,7 @@ impl ErrorKind {
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::UpstreamAuthError => "upstream_auth_error",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Maintenance => "maintenance",
             ErrorKind::PremiumUnavailable => "premium_unavailable",
@@ -203,6 +209,7 @@ impl ErrorKind {
                 | ErrorKind::RateLimited
                 | ErrorKind::UpstreamError
                 | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamRateLimited
                 | ErrorKind::Overloaded
                 | ErrorKind::Maintenance
                 | ErrorKind::PremiumUnavailable
@@ -319,6 +326,7 @@ mod tests {
             (ErrorKind::LedgerUnavailable, 503, true),
             (ErrorKind::UpstreamAuthError, 502, false),
             (ErrorKind::UpstreamTimeout, 504, true),
+            (ErrorKind::UpstreamRateLimited, 429, true),
             (ErrorKind::Overloaded, 503, true),
             (ErrorKind::Maintenance, 503, true),
             (ErrorKind::PremiumUnavailable, 402, true),
@@ -331,7 +339,11 @@ mod tests {
 
     #[test]
     fn limit_kinds_use_the_rate_limit_and_too_large_types() {
-        for kind in [ErrorKind::RateLimited, ErrorKind::ConversationLimit] {
+        for kind in [
+            ErrorKind::RateLimited,
+            ErrorKind::ConversationLimit,
+            ErrorKind::UpstreamRateLimited,
+        ] {
             assert_eq!(kind.openai_type(), "rate_limit_error");
             assert_eq!(kind.anthropic_type(), "rate_limit_error");
         }

@@ -30,6 +30,8 @@ pub struct RequestCtx {
     pub(super) rule: Option<usize>,
     /// The classifier's probability for the lane, when it chose.
     pub(super) probability: Option<f32>,
+    /// What put the first target first, when the lane spreads its traffic.
+    pub(super) target_choice: Option<&'static str>,
     pub(super) served: Option<ModelId>,
     pub(super) provider: Option<Arc<Provider>>,
     pub(super) routed: Option<bool>,

@@ -111,7 +111,10 @@ async fn exchange(
             Err(refusal) => {
                 debug!("{}: {} skipped: {refusal:?}", ctx.id, provider.name);
                 let reason = match refusal {
-                    Refusal::BreakerOpen(_) => "breaker_open",
+                    Refusal::BreakerOpen {
+                        throttled: true, ..
+                    } => "throttled",
+                    Refusal::BreakerOpen { .. } => "breaker_open",
                     Refusal::ProviderBusy | Refusal::TotalBusy => "busy",
                 };
                 state.metrics.upstream_skipped(&provider.name, reason);
@@ -121,6 +124,8 @@ async fn exchange(
         };
         ctx.attempts += 1;
         state.metrics.attempt(&provider.name, ctx.attempts > 1);
+        // Counted in flight at the target until this attempt ends (its latency score).
+        let _inflight = model.stats.start();
         // A reasoning setting is translated only for a model that takes one.
         request.reasoning = asked_reasoning.filter(|_| model.has(Capability::Reasoning));
         let body = transcode::encode_request(provider.format, request, &model.upstream);
@@ -155,6 +160,12 @@ async fn exchange(
                     "{}: {} failed at {}: {}",
                     ctx.id, model.id, f.provider, f.reason
                 );
+                if f.kind == FailureKind::Timeout {
+                    // As slow as it gets: the latency strategy must see it.
+                    model
+                        .stats
+                        .observe(sent_at.elapsed(), estimated_input_tokens);
+                }
                 ctx.upstream_time += sent_at.elapsed();
                 failures.attempt_failed(ctx, &state.metrics, &mut ticket, provider, f.kind);
                 continue;
@@ -169,11 +180,15 @@ async fn exchange(
                     ctx.id, model.id, provider.name, traffic.total_deadline_ms
                 );
                 ctx.upstream_time += sent_at.elapsed();
+                model
+                    .stats
+                    .observe(sent_at.elapsed(), estimated_input_tokens);
                 failures.deadline_passed(ctx, &state.metrics, provider);
                 break;
             }
         };
         let ttfb = sent_at.elapsed();
+        model.stats.observe(ttfb, estimated_input_tokens);
         ctx.stages.mark(Stage::UpstreamHead);
         ctx.upstream_ttfb = Some(ttfb);
         ctx.upstream_time += ttfb;
@@ -287,6 +302,17 @@ async fn exchange(
                 .response_header()
                 .and_then(|r| r.headers.get(http::header::RETRY_AFTER))
                 .cloned();
+            // The provider asked for room: no request goes to it for as long as it asked.
+            let ejected = provider
+                .breaker
+                .throttle(retry_after.as_ref().and_then(retry_after_duration));
+            state.metrics.upstream_ejected(&provider.name, "throttled");
+            warn!(
+                "{}: provider {} ejected for {} ms after a 429",
+                ctx.id,
+                provider.name,
+                ejected.as_millis()
+            );
             failures.throttled = Some(Throttled {
                 body: wire::translate_error(client, provider.format, 429, &body, &ctx.id),
                 content_type: response.content_type.take(),
@@ -437,6 +463,8 @@ struct Failures {
     busy: bool,
     /// Skipped for an open breaker: the soonest it lets a probe through.
     breaker_open: Option<Duration>,
+    /// Skipped only for ejections after 429s (so far): the client hears 429 too.
+    all_throttled: Option<bool>,
 }
 
 impl Failures {
@@ -480,8 +508,9 @@ impl Failures {
     fn refused(&mut self, refusal: Refusal) {
         match refusal {
             Refusal::ProviderBusy | Refusal::TotalBusy => self.busy = true,
-            Refusal::BreakerOpen(left) => {
+            Refusal::BreakerOpen { left, throttled } => {
                 self.breaker_open = Some(self.breaker_open.map_or(left, |d| d.min(left)));
+                self.all_throttled = Some(self.all_throttled.unwrap_or(true) && throttled);
             }
         }
     }
@@ -532,6 +561,22 @@ impl Failures {
             )
             .retry_after(traffic.overload_retry_after_s);
         }
+        if let (Some(left), Some(true), false, false) = (
+            self.breaker_open,
+            self.all_throttled,
+            self.attempted(),
+            self.busy,
+        ) {
+            return FluxError::new(
+                ErrorKind::UpstreamRateLimited,
+                format!(
+                    "Upstream rate limited: every provider of lane '{}' that can serve this \
+                     request asked FluxRouter to slow down. Retry after the Retry-After delay.",
+                    lane.name
+                ),
+            )
+            .retry_after(left.as_millis().div_ceil(1000).max(1) as u64);
+        }
         let err = FluxError::new(
             ErrorKind::UpstreamError,
             format!(
@@ -550,6 +595,13 @@ impl Failures {
             _ => err,
         }
     }
+}
+
+/// A `Retry-After` in seconds (a date form is not used by providers for 429s: the backoff
+/// applies then).
+fn retry_after_duration(v: &HeaderValue) -> Option<Duration> {
+    let secs: f64 = v.to_str().ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
 /// `retry_after` of a 402 premium_unavailable (seed 002: "~5s").

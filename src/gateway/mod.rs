@@ -41,7 +41,7 @@ use crate::auth::Account;
 use crate::endpoints::{self, Endpoint};
 use crate::errors::{ErrorKind, FluxError};
 use crate::headers;
-use crate::routing::{Requested, AUTO_MODEL};
+use crate::routing::{Health, Requested, AUTO_MODEL};
 use crate::stages::{Stage, StageClock};
 use crate::state::AppState;
 use crate::units::clock::{self, unix_now};
@@ -83,6 +83,7 @@ impl ProxyHttp for Gateway {
             lane: None,
             rule: None,
             probability: None,
+            target_choice: None,
             served: None,
             provider: None,
             routed: None,
@@ -320,6 +321,7 @@ impl ProxyHttp for Gateway {
                 .zip(routes)
                 .map(|(i, r)| r.rules()[i].name.as_str()),
             lane_probability: ctx.probability.map(|p| (f64::from(p) * 1e3).round() / 1e3),
+            target_choice: ctx.target_choice,
             provider,
             routed: ctx.routed,
             stream: ctx.stream,
@@ -540,6 +542,8 @@ impl Gateway {
         ctx.stages.mark(Stage::Parse);
         ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
         ctx.stream = request.stream;
+        // Owned: the header is read while the session is lent to admission.
+        let session_header = session.req_header().headers.get(headers::SESSION).cloned();
         let admission::Admitted { routed, hold } = self
             .state
             .admission
@@ -549,7 +553,7 @@ impl Gateway {
                     request: &request,
                     body_bytes: raw.len(),
                 },
-                |request| self.route(ctx, account, request),
+                |request| self.route(ctx, account, request, session_header.as_ref()),
             )
             .await?;
         ctx.stages.mark(Stage::Admit);
@@ -575,6 +579,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         account: &Account,
         request: &crate::wire::ir::Request<'_>,
+        session_header: Option<&http::HeaderValue>,
     ) -> Result<admission::Routed, FluxError> {
         let routes = self.state.routes.load_full();
         ctx.routes = Some(routes.clone());
@@ -588,7 +593,32 @@ impl Gateway {
             }
             routes.classify(request, &mut features);
         }
-        let route = routes.route(requested, &features, account)?;
+        let mut route = routes.route(requested, &features, account)?;
+        let providers = &self.state.providers;
+        routes.order_targets(
+            &mut route,
+            &features,
+            // Only a lane that spreads its traffic needs the conversation's identity.
+            || {
+                crate::routing::session::session(
+                    request,
+                    session_header.map(|h| h.as_bytes()),
+                    features.input_tokens,
+                )
+            },
+            |model| match providers.get(&model.provider) {
+                Some(p) => Health {
+                    ejected: p.breaker.ejected(),
+                    failures: p.breaker.failures(),
+                },
+                None => Health {
+                    ejected: true,
+                    failures: 0,
+                },
+            },
+            &mut rand::thread_rng(),
+        );
+        ctx.target_choice = route.chosen.label();
         ctx.lane = Some(route.lane);
         ctx.rule = route.rule;
         ctx.probability = route.probability;

@@ -101,26 +101,42 @@ impl Served<'_> {
             headers::LANE,
             self.routes.lane(self.route.lane).name.as_str(),
         )?;
-        if let Some(rule) = self.route.rule {
-            let name = &self.routes.rules()[rule].name;
-            match (self.route.probability, self.route.classifier_lane) {
-                // `classifier; deep p=0.91; plan: daily`: the classifier's own lane and how
-                // sure it was, then the lane the key's plan stepped the request to.
-                (Some(p), Some(wanted)) => h.insert_header(
-                    headers::ROUTE_RULE,
-                    format!(
+        // `; target=latency`: what put the serving target first, when the lane spreads its
+        // traffic and that target is the one it chose (not a fallback after it).
+        let target = self
+            .route
+            .chosen
+            .label()
+            .filter(|_| self.route.candidates.first() == Some(&self.model));
+        let rule = self.route.rule.map(|rule| &self.routes.rules()[rule].name);
+        let value = match (rule, target) {
+            (None, None) => return Ok(()),
+            // The plain rule name, as most flux-auto answers carry: no formatting.
+            (Some(name), None) if self.route.probability.is_none() => {
+                return h.insert_header(headers::ROUTE_RULE, name.as_str());
+            }
+            (None, Some(target)) => format!("target={target}"),
+            (Some(name), _) => {
+                let mut v = match (self.route.probability, self.route.classifier_lane) {
+                    // `classifier; deep p=0.91; plan: daily`: the classifier's own lane and
+                    // how sure it was, then the lane the key's plan stepped the request to.
+                    (Some(p), Some(wanted)) => format!(
                         "{name}; {} p={p:.2}; plan: {}",
                         self.routes.lane(wanted).name,
                         self.routes.lane(self.route.lane).name
                     ),
-                )?,
-                // `classifier; p=0.87`: how sure the classifier was of the lane.
-                (Some(p), None) => {
-                    h.insert_header(headers::ROUTE_RULE, format!("{name}; p={p:.2}"))?
+                    // `classifier; p=0.87`: how sure the classifier was of the lane.
+                    (Some(p), None) => format!("{name}; p={p:.2}"),
+                    (None, _) => name.clone(),
+                };
+                if let Some(target) = target {
+                    v.push_str("; target=");
+                    v.push_str(target);
                 }
-                (None, _) => h.insert_header(headers::ROUTE_RULE, name.as_str())?,
+                v
             }
-        }
+        };
+        h.insert_header(headers::ROUTE_RULE, value)?;
         Ok(())
     }
 }

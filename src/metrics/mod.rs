@@ -176,6 +176,8 @@ pub struct Metrics {
     pub(crate) providers: Family<Box<str>, ProviderSeries>,
     pub(crate) upstream_errors: Family<Pair, Counter>,
     pub(crate) upstream_skips: Family<Pair, Counter>,
+    /// Providers ejected (a 429), by provider and reason.
+    pub(crate) upstream_ejections: Family<Pair, Counter>,
     pub(crate) reloads: Family<(&'static str, &'static str), Counter>,
     /// Requests and connections refused by a per-address limit, by reason.
     pub(crate) address_refusals: Family<&'static str, Counter>,
@@ -284,6 +286,12 @@ impl Metrics {
     /// A provider was passed over without an attempt: `breaker_open` or `busy`.
     pub fn upstream_skipped(&self, provider: &str, reason: Reason) {
         self.upstream_skips
+            .with(&PairRef(provider, reason), PairRef::own, |c| c.add(1));
+    }
+
+    /// A provider was ejected for a while: `throttled` (a 429).
+    pub fn upstream_ejected(&self, provider: &str, reason: Reason) {
+        self.upstream_ejections
             .with(&PairRef(provider, reason), PairRef::own, |c| c.add(1));
     }
 

@@ -272,11 +272,24 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
         "flux_upstream_skipped_total",
         "counter",
         "Providers passed over without an attempt, by provider and reason (breaker_open, \
-         busy).",
+         throttled, busy).",
     );
     for (k, c) in m.upstream_skips.sorted() {
         o.counter(
             "flux_upstream_skipped_total",
+            &[("provider", &k.0), ("reason", &k.1)],
+            &c,
+        );
+    }
+    o.head(
+        "flux_upstream_ejections_total",
+        "counter",
+        "Providers ejected for a while, by provider and reason (throttled: a 429, for its \
+         Retry-After or a doubling backoff).",
+    );
+    for (k, c) in m.upstream_ejections.sorted() {
+        o.counter(
+            "flux_upstream_ejections_total",
             &[("provider", &k.0), ("reason", &k.1)],
             &c,
         );
@@ -495,6 +508,7 @@ impl Metrics {
             + self.providers.overflow()
             + self.upstream_errors.overflow()
             + self.upstream_skips.overflow()
+            + self.upstream_ejections.overflow()
             + self.reloads.overflow()
             + self.address_refusals.overflow()
     }

@@ -4,13 +4,18 @@
 //! is routed in three plain steps, none of which allocate beyond the candidate list:
 //! 1. [`RouteTable::resolve`] maps the client's `model` to flux-auto, a lane or a pinned model;
 //! 2. for flux-auto, the ordered rules pick a lane from the request's [`Features`];
-//! 3. the lane's chain (default, then fallbacks) is filtered to the eligible targets.
+//! 3. the lane's chain (default, then fallbacks) is filtered to the eligible targets;
+//! 4. [`RouteTable::order_targets`]: the lane's strategy (and prompt-cache affinity) orders
+//!    them, given each target's health.
 
 pub mod classifier;
 pub mod features;
+pub mod session;
+pub mod strategy;
 mod table;
 
 pub use features::{features, last_user_text};
+pub use strategy::{Chosen, Health};
 pub use table::{Lane, LaneId, Learned, Model, ModelId, RouteTable, Rule, RuleTarget};
 
 use crate::config::Capability;
@@ -61,6 +66,8 @@ pub struct Route {
     pub candidates: Vec<ModelId>,
     /// The model the caller pinned, if any: serving it is not "routed".
     pub pinned: Option<ModelId>,
+    /// Who put the first candidate first (set by [`RouteTable::order_targets`]).
+    pub chosen: Chosen,
 }
 
 /// The classifier's own lane and its probability for it.
@@ -236,7 +243,56 @@ impl RouteTable {
             classifier_lane: learned.map(|(wanted, _)| wanted).filter(|&w| w != lane),
             candidates,
             pinned,
+            chosen: Chosen::Order,
         })
+    }
+
+    /// Order the route's candidates by its lane's strategy (a pinned model keeps its
+    /// order: the caller chose). `health` says whether each target is ejected right now.
+    /// `session` is asked only for a lane that spreads its traffic.
+    pub fn order_targets(
+        &self,
+        route: &mut Route,
+        features: &Features,
+        session: impl FnOnce() -> Option<strategy::Session>,
+        health: impl Fn(&Model) -> Health,
+        rng: &mut impl rand::Rng,
+    ) {
+        let lane = self.lane(route.lane);
+        if route.pinned.is_some()
+            || route.candidates.len() < 2
+            || lane.strategy.kind == strategy::StrategyKind::Failover
+        {
+            return;
+        }
+        let ask = strategy::Ask {
+            input_tokens: features.input_tokens,
+            max_tokens: features.max_tokens,
+            session: if lane.strategy.affinity {
+                session()
+            } else {
+                None
+            },
+        };
+        let mut targets: Vec<strategy::Target<'_>> = route
+            .candidates
+            .iter()
+            .map(|&m| {
+                let model = self.model(m);
+                strategy::Target {
+                    model: m,
+                    position: lane.chain.iter().position(|&c| c == m).unwrap_or(0),
+                    stats: &model.stats,
+                    price: model.cost_per_token,
+                    id: &model.id,
+                    health: health(model),
+                }
+            })
+            .collect();
+        route.chosen = strategy::order(&lane.strategy, &mut targets, &ask, rng);
+        for (slot, t) in route.candidates.iter_mut().zip(&targets) {
+            *slot = t.model;
+        }
     }
 
     /// 413 for an input no target of the lane can hold: by how much it is over the plan's

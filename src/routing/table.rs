@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
-use crate::config::lanes::{LanePrice, RuleWhen};
+use crate::config::lanes::{LanePrice, RuleWhen, StrategyKind};
 use crate::config::{Capability, ConfigError, LanesFile};
 use crate::units::Rates;
 
 use super::classifier::Classifier;
+use super::strategy::{Strategy, TargetStats};
 use super::{Features, AUTO_MODEL, PINNED_PREFIX};
 
 pub type LaneId = usize;
@@ -26,6 +27,8 @@ pub struct Lane {
     pub rates: Rates,
     /// Default first, then fallbacks.
     pub chain: Vec<ModelId>,
+    /// How a request picks among the chain's targets.
+    pub strategy: Strategy,
 }
 
 #[derive(Debug)]
@@ -38,6 +41,11 @@ pub struct Model {
     pub context_window: u64,
     pub max_output_tokens: u64,
     capabilities: u8,
+    /// What the operator pays per token (input, output; `provider_price`, else the lane's
+    /// price), for lanes that choose by cost.
+    pub cost_per_token: (u64, u64),
+    /// What its recent answers say about its speed (lanes that choose by latency).
+    pub stats: TargetStats,
 }
 
 impl Model {
@@ -99,6 +107,9 @@ pub struct Learned {
 const CUE_SCAN_HEAD: usize = 16 * 1024;
 const CUE_SCAN_TAIL: usize = 16 * 1024;
 
+/// `cost`: targets this many percent above the cheapest still share its traffic.
+const DEFAULT_COST_SPREAD_PERCENT: u32 = 10;
+
 impl RouteTable {
     pub fn load(path: &Path, providers: &dyn Fn(&str) -> bool) -> Result<Self, ConfigError> {
         let file: LanesFile = crate::config::read_yaml(path)?;
@@ -150,6 +161,11 @@ impl RouteTable {
                 ));
             }
             let capabilities = m.capabilities.iter().fold(0, |acc, c| acc | cap_bit(*c));
+            let lane_price = &file.lanes[&m.lane].price;
+            let (input, output) = match &m.provider_price {
+                Some(p) => (p.input_per_mtok, p.output_per_mtok),
+                None => (lane_price.input_per_mtok, lane_price.output_per_mtok),
+            };
             by_model_id.insert(id.clone(), models.len());
             models.push(Model {
                 id: id.clone(),
@@ -159,6 +175,8 @@ impl RouteTable {
                 context_window: m.context_window,
                 max_output_tokens: m.max_output_tokens,
                 capabilities,
+                cost_per_token: (input.0 / 1_000_000, output.0 / 1_000_000),
+                stats: TargetStats::default(),
             });
         }
 
@@ -212,6 +230,38 @@ impl RouteTable {
                 }
                 chain.push(m);
             }
+            if chain.len() > usize::from(u8::MAX) {
+                return Err(err(field("fallbacks"), "at most 254 fallbacks".into()));
+            }
+            let mut weights = vec![1u32; chain.len()];
+            for (id, &w) in &l.weights {
+                match chain.iter().position(|&m| models[m].id == *id) {
+                    Some(i) => weights[i] = w,
+                    None => {
+                        return Err(err(
+                            format!("lanes.{name}.weights.{id}"),
+                            "not a target of this lane (its default or a fallback)".into(),
+                        ))
+                    }
+                }
+            }
+            if weights.iter().all(|&w| w == 0) {
+                return Err(err(
+                    field("weights"),
+                    "at least one weight must be positive".into(),
+                ));
+            }
+            if !l.weights.is_empty() && l.strategy == StrategyKind::Failover {
+                return Err(err(
+                    field("weights"),
+                    "weights need strategy: weighted (failover takes targets in order)".into(),
+                ));
+            }
+            let spread = l.cost_spread_percent.unwrap_or(DEFAULT_COST_SPREAD_PERCENT);
+            if spread > 1_000 {
+                return Err(err(field("cost_spread_percent"), "at most 1000".into()));
+            }
+            let strategy = Strategy::new(l.strategy, weights, spread, l.affinity);
             lanes.push(Lane {
                 name: name.clone(),
                 alias: l.alias.clone(),
@@ -226,6 +276,7 @@ impl RouteTable {
                     l.price.output_per_mtok,
                 ),
                 chain,
+                strategy,
             });
         }
         if lanes.is_empty() {
@@ -300,6 +351,16 @@ impl RouteTable {
             by_alias,
             by_model_id,
         })
+    }
+
+    /// Keep what `previous` (the table this one replaces) learned about each target that
+    /// both have: a reload does not forget which provider is slow.
+    pub fn inherit(&self, previous: &RouteTable) {
+        for m in &self.models {
+            if let Some(old) = previous.model_by_id(&m.id) {
+                m.stats.inherit(&previous.model(old).stats);
+            }
+        }
     }
 
     pub fn lane(&self, id: LaneId) -> &Lane {

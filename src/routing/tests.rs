@@ -341,7 +341,42 @@ fn invalid_tables_are_rejected_naming_the_field() {
             "models.flux-pinned-llama-3.1-8b.context_window",
         ),
     ];
-    for (text, field) in cases {
+    let weighted = "alias: flux-standard\n    strategy: weighted\n";
+    let strategy_cases = [
+        (
+            base.replace(
+                "alias: flux-standard\n",
+                &format!("{weighted}    weights: {{ flux-pinned-gpt-5: 2 }}\n"),
+            ),
+            "lanes.daily.weights.flux-pinned-gpt-5",
+        ),
+        (
+            base.replace(
+                "alias: flux-standard\n",
+                "alias: flux-standard\n    weights: { flux-pinned-gpt-4.1-mini: 2 }\n",
+            ),
+            "lanes.daily.weights",
+        ),
+        (
+            base.replace(
+                "alias: flux-standard\n",
+                &format!(
+                    "{weighted}    weights: {{ flux-pinned-gpt-4.1-mini: 0, \
+                     flux-pinned-gemini-2.5-flash: 0, flux-pinned-claude-sonnet-4-5: 0, \
+                     flux-pinned-deepseek-chat: 0, flux-pinned-llama-3.3-70b: 0 }}\n"
+                ),
+            ),
+            "lanes.daily.weights",
+        ),
+        (
+            base.replace(
+                "alias: flux-standard\n",
+                "alias: flux-standard\n    strategy: cost\n    cost_spread_percent: 5000\n",
+            ),
+            "lanes.daily.cost_spread_percent",
+        ),
+    ];
+    for (text, field) in cases.into_iter().chain(strategy_cases) {
         assert_ne!(text, base, "the edit for {field} must apply");
         let e = compile(&text).unwrap_err();
         assert_eq!(e.field, field, "{e}");
@@ -504,4 +539,90 @@ fn the_shipped_table_routes_with_its_classifier_and_bad_classifier_rules_are_ref
         let e = compile(&text).unwrap_err();
         assert_eq!(e.field, field, "{e}");
     }
+}
+
+/// The daily lane of the keyword table with `strategy` (and more YAML for the lane).
+fn with_daily_strategy(strategy: &str) -> RouteTable {
+    let text = keyword_text().replace(
+        "alias: flux-standard\n",
+        &format!("alias: flux-standard\n{strategy}"),
+    );
+    compile(&text).unwrap()
+}
+
+#[test]
+fn a_lane_strategy_orders_the_eligible_targets_and_says_so() {
+    let t = with_daily_strategy(
+        "    strategy: weighted\n    affinity: false\n    weights: { flux-pinned-gpt-4.1-mini: 0, flux-pinned-gemini-2.5-flash: 3 }\n",
+    );
+    let lane = t.lane_by_alias("flux-standard").unwrap();
+    let healthy = |_: &Model| Health::default();
+    let f = Features::default();
+    let mut firsts = Vec::new();
+    for _ in 0..6 {
+        let mut route = t
+            .route(Requested::Lane(lane), &f, access(&ALL).as_slice())
+            .unwrap();
+        let before: Vec<ModelId> = route.candidates.clone();
+        t.order_targets(&mut route, &f, || None, healthy, &mut rand::thread_rng());
+        assert_eq!(
+            route.chosen,
+            Chosen::Strategy(strategy::StrategyKind::Weighted)
+        );
+        let mut sorted = route.candidates.clone();
+        sorted.sort_unstable();
+        let mut b = before;
+        b.sort_unstable();
+        assert_eq!(sorted, b, "the same targets, reordered");
+        firsts.push(t.model(route.candidates[0]).id.clone());
+    }
+    // Weights 0, 3, 1, 1, 1: the default (weight 0) is never first; gemini has half.
+    assert!(
+        !firsts.contains(&"flux-pinned-gpt-4.1-mini".to_string()),
+        "{firsts:?}"
+    );
+    let gemini = firsts
+        .iter()
+        .filter(|m| *m == "flux-pinned-gemini-2.5-flash")
+        .count();
+    assert_eq!(gemini, 3, "{firsts:?}");
+    // A pinned model keeps its place: the caller chose it.
+    let pinned = t.model_by_id("flux-pinned-deepseek-chat").unwrap();
+    let mut route = t
+        .route(Requested::Pinned(pinned), &f, access(&ALL).as_slice())
+        .unwrap();
+    t.order_targets(&mut route, &f, || None, healthy, &mut rand::thread_rng());
+    assert_eq!(route.candidates[0], pinned);
+    assert_eq!(route.chosen, Chosen::Order);
+    // Failover lanes (the shipped ones) are left alone, and never ask for the session.
+    let express = t.lane_by_alias("flux-fast").unwrap();
+    let mut route = t
+        .route(Requested::Lane(express), &f, access(&ALL).as_slice())
+        .unwrap();
+    let before = route.candidates.clone();
+    t.order_targets(
+        &mut route,
+        &f,
+        || panic!("no session needed"),
+        |_: &Model| Health {
+            ejected: true,
+            failures: 0,
+        },
+        &mut rand::thread_rng(),
+    );
+    assert_eq!(route.candidates, before);
+}
+
+#[test]
+fn a_reload_keeps_what_the_targets_taught() {
+    let old = with_daily_strategy("    strategy: latency\n");
+    let id = "flux-pinned-deepseek-chat";
+    old.model(old.model_by_id(id).unwrap())
+        .stats
+        .observe(std::time::Duration::from_secs(2), 0);
+    let new = with_daily_strategy("    strategy: latency\n");
+    let m = new.model(new.model_by_id(id).unwrap());
+    assert_eq!(m.stats.estimate(0), 0.0);
+    new.inherit(&old);
+    assert!(m.stats.estimate(0) > 1e9);
 }

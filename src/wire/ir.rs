@@ -59,6 +59,18 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// The client's own name for the conversation's prompt cache: OpenAI `prompt_cache_key`
+    /// (Codex sends its conversation id), else [`Request::user`] (Claude Code's
+    /// `metadata.user_id` names its session). The raw JSON text of a `prompt_cache_key`.
+    pub fn cache_key(&self) -> Option<&str> {
+        self.unknown
+            .iter()
+            .find(|(name, _)| name == "prompt_cache_key")
+            .map(|(_, value)| value.get())
+            .filter(|v| *v != "null")
+            .or(self.user.as_deref())
+    }
+
     /// A request of `format` over `raw` with nothing read yet; each format's parser fills it.
     pub fn empty(format: Format, raw: &'a [u8]) -> Self {
         Request {

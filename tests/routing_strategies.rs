@@ -1,0 +1,204 @@
+//! Operator routing strategies through the real gateway: a weighted split, prompt-cache
+//! affinity (explicit keys, a conversation's prefix, the same target on every node of a
+//! fleet), and what the response headers and the access log say about the choice.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{header, Custom, Flux, TEST_LANES};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const STRATEGY_LANES: &str = r#"
+  spread:
+    alias: flux-spread
+    title: Three targets weighted 5:3:2, no affinity
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    strategy: weighted
+    affinity: false
+    weights: { flux-pinned-s-a: 5, flux-pinned-s-b: 3, flux-pinned-s-c: 2 }
+    default: flux-pinned-s-a
+    fallbacks: [flux-pinned-s-b, flux-pinned-s-c]
+  sticky:
+    alias: flux-sticky
+    title: Three equal targets with prompt-cache affinity
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    strategy: weighted
+    default: flux-pinned-k-a
+    fallbacks: [flux-pinned-k-b, flux-pinned-k-c]
+"#;
+
+const STRATEGY_MODELS: &str = r#"
+  flux-pinned-s-a: { upstream: s-a, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-s-b: { upstream: s-b, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-s-c: { upstream: s-c, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-k-a: { upstream: k-a, provider: sim, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-k-b: { upstream: k-b, provider: sim_anthropic, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-k-c: { upstream: k-c, provider: sim_responses, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+"#;
+
+fn lanes() -> String {
+    let with_lanes = TEST_LANES.replacen("\nmodels:\n", &format!("{STRATEGY_LANES}models:\n"), 1);
+    with_lanes.replacen("\nmodels:\n", &format!("\nmodels:{STRATEGY_MODELS}"), 1)
+}
+
+async fn start() -> Flux {
+    let lanes = lanes();
+    Flux::start_custom(&Custom {
+        lanes: &lanes,
+        ..Custom::default()
+    })
+    .await
+}
+
+async fn chat(flux: &Flux, body: Value, session: Option<&str>) -> reqwest::Response {
+    let mut req = flux
+        .client
+        .post(format!("{}/v1/chat/completions", flux.base))
+        .bearer_auth(&flux.key)
+        .json(&body);
+    if let Some(s) = session {
+        req = req.header("x-flux-session", s);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    r
+}
+
+fn ping(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn weighted_splits_ten_thousand_requests_by_the_weights() {
+    let flux = start().await;
+    let n = 10_000;
+    let served: Vec<String> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let flux = &flux;
+            async move {
+                let r = chat(flux, ping("flux-spread", &format!("hi {i}")), None).await;
+                assert_eq!(header(&r, "x-flux-route-rule"), "target=weighted");
+                header(&r, "x-flux-model").to_string()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in &served {
+        *counts.entry(m.as_str()).or_default() += 1;
+    }
+    for (model, weight) in [
+        ("flux-pinned-s-a", 0.5),
+        ("flux-pinned-s-b", 0.3),
+        ("flux-pinned-s-c", 0.2),
+    ] {
+        let share = counts.get(model).copied().unwrap_or(0) as f64 / n as f64;
+        assert!(
+            (share - weight).abs() <= 0.02,
+            "{model}: {share} of the traffic, weight {weight}: {counts:?}"
+        );
+    }
+    // The access log says what chose the target.
+    let r = chat(&flux, ping("flux-spread", "logged"), None).await;
+    let id = header(&r, "x-flux-request-id").to_string();
+    let line = flux.access_line(&id).await;
+    assert_eq!(line["target_choice"], "weighted", "{line}");
+    // A failover lane says nothing about targets.
+    let r = chat(&flux, ping("flux-fast", "hi"), None).await;
+    assert!(r.headers().get("x-flux-route-rule").is_none());
+}
+
+/// The models that served each of `rounds` requests of a conversation.
+async fn served_by(
+    flux: &Flux,
+    rounds: usize,
+    request: impl Fn(usize) -> Value,
+    session: Option<&str>,
+) -> BTreeSet<String> {
+    let mut models = BTreeSet::new();
+    for i in 0..rounds {
+        let r = chat(flux, request(i), session).await;
+        models.insert(header(&r, "x-flux-model").to_string());
+    }
+    models
+}
+
+#[tokio::test]
+async fn a_conversation_stays_on_one_target_and_conversations_spread() {
+    let flux = start().await;
+    let mut targets = BTreeSet::new();
+    for c in 0..12 {
+        // X-Flux-Session names the conversation.
+        let session = format!("conversation-{c}");
+        let models = served_by(
+            &flux,
+            4,
+            |i| ping("flux-sticky", &format!("turn {i}")),
+            Some(&session),
+        )
+        .await;
+        assert_eq!(models.len(), 1, "{session}: {models:?}");
+        targets.extend(models);
+        // So does the client's prompt_cache_key (Codex's conversation id).
+        let models = served_by(
+            &flux,
+            4,
+            |i| {
+                json!({"model": "flux-sticky", "prompt_cache_key": format!("pck-{c}"),
+                    "messages": [{"role": "user", "content": format!("turn {i}")}]})
+            },
+            None,
+        )
+        .await;
+        assert_eq!(models.len(), 1, "pck-{c}: {models:?}");
+        targets.extend(models);
+    }
+    assert!(targets.len() >= 2, "24 conversations all on {targets:?}");
+    let r = chat(&flux, ping("flux-sticky", "hi"), Some("s")).await;
+    assert_eq!(header(&r, "x-flux-route-rule"), "target=affinity:header");
+    let id = header(&r, "x-flux-request-id").to_string();
+    assert_eq!(
+        flux.access_line(&id).await["target_choice"],
+        "affinity:header"
+    );
+}
+
+/// Turn `turn` of a conversation whose system prompt is long enough to be cached.
+fn long_conversation(tag: &str, turn: usize) -> Value {
+    let system = format!("{tag}: you answer questions about the fleet's routing. ").repeat(120);
+    let mut messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": format!("first question of {tag}")}),
+    ];
+    for t in 1..=turn {
+        messages.push(json!({"role": "assistant", "content": format!("answer {t}")}));
+        messages.push(json!({"role": "user", "content": format!("follow-up {t}")}));
+    }
+    json!({"model": "flux-sticky", "messages": messages})
+}
+
+#[tokio::test]
+async fn every_node_of_a_fleet_sends_a_conversation_to_the_same_target() {
+    let nodes = [start().await, start().await, start().await];
+    let mut spread = BTreeSet::new();
+    for c in 0..8 {
+        let tag = format!("conversation {c}");
+        let mut served = BTreeSet::new();
+        // Its turns arrive at different nodes, with no identity but its prefix.
+        for turn in 0..6 {
+            let node = &nodes[turn % 3];
+            let r = chat(node, long_conversation(&tag, turn), None).await;
+            assert_eq!(header(&r, "x-flux-route-rule"), "target=affinity:prefix");
+            served.insert(header(&r, "x-flux-model").to_string());
+        }
+        assert_eq!(served.len(), 1, "{tag}: {served:?}");
+        spread.extend(served);
+    }
+    assert!(spread.len() >= 2, "8 conversations all on {spread:?}");
+    // A short request has no prefix worth keeping: the lane's strategy spreads it.
+    let r = chat(&nodes[0], ping("flux-sticky", "hi"), None).await;
+    assert_eq!(header(&r, "x-flux-route-rule"), "target=weighted");
+}
