@@ -106,6 +106,25 @@ async fn weighted_splits_ten_thousand_requests_by_the_weights() {
     let id = header(&r, "x-flux-request-id").to_string();
     let line = flux.access_line(&id).await;
     assert_eq!(line["target_choice"], "weighted", "{line}");
+    // Each target's weight, latency estimate and health are in the metrics.
+    let metrics = flux.metrics().await;
+    assert!(
+        metrics.contains(r#"flux_target_weight{lane="spread",model="flux-pinned-s-a"} 5"#),
+        "{metrics}"
+    );
+    let latency = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(r#"flux_target_latency_seconds{lane="spread",model="flux-pinned-s-c"}"#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(latency > 0.0 && latency < 5.0, "{latency}");
+    assert!(
+        metrics.contains(r#"flux_target_ejected{lane="spread",model="flux-pinned-s-b"} 0"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"flux_target_weight{lane="express""#));
     // A failover lane says nothing about targets.
     let r = chat(&flux, ping("flux-fast", "hi"), None).await;
     assert!(r.headers().get("x-flux-route-rule").is_none());

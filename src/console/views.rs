@@ -131,7 +131,13 @@ pub fn accounts(
 }
 
 /// The lanes and models loaded, and when the files were.
-pub fn lanes(routes: &RouteTable, lanes_loaded_at: u64, keys_loaded_at: u64) -> Value {
+/// `ejected`: whether a model's provider is skipped right now.
+pub fn lanes(
+    routes: &RouteTable,
+    ejected: impl Fn(&crate::routing::Model) -> bool,
+    lanes_loaded_at: u64,
+    keys_loaded_at: u64,
+) -> Value {
     let lanes: Vec<Value> = routes
         .lanes()
         .iter()
@@ -143,9 +149,22 @@ pub fn lanes(routes: &RouteTable, lanes_loaded_at: u64, keys_loaded_at: u64) -> 
                 "premium": l.premium,
                 "input_per_mtok": l.price.input_per_mtok,
                 "output_per_mtok": l.price.output_per_mtok,
-                "models": l.chain.iter().map(|&m| {
+                "strategy": l.strategy.kind.label(),
+                "affinity": l.strategy.affinity,
+                "models": l.chain.iter().enumerate().map(|(i, &m)| {
                     let m = routes.model(m);
-                    json!({"id": m.id, "provider": m.provider, "upstream": m.upstream})
+                    json!({
+                        "id": m.id,
+                        "provider": m.provider,
+                        "upstream": m.upstream,
+                        "weight": l.strategy.weights[i],
+                        // The latency strategy's estimate (null until it answers).
+                        "latency_ms": Some(m.stats.estimate(0) / 1e6)
+                            .filter(|ms| *ms > 0.0)
+                            .map(|ms| (ms * 10.0).round() / 10.0),
+                        "in_flight": m.stats.inflight(),
+                        "ejected": ejected(m),
+                    })
                 }).collect::<Vec<_>>(),
             })
         })

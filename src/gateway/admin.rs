@@ -223,6 +223,7 @@ impl Admin {
             return respond::send_error(session, id, Format::OpenAiChat, &err, None).await;
         }
         let state = &self.state;
+        let routes = state.routes.load();
         let live = crate::metrics::Live {
             requests_in_flight: crate::metrics::InFlight::count(),
             upstream_in_flight: state.providers.inflight(),
@@ -233,6 +234,7 @@ impl Admin {
                 .into_iter()
                 .map(|(name, s)| (name, s.label()))
                 .collect(),
+            targets: target_views(&routes, &state.providers),
             access_log_dropped: state.access_log.dropped(),
             series_dropped: state.metrics.series_dropped(),
             ledger: state.ledger.stats(),
@@ -352,4 +354,31 @@ impl ProxyHttp for Admin {
     fn suppress_error_log(&self, _: &Session, _: &String, _: &pingora::Error) -> bool {
         true
     }
+}
+
+/// The targets of every lane that spreads its traffic, for a scrape (and the console).
+pub fn target_views<'a>(
+    routes: &'a crate::routing::RouteTable,
+    providers: &crate::upstream::Providers,
+) -> Vec<crate::metrics::TargetView<'a>> {
+    routes
+        .lanes()
+        .iter()
+        .filter(|lane| lane.strategy.kind != crate::routing::strategy::StrategyKind::Failover)
+        .flat_map(|lane| {
+            lane.chain.iter().enumerate().map(move |(i, &m)| {
+                let model = routes.model(m);
+                crate::metrics::TargetView {
+                    lane: &lane.name,
+                    model: &model.id,
+                    weight: lane.strategy.weights[i],
+                    latency_seconds: model.stats.estimate(0) / 1e9,
+                    in_flight: model.stats.inflight(),
+                    ejected: providers
+                        .get(&model.provider)
+                        .is_none_or(|p| p.breaker.ejected()),
+                }
+            })
+        })
+        .collect()
 }

@@ -207,6 +207,7 @@ impl Admin {
                 "traffic": views::traffic(&state.metrics.recent.last_hour(now / 60)),
                 "lanes": views::lanes(
                     &routes,
+                    |m| state.providers.get(&m.provider).is_none_or(|p| p.breaker.ejected()),
                     state.lanes_loaded_at.load(Ordering::Relaxed),
                     state.keys_loaded_at.load(Ordering::Relaxed),
                 ),

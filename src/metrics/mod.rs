@@ -20,7 +20,7 @@ use hashbrown::Equivalent;
 
 pub use family::{Counter, Family, Histogram, LATENCY_BUCKETS, MAX_SERIES};
 pub use recent::{Minute, Recent};
-pub use render::{render, Live};
+pub use render::{render, Live, TargetView};
 
 /// `flux_requests_total`'s labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -13,12 +13,27 @@ pub struct Live<'a> {
     /// Each provider's circuit breaker: its name and its state (`closed`, `open`,
     /// `half_open`).
     pub breakers: Vec<(&'a str, &'static str)>,
+    /// The targets of lanes that spread their traffic (strategy other than failover).
+    pub targets: Vec<TargetView<'a>>,
     pub access_log_dropped: u64,
     pub series_dropped: u64,
     /// The ledger writer's statistics (this node's file).
     pub ledger: crate::metering::ledger::LedgerStats,
     /// Fleet mode's view of Redis.
     pub fleet: Option<super::FleetView<'a>>,
+}
+
+/// One target of a lane that spreads its traffic, as a scrape sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetView<'a> {
+    pub lane: &'a str,
+    pub model: &'a str,
+    pub weight: u32,
+    /// The latency strategy's estimate of its time to first byte (0: nothing seen yet).
+    pub latency_seconds: f64,
+    pub in_flight: u32,
+    /// Skipped now (its provider's breaker is open, or it asked for room with a 429).
+    pub ejected: bool,
 }
 
 const BREAKER_STATES: [&str; 3] = ["closed", "half_open", "open"];
@@ -306,6 +321,37 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
                 &[("provider", provider), ("state", s)],
                 u8::from(s == *state),
             );
+        }
+    }
+
+    for (name, help) in [
+        (
+            "flux_target_weight",
+            "Each target's weight in a lane that spreads its traffic.",
+        ),
+        (
+            "flux_target_latency_seconds",
+            "The latency strategy's estimate of each target's time to first byte (peak-EWMA \
+             per unit of input; 0 until it answers).",
+        ),
+        (
+            "flux_target_in_flight",
+            "Attempts in flight at each target.",
+        ),
+        (
+            "flux_target_ejected",
+            "1 while a target is skipped (its provider's breaker open, or ejected for a 429).",
+        ),
+    ] {
+        o.head(name, "gauge", help);
+        for t in &live.targets {
+            let labels = [("lane", t.lane), ("model", t.model)];
+            match name {
+                "flux_target_weight" => o.sample(name, &labels, t.weight),
+                "flux_target_latency_seconds" => o.sample(name, &labels, t.latency_seconds),
+                "flux_target_in_flight" => o.sample(name, &labels, t.in_flight),
+                _ => o.sample(name, &labels, u8::from(t.ejected)),
+            }
         }
     }
 

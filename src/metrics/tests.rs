@@ -112,6 +112,14 @@ fn upstream_breaker_reload_and_live_gauges() {
         upstream_in_flight: 1,
         body_bytes_in_flight: 4096,
         breakers: vec![("sim", "open"), ("backup", "closed")],
+        targets: vec![crate::metrics::TargetView {
+            lane: "daily",
+            model: "flux-pinned-a",
+            weight: 3,
+            latency_seconds: 0.25,
+            in_flight: 2,
+            ejected: true,
+        }],
         access_log_dropped: 0,
         series_dropped: 0,
         ledger: crate::metering::ledger::LedgerStats {
@@ -123,6 +131,22 @@ fn upstream_breaker_reload_and_live_gauges() {
     let text = render(&m, &live);
     for (series, want) in [
         (r#"flux_upstream_attempts_total{provider="sim"}"#, 1.0),
+        (
+            r#"flux_target_weight{lane="daily",model="flux-pinned-a"}"#,
+            3.0,
+        ),
+        (
+            r#"flux_target_latency_seconds{lane="daily",model="flux-pinned-a"}"#,
+            0.25,
+        ),
+        (
+            r#"flux_target_in_flight{lane="daily",model="flux-pinned-a"}"#,
+            2.0,
+        ),
+        (
+            r#"flux_target_ejected{lane="daily",model="flux-pinned-a"}"#,
+            1.0,
+        ),
         ("flux_ledger_recreated_total", 1.0),
         (r#"flux_upstream_retries_total{provider="sim"}"#, 0.0),
         (r#"flux_upstream_retries_total{provider="backup"}"#, 1.0),

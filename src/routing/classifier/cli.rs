@@ -84,6 +84,35 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, Error> {
         request.tools.len(),
         took.as_micros(),
     );
+    // Which target would go first, and why (no live latency or health here: every target
+    // is taken as healthy and not yet measured).
+    let features = crate::routing::features(&request);
+    let mut ordered = route.clone();
+    routes.order_targets(
+        &mut ordered,
+        &features,
+        || crate::routing::session::session(&request, None, features.input_tokens),
+        |_| crate::routing::Health::default(),
+        &mut rand::thread_rng(),
+    );
+    let strategy = &routes.lane(route.lane).strategy;
+    let _ = writeln!(
+        out,
+        "targets: {} (strategy {}{}; first chosen by: {})",
+        ordered
+            .candidates
+            .iter()
+            .map(|&m| routes.model(m).id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        strategy.kind.label(),
+        if strategy.affinity && strategy.kind != crate::routing::strategy::StrategyKind::Failover {
+            ", prompt-cache affinity"
+        } else {
+            ""
+        },
+        ordered.chosen.label().unwrap_or("the lane's order"),
+    );
     let Some(learned) = routes.classifier() else {
         out.push_str("no classifier in lanes.yaml (auto.classifier)\n");
         return Ok(out);
