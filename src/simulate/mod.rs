@@ -50,6 +50,7 @@ mod body;
 mod chat;
 mod mode;
 mod model;
+mod prefix;
 mod recording;
 mod responses;
 
