@@ -17,6 +17,37 @@
 //!   start, and open now), for counting what a gateway opens under load
 //! - `GET /_sim/streams` (`{"cancelled": n}`: event streams whose client went away before
 //!   their end: an HTTP/1.1 connection closed, or an HTTP/2 stream reset)
+//! - `PUT /_sim/targets/<name>` with `{"first_byte_ms": n}` (0..=60000; nothing else):
+//!   the delay before the response head of every later request of that target, whole or
+//!   streamed, failures included (its model list too); answers the target's state.
+//!   `GET /_sim/targets/<name>`: `{"first_byte_ms", "requests", "cached_requests",
+//!   "input_tokens", "cached_tokens", "waiting"}`: generation requests that reached it
+//!   (simulated failures included), answers that reported cached input tokens, the
+//!   input tokens answered and their cached part, requests waiting out the delay now;
+//!   a name never used reports zeros (and is not created). `GET /_sim/targets`:
+//!   `{"targets": {name: state, …}}` by name; `DELETE /_sim/targets` forgets every
+//!   target (latency, cache, counters): `{"forgotten": n}`. A bad name is a 400
+//!   `invalid_sim_target`, bad settings a 400 `invalid_target_settings`.
+//!
+//! Targets (`targets.rs`): one simulator stands for several provider endpoints. A
+//! `/_sim/target=<name>/` path segment (1-32 characters of `[A-Za-z0-9_-]`), before or
+//! after a mode segment (`/_sim/target=b/slow=100/v1`), puts a request in target `<name>`;
+//! without one it is in `default`. A bad name is a 400 `invalid_sim_target` in the
+//! format's error shape (never silently `default`); a second target or mode segment a 400
+//! `repeated_sim_segment`. At most 1,024 targets besides `default`: a new one beyond is a
+//! 400 `too_many_sim_targets` (not a 429, which a gateway would retry or eject for). The
+//! first-byte delay is a tokio sleep, dropped at once when the client leaves.
+//!
+//! Each target has a prompt cache (`prefix.rs`), like a provider's: a request's cacheable
+//! prefix is every block (system prompt or instructions, then each message or input item;
+//! the model and tools key it too) before its last input message (user message or tool
+//! result); the longest prefix the target served in the last 5 minutes (refreshed by use),
+//! ending at a block boundary and of at least 1,024 prompt tokens, is reported as cached:
+//! Chat `usage.prompt_tokens_details.cached_tokens`, Responses
+//! `usage.input_tokens_details.cached_tokens`, Anthropic `usage.cache_read_input_tokens`
+//! (with `input_tokens` the uncached rest). After an answer, its cacheable prefix and its
+//! whole prompt are remembered, so the conversation's next turn hits. 4,096 prefixes per
+//! target, the least recently used evicted (about 200 KB a full target).
 //!
 //! Every connection speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c): hyper's auto
 //! builder reads the first bytes and serves the HTTP/2 preface as HTTP/2.
@@ -34,9 +65,10 @@
 //! - starts with thinking ("Thinking about: <words>", with a deterministic signature)
 //!   when asked: Anthropic `thinking` enabled/adaptive, Responses `reasoning`, Chat
 //!   `reasoning_effort`;
-//! - reports cached prompt tokens: Anthropic, the blocks carrying `cache_control`;
-//!   Responses, the system/developer/instructions text when `prompt_cache_key` is set;
-//!   Chat, half the prompt when `[sim:cached]` is in the text.
+//! - reports cached prompt tokens: the target's prefix cache (above), or when more:
+//!   Anthropic, the blocks carrying `cache_control`; Responses, the
+//!   system/developer/instructions text when `prompt_cache_key` is set; Chat, half the
+//!   prompt when `[sim:cached]` is in the text.
 //!
 //! Modes, chosen with a `/_sim/<mode>/` path segment or a `[sim:<mode>]` directive in
 //! the last user text (see `mode.rs`), apply to every format, with its error shape:
