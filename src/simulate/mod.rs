@@ -21,9 +21,11 @@
 //!   the delay before the response head of every later request of that target, whole or
 //!   streamed, failures included (its model list too); answers the target's state.
 //!   `GET /_sim/targets/<name>`: `{"first_byte_ms", "requests", "cached_requests",
-//!   "input_tokens", "cached_tokens", "waiting"}`: generation requests that reached it
-//!   (simulated failures included), answers that reported cached input tokens, the
-//!   input tokens answered and their cached part, requests waiting out the delay now;
+//!   "input_tokens", "cached_tokens", "cacheable_tokens", "waiting"}`: generation
+//!   requests that reached it (simulated failures included), answers that reported cached
+//!   input tokens, the input tokens answered, their cached part, and the part a warm
+//!   prefix cache would have reported (the cacheable prefixes of 1,024 tokens or more),
+//!   requests waiting out the delay now;
 //!   a name never used reports zeros (and is not created). `GET /_sim/targets`:
 //!   `{"targets": {name: state, …}}` by name; `DELETE /_sim/targets` forgets every
 //!   target (latency, cache, counters): `{"forgotten": n}`. A bad name is a 400
@@ -427,7 +429,11 @@ impl Simulator {
             .cached_tokens
             .max(prefix_cached)
             .min(input.prompt_tokens);
-        target.count_answer(input.prompt_tokens, input.cached_tokens);
+        target.count_answer(
+            input.prompt_tokens,
+            input.cached_tokens,
+            input.chain.cacheable_tokens(),
+        );
 
         let delay = match mode {
             Some(SimMode::Slow(delay)) => delay,

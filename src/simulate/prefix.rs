@@ -102,6 +102,15 @@ impl PromptChain {
         &self.boundaries[..end]
     }
 
+    /// The most a warm cache could report for this prompt: the tokens of its cacheable
+    /// prefix when they reach the minimum, else 0.
+    pub fn cacheable_tokens(&self) -> u64 {
+        match self.cacheable().last() {
+            Some(end) if end.tokens >= MIN_CACHED_PREFIX_TOKENS => end.tokens,
+            _ => 0,
+        }
+    }
+
     /// The boundary after the last block: the whole prompt.
     pub fn whole(&self) -> Option<Boundary> {
         self.boundaries.last().copied()
@@ -282,6 +291,7 @@ mod tests {
         // The longest known prefix is turn 1's whole prompt; the reply and the new
         // question are not cached yet.
         assert_eq!(cache.serve(&turn2, now), 1510);
+        assert_eq!(turn2.cacheable_tokens(), 1530);
 
         let turn3 = chain(
             "m",
@@ -335,6 +345,7 @@ mod tests {
         let now = Instant::now();
         let short = [("system", "short", 1000), ("user", "q", 23)];
         assert_eq!(cache.serve(&chain("m", &short), now), 0);
+        assert_eq!(chain("m", &short).cacheable_tokens(), 0);
         // The whole prompt (1,023 tokens) was too short to remember as well.
         assert_eq!(cache.remembered(), 0);
         let next = [

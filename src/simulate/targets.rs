@@ -128,6 +128,8 @@ pub struct Target {
     /// Input tokens of the answers, and the cached part of them.
     input_tokens: AtomicU64,
     cached_tokens: AtomicU64,
+    /// What a warm prefix cache could have reported for the same answers.
+    cacheable_tokens: AtomicU64,
     /// Requests waiting out the first-byte delay right now.
     pub waiting: AtomicUsize,
     cache: Mutex<PrefixCache>,
@@ -141,6 +143,7 @@ pub struct TargetStats {
     pub cached_requests: u64,
     pub input_tokens: u64,
     pub cached_tokens: u64,
+    pub cacheable_tokens: u64,
     pub waiting: usize,
 }
 
@@ -166,10 +169,12 @@ impl Target {
         cache.serve(chain, now)
     }
 
-    /// Counts an answer's input tokens, `cached` of them from a cache.
-    pub fn count_answer(&self, input_tokens: u64, cached: u64) {
+    /// Counts an answer's input tokens, `cached` of them from a cache, `cacheable` of them
+    /// in a prefix a warm cache would have had.
+    pub fn count_answer(&self, input_tokens: u64, cached: u64, cacheable: u64) {
         self.input_tokens.fetch_add(input_tokens, Ordering::SeqCst);
         self.cached_tokens.fetch_add(cached, Ordering::SeqCst);
+        self.cacheable_tokens.fetch_add(cacheable, Ordering::SeqCst);
         if cached > 0 {
             self.cached_requests.fetch_add(1, Ordering::SeqCst);
         }
@@ -182,6 +187,7 @@ impl Target {
             cached_requests: self.cached_requests.load(Ordering::SeqCst),
             input_tokens: self.input_tokens.load(Ordering::SeqCst),
             cached_tokens: self.cached_tokens.load(Ordering::SeqCst),
+            cacheable_tokens: self.cacheable_tokens.load(Ordering::SeqCst),
             waiting: self.waiting.load(Ordering::SeqCst),
         }
     }

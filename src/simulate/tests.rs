@@ -943,7 +943,9 @@ async fn prefix_cache_hits_on_the_next_turn_at_the_same_target_only() {
         target_stats(addr, "a").await,
         json!({"first_byte_ms": 0, "requests": 3, "cached_requests": 2,
                "input_tokens": SYSTEM_AND_FIRST + 2 * SECOND_TURN_PROMPT,
-               "cached_tokens": 2 * SYSTEM_AND_FIRST + 7, "waiting": 0})
+               "cached_tokens": 2 * SYSTEM_AND_FIRST + 7,
+               // Turn 1's system prompt, then turn 2's history through the reply, twice.
+               "cacheable_tokens": 1029 + 2 * (SYSTEM_AND_FIRST + 7), "waiting": 0})
     );
     let all = parse(&exchange(addr, "GET", "/_sim/targets", b"").await).json();
     let names: Vec<&String> = all["targets"].as_object().unwrap().keys().collect();
@@ -1157,7 +1159,7 @@ async fn target_names_and_settings_are_checked() {
     assert_eq!(
         target_stats(addr, "never").await,
         json!({"first_byte_ms": 0, "requests": 0, "cached_requests": 0,
-               "input_tokens": 0, "cached_tokens": 0, "waiting": 0})
+               "input_tokens": 0, "cached_tokens": 0, "cacheable_tokens": 0, "waiting": 0})
     );
     let all = parse(&exchange(addr, "GET", "/_sim/targets", b"").await).json();
     assert!(all["targets"].get("never").is_none());
