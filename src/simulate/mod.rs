@@ -381,11 +381,6 @@ impl Simulator {
             Ok(sim_path) => sim_path,
             Err(err) => return Ok(api.sim_path_error_response(err)),
         };
-        let target_name = sim_path.target.unwrap_or(DEFAULT_TARGET);
-        let target = match self.targets.get_or_create(target_name) {
-            Ok(target) => target,
-            Err(TooManyTargets) => return Ok(api.too_many_targets_response(target_name)),
-        };
         let mode = match sim_path.mode {
             Some(name) => match SimMode::parse(name) {
                 Some(mode) => Some(mode),
@@ -402,6 +397,12 @@ impl Simulator {
                     Some(Err(name)) => return Ok(api.unknown_mode_response(name)),
                 }
             }
+        };
+        // Created only for a request it will answer, so a bad path grows nothing.
+        let target_name = sim_path.target.unwrap_or(DEFAULT_TARGET);
+        let target = match self.targets.get_or_create(target_name) {
+            Ok(target) => target,
+            Err(TooManyTargets) => return Ok(api.too_many_targets_response(target_name)),
         };
         target.count_request();
         first_byte_delay(target.first_byte_delay(), &target.waiting).await;

@@ -19,10 +19,10 @@
 //! Anthropic cache breakpoint to the newest message each turn still hits.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The shortest prefix a provider caches, in prompt tokens.
 pub const MIN_CACHED_PREFIX_TOKENS: u64 = 1024;
@@ -31,8 +31,10 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 /// Entries one target's cache holds at most.
 pub const CACHE_CAPACITY: usize = 4096;
 
-/// The hash of every block up to a boundary (the first 8 bytes of a SHA-256 chain:
-/// collisions among a few thousand entries are out of reach).
+/// The hash of every block up to a boundary: a chain of std's SipHash (fixed keys, so
+/// stable within the process, which is all a cache in memory needs; and optimised even in
+/// debug builds, where a hash compiled with the crate's dependencies would add a third of a
+/// second to a 10 MB prompt). Collisions among a few thousand entries are out of reach.
 pub type PrefixHash = u64;
 
 /// One block boundary of a prompt.
@@ -47,8 +49,8 @@ pub struct Boundary {
 /// leading blocks are cacheable. Built by each format's parser as it counts tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PromptChain {
-    /// The running digest after the seed and every pushed block.
-    digest: [u8; 32],
+    /// The running hash after the seed and every pushed block.
+    hash: PrefixHash,
     tokens: u64,
     boundaries: Vec<Boundary>,
     /// The index of the last input block (user message or tool result), if any.
@@ -59,13 +61,11 @@ impl PromptChain {
     /// Starts a chain seeded with what a provider keys its cache on besides the
     /// messages: the model, and the tools offered (which count no tokens here).
     pub fn new(model: &str, tools: &Value) -> PromptChain {
-        let mut hasher = Sha256::new();
-        hasher.update(b"model\0");
-        hasher.update(model.as_bytes());
-        hasher.update(b"\0tools\0");
+        let mut hasher = DefaultHasher::new();
+        hash_text(&mut hasher, model);
         hash_canonical(&mut hasher, tools);
         PromptChain {
-            digest: hasher.finalize().into(),
+            hash: hasher.finish(),
             ..PromptChain::default()
         }
     }
@@ -73,21 +73,16 @@ impl PromptChain {
     /// Adds one block (a system prompt, message or input item) of `tokens` prompt
     /// tokens; `input` marks the client's new input (a user message, a tool result).
     pub fn push(&mut self, block: &Value, tokens: u64, input: bool) {
-        let mut hasher = Sha256::new();
-        hasher.update(self.digest);
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u64(self.hash);
         hash_canonical(&mut hasher, block);
-        self.digest = hasher.finalize().into();
+        self.hash = hasher.finish();
         self.tokens += tokens;
         if input {
             self.last_input = Some(self.boundaries.len());
         }
-        let hash = PrefixHash::from_be_bytes(
-            self.digest[..8]
-                .try_into()
-                .expect("a SHA-256 digest has 8 bytes"),
-        );
         self.boundaries.push(Boundary {
-            hash,
+            hash: self.hash,
             tokens: self.tokens,
         });
     }
@@ -119,21 +114,21 @@ impl PromptChain {
 
 /// Feeds `value` to `hasher` in a canonical form: object keys sorted, `cache_control`
 /// left out, and every item tagged so that no two different values feed the same bytes.
-fn hash_canonical(hasher: &mut Sha256, value: &Value) {
+fn hash_canonical(hasher: &mut DefaultHasher, value: &Value) {
     match value {
-        Value::Null => hasher.update(b"n"),
-        Value::Bool(flag) => hasher.update(if *flag { b"t" } else { b"f" }),
+        Value::Null => hasher.write_u8(b'n'),
+        Value::Bool(flag) => hasher.write_u8(if *flag { b't' } else { b'f' }),
         Value::Number(number) => {
-            hasher.update(b"#");
+            hasher.write_u8(b'#');
             hash_text(hasher, &number.to_string());
         }
         Value::String(text) => {
-            hasher.update(b"s");
+            hasher.write_u8(b's');
             hash_text(hasher, text);
         }
         Value::Array(items) => {
-            hasher.update(b"[");
-            hasher.update((items.len() as u64).to_be_bytes());
+            hasher.write_u8(b'[');
+            hasher.write_u64(items.len() as u64);
             for item in items {
                 hash_canonical(hasher, item);
             }
@@ -144,8 +139,8 @@ fn hash_canonical(hasher: &mut Sha256, value: &Value) {
                 .filter(|key| key.as_str() != "cache_control")
                 .collect();
             keys.sort();
-            hasher.update(b"{");
-            hasher.update((keys.len() as u64).to_be_bytes());
+            hasher.write_u8(b'{');
+            hasher.write_u64(keys.len() as u64);
             for key in keys {
                 hash_text(hasher, key);
                 hash_canonical(hasher, &object[key.as_str()]);
@@ -155,9 +150,9 @@ fn hash_canonical(hasher: &mut Sha256, value: &Value) {
 }
 
 /// Feeds a length-prefixed string, so that concatenations cannot collide.
-fn hash_text(hasher: &mut Sha256, text: &str) {
-    hasher.update((text.len() as u64).to_be_bytes());
-    hasher.update(text.as_bytes());
+fn hash_text(hasher: &mut DefaultHasher, text: &str) {
+    hasher.write_u64(text.len() as u64);
+    hasher.write(text.as_bytes());
 }
 
 /// One target's remembered prefixes: hash to the time of last use.
