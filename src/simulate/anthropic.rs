@@ -10,6 +10,7 @@ use super::model::{
     halves, json_bytes, named_event, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use super::prefix::PromptChain;
 use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
@@ -50,12 +51,15 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         None => return Err(Error::new(Fault::Invalid, "max_tokens: Field required")),
     };
 
+    let model = body["model"].as_str().unwrap_or(DEFAULT_MODEL);
+    let mut chain = PromptChain::new(model, &body["tools"]);
     let mut count = PromptCount::default();
     match object.get("system") {
         None | Some(Value::Null) => {}
         Some(system) => {
             let content = Content::of(system);
             count.add_message(content.bytes, content.cached_bytes);
+            chain.push(system, PromptCount::message_tokens(content.bytes), false);
         }
     }
 
@@ -65,6 +69,8 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         let content = Content::of(&message["content"]);
         count.add_message(content.bytes, content.cached_bytes);
         let is_user = message["role"] == "user";
+        // Tool results come back in user messages: every user message is input.
+        chain.push(message, PromptCount::message_tokens(content.bytes), is_user);
         if is_user && !content.texts.is_empty() {
             last_user_text = Some(content.texts.join(" "));
         }
@@ -77,7 +83,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
     );
 
     Ok(SimInput {
-        model: body["model"].as_str().unwrap_or(DEFAULT_MODEL).to_owned(),
+        model: model.to_owned(),
         stream: body["stream"].as_bool().unwrap_or(false),
         include_usage: true,
         max_tokens: Some(max_tokens),
@@ -88,6 +94,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         tool_choice: tool_choice(&body["tool_choice"]),
         tool_result,
         thinking,
+        chain,
     })
 }
 

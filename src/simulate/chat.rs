@@ -11,6 +11,7 @@ use super::model::{
     asks_for_cache, json_bytes, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use super::prefix::PromptChain;
 use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
@@ -32,6 +33,8 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         }
     };
 
+    let model = body["model"].as_str().unwrap_or(DEFAULT_MODEL);
+    let mut chain = PromptChain::new(model, &body["tools"]);
     let mut count = PromptCount::default();
     let mut last_user_text = None;
     for message in messages {
@@ -43,6 +46,8 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
                 .sum::<u64>();
         }
         count.add_message(bytes, 0);
+        let input = matches!(message["role"].as_str(), Some("user" | "tool" | "function"));
+        chain.push(message, PromptCount::message_tokens(bytes), input);
         if message["role"] == "user" {
             last_user_text = Some(text);
         }
@@ -68,7 +73,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
     };
 
     Ok(SimInput {
-        model: body["model"].as_str().unwrap_or(DEFAULT_MODEL).to_owned(),
+        model: model.to_owned(),
         stream: body["stream"].as_bool().unwrap_or(false),
         include_usage: body["stream_options"]["include_usage"]
             .as_bool()
@@ -81,6 +86,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         tool_choice: tool_choice(&body["tool_choice"]),
         tool_result,
         thinking,
+        chain,
     })
 }
 

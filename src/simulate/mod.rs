@@ -17,6 +17,39 @@
 //!   start, and open now), for counting what a gateway opens under load
 //! - `GET /_sim/streams` (`{"cancelled": n}`: event streams whose client went away before
 //!   their end: an HTTP/1.1 connection closed, or an HTTP/2 stream reset)
+//! - `PUT /_sim/targets/<name>` with `{"first_byte_ms": n}` (0..=60000; nothing else):
+//!   the delay before the response head of every later request of that target, whole or
+//!   streamed, failures included (its model list too); answers the target's state.
+//!   `GET /_sim/targets/<name>`: `{"first_byte_ms", "requests", "cached_requests",
+//!   "input_tokens", "cached_tokens", "cacheable_tokens", "waiting"}`: generation
+//!   requests that reached it (simulated failures included), answers that reported cached
+//!   input tokens, the input tokens answered, their cached part, and the part a warm
+//!   prefix cache would have reported (the cacheable prefixes of 1,024 tokens or more),
+//!   requests waiting out the delay now;
+//!   a name never used reports zeros (and is not created). `GET /_sim/targets`:
+//!   `{"targets": {name: state, …}}` by name; `DELETE /_sim/targets` forgets every
+//!   target (latency, cache, counters): `{"forgotten": n}`. A bad name is a 400
+//!   `invalid_sim_target`, bad settings a 400 `invalid_target_settings`.
+//!
+//! Targets (`targets.rs`): one simulator stands for several provider endpoints. A
+//! `/_sim/target=<name>/` path segment (1-32 characters of `[A-Za-z0-9_-]`), before or
+//! after a mode segment (`/_sim/target=b/slow=100/v1`), puts a request in target `<name>`;
+//! without one it is in `default`. A bad name is a 400 `invalid_sim_target` in the
+//! format's error shape (never silently `default`); a second target or mode segment a 400
+//! `repeated_sim_segment`. At most 1,024 targets besides `default`: a new one beyond is a
+//! 400 `too_many_sim_targets` (not a 429, which a gateway would retry or eject for). The
+//! first-byte delay is a tokio sleep, dropped at once when the client leaves.
+//!
+//! Each target has a prompt cache (`prefix.rs`), like a provider's: a request's cacheable
+//! prefix is every block (system prompt or instructions, then each message or input item;
+//! the model and tools key it too) before its last input message (user message or tool
+//! result); the longest prefix the target served in the last 5 minutes (refreshed by use),
+//! ending at a block boundary and of at least 1,024 prompt tokens, is reported as cached:
+//! Chat `usage.prompt_tokens_details.cached_tokens`, Responses
+//! `usage.input_tokens_details.cached_tokens`, Anthropic `usage.cache_read_input_tokens`
+//! (with `input_tokens` the uncached rest). After an answer, its cacheable prefix and its
+//! whole prompt are remembered, so the conversation's next turn hits. 4,096 prefixes per
+//! target, the least recently used evicted (about 200 KB a full target).
 //!
 //! Every connection speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c): hyper's auto
 //! builder reads the first bytes and serves the HTTP/2 preface as HTTP/2.
@@ -34,9 +67,10 @@
 //! - starts with thinking ("Thinking about: <words>", with a deterministic signature)
 //!   when asked: Anthropic `thinking` enabled/adaptive, Responses `reasoning`, Chat
 //!   `reasoning_effort`;
-//! - reports cached prompt tokens: Anthropic, the blocks carrying `cache_control`;
-//!   Responses, the system/developer/instructions text when `prompt_cache_key` is set;
-//!   Chat, half the prompt when `[sim:cached]` is in the text.
+//! - reports cached prompt tokens: the target's prefix cache (above), or when more:
+//!   Anthropic, the blocks carrying `cache_control`; Responses, the
+//!   system/developer/instructions text when `prompt_cache_key` is set; Chat, half the
+//!   prompt when `[sim:cached]` is in the text.
 //!
 //! Modes, chosen with a `/_sim/<mode>/` path segment or a `[sim:<mode>]` directive in
 //! the last user text (see `mode.rs`), apply to every format, with its error shape:
@@ -50,14 +84,16 @@ mod body;
 mod chat;
 mod mode;
 mod model;
+mod prefix;
 mod recording;
 mod responses;
+mod targets;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
@@ -73,9 +109,10 @@ use tokio::sync::mpsc;
 
 use crate::errors::{Error, Fault};
 use body::{Disconnect, SimBody, StreamItem};
-use mode::{mode_in_path, mode_in_text, SimMode};
+use mode::{is_target_name, mode_in_text, sim_path, SimMode, SimPath, SimPathError};
 use model::{Envelope, Reply, SimInput};
 use recording::Recorder;
+use targets::{TargetSettings, Targets, TooManyTargets, DEFAULT_TARGET, MAX_TARGETS};
 
 /// Largest request body accepted; gateway tests send bodies of several MB.
 const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -100,6 +137,11 @@ const HANGING_PATH: &str = "/_sim/hanging";
 const CONNECTIONS_PATH: &str = "/_sim/connections";
 /// Event streams abandoned by their client.
 const STREAMS_PATH: &str = "/_sim/streams";
+/// Every target's latency and counters (`GET`), or forget them all (`DELETE`); with
+/// `/<name>` one target's (`GET`), or set its latency (`PUT`).
+const TARGETS_PATH: &str = "/_sim/targets";
+/// Largest target settings body accepted.
+const MAX_SETTINGS_BODY_BYTES: usize = 64 * 1024;
 /// The message of an `error-event` stream's error.
 const SIMULATED_STREAM_ERROR: &str = "simulated error in the middle of the stream";
 const MODEL_ID: &str = "sim-model";
@@ -217,6 +259,8 @@ struct Simulator {
     /// Requests currently held by `hang`, so tests can check none outlives its client.
     hanging: AtomicUsize,
     connections: Connections,
+    /// The named targets: latency, prompt cache, counters.
+    targets: Targets,
     /// Event streams whose client went away before their end.
     streams_cancelled: Arc<AtomicU64>,
 }
@@ -236,6 +280,7 @@ impl Simulator {
             chunk_delay,
             hanging: AtomicUsize::new(0),
             connections: Connections::default(),
+            targets: Targets::default(),
             streams_cancelled: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -284,6 +329,9 @@ impl Simulator {
                 json!({"cleared": cleared}).to_string(),
             ));
         }
+        if path == TARGETS_PATH || path.starts_with("/_sim/targets/") {
+            return self.targets_route(&method, &path, request).await;
+        }
         if method == Method::POST {
             if let Some(api) = Api::for_path(&path) {
                 return self.completion(api, request).await;
@@ -329,7 +377,11 @@ impl Simulator {
             Some(json) => api.parse(json),
             None => Err(Error::new(Fault::Invalid, "request body is not valid JSON")),
         };
-        let mode = match mode_in_path(head.uri.path()) {
+        let sim_path = match sim_path(head.uri.path()) {
+            Ok(sim_path) => sim_path,
+            Err(err) => return Ok(api.sim_path_error_response(err)),
+        };
+        let mode = match sim_path.mode {
             Some(name) => match SimMode::parse(name) {
                 Some(mode) => Some(mode),
                 None => return Ok(api.unknown_mode_response(name)),
@@ -346,13 +398,21 @@ impl Simulator {
                 }
             }
         };
+        // Created only for a request it will answer, so a bad path grows nothing.
+        let target_name = sim_path.target.unwrap_or(DEFAULT_TARGET);
+        let target = match self.targets.get_or_create(target_name) {
+            Ok(target) => target,
+            Err(TooManyTargets) => return Ok(api.too_many_targets_response(target_name)),
+        };
+        target.count_request();
+        first_byte_delay(target.first_byte_delay(), &target.waiting).await;
         // An asked-for failure wins even over an invalid request: the simulated
         // upstream fails before it looks at the body.
         let streamed = input.as_ref().is_ok_and(|input| input.stream);
         if let Some(outcome) = self.failure_outcome(api, mode, streamed).await {
             return outcome;
         }
-        let input = match input {
+        let mut input = match input {
             Ok(input) => input,
             Err(message) => {
                 return Ok(api.error_response(
@@ -362,6 +422,19 @@ impl Simulator {
                 ));
             }
         };
+
+        // The larger of the cache behaviours the request asked for and the target's
+        // prompt cache, as a provider reports one number.
+        let prefix_cached = target.serve_prompt(&input.chain, Instant::now());
+        input.cached_tokens = input
+            .cached_tokens
+            .max(prefix_cached)
+            .min(input.prompt_tokens);
+        target.count_answer(
+            input.prompt_tokens,
+            input.cached_tokens,
+            input.chain.cacheable_tokens(),
+        );
 
         let delay = match mode {
             Some(SimMode::Slow(delay)) => delay,
@@ -399,13 +472,22 @@ impl Simulator {
     /// The model list; a `/_sim/<mode>/` path fails it the same way as chat
     /// completions, so a failing base URL fails every provider route.
     async fn models(&self, path: &str) -> Result<Response<SimBody>, Disconnect> {
-        let mode = match mode_in_path(path) {
+        let SimPath { mode, target } = match sim_path(path) {
+            Ok(sim_path) => sim_path,
+            Err(err) => return Ok(Api::Chat.sim_path_error_response(err)),
+        };
+        let mode = match mode {
             None => None,
             Some(name) => match SimMode::parse(name) {
                 Some(mode) => Some(mode),
                 None => return Ok(Api::Chat.unknown_mode_response(name)),
             },
         };
+        // A target's latency applies to its model list too (the list counts no request,
+        // and an unknown target is not created for it).
+        if let Some(target) = self.targets.get(target.unwrap_or(DEFAULT_TARGET)) {
+            first_byte_delay(target.first_byte_delay(), &target.waiting).await;
+        }
         if let Some(outcome) = self.failure_outcome(Api::Chat, mode, false).await {
             return outcome;
         }
@@ -417,6 +499,84 @@ impl Simulator {
             "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "fluxrouter-sim"}],
         });
         Ok(json_response(StatusCode::OK, models.to_string()))
+    }
+
+    /// `GET`/`DELETE /_sim/targets`, `GET`/`PUT /_sim/targets/<name>`.
+    async fn targets_route(
+        &self,
+        method: &Method,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<SimBody>, Disconnect> {
+        let Some(name) = path.strip_prefix("/_sim/targets/") else {
+            return Ok(match *method {
+                Method::GET => json_response(StatusCode::OK, self.targets.to_json().to_string()),
+                Method::DELETE => {
+                    let forgotten = self.targets.clear();
+                    json_response(StatusCode::OK, json!({"forgotten": forgotten}).to_string())
+                }
+                _ => method_not_allowed(method, path),
+            });
+        };
+        if !is_target_name(name) {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_sim_target",
+                &invalid_target_message(name),
+            ));
+        }
+        match *method {
+            // A target never used reports its defaults (and is not created for it).
+            Method::GET => {
+                let stats = self
+                    .targets
+                    .get(name)
+                    .map(|target| target.stats())
+                    .unwrap_or_default();
+                Ok(json_response(StatusCode::OK, json!(stats).to_string()))
+            }
+            Method::PUT => {
+                let body = match Limited::new(request.into_body(), MAX_SETTINGS_BODY_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(err) if err.is::<LengthLimitError>() => {
+                        return Ok(error_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            &format!("target settings exceed {MAX_SETTINGS_BODY_BYTES} bytes"),
+                        ));
+                    }
+                    Err(err) => {
+                        log::debug!("simulator could not read target settings: {err}");
+                        return Err(Disconnect("request body unreadable"));
+                    }
+                };
+                let settings = match TargetSettings::parse(&body) {
+                    Ok(settings) => settings,
+                    Err(message) => {
+                        return Ok(error_response(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_target_settings",
+                            &message,
+                        ))
+                    }
+                };
+                let target = match self.targets.get_or_create(name) {
+                    Ok(target) => target,
+                    Err(TooManyTargets) => {
+                        return Ok(Api::Chat.too_many_targets_response(name));
+                    }
+                };
+                target.apply(settings);
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!(target.stats()).to_string(),
+                ))
+            }
+            _ => Ok(method_not_allowed(method, path)),
+        }
     }
 
     /// Carries out the modes that replace the answer entirely. `None` means the
@@ -437,13 +597,38 @@ impl Simulator {
             SimMode::Hang => {
                 // hyper drops this future when the client disconnects, so the
                 // sleep only runs its course for a client that stays forever.
-                let _held = HangingRequest::new(&self.hanging);
+                let _held = HeldRequest::new(&self.hanging);
                 tokio::time::sleep(HANG_LIMIT).await;
                 Some(Err(Disconnect("hang")))
             }
             SimMode::Cut { .. } | SimMode::ErrorEvent | SimMode::Slow(_) => None,
         }
     }
+}
+
+/// Waits out a target's first-byte delay, counted in `waiting` meanwhile. hyper drops
+/// the request's future when its client leaves, which ends the wait at once.
+async fn first_byte_delay(delay: Duration, waiting: &AtomicUsize) {
+    if delay.is_zero() {
+        return;
+    }
+    let _waiting = HeldRequest::new(waiting);
+    tokio::time::sleep(delay).await;
+}
+
+fn invalid_target_message(name: &str) -> String {
+    format!(
+        "invalid simulator target '{name}': 1 to {} characters of A-Z, a-z, 0-9, '_' and '-'",
+        mode::MAX_TARGET_NAME_LEN
+    )
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> Response<SimBody> {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{method} is not served on {path}"),
+    )
 }
 
 /// Counts a connection as open for as long as it is served (and as accepted once).
@@ -463,17 +648,17 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-/// Counts a request held by `hang` for as long as it is held.
-struct HangingRequest<'a>(&'a AtomicUsize);
+/// Counts a request held (by `hang`, or a target's first-byte delay) for as long as it is held.
+struct HeldRequest<'a>(&'a AtomicUsize);
 
-impl<'a> HangingRequest<'a> {
-    fn new(count: &'a AtomicUsize) -> HangingRequest<'a> {
+impl<'a> HeldRequest<'a> {
+    fn new(count: &'a AtomicUsize) -> HeldRequest<'a> {
         count.fetch_add(1, Ordering::SeqCst);
-        HangingRequest(count)
+        HeldRequest(count)
     }
 }
 
-impl Drop for HangingRequest<'_> {
+impl Drop for HeldRequest<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -700,6 +885,34 @@ impl Api {
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+
+    /// The 400 for `/_sim/…/` segments that cannot be served.
+    fn sim_path_error_response(self, err: SimPathError<'_>) -> Response<SimBody> {
+        match err {
+            SimPathError::InvalidTarget(name) => self.error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_sim_target",
+                &invalid_target_message(name),
+            ),
+            SimPathError::Repeated(segment) => self.error_response(
+                StatusCode::BAD_REQUEST,
+                "repeated_sim_segment",
+                &format!("simulator path segment '{segment}' repeats a mode or a target"),
+            ),
+        }
+    }
+
+    /// The 400 for a new target once [`MAX_TARGETS`] exist: a test setup error, not a
+    /// rate limit a gateway should retry or eject for.
+    fn too_many_targets_response(self, name: &str) -> Response<SimBody> {
+        self.error_response(
+            StatusCode::BAD_REQUEST,
+            "too_many_sim_targets",
+            &format!(
+                "simulator target '{name}' would be one too many: at most {MAX_TARGETS} besides '{DEFAULT_TARGET}'"
+            ),
+        )
     }
 
     fn unknown_mode_response(self, name: &str) -> Response<SimBody> {

@@ -3,7 +3,9 @@
 //! A mode is named either by a `/_sim/<mode>/` segment of the request path (so a
 //! gateway provider can simply be configured with a failing base URL such as
 //! `http://127.0.0.1:P/_sim/fail500/v1`) or by a `[sim:<mode>]` directive in the
-//! text of the last user message. The path takes precedence.
+//! text of the last user message. The path takes precedence. A `/_sim/target=<name>/`
+//! segment, before or after the mode's, names the simulated target the request
+//! belongs to (its latency and prompt cache: `targets.rs`).
 //!
 //! The same `[sim:…]` syntax carries the directives that shape a normal answer:
 //! `[sim:tool]`, `[sim:parallel]`, `[sim:call NAME {json}]` and `[sim:cached]`.
@@ -58,15 +60,73 @@ impl SimMode {
     }
 }
 
-/// The mode named by a `/_sim/<mode>/` segment of `path`, if there is one.
-///
-/// The mode segment must be followed by more path: `/_sim/requests` is the
-/// recording endpoint, not a mode.
-pub fn mode_in_path(path: &str) -> Option<&str> {
-    let mut segments = path.split('/');
-    segments.by_ref().find(|segment| *segment == "_sim")?;
-    let mode = segments.next()?;
-    segments.next().map(|_| mode)
+/// Longest target name a `target=<name>` segment (or `/_sim/targets/<name>`) may carry.
+pub const MAX_TARGET_NAME_LEN: usize = 32;
+
+/// What the `/_sim/…/` segments of a request path ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SimPath<'a> {
+    /// The mode segment's name; the caller parses it (and answers an unknown one with a 400).
+    pub mode: Option<&'a str>,
+    /// The name of the `target=<name>` segment, already checked with [`is_target_name`].
+    pub target: Option<&'a str>,
+}
+
+/// Why the `/_sim/…/` segments of a path cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimPathError<'a> {
+    /// `target=<name>` with a name that is not 1-32 characters of `[A-Za-z0-9_-]`.
+    InvalidTarget(&'a str),
+    /// Two mode segments, or two target segments.
+    Repeated(&'a str),
+}
+
+/// Reads the `/_sim/…/` segments of `path`: after a `_sim` segment come a mode
+/// (`/_sim/fail500/`), a target (`/_sim/target=b/`) or both, in either order. The first
+/// segment after `_sim` always counts (an unknown mode there is a 400); a later one
+/// counts when it is a `target=` segment or a known mode, so the base path that follows
+/// (`v1`, …) is not mistaken for one. Every one must be followed by more path:
+/// `/_sim/requests` is the recording endpoint, not a mode.
+pub fn sim_path(path: &str) -> Result<SimPath<'_>, SimPathError<'_>> {
+    let mut found = SimPath::default();
+    let mut segments = path.split('/').peekable();
+    if segments
+        .by_ref()
+        .find(|segment| *segment == "_sim")
+        .is_none()
+    {
+        return Ok(found);
+    }
+    let mut first = true;
+    while let Some(segment) = segments.next() {
+        if segments.peek().is_none() {
+            break;
+        }
+        if let Some(name) = segment.strip_prefix("target=") {
+            if !is_target_name(name) {
+                return Err(SimPathError::InvalidTarget(name));
+            }
+            if found.target.replace(name).is_some() {
+                return Err(SimPathError::Repeated(segment));
+            }
+        } else if first || SimMode::parse(segment).is_some() {
+            if found.mode.replace(segment).is_some() {
+                return Err(SimPathError::Repeated(segment));
+            }
+        } else {
+            break;
+        }
+        first = false;
+    }
+    Ok(found)
+}
+
+/// A target name: 1 to [`MAX_TARGET_NAME_LEN`] characters of `[A-Za-z0-9_-]`.
+pub fn is_target_name(name: &str) -> bool {
+    (1..=MAX_TARGET_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
 }
 
 /// One `[sim:…]` directive found in a user message.
@@ -225,6 +285,10 @@ mod tests {
         assert_eq!(SimMode::parse("explode"), None);
     }
 
+    fn mode_in_path(path: &str) -> Option<&str> {
+        sim_path(path).expect("a valid path").mode
+    }
+
     #[test]
     fn finds_mode_in_path() {
         assert_eq!(
@@ -237,6 +301,72 @@ mod tests {
         );
         assert_eq!(mode_in_path("/_sim/requests"), None);
         assert_eq!(mode_in_path("/v1/chat/completions"), None);
+        // The first segment is a mode even when unknown (the caller answers 400).
+        assert_eq!(
+            mode_in_path("/_sim/explode/v1/chat/completions"),
+            Some("explode")
+        );
+    }
+
+    #[test]
+    fn finds_target_and_mode_in_either_order() {
+        let both = SimPath {
+            mode: Some("slow=100"),
+            target: Some("b"),
+        };
+        assert_eq!(
+            sim_path("/_sim/target=b/slow=100/v1/chat/completions"),
+            Ok(both)
+        );
+        assert_eq!(
+            sim_path("/_sim/slow=100/target=b/v1/chat/completions"),
+            Ok(both)
+        );
+        assert_eq!(
+            sim_path("/x/_sim/target=Az09_-/v1/messages"),
+            Ok(SimPath {
+                mode: None,
+                target: Some("Az09_-")
+            })
+        );
+        // After the first segment only targets and known modes count: the rest is base path.
+        assert_eq!(
+            sim_path("/_sim/target=b/v1/fail500/chat/completions"),
+            Ok(SimPath {
+                mode: None,
+                target: Some("b")
+            })
+        );
+        // The last segment is the route, never a mode or a target.
+        assert_eq!(sim_path("/_sim/target=b"), Ok(SimPath::default()));
+    }
+
+    #[test]
+    fn rejects_bad_target_names_and_repeated_segments() {
+        let long = format!("/_sim/target={}/v1/chat/completions", "a".repeat(33));
+        assert_eq!(
+            sim_path(&long),
+            Err(SimPathError::InvalidTarget(&long[13..46]))
+        );
+        assert!(sim_path(&long.replace("a".repeat(33).as_str(), &"a".repeat(32))).is_ok());
+        assert_eq!(
+            sim_path("/_sim/target=/v1/chat/completions"),
+            Err(SimPathError::InvalidTarget(""))
+        );
+        assert_eq!(
+            sim_path("/_sim/target=a.b/v1/chat/completions"),
+            Err(SimPathError::InvalidTarget("a.b"))
+        );
+        assert_eq!(
+            sim_path("/_sim/target=a/target=b/v1/chat/completions"),
+            Err(SimPathError::Repeated("target=b"))
+        );
+        assert_eq!(
+            sim_path("/_sim/slow/fail500/v1/chat/completions"),
+            Err(SimPathError::Repeated("fail500"))
+        );
+        assert!(!is_target_name("é"));
+        assert!(is_target_name("default"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::mode::{directives_in_text, Directive};
+use super::prefix::PromptChain;
 
 /// How many words of the user's last message (or of a tool's output) the reply echoes back.
 pub const ECHOED_WORDS: usize = 8;
@@ -57,6 +58,8 @@ pub struct SimInput {
     pub tool_result: Option<String>,
     /// Whether the request asked for thinking / reasoning.
     pub thinking: bool,
+    /// The prompt's blocks as the target's prefix cache keys them.
+    pub chain: PromptChain,
 }
 
 /// Adds up prompt tokens message by message: each message costs

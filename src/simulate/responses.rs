@@ -12,6 +12,7 @@ use super::model::{
     halves, json_bytes, named_event, Envelope, Finish, PromptCount, Reply, ReplyContent, SimInput,
     Thinking, ToolCall, ToolChoice, DEFAULT_MODEL, IMAGE_PART_BYTES,
 };
+use super::prefix::PromptChain;
 use crate::errors::{Error, Fault};
 
 /// Reads a request body; the error is a message for a 400 response.
@@ -20,15 +21,18 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         .as_object()
         .ok_or_else(|| Error::new(Fault::Invalid, "request body must be a JSON object"))?;
 
+    let model = body["model"].as_str().unwrap_or(DEFAULT_MODEL);
+    let mut chain = PromptChain::new(model, &body["tools"]);
     let mut count = PromptCount::default();
     // Tokens of the system prompt: `instructions` and system/developer messages.
     let mut system_tokens = 0;
     match object.get("instructions") {
         None | Some(Value::Null) => {}
-        Some(Value::String(instructions)) => {
-            let bytes = instructions.len() as u64;
+        Some(instructions @ Value::String(text)) => {
+            let bytes = text.len() as u64;
             count.add_message(bytes, 0);
             system_tokens += PromptCount::message_tokens(bytes);
+            chain.push(instructions, PromptCount::message_tokens(bytes), false);
         }
         // Instructions given as input items (a prompt template's messages).
         Some(Value::Array(items)) => {
@@ -36,6 +40,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
                 let (_, bytes) = item_text(item);
                 count.add_message(bytes, 0);
                 system_tokens += PromptCount::message_tokens(bytes);
+                chain.push(item, PromptCount::message_tokens(bytes), false);
             }
         }
         Some(_) => {
@@ -49,14 +54,24 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
     let mut last_user_text = None;
     let mut tool_result = None;
     match object.get("input") {
-        Some(Value::String(text)) => {
-            count.add_message(text.len() as u64, 0);
+        Some(input @ Value::String(text)) => {
+            let bytes = text.len() as u64;
+            count.add_message(bytes, 0);
+            chain.push(input, PromptCount::message_tokens(bytes), true);
             last_user_text = Some(text.clone());
         }
         Some(Value::Array(items)) => {
             for item in items {
                 let (text, bytes) = item_text(item);
                 count.add_message(bytes, 0);
+                let input = match item_type(item) {
+                    Some("message") => item["role"] == "user",
+                    kind => matches!(
+                        kind,
+                        Some("function_call_output" | "custom_tool_call_output")
+                    ),
+                };
+                chain.push(item, PromptCount::message_tokens(bytes), input);
                 if item_type(item) == Some("message") {
                     match item["role"].as_str() {
                         Some("user") => last_user_text = Some(text.clone()),
@@ -99,7 +114,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
     };
 
     Ok(SimInput {
-        model: body["model"].as_str().unwrap_or(DEFAULT_MODEL).to_owned(),
+        model: model.to_owned(),
         stream: body["stream"].as_bool().unwrap_or(false),
         include_usage: true,
         max_tokens: body["max_output_tokens"].as_u64(),
@@ -110,6 +125,7 @@ pub fn parse(body: &Value) -> Result<SimInput, Error> {
         tool_choice: tool_choice(&body["tool_choice"]),
         tool_result,
         thinking,
+        chain,
     })
 }
 

@@ -848,3 +848,389 @@ async fn cut_breaks_every_format_in_the_middle_of_an_event() {
         assert!(whole_events.len() >= 2);
     }
 }
+
+// Named targets: per-target latency and prompt cache.
+
+/// A system prompt of 4,100 bytes: 4 + 1,025 = 1,029 prompt tokens, over the cache minimum.
+fn long_system_prompt() -> String {
+    "You are a careful agent. ".repeat(164)
+}
+
+/// A chat conversation: the long system prompt, then the turns (user first, alternating).
+fn chat_conversation(turns: &[&str], stream: bool) -> Vec<u8> {
+    let mut messages = vec![json!({"role": "system", "content": long_system_prompt()})];
+    for (index, text) in turns.iter().enumerate() {
+        let role = if index % 2 == 0 { "user" } else { "assistant" };
+        messages.push(json!({"role": role, "content": text}));
+    }
+    json!({"model": "gpt-sim", "stream": stream, "stream_options": {"include_usage": stream},
+           "messages": messages})
+    .to_string()
+    .into_bytes()
+}
+
+/// POSTs a body and returns the JSON answer, asserting a 200.
+async fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Value {
+    let response = parse(&exchange(addr, "POST", path, body).await);
+    assert_eq!(
+        response.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    response.json()
+}
+
+async fn target_stats(addr: SocketAddr, name: &str) -> Value {
+    let response = parse(&exchange(addr, "GET", &format!("/_sim/targets/{name}"), b"").await);
+    assert_eq!(response.status, 200);
+    response.json()
+}
+
+// Token counts of the conversation's parts: the system prompt 1,029; "first question"
+// 4 + 4; "the answer" 4 + 3; "second question" 4 + 4.
+const SYSTEM_AND_FIRST: u64 = 1029 + 8;
+const SECOND_TURN_PROMPT: u64 = SYSTEM_AND_FIRST + 7 + 8;
+
+#[tokio::test]
+async fn prefix_cache_hits_on_the_next_turn_at_the_same_target_only() {
+    let addr = start();
+    let chat_a = "/_sim/target=a/v1/chat/completions";
+    let turn1 = chat_conversation(&["first question"], false);
+    let turn2 = chat_conversation(&["first question", "the answer", "second question"], false);
+
+    let first = post_json(addr, chat_a, &turn1).await;
+    assert_eq!(first["usage"]["prompt_tokens"], SYSTEM_AND_FIRST);
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+
+    // The next turn's prefix is the first turn's whole prompt.
+    let second = post_json(addr, chat_a, &turn2).await;
+    assert_eq!(second["usage"]["prompt_tokens"], SECOND_TURN_PROMPT);
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"],
+        SYSTEM_AND_FIRST
+    );
+
+    // Another target has its own cache; the same turn misses there.
+    let elsewhere = post_json(addr, "/_sim/target=b/v1/chat/completions", &turn2).await;
+    assert_eq!(
+        elsewhere["usage"]["prompt_tokens_details"]["cached_tokens"],
+        0
+    );
+    // And so has the default target (no target segment).
+    let default = post_json(addr, "/v1/chat/completions", &turn2).await;
+    assert_eq!(
+        default["usage"]["prompt_tokens_details"]["cached_tokens"],
+        0
+    );
+
+    // Streamed, the usage chunk reports it too: turn 2 again hits up to its reply.
+    let raw = exchange(
+        addr,
+        "POST",
+        chat_a,
+        &chat_conversation(&["first question", "the answer", "second question"], true),
+    )
+    .await;
+    let events = events(&parse(&raw).body);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        usage["usage"]["prompt_tokens_details"]["cached_tokens"],
+        SYSTEM_AND_FIRST + 7
+    );
+
+    assert_eq!(
+        target_stats(addr, "a").await,
+        json!({"first_byte_ms": 0, "requests": 3, "cached_requests": 2,
+               "input_tokens": SYSTEM_AND_FIRST + 2 * SECOND_TURN_PROMPT,
+               "cached_tokens": 2 * SYSTEM_AND_FIRST + 7,
+               // Turn 1's system prompt, then turn 2's history through the reply, twice.
+               "cacheable_tokens": 1029 + 2 * (SYSTEM_AND_FIRST + 7), "waiting": 0})
+    );
+    let all = parse(&exchange(addr, "GET", "/_sim/targets", b"").await).json();
+    let names: Vec<&String> = all["targets"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["a", "b", "default"]);
+    assert_eq!(all["targets"]["b"]["requests"], 1);
+    assert_eq!(all["targets"]["b"]["cached_requests"], 0);
+}
+
+#[tokio::test]
+async fn prefix_cache_reports_in_the_responses_and_anthropic_usage_fields() {
+    let addr = start();
+    let responses = |input: Value| {
+        json!({"model": "codex-sim", "instructions": long_system_prompt(), "input": input})
+            .to_string()
+            .into_bytes()
+    };
+    let path = "/_sim/target=r/v1/responses";
+    let turn1 = json!([{"role": "user", "content": "first question"}]);
+    let first = post_json(addr, path, &responses(turn1)).await;
+    assert_eq!(first["usage"]["input_tokens_details"]["cached_tokens"], 0);
+    let turn2 = json!([
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "the answer"}]},
+        {"role": "user", "content": "second question"},
+    ]);
+    let second = post_json(addr, path, &responses(turn2)).await;
+    assert_eq!(second["usage"]["input_tokens"], SECOND_TURN_PROMPT);
+    assert_eq!(
+        second["usage"]["input_tokens_details"]["cached_tokens"],
+        SYSTEM_AND_FIRST
+    );
+
+    // Anthropic reports cache reads apart: `input_tokens` is the uncached rest. The
+    // client moving its cache breakpoint to the newest message does not break the hit.
+    let messages = |messages: Value| {
+        json!({"model": "claude-sim", "max_tokens": 100, "system": long_system_prompt(),
+               "messages": messages})
+        .to_string()
+        .into_bytes()
+    };
+    let path = "/_sim/target=c/v1/messages";
+    let breakpoint = json!({"type": "ephemeral"});
+    let turn1 = json!([{"role": "user", "content": [
+        {"type": "text", "text": "first question", "cache_control": breakpoint}]}]);
+    let first = post_json(addr, path, &messages(turn1)).await;
+    assert_eq!(first["usage"]["cache_read_input_tokens"], 14 / 4 + 1);
+    let turn2 = json!([
+        {"role": "user", "content": [{"type": "text", "text": "first question"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "the answer"}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "second question", "cache_control": breakpoint}]},
+    ]);
+    let second = post_json(addr, path, &messages(turn2)).await;
+    assert_eq!(second["usage"]["cache_read_input_tokens"], SYSTEM_AND_FIRST);
+    assert_eq!(
+        second["usage"]["input_tokens"],
+        SECOND_TURN_PROMPT - SYSTEM_AND_FIRST
+    );
+}
+
+#[tokio::test]
+async fn the_larger_of_sim_cached_and_the_prefix_cache_is_reported() {
+    let addr = start();
+    let path = "/_sim/target=both/v1/chat/completions";
+    post_json(addr, path, &chat_conversation(&["first question"], false)).await;
+
+    // Half of this prompt is less than the cached prefix.
+    let short = chat_conversation(
+        &["first question", "the answer", "[sim:cached] more"],
+        false,
+    );
+    let answer = post_json(addr, path, &short).await;
+    let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt / 2 < SYSTEM_AND_FIRST);
+    assert_eq!(
+        answer["usage"]["prompt_tokens_details"]["cached_tokens"],
+        SYSTEM_AND_FIRST
+    );
+
+    // Half of this one is more.
+    let long_question = format!("[sim:cached] {}", "word ".repeat(1600));
+    let long = chat_conversation(&["first question", "the answer", &long_question], false);
+    let answer = post_json(addr, path, &long).await;
+    let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt / 2 > SYSTEM_AND_FIRST + 7);
+    assert_eq!(
+        answer["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt / 2
+    );
+}
+
+/// PUTs a target's settings and returns the answer.
+async fn put_target(addr: SocketAddr, name: &str, settings: &str) -> Parsed {
+    let path = format!("/_sim/targets/{name}");
+    parse(&exchange(addr, "PUT", &path, settings.as_bytes()).await)
+}
+
+#[tokio::test]
+async fn a_targets_first_byte_delay_is_set_at_run_time() {
+    let addr = start();
+    let set = put_target(addr, "slow", r#"{"first_byte_ms": 300}"#).await;
+    assert_eq!(set.status, 200);
+    assert_eq!(set.json()["first_byte_ms"], 300);
+    let delay = Duration::from_millis(300);
+
+    // Lower bounds only: the head comes no sooner than the delay, whole or streamed.
+    let started = Instant::now();
+    post_json(
+        addr,
+        "/_sim/target=slow/v1/chat/completions",
+        &chat_body("hi", false),
+    )
+    .await;
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = request_bytes(
+        "POST",
+        "/_sim/target=slow/v1/messages",
+        &messages_body("hi", true),
+    );
+    stream.write_all(&request).await.unwrap();
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).await.unwrap();
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    drop(stream);
+
+    // Simulated failures are as slow as the target, whatever the order of the segments.
+    let started = Instant::now();
+    let failed = exchange(
+        addr,
+        "POST",
+        "/_sim/fail429/target=slow/v1/chat/completions",
+        &chat_body("hi", false),
+    )
+    .await;
+    assert_eq!(parse(&failed).status, 429);
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+
+    let stats = target_stats(addr, "slow").await;
+    assert_eq!(stats["first_byte_ms"], 300);
+    assert_eq!(stats["requests"], 3);
+
+    // Back to no delay.
+    let set = put_target(addr, "slow", r#"{"first_byte_ms": 0}"#).await;
+    assert_eq!(set.json()["first_byte_ms"], 0);
+    assert_eq!(set.json()["requests"], 3);
+}
+
+#[tokio::test]
+async fn a_first_byte_delay_ends_when_the_client_leaves() {
+    let addr = start();
+    assert_eq!(
+        put_target(addr, "stuck", r#"{"first_byte_ms": 60000}"#)
+            .await
+            .status,
+        200
+    );
+    let wait_for_waiting = |expected: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while target_stats(addr, "stuck").await["waiting"] != expected {
+            assert!(Instant::now() < deadline, "expected {expected} waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = request_bytes(
+        "POST",
+        "/_sim/target=stuck/v1/chat/completions",
+        &chat_body("wait", true),
+    );
+    stream.write_all(&request).await.unwrap();
+    wait_for_waiting(1).await;
+    // Other targets answer meanwhile.
+    post_json(addr, "/v1/chat/completions", &chat_body("hi", false)).await;
+    drop(stream);
+    wait_for_waiting(0).await;
+}
+
+#[tokio::test]
+async fn target_names_and_settings_are_checked() {
+    let addr = start();
+    for settings in [
+        r#"{"first_byte_ms": 60001}"#,
+        r#"{"first_byte_ms": -1}"#,
+        r#"{"first_byte_ms": 5, "jitter_ms": 1}"#,
+        r#"{}"#,
+        "not json",
+    ] {
+        let answer = put_target(addr, "t", settings).await;
+        assert_eq!(answer.status, 400, "{settings}");
+        assert_eq!(answer.json()["error"]["code"], "invalid_target_settings");
+    }
+    assert_eq!(
+        put_target(addr, "t", r#"{"first_byte_ms": 60000}"#)
+            .await
+            .status,
+        200
+    );
+
+    let long_name = "n".repeat(33);
+    for name in ["bad.name", "sp%20ace", long_name.as_str()] {
+        let answer = put_target(addr, name, r#"{"first_byte_ms": 1}"#).await;
+        assert_eq!(answer.status, 400, "{name}");
+        assert_eq!(answer.json()["error"]["code"], "invalid_sim_target");
+    }
+
+    // A target never used reports its defaults and is not created by being asked about.
+    assert_eq!(
+        target_stats(addr, "never").await,
+        json!({"first_byte_ms": 0, "requests": 0, "cached_requests": 0,
+               "input_tokens": 0, "cached_tokens": 0, "cacheable_tokens": 0, "waiting": 0})
+    );
+    let all = parse(&exchange(addr, "GET", "/_sim/targets", b"").await).json();
+    assert!(all["targets"].get("never").is_none());
+    assert_eq!(all["targets"]["t"]["first_byte_ms"], 60000);
+
+    // In a base URL, a bad name is a 400 in the format's own error shape.
+    let answer = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/target=a.b/v1/messages",
+            &messages_body("hi", false),
+        )
+        .await,
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["type"], "error");
+    assert_eq!(answer.json()["error"]["type"], "invalid_request_error");
+    let answer = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/target=a/target=b/v1/chat/completions",
+            &chat_body("hi", false),
+        )
+        .await,
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"]["code"], "repeated_sim_segment");
+
+    let answer = parse(&exchange(addr, "POST", "/_sim/targets", b"{}").await);
+    assert_eq!(answer.status, 405);
+}
+
+#[tokio::test]
+async fn targets_are_bounded_and_can_be_forgotten() {
+    let addr = start();
+    for n in 0..targets::MAX_TARGETS {
+        let answer = put_target(addr, &format!("t{n}"), r#"{"first_byte_ms": 0}"#).await;
+        assert_eq!(answer.status, 200, "target {n}");
+    }
+    let answer = put_target(addr, "one-too-many", r#"{"first_byte_ms": 0}"#).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"]["code"], "too_many_sim_targets");
+    let answer = parse(
+        &exchange(
+            addr,
+            "POST",
+            "/_sim/target=one-too-many/v1/responses",
+            &responses_body("hi", false),
+        )
+        .await,
+    );
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"]["code"], "too_many_sim_targets");
+    // Known targets and the default one still answer.
+    post_json(
+        addr,
+        "/_sim/target=t7/v1/chat/completions",
+        &chat_body("hi", false),
+    )
+    .await;
+    post_json(addr, "/v1/chat/completions", &chat_body("hi", false)).await;
+
+    let forgotten = parse(&exchange(addr, "DELETE", "/_sim/targets", b"").await).json();
+    assert_eq!(forgotten["forgotten"], targets::MAX_TARGETS + 1);
+    assert_eq!(target_stats(addr, "default").await["requests"], 0);
+    assert_eq!(
+        put_target(addr, "one-too-many", r#"{"first_byte_ms": 0}"#)
+            .await
+            .status,
+        200
+    );
+}
