@@ -27,6 +27,14 @@ pub const LANE: HeaderName = HeaderName::from_static("x-flux-lane");
 pub const ROUTE_RULE: HeaderName = HeaderName::from_static("x-flux-route-rule");
 /// Request header: the client's name for its conversation, for prompt-cache affinity.
 pub const SESSION: HeaderName = HeaderName::from_static("x-flux-session");
+/// Request headers: provider preferences, as the body's `provider` object has them
+/// (`order`, `only`, `ignore`: comma-separated providers or model ids).
+pub const PROVIDER_ORDER: HeaderName = HeaderName::from_static("x-flux-provider-order");
+pub const PROVIDER_ONLY: HeaderName = HeaderName::from_static("x-flux-provider-only");
+pub const PROVIDER_IGNORE: HeaderName = HeaderName::from_static("x-flux-provider-ignore");
+pub const PROVIDER_SORT: HeaderName = HeaderName::from_static("x-flux-provider-sort");
+pub const PROVIDER_ALLOW_FALLBACKS: HeaderName =
+    HeaderName::from_static("x-flux-provider-allow-fallbacks");
 /// The request's cost in USD (set once metering lands).
 pub const COST_USD: HeaderName = HeaderName::from_static("x-flux-cost-usd");
 /// Tells the OpenAI and Anthropic SDKs (and Claude Code) whether a retry can help.

@@ -20,6 +20,14 @@ const STRATEGY_LANES: &str = r#"
     weights: { flux-pinned-s-a: 5, flux-pinned-s-b: 3, flux-pinned-s-c: 2 }
     default: flux-pinned-s-a
     fallbacks: [flux-pinned-s-b, flux-pinned-s-c]
+  quick:
+    alias: flux-quick
+    title: Three targets at simulator targets, the fastest first
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    strategy: latency
+    affinity: false
+    default: flux-pinned-q-a
+    fallbacks: [flux-pinned-q-b, flux-pinned-q-c]
   sticky:
     alias: flux-sticky
     title: Three equal targets with prompt-cache affinity
@@ -33,9 +41,19 @@ const STRATEGY_MODELS: &str = r#"
   flux-pinned-s-a: { upstream: s-a, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-s-b: { upstream: s-b, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-s-c: { upstream: s-c, provider: sim, lane: spread, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-q-a: { upstream: q-a, provider: sim_q_a, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-q-b: { upstream: q-b, provider: sim_q_b, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-q-c: { upstream: q-c, provider: sim_q_c, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-a: { upstream: k-a, provider: sim, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-b: { upstream: k-b, provider: sim_anthropic, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-c: { upstream: k-c, provider: sim_responses, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+"#;
+
+/// Three providers, each a simulator target whose first-byte delay a test sets.
+const STRATEGY_PROVIDERS: &str = r#"
+  sim_q_a: { format: openai, base_url: "http://{sim}/_sim/target=q-a/v1" }
+  sim_q_b: { format: openai, base_url: "http://{sim}/_sim/target=q-b/v1" }
+  sim_q_c: { format: openai, base_url: "http://{sim}/_sim/target=q-c/v1" }
 "#;
 
 fn lanes() -> String {
@@ -47,9 +65,41 @@ async fn start() -> Flux {
     let lanes = lanes();
     Flux::start_custom(&Custom {
         lanes: &lanes,
+        extra_providers: STRATEGY_PROVIDERS,
         ..Custom::default()
     })
     .await
+}
+
+/// Set a simulator target's delay before its first byte.
+async fn set_first_byte(flux: &Flux, target: &str, ms: u64) {
+    let r = flux
+        .client
+        .put(format!("http://{}/_sim/targets/{target}", flux.sim.addr))
+        .json(&json!({ "first_byte_ms": ms }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Requests a simulator target has answered.
+async fn answered(flux: &Flux, target: &str) -> u64 {
+    let url = format!("http://{}/_sim/targets/{target}", flux.sim.addr);
+    let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["requests"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+/// `n` requests to the latency lane, 4 at a time; the models that served them.
+async fn quick_burst(flux: &Flux, n: usize) -> Vec<String> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let r = chat(flux, ping("flux-quick", &format!("q {i}")), None).await;
+            header(&r, "x-flux-model").to_string()
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await
 }
 
 async fn chat(flux: &Flux, body: Value, session: Option<&str>) -> reqwest::Response {
@@ -220,4 +270,133 @@ async fn every_node_of_a_fleet_sends_a_conversation_to_the_same_target() {
     // A short request has no prefix worth keeping: the lane's strategy spreads it.
     let r = chat(&nodes[0], ping("flux-sticky", "hi"), None).await;
     assert_eq!(header(&r, "x-flux-route-rule"), "target=weighted");
+}
+
+#[tokio::test]
+async fn latency_leaves_a_target_that_slows_and_comes_back_when_it_recovers() {
+    let flux = start().await;
+    for t in ["q-a", "q-b", "q-c"] {
+        set_first_byte(&flux, t, 20).await;
+    }
+    // All fast: each gets a share.
+    let served = quick_burst(&flux, 60).await;
+    for m in ["flux-pinned-q-a", "flux-pinned-q-b", "flux-pinned-q-c"] {
+        assert!(
+            served.iter().any(|s| s == m),
+            "{m} never chosen: {served:?}"
+        );
+    }
+    // q-c slows to 1.5 s before its first byte: once it is seen (its first slow answer, or
+    // the requests piling up in flight there), it gets nothing more.
+    set_first_byte(&flux, "q-c", 1_500).await;
+    quick_burst(&flux, 40).await;
+    let before = answered(&flux, "q-c").await;
+    let served = quick_burst(&flux, 60).await;
+    assert!(
+        !served.iter().any(|s| s == "flux-pinned-q-c"),
+        "the slow target was still chosen: {served:?}"
+    );
+    assert_eq!(answered(&flux, "q-c").await, before);
+    let metrics = flux.metrics().await;
+    let estimate = |model: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    r#"flux_target_latency_seconds{{lane="quick",model="{model}"}}"#
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{metrics}"))
+    };
+    assert!(
+        estimate("flux-pinned-q-c") > 10.0 * estimate("flux-pinned-q-a"),
+        "{metrics}"
+    );
+    // It recovers: its unrefreshed estimate decays, it is tried again, and its traffic comes
+    // back (the estimate halves every 2 s after 5 s without an answer).
+    set_first_byte(&flux, "q-c", 20).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let served = quick_burst(&flux, 20).await;
+        if served.iter().filter(|s| *s == "flux-pinned-q-c").count() >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recovered target never got its traffic back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn provider_preferences_choose_within_the_lane_and_never_reach_the_provider() {
+    let flux = start().await;
+    // `order` puts the OpenAI-format target first; the body reaches it passed through, with
+    // FluxRouter's `provider` member cut out and everything else as sent.
+    flux.sim.clear_requests().await;
+    let body = json!({"model": "flux-sticky", "temperature": 0.5,
+        "provider": {"order": ["sim"], "allow_fallbacks": false},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = chat(&flux, body, Some("conversation-x")).await;
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-k-a");
+    assert_eq!(header(&r, "x-flux-route-rule"), "target=preference");
+    let sent = flux.sim.requests().await;
+    let upstream = &sent.last().unwrap()["body"];
+    assert!(upstream.get("provider").is_none(), "{upstream}");
+    assert_eq!(upstream["temperature"], 0.5, "{upstream}");
+    assert_eq!(upstream["model"], "k-a");
+    // The same from headers; an Anthropic client's body is cleaned the same way.
+    for _ in 0..5 {
+        let r = flux
+            .client
+            .post(format!("{}/v1/chat/completions", flux.base))
+            .bearer_auth(&flux.key)
+            .header("x-flux-provider-only", "sim_anthropic")
+            .json(&ping("flux-sticky", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-k-b");
+    }
+    flux.sim.clear_requests().await;
+    let r = flux
+        .client
+        .post(format!("{}/anthropic/v1/messages", flux.base))
+        .header("x-api-key", &flux.key)
+        .json(&json!({"model": "flux-sticky", "max_tokens": 50,
+            "provider": {"only": ["sim_anthropic"]},
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-flux-model"), "flux-pinned-k-b");
+    let sent = flux.sim.requests().await;
+    let upstream = &sent.last().unwrap()["body"];
+    assert!(upstream.get("provider").is_none(), "{upstream}");
+    assert_eq!(upstream["max_tokens"], 50);
+    // A name the gateway does not know, or nothing left: 400 in the client's shape.
+    for (prefs, says) in [
+        (json!({"only": ["openia"]}), "'openia'"),
+        (
+            json!({"ignore": ["sim", "sim_anthropic", "sim_responses"]}),
+            "No target",
+        ),
+        (json!({"sort": "cheapest"}), "'provider'"),
+    ] {
+        let r = flux
+            .client
+            .post(format!("{}/v1/chat/completions", flux.base))
+            .bearer_auth(&flux.key)
+            .json(&json!({"model": "flux-sticky", "provider": prefs,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let message = common::expect_openai_error(r, 400, "invalid_request").await;
+        assert!(message.contains(says), "{message}");
+    }
 }

@@ -542,8 +542,22 @@ impl Gateway {
         ctx.stages.mark(Stage::Parse);
         ctx.original_model = Some(crate::access_log::bounded(&request.model).into_owned());
         ctx.stream = request.stream;
-        // Owned: the header is read while the session is lent to admission.
-        let session_header = session.req_header().headers.get(headers::SESSION).cloned();
+        // Read before admission borrows the request: the conversation's name and the
+        // provider preferences the headers give (the body's own are in `request`).
+        let h = &session.req_header().headers;
+        let session_header = h.get(headers::SESSION).cloned();
+        let preferences = crate::routing::preferences::Preferences::read(
+            request.preferences,
+            &crate::routing::preferences::Headers {
+                order: h.get(headers::PROVIDER_ORDER).map(|v| v.as_bytes()),
+                only: h.get(headers::PROVIDER_ONLY).map(|v| v.as_bytes()),
+                ignore: h.get(headers::PROVIDER_IGNORE).map(|v| v.as_bytes()),
+                sort: h.get(headers::PROVIDER_SORT).map(|v| v.as_bytes()),
+                allow_fallbacks: h
+                    .get(headers::PROVIDER_ALLOW_FALLBACKS)
+                    .map(|v| v.as_bytes()),
+            },
+        )?;
         let admission::Admitted { routed, hold } = self
             .state
             .admission
@@ -553,7 +567,15 @@ impl Gateway {
                     request: &request,
                     body_bytes: raw.len(),
                 },
-                |request| self.route(ctx, account, request, session_header.as_ref()),
+                |request| {
+                    self.route(
+                        ctx,
+                        account,
+                        request,
+                        session_header.as_ref(),
+                        preferences.as_ref(),
+                    )
+                },
             )
             .await?;
         ctx.stages.mark(Stage::Admit);
@@ -580,6 +602,7 @@ impl Gateway {
         account: &Account,
         request: &crate::wire::ir::Request<'_>,
         session_header: Option<&http::HeaderValue>,
+        preferences: Option<&crate::routing::preferences::Preferences>,
     ) -> Result<admission::Routed, FluxError> {
         let routes = self.state.routes.load_full();
         ctx.routes = Some(routes.clone());
@@ -618,6 +641,9 @@ impl Gateway {
             },
             &mut rand::thread_rng(),
         );
+        if let Some(p) = preferences {
+            p.apply(&routes, &mut route)?;
+        }
         ctx.target_choice = route.chosen.label();
         ctx.lane = Some(route.lane);
         ctx.rule = route.rule;

@@ -10,6 +10,7 @@
 
 pub mod classifier;
 pub mod features;
+pub mod preferences;
 pub mod session;
 pub mod strategy;
 mod table;

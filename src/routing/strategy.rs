@@ -207,6 +207,9 @@ pub enum Chosen {
     Strategy(StrategyKind),
     /// Prompt-cache affinity, from the conversation's identity.
     Affinity(SessionSource),
+    /// The request's own provider preferences (`provider` in the body, or the
+    /// `X-Flux-Provider-*` headers).
+    Preference,
 }
 
 impl Chosen {
@@ -214,6 +217,7 @@ impl Chosen {
     pub fn label(self) -> Option<&'static str> {
         match self {
             Chosen::Order => None,
+            Chosen::Preference => Some("preference"),
             Chosen::Strategy(kind) => Some(kind.label()),
             Chosen::Affinity(SessionSource::Header) => Some("affinity:header"),
             Chosen::Affinity(SessionSource::Key) => Some("affinity:key"),

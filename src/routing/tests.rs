@@ -626,3 +626,78 @@ fn a_reload_keeps_what_the_targets_taught() {
     new.inherit(&old);
     assert!(m.stats.estimate(0) > 1e9);
 }
+
+#[test]
+fn provider_preferences_filter_and_reorder_within_the_lane() {
+    use preferences::{Preferences, Sort};
+    let t = keyword_table();
+    let lane = t.lane_by_alias("flux-standard").unwrap();
+    let f = Features::default();
+    let route = || {
+        t.route(Requested::Lane(lane), &f, access(&ALL).as_slice())
+            .unwrap()
+    };
+    let ids = |r: &Route| -> Vec<String> {
+        r.candidates
+            .iter()
+            .map(|&m| t.model(m).provider.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(&route()),
+        ["openai", "google", "anthropic", "deepseek", "groq"]
+    );
+    let mut r = route();
+    Preferences {
+        order: vec!["groq".into(), "flux-pinned-claude-sonnet-4-5".into()],
+        ignore: vec!["google".into()],
+        ..Preferences::default()
+    }
+    .apply(&t, &mut r)
+    .unwrap();
+    assert_eq!(ids(&r), ["groq", "anthropic", "openai", "deepseek"]);
+    assert_eq!(r.chosen, Chosen::Preference);
+    let mut r = route();
+    Preferences {
+        only: vec!["deepseek".into(), "anthropic".into()],
+        allow_fallbacks: Some(false),
+        ..Preferences::default()
+    }
+    .apply(&t, &mut r)
+    .unwrap();
+    assert_eq!(ids(&r), ["anthropic"]);
+    // By price: the models' provider_price, else the lane's (all equal here: order kept).
+    let mut r = route();
+    Preferences {
+        sort: Some(Sort::Price),
+        ..Preferences::default()
+    }
+    .apply(&t, &mut r)
+    .unwrap();
+    assert_eq!(
+        ids(&r),
+        ["openai", "google", "anthropic", "deepseek", "groq"]
+    );
+    // Nothing left, or a name the gateway does not know: 400, saying which.
+    let mut r = route();
+    let e = Preferences {
+        only: vec!["mistral".into()],
+        ..Preferences::default()
+    }
+    .apply(&t, &mut r)
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(
+        e.message
+            .contains("openai, google, anthropic, deepseek, groq"),
+        "{}",
+        e.message
+    );
+    let e = Preferences {
+        order: vec!["openia".into()],
+        ..Preferences::default()
+    }
+    .apply(&t, &mut route())
+    .unwrap_err();
+    assert!(e.message.contains("'openia'"), "{}", e.message);
+}

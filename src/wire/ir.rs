@@ -51,6 +51,10 @@ pub struct Request<'a> {
     /// Where the top-level `stream_options` value sits in `raw` (Chat), so a passthrough
     /// stream can ask for usage without re-reading the body.
     pub stream_options_span: Option<Range<usize>>,
+    /// FluxRouter's own `provider` member (routing preferences, OpenRouter's shape): its
+    /// value, and the bytes to cut so a same-format provider never sees it.
+    pub preferences: Option<&'a RawValue>,
+    pub preferences_cut: Option<Range<usize>>,
     /// Responses `previous_response_id`: only a Responses-format provider can honour it.
     pub previous_response_id: Option<Cow<'a, str>>,
     /// Top-level fields no IR field carries. They pass through to a same-format provider and
@@ -69,6 +73,20 @@ impl<'a> Request<'a> {
             .map(|(_, value)| value.get())
             .filter(|v| *v != "null")
             .or(self.user.as_deref())
+    }
+
+    /// Take the body's `provider` member (routing preferences for FluxRouter, never
+    /// forwarded).
+    pub fn set_preferences(&mut self, value: &'a RawValue) -> Result<(), crate::errors::FluxError> {
+        let cut = super::json::member_cut(self.raw, "provider", value).ok_or_else(|| {
+            crate::errors::FluxError::new(
+                crate::errors::ErrorKind::InvalidRequest,
+                "'provider' must be written as a plain key (no escapes).",
+            )
+        })?;
+        self.preferences = Some(value);
+        self.preferences_cut = Some(cut);
+        Ok(())
     }
 
     /// A request of `format` over `raw` with nothing read yet; each format's parser fills it.
@@ -92,6 +110,8 @@ impl<'a> Request<'a> {
             user: None,
             include_usage: false,
             stream_options_span: None,
+            preferences: None,
+            preferences_cut: None,
             previous_response_id: None,
             unknown: Vec::new(),
         }

@@ -105,6 +105,53 @@ pub fn span_of(raw: &[u8], value: &RawValue) -> Range<usize> {
     start..start + value.get().len()
 }
 
+/// The whole top-level member `"key": value` (of a plainly written `key`) with one comma
+/// beside it (the one after it, else the one before), to cut out of the body so the rest
+/// stays valid JSON. None when the key is written with escapes (then it cannot be found
+/// from its value, and the caller refuses the request).
+pub fn member_cut(raw: &[u8], key: &str, value: &RawValue) -> Option<Range<usize>> {
+    let span = span_of(raw, value);
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // Back from the value: blanks, the colon, blanks, then `"key"`.
+    let mut at = span.start;
+    while at > 0 && is_space(&raw[at - 1]) {
+        at -= 1;
+    }
+    if at == 0 || raw[at - 1] != b':' {
+        return None;
+    }
+    at -= 1;
+    while at > 0 && is_space(&raw[at - 1]) {
+        at -= 1;
+    }
+    let quoted = key.len() + 2;
+    if at < quoted
+        || raw[at - quoted] != b'"'
+        || &raw[at - quoted + 1..at - 1] != key.as_bytes()
+        || raw[at - 1] != b'"'
+    {
+        return None;
+    }
+    let start = at - quoted;
+    // Forward: blanks, then a comma (taken) or the object's end.
+    let mut end = span.end;
+    while end < raw.len() && is_space(&raw[end]) {
+        end += 1;
+    }
+    if end < raw.len() && raw[end] == b',' {
+        return Some(start..end + 1);
+    }
+    // The last member: the comma before it goes (none: it was the only member).
+    let mut before = start;
+    while before > 0 && is_space(&raw[before - 1]) {
+        before -= 1;
+    }
+    if before > 0 && raw[before - 1] == b',' {
+        return Some(before - 1..span.end);
+    }
+    Some(start..span.end)
+}
+
 /// Whether a raw value is JSON `null`.
 pub fn is_null(value: &RawValue) -> bool {
     value.get() == "null"
@@ -119,6 +166,45 @@ pub fn splice_model(raw: &[u8], span: &Range<usize>, model: &str) -> Vec<u8> {
     out.extend_from_slice(quoted.as_bytes());
     out.extend_from_slice(&raw[span.end..]);
     out
+}
+
+#[cfg(test)]
+mod member_cut_tests {
+    use super::*;
+
+    fn cut(raw: &str) -> Option<String> {
+        let members = top_level(raw.as_bytes()).unwrap();
+        let (_, v) = members.iter().find(|(k, _)| k == "provider")?;
+        let at = member_cut(raw.as_bytes(), "provider", v)?;
+        let mut out = raw.as_bytes().to_vec();
+        out.drain(at);
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_member_and_one_comma_go_and_the_rest_stays_valid() {
+        for (raw, want) in [
+            (
+                r#"{"model":"m","provider":{"only":["a"]},"x":1}"#,
+                r#"{"model":"m","x":1}"#,
+            ),
+            (
+                r#"{"provider":{"sort":"price"}, "model":"m"}"#,
+                r#"{ "model":"m"}"#,
+            ),
+            (
+                r#"{"model":"m" , "provider" : null }"#,
+                r#"{"model":"m"  }"#,
+            ),
+            (r#"{"provider":[]}"#, r#"{}"#),
+        ] {
+            let out = cut(raw).unwrap();
+            assert_eq!(out, want);
+            serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        }
+        // A key written with escapes is not found from its value.
+        assert_eq!(cut(r#"{"model":"m","\u0070rovider":{}}"#), None);
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
         match key.as_ref() {
             "model" => model = Some(value),
             "messages" => messages = Some(value),
+            "provider" => req.set_preferences(value)?,
             // An explicit null is the same as leaving a known field out.
             k if null && KNOWN.contains(&k) => {}
             "stream" => {
@@ -1228,6 +1229,8 @@ mod tests {
             user: Some("u".into()),
             include_usage: true,
             stream_options_span: None,
+            preferences: None,
+            preferences_cut: None,
             previous_response_id: None,
             unknown: Vec::new(),
         };

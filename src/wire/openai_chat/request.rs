@@ -50,6 +50,10 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
                 messages_raw = Some(value);
                 true
             }
+            "provider" => {
+                req.set_preferences(value)?;
+                true
+            }
             // A null optional member is the same as an absent one.
             _ if is_null(value) => true,
             "stream_options" => object::<StreamOptions>(value)
@@ -1291,6 +1295,8 @@ mod tests {
             user: None,
             include_usage: false,
             stream_options_span: None,
+            preferences: None,
+            preferences_cut: None,
             previous_response_id: None,
             unknown: vec![],
         };

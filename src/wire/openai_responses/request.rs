@@ -26,6 +26,7 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, FluxError> {
         match key.as_ref() {
             "model" => model = Some(value),
             "input" => input = Some(value),
+            "provider" => req.set_preferences(value)?,
             "stream" => {
                 req.stream = json::field::<Option<bool>>("stream", value)
                     .map_err(|_| bad("'stream' must be a boolean (true or false)."))?
@@ -1320,6 +1321,8 @@ mod tests {
             user: Some(Cow::Borrowed("{\"device_id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}")),
             include_usage: false,
             stream_options_span: None,
+            preferences: None,
+            preferences_cut: None,
             previous_response_id: None,
             unknown: vec![],
         };

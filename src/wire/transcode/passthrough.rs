@@ -13,15 +13,20 @@ use crate::wire::json;
 /// usage. Both are splices into the client's bytes; nothing else is re-serialized.
 pub fn passthrough_body(req: &Request<'_>, model: &str) -> Vec<u8> {
     let needs_usage = req.format == Format::OpenAiChat && req.stream && !req.include_usage;
-    if !needs_usage {
+    if !needs_usage && req.preferences_cut.is_none() {
         return json::splice_model(req.raw, &req.model_span, model);
     }
     let quoted = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".to_owned());
-    let mut edits = [
-        (req.model_span.clone(), Cow::Owned(quoted.into_bytes())),
-        include_usage_edit(req.raw, req.stream_options_span.clone()),
-    ];
-    edits.sort_by_key(|(at, _)| at.start);
+    // At most three edits: the model, the usage option, FluxRouter's `provider` cut out.
+    let mut edits: Vec<(Range<usize>, Cow<'static, [u8]>)> = Vec::with_capacity(3);
+    edits.push((req.model_span.clone(), Cow::Owned(quoted.into_bytes())));
+    if needs_usage {
+        edits.push(include_usage_edit(req.raw, req.stream_options_span.clone()));
+    }
+    if let Some(cut) = &req.preferences_cut {
+        edits.push((cut.clone(), Cow::Borrowed(&[])));
+    }
+    edits.sort_by_key(|(at, _)| (at.start, at.end));
     let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
     let mut out = Vec::with_capacity(req.raw.len() + extra);
     let mut from = 0;
