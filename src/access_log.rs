@@ -89,6 +89,10 @@ pub struct AccessLine<'a> {
     /// `latency`, `cost`, or prompt-cache affinity (`affinity:header|key|prefix`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_choice: Option<&'static str>,
+    /// Why flux-auto kept a conversation on its previous lane: `cache` (staying costs the
+    /// customer less than moving down uncached) or `signatures`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<&'static str>,
     /// The provider that served the response.
     #[serde(serialize_with = "bounded_opt")]
     pub provider: Option<&'a str>,
@@ -160,6 +164,7 @@ impl<'a> AccessLine<'a> {
             lane: None,
             route_rule: None,
             target_choice: None,
+            kept: None,
             lane_probability: None,
             provider: None,
             routed: None,
@@ -390,6 +395,7 @@ mod tests {
             lane: Some("express"),
             route_rule: Some("default"),
             target_choice: Some("weighted"),
+            kept: Some("cache"),
             lane_probability: None,
             provider: Some("sim"),
             routed: Some(true),
@@ -468,6 +474,7 @@ mod tests {
             lane: Some(&huge),
             route_rule: Some(&huge),
             target_choice: None,
+            kept: None,
             lane_probability: Some(0.5),
             provider: Some(&huge),
             routed: None,

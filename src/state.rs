@@ -73,6 +73,8 @@ pub struct AppState {
     /// clients reconnect (to the new process) instead of racing Pingora's drop of idle
     /// keep-alive connections when it stops.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Where recent conversations' last turns went, for cache-aware flux-auto.
+    pub conversations: crate::routing::conversations::Conversations,
     /// The proxies whose forwarding header names the client (`trusted_proxies`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// What one client address may do before authenticating (`limits.per_address`), shared
@@ -151,6 +153,7 @@ impl AppState {
             management: crate::background::Worker::default(),
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
+            conversations: Default::default(),
             drain: tokio::sync::watch::Sender::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),

@@ -28,6 +28,16 @@ const STRATEGY_LANES: &str = r#"
     affinity: false
     default: flux-pinned-q-a
     fallbacks: [flux-pinned-q-b, flux-pinned-q-c]
+  cheap:
+    alias: flux-cheap
+    title: Cheaper per token, cached input a tenth
+    price: { input_per_mtok: 1.0, cached_input_per_mtok: 0.1, output_per_mtok: 1.0 }
+    default: flux-pinned-c-a
+  dear:
+    alias: flux-dear
+    title: Twice the price, cached input a tenth
+    price: { input_per_mtok: 2.0, cached_input_per_mtok: 0.2, output_per_mtok: 2.0 }
+    default: flux-pinned-d-a
   sticky:
     alias: flux-sticky
     title: Three equal targets with prompt-cache affinity
@@ -44,6 +54,8 @@ const STRATEGY_MODELS: &str = r#"
   flux-pinned-q-a: { upstream: q-a, provider: sim_q_a, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-q-b: { upstream: q-b, provider: sim_q_b, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-q-c: { upstream: q-c, provider: sim_q_c, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-c-a: { upstream: c-a, provider: sim, lane: cheap, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-d-a: { upstream: d-a, provider: sim, lane: dear, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-a: { upstream: k-a, provider: sim, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-b: { upstream: k-b, provider: sim_anthropic, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-c: { upstream: k-c, provider: sim_responses, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
@@ -399,4 +411,50 @@ async fn provider_preferences_choose_within_the_lane_and_never_reach_the_provide
         let message = common::expect_openai_error(r, 400, "invalid_request").await;
         assert!(message.contains(says), "{message}");
     }
+}
+
+/// flux-auto over `dear` for a conversation's first turn and `cheap` from its third message
+/// on: a conversation moves down as it goes, unless its cache says otherwise.
+async fn start_moving_down() -> Flux {
+    let lanes = lanes().replace(
+        "    - { name: default, lane: express }",
+        "    - { name: later-turns, when: { min_messages: 3 }, lane: cheap }\n    - { name: default, lane: dear }",
+    );
+    assert!(lanes.contains("later-turns"), "the rules were replaced");
+    Flux::start_custom(&Custom {
+        lanes: &lanes,
+        extra_providers: STRATEGY_PROVIDERS,
+        ..Custom::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn flux_auto_keeps_a_cached_conversation_where_moving_down_would_cost_more() {
+    let flux = start_moving_down().await;
+    let turn = |tag: &str, n: usize| {
+        let mut v = long_conversation(tag, n);
+        v["model"] = json!("flux-auto");
+        v["max_tokens"] = json!(20);
+        v
+    };
+    // Turn 1 goes to dear (one user message).
+    let r = chat(&flux, turn("warm", 0), None).await;
+    assert_eq!(header(&r, "x-flux-lane"), "dear");
+    // Turn 2 would go to cheap, but its ~1,700-token prefix is cached at dear: 0.2 x cached
+    // beats 1.0 x uncached, so it stays, and says why.
+    let r = chat(&flux, turn("warm", 1), None).await;
+    assert_eq!(header(&r, "x-flux-lane"), "dear");
+    assert_eq!(
+        header(&r, "x-flux-route-rule"),
+        "later-turns; kept=cache over cheap"
+    );
+    let id = header(&r, "x-flux-request-id").to_string();
+    let line = flux.access_line(&id).await;
+    assert_eq!(line["kept"], "cache", "{line}");
+    assert_eq!(line["route_rule"], "later-turns", "{line}");
+    // Without a previous turn here (a conversation this gateway has not seen), it moves down.
+    let r = chat(&flux, turn("cold", 1), None).await;
+    assert_eq!(header(&r, "x-flux-lane"), "cheap");
+    assert_eq!(header(&r, "x-flux-route-rule"), "later-turns");
 }

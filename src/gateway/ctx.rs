@@ -32,6 +32,10 @@ pub struct RequestCtx {
     pub(super) probability: Option<f32>,
     /// What put the first target first, when the lane spreads its traffic.
     pub(super) target_choice: Option<&'static str>,
+    /// The conversation's identity, when routing needed one (remembered once served).
+    pub(super) session: Option<u64>,
+    /// Why flux-auto kept the conversation on its previous lane, if it did.
+    pub(super) kept: Option<&'static str>,
     pub(super) served: Option<ModelId>,
     pub(super) provider: Option<Arc<Provider>>,
     pub(super) routed: Option<bool>,

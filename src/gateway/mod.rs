@@ -84,6 +84,8 @@ impl ProxyHttp for Gateway {
             rule: None,
             probability: None,
             target_choice: None,
+            session: None,
+            kept: None,
             served: None,
             provider: None,
             routed: None,
@@ -287,6 +289,23 @@ impl ProxyHttp for Gateway {
             usage: ctx.usage,
             cost: ctx.cost,
         });
+        // A served turn of a conversation: where its prompt is cached now.
+        if let (Some(session), Some(served), Some(lane), Some(r), Some(usage)) =
+            (ctx.session, ctx.served, ctx.lane, routes, ctx.usage)
+        {
+            if (200..300).contains(&ctx.status) {
+                self.state.conversations.record(
+                    session,
+                    crate::routing::conversations::Turn {
+                        at: unix_now(),
+                        generation: r.generation(),
+                        lane,
+                        model: served,
+                        input_tokens: usage.input,
+                    },
+                );
+            }
+        }
         let failed = ctx.status >= 400 || ctx.status < 100 || ctx.error_code.is_some();
         let log = &self.state.access_log;
         if !log.keeps(failed || error.is_some()) {
@@ -322,6 +341,7 @@ impl ProxyHttp for Gateway {
                 .map(|(i, r)| r.rules()[i].name.as_str()),
             lane_probability: ctx.probability.map(|p| (f64::from(p) * 1e3).round() / 1e3),
             target_choice: ctx.target_choice,
+            kept: ctx.kept,
             provider,
             routed: ctx.routed,
             stream: ctx.stream,
@@ -618,17 +638,29 @@ impl Gateway {
         }
         let mut route = routes.route(requested, &features, account)?;
         let providers = &self.state.providers;
-        routes.order_targets(
-            &mut route,
-            &features,
-            // Only a lane that spreads its traffic needs the conversation's identity.
-            || {
+        // The conversation's identity: for flux-auto (where did its last turn go?) and for a
+        // lane that spreads its traffic (keep it on one target).
+        let session = (requested == Requested::Auto || routes.lane(route.lane).strategy.spreads())
+            .then(|| {
                 crate::routing::session::session(
                     request,
                     session_header.map(|h| h.as_bytes()),
                     features.input_tokens,
                 )
-            },
+            })
+            .flatten();
+        if requested == Requested::Auto {
+            let last = session.and_then(|s| self.state.conversations.last(s.hash, unix_now()));
+            if let Some(last) = last {
+                route = routes.keep_warm(route, &last, &features, account, |m| {
+                    providers.get(&m.provider).map(|p| p.format)
+                });
+            }
+        }
+        routes.order_targets(
+            &mut route,
+            &features,
+            || session,
             |model| match providers.get(&model.provider) {
                 Some(p) => Health {
                     ejected: p.breaker.ejected(),
@@ -641,6 +673,8 @@ impl Gateway {
             },
             &mut rand::thread_rng(),
         );
+        ctx.session = session.map(|s| s.hash);
+        ctx.kept = route.kept.map(|(why, _)| why.label());
         if let Some(p) = preferences {
             p.apply(&routes, &mut route)?;
         }

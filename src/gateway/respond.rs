@@ -112,7 +112,7 @@ impl Served<'_> {
         let value = match (rule, target) {
             (None, None) => return Ok(()),
             // The plain rule name, as most flux-auto answers carry: no formatting.
-            (Some(name), None) if self.route.probability.is_none() => {
+            (Some(name), None) if self.route.probability.is_none() && self.route.kept.is_none() => {
                 return h.insert_header(headers::ROUTE_RULE, name.as_str());
             }
             (None, Some(target)) => format!("target={target}"),
@@ -129,6 +129,14 @@ impl Served<'_> {
                     (Some(p), None) => format!("{name}; p={p:.2}"),
                     (None, _) => name.clone(),
                 };
+                if let Some((why, wanted)) = self.route.kept {
+                    // `classifier; p=0.81; kept=cache over express`: the conversation stayed
+                    // on its lane instead of moving to the one the rule chose.
+                    v.push_str("; kept=");
+                    v.push_str(why.label());
+                    v.push_str(" over ");
+                    v.push_str(&self.routes.lane(wanted).name);
+                }
                 if let Some(target) = target {
                     v.push_str("; target=");
                     v.push_str(target);

@@ -24,11 +24,19 @@ pub fn features(req: &Request<'_>) -> Features {
             };
         }
     };
+    let mut signed = false;
     for block in req
         .system
         .iter()
         .chain(req.messages.iter().flat_map(|m| &m.content))
     {
+        signed |= matches!(
+            block,
+            Block::Thinking {
+                signature: Some(_),
+                ..
+            } | Block::RedactedThinking { .. }
+        );
         count(block);
         if let Block::ToolResult { content, .. } = block {
             content.iter().for_each(&mut count);
@@ -42,6 +50,7 @@ pub fn features(req: &Request<'_>) -> Features {
         stream: req.stream,
         max_tokens: req.max_tokens,
         messages: req.messages.len(),
+        signed,
         code: false,
         reasoning: false,
         lane_scores: None,

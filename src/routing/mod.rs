@@ -9,6 +9,7 @@
 //!    them, given each target's health.
 
 pub mod classifier;
+pub mod conversations;
 pub mod features;
 pub mod preferences;
 pub mod session;
@@ -37,6 +38,9 @@ pub struct Features {
     pub max_tokens: Option<u64>,
     /// Number of messages in the conversation.
     pub messages: usize,
+    /// The history carries signed reasoning (thinking with a signature, redacted thinking,
+    /// encrypted reasoning): only the provider family that signed it can read it back.
+    pub signed: bool,
     /// Set by [`RouteTable::detect_cues`] (only needed for flux-auto).
     pub code: bool,
     pub reasoning: bool,
@@ -69,6 +73,28 @@ pub struct Route {
     pub pinned: Option<ModelId>,
     /// Who put the first candidate first (set by [`RouteTable::order_targets`]).
     pub chosen: Chosen,
+    /// flux-auto kept the conversation on its previous lane ([`RouteTable::keep_warm`]):
+    /// why, and the lane it would have moved to.
+    pub kept: Option<(Kept, LaneId)>,
+}
+
+/// Why flux-auto kept a conversation where it was instead of moving it to another lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Its prompt is cached there, and the cached turn costs less than an uncached one on
+    /// the cheaper lane.
+    Cache,
+    /// Its history carries signed reasoning the other lane's provider could not read.
+    Signatures,
+}
+
+impl Kept {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kept::Cache => "cache",
+            Kept::Signatures => "signatures",
+        }
+    }
 }
 
 /// The classifier's own lane and its probability for it.
@@ -245,7 +271,73 @@ impl RouteTable {
             candidates,
             pinned,
             chosen: Chosen::Order,
+            kept: None,
         })
+    }
+
+    /// flux-auto chose `route.lane`; the conversation's previous turn went to `last`. Stay
+    /// there (the returned route) when moving would break its signed reasoning, or when
+    /// moving down to a cheaper lane costs more than staying: the whole context uncached at
+    /// the new lane's input price against its cached prefix at the old lane's cached price.
+    /// Moving up (a lane that costs more per token) is never held back: it is for quality.
+    pub fn keep_warm(
+        &self,
+        route: Route,
+        last: &conversations::Turn,
+        features: &Features,
+        access: &(impl LaneAccess + ?Sized),
+        format: impl Fn(&Model) -> Option<crate::wire::Format>,
+    ) -> Route {
+        if last.generation != self.generation()
+            || last.lane == route.lane
+            || last.lane >= self.lanes().len()
+            || route.pinned.is_some()
+        {
+            return route;
+        }
+        let (old, new) = (self.lane(last.lane), self.lane(route.lane));
+        let format_changes = || match (route.candidates.first(), last.model < self.models().len()) {
+            (Some(&first), true) => format(self.model(last.model)) != format(self.model(first)),
+            _ => false,
+        };
+        let why = if features.signed && format_changes() {
+            Kept::Signatures
+        } else {
+            let cheaper = new.price.input_per_mtok.0 < old.price.input_per_mtok.0;
+            if !cheaper {
+                return route;
+            }
+            let input = u128::from(features.input_tokens);
+            let cached = u128::from(last.input_tokens).min(input);
+            let output = u128::from(
+                features
+                    .max_tokens
+                    .unwrap_or(strategy::DEFAULT_OUTPUT_TOKENS),
+            );
+            let rate = |usd: crate::units::Usd| u128::from(usd.0);
+            let stay = cached * rate(old.rates.cached_input)
+                + (input - cached) * rate(old.rates.input)
+                + output * rate(old.rates.output);
+            let go = input * rate(new.rates.input) + output * rate(new.rates.output);
+            if stay > go {
+                return route;
+            }
+            Kept::Cache
+        };
+        match self.route(Requested::Lane(last.lane), features, access) {
+            Ok(mut kept) => {
+                kept.rule = route.rule;
+                kept.probability = route.probability;
+                kept.kept = Some((why, route.lane));
+                // Its own target first: that is where the cache (and the signer) is.
+                if let Some(i) = kept.candidates.iter().position(|&m| m == last.model) {
+                    kept.candidates[..=i].rotate_right(1);
+                }
+                kept
+            }
+            // The plan no longer allows it, or nothing there serves this request: move.
+            Err(_) => route,
+        }
     }
 
     /// Order the route's candidates by its lane's strategy (a pinned model keeps its

@@ -49,6 +49,12 @@ impl Strategy {
         }
     }
 
+    /// Whether requests of one lane go to different targets (so a conversation's identity
+    /// matters to keep it on one).
+    pub fn spreads(&self) -> bool {
+        self.kind != StrategyKind::Failover
+    }
+
     /// The next chain position of the weighted cycle.
     fn next_in_cycle(&self) -> u64 {
         self.cursor.fetch_add(1, Ordering::Relaxed)
@@ -257,7 +263,7 @@ pub struct Ask {
 /// a cached prefix is not worth waiting seconds for.
 const AFFINITY_SLOWDOWN_LIMIT: f64 = 4.0;
 /// Output tokens assumed for a request that sets no `max_tokens` (for `cost`).
-const DEFAULT_OUTPUT_TOKENS: u64 = 500;
+pub(super) const DEFAULT_OUTPUT_TOKENS: u64 = 500;
 
 /// A target as ordering sees it.
 pub struct Target<'a> {

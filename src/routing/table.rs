@@ -92,6 +92,8 @@ pub struct RouteTable {
     /// The learned classifier, with its lanes resolved to this table's, and where its
     /// weights file is (the reloader watches it).
     classifier: Option<Learned>,
+    /// Tells tables apart: lane and model ids remembered with one mean nothing in another.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -341,7 +343,9 @@ impl RouteTable {
             }
         }
 
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(RouteTable {
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cues: automaton(path, &file.auto.reasoning_cues, &file.auto.code_markers)?,
             reasoning_patterns: file.auto.reasoning_cues.len(),
             classifier,
@@ -361,6 +365,11 @@ impl RouteTable {
                 m.stats.inherit(&previous.model(old).stats);
             }
         }
+    }
+
+    /// This table's identity (a reload compiles another).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn lane(&self, id: LaneId) -> &Lane {

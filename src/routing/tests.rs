@@ -701,3 +701,122 @@ fn provider_preferences_filter_and_reorder_within_the_lane() {
     .unwrap_err();
     assert!(e.message.contains("'openia'"), "{}", e.message);
 }
+
+#[test]
+fn flux_auto_keeps_a_warm_conversation_when_moving_down_costs_more() {
+    use conversations::Turn;
+    let t = keyword_table();
+    let daily = t.lane_by_alias("flux-standard").unwrap();
+    let express = t.lane_by_alias("flux-fast").unwrap();
+    let deepseek = t.model_by_id("flux-pinned-deepseek-chat").unwrap();
+    let all = access(&ALL);
+    let f = Features {
+        input_tokens: 7_000,
+        max_tokens: Some(500),
+        ..Features::default()
+    };
+    let auto = || t.route(Requested::Auto, &f, all.as_slice()).unwrap();
+    assert_eq!(auto().lane, express);
+    let last = |input_tokens, lane, model| Turn {
+        at: 0,
+        generation: t.generation(),
+        lane,
+        model,
+        input_tokens,
+    };
+    let same_format = |_: &Model| Some(crate::wire::Format::OpenAiChat);
+    // 6,500 tokens cached on daily: 6.5k x $0.50 + 500 x $2 + 500 x $8 (per M) = $0.00825
+    // to stay, 7k x $1 + 500 x $4 = $0.009 to move to express uncached. It stays, on its
+    // own target.
+    let r = t.keep_warm(
+        auto(),
+        &last(6_500, daily, deepseek),
+        &f,
+        all.as_slice(),
+        same_format,
+    );
+    assert_eq!(r.lane, daily);
+    assert_eq!(r.kept, Some((Kept::Cache, express)));
+    assert_eq!(r.candidates[0], deepseek);
+    assert_eq!(
+        r.rule,
+        auto().rule,
+        "the rule that wanted express is still named"
+    );
+    // Little cached: moving down is cheaper, it moves.
+    let r = t.keep_warm(
+        auto(),
+        &last(1_000, daily, deepseek),
+        &f,
+        all.as_slice(),
+        same_format,
+    );
+    assert_eq!((r.lane, r.kept), (express, None));
+    // Moving up is for quality: never held back by the cache.
+    let tools = Features { tools: true, ..f };
+    let up = t.route(Requested::Auto, &tools, all.as_slice()).unwrap();
+    assert_eq!(up.lane, daily);
+    let haiku = t.model_by_id("flux-pinned-claude-haiku-4-5").unwrap();
+    let r = t.keep_warm(
+        up,
+        &last(20_000, express, haiku),
+        &tools,
+        all.as_slice(),
+        same_format,
+    );
+    assert_eq!((r.lane, r.kept), (daily, None));
+    // Signed reasoning stays with the provider format that signed it, up or down...
+    let signed = Features {
+        tools: true,
+        signed: true,
+        ..f
+    };
+    let by_provider = |m: &Model| {
+        Some(if m.provider == "anthropic" {
+            crate::wire::Format::Anthropic
+        } else {
+            crate::wire::Format::OpenAiChat
+        })
+    };
+    let up = t.route(Requested::Auto, &signed, all.as_slice()).unwrap();
+    let r = t.keep_warm(
+        up,
+        &last(100, express, haiku),
+        &signed,
+        all.as_slice(),
+        by_provider,
+    );
+    assert_eq!(r.lane, express);
+    assert_eq!(r.kept, Some((Kept::Signatures, daily)));
+    assert_eq!(r.candidates[0], haiku);
+    // ...but a lane whose first target speaks the same format is no break.
+    let up = t.route(Requested::Auto, &signed, all.as_slice()).unwrap();
+    let r = t.keep_warm(
+        up,
+        &last(100, express, haiku),
+        &signed,
+        all.as_slice(),
+        same_format,
+    );
+    assert_eq!(r.lane, daily);
+    // A turn remembered under another table, or a lane the plan no longer allows: move.
+    let mut stale = last(20_000, daily, deepseek);
+    stale.generation += 1000;
+    assert_eq!(
+        t.keep_warm(auto(), &stale, &f, all.as_slice(), same_format)
+            .lane,
+        express
+    );
+    let express_only = access(&["express"]);
+    let r = t
+        .route(Requested::Auto, &f, express_only.as_slice())
+        .unwrap();
+    let r = t.keep_warm(
+        r,
+        &last(20_000, daily, deepseek),
+        &f,
+        express_only.as_slice(),
+        same_format,
+    );
+    assert_eq!(r.lane, express);
+}
