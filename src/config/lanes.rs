@@ -144,6 +144,10 @@ pub struct AutoConfig {
     pub classifier: Option<ClassifierConfig>,
     /// First match wins; the last rule must have no conditions.
     pub rules: Vec<RuleConfig>,
+    /// Weigh a conversation's warm prompt cache before moving it to a cheaper lane
+    /// (default true).
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub cache_aware: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

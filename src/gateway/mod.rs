@@ -302,6 +302,7 @@ impl ProxyHttp for Gateway {
                         lane,
                         model: served,
                         input_tokens: usage.input,
+                        output_tokens: usage.output,
                     },
                 );
             }

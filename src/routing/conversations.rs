@@ -29,6 +29,8 @@ pub struct Turn {
     pub model: super::ModelId,
     /// The input tokens the provider reported: what its cache now holds of the conversation.
     pub input_tokens: u64,
+    /// The output tokens of that turn: the best guess at this turn's.
+    pub output_tokens: u64,
 }
 
 pub struct Conversations {
@@ -109,6 +111,7 @@ mod tests {
             lane: 0,
             model: 0,
             input_tokens: 5_000,
+            output_tokens: 100,
         }
     }
 

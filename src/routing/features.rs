@@ -50,6 +50,11 @@ pub fn features(req: &Request<'_>) -> Features {
         stream: req.stream,
         max_tokens: req.max_tokens,
         messages: req.messages.len(),
+        turns: 1 + req
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .count(),
         signed,
         code: false,
         reasoning: false,

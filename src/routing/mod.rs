@@ -38,6 +38,9 @@ pub struct Features {
     pub max_tokens: Option<u64>,
     /// Number of messages in the conversation.
     pub messages: usize,
+    /// Turns so far, this one included: the assistant's answers in the history, plus one
+    /// (the same in every wire format, whatever holds the system prompt).
+    pub turns: usize,
     /// The history carries signed reasoning (thinking with a signature, redacted thinking,
     /// encrypted reasoning): only the provider family that signed it can read it back.
     pub signed: bool,
@@ -277,9 +280,13 @@ impl RouteTable {
 
     /// flux-auto chose `route.lane`; the conversation's previous turn went to `last`. Stay
     /// there (the returned route) when moving would break its signed reasoning, or when
-    /// moving down to a cheaper lane costs more than staying: the whole context uncached at
-    /// the new lane's input price against its cached prefix at the old lane's cached price.
-    /// Moving up (a lane that costs more per token) is never held back: it is for quality.
+    /// moving down to a cheaper lane costs more than staying. Moving pays the whole context
+    /// uncached at the new lane once, then saves on every later turn (cached there at the new
+    /// lane's cached price, against cached here at this lane's): it pays off only if the
+    /// conversation goes on long enough. Its future length is unknown; it is taken to be as
+    /// many turns as it has had (a conversation that has lasted n turns is, on the whole,
+    /// likely to last about n more), at least one. Moving up (a lane that costs more per
+    /// token) is never held back: it is for quality.
     pub fn keep_warm(
         &self,
         route: Route,
@@ -288,7 +295,8 @@ impl RouteTable {
         access: &(impl LaneAccess + ?Sized),
         format: impl Fn(&Model) -> Option<crate::wire::Format>,
     ) -> Route {
-        if last.generation != self.generation()
+        if !self.cache_aware()
+            || last.generation != self.generation()
             || last.lane == route.lane
             || last.lane >= self.lanes().len()
             || route.pinned.is_some()
@@ -309,17 +317,25 @@ impl RouteTable {
             }
             let input = u128::from(features.input_tokens);
             let cached = u128::from(last.input_tokens).min(input);
+            // This turn's output is unknown: the last one's, within this one's max_tokens.
             let output = u128::from(
                 features
                     .max_tokens
-                    .unwrap_or(strategy::DEFAULT_OUTPUT_TOKENS),
+                    .map_or(last.output_tokens, |max| max.min(last.output_tokens)),
             );
             let rate = |usd: crate::units::Usd| u128::from(usd.0);
             let stay = cached * rate(old.rates.cached_input)
                 + (input - cached) * rate(old.rates.input)
                 + output * rate(old.rates.output);
             let go = input * rate(new.rates.input) + output * rate(new.rates.output);
-            if stay > go {
+            // A later turn once moved: cached there as it would be here.
+            let there = cached * rate(new.rates.cached_input)
+                + (input - cached) * rate(new.rates.input)
+                + output * rate(new.rates.output);
+            let turns = features.turns.max(1) as u128;
+            let penalty = go.saturating_sub(stay);
+            let saving = stay.saturating_sub(there);
+            if go <= stay || (turns - 1) * saving > penalty {
                 return route;
             }
             Kept::Cache

@@ -145,6 +145,15 @@ mod tests {
             {"role": "assistant", "content": "an answer"},
             {"role": "user", "content": "a follow-up"}]});
         assert_eq!(Some(a), of(Format::Anthropic, &anthropic, None));
+        // Its turns are counted alike, wherever the system prompt sits.
+        for (format, body) in [
+            (Format::OpenAiChat, &turn3),
+            (Format::Anthropic, &anthropic),
+        ] {
+            let raw = serde_json::to_vec(body).unwrap();
+            let request = parse_request(format, &raw).unwrap();
+            assert_eq!(crate::routing::features(&request).turns, 2, "{format:?}");
+        }
         let responses = json!({"model": "m", "instructions": system, "input": [
             {"role": "user", "content": "first question"}]});
         assert_eq!(Some(a), of(Format::OpenAiResponses, &responses, None));

@@ -263,7 +263,7 @@ pub struct Ask {
 /// a cached prefix is not worth waiting seconds for.
 const AFFINITY_SLOWDOWN_LIMIT: f64 = 4.0;
 /// Output tokens assumed for a request that sets no `max_tokens` (for `cost`).
-pub(super) const DEFAULT_OUTPUT_TOKENS: u64 = 500;
+const DEFAULT_OUTPUT_TOKENS: u64 = 500;
 
 /// A target as ordering sees it.
 pub struct Target<'a> {

@@ -94,6 +94,7 @@ pub struct RouteTable {
     classifier: Option<Learned>,
     /// Tells tables apart: lane and model ids remembered with one mean nothing in another.
     generation: u64,
+    cache_aware: bool,
 }
 
 #[derive(Debug)]
@@ -346,6 +347,7 @@ impl RouteTable {
         static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(RouteTable {
             generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            cache_aware: file.auto.cache_aware,
             cues: automaton(path, &file.auto.reasoning_cues, &file.auto.code_markers)?,
             reasoning_patterns: file.auto.reasoning_cues.len(),
             classifier,
@@ -365,6 +367,11 @@ impl RouteTable {
                 m.stats.inherit(&previous.model(old).stats);
             }
         }
+    }
+
+    /// Whether flux-auto weighs a conversation's warm cache (`auto.cache_aware`).
+    pub fn cache_aware(&self) -> bool {
+        self.cache_aware
     }
 
     /// This table's identity (a reload compiles another).

@@ -723,6 +723,7 @@ fn flux_auto_keeps_a_warm_conversation_when_moving_down_costs_more() {
         lane,
         model,
         input_tokens,
+        output_tokens: 500,
     };
     let same_format = |_: &Model| Some(crate::wire::Format::OpenAiChat);
     // 6,500 tokens cached on daily: 6.5k x $0.50 + 500 x $2 + 500 x $8 (per M) = $0.00825
@@ -742,6 +743,32 @@ fn flux_auto_keeps_a_warm_conversation_when_moving_down_costs_more() {
         r.rule,
         auto().rule,
         "the rule that wanted express is still named"
+    );
+    // A long conversation is likely to go on: the move's one uncached turn is repaid by
+    // turns cached at express ($0.25 vs $0.50 per M), so it moves: at its 7th turn, it is
+    // expected to last 7 more.
+    let long = Features { turns: 7, ..f };
+    let r = t.route(Requested::Auto, &long, all.as_slice()).unwrap();
+    let r = t.keep_warm(
+        r,
+        &last(6_500, daily, deepseek),
+        &long,
+        all.as_slice(),
+        same_format,
+    );
+    assert_eq!((r.lane, r.kept), (express, None));
+    // auto.cache_aware: false: flux-auto's lane, whatever the cache.
+    let off =
+        compile(&keyword_text().replace("\nauto:\n", "\nauto:\n  cache_aware: false\n")).unwrap();
+    let r = off.route(Requested::Auto, &f, all.as_slice()).unwrap();
+    let turn = Turn {
+        generation: off.generation(),
+        ..last(6_500, daily, deepseek)
+    };
+    assert_eq!(
+        off.keep_warm(r, &turn, &f, all.as_slice(), same_format)
+            .kept,
+        None
     );
     // Little cached: moving down is cheaper, it moves.
     let r = t.keep_warm(
