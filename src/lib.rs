@@ -27,6 +27,7 @@ pub mod limits;
 pub mod listener;
 pub mod metering;
 pub mod metrics;
+pub mod policy;
 pub mod routing;
 pub mod server;
 pub mod simulate;

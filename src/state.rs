@@ -75,6 +75,8 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
     /// Where recent conversations' last turns went, for cache-aware flux-auto.
     pub conversations: crate::routing::conversations::Conversations,
+    /// The operator's routing policy hook (`policy:`), when configured.
+    pub policy: Option<crate::policy::Policy>,
     /// The proxies whose forwarding header names the client (`trusted_proxies`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// What one client address may do before authenticating (`limits.per_address`), shared
@@ -93,6 +95,13 @@ impl AppState {
             admin.tokens(&|var| std::env::var(var).ok())?;
         }
         let routes = load_routes(&config, &providers)?;
+        let policy = match &config.policy {
+            None => None,
+            Some(p) => Some(
+                crate::policy::Policy::new(p)
+                    .map_err(|e| ConfigError::new(Path::new("fluxrouter.yaml"), "policy.url", e))?,
+            ),
+        };
         let (keys, keys_source) = load_keys_and_digest(&config)?;
         let mut connector_options =
             pingora::connectors::ConnectorOptions::new(config.server.upstream_keepalive_pool_size);
@@ -154,6 +163,7 @@ impl AppState {
             plan_terms,
             draining: std::sync::atomic::AtomicBool::new(false),
             conversations: Default::default(),
+            policy,
             drain: tokio::sync::watch::Sender::new(false),
             access_log,
             metrics: crate::metrics::Metrics::default(),

@@ -99,6 +99,8 @@ pub struct Routed {
     pub routes: Arc<RouteTable>,
     pub route: Route,
     pub input_tokens: u64,
+    /// What routing read from the request (the policy hook is told some of it).
+    pub features: crate::routing::Features,
 }
 
 /// An admitted request: its route and its spend hold.
@@ -141,15 +143,27 @@ impl Admission {
         ask: Ask<'_, '_>,
         route: impl FnOnce(&Request<'_>) -> Result<Routed, FluxError> + Send,
     ) -> Result<Admitted, FluxError> {
+        self.check(&ask)?;
+        let routed = route(ask.request)?;
+        self.hold(ask, routed).await
+    }
+
+    /// The request's own bounds, before it is routed: its model id and its conversation's
+    /// length.
+    pub fn check(&self, ask: &Ask<'_, '_>) -> Result<(), FluxError> {
+        check_model_id(&ask.request.model, self.max_model_id_bytes)?;
+        check_conversation(&ask.account.terms, ask.request.messages.len())
+    }
+
+    /// Hold the routed request's worst-case cost and take its rate-limit share. After
+    /// routing (and the policy hook), so a request refused for its own shape or by the
+    /// operator's policy spends no quota.
+    pub async fn hold(&self, ask: Ask<'_, '_>, routed: Routed) -> Result<Admitted, FluxError> {
         let Ask {
             account,
             request,
             body_bytes,
         } = ask;
-        check_model_id(&request.model, self.max_model_id_bytes)?;
-        check_conversation(&account.terms, request.messages.len())?;
-        let routed = route(request)?;
-        // After routing, so a request refused for its own shape spends no quota.
         let charges = Charges::of(&account.terms, routed.input_tokens);
         let hold = self
             .reserve(account, request, &routed, body_bytes, &charges)

@@ -58,6 +58,64 @@ pub struct ServerConfig {
     /// Redis (or Valkey). Absent: this node keeps them itself and needs nothing external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// The operator's routing policy hook: asked about each generation request after
+    /// routing, it may allow it, choose its lane or targets, or refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `policy:` in the server config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Where decisions are asked for (POST, JSON), e.g. `http://127.0.0.1:8181/v1/route`.
+    pub url: PolicyUrl,
+    /// How long a decision may take; past it, `on_error` decides.
+    #[serde(default = "default_policy_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What a timeout, a refused connection or an unreadable answer means.
+    #[serde(default)]
+    pub on_error: PolicyOnError,
+    /// How long an answer that names a cache key is kept when it gives no `ttl_ms` itself
+    /// (0: only answers with their own `ttl_ms` are kept).
+    #[serde(default)]
+    pub cache_ttl_ms: u64,
+    /// Send the last user turn's text (bounded) with each question; off by default: the
+    /// hook sees the request's shape, never its words.
+    #[serde(default)]
+    pub include_prompt: bool,
+}
+
+fn default_policy_timeout_ms() -> u64 {
+    50
+}
+
+/// A policy URL: a base URL (scheme, host, port) and its whole path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PolicyUrl(pub BaseUrl);
+
+impl TryFrom<String> for PolicyUrl {
+    type Error = Error;
+    fn try_from(url: String) -> Result<Self, Error> {
+        BaseUrl::parse(&url).map(PolicyUrl)
+    }
+}
+
+impl From<PolicyUrl> for String {
+    fn from(u: PolicyUrl) -> String {
+        u.0.into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyOnError {
+    /// Serve the request as the gateway routed it (fail open).
+    #[default]
+    Allow,
+    /// Refuse it: 503 `policy_unavailable` (fail closed).
+    Deny,
 }
 
 /// Where a fleet keeps what its gateways share, and what a gateway does without it.
@@ -683,6 +741,14 @@ impl ServerConfig {
         }
         if self.server.threads == 0 {
             return err("server.threads".into(), "must be at least 1".into());
+        }
+        if let Some(p) = &self.policy {
+            if p.timeout_ms == 0 || p.timeout_ms > 10_000 {
+                return err(
+                    "policy.timeout_ms".into(),
+                    "must be between 1 and 10000 (the hook sits on every request's path)".into(),
+                );
+            }
         }
         let l = &self.limits;
         if l.max_body_bytes == 0

@@ -99,6 +99,12 @@ pub enum ErrorKind {
     /// 503: fleet mode, and the shared ledger (Redis) is unreachable: a request that needs a
     /// spend reservation (or, by policy, a rate check) cannot be admitted (with `retry_after`).
     LedgerUnavailable,
+    /// 403 by default: the operator's policy hook refused the request; the hook may name
+    /// another 4xx status and its own code ([`FluxError::policy`]).
+    PolicyDenied,
+    /// 503: the policy hook did not answer in time (or answered nonsense) and the operator
+    /// chose `on_error: deny`.
+    PolicyUnavailable,
     /// 500: a bug; the message never carries internals.
     Internal,
 }
@@ -109,6 +115,7 @@ impl ErrorKind {
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::InvalidRequest | ErrorKind::EmptyPrompt | ErrorKind::ModelNotFound => 400,
             ErrorKind::ModelNotAllowed
+            | ErrorKind::PolicyDenied
             | ErrorKind::EndpointNotServed
             | ErrorKind::AdminForbidden
             | ErrorKind::MetricsForbidden
@@ -136,6 +143,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamError
             | ErrorKind::UpstreamAuthError => 502,
             ErrorKind::ServiceUnavailable
+            | ErrorKind::PolicyUnavailable
             | ErrorKind::Overloaded
             | ErrorKind::Maintenance
             | ErrorKind::LedgerUnavailable => 503,
@@ -184,6 +192,8 @@ impl ErrorKind {
             ErrorKind::PremiumUnavailable => "premium_unavailable",
             ErrorKind::ServiceUnavailable => "service_unavailable",
             ErrorKind::LedgerUnavailable => "ledger_unavailable",
+            ErrorKind::PolicyDenied => "policy_denied",
+            ErrorKind::PolicyUnavailable => "policy_unavailable",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -215,9 +225,40 @@ impl ErrorKind {
                 | ErrorKind::PremiumUnavailable
                 | ErrorKind::ServiceUnavailable
                 | ErrorKind::LedgerUnavailable
+                | ErrorKind::PolicyUnavailable
                 | ErrorKind::Internal
         )
     }
+}
+
+/// Distinct error codes a policy hook may introduce over a process's life.
+pub const MAX_POLICY_CODES: usize = 256;
+
+/// A policy's error code as a `&'static str` (codes are counted in metrics and the log by
+/// reference): snake_case ASCII of at most 64 bytes, each distinct one kept once, at most
+/// [`MAX_POLICY_CODES`] of them (then None: the caller uses `policy_denied`).
+fn intern_code(code: &str) -> Option<&'static str> {
+    use std::sync::Mutex;
+    static CODES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    if code.is_empty()
+        || code.len() > 64
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    // Only a refusal takes this lock, never a request that passes.
+    let mut codes = CODES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = codes.iter().find(|c| **c == code) {
+        return Some(c);
+    }
+    if codes.len() >= MAX_POLICY_CODES {
+        return None;
+    }
+    let c: &'static str = Box::leak(code.to_string().into_boxed_str());
+    codes.push(c);
+    Some(c)
 }
 
 /// OpenAI `error.type` for a status.
@@ -254,6 +295,8 @@ pub struct FluxError {
     /// Seconds after which the same request can succeed (`retry_after` in the body and the
     /// `Retry-After` header).
     pub retry_after: Option<u64>,
+    /// A policy hook's own status and code for its refusal (see [`FluxError::policy`]).
+    pub custom: Option<(u16, &'static str)>,
 }
 
 impl FluxError {
@@ -262,7 +305,22 @@ impl FluxError {
             kind,
             message: message.into(),
             retry_after: None,
+            custom: None,
         }
+    }
+
+    /// The policy hook's refusal: a 4xx status of its choosing (403 otherwise) and its own
+    /// code (interned, so at most [`MAX_POLICY_CODES`] distinct codes are ever kept).
+    pub fn policy(status: u16, code: Option<&str>, message: String) -> Self {
+        let status = if (400..500).contains(&status) && status != 401 && status != 407 {
+            status
+        } else {
+            403
+        };
+        let code = code.and_then(intern_code).unwrap_or("policy_denied");
+        let mut e = FluxError::new(ErrorKind::PolicyDenied, message);
+        e.custom = Some((status, code));
+        e
     }
 
     /// 503 `ledger_unavailable`: fleet mode, and the shared ledger that keeps `what` (spend
@@ -284,11 +342,11 @@ impl FluxError {
     }
 
     pub fn status(&self) -> u16 {
-        self.kind.status()
+        self.custom.map_or_else(|| self.kind.status(), |(s, _)| s)
     }
 
     pub fn code(&self) -> &'static str {
-        self.kind.code()
+        self.custom.map_or_else(|| self.kind.code(), |(_, c)| c)
     }
 }
 
@@ -330,6 +388,8 @@ mod tests {
             (ErrorKind::Overloaded, 503, true),
             (ErrorKind::Maintenance, 503, true),
             (ErrorKind::PremiumUnavailable, 402, true),
+            (ErrorKind::PolicyDenied, 403, false),
+            (ErrorKind::PolicyUnavailable, 503, true),
         ];
         for (kind, status, retry) in cases {
             assert_eq!(kind.status(), status, "{kind:?}");
@@ -355,5 +415,25 @@ mod tests {
             ErrorKind::InputTooLong.openai_type(),
             "invalid_request_error"
         );
+    }
+
+    #[test]
+    fn a_policy_refusal_carries_its_own_status_and_code_within_bounds() {
+        let e = FluxError::policy(429, Some("team_quota"), "over the team's quota".into());
+        assert_eq!((e.status(), e.code()), (429, "team_quota"));
+        // Not a 4xx, or a status a client would take for its own key's problem: 403.
+        for s in [200, 401, 500, 99] {
+            assert_eq!(FluxError::policy(s, None, String::new()).status(), 403);
+        }
+        for bad in ["Has Spaces", "", &"x".repeat(65), "naïve"] {
+            assert_eq!(
+                FluxError::policy(403, Some(bad), String::new()).code(),
+                "policy_denied"
+            );
+        }
+        // The same code is one allocation, however often it is refused with.
+        let a = FluxError::policy(403, Some("same_code"), String::new()).code();
+        let b = FluxError::policy(403, Some("same_code"), String::new()).code();
+        assert!(std::ptr::eq(a, b));
     }
 }

@@ -579,26 +579,25 @@ impl Gateway {
                     .map(|v| v.as_bytes()),
             },
         )?;
-        let admission::Admitted { routed, hold } = self
-            .state
-            .admission
-            .admit(
-                admission::Ask {
-                    account,
-                    request: &request,
-                    body_bytes: raw.len(),
-                },
-                |request| {
-                    self.route(
-                        ctx,
-                        account,
-                        request,
-                        session_header.as_ref(),
-                        preferences.as_ref(),
-                    )
-                },
-            )
-            .await?;
+        let ask = admission::Ask {
+            account,
+            request: &request,
+            body_bytes: raw.len(),
+        };
+        let admission = &self.state.admission;
+        admission.check(&ask)?;
+        let mut routed = self.route(
+            ctx,
+            account,
+            &request,
+            session_header.as_ref(),
+            preferences.as_ref(),
+        )?;
+        if let Some(policy) = &self.state.policy {
+            self.ask_policy(policy, ctx, account, &request, &mut routed)
+                .await?;
+        }
+        let admission::Admitted { routed, hold } = admission.hold(ask, routed).await?;
         ctx.stages.mark(Stage::Admit);
         exchange::run(
             &self.state,
@@ -613,6 +612,126 @@ impl Gateway {
             },
         )
         .await
+    }
+
+    /// Ask the operator's policy hook about a routed request, and apply its decision: a
+    /// lane (re-routed, within the key's plan), an ordered list of targets (among the
+    /// eligible ones), or a refusal. A lane or targets the gateway cannot use count as the
+    /// hook's error (`on_error`).
+    async fn ask_policy(
+        &self,
+        policy: &crate::policy::Policy,
+        ctx: &mut RequestCtx,
+        account: &Account,
+        request: &crate::wire::ir::Request<'_>,
+        routed: &mut admission::Routed,
+    ) -> Result<(), FluxError> {
+        use crate::policy::{Decision, Question, QuestionTarget, Source};
+        let routes = &*routed.routes;
+        let route = &routed.route;
+        let features = &routed.features;
+        let probabilities = features.lane_scores.as_ref().and_then(|scores| {
+            let learned = routes.classifier()?;
+            Some(
+                learned
+                    .lanes
+                    .iter()
+                    .zip(scores.as_slice())
+                    .map(|(&l, &p)| (routes.lane(l).name.as_str(), (p * 1e3).round() / 1e3))
+                    .collect(),
+            )
+        });
+        let prompt = policy
+            .include_prompt
+            .then(|| crate::routing::last_user_text(request));
+        let prompt = prompt.as_deref().map(|p| {
+            let mut end = p.len().min(crate::policy::MAX_PROMPT_BYTES);
+            while !p.is_char_boundary(end) {
+                end -= 1;
+            }
+            &p[..end]
+        });
+        let question = Question {
+            request_id: &ctx.id,
+            account_id: &account.account_id,
+            key_id: &account.key_id,
+            plan: &account.plan,
+            model: &request.model,
+            format: request.format.label(),
+            stream: request.stream,
+            lane: &routes.lane(route.lane).name,
+            rule: route.rule.map(|r| routes.rules()[r].name.as_str()),
+            probabilities,
+            targets: route
+                .candidates
+                .iter()
+                .map(|&m| QuestionTarget {
+                    model: &routes.model(m).id,
+                    provider: &routes.model(m).provider,
+                })
+                .collect(),
+            input_tokens: features.input_tokens,
+            max_tokens: features.max_tokens,
+            messages: features.messages,
+            tools: features.tools,
+            images: features.images,
+            prompt,
+        };
+        let (decision, source) = policy.decide(&self.state.connector, &question).await;
+        let metrics = &self.state.metrics;
+        match source {
+            Source::Asked(took) => metrics.policy_decision(decision.label(), Some(took)),
+            Source::Cached => metrics.policy_decision("cached", None),
+            Source::Failed(what, took) => metrics.policy_decision(what, Some(took)),
+        }
+        let unusable = |why: String| {
+            log::warn!("{}: policy hook: {why}; on_error decides", ctx.id);
+            metrics.policy_decision("error", None);
+            match policy.on_error() {
+                crate::config::server::PolicyOnError::Allow => Ok(()),
+                crate::config::server::PolicyOnError::Deny => Err(FluxError::new(
+                    ErrorKind::PolicyUnavailable,
+                    "The operator's routing policy chose a lane or targets this request                      cannot use.",
+                )
+                .retry_after(1)),
+            }
+        };
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::Deny(e) => Err(e),
+            Decision::Lane(name) => {
+                let Some(lane) = routes
+                    .lanes()
+                    .iter()
+                    .position(|l| l.name == name || l.alias == name)
+                else {
+                    return unusable(format!("no lane '{name}'"));
+                };
+                let mut chosen = routes.route(Requested::Lane(lane), features, account)?;
+                chosen.rule = routed.route.rule;
+                chosen.chosen = crate::routing::Chosen::Policy;
+                routed.route = chosen;
+                ctx.lane = Some(lane);
+                ctx.target_choice = routed.route.chosen.label();
+                Ok(())
+            }
+            Decision::Targets(ids) => {
+                let picked: Vec<_> = ids
+                    .iter()
+                    .filter_map(|id| routes.model_by_id(id))
+                    .filter(|m| routed.route.candidates.contains(m))
+                    .collect();
+                if picked.is_empty() {
+                    return unusable(format!(
+                        "none of the targets {ids:?} is eligible for this request"
+                    ));
+                }
+                routed.route.candidates = picked;
+                routed.route.chosen = crate::routing::Chosen::Policy;
+                ctx.target_choice = routed.route.chosen.label();
+                Ok(())
+            }
+        }
     }
 
     /// Route a request (one routing snapshot for the whole request: a reload mid-request
@@ -688,6 +807,7 @@ impl Gateway {
             routes,
             route,
             input_tokens: features.input_tokens,
+            features,
         })
     }
 

@@ -178,6 +178,9 @@ pub struct Metrics {
     pub(crate) upstream_skips: Family<Pair, Counter>,
     /// Providers ejected (a 429), by provider and reason.
     pub(crate) upstream_ejections: Family<Pair, Counter>,
+    /// The policy hook's decisions, by outcome, and how long asking it took.
+    pub(crate) policy_decisions: Family<&'static str, Counter>,
+    pub(crate) policy_latency: Histogram,
     pub(crate) reloads: Family<(&'static str, &'static str), Counter>,
     /// Requests and connections refused by a per-address limit, by reason.
     pub(crate) address_refusals: Family<&'static str, Counter>,
@@ -287,6 +290,15 @@ impl Metrics {
     pub fn upstream_skipped(&self, provider: &str, reason: Reason) {
         self.upstream_skips
             .with(&PairRef(provider, reason), PairRef::own, |c| c.add(1));
+    }
+
+    /// The policy hook decided (`allow`, `lane`, `targets`, `deny`, `cached`, `timeout`,
+    /// `error`); `asked`: how long the call took, when one was made.
+    pub fn policy_decision(&self, outcome: &'static str, asked: Option<Duration>) {
+        self.policy_decisions.with(&outcome, |k| *k, |c| c.add(1));
+        if let Some(d) = asked {
+            self.policy_latency.observe(d);
+        }
     }
 
     /// A provider was ejected for a while: `throttled` (a 429).

@@ -356,6 +356,22 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
     }
 
     o.head(
+        "flux_policy_decisions_total",
+        "counter",
+        "The policy hook's decisions by outcome (allow, lane, targets, deny, cached, timeout, \
+         error).",
+    );
+    for (outcome, c) in m.policy_decisions.sorted() {
+        o.counter("flux_policy_decisions_total", &[("outcome", outcome)], &c);
+    }
+    o.head(
+        "flux_policy_seconds",
+        "histogram",
+        "How long each call to the policy hook took (cached decisions make none).",
+    );
+    o.histogram("flux_policy_seconds", &[], &m.policy_latency);
+
+    o.head(
         "flux_reloads_total",
         "counter",
         "Reloads of lanes.yaml and the keys file, by file and outcome (success, failure).",
@@ -555,6 +571,7 @@ impl Metrics {
             + self.upstream_errors.overflow()
             + self.upstream_skips.overflow()
             + self.upstream_ejections.overflow()
+            + self.policy_decisions.overflow()
             + self.reloads.overflow()
             + self.address_refusals.overflow()
     }

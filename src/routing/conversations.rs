@@ -25,8 +25,8 @@ pub struct Turn {
     /// The routing table it was routed with ([`super::RouteTable::generation`]): lane and
     /// model ids mean nothing in another.
     pub generation: u64,
-    pub lane: super::LaneId,
-    pub model: super::ModelId,
+    pub lane: super::ids::LaneId,
+    pub model: super::ids::ModelId,
     /// The input tokens the provider reported: what its cache now holds of the conversation.
     pub input_tokens: u64,
     /// The output tokens of that turn: the best guess at this turn's.

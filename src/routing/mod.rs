@@ -11,6 +11,7 @@
 pub mod classifier;
 pub mod conversations;
 pub mod features;
+mod ids;
 pub mod preferences;
 pub mod session;
 pub mod strategy;

@@ -15,7 +15,7 @@ use rand::Rng;
 
 pub use crate::config::lanes::StrategyKind;
 
-use super::ModelId;
+use super::ids::ModelId;
 
 /// A lane's strategy, compiled at load.
 #[derive(Debug)]
@@ -216,6 +216,8 @@ pub enum Chosen {
     /// The request's own provider preferences (`provider` in the body, or the
     /// `X-Flux-Provider-*` headers).
     Preference,
+    /// The operator's policy hook chose the lane or the targets.
+    Policy,
 }
 
 impl Chosen {
@@ -224,6 +226,7 @@ impl Chosen {
         match self {
             Chosen::Order => None,
             Chosen::Preference => Some("preference"),
+            Chosen::Policy => Some("policy"),
             Chosen::Strategy(kind) => Some(kind.label()),
             Chosen::Affinity(SessionSource::Header) => Some("affinity:header"),
             Chosen::Affinity(SessionSource::Key) => Some("affinity:key"),

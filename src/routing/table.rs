@@ -13,8 +13,7 @@ use super::classifier::Classifier;
 use super::strategy::{Strategy, TargetStats};
 use super::{Features, AUTO_MODEL, PINNED_PREFIX};
 
-pub type LaneId = usize;
-pub type ModelId = usize;
+pub use super::ids::{LaneId, ModelId};
 
 #[derive(Debug)]
 pub struct Lane {

@@ -51,6 +51,11 @@
 //! whole prompt are remembered, so the conversation's next turn hits. 4,096 prefixes per
 //! target, the least recently used evicted (about 200 KB a full target).
 //!
+//! - `POST /_sim/policy[/<mode>]`: a routing policy hook for FluxRouter's `policy:`
+//!   (recorded like the provider requests): `{}` (allow), or by mode `deny`, `deny=<status>`,
+//!   `lane=<name>`, `targets=<id>,<id>`, `cache=<ms>` (allow, cached by account), `hang`,
+//!   `garbage` (not JSON)
+//!
 //! Every connection speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c): hyper's auto
 //! builder reads the first bytes and serves the HTTP/2 preface as HTTP/2.
 //!
@@ -140,6 +145,8 @@ const STREAMS_PATH: &str = "/_sim/streams";
 /// Every target's latency and counters (`GET`), or forget them all (`DELETE`); with
 /// `/<name>` one target's (`GET`), or set its latency (`PUT`).
 const TARGETS_PATH: &str = "/_sim/targets";
+/// A routing policy hook ([`Simulator::policy`]).
+const POLICY_PATH: &str = "/_sim/policy";
 /// Largest target settings body accepted.
 const MAX_SETTINGS_BODY_BYTES: usize = 64 * 1024;
 /// The message of an `error-event` stream's error.
@@ -332,6 +339,9 @@ impl Simulator {
         if path == TARGETS_PATH || path.starts_with("/_sim/targets/") {
             return self.targets_route(&method, &path, request).await;
         }
+        if method == Method::POST && (path == POLICY_PATH || path.starts_with("/_sim/policy/")) {
+            return self.policy(&path, request).await;
+        }
         if method == Method::POST {
             if let Some(api) = Api::for_path(&path) {
                 return self.completion(api, request).await;
@@ -345,6 +355,55 @@ impl Simulator {
             "not_found",
             &format!("no route for {method} {path}"),
         ))
+    }
+
+    /// A routing policy hook for FluxRouter's `policy:` (recorded like a provider request).
+    /// The answer is chosen by the path: `/_sim/policy` (or `/allow`): `{}`; `/deny`: a 403
+    /// refusal with code `sim_policy_denied`; `/deny=<status>`; `/lane=<name>`;
+    /// `/targets=<id>,<id>`; `/cache=<ms>`: allow, cached by account for that long;
+    /// `/hang`: never answers; `/garbage`: a body that is not JSON.
+    async fn policy(
+        &self,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<SimBody>, Disconnect> {
+        let (head, body) = request.into_parts();
+        let body = match Limited::new(body, 1024 * 1024).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return Err(Disconnect("policy question unreadable")),
+        };
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        self.recorder.record(&head, &body, parsed.as_ref());
+        let mode = path[POLICY_PATH.len()..].trim_start_matches('/');
+        let answer = match mode {
+            "" | "allow" => json!({}),
+            "deny" => json!({"deny": {"status": 403, "code": "sim_policy_denied",
+                "message": "The simulated policy refuses this request."}}),
+            "hang" => {
+                tokio::time::sleep(Duration::from_secs(3_600)).await;
+                json!({})
+            }
+            "garbage" => return Ok(json_response(StatusCode::OK, "not json".to_string())),
+            m => {
+                if let Some(status) = m.strip_prefix("deny=") {
+                    json!({"deny": {"status": status.parse::<u16>().unwrap_or(403),
+                        "code": "sim_policy_denied", "message": "Refused."}})
+                } else if let Some(lane) = m.strip_prefix("lane=") {
+                    json!({ "lane": lane })
+                } else if let Some(ids) = m.strip_prefix("targets=") {
+                    json!({"targets": ids.split(',').collect::<Vec<_>>()})
+                } else if let Some(ms) = m.strip_prefix("cache=") {
+                    json!({"cache": {"by": ["account"], "ttl_ms": ms.parse::<u64>().unwrap_or(0)}})
+                } else {
+                    return Ok(error_response(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        &format!("no policy mode '{m}'"),
+                    ));
+                }
+            }
+        };
+        Ok(json_response(StatusCode::OK, answer.to_string()))
     }
 
     /// Answers one generation request in `api`'s format.

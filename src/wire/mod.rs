@@ -59,14 +59,14 @@ impl Format {
             ErrorShape::OpenAi => serde_json::json!({
                 "error": {
                     "message": err.message,
-                    "type": err.kind.openai_type(),
+                    "type": crate::errors::openai_type(err.status()),
                     "code": err.code(),
                 }
             }),
             ErrorShape::Anthropic => serde_json::json!({
                 "type": "error",
                 "error": {
-                    "type": err.kind.anthropic_type(),
+                    "type": crate::errors::anthropic_type(err.status()),
                     "message": err.message,
                     "code": err.code(),
                 },

@@ -179,7 +179,7 @@ pub struct Custom<'a> {
     /// Provider lines added to `providers:` (two-space indent); `{sim}` stands for the
     /// simulator's address, e.g. `  x: { format: openai, base_url: "http://{sim}/_sim/hang/v1" }`.
     pub extra_providers: &'a str,
-    /// Top-level YAML appended to the config (e.g. `traffic: {...}`).
+    /// Top-level YAML appended to the config (e.g. `traffic: {...}`); `{sim}` as above.
     pub extra_config: &'a str,
     /// More `limits:` entries (a YAML flow-map fragment).
     pub extra_limits: &'a str,
@@ -347,6 +347,7 @@ impl Flux {
         let d = dir.path().display();
         let s = sim.addr;
         let extra_providers = extra_providers.replace("{sim}", &s.to_string());
+        let extra_config = extra_config.replace("{sim}", &s.to_string());
         // The extra limits may set their own body timeout.
         let body_timeout = match (extra_limits.contains("body_read_timeout_ms"), extra_limits) {
             (true, _) => String::new(),
