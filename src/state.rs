@@ -233,7 +233,7 @@ impl AppState {
             "reloaded {}: {} lanes, {} models, {} rules",
             self.config.lanes_file.display(),
             table.lanes().len(),
-            table.models().len(),
+            table.catalogue().count(),
             table.rules().len()
         );
         table.inherit(&self.routes.load());

@@ -28,6 +28,13 @@ const STRATEGY_LANES: &str = r#"
     affinity: false
     default: flux-pinned-q-a
     fallbacks: [flux-pinned-q-b, flux-pinned-q-c]
+  multi:
+    alias: flux-multi
+    title: One model deployed at three providers
+    price: { input_per_mtok: 1.0, output_per_mtok: 1.0 }
+    strategy: weighted
+    affinity: false
+    default: flux-pinned-m
   cheap:
     alias: flux-cheap
     title: Cheaper per token, cached input a tenth
@@ -54,6 +61,7 @@ const STRATEGY_MODELS: &str = r#"
   flux-pinned-q-a: { upstream: q-a, provider: sim_q_a, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-q-b: { upstream: q-b, provider: sim_q_b, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-q-c: { upstream: q-c, provider: sim_q_c, lane: quick, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
+  flux-pinned-m: { upstream: m, provider: sim_q_a, deployments: [{ provider: sim_q_b }, { provider: sim_q_c, upstream: m-c }], lane: multi, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-c-a: { upstream: c-a, provider: sim, lane: cheap, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-d-a: { upstream: d-a, provider: sim, lane: dear, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
   flux-pinned-k-a: { upstream: k-a, provider: sim, lane: sticky, context_window: 100000, max_output_tokens: 4096, capabilities: [streaming] }
@@ -171,19 +179,21 @@ async fn weighted_splits_ten_thousand_requests_by_the_weights() {
     // Each target's weight, latency estimate and health are in the metrics.
     let metrics = flux.metrics().await;
     assert!(
-        metrics.contains(r#"flux_target_weight{lane="spread",model="flux-pinned-s-a"} 5"#),
+        metrics.contains(r#"flux_target_weight{lane="spread",target="flux-pinned-s-a@sim"} 5"#),
         "{metrics}"
     );
     let latency = metrics
         .lines()
         .find(|l| {
-            l.starts_with(r#"flux_target_latency_seconds{lane="spread",model="flux-pinned-s-c"}"#)
+            l.starts_with(
+                r#"flux_target_latency_seconds{lane="spread",target="flux-pinned-s-c@sim"}"#,
+            )
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(latency > 0.0 && latency < 5.0, "{latency}");
     assert!(
-        metrics.contains(r#"flux_target_ejected{lane="spread",model="flux-pinned-s-b"} 0"#),
+        metrics.contains(r#"flux_target_ejected{lane="spread",target="flux-pinned-s-b@sim"} 0"#),
         "{metrics}"
     );
     assert!(!metrics.contains(r#"flux_target_weight{lane="express""#));
@@ -315,14 +325,14 @@ async fn latency_leaves_a_target_that_slows_and_comes_back_when_it_recovers() {
             .lines()
             .find(|l| {
                 l.starts_with(&format!(
-                    r#"flux_target_latency_seconds{{lane="quick",model="{model}"}}"#
+                    r#"flux_target_latency_seconds{{lane="quick",target="{model}"}}"#
                 ))
             })
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("{metrics}"))
     };
     assert!(
-        estimate("flux-pinned-q-c") > 10.0 * estimate("flux-pinned-q-a"),
+        estimate("flux-pinned-q-c@sim_q_c") > 10.0 * estimate("flux-pinned-q-a@sim_q_a"),
         "{metrics}"
     );
     // It recovers: its unrefreshed estimate decays, it is tried again, and its traffic comes
@@ -457,4 +467,41 @@ async fn flux_auto_keeps_a_cached_conversation_where_moving_down_would_cost_more
     let r = chat(&flux, turn("cold", 1), None).await;
     assert_eq!(header(&r, "x-flux-lane"), "cheap");
     assert_eq!(header(&r, "x-flux-route-rule"), "later-turns");
+}
+
+#[tokio::test]
+async fn a_pinned_model_deployed_at_three_providers_is_spread_over_them() {
+    let flux = start().await;
+    for _ in 0..30 {
+        let r = chat(&flux, ping("flux-pinned-m", "hi"), None).await;
+        // Whichever deployment answered, it is the model the client pinned.
+        assert_eq!(header(&r, "x-flux-model"), "flux-pinned-m");
+        assert_eq!(header(&r, "x-flux-routed"), "false");
+    }
+    for t in ["q-a", "q-b", "q-c"] {
+        assert_eq!(answered(&flux, t).await, 10, "target {t}");
+    }
+    // Each deployment got its own upstream id.
+    let sent: Vec<String> = flux
+        .sim
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["body"]["model"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(sent.iter().filter(|m| *m == "m-c").count(), 10, "{sent:?}");
+    // GET /v1/models lists the model once.
+    let models: Value = flux
+        .get("/v1/models", &flux.key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == "flux-pinned-m")
+        .count();
+    assert_eq!(listed, 1);
 }

@@ -38,7 +38,7 @@ pub fn check(config_path: &Path) -> CliResult {
         config.plans.len(),
         config.lanes_file.display(),
         routes.lanes().len(),
-        routes.models().len(),
+        routes.catalogue().count(),
         routes.rules().len(),
         config.keys_file.display(),
         keys.len()

@@ -108,6 +108,24 @@ pub struct ModelConfig {
     /// with `strategy: cost`; customers are always billed at the lane's price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_price: Option<ProviderPrice>,
+    /// More deployments of the same model (another provider, another key at one provider):
+    /// each is a target of its own, chosen among by the lane's strategy, for a pinned
+    /// request as for a lane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// Another place a model is served.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A provider name from `conf/fluxrouter.yaml`.
+    pub provider: String,
+    /// The id that provider knows the model by (the model's `upstream` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_price: Option<ProviderPrice>,
 }
 
 /// The operator's own cost of a target, per million tokens.

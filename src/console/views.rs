@@ -171,7 +171,7 @@ pub fn lanes(
         .collect();
     json!({
         "lanes": lanes,
-        "models": routes.models().len(),
+        "models": routes.catalogue().count(),
         "lanes_loaded_at": lanes_loaded_at,
         "keys_loaded_at": keys_loaded_at,
     })

@@ -370,7 +370,7 @@ pub fn target_views<'a>(
                 let model = routes.model(m);
                 crate::metrics::TargetView {
                     lane: &lane.name,
-                    model: &model.id,
+                    target: &model.key,
                     weight: lane.strategy.weights[i],
                     latency_seconds: model.stats.estimate(0) / 1e9,
                     in_flight: model.stats.inflight(),

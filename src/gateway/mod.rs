@@ -533,8 +533,7 @@ impl Gateway {
         );
         data.extend(
             routes
-                .models()
-                .iter()
+                .catalogue()
                 .filter(|m| allowed(m.lane))
                 .map(|m| entry(&m.id)),
         );
@@ -716,10 +715,15 @@ impl Gateway {
                 Ok(())
             }
             Decision::Targets(ids) => {
+                // A model id names each of its deployments among the candidates, in order.
                 let picked: Vec<_> = ids
                     .iter()
-                    .filter_map(|id| routes.model_by_id(id))
-                    .filter(|m| routed.route.candidates.contains(m))
+                    .flat_map(|id| {
+                        let candidates = &routed.route.candidates;
+                        candidates.iter().copied().filter(move |&m| {
+                            routes.model(m).id == *id || routes.model(m).key == *id
+                        })
+                    })
                     .collect();
                 if picked.is_empty() {
                     return unusable(format!(

@@ -86,7 +86,9 @@ pub struct Served<'a> {
 impl Served<'_> {
     /// True unless the caller pinned exactly the model that answered.
     pub fn routed(&self) -> bool {
-        self.route.pinned != Some(self.model)
+        self.route
+            .pinned
+            .is_none_or(|p| !self.routes.same_model(p, self.model))
     }
 
     pub fn add_headers(&self, h: &mut Head) -> pingora::Result<()> {

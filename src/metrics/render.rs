@@ -27,7 +27,8 @@ pub struct Live<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct TargetView<'a> {
     pub lane: &'a str,
-    pub model: &'a str,
+    /// `model-id@provider`: one deployment of a model.
+    pub target: &'a str,
     pub weight: u32,
     /// The latency strategy's estimate of its time to first byte (0: nothing seen yet).
     pub latency_seconds: f64,
@@ -345,7 +346,7 @@ pub fn render(m: &Metrics, live: &Live<'_>) -> String {
     ] {
         o.head(name, "gauge", help);
         for t in &live.targets {
-            let labels = [("lane", t.lane), ("model", t.model)];
+            let labels = [("lane", t.lane), ("target", t.target)];
             match name {
                 "flux_target_weight" => o.sample(name, &labels, t.weight),
                 "flux_target_latency_seconds" => o.sample(name, &labels, t.latency_seconds),

@@ -114,7 +114,7 @@ fn upstream_breaker_reload_and_live_gauges() {
         breakers: vec![("sim", "open"), ("backup", "closed")],
         targets: vec![crate::metrics::TargetView {
             lane: "daily",
-            model: "flux-pinned-a",
+            target: "flux-pinned-a@sim",
             weight: 3,
             latency_seconds: 0.25,
             in_flight: 2,
@@ -132,19 +132,19 @@ fn upstream_breaker_reload_and_live_gauges() {
     for (series, want) in [
         (r#"flux_upstream_attempts_total{provider="sim"}"#, 1.0),
         (
-            r#"flux_target_weight{lane="daily",model="flux-pinned-a"}"#,
+            r#"flux_target_weight{lane="daily",target="flux-pinned-a@sim"}"#,
             3.0,
         ),
         (
-            r#"flux_target_latency_seconds{lane="daily",model="flux-pinned-a"}"#,
+            r#"flux_target_latency_seconds{lane="daily",target="flux-pinned-a@sim"}"#,
             0.25,
         ),
         (
-            r#"flux_target_in_flight{lane="daily",model="flux-pinned-a"}"#,
+            r#"flux_target_in_flight{lane="daily",target="flux-pinned-a@sim"}"#,
             2.0,
         ),
         (
-            r#"flux_target_ejected{lane="daily",model="flux-pinned-a"}"#,
+            r#"flux_target_ejected{lane="daily",target="flux-pinned-a@sim"}"#,
             1.0,
         ),
         ("flux_ledger_recreated_total", 1.0),

@@ -227,13 +227,15 @@ impl RouteTable {
                 (lane, None, None, Some(model))
             }
         };
-        // A pinned model is tried first; its lane's chain is the fallback if it fails.
-        let chain = pinned.into_iter().chain(
+        // A pinned model (each of its deployments) is tried first; its lane's chain is the
+        // fallback if it fails.
+        let group = pinned.map_or(0..0, |m| self.model(m).group.clone());
+        let chain = group.clone().chain(
             self.lane(lane)
                 .chain
                 .iter()
                 .copied()
-                .filter(|m| Some(*m) != pinned),
+                .filter(|m| !group.contains(m)),
         );
         let mut rejected: Vec<&'static str> = Vec::new();
         let candidates: Vec<ModelId> = chain
@@ -248,9 +250,7 @@ impl RouteTable {
             })
             .collect();
         if candidates.is_empty() {
-            let chain = pinned
-                .into_iter()
-                .chain(self.lane(lane).chain.iter().copied());
+            let chain = group.chain(self.lane(lane).chain.iter().copied());
             if chain
                 .clone()
                 .all(|m| features.input_tokens > self.model(m).context_window)
@@ -357,8 +357,9 @@ impl RouteTable {
         }
     }
 
-    /// Order the route's candidates by its lane's strategy (a pinned model keeps its
-    /// order: the caller chose). `health` says whether each target is ejected right now.
+    /// Order the route's candidates by its lane's strategy (for a pinned model, only among
+    /// its own deployments, which stay first: the caller chose the model). `health` says
+    /// whether each target is ejected right now.
     /// `session` is asked only for a lane that spreads its traffic.
     pub fn order_targets(
         &self,
@@ -369,10 +370,16 @@ impl RouteTable {
         rng: &mut impl rand::Rng,
     ) {
         let lane = self.lane(route.lane);
-        if route.pinned.is_some()
-            || route.candidates.len() < 2
-            || lane.strategy.kind == strategy::StrategyKind::Failover
-        {
+        // The candidates the strategy orders: all, or a pinned model's deployments.
+        let span = match route.pinned {
+            Some(p) => route
+                .candidates
+                .iter()
+                .take_while(|&&m| self.same_model(m, p))
+                .count(),
+            None => route.candidates.len(),
+        };
+        if span < 2 || lane.strategy.kind == strategy::StrategyKind::Failover {
             return;
         }
         let ask = strategy::Ask {
@@ -384,8 +391,7 @@ impl RouteTable {
                 None
             },
         };
-        let mut targets: Vec<strategy::Target<'_>> = route
-            .candidates
+        let mut targets: Vec<strategy::Target<'_>> = route.candidates[..span]
             .iter()
             .map(|&m| {
                 let model = self.model(m);
@@ -394,13 +400,13 @@ impl RouteTable {
                     position: lane.chain.iter().position(|&c| c == m).unwrap_or(0),
                     stats: &model.stats,
                     price: model.cost_per_token,
-                    id: &model.id,
+                    id: &model.key,
                     health: health(model),
                 }
             })
             .collect();
         route.chosen = strategy::order(&lane.strategy, &mut targets, &ask, rng);
-        for (slot, t) in route.candidates.iter_mut().zip(&targets) {
+        for (slot, t) in route.candidates[..span].iter_mut().zip(&targets) {
             *slot = t.model;
         }
     }

@@ -45,6 +45,13 @@ pub struct Model {
     pub cost_per_token: (u64, u64),
     /// What its recent answers say about its speed (lanes that choose by latency).
     pub stats: TargetStats,
+    /// This deployment as a target: `id@provider`, stable across gateways (affinity hashes
+    /// it) and distinct among a model's deployments.
+    pub key: String,
+    /// Every deployment of the same model (this one included), adjacent in the table: the
+    /// first is the catalogue entry (what `by_model_id` finds), the others its
+    /// `deployments`.
+    pub group: std::ops::Range<ModelId>,
 }
 
 impl Model {
@@ -164,22 +171,70 @@ impl RouteTable {
             }
             let capabilities = m.capabilities.iter().fold(0, |acc, c| acc | cap_bit(*c));
             let lane_price = &file.lanes[&m.lane].price;
-            let (input, output) = match &m.provider_price {
-                Some(p) => (p.input_per_mtok, p.output_per_mtok),
-                None => (lane_price.input_per_mtok, lane_price.output_per_mtok),
+            let cost = |price: Option<&crate::config::lanes::ProviderPrice>| {
+                let (input, output) = match price {
+                    Some(p) => (p.input_per_mtok, p.output_per_mtok),
+                    None => (lane_price.input_per_mtok, lane_price.output_per_mtok),
+                };
+                (input.0 / 1_000_000, output.0 / 1_000_000)
             };
-            by_model_id.insert(id.clone(), models.len());
-            models.push(Model {
-                id: id.clone(),
-                upstream: m.upstream.clone(),
-                provider: m.provider.clone(),
-                lane,
-                context_window: m.context_window,
-                max_output_tokens: m.max_output_tokens,
-                capabilities,
-                cost_per_token: (input.0 / 1_000_000, output.0 / 1_000_000),
-                stats: TargetStats::default(),
-            });
+            let first = models.len();
+            let group = first..first + 1 + m.deployments.len();
+            by_model_id.insert(id.clone(), first);
+            let deployments =
+                std::iter::once((&m.provider, &m.upstream, m.provider_price.as_ref())).chain(
+                    m.deployments.iter().map(|d| {
+                        (
+                            &d.provider,
+                            d.upstream.as_ref().unwrap_or(&m.upstream),
+                            d.provider_price.as_ref(),
+                        )
+                    }),
+                );
+            for (i, (provider, upstream, price)) in deployments.enumerate() {
+                if i > 0 {
+                    let f = format!("models.{id}.deployments[{}]", i - 1);
+                    if !provider_exists(provider) {
+                        return Err(err(
+                            format!("{f}.provider"),
+                            format!("unknown provider '{provider}' (not in the server config)"),
+                        ));
+                    }
+                    if upstream.is_empty() {
+                        return Err(err(format!("{f}.upstream"), "must not be empty".into()));
+                    }
+                    if models[first..]
+                        .iter()
+                        .any(|d: &Model| d.provider == *provider && d.upstream == *upstream)
+                    {
+                        return Err(err(
+                            f,
+                            format!("'{upstream}' at '{provider}' is already a deployment"),
+                        ));
+                    }
+                }
+                models.push(Model {
+                    id: id.clone(),
+                    upstream: upstream.clone(),
+                    provider: provider.clone(),
+                    lane,
+                    context_window: m.context_window,
+                    max_output_tokens: m.max_output_tokens,
+                    capabilities,
+                    cost_per_token: cost(price),
+                    stats: TargetStats::default(),
+                    // `id@provider`; `id@provider/upstream` for a second model at one provider.
+                    key: if models[first..]
+                        .iter()
+                        .any(|d: &Model| d.provider == *provider)
+                    {
+                        format!("{id}@{provider}/{upstream}")
+                    } else {
+                        format!("{id}@{provider}")
+                    },
+                    group: group.clone(),
+                });
+            }
         }
 
         let mut lanes = Vec::with_capacity(file.lanes.len());
@@ -230,15 +285,25 @@ impl RouteTable {
                 if chain.contains(&m) {
                     return Err(err(f, format!("'{id}' appears twice in the lane")));
                 }
-                chain.push(m);
+                // Each deployment is a target of its own, in the order they are listed.
+                chain.extend(models[m].group.clone());
             }
             if chain.len() > usize::from(u8::MAX) {
-                return Err(err(field("fallbacks"), "at most 254 fallbacks".into()));
+                return Err(err(
+                    field("fallbacks"),
+                    "at most 255 targets (deployments included)".into(),
+                ));
             }
             let mut weights = vec![1u32; chain.len()];
             for (id, &w) in &l.weights {
-                match chain.iter().position(|&m| models[m].id == *id) {
-                    Some(i) => weights[i] = w,
+                // A model id weighs each of its deployments; `id@provider` one of them.
+                let mut named = chain
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &m)| models[m].id == *id || models[m].key == *id)
+                    .peekable();
+                match named.peek() {
+                    Some(_) => named.for_each(|(i, _)| weights[i] = w),
                     None => {
                         return Err(err(
                             format!("lanes.{name}.weights.{id}"),
@@ -362,8 +427,12 @@ impl RouteTable {
     /// both have: a reload does not forget which provider is slow.
     pub fn inherit(&self, previous: &RouteTable) {
         for m in &self.models {
-            if let Some(old) = previous.model_by_id(&m.id) {
-                m.stats.inherit(&previous.model(old).stats);
+            let Some(first) = previous.model_by_id(&m.id) else {
+                continue;
+            };
+            let group = previous.model(first).group.clone();
+            if let Some(old) = previous.models[group].iter().find(|o| o.key == m.key) {
+                m.stats.inherit(&old.stats);
             }
         }
     }
@@ -390,8 +459,23 @@ impl RouteTable {
         &self.models[id]
     }
 
+    /// Every target: each model's deployments.
     pub fn models(&self) -> &[Model] {
         &self.models
+    }
+
+    /// The catalogue: one entry per model id (its first deployment).
+    pub fn catalogue(&self) -> impl Iterator<Item = &Model> {
+        self.models
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| m.group.start == *i)
+            .map(|(_, m)| m)
+    }
+
+    /// Whether `a` and `b` are deployments of the same model.
+    pub fn same_model(&self, a: ModelId, b: ModelId) -> bool {
+        self.models[a].group == self.models[b].group
     }
 
     pub fn rules(&self) -> &[Rule] {

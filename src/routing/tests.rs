@@ -847,3 +847,103 @@ fn flux_auto_keeps_a_warm_conversation_when_moving_down_costs_more() {
     );
     assert_eq!(r.lane, express);
 }
+
+/// The keyword table with deepseek-chat deployed at three providers, and daily weighted.
+fn with_deployments() -> RouteTable {
+    let text = keyword_text()
+        .replace(
+            "alias: flux-standard\n",
+            "alias: flux-standard\n    strategy: weighted\n    affinity: false\n    weights: { flux-pinned-deepseek-chat@groq: 2 }\n",
+        )
+        .replace(
+            "provider: deepseek, lane: daily,",
+            "provider: deepseek, deployments: [{ provider: together }, { provider: groq, upstream: deepseek-r-distill }], lane: daily,",
+        );
+    compile(&text).unwrap()
+}
+
+#[test]
+fn a_model_deployed_at_several_providers_is_one_model_of_several_targets() {
+    let t = with_deployments();
+    let shipped_count = keyword_table().models().len();
+    assert_eq!(t.models().len(), shipped_count + 2);
+    assert_eq!(t.catalogue().count(), shipped_count);
+    let first = t.model_by_id("flux-pinned-deepseek-chat").unwrap();
+    let group: Vec<(String, String, String)> = t.models()[t.model(first).group.clone()]
+        .iter()
+        .map(|m| (m.id.clone(), m.provider.clone(), m.upstream.clone()))
+        .collect();
+    assert_eq!(
+        group,
+        [
+            (
+                "flux-pinned-deepseek-chat".into(),
+                "deepseek".into(),
+                "deepseek-chat".into()
+            ),
+            (
+                "flux-pinned-deepseek-chat".into(),
+                "together".into(),
+                "deepseek-chat".into()
+            ),
+            (
+                "flux-pinned-deepseek-chat".into(),
+                "groq".into(),
+                "deepseek-r-distill".into()
+            ),
+        ]
+    );
+    // Pinned: its deployments first, spread by the lane's strategy (weights 1, 1, 2), and
+    // the lane's other targets after them.
+    let f = Features::default();
+    let mut providers = Vec::new();
+    for _ in 0..8 {
+        let mut r = t
+            .route(Requested::Pinned(first), &f, access(&ALL).as_slice())
+            .unwrap();
+        t.order_targets(
+            &mut r,
+            &f,
+            || None,
+            |_: &Model| Health::default(),
+            &mut rand::thread_rng(),
+        );
+        assert!(r.candidates[..3].iter().all(|&m| t.same_model(m, first)));
+        assert!(!r.candidates[3..].iter().any(|&m| t.same_model(m, first)));
+        providers.push(t.model(r.candidates[0]).provider.clone());
+    }
+    providers.sort();
+    assert_eq!(
+        providers,
+        ["deepseek", "deepseek", "groq", "groq", "groq", "groq", "together", "together"]
+    );
+    // A bad deployment names its field.
+    let bad = keyword_text().replace(
+        "provider: deepseek, lane: daily,",
+        "provider: deepseek, deployments: [{ provider: acme }], lane: daily,",
+    );
+    assert_eq!(
+        compile(&bad).unwrap_err().field,
+        "models.flux-pinned-deepseek-chat.deployments[0].provider"
+    );
+    let twice = keyword_text().replace(
+        "provider: deepseek, lane: daily,",
+        "provider: deepseek, deployments: [{ provider: deepseek }], lane: daily,",
+    );
+    assert_eq!(
+        compile(&twice).unwrap_err().field,
+        "models.flux-pinned-deepseek-chat.deployments[0]"
+    );
+    // A reload keeps each deployment's own estimate.
+    let old = with_deployments();
+    let groq = old.models()[old.model(first).group.clone()]
+        .iter()
+        .find(|m| m.provider == "groq")
+        .unwrap();
+    groq.stats.observe(std::time::Duration::from_secs(3), 0);
+    let new = with_deployments();
+    new.inherit(&old);
+    for m in &new.models()[new.model(first).group.clone()] {
+        assert_eq!(m.stats.estimate(0) > 1e9, m.provider == "groq", "{}", m.key);
+    }
+}
