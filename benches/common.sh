@@ -132,3 +132,14 @@ NGINX
   wait_http provider "http://127.0.0.1:$json_port/"
   [ "$kind" = sim ] || wait_http provider "http://127.0.0.1:$sse_port/"
 }
+
+build_release() { # -> bin: the release binary, built now
+  bash scripts/bootstrap.sh
+  log "building the release binary"
+  cargo build --release --locked --quiet --bin fluxrouter
+  bin=${CARGO_TARGET_DIR:-target}/release/fluxrouter
+}
+start_sim() { # port: `fluxrouter simulate` on loopback (named targets, /_sim/policy), until it answers
+  start provider "$bin" simulate --listen "127.0.0.1:$1"
+  wait_http provider "http://127.0.0.1:$1/healthz"
+}

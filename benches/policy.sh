@@ -14,14 +14,10 @@ command -v oha >/dev/null || { echo "needs oha (cargo install oha --locked)" >&2
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-bash scripts/bootstrap.sh
-log "building the release binary"
-cargo build --release --locked --quiet --bin fluxrouter
-bin=${CARGO_TARGET_DIR:-target}/release/fluxrouter
+build_release
 mapfile -t ports < <(python3 benches/load_util.py ports 3)
 sim_port=${ports[0]} plain_port=${ports[1]} hook_port=${ports[2]}
-start provider "$bin" simulate --listen "127.0.0.1:$sim_port"
-wait_http provider "http://127.0.0.1:$sim_port/healthz"
+start_sim "$sim_port"
 
 one_lane "$work/lanes.yaml"
 for name in plain hook; do

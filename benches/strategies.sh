@@ -22,14 +22,10 @@ STRATEGIES=${STRATEGIES:-failover weighted latency}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-bash scripts/bootstrap.sh
-log "building the release binary"
-cargo build --release --locked --quiet --bin fluxrouter
-bin=${CARGO_TARGET_DIR:-target}/release/fluxrouter
+build_release
 mapfile -t ports < <(python3 benches/load_util.py ports 2)
 sim_port=${ports[0]} gw_port=${ports[1]}
-start provider "$bin" simulate --listen "127.0.0.1:$sim_port"
-wait_http provider "http://127.0.0.1:$sim_port/healthz"
+start_sim "$sim_port"
 
 {
   echo "lanes:"
