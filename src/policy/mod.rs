@@ -278,7 +278,9 @@ impl Policy {
         let asked = tokio::time::timeout(self.timeout, self.client.post(connector, body)).await;
         let took = started.elapsed();
         let failed = |what: &'static str, why: String| {
-            log::warn!("policy hook {what}: {why}; on_error: {:?}", self.on_error);
+            // Counted in flux_policy_decisions_total{outcome}: a hook that is down would
+            // otherwise write a line per request.
+            log::debug!("policy hook {what}: {why}; on_error: {:?}", self.on_error);
             let decision = match self.on_error {
                 PolicyOnError::Allow => Decision::Allow,
                 PolicyOnError::Deny => Decision::Deny(

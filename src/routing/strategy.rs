@@ -295,7 +295,8 @@ pub fn order(
     // Ejected targets go last (kept: they are still the last resort's error), in order.
     targets.sort_by_key(|t| t.health.ejected);
     let healthy = targets.iter().take_while(|t| !t.health.ejected).count();
-    if healthy == 0 {
+    if healthy < 2 {
+        // Nothing to choose between: the healthy one (if any) is first.
         return Chosen::Order;
     }
     let live = &mut targets[..healthy];

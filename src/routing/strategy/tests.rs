@@ -284,3 +284,27 @@ fn affinity_yields_to_a_target_much_slower_than_the_best() {
     order(&s, &mut t, &session(42), &mut r);
     assert_eq!(t[0].model, there);
 }
+
+#[test]
+fn with_one_healthy_target_every_strategy_puts_it_first() {
+    let st = stats(3);
+    let mut r = rng();
+    for kind in [
+        StrategyKind::Weighted,
+        StrategyKind::Latency,
+        StrategyKind::Cost,
+    ] {
+        for affinity in [false, true] {
+            let s = Strategy::new(kind, vec![1, 1, 1], 10, affinity);
+            let mut t = targets(&st);
+            t[0].health.ejected = true;
+            t[2].health.ejected = true;
+            assert_eq!(order(&s, &mut t, &session(3), &mut r), Chosen::Order);
+            assert_eq!(t[0].model, 1, "{kind:?}");
+            let mut t = targets(&st);
+            t.iter_mut().for_each(|t| t.health.ejected = true);
+            order(&s, &mut t, &session(3), &mut r);
+            assert_eq!(t.iter().map(|t| t.model).collect::<Vec<_>>(), [0, 1, 2]);
+        }
+    }
+}
