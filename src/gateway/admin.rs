@@ -364,7 +364,7 @@ pub fn target_views<'a>(
     routes
         .lanes()
         .iter()
-        .filter(|lane| lane.strategy.kind != crate::routing::strategy::StrategyKind::Failover)
+        .filter(|lane| lane.strategy.spreads())
         .flat_map(|lane| {
             lane.chain.iter().enumerate().map(move |(i, &m)| {
                 let model = routes.model(m);

@@ -379,7 +379,7 @@ impl RouteTable {
                 .count(),
             None => route.candidates.len(),
         };
-        if span < 2 || lane.strategy.kind == strategy::StrategyKind::Failover {
+        if span < 2 || !lane.strategy.spreads() {
             return;
         }
         let ask = strategy::Ask {

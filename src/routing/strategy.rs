@@ -288,7 +288,7 @@ pub fn order(
     ask: &Ask,
     rng: &mut impl Rng,
 ) -> Chosen {
-    if targets.len() < 2 || strategy.kind == StrategyKind::Failover {
+    if targets.len() < 2 || !strategy.spreads() {
         // Failover: ejected targets are skipped at once by the caller, in order.
         return Chosen::Order;
     }

@@ -106,7 +106,7 @@ pub fn explain(routes: &RouteTable, body: &[u8]) -> Result<String, Error> {
             .collect::<Vec<_>>()
             .join(", "),
         strategy.kind.label(),
-        if strategy.affinity && strategy.kind != crate::routing::strategy::StrategyKind::Failover {
+        if strategy.affinity && strategy.spreads() {
             ", prompt-cache affinity"
         } else {
             ""
